@@ -1,0 +1,269 @@
+//! Applying one command to the state: a plain function over a write overlay.
+//!
+//! This is the deterministic core of the metadata plane (invariant 5): it
+//! reads only the store, uses only the times and ids inside the command, and
+//! refuses bad commands with a `Rejection` that every replica computes alike.
+//! Every command is idempotent, so that a client may retry a commit whose
+//! answer it never received without doubling anything.
+
+use coffer_types::{ChunkLocation, NodeRecord, PackRecord, RepoRecord, SessionRecord, SnapshotRecord};
+
+use crate::command::{Command, CommandResult, Rejection};
+use crate::error::MetaError;
+use crate::kv::{self, Txn};
+
+pub fn apply(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, MetaError> {
+    match cmd {
+        Command::RegisterNode { node } => {
+            let key = kv::node_key(node.id);
+            if !txn.contains(&key)? {
+                txn.add_count("nodes", 1)?;
+            }
+            txn.put(key, &node)?;
+            Ok(CommandResult::Ok)
+        }
+        Command::NodeSeen { node, used_bytes, capacity_bytes, time_ms } => {
+            let key = kv::node_key(node);
+            let Some(mut rec) = txn.get::<NodeRecord>("node", &key)? else {
+                return Ok(CommandResult::Rejected(Rejection::UnknownNode(node)));
+            };
+            rec.used_bytes = used_bytes;
+            rec.capacity_bytes = capacity_bytes;
+            rec.last_heartbeat_ms = rec.last_heartbeat_ms.max(time_ms);
+            txn.put(key, &rec)?;
+            Ok(CommandResult::Ok)
+        }
+        Command::CreateRepo { repo } => {
+            let key = kv::repo_key(&repo.name);
+            if let Some(existing) = txn.get::<RepoRecord>("repo", &key)? {
+                return Ok(if existing == repo {
+                    CommandResult::AlreadyApplied
+                } else {
+                    CommandResult::Rejected(Rejection::RepoExists(repo.name))
+                });
+            }
+            txn.put(key, &repo)?;
+            txn.add_count("repos", 1)?;
+            Ok(CommandResult::Ok)
+        }
+        Command::BeginSession { session } => {
+            if !txn.contains(&kv::repo_key(&session.repo))? {
+                return Ok(CommandResult::Rejected(Rejection::UnknownRepo(session.repo)));
+            }
+            let key = kv::session_key(&session.id);
+            if let Some(existing) = txn.get::<SessionRecord>("session", &key)? {
+                if existing == session {
+                    return Ok(CommandResult::AlreadyApplied);
+                }
+            }
+            txn.put(key, &session)?;
+            Ok(CommandResult::Ok)
+        }
+        Command::EndSession { id } => {
+            let key = kv::session_key(&id);
+            if !txn.contains(&key)? {
+                return Ok(CommandResult::AlreadyApplied);
+            }
+            txn.remove(key);
+            Ok(CommandResult::Ok)
+        }
+        Command::CommitPack { session: _, pack, chunks } => commit_pack(txn, pack, chunks),
+        Command::CommitSnapshot { session, snapshot } => {
+            let result = commit_snapshot(txn, snapshot)?;
+            if !matches!(result, CommandResult::Rejected(_)) {
+                txn.remove(kv::session_key(&session));
+            }
+            Ok(result)
+        }
+    }
+}
+
+fn commit_pack(
+    txn: &mut Txn<'_>,
+    pack: PackRecord,
+    chunks: Vec<(coffer_types::ChunkId, ChunkLocation)>,
+) -> Result<CommandResult, MetaError> {
+    if !txn.contains(&kv::repo_key(&pack.repo))? {
+        return Ok(CommandResult::Rejected(Rejection::UnknownRepo(pack.repo)));
+    }
+    let key = kv::pack_key(&pack.id);
+    if let Some(existing) = txn.get::<PackRecord>("pack", &key)? {
+        return Ok(if existing == pack {
+            CommandResult::AlreadyApplied
+        } else {
+            CommandResult::Rejected(Rejection::PackConflict(pack.id))
+        });
+    }
+    for shard in &pack.shards {
+        if !txn.contains(&kv::node_key(shard.node))? {
+            return Ok(CommandResult::Rejected(Rejection::PackOnUnknownNode {
+                pack: pack.id,
+                index: shard.index.0,
+                node: shard.node,
+            }));
+        }
+    }
+    for (chunk, loc) in &chunks {
+        if loc.pack != pack.id {
+            return Ok(CommandResult::Rejected(Rejection::ChunkOutsidePack { chunk: *chunk, pack: loc.pack }));
+        }
+        if loc.offset.checked_add(loc.len as u64).is_none_or(|end| end > pack.pack_len) {
+            return Ok(CommandResult::Rejected(Rejection::ChunkOutOfRange {
+                chunk: *chunk,
+                pack: pack.id,
+                pack_len: pack.pack_len,
+            }));
+        }
+    }
+    let mut added = 0i64;
+    for (chunk, loc) in &chunks {
+        let ckey = kv::chunk_key(&pack.repo, chunk);
+        // The first location wins: two sessions may race to store the same
+        // chunk, and either copy serves.
+        if !txn.contains(&ckey)? {
+            txn.put(ckey, loc)?;
+            added += 1;
+        }
+    }
+    txn.put(key, &pack)?;
+    txn.add_count("packs", 1)?;
+    txn.add_count("chunks", added)?;
+    Ok(CommandResult::Ok)
+}
+
+fn commit_snapshot(txn: &mut Txn<'_>, snapshot: SnapshotRecord) -> Result<CommandResult, MetaError> {
+    if !txn.contains(&kv::repo_key(&snapshot.repo))? {
+        return Ok(CommandResult::Rejected(Rejection::UnknownRepo(snapshot.repo)));
+    }
+    let key = kv::snapshot_key(&snapshot.id);
+    if let Some(existing) = txn.get::<SnapshotRecord>("snapshot", &key)? {
+        return Ok(if existing == snapshot {
+            CommandResult::AlreadyApplied
+        } else {
+            CommandResult::Rejected(Rejection::SnapshotConflict(snapshot.id))
+        });
+    }
+    if !txn.contains(&kv::chunk_key(&snapshot.repo, &snapshot.root))? {
+        return Ok(CommandResult::Rejected(Rejection::RootNotIndexed { snapshot: snapshot.id, root: snapshot.root }));
+    }
+    match txn.get::<PackRecord>("pack", &kv::pack_key(&snapshot.refs_pack))? {
+        Some(p) if p.kind == coffer_types::PackKind::Refs && p.repo == snapshot.repo => {}
+        _ => {
+            return Ok(CommandResult::Rejected(Rejection::RefsNotCommitted {
+                snapshot: snapshot.id,
+                pack: snapshot.refs_pack,
+            }))
+        }
+    }
+    txn.put(key, &snapshot)?;
+    txn.add_count("snapshots", 1)?;
+    Ok(CommandResult::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coffer_types::*;
+
+    fn tree() -> sled::Tree {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        db.open_tree("sm").unwrap()
+    }
+
+    fn run(t: &sled::Tree, cmd: Command) -> CommandResult {
+        let mut txn = Txn::new(t);
+        let r = apply(&mut txn, cmd).unwrap();
+        txn.commit().unwrap();
+        r
+    }
+
+    fn repo() -> RepoRecord {
+        RepoRecord {
+            name: RepoName::new("r").unwrap(),
+            params: ErasureParams::new(2, 1).unwrap(),
+            key_slots: vec![vec![1, 2]],
+            created_ms: 5,
+        }
+    }
+
+    fn pack(nodes: &[NodeId]) -> PackRecord {
+        PackRecord {
+            id: PackId([7; 16]),
+            repo: RepoName::new("r").unwrap(),
+            kind: PackKind::Data,
+            params: ErasureParams::new(2, 1).unwrap(),
+            pack_len: 100,
+            shard_len: 50,
+            shards: nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| ShardRecord { index: ShardIndex(i as u8), node: *n, checksum: Hash32([0; 32]) })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn commands_are_idempotent_and_rejections_change_nothing() {
+        let t = tree();
+        assert_eq!(run(&t, Command::CreateRepo { repo: repo() }), CommandResult::Ok);
+        assert_eq!(run(&t, Command::CreateRepo { repo: repo() }), CommandResult::AlreadyApplied);
+        let mut other = repo();
+        other.key_slots = vec![];
+        assert!(matches!(run(&t, Command::CreateRepo { repo: other }), CommandResult::Rejected(_)));
+
+        let nodes: Vec<NodeId> = (1..=3).map(NodeId).collect();
+        // A pack on unknown nodes is refused and indexes nothing.
+        let chunk = ChunkId([1; 32]);
+        let loc = ChunkLocation { pack: PackId([7; 16]), offset: 10, len: 20 };
+        let cmd = Command::CommitPack { session: SessionId([0; 16]), pack: pack(&nodes), chunks: vec![(chunk, loc)] };
+        assert!(matches!(run(&t, cmd.clone()), CommandResult::Rejected(Rejection::PackOnUnknownNode { .. })));
+        assert!(t.get(kv::chunk_key(&repo().name, &chunk)).unwrap().is_none());
+
+        for n in &nodes {
+            let node = NodeRecord {
+                id: *n,
+                site: SiteId::new("a").unwrap(),
+                addr: "x".into(),
+                capacity_bytes: 1,
+                used_bytes: 0,
+                last_heartbeat_ms: 0,
+            };
+            run(&t, Command::RegisterNode { node });
+        }
+        assert_eq!(run(&t, cmd.clone()), CommandResult::Ok);
+        assert_eq!(run(&t, cmd), CommandResult::AlreadyApplied);
+        let got: ChunkLocation = kv::get(&t, "c", &kv::chunk_key(&repo().name, &chunk)).unwrap().unwrap();
+        assert_eq!(got, loc);
+        let count: u64 = kv::get(&t, "n", &kv::count_key("chunks")).unwrap().unwrap();
+        assert_eq!(count, 1);
+
+        // Out-of-range chunk entries are refused.
+        let mut p2 = pack(&nodes);
+        p2.id = PackId([8; 16]);
+        let bad = ChunkLocation { pack: p2.id, offset: 90, len: 20 };
+        let r = run(&t, Command::CommitPack { session: SessionId([0; 16]), pack: p2, chunks: vec![(chunk, bad)] });
+        assert!(matches!(r, CommandResult::Rejected(Rejection::ChunkOutOfRange { .. })));
+    }
+
+    #[test]
+    fn snapshot_needs_indexed_root_and_committed_refs() {
+        let t = tree();
+        run(&t, Command::CreateRepo { repo: repo() });
+        let snap = SnapshotRecord {
+            id: SnapshotId([3; 16]),
+            repo: repo().name,
+            source: Source { host: "h".into(), path: "/p".into() },
+            kind: BackupKind::Full,
+            parent: None,
+            start_ms: 1,
+            end_ms: 2,
+            root: ChunkId([9; 32]),
+            stats: SnapshotStats::default(),
+            tags: vec![],
+            refs_pack: PackId([4; 16]),
+            refs_count: 1,
+        };
+        let r = run(&t, Command::CommitSnapshot { session: SessionId([0; 16]), snapshot: snap });
+        assert!(matches!(r, CommandResult::Rejected(Rejection::RootNotIndexed { .. })));
+    }
+}

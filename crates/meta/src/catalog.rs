@@ -1,0 +1,412 @@
+//! The catalog service: the public gRPC API of the metadata plane.
+//!
+//! Writes become Raft commands; reads are served from the state machine on
+//! the leader after `ensure_linearizable`, so a reader never sees less than
+//! a write it was told had committed. A follower answers UNAVAILABLE with
+//! the leader's address in `coffer-leader`; callers follow it.
+//!
+//! Every request is validated into typed values before it reaches Raft, and
+//! `status_of` is the one place where errors become gRPC codes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use coffer_placement::{Candidate, Policy};
+use coffer_proto::pb::catalog_server::Catalog;
+use coffer_proto::pb::{self};
+use coffer_proto::{ids_from_bytes, location_from_pb, location_to_pb, node_to_pb, LEADER_HINT_KEY};
+use coffer_types::{
+    ChunkId, ChunkLocation, NodeId, NodeRecord, NodeState, PackId, PackRecord, RepoName, RepoRecord, SessionId,
+    SessionRecord, SiteId, SnapshotRecord,
+};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use tonic::{Request, Response, Status};
+
+use crate::command::{Command, CommandResult, Rejection};
+use crate::kv;
+use crate::node::{now_ms, MetaNode};
+use crate::MetaError;
+
+/// At most this many chunk ids per lookup.
+const MAX_LOOKUP: usize = 10_000;
+/// Longest lease a backup session may ask for.
+const MAX_LEASE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+pub struct CatalogService {
+    node: Arc<MetaNode>,
+}
+
+impl CatalogService {
+    pub fn new(node: Arc<MetaNode>) -> Self {
+        Self { node }
+    }
+
+    fn tree(&self) -> &sled::Tree {
+        self.node.sm.tree()
+    }
+
+    fn not_leader(&self, leader: Option<(u64, String)>) -> Status {
+        let mut s = Status::unavailable(match &leader {
+            Some((id, addr)) => format!("not the leader; meta node {id} at {addr} is"),
+            None => "no leader at the moment".to_string(),
+        });
+        if let Some((_, addr)) = leader {
+            if let Ok(v) = addr.parse() {
+                s.metadata_mut().insert(LEADER_HINT_KEY, v);
+            }
+        }
+        s
+    }
+
+    /// Proposes a command and waits until it is applied.
+    async fn write(&self, cmd: Command) -> Result<CommandResult, Status> {
+        let name = cmd.name();
+        match self.node.raft.client_write(cmd).await {
+            Ok(resp) => match resp.data {
+                CommandResult::Rejected(why) => Err(rejection_status(why)),
+                other => Ok(other),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(self.not_leader(f.leader_id.zip(f.leader_node.map(|n| n.addr))))
+            }
+            Err(e) => {
+                tracing::warn!(command = name, error = %e, "raft write failed");
+                Err(Status::unavailable(format!("{name}: {e}")))
+            }
+        }
+    }
+
+    /// Makes the next reads linearizable, or sends the caller to the leader.
+    async fn read_barrier(&self) -> Result<(), Status> {
+        match self.node.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(self.not_leader(f.leader_id.zip(f.leader_node.map(|n| n.addr))))
+            }
+            Err(e) => Err(Status::unavailable(format!("read barrier: {e}"))),
+        }
+    }
+
+    fn nodes(&self) -> Result<Vec<NodeRecord>, Status> {
+        kv::scan(self.tree(), "node", kv::NODE_PREFIX).map_err(status_of)
+    }
+
+    /// A node record as the caller should see it: live usage and state.
+    fn node_view(&self, n: &NodeRecord) -> pb::Node {
+        let state = self.node.liveness.state(n.id);
+        let mut view = n.clone();
+        if let Some(seen) = self.node.liveness.get(n.id) {
+            view.used_bytes = seen.used_bytes;
+            view.capacity_bytes = seen.capacity_bytes;
+        }
+        node_to_pb(&view, state.as_str())
+    }
+
+    fn repo(&self, name: &RepoName) -> Result<RepoRecord, Status> {
+        kv::get(self.tree(), "repo", &kv::repo_key(name))
+            .map_err(status_of)?
+            .ok_or_else(|| Status::not_found(format!("repository {name} does not exist")))
+    }
+}
+
+fn rejection_status(why: Rejection) -> Status {
+    match &why {
+        Rejection::RepoExists(_) => Status::already_exists(why.to_string()),
+        Rejection::UnknownRepo(_) | Rejection::UnknownNode(_) => Status::not_found(why.to_string()),
+        _ => Status::failed_precondition(why.to_string()),
+    }
+}
+
+/// The one mapping from this crate's errors to gRPC codes.
+fn status_of(e: MetaError) -> Status {
+    match e {
+        MetaError::Codec { .. } => {
+            tracing::error!(error = %e, "catalog holds an undecodable record");
+            Status::data_loss(e.to_string())
+        }
+        MetaError::Config(_) => Status::invalid_argument(e.to_string()),
+        _ => Status::internal(e.to_string()),
+    }
+}
+
+fn repo_name(field: &'static str, s: String) -> Result<RepoName, Status> {
+    RepoName::new(s).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+}
+
+fn session_id(raw: &[u8]) -> Result<SessionId, Status> {
+    SessionId::from_slice(raw).map_err(|e| Status::invalid_argument(format!("session_id: {e}")))
+}
+
+#[tonic::async_trait]
+impl Catalog for CatalogService {
+    async fn register_node(
+        &self,
+        req: Request<pb::RegisterNodeRequest>,
+    ) -> Result<Response<pb::RegisterNodeResponse>, Status> {
+        let r = req.into_inner();
+        if r.id == 0 {
+            return Err(Status::invalid_argument("node id 0 is reserved"));
+        }
+        let site = SiteId::new(r.site).map_err(|e| Status::invalid_argument(format!("site: {e}")))?;
+        if r.addr.is_empty() {
+            return Err(Status::invalid_argument("addr is empty"));
+        }
+        let node = NodeRecord {
+            id: NodeId(r.id),
+            site,
+            addr: r.addr,
+            capacity_bytes: r.capacity_bytes,
+            used_bytes: r.used_bytes,
+            last_heartbeat_ms: now_ms(),
+        };
+        tracing::info!(node = %node.id, site = %node.site, addr = %node.addr, "storage node registers");
+        self.write(Command::RegisterNode { node }).await?;
+        self.node.liveness.seen(NodeId(r.id), r.used_bytes, r.capacity_bytes);
+        Ok(Response::new(pb::RegisterNodeResponse {}))
+    }
+
+    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let r = req.into_inner();
+        // Liveness is the leader's to track.
+        self.read_barrier().await?;
+        let id = NodeId(r.id);
+        let Some(rec) = kv::get::<NodeRecord>(self.tree(), "node", &kv::node_key(id)).map_err(status_of)? else {
+            return Ok(Response::new(pb::HeartbeatResponse { known: false }));
+        };
+        self.node.liveness.seen(id, r.used_bytes, r.capacity_bytes);
+        let now = now_ms();
+        if now.saturating_sub(rec.last_heartbeat_ms) >= self.node.config.persist_seen_every.as_millis() as u64 {
+            self.write(Command::NodeSeen {
+                node: id,
+                used_bytes: r.used_bytes,
+                capacity_bytes: r.capacity_bytes,
+                time_ms: now,
+            })
+            .await?;
+        }
+        Ok(Response::new(pb::HeartbeatResponse { known: true }))
+    }
+
+    async fn cluster_status(
+        &self,
+        _req: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        self.read_barrier().await?;
+        let nodes = self.nodes()?;
+        let views: Vec<pb::Node> = nodes.iter().map(|n| self.node_view(n)).collect();
+        let up: std::collections::HashSet<u64> = views.iter().filter(|n| n.state == "up").map(|n| n.id).collect();
+
+        let mut health = pb::PackHealth::default();
+        for pack in kv::scan::<PackRecord>(self.tree(), "pack", kv::PACK_PREFIX).map_err(status_of)? {
+            let available = pack.shards.iter().filter(|s| up.contains(&s.node.0)).count();
+            let (k, total) = (pack.params.k(), pack.params.total());
+            if available == total {
+                health.healthy += 1;
+            } else if available < k {
+                health.lost += 1;
+            } else if available == k {
+                health.at_risk += 1;
+            } else {
+                health.degraded += 1;
+            }
+        }
+
+        let metrics = self.node.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, n)| pb::MetaMember {
+                id: *id,
+                addr: n.addr.clone(),
+                role: if voters.contains(id) { "voter" } else { "learner" }.to_string(),
+            })
+            .collect();
+        let count = |what: &str| -> Result<u64, Status> {
+            Ok(kv::get::<u64>(self.tree(), "counter", &kv::count_key(what)).map_err(status_of)?.unwrap_or(0))
+        };
+        Ok(Response::new(pb::ClusterStatusResponse {
+            nodes: views,
+            packs: Some(health),
+            leader: metrics.current_leader.unwrap_or(0),
+            members,
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
+            repos: count("repos")?,
+            snapshots: count("snapshots")?,
+            chunks: count("chunks")?,
+        }))
+    }
+
+    async fn create_repo(
+        &self,
+        req: Request<pb::CreateRepoRequest>,
+    ) -> Result<Response<pb::CreateRepoResponse>, Status> {
+        let repo = req.into_inner().repo.ok_or_else(|| Status::invalid_argument("repo is missing"))?;
+        let mut repo = RepoRecord::try_from(repo)?;
+        if repo.key_slots.is_empty() {
+            return Err(Status::invalid_argument("a repository needs at least one key slot"));
+        }
+        if repo.created_ms == 0 {
+            repo.created_ms = now_ms();
+        }
+        self.write(Command::CreateRepo { repo }).await?;
+        Ok(Response::new(pb::CreateRepoResponse {}))
+    }
+
+    async fn get_repo(&self, req: Request<pb::GetRepoRequest>) -> Result<Response<pb::Repo>, Status> {
+        let name = repo_name("name", req.into_inner().name)?;
+        self.read_barrier().await?;
+        Ok(Response::new(pb::Repo::from(&self.repo(&name)?)))
+    }
+
+    async fn begin_session(
+        &self,
+        req: Request<pb::BeginSessionRequest>,
+    ) -> Result<Response<pb::BeginSessionResponse>, Status> {
+        let r = req.into_inner();
+        let repo = repo_name("repo", r.repo)?;
+        let id = session_id(&r.session_id)?;
+        let lease = Duration::from_millis(r.lease_ms).clamp(Duration::from_secs(1), MAX_LEASE);
+        let started_ms = now_ms();
+        let session = SessionRecord { id, repo, started_ms, lease_until_ms: started_ms + lease.as_millis() as u64 };
+        let lease_until_ms = session.lease_until_ms;
+        self.write(Command::BeginSession { session }).await?;
+        Ok(Response::new(pb::BeginSessionResponse { lease_until_ms }))
+    }
+
+    async fn end_session(
+        &self,
+        req: Request<pb::EndSessionRequest>,
+    ) -> Result<Response<pb::EndSessionResponse>, Status> {
+        let id = session_id(&req.into_inner().session_id)?;
+        self.write(Command::EndSession { id }).await?;
+        Ok(Response::new(pb::EndSessionResponse {}))
+    }
+
+    async fn lookup_chunks(
+        &self,
+        req: Request<pb::LookupChunksRequest>,
+    ) -> Result<Response<pb::LookupChunksResponse>, Status> {
+        let r = req.into_inner();
+        let repo = repo_name("repo", r.repo)?;
+        if r.chunk_ids.len() > MAX_LOOKUP {
+            return Err(Status::invalid_argument(format!(
+                "{} chunk ids in one lookup; at most {MAX_LOOKUP}",
+                r.chunk_ids.len()
+            )));
+        }
+        let ids = ids_from_bytes("chunk_ids", &r.chunk_ids, ChunkId::from_slice)?;
+        self.read_barrier().await?;
+        let mut found = Vec::new();
+        for id in &ids {
+            if let Some(loc) =
+                kv::get::<ChunkLocation>(self.tree(), "chunk", &kv::chunk_key(&repo, id)).map_err(status_of)?
+            {
+                found.push(location_to_pb(id, &loc));
+            }
+        }
+        Ok(Response::new(pb::LookupChunksResponse { found }))
+    }
+
+    async fn allocate_pack(
+        &self,
+        req: Request<pb::AllocatePackRequest>,
+    ) -> Result<Response<pb::AllocatePackResponse>, Status> {
+        let r = req.into_inner();
+        let repo = repo_name("repo", r.repo)?;
+        self.read_barrier().await?;
+        let params = self.repo(&repo)?.params;
+        let nodes = self.nodes()?;
+        let candidates: Vec<Candidate> = nodes
+            .iter()
+            .filter(|n| !r.exclude.contains(&n.id.0) && self.node.liveness.state(n.id) == NodeState::Up)
+            .map(|n| {
+                let (used, cap) = self
+                    .node
+                    .liveness
+                    .get(n.id)
+                    .map(|s| (s.used_bytes, s.capacity_bytes))
+                    .unwrap_or((n.used_bytes, n.capacity_bytes));
+                Candidate { node: n.id, site: n.site.clone(), free_bytes: cap.saturating_sub(used) }
+            })
+            .collect();
+        let pack_id = PackId::random();
+        let placement = coffer_placement::place(&Policy::new(params), &candidates, pack_id.as_bytes())
+            .map_err(|e| Status::failed_precondition(format!("cannot place a {params} pack: {e}")))?;
+        let targets = placement
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let addr = nodes.iter().find(|n| n.id == *id).map(|n| n.addr.clone()).unwrap_or_default();
+                pb::Target { index: i as u32, node: id.0, addr }
+            })
+            .collect();
+        Ok(Response::new(pb::AllocatePackResponse {
+            pack_id: pack_id.0.to_vec(),
+            params: Some(params.into()),
+            targets,
+        }))
+    }
+
+    async fn commit_pack(
+        &self,
+        req: Request<pb::CommitPackRequest>,
+    ) -> Result<Response<pb::CommitPackResponse>, Status> {
+        let r = req.into_inner();
+        let session = session_id(&r.session_id)?;
+        let pack = PackRecord::try_from(r.pack.ok_or_else(|| Status::invalid_argument("pack is missing"))?)?;
+        let chunks = r.chunks.iter().map(location_from_pb).collect::<Result<Vec<_>, _>>()?;
+        self.write(Command::CommitPack { session, pack, chunks }).await?;
+        Ok(Response::new(pb::CommitPackResponse {}))
+    }
+
+    async fn commit_snapshot(
+        &self,
+        req: Request<pb::CommitSnapshotRequest>,
+    ) -> Result<Response<pb::CommitSnapshotResponse>, Status> {
+        let r = req.into_inner();
+        let session = session_id(&r.session_id)?;
+        let snapshot =
+            SnapshotRecord::try_from(r.snapshot.ok_or_else(|| Status::invalid_argument("snapshot is missing"))?)?;
+        tracing::info!(snapshot = %snapshot.id, repo = %snapshot.repo, "commit snapshot");
+        self.write(Command::CommitSnapshot { session, snapshot }).await?;
+        Ok(Response::new(pb::CommitSnapshotResponse {}))
+    }
+
+    async fn list_snapshots(
+        &self,
+        req: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
+        let repo = repo_name("repo", req.into_inner().repo)?;
+        self.read_barrier().await?;
+        self.repo(&repo)?;
+        let mut snaps: Vec<SnapshotRecord> = kv::scan::<SnapshotRecord>(self.tree(), "snapshot", kv::SNAPSHOT_PREFIX)
+            .map_err(status_of)?
+            .into_iter()
+            .filter(|s| s.repo == repo)
+            .collect();
+        snaps.sort_by_key(|s| (s.start_ms, s.end_ms));
+        Ok(Response::new(pb::ListSnapshotsResponse { snapshots: snaps.iter().map(pb::Snapshot::from).collect() }))
+    }
+
+    async fn get_packs(&self, req: Request<pb::GetPacksRequest>) -> Result<Response<pb::GetPacksResponse>, Status> {
+        let ids = ids_from_bytes("pack_ids", &req.into_inner().pack_ids, PackId::from_slice)?;
+        if ids.len() > MAX_LOOKUP {
+            return Err(Status::invalid_argument(format!("{} pack ids in one call; at most {MAX_LOOKUP}", ids.len())));
+        }
+        self.read_barrier().await?;
+        let mut packs = Vec::new();
+        let mut wanted = std::collections::BTreeSet::new();
+        for id in &ids {
+            if let Some(p) = kv::get::<PackRecord>(self.tree(), "pack", &kv::pack_key(id)).map_err(status_of)? {
+                wanted.extend(p.shards.iter().map(|s| s.node));
+                packs.push(pb::Pack::from(&p));
+            }
+        }
+        let nodes = self.nodes()?.iter().filter(|n| wanted.contains(&n.id)).map(|n| self.node_view(n)).collect();
+        Ok(Response::new(pb::GetPacksResponse { packs, nodes }))
+    }
+}

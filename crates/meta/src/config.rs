@@ -1,0 +1,80 @@
+//! Configuration of a metadata node, validated at start-up.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use coffer_types::MetaId;
+
+use crate::MetaError;
+
+#[derive(Clone, Debug)]
+pub struct MetaConfig {
+    pub id: MetaId,
+    pub data_dir: PathBuf,
+    /// The address other nodes and clients use to reach this one.
+    pub advertise: String,
+    /// Bootstrap a new cluster with this node as its only voter. Ignored
+    /// when the node already holds Raft state, so restarting with the same
+    /// flags never re-initialises.
+    pub init: bool,
+    /// Raft leader heartbeat. Defaults suit voters tens of milliseconds apart.
+    pub raft_heartbeat: Duration,
+    /// Election timeout range; a follower waits a random time within it.
+    pub election_timeout: (Duration, Duration),
+    /// A storage node not heard from for this long is `suspect`.
+    pub suspect_after: Duration,
+    /// A storage node not heard from for this long is `down`.
+    pub down_after: Duration,
+    /// How often a storage node's last-seen time is written through Raft
+    /// (liveness itself is tracked in memory on the leader).
+    pub persist_seen_every: Duration,
+    /// Build a snapshot and purge the log after this many applied entries.
+    pub snapshot_every: u64,
+}
+
+impl MetaConfig {
+    pub fn new(id: MetaId, data_dir: PathBuf, advertise: String) -> Self {
+        Self {
+            id,
+            data_dir,
+            advertise,
+            init: false,
+            raft_heartbeat: Duration::from_millis(250),
+            election_timeout: (Duration::from_millis(1500), Duration::from_millis(3000)),
+            suspect_after: Duration::from_secs(15),
+            down_after: Duration::from_secs(600),
+            persist_seen_every: Duration::from_secs(30),
+            snapshot_every: 20_000,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), MetaError> {
+        if self.id.0 == 0 {
+            return Err(MetaError::Config("meta node id must be at least 1".into()));
+        }
+        if self.election_timeout.0 <= self.raft_heartbeat * 2 || self.election_timeout.1 <= self.election_timeout.0 {
+            return Err(MetaError::Config(
+                "election timeout must exceed twice the heartbeat, and its maximum its minimum".into(),
+            ));
+        }
+        if self.down_after < self.suspect_after {
+            return Err(MetaError::Config("--down-after must not be shorter than --suspect-after".into()));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn raft_config(&self) -> Result<openraft::Config, MetaError> {
+        let c = openraft::Config {
+            cluster_name: "coffer".into(),
+            heartbeat_interval: self.raft_heartbeat.as_millis() as u64,
+            election_timeout_min: self.election_timeout.0.as_millis() as u64,
+            election_timeout_max: self.election_timeout.1.as_millis() as u64,
+            // Large catalogs make large snapshots: give their transfer time.
+            install_snapshot_timeout: 60_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            max_in_snapshot_log_to_keep: 1000,
+            ..Default::default()
+        };
+        c.validate().map_err(|e| MetaError::Config(e.to_string()))
+    }
+}

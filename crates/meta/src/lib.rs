@@ -1,0 +1,35 @@
+//! The metadata plane: an openraft node whose log and state machine live in
+//! sled, serving the catalog API and the internal Raft RPCs on one port.
+//!
+//! ```text
+//!   agents, storage nodes ──gRPC──▶ CatalogService ──client_write──▶ openraft ──▶ log store (sled)
+//!                                        │                              │
+//!                                        └──── reads ◀── StateMachine ◀─┘ apply (pure, deterministic)
+//!   other meta nodes ◀──gRPC── RaftNetwork / RaftService
+//! ```
+//!
+//! The split: `command` and `apply` are pure (no clocks, no I/O but the
+//! store); `impl_log_store` and `impl_state_machine` adapt sled to openraft;
+//! `network` and `raft_service` carry Raft over gRPC; `catalog` is the public
+//! API; `node` wires it all together and owns leader-only volatile state.
+
+mod apply;
+mod catalog;
+mod codec;
+pub mod command;
+mod config;
+mod error;
+mod impl_log_store;
+mod impl_state_machine;
+mod kv;
+mod liveness;
+mod network;
+mod node;
+mod raft_service;
+pub mod types;
+
+pub use config::MetaConfig;
+pub use error::MetaError;
+pub use impl_log_store::LogStore;
+pub use impl_state_machine::StateMachineStore;
+pub use node::{open_stores, MetaNode};

@@ -1,0 +1,140 @@
+//! A metadata node: opens the stores, starts openraft, bootstraps when
+//! asked, serves the catalog and Raft services on one listener, and resets
+//! leader-only state whenever this node takes office.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use coffer_proto::pb::catalog_server::CatalogServer;
+use coffer_proto::pb::raft_server::RaftServer;
+use coffer_proto::MAX_MESSAGE_BYTES;
+use coffer_types::MetaId;
+use openraft::BasicNode;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::catalog::CatalogService;
+use crate::liveness::Liveness;
+use crate::network::Network;
+use crate::raft_service::RaftService;
+use crate::types::Raft;
+use crate::{LogStore, MetaConfig, MetaError, StateMachineStore};
+
+/// Opens (or creates) the sled database of a metadata node and its stores.
+pub fn open_stores(dir: &Path) -> Result<(LogStore, StateMachineStore), MetaError> {
+    std::fs::create_dir_all(dir).map_err(|source| MetaError::Io { path: dir.display().to_string(), source })?;
+    let db = sled::Config::new().path(dir.join("raft.sled")).open()?;
+    Ok((LogStore::open(&db)?, StateMachineStore::open(&db)?))
+}
+
+pub struct MetaNode {
+    pub(crate) config: MetaConfig,
+    pub(crate) raft: Raft,
+    pub(crate) sm: StateMachineStore,
+    pub(crate) liveness: Liveness,
+}
+
+impl std::fmt::Debug for MetaNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaNode").field("id", &self.config.id).finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl MetaNode {
+    pub async fn start(config: MetaConfig) -> Result<Arc<Self>, MetaError> {
+        config.validate()?;
+        let (log, sm) = open_stores(&config.data_dir)?;
+        let raft = Raft::new(config.id.0, Arc::new(config.raft_config()?), Network, log, sm.clone())
+            .await
+            .map_err(|e| MetaError::Raft(e.to_string()))?;
+        if config.init {
+            let initialized = raft.is_initialized().await.map_err(|e| MetaError::Raft(e.to_string()))?;
+            if initialized {
+                tracing::info!(id = %config.id, "already a member of a cluster; --init ignored");
+            } else {
+                let members = BTreeMap::from([(config.id.0, BasicNode { addr: config.advertise.clone() })]);
+                raft.initialize(members)
+                    .await
+                    .map_err(|e| MetaError::Bootstrap { id: config.id, reason: e.to_string() })?;
+                tracing::info!(id = %config.id, "initialised a new cluster");
+            }
+        }
+        let node =
+            Arc::new(Self { liveness: Liveness::new(config.suspect_after, config.down_after), config, raft, sm });
+        tokio::spawn(watch_leadership(Arc::downgrade(&node)));
+        Ok(node)
+    }
+
+    pub fn id(&self) -> MetaId {
+        self.config.id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// Waits until some node is leader, and returns it.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<MetaId, MetaError> {
+        let mut rx = self.raft.metrics();
+        let wait = async {
+            loop {
+                if let Some(l) = rx.borrow().current_leader {
+                    return Ok(MetaId(l));
+                }
+                if rx.changed().await.is_err() {
+                    return Err(MetaError::Raft("raft stopped".into()));
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.map_err(|_| MetaError::Raft("no leader elected in time".into()))?
+    }
+
+    /// Serves the catalog and Raft services until `shutdown` resolves, then
+    /// stops Raft.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), MetaError> {
+        let catalog = CatalogServer::new(CatalogService::new(self.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let raft = RaftServer::new(RaftService::new(self.raft.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let served = tonic::transport::Server::builder()
+            .add_service(catalog)
+            .add_service(raft)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await;
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft did not shut down cleanly");
+        }
+        served.map_err(MetaError::from)
+    }
+}
+
+/// Resets leader-only state each time this node becomes leader.
+async fn watch_leadership(node: std::sync::Weak<MetaNode>) {
+    let Some(mut rx) = node.upgrade().map(|n| n.raft.metrics()) else { return };
+    let mut was_leader = false;
+    loop {
+        let Some(n) = node.upgrade() else { return };
+        let is_leader = rx.borrow().current_leader == Some(n.config.id.0);
+        if is_leader && !was_leader {
+            tracing::info!(id = %n.config.id, term = rx.borrow().current_term, "became leader");
+            n.liveness.reset();
+        }
+        was_leader = is_leader;
+        drop(n);
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! Generates the gRPC code from `proto/coffer/v1` with a vendored `protoc`,
+//! so that no system compiler is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // SAFETY of intent: build scripts run single-threaded before codegen.
+    std::env::set_var("PROTOC", protoc);
+    let root = "../../proto";
+    let files = ["coffer/v1/meta.proto", "coffer/v1/storage.proto", "coffer/v1/raft.proto"];
+    for f in files {
+        println!("cargo:rerun-if-changed={root}/{f}");
+    }
+    tonic_prost_build::configure().compile_protos(&files.map(|f| format!("{root}/{f}")), &[root.to_string()])?;
+    Ok(())
+}

@@ -1,0 +1,296 @@
+//! pb <-> types conversions. Outbound is infallible (`From`); inbound
+//! validates (`TryFrom`) and names the field that was wrong.
+
+use coffer_types::{
+    BackupKind, ChunkId, ChunkLocation, ErasureParams, Hash32, NodeId, NodeRecord, PackId, PackKind, PackRecord,
+    RepoName, RepoRecord, ShardIndex, ShardRecord, SiteId, SnapshotId, SnapshotRecord, SnapshotStats, Source,
+    TypesError,
+};
+
+use crate::pb;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtoError {
+    #[error("field {field}: {source}")]
+    Invalid { field: &'static str, source: TypesError },
+    #[error("field {field} is missing")]
+    Missing { field: &'static str },
+    #[error("field {field}: {reason}")]
+    Bad { field: &'static str, reason: String },
+}
+
+impl From<ProtoError> for tonic::Status {
+    fn from(e: ProtoError) -> Self {
+        tonic::Status::invalid_argument(e.to_string())
+    }
+}
+
+fn field<T>(field: &'static str, r: Result<T, TypesError>) -> Result<T, ProtoError> {
+    r.map_err(|source| ProtoError::Invalid { field, source })
+}
+
+/// Decodes a list of raw ids, naming the field on failure.
+pub fn ids_from_bytes<T>(
+    name: &'static str,
+    raw: &[Vec<u8>],
+    parse: fn(&[u8]) -> Result<T, TypesError>,
+) -> Result<Vec<T>, ProtoError> {
+    raw.iter().map(|b| field(name, parse(b))).collect()
+}
+
+impl From<ErasureParams> for pb::ErasureParams {
+    fn from(p: ErasureParams) -> Self {
+        pb::ErasureParams { k: p.k() as u32, m: p.m() as u32 }
+    }
+}
+
+/// Validates erasure parameters from the wire.
+pub fn params_from_pb(p: Option<pb::ErasureParams>) -> Result<ErasureParams, ProtoError> {
+    let p = p.ok_or(ProtoError::Missing { field: "params" })?;
+    field("params", ErasureParams::new(p.k, p.m))
+}
+
+/// A node record with its derived state, for answers.
+pub fn node_to_pb(n: &NodeRecord, state: &str) -> pb::Node {
+    pb::Node {
+        id: n.id.0,
+        site: n.site.to_string(),
+        addr: n.addr.clone(),
+        capacity_bytes: n.capacity_bytes,
+        used_bytes: n.used_bytes,
+        last_heartbeat_ms: n.last_heartbeat_ms,
+        state: state.to_string(),
+    }
+}
+
+impl TryFrom<pb::Node> for NodeRecord {
+    type Error = ProtoError;
+    fn try_from(n: pb::Node) -> Result<Self, ProtoError> {
+        Ok(NodeRecord {
+            id: NodeId(n.id),
+            site: field("site", SiteId::new(n.site))?,
+            addr: n.addr,
+            capacity_bytes: n.capacity_bytes,
+            used_bytes: n.used_bytes,
+            last_heartbeat_ms: n.last_heartbeat_ms,
+        })
+    }
+}
+
+impl From<&RepoRecord> for pb::Repo {
+    fn from(r: &RepoRecord) -> Self {
+        pb::Repo {
+            name: r.name.to_string(),
+            params: Some(r.params.into()),
+            key_slots: r.key_slots.clone(),
+            created_ms: r.created_ms,
+        }
+    }
+}
+
+impl TryFrom<pb::Repo> for RepoRecord {
+    type Error = ProtoError;
+    fn try_from(r: pb::Repo) -> Result<Self, ProtoError> {
+        Ok(RepoRecord {
+            name: field("repo.name", RepoName::new(r.name))?,
+            params: params_from_pb(r.params)?,
+            key_slots: r.key_slots,
+            created_ms: r.created_ms,
+        })
+    }
+}
+
+fn pack_kind_str(k: PackKind) -> &'static str {
+    match k {
+        PackKind::Data => "data",
+        PackKind::Tree => "tree",
+        PackKind::Refs => "refs",
+    }
+}
+
+fn pack_kind_parse(s: &str) -> Result<PackKind, ProtoError> {
+    match s {
+        "data" => Ok(PackKind::Data),
+        "tree" => Ok(PackKind::Tree),
+        "refs" => Ok(PackKind::Refs),
+        _ => Err(ProtoError::Bad { field: "pack.kind", reason: format!("unknown pack kind {s:?}") }),
+    }
+}
+
+impl From<&PackRecord> for pb::Pack {
+    fn from(p: &PackRecord) -> Self {
+        pb::Pack {
+            id: p.id.0.to_vec(),
+            repo: p.repo.to_string(),
+            kind: pack_kind_str(p.kind).to_string(),
+            params: Some(p.params.into()),
+            pack_len: p.pack_len,
+            shard_len: p.shard_len,
+            shards: p
+                .shards
+                .iter()
+                .map(|s| pb::Shard { index: s.index.0 as u32, node: s.node.0, checksum: s.checksum.0.to_vec() })
+                .collect(),
+        }
+    }
+}
+
+impl TryFrom<pb::Pack> for PackRecord {
+    type Error = ProtoError;
+    fn try_from(p: pb::Pack) -> Result<Self, ProtoError> {
+        let params = params_from_pb(p.params)?;
+        if p.shards.len() != params.total() {
+            return Err(ProtoError::Bad {
+                field: "pack.shards",
+                reason: format!("{} shards for a {params} pack", p.shards.len()),
+            });
+        }
+        let mut shards = Vec::with_capacity(p.shards.len());
+        for (i, s) in p.shards.into_iter().enumerate() {
+            if s.index as usize != i {
+                return Err(ProtoError::Bad { field: "pack.shards", reason: "shards out of index order".into() });
+            }
+            shards.push(ShardRecord {
+                index: ShardIndex(i as u8),
+                node: NodeId(s.node),
+                checksum: field("shard.checksum", Hash32::from_slice(&s.checksum))?,
+            });
+        }
+        if p.shard_len != params.shard_len(p.pack_len) {
+            return Err(ProtoError::Bad {
+                field: "pack.shard_len",
+                reason: format!("{} does not match pack_len {} for {params}", p.shard_len, p.pack_len),
+            });
+        }
+        Ok(PackRecord {
+            id: field("pack.id", PackId::from_slice(&p.id))?,
+            repo: field("pack.repo", RepoName::new(p.repo))?,
+            kind: pack_kind_parse(&p.kind)?,
+            params,
+            pack_len: p.pack_len,
+            shard_len: p.shard_len,
+            shards,
+        })
+    }
+}
+
+/// A chunk index entry with the id it is for.
+pub fn location_to_pb(id: &ChunkId, l: &ChunkLocation) -> pb::ChunkLocation {
+    pb::ChunkLocation { chunk_id: id.0.to_vec(), pack: l.pack.0.to_vec(), offset: l.offset, len: l.len }
+}
+
+pub fn location_from_pb(l: &pb::ChunkLocation) -> Result<(ChunkId, ChunkLocation), ProtoError> {
+    Ok((
+        field("chunk_id", ChunkId::from_slice(&l.chunk_id))?,
+        ChunkLocation { pack: field("pack", PackId::from_slice(&l.pack))?, offset: l.offset, len: l.len },
+    ))
+}
+
+impl From<&SnapshotStats> for pb::SnapshotStats {
+    fn from(s: &SnapshotStats) -> Self {
+        pb::SnapshotStats {
+            files: s.files,
+            dirs: s.dirs,
+            bytes_scanned: s.bytes_scanned,
+            bytes_read: s.bytes_read,
+            bytes_new: s.bytes_new,
+            bytes_stored: s.bytes_stored,
+            chunks_new: s.chunks_new,
+            chunks_reused: s.chunks_reused,
+            errors: s.errors,
+        }
+    }
+}
+
+impl From<pb::SnapshotStats> for SnapshotStats {
+    fn from(s: pb::SnapshotStats) -> Self {
+        SnapshotStats {
+            files: s.files,
+            dirs: s.dirs,
+            bytes_scanned: s.bytes_scanned,
+            bytes_read: s.bytes_read,
+            bytes_new: s.bytes_new,
+            bytes_stored: s.bytes_stored,
+            chunks_new: s.chunks_new,
+            chunks_reused: s.chunks_reused,
+            errors: s.errors,
+        }
+    }
+}
+
+impl From<&SnapshotRecord> for pb::Snapshot {
+    fn from(s: &SnapshotRecord) -> Self {
+        pb::Snapshot {
+            id: s.id.0.to_vec(),
+            repo: s.repo.to_string(),
+            host: s.source.host.clone(),
+            path: s.source.path.clone(),
+            kind: s.kind.as_str().to_string(),
+            parent: s.parent.map(|p| p.0.to_vec()).unwrap_or_default(),
+            start_ms: s.start_ms,
+            end_ms: s.end_ms,
+            root: s.root.0.to_vec(),
+            stats: Some((&s.stats).into()),
+            tags: s.tags.clone(),
+            refs_pack: s.refs_pack.0.to_vec(),
+            refs_count: s.refs_count,
+        }
+    }
+}
+
+impl TryFrom<pb::Snapshot> for SnapshotRecord {
+    type Error = ProtoError;
+    fn try_from(s: pb::Snapshot) -> Result<Self, ProtoError> {
+        Ok(SnapshotRecord {
+            id: field("snapshot.id", SnapshotId::from_slice(&s.id))?,
+            repo: field("snapshot.repo", RepoName::new(s.repo))?,
+            source: Source { host: s.host, path: s.path },
+            kind: field("snapshot.kind", s.kind.parse::<BackupKind>())?,
+            parent: if s.parent.is_empty() {
+                None
+            } else {
+                Some(field("snapshot.parent", SnapshotId::from_slice(&s.parent))?)
+            },
+            start_ms: s.start_ms,
+            end_ms: s.end_ms,
+            root: field("snapshot.root", ChunkId::from_slice(&s.root))?,
+            stats: s.stats.map(Into::into).unwrap_or_default(),
+            tags: s.tags,
+            refs_pack: field("snapshot.refs_pack", PackId::from_slice(&s.refs_pack))?,
+            refs_count: s.refs_count,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_round_trip_and_rejects_bad_shapes() {
+        let params = ErasureParams::new(2, 1).unwrap();
+        let rec = PackRecord {
+            id: PackId::random(),
+            repo: RepoName::new("r").unwrap(),
+            kind: PackKind::Data,
+            params,
+            pack_len: 10,
+            shard_len: 5,
+            shards: (0..3)
+                .map(|i| ShardRecord { index: ShardIndex(i), node: NodeId(i as u64 + 1), checksum: Hash32([i; 32]) })
+                .collect(),
+        };
+        let wire = pb::Pack::from(&rec);
+        assert_eq!(PackRecord::try_from(wire.clone()).unwrap(), rec);
+
+        let mut short = wire.clone();
+        short.shards.pop();
+        assert!(PackRecord::try_from(short).is_err());
+        let mut bad_len = wire.clone();
+        bad_len.shard_len = 4;
+        assert!(PackRecord::try_from(bad_len).is_err());
+        let mut bad_id = wire;
+        bad_id.id = vec![1];
+        assert!(PackRecord::try_from(bad_id).is_err());
+    }
+}

@@ -1,0 +1,21 @@
+//! The wire: code generated from `proto/coffer/v1` and the conversions
+//! between its messages and `coffer-types`. Nothing else lives here.
+//!
+//! Conversions from the wire are fallible (`TryFrom`): every field that
+//! arrives from the network is validated into a typed value, and a malformed
+//! one becomes a `ProtoError` rather than a panic (invariant 8).
+
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("coffer.v1");
+}
+
+mod convert;
+
+pub use convert::{ids_from_bytes, location_from_pb, location_to_pb, node_to_pb, params_from_pb, ProtoError};
+
+/// The gRPC metadata key through which a follower names the leader.
+pub const LEADER_HINT_KEY: &str = "coffer-leader";
+
+/// Messages may carry a 1 MiB frame plus framing, or a large catalog answer.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;

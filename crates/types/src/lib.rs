@@ -1,0 +1,19 @@
+//! Pure data shared by every coffer crate: identifiers as newtypes, erasure
+//! parameters, and the records the catalog keeps.
+//!
+//! Nothing here does I/O, reads a clock or draws randomness except the
+//! explicit `random()` constructors, which callers use *outside* the Raft
+//! state machine so that ids arrive in commands (invariant 5).
+
+mod error;
+mod ids;
+mod params;
+mod records;
+
+pub use error::TypesError;
+pub use ids::{ChunkId, Hash32, MetaId, NodeId, PackId, RepoName, SessionId, ShardIndex, SiteId, SnapshotId};
+pub use params::{ErasureParams, MAX_FRAME_BYTES, MAX_SHARDS};
+pub use records::{
+    BackupKind, ChunkLocation, NodeRecord, NodeState, PackKind, PackRecord, RepoRecord, SessionRecord, ShardRecord,
+    SnapshotRecord, SnapshotStats, Source,
+};

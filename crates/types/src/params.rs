@@ -1,0 +1,80 @@
+//! Erasure-coding parameters and wire limits.
+
+use serde::{Deserialize, Serialize};
+
+use crate::TypesError;
+
+/// Shard data travels in frames of at most this many bytes.
+pub const MAX_FRAME_BYTES: usize = 1 << 20;
+
+/// The Reed-Solomon code works over GF(2^8): at most 256 shards per pack; we
+/// keep a smaller cap so that a shard index always fits a byte with room.
+pub const MAX_SHARDS: u32 = 64;
+
+/// `k` data shards plus `m` parity shards; any `k` of them give the pack back.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Debug)]
+pub struct ErasureParams {
+    k: u8,
+    m: u8,
+}
+
+impl ErasureParams {
+    pub fn new(k: u32, m: u32) -> Result<Self, TypesError> {
+        let bad = |reason| Err(TypesError::BadErasure { k, m, reason });
+        if k == 0 {
+            return bad("k must be at least 1");
+        }
+        if m == 0 {
+            return bad("m must be at least 1: without parity no loss is survivable");
+        }
+        if k + m > MAX_SHARDS {
+            return bad("k + m is larger than the supported shard count");
+        }
+        Ok(Self { k: k as u8, m: m as u8 })
+    }
+
+    pub fn k(&self) -> usize {
+        self.k as usize
+    }
+
+    pub fn m(&self) -> usize {
+        self.m as usize
+    }
+
+    pub fn total(&self) -> usize {
+        self.k as usize + self.m as usize
+    }
+
+    /// The length of each shard for a pack of `pack_len` bytes.
+    pub fn shard_len(&self, pack_len: u64) -> u64 {
+        pack_len.div_ceil(self.k as u64).max(1)
+    }
+}
+
+impl Default for ErasureParams {
+    fn default() -> Self {
+        Self { k: 4, m: 2 }
+    }
+}
+
+impl std::fmt::Display for ErasureParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}+{}", self.k, self.m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validates() {
+        assert!(ErasureParams::new(0, 2).is_err());
+        assert!(ErasureParams::new(4, 0).is_err());
+        assert!(ErasureParams::new(60, 10).is_err());
+        let p = ErasureParams::new(4, 2).unwrap();
+        assert_eq!(p.shard_len(16), 4);
+        assert_eq!(p.shard_len(17), 5);
+        assert_eq!(p.shard_len(0), 1);
+    }
+}

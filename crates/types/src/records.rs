@@ -1,0 +1,179 @@
+//! The records the catalog keeps. They are serialised into the Raft log and
+//! the state machine, so every change to them is a format change: add fields
+//! with `#[serde(default)]`, never repurpose one.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ChunkId, ErasureParams, Hash32, NodeId, PackId, RepoName, SessionId, ShardIndex, SiteId, SnapshotId};
+
+/// A storage node as the cluster map knows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct NodeRecord {
+    pub id: NodeId,
+    pub site: SiteId,
+    /// Where its shard service listens, as other hosts reach it.
+    pub addr: String,
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    /// Time of the last heartbeat, in milliseconds since the Unix epoch, as
+    /// stamped by the metadata node that proposed it.
+    pub last_heartbeat_ms: u64,
+}
+
+/// Liveness as derived from the heartbeat age; never stored.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    Up,
+    Suspect,
+    Down,
+}
+
+impl NodeState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NodeState::Up => "up",
+            NodeState::Suspect => "suspect",
+            NodeState::Down => "down",
+        }
+    }
+}
+
+/// A repository: its erasure policy and its key, wrapped by a password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct RepoRecord {
+    pub name: RepoName,
+    pub params: ErasureParams,
+    /// Key slots: each is an opaque, versioned, password-wrapped copy of the
+    /// repository master key. The catalog never sees the key itself.
+    pub key_slots: Vec<Vec<u8>>,
+    pub created_ms: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum PackKind {
+    /// Encrypted file-content blobs.
+    Data,
+    /// Encrypted directory listings.
+    Tree,
+    /// An unencrypted, sorted list of the chunk ids one snapshot references.
+    Refs,
+}
+
+/// One shard of a pack: where it lives and what its body hashes to.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct ShardRecord {
+    pub index: ShardIndex,
+    pub node: NodeId,
+    pub checksum: Hash32,
+}
+
+/// A pack as committed: every pack carries its own code parameters, so a
+/// policy change never reinterprets old packs.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct PackRecord {
+    pub id: PackId,
+    pub repo: RepoName,
+    pub kind: PackKind,
+    pub params: ErasureParams,
+    /// Bytes of blob data before padding to `k * shard_len`.
+    pub pack_len: u64,
+    pub shard_len: u64,
+    /// `k + m` entries, in shard-index order.
+    pub shards: Vec<ShardRecord>,
+}
+
+/// Where a blob lives: a byte range of a pack.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct ChunkLocation {
+    pub pack: PackId,
+    pub offset: u64,
+    pub len: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Debug, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupKind {
+    Full,
+    #[default]
+    Incremental,
+    Differential,
+}
+
+impl BackupKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BackupKind::Full => "full",
+            BackupKind::Incremental => "incremental",
+            BackupKind::Differential => "differential",
+        }
+    }
+}
+
+impl std::str::FromStr for BackupKind {
+    type Err = crate::TypesError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "full" => Ok(BackupKind::Full),
+            "incremental" => Ok(BackupKind::Incremental),
+            "differential" => Ok(BackupKind::Differential),
+            _ => Err(crate::TypesError::UnknownEnum { what: "backup kind", value: s.to_string() }),
+        }
+    }
+}
+
+/// What was backed up: a host and a path, or a named stream.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Debug)]
+pub struct Source {
+    pub host: String,
+    /// The absolute path(s) backed up, or `stdin:NAME` for a stream.
+    pub path: String,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.path)
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug, Default)]
+pub struct SnapshotStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub bytes_scanned: u64,
+    pub bytes_read: u64,
+    pub bytes_new: u64,
+    pub bytes_stored: u64,
+    pub chunks_new: u64,
+    pub chunks_reused: u64,
+    pub errors: u64,
+}
+
+/// A committed backup. It restores on its own: `root` names a complete tree.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct SnapshotRecord {
+    pub id: SnapshotId,
+    pub repo: RepoName,
+    pub source: Source,
+    pub kind: BackupKind,
+    pub parent: Option<SnapshotId>,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub root: ChunkId,
+    pub stats: SnapshotStats,
+    pub tags: Vec<String>,
+    /// The reference list: a `Refs` pack holding the sorted chunk ids this
+    /// snapshot references, readable without the repository key.
+    pub refs_pack: PackId,
+    pub refs_count: u64,
+}
+
+/// An open backup session.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct SessionRecord {
+    pub id: SessionId,
+    pub repo: RepoName,
+    pub started_ms: u64,
+    pub lease_until_ms: u64,
+}
