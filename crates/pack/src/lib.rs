@@ -1,0 +1,32 @@
+//! The client-side cryptography and formats of coffer: chunk ids, blob
+//! sealing (compression and authenticated encryption), key wrapping,
+//! content-defined chunking and reference lists.
+//!
+//! ```text
+//!   source ──chunker──► chunk ──RepoKey::chunk_id──► ChunkId
+//!                         └────RepoKey::seal──────► blob ──► pack (client) ──► shards (erasure)
+//!   snapshot's ChunkIds ──encode_refs──► reference list (unencrypted, for garbage collection)
+//!   RepoKey ──wrap(password)──► key slot (kept in the catalog)
+//! ```
+//!
+//! Only agents use this crate on data: storage nodes and the metadata plane
+//! never see plaintext or keys (invariant 6), and read only reference lists,
+//! which need no key. Everything here is pure: no tokio, no filesystem, no
+//! clock. Every decoder checks its input and returns a `PackError` instead of
+//! panicking, and every format carries a version (invariant 7).
+
+mod blob;
+mod chunking;
+mod error;
+mod key;
+mod refs;
+mod wire;
+
+#[cfg(test)]
+mod prop_tests;
+
+pub use blob::{Compression, SealedBlob, BLOB_OVERHEAD, MAX_DECOMPRESSED_LEN};
+pub use chunking::{chunker, Chunker, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, MAX_CHUNK_LEN};
+pub use error::PackError;
+pub use key::{KdfParams, RepoKey, KEY_SLOT_LEN, MAX_KDF_M_COST_KIB, MAX_KDF_P_COST, MAX_KDF_T_COST};
+pub use refs::{decode_refs, encode_refs};
