@@ -1,0 +1,339 @@
+//! `StorageNode`: a node's identity, its shard store, its gRPC server and its
+//! heartbeat to the metadata plane.
+//!
+//! ```text
+//!   open(config) ─► DIR/node-id (read, or drawn once and written atomically)
+//!                └► ShardStore::open(DIR)
+//!   serve(listener, shutdown) ─┬─► tonic server (ShardService) until shutdown
+//!                              └─► RegisterNode (retried until it succeeds),
+//!                                  then Heartbeat every interval; known=false
+//!                                  ─► RegisterNode again
+//! ```
+//!
+//! Invariant: a node's id never changes for the life of its data directory,
+//! because the catalog places shards on ids. The id file is written once,
+//! atomically, and an unreadable one stops the node instead of being
+//! replaced. The advertised address may change between runs; registering at
+//! every start tells the catalog. A metadata plane that is down or late never
+//! stops the node from serving shards.
+
+use std::fs;
+use std::future::Future;
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use coffer_client::conn::MetaClient;
+use coffer_proto::pb::{HeartbeatRequest, RegisterNodeRequest};
+use coffer_types::{NodeId, SiteId};
+use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::service::ShardService;
+use crate::store::ShardStore;
+use crate::StorageError;
+
+/// Heartbeat period when the operator does not choose one.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The longest pause between two registration attempts.
+const MAX_REGISTER_BACKOFF: Duration = Duration::from_secs(5);
+const MIN_REGISTER_BACKOFF: Duration = Duration::from_millis(100);
+/// A metadata call that takes longer than this is abandoned and retried on
+/// the next tick: a peer that accepts connections but never answers must not
+/// stall the heartbeat for good.
+const META_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a storage node runs.
+#[derive(Clone, Debug)]
+pub struct StorageConfig {
+    /// Holds the node id, the shard files and the inventory.
+    pub data_dir: PathBuf,
+    /// `host:port` at which other hosts reach this node's shard service.
+    pub advertise: String,
+    /// The failure domain this node belongs to.
+    pub site: SiteId,
+    /// Metadata endpoints (`host:port`), any of them; the client follows the leader.
+    pub meta_endpoints: Vec<String>,
+    /// Space this node offers; `None` means the total size of the filesystem
+    /// that holds `data_dir`.
+    pub capacity_bytes: Option<u64>,
+    pub heartbeat_interval: Duration,
+}
+
+impl StorageConfig {
+    /// A configuration with the default capacity and heartbeat interval.
+    pub fn new(data_dir: impl Into<PathBuf>, advertise: impl Into<String>, site: SiteId, meta: Vec<String>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            advertise: advertise.into(),
+            site,
+            meta_endpoints: meta,
+            capacity_bytes: None,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+        }
+    }
+
+    fn validate(&self) -> Result<(), StorageError> {
+        let bad = |reason: &str| Err(StorageError::Config { reason: reason.to_string() });
+        if self.advertise.trim().is_empty() {
+            return bad("the advertised address is empty");
+        }
+        if self.heartbeat_interval.is_zero() {
+            return bad("the heartbeat interval is zero");
+        }
+        if self.capacity_bytes == Some(0) {
+            return bad("the capacity is zero");
+        }
+        let endpoints: Vec<&str> =
+            self.meta_endpoints.iter().flat_map(|e| e.split(',')).map(str::trim).filter(|e| !e.is_empty()).collect();
+        if endpoints.is_empty() {
+            return bad("no metadata endpoint given");
+        }
+        // The metadata client is built in `serve`, inside the runtime; its
+        // endpoints are checked here so that a typo fails at start-up.
+        for e in endpoints {
+            let url = if e.contains("://") { e.to_string() } else { format!("http://{e}") };
+            if let Err(err) = tonic::transport::Endpoint::from_shared(url) {
+                return Err(StorageError::Config { reason: format!("metadata endpoint {e:?}: {err}") });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A storage node, opened and ready to serve.
+pub struct StorageNode {
+    config: StorageConfig,
+    id: NodeId,
+    store: ShardStore,
+    capacity_bytes: u64,
+}
+
+impl std::fmt::Debug for StorageNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageNode").field("id", &self.id).field("config", &self.config).finish()
+    }
+}
+
+impl StorageNode {
+    /// Creates the data directory if needed, reads or creates the node id,
+    /// and opens the shard store.
+    pub fn open(config: StorageConfig) -> Result<StorageNode, StorageError> {
+        config.validate()?;
+        let dir = &config.data_dir;
+        fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
+        let id = load_or_create_node_id(dir)?;
+        let store = ShardStore::open(dir)?;
+        let capacity_bytes = match config.capacity_bytes {
+            Some(c) => c,
+            None => fs2::total_space(dir).map_err(|e| StorageError::io(dir, e))?,
+        };
+        tracing::info!(node = %id, site = %config.site, advertise = %config.advertise, capacity_bytes, "storage node open");
+        Ok(StorageNode { config, id, store, capacity_bytes })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The node's shard store; clones share it, so tests and background
+    /// workers can hold one while the node serves.
+    pub fn store(&self) -> &ShardStore {
+        &self.store
+    }
+
+    pub fn config(&self) -> &StorageConfig {
+        &self.config
+    }
+
+    pub fn capacity_bytes(&self) -> u64 {
+        self.capacity_bytes
+    }
+
+    /// Serves the shard service on `listener` and heartbeats to the metadata
+    /// plane, both until `shutdown` completes.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StorageError> {
+        // One heartbeat interval is the natural bound for one call's retries:
+        // the loop tries again on its next tick anyway. The client's lazy
+        // channels need the runtime, which is why it is built here.
+        let retry_for = self.config.heartbeat_interval.clamp(Duration::from_millis(200), MAX_REGISTER_BACKOFF);
+        let meta = MetaClient::new(&self.config.meta_endpoints, retry_for)
+            .map_err(|e| StorageError::Config { reason: e.to_string() })?;
+        let shutdown: Shared<BoxFuture<'static, ()>> = shutdown.boxed().shared();
+        let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let service = ShardService::new(self.store.clone(), self.id, self.config.site.clone(), self.capacity_bytes);
+        let heartbeat = Heartbeat {
+            id: self.id,
+            site: self.config.site.clone(),
+            advertise: self.config.advertise.clone(),
+            capacity_bytes: self.capacity_bytes,
+            interval: self.config.heartbeat_interval,
+            store: self.store.clone(),
+            meta,
+        };
+        let heartbeat = tokio::spawn(heartbeat.run(shutdown.clone()));
+
+        // Shard frames are latency-sensitive request/response traffic.
+        let incoming = TcpListenerStream::new(listener).map(|conn| {
+            if let Ok(stream) = &conn {
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
+                }
+            }
+            conn
+        });
+        tracing::info!(node = %self.id, listen = %local, "serving shards");
+        let served = tonic::transport::Server::builder()
+            .add_service(service.into_server())
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        // The heartbeat loop stops on the same signal; if the server failed
+        // instead, the node must not keep claiming to be alive.
+        heartbeat.abort();
+        let _ = heartbeat.await;
+        tracing::info!(node = %self.id, "shard server stopped");
+        served.map_err(|e| StorageError::Serve(e.to_string()))
+    }
+}
+
+/// Reads `DIR/node-id`, or draws an id and writes it there atomically.
+fn load_or_create_node_id(dir: &Path) -> Result<NodeId, StorageError> {
+    let path = dir.join("node-id");
+    let bad = |reason: String| StorageError::NodeIdFile { path: path.clone(), reason };
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let id: NodeId = text.trim().parse().map_err(|e| bad(format!("{e}")))?;
+            if id.0 == 0 {
+                return Err(bad("node id 0 is reserved".to_string()));
+            }
+            Ok(id)
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            let id = NodeId::random();
+            let tmp = dir.join("node-id.tmp");
+            let write = || -> std::io::Result<()> {
+                let mut f = fs::File::create(&tmp)?;
+                writeln!(f, "{id}")?;
+                f.sync_all()?;
+                fs::rename(&tmp, &path)?;
+                fs::File::open(dir)?.sync_all()
+            };
+            write().map_err(|e| StorageError::io(&path, e))?;
+            tracing::info!(node = %id, path = %path.display(), "drew a new node id");
+            Ok(id)
+        }
+        Err(e) => Err(StorageError::io(&path, e)),
+    }
+}
+
+/// Bounds one metadata call by `META_CALL_TIMEOUT`.
+async fn with_timeout<T>(what: &str, call: impl Future<Output = Result<T, StorageError>>) -> Result<T, StorageError> {
+    tokio::time::timeout(META_CALL_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| Err(StorageError::Meta(format!("{what}: no answer within {META_CALL_TIMEOUT:?}"))))
+}
+
+/// The registration and heartbeat loop.
+struct Heartbeat {
+    id: NodeId,
+    site: SiteId,
+    advertise: String,
+    capacity_bytes: u64,
+    interval: Duration,
+    store: ShardStore,
+    meta: MetaClient,
+}
+
+impl Heartbeat {
+    async fn run(self, shutdown: Shared<BoxFuture<'static, ()>>) {
+        loop {
+            if !self.register_until_ok(&shutdown).await {
+                return;
+            }
+            loop {
+                tokio::select! {
+                    _ = shutdown.clone() => return,
+                    _ = tokio::time::sleep(self.interval) => {}
+                }
+                let beat = tokio::select! {
+                    _ = shutdown.clone() => return,
+                    r = with_timeout("heartbeat", self.beat()) => r,
+                };
+                match beat {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::info!(node = %self.id, "the cluster map does not know this node; registering again");
+                        break;
+                    }
+                    Err(e) => tracing::warn!(node = %self.id, error = %e, "heartbeat failed"),
+                }
+            }
+        }
+    }
+
+    /// Registers, retrying with backoff; false if shutdown came first.
+    async fn register_until_ok(&self, shutdown: &Shared<BoxFuture<'static, ()>>) -> bool {
+        let cap = self.interval.clamp(MIN_REGISTER_BACKOFF, MAX_REGISTER_BACKOFF);
+        let mut backoff = MIN_REGISTER_BACKOFF;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let registered = tokio::select! {
+                _ = shutdown.clone() => return false,
+                r = with_timeout("register node", self.register()) => r,
+            };
+            match registered {
+                Ok(()) => {
+                    tracing::info!(node = %self.id, addr = %self.advertise, attempts, "registered with the metadata plane");
+                    return true;
+                }
+                Err(e) => tracing::warn!(node = %self.id, attempts, error = %e, "registration failed; will retry"),
+            }
+            tokio::select! {
+                _ = shutdown.clone() => return false,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(cap);
+        }
+    }
+
+    async fn register(&self) -> Result<(), StorageError> {
+        let req = RegisterNodeRequest {
+            id: self.id.0,
+            site: self.site.to_string(),
+            addr: self.advertise.clone(),
+            capacity_bytes: self.capacity_bytes,
+            used_bytes: self.store.used_bytes(),
+        };
+        self.meta
+            .call("register node", |mut c| {
+                let req = req.clone();
+                async move { c.register_node(req).await }
+            })
+            .await
+            .map_err(|e| StorageError::Meta(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Sends one heartbeat; returns whether the cluster map knows this node.
+    async fn beat(&self) -> Result<bool, StorageError> {
+        let req = HeartbeatRequest {
+            id: self.id.0,
+            used_bytes: self.store.used_bytes(),
+            capacity_bytes: self.capacity_bytes,
+        };
+        let resp = self
+            .meta
+            .call("heartbeat", |mut c| async move { c.heartbeat(req).await })
+            .await
+            .map_err(|e| StorageError::Meta(e.to_string()))?;
+        Ok(resp.known)
+    }
+}

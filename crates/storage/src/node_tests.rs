@@ -1,0 +1,202 @@
+//! The node's identity and its conversation with the metadata plane, against
+//! a fake catalog that records registrations and can forget the node.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use coffer_proto::pb::catalog_server::{Catalog, CatalogServer};
+use coffer_proto::pb::*;
+use coffer_types::{NodeId, SiteId};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+use crate::{StorageConfig, StorageError, StorageNode};
+
+#[derive(Default)]
+struct FakeState {
+    registrations: Vec<RegisterNodeRequest>,
+    /// Heartbeats answered `known = true`.
+    heartbeats: usize,
+    /// When set, the next heartbeat is answered `known = false` and the
+    /// node is forgotten, as after a metadata plane lost its cluster map.
+    forget: bool,
+}
+
+#[derive(Clone, Default)]
+struct FakeCatalog(Arc<Mutex<FakeState>>);
+
+impl FakeCatalog {
+    fn state(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.0.lock().unwrap()
+    }
+}
+
+fn fake<T>() -> Result<Response<T>, Status> {
+    Err(Status::unimplemented("not part of the fake catalog"))
+}
+
+#[tonic::async_trait]
+impl Catalog for FakeCatalog {
+    async fn register_node(&self, r: Request<RegisterNodeRequest>) -> Result<Response<RegisterNodeResponse>, Status> {
+        self.state().registrations.push(r.into_inner());
+        Ok(Response::new(RegisterNodeResponse {}))
+    }
+    async fn heartbeat(&self, r: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        let mut s = self.state();
+        let id = r.get_ref().id;
+        let known = !s.forget && s.registrations.iter().any(|reg| reg.id == id);
+        if s.forget {
+            s.forget = false;
+            s.registrations.clear();
+        }
+        if known {
+            s.heartbeats += 1;
+        }
+        Ok(Response::new(HeartbeatResponse { known }))
+    }
+    async fn cluster_status(
+        &self,
+        _: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        fake()
+    }
+    async fn create_repo(&self, _: Request<CreateRepoRequest>) -> Result<Response<CreateRepoResponse>, Status> {
+        fake()
+    }
+    async fn get_repo(&self, _: Request<GetRepoRequest>) -> Result<Response<Repo>, Status> {
+        fake()
+    }
+    async fn begin_session(&self, _: Request<BeginSessionRequest>) -> Result<Response<BeginSessionResponse>, Status> {
+        fake()
+    }
+    async fn end_session(&self, _: Request<EndSessionRequest>) -> Result<Response<EndSessionResponse>, Status> {
+        fake()
+    }
+    async fn lookup_chunks(&self, _: Request<LookupChunksRequest>) -> Result<Response<LookupChunksResponse>, Status> {
+        fake()
+    }
+    async fn allocate_pack(&self, _: Request<AllocatePackRequest>) -> Result<Response<AllocatePackResponse>, Status> {
+        fake()
+    }
+    async fn commit_pack(&self, _: Request<CommitPackRequest>) -> Result<Response<CommitPackResponse>, Status> {
+        fake()
+    }
+    async fn commit_snapshot(
+        &self,
+        _: Request<CommitSnapshotRequest>,
+    ) -> Result<Response<CommitSnapshotResponse>, Status> {
+        fake()
+    }
+    async fn list_snapshots(
+        &self,
+        _: Request<ListSnapshotsRequest>,
+    ) -> Result<Response<ListSnapshotsResponse>, Status> {
+        fake()
+    }
+    async fn get_packs(&self, _: Request<GetPacksRequest>) -> Result<Response<GetPacksResponse>, Status> {
+        fake()
+    }
+}
+
+/// Polls `cond` until it holds, failing the test after a generous deadline.
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn start_fake_meta() -> anyhow::Result<(FakeCatalog, String, oneshot::Sender<()>)> {
+    let catalog = FakeCatalog::default();
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder().add_service(CatalogServer::new(catalog.clone()));
+    tokio::spawn(server.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        let _ = stopped.await;
+    }));
+    Ok((catalog, addr, stop))
+}
+
+fn config(dir: &std::path::Path, advertise: &str, meta: &str) -> anyhow::Result<StorageConfig> {
+    let mut c = StorageConfig::new(dir, advertise, SiteId::new("site-b")?, vec![meta.to_string()]);
+    c.heartbeat_interval = Duration::from_millis(50);
+    Ok(c)
+}
+
+type Running = (oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), StorageError>>);
+
+async fn serve(node: StorageNode) -> anyhow::Result<Running> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(node.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    Ok((stop, task))
+}
+
+async fn stop((stop, task): Running) -> anyhow::Result<()> {
+    let _ = stop.send(());
+    task.await??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn registers_heartbeats_re_registers_and_keeps_its_id_across_restarts() -> anyhow::Result<()> {
+    let (catalog, meta, _meta_stop) = start_fake_meta().await?;
+    let dir = tempfile::tempdir()?;
+
+    let node = StorageNode::open(config(dir.path(), "10.0.0.1:7000", &meta)?)?;
+    let id = node.id();
+    let running = serve(node).await?;
+    wait_until("a registration and two heartbeats", || {
+        let s = catalog.state();
+        !s.registrations.is_empty() && s.heartbeats >= 2
+    })
+    .await;
+    {
+        let s = catalog.state();
+        let reg = &s.registrations[0];
+        assert_eq!((reg.id, reg.site.as_str(), reg.addr.as_str()), (id.0, "site-b", "10.0.0.1:7000"));
+        assert!(reg.capacity_bytes > 0);
+    }
+
+    // The catalog forgets the node: the next heartbeat says so, and the node registers again.
+    catalog.state().forget = true;
+    wait_until("a second registration", || !catalog.state().registrations.is_empty() && !catalog.state().forget).await;
+    stop(running).await?;
+
+    // A restart on the same directory keeps the id and announces the new address.
+    catalog.state().registrations.clear();
+    let node = StorageNode::open(config(dir.path(), "10.0.0.2:7001", &meta)?)?;
+    assert_eq!(node.id(), id);
+    let running = serve(node).await?;
+    wait_until("a registration from the restarted node", || !catalog.state().registrations.is_empty()).await;
+    {
+        let s = catalog.state();
+        assert_eq!((s.registrations[0].id, s.registrations[0].addr.as_str()), (id.0, "10.0.0.2:7001"));
+    }
+    stop(running).await
+}
+
+#[test]
+fn node_id_file_is_stable_and_never_silently_replaced() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cfg = config(dir.path(), "127.0.0.1:9", "127.0.0.1:1")?;
+    let first = StorageNode::open(cfg.clone())?.id();
+    assert_ne!(first, NodeId(0));
+    assert_eq!(StorageNode::open(cfg.clone())?.id(), first);
+    assert_eq!(std::fs::read_to_string(dir.path().join("node-id"))?.trim(), first.to_string());
+
+    std::fs::write(dir.path().join("node-id"), "not hex\n")?;
+    assert!(matches!(StorageNode::open(cfg.clone()), Err(StorageError::NodeIdFile { .. })));
+    assert_eq!(std::fs::read_to_string(dir.path().join("node-id"))?, "not hex\n");
+
+    let mut bad = cfg;
+    bad.advertise = String::new();
+    assert!(matches!(StorageNode::open(bad), Err(StorageError::Config { .. })));
+    Ok(())
+}

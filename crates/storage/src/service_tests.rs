@@ -1,0 +1,259 @@
+//! The shard service over a real socket: a node bound to an ephemeral port,
+//! driven by the same client the agents use. No metadata plane runs; the
+//! node's registration keeps failing in the background, which must not stop
+//! it from serving.
+
+use std::time::Duration;
+
+use coffer_client::conn::shard_client;
+use coffer_proto::pb::put_shard_request::Msg;
+use coffer_proto::pb::shard_store_client::ShardStoreClient;
+use coffer_proto::pb::{self, GetShardRequest, NodeInfoRequest, PutShardRequest, ShardRef};
+use coffer_types::{PackId, SiteId, MAX_FRAME_BYTES};
+use rand::{RngCore, SeedableRng};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic::Code;
+
+use crate::{ShardStore, StorageConfig, StorageError, StorageNode, BLOCK_SIZE};
+
+struct TestNode {
+    client: ShardStoreClient<Channel>,
+    store: ShardStore,
+    node: coffer_types::NodeId,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), StorageError>>,
+    dir: tempfile::TempDir,
+}
+
+impl TestNode {
+    async fn start() -> anyhow::Result<TestNode> {
+        let dir = tempfile::tempdir()?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        // Port 1 on loopback refuses connections: the metadata plane is absent.
+        let mut config = StorageConfig::new(dir.path(), &addr, SiteId::new("site-a")?, vec!["127.0.0.1:1".into()]);
+        config.heartbeat_interval = Duration::from_secs(3600);
+        config.capacity_bytes = Some(1 << 30);
+        let node = StorageNode::open(config)?;
+        let store = node.store().clone();
+        let id = node.id();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(node.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        Ok(TestNode { client: shard_client(&addr)?, store, node: id, stop, task, dir })
+    }
+
+    async fn shut_down(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await??;
+        Ok(())
+    }
+
+    fn tmp_entries(&self) -> usize {
+        std::fs::read_dir(self.dir.path().join("tmp")).map(|d| d.count()).unwrap_or(usize::MAX)
+    }
+}
+
+fn random_body(len: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+fn header(pack: &PackId, index: u32, body: &[u8]) -> pb::ShardHeader {
+    pb::ShardHeader {
+        format_version: 1,
+        pack_id: pack.as_bytes().to_vec(),
+        index,
+        k: 4,
+        m: 2,
+        length: body.len() as u64,
+        checksum: blake3::hash(body).as_bytes().to_vec(),
+    }
+}
+
+fn header_msg(h: pb::ShardHeader) -> PutShardRequest {
+    PutShardRequest { msg: Some(Msg::Header(h)) }
+}
+
+fn data_msg(d: &[u8]) -> PutShardRequest {
+    PutShardRequest { msg: Some(Msg::Data(d.to_vec())) }
+}
+
+fn framed(h: pb::ShardHeader, body: &[u8], frame: usize) -> Vec<PutShardRequest> {
+    std::iter::once(header_msg(h)).chain(body.chunks(frame).map(data_msg)).collect()
+}
+
+async fn put(client: &mut ShardStoreClient<Channel>, msgs: Vec<PutShardRequest>) -> Result<u64, tonic::Status> {
+    Ok(client.put_shard(tokio_stream::iter(msgs)).await?.into_inner().stored_bytes)
+}
+
+/// Fetches a range and checks that no frame exceeds the frame limit.
+async fn get(
+    client: &mut ShardStoreClient<Channel>,
+    pack: &PackId,
+    index: u32,
+    offset: u64,
+    length: u64,
+) -> Result<Vec<u8>, tonic::Status> {
+    let req = GetShardRequest { shard: Some(ShardRef { pack_id: pack.as_bytes().to_vec(), index }), offset, length };
+    let mut stream = client.get_shard(req).await?.into_inner();
+    let mut out = Vec::new();
+    while let Some(frame) = stream.message().await? {
+        assert!(frame.data.len() <= MAX_FRAME_BYTES, "frame of {} bytes", frame.data.len());
+        out.extend_from_slice(&frame.data);
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn streaming_put_of_5_mib_then_ranged_gets() -> anyhow::Result<()> {
+    let mut n = TestNode::start().await?;
+    let body = random_body(5 << 20, 1);
+    let pack = PackId::random();
+    let stored = put(&mut n.client, framed(header(&pack, 1, &body), &body, MAX_FRAME_BYTES)).await?;
+    assert_eq!(stored, body.len() as u64);
+
+    assert_eq!(get(&mut n.client, &pack, 1, 0, 0).await?, body);
+    let bs = u64::from(BLOCK_SIZE);
+    for (offset, len) in
+        [(1_000_000u64, 2_500_000u64), (bs - 1, 2), (body.len() as u64 - 10, 0), (3, 1), (0, bs * 16 + 1)]
+    {
+        let want = if len == 0 { &body[offset as usize..] } else { &body[offset as usize..(offset + len) as usize] };
+        assert_eq!(get(&mut n.client, &pack, 1, offset, len).await?, want, "offset {offset} len {len}");
+    }
+
+    let stat = n.client.stat_shard(ShardRef { pack_id: pack.as_bytes().to_vec(), index: 1 }).await?.into_inner();
+    assert_eq!(stat, header(&pack, 1, &body));
+    let info = n.client.node_info(NodeInfoRequest {}).await?.into_inner();
+    assert_eq!(info.node_id, n.node.0);
+    assert_eq!(info.site, "site-a");
+    assert_eq!(info.shard_count, 1);
+    assert!(info.used_bytes > body.len() as u64);
+    assert_eq!(info.capacity_bytes, 1 << 30);
+
+    let oob = get(&mut n.client, &pack, 1, body.len() as u64, 1).await.unwrap_err();
+    assert_eq!(oob.code(), Code::OutOfRange, "{oob:?}");
+    let missing = get(&mut n.client, &pack, 2, 0, 0).await.unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+
+    let r = ShardRef { pack_id: pack.as_bytes().to_vec(), index: 1 };
+    assert!(n.client.delete_shard(r.clone()).await?.into_inner().existed);
+    assert!(!n.client.delete_shard(r).await?.into_inner().existed);
+    assert_eq!(get(&mut n.client, &pack, 1, 0, 0).await.unwrap_err().code(), Code::NotFound);
+    n.shut_down().await
+}
+
+#[tokio::test]
+async fn garbage_requests_get_the_right_code_and_the_node_keeps_serving() -> anyhow::Result<()> {
+    let mut n = TestNode::start().await?;
+    let pack = PackId::random();
+    let body = random_body(300_000, 2);
+    let good = header(&pack, 0, &body);
+
+    let cases: Vec<(&str, Vec<PutShardRequest>, Code)> = vec![
+        ("empty stream", vec![], Code::InvalidArgument),
+        ("data before header", vec![data_msg(&body), header_msg(good.clone())], Code::InvalidArgument),
+        ("message without payload", vec![PutShardRequest { msg: None }], Code::InvalidArgument),
+        (
+            "oversize frame",
+            {
+                let big = random_body(2 * MAX_FRAME_BYTES, 3);
+                framed(header(&pack, 0, &big), &big, 2 * MAX_FRAME_BYTES)
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "more bytes than declared",
+            vec![header_msg(good.clone()), data_msg(&body), data_msg(b"extra")],
+            Code::InvalidArgument,
+        ),
+        ("fewer bytes than declared", vec![header_msg(good.clone()), data_msg(&body[..1000])], Code::InvalidArgument),
+        ("second header", vec![header_msg(good.clone()), header_msg(good.clone())], Code::InvalidArgument),
+        (
+            "unknown format version",
+            framed(pb::ShardHeader { format_version: 2, ..good.clone() }, &body, 65536),
+            Code::FailedPrecondition,
+        ),
+        (
+            "wrong checksum",
+            framed(pb::ShardHeader { checksum: vec![0; 32], ..good.clone() }, &body, 65536),
+            Code::InvalidArgument,
+        ),
+        (
+            "short pack id",
+            framed(pb::ShardHeader { pack_id: vec![1, 2], ..good.clone() }, &body, 65536),
+            Code::InvalidArgument,
+        ),
+        (
+            "index outside the code",
+            framed(pb::ShardHeader { index: 6, ..good.clone() }, &body, 65536),
+            Code::InvalidArgument,
+        ),
+        (
+            "index beyond a byte",
+            framed(pb::ShardHeader { index: 300, ..good.clone() }, &body, 65536),
+            Code::InvalidArgument,
+        ),
+        ("k of zero", framed(pb::ShardHeader { k: 0, ..good.clone() }, &body, 65536), Code::InvalidArgument),
+        (
+            "absurd length",
+            vec![header_msg(pb::ShardHeader { length: u64::MAX, ..good.clone() })],
+            Code::InvalidArgument,
+        ),
+    ];
+    for (what, msgs, code) in cases {
+        let err = put(&mut n.client, msgs).await.expect_err(what);
+        assert_eq!(err.code(), code, "{what}: {err:?}");
+        if what == "wrong checksum" {
+            assert!(err.message().contains("checksum mismatch: sent bytes do not match the header"), "{err:?}");
+        }
+        // Nothing stored, nothing left behind.
+        assert_eq!(n.store.list()?, vec![], "{what}");
+        assert_eq!(n.tmp_entries(), 0, "{what}");
+    }
+
+    // Still serving, and the shard that failed so often now goes in.
+    assert_eq!(put(&mut n.client, framed(good.clone(), &body, 100_000)).await?, body.len() as u64);
+    assert_eq!(get(&mut n.client, &pack, 0, 0, 0).await?, body);
+    // An identical put again is fine.
+    assert_eq!(put(&mut n.client, framed(good, &body, MAX_FRAME_BYTES)).await?, body.len() as u64);
+    assert_eq!(n.store.shard_count(), 1);
+
+    let bad_ref = GetShardRequest { shard: Some(ShardRef { pack_id: vec![0; 3], index: 0 }), offset: 0, length: 0 };
+    assert_eq!(n.client.get_shard(bad_ref).await.unwrap_err().code(), Code::InvalidArgument);
+    let no_ref = GetShardRequest { shard: None, offset: 0, length: 0 };
+    assert_eq!(n.client.get_shard(no_ref).await.unwrap_err().code(), Code::InvalidArgument);
+    n.shut_down().await
+}
+
+#[tokio::test]
+async fn corrupt_shard_is_data_loss_naming_the_shard() -> anyhow::Result<()> {
+    let mut n = TestNode::start().await?;
+    let pack = PackId::random();
+    let body = random_body(3 * BLOCK_SIZE as usize, 4);
+    put(&mut n.client, framed(header(&pack, 5, &body), &body, MAX_FRAME_BYTES)).await?;
+
+    let path = n.store.shard_path(&pack, coffer_types::ShardIndex(5));
+    let mut bytes = std::fs::read(&path)?;
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&path, &bytes)?;
+
+    let err = get(&mut n.client, &pack, 5, 0, 0).await.unwrap_err();
+    assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+    assert!(err.message().contains(&format!("{pack}.5")), "{err:?}");
+    // The intact blocks still read.
+    assert_eq!(get(&mut n.client, &pack, 5, 0, 2 * u64::from(BLOCK_SIZE)).await?, &body[..2 * BLOCK_SIZE as usize]);
+
+    // A truncated file is data loss too, for stat as for reads.
+    std::fs::write(&path, &bytes[..bytes.len() / 2])?;
+    let r = ShardRef { pack_id: pack.as_bytes().to_vec(), index: 5 };
+    assert_eq!(n.client.stat_shard(r).await.unwrap_err().code(), Code::DataLoss);
+    assert_eq!(get(&mut n.client, &pack, 5, 0, 10).await.unwrap_err().code(), Code::DataLoss);
+    n.shut_down().await
+}

@@ -1,0 +1,982 @@
+//! `ShardStore`: shard files in a directory, with a sled inventory as index.
+//!
+//! ```text
+//!   DIR/shards/<2 hex>/<pack hex>.<index>   shard files: the truth
+//!   DIR/tmp/                                puts in progress; emptied on open
+//!   DIR/quarantine/                         files that failed to decode; never deleted
+//!   DIR/inventory/                          sled: (pack ++ index) -> (version, body_len, checksum)
+//! ```
+//!
+//! Invariants kept here:
+//! - A shard file appears under `shards/` only complete, verified and
+//!   durable: a put streams into `tmp/`, checks length and BLAKE3, writes
+//!   the header, fsyncs, renames into place and fsyncs the directory.
+//! - The inventory never disagrees with the files for long: `open` always
+//!   reconciles it with the file headers, both ways. This costs one small
+//!   read per shard at start-up and is robust to every crash point, a
+//!   deleted or corrupt inventory, and files added or removed while the node
+//!   was down, so there is no "clean shutdown" marker to get wrong.
+//! - Bytes read back are verified per 64 KiB block before they are returned.
+//! - Files that do not decode are moved aside, never deleted.
+//!
+//! The operations are synchronous; the async service calls them through
+//! `tokio::task::spawn_blocking`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::ErrorKind;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use coffer_types::{Hash32, PackId, ShardIndex};
+
+use crate::shard_file::{self, ShardHeader, BLOCK_SIZE, FIXED_HEADER_LEN};
+use crate::StorageError;
+
+/// Version of the inventory's value encoding.
+const INVENTORY_VERSION: u8 = 1;
+const INVENTORY_VALUE_LEN: usize = 1 + 8 + 32;
+/// The inventory holds a few dozen bytes per shard; sled's default cache is
+/// sized for far larger databases.
+const INVENTORY_CACHE_BYTES: u64 = 16 << 20;
+
+/// One shard as the inventory lists it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ShardEntry {
+    pub pack: PackId,
+    pub index: ShardIndex,
+    pub body_len: u64,
+    /// BLAKE3 of the body, as the catalog records it.
+    pub checksum: Hash32,
+}
+
+/// Sizes kept in memory so that heartbeats need no directory walk.
+#[derive(Default)]
+struct Totals {
+    /// The sum of the shard files' sizes, headers included.
+    used_bytes: u64,
+    shard_count: u64,
+}
+
+struct Inner {
+    shards_dir: PathBuf,
+    tmp_dir: PathBuf,
+    quarantine_dir: PathBuf,
+    db: sled::Db,
+    /// Held while a shard file is renamed into place or removed and the
+    /// inventory and totals follow, so that concurrent puts and deletes of
+    /// the same shard account for each other.
+    totals: Mutex<Totals>,
+}
+
+/// A directory of shard files and its inventory. Cheap to clone; clones
+/// share the same store.
+#[derive(Clone)]
+pub struct ShardStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ShardStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardStore").field("shards_dir", &self.inner.shards_dir).finish()
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
+    move |e| StorageError::io(path, e)
+}
+
+/// Makes a rename or unlink in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+}
+
+fn create_dir(dir: &Path) -> Result<(), StorageError> {
+    fs::create_dir_all(dir).map_err(io_err(dir))
+}
+
+fn inventory_key(pack: &PackId, index: ShardIndex) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[..16].copy_from_slice(pack.as_bytes());
+    key[16] = index.0;
+    key
+}
+
+fn decode_inventory_key(key: &[u8]) -> Option<(PackId, ShardIndex)> {
+    let (pack, index) = key.split_first_chunk::<16>()?;
+    match index {
+        [i] => Some((PackId(*pack), ShardIndex(*i))),
+        _ => None,
+    }
+}
+
+fn inventory_value(body_len: u64, checksum: &Hash32) -> [u8; INVENTORY_VALUE_LEN] {
+    let mut v = [0u8; INVENTORY_VALUE_LEN];
+    v[0] = INVENTORY_VERSION;
+    v[1..9].copy_from_slice(&body_len.to_le_bytes());
+    v[9..].copy_from_slice(checksum.as_bytes());
+    v
+}
+
+fn decode_inventory_value(v: &[u8]) -> Option<(u64, Hash32)> {
+    let (&version, rest) = v.split_first()?;
+    if version != INVENTORY_VERSION {
+        return None;
+    }
+    let (len, sum) = rest.split_first_chunk::<8>()?;
+    Some((u64::from_le_bytes(*len), Hash32::from_slice(sum).ok()?))
+}
+
+/// Parses `<pack hex>.<index>` and accepts only the canonical spelling we
+/// write, so that two names can never denote the same shard.
+fn parse_shard_name(name: &str) -> Option<(PackId, ShardIndex)> {
+    let (pack, index) = name.split_once('.')?;
+    let pack: PackId = pack.parse().ok()?;
+    let index = ShardIndex(index.parse().ok()?);
+    (shard_file_name(&pack, index) == name).then_some((pack, index))
+}
+
+fn shard_file_name(pack: &PackId, index: ShardIndex) -> String {
+    format!("{}.{}", pack.to_hex(), index.0)
+}
+
+fn fan_out_dir_name(pack: &PackId) -> String {
+    pack.to_hex()[..2].to_string()
+}
+
+impl ShardStore {
+    /// Opens the store in `dir`, creating it if needed, removes abandoned
+    /// temporary files, quarantines undecodable shard files and reconciles
+    /// the inventory with the files.
+    pub fn open(dir: impl AsRef<Path>) -> Result<ShardStore, StorageError> {
+        let dir = dir.as_ref();
+        let shards_dir = dir.join("shards");
+        let tmp_dir = dir.join("tmp");
+        let quarantine_dir = dir.join("quarantine");
+        for d in [dir, &shards_dir, &tmp_dir, &quarantine_dir] {
+            create_dir(d)?;
+        }
+        clean_tmp(&tmp_dir)?;
+        let db = open_inventory(&dir.join("inventory"), &quarantine_dir)?;
+        let store = ShardStore {
+            inner: Arc::new(Inner { shards_dir, tmp_dir, quarantine_dir, db, totals: Mutex::new(Totals::default()) }),
+        };
+        let files = store.scan_files()?;
+        store.reconcile(&files)?;
+        let mut totals = store.lock_totals();
+        totals.used_bytes = files.values().map(ShardHeader::file_len).sum();
+        totals.shard_count = files.len() as u64;
+        drop(totals);
+        tracing::info!(dir = %dir.display(), shards = files.len(), "shard store open");
+        Ok(store)
+    }
+
+    fn lock_totals(&self) -> MutexGuard<'_, Totals> {
+        // The totals are plain counters: a panic elsewhere cannot leave them
+        // in a state worse than slightly off, so a poisoned lock is used as is.
+        self.inner.totals.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The path of the file that holds `pack`'s shard `index`.
+    pub fn shard_path(&self, pack: &PackId, index: ShardIndex) -> PathBuf {
+        self.inner.shards_dir.join(fan_out_dir_name(pack)).join(shard_file_name(pack, index))
+    }
+
+    /// Where files that failed to decode are moved.
+    pub fn quarantine_dir(&self) -> &Path {
+        &self.inner.quarantine_dir
+    }
+
+    /// Lists every shard file and reads its header, quarantining what does
+    /// not decode or does not belong.
+    fn scan_files(&self) -> Result<BTreeMap<(PackId, ShardIndex), ShardHeader>, StorageError> {
+        let mut found = BTreeMap::new();
+        let shards_dir = &self.inner.shards_dir;
+        for top in fs::read_dir(shards_dir).map_err(io_err(shards_dir))? {
+            let top = top.map_err(io_err(shards_dir))?;
+            let top_path = top.path();
+            let top_name = top.file_name().to_string_lossy().into_owned();
+            let is_dir = top.file_type().map_err(io_err(&top_path))?.is_dir();
+            let is_fan_out = top_name.len() == 2 && top_name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            if !is_dir || !is_fan_out {
+                self.quarantine(&top_path, "not a shard fan-out directory")?;
+                continue;
+            }
+            for entry in fs::read_dir(&top_path).map_err(io_err(&top_path))? {
+                let entry = entry.map_err(io_err(&top_path))?;
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some((pack, index)) = parse_shard_name(&name).filter(|(p, _)| fan_out_dir_name(p) == top_name)
+                else {
+                    self.quarantine(&path, "name is not <pack id>.<index> under its fan-out directory")?;
+                    continue;
+                };
+                match read_shard_header(&path, &pack, index) {
+                    Ok(header) => {
+                        found.insert((pack, index), header.0);
+                    }
+                    // Wrong permissions point at the deployment, not at the
+                    // file: refuse to start rather than move good shards away.
+                    Err(StorageError::Io { source, path }) if source.kind() == ErrorKind::PermissionDenied => {
+                        return Err(StorageError::Io { source, path });
+                    }
+                    Err(e) => self.quarantine(&path, &e.to_string())?,
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Moves `path` into the quarantine directory under a fresh name.
+    fn quarantine(&self, path: &Path, reason: &str) -> Result<(), StorageError> {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let dest = self.inner.quarantine_dir.join(format!("{name}.{:016x}", rand::random::<u64>()));
+        fs::rename(path, &dest).map_err(io_err(path))?;
+        sync_dir(&self.inner.quarantine_dir)?;
+        tracing::warn!(from = %path.display(), to = %dest.display(), reason, "quarantined a shard file");
+        Ok(())
+    }
+
+    /// Makes the inventory say exactly what the files say.
+    fn reconcile(&self, files: &BTreeMap<(PackId, ShardIndex), ShardHeader>) -> Result<(), StorageError> {
+        let db = &self.inner.db;
+        let mut agreeing = BTreeSet::new();
+        let mut stale = Vec::new();
+        for item in db.iter() {
+            let (key, value) = item?;
+            let matches = decode_inventory_key(&key).filter(|k| {
+                files.get(k).is_some_and(|h| decode_inventory_value(&value) == Some((h.body_len, h.body_checksum)))
+            });
+            match matches {
+                Some(k) => {
+                    agreeing.insert(k);
+                }
+                None => stale.push(key),
+            }
+        }
+        for key in &stale {
+            db.remove(key)?;
+        }
+        let mut added = 0usize;
+        for ((pack, index), h) in files {
+            if !agreeing.contains(&(*pack, *index)) {
+                db.insert(inventory_key(pack, *index), &inventory_value(h.body_len, &h.body_checksum)[..])?;
+                added += 1;
+            }
+        }
+        db.flush()?;
+        if added > 0 || !stale.is_empty() {
+            tracing::info!(added, removed = stale.len(), "reconciled the inventory with the shard files");
+        }
+        Ok(())
+    }
+
+    /// Starts a streaming put of the shard `header` describes.
+    pub fn begin_put(&self, header: ShardHeader) -> Result<PutWriter, StorageError> {
+        header.validate()?;
+        let name = format!("{}.{:016x}.tmp", shard_file_name(&header.pack, header.index), rand::random::<u64>());
+        let path = self.inner.tmp_dir.join(name);
+        let file = OpenOptions::new().write(true).create_new(true).open(&path).map_err(io_err(&path))?;
+        Ok(PutWriter {
+            store: self.clone(),
+            header,
+            path,
+            file,
+            body_hasher: blake3::Hasher::new(),
+            block_hasher: blake3::Hasher::new(),
+            block_fill: 0,
+            block_hashes: Vec::with_capacity(header.block_count() as usize),
+            received: 0,
+            committed: false,
+        })
+    }
+
+    /// Puts a whole shard held in memory.
+    pub fn put(&self, header: ShardHeader, body: &[u8]) -> Result<u64, StorageError> {
+        let mut w = self.begin_put(header)?;
+        w.write(body)?;
+        w.finish()
+    }
+
+    /// Moves a finished temporary file into place and records it.
+    fn commit(&self, tmp: &Path, header: &ShardHeader) -> Result<(), StorageError> {
+        let dest = self.shard_path(&header.pack, header.index);
+        let fan_out = dest.parent().unwrap_or(&self.inner.shards_dir).to_path_buf();
+        let mut totals = self.lock_totals();
+        if !fan_out.is_dir() {
+            create_dir(&fan_out)?;
+            sync_dir(&self.inner.shards_dir)?;
+        }
+        let old_len = match fs::metadata(&dest) {
+            Ok(m) => Some(m.len()),
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => return Err(StorageError::io(&dest, e)),
+        };
+        fs::rename(tmp, &dest).map_err(io_err(&dest))?;
+        sync_dir(&fan_out)?;
+        self.inner.db.insert(
+            inventory_key(&header.pack, header.index),
+            &inventory_value(header.body_len, &header.body_checksum)[..],
+        )?;
+        totals.used_bytes = totals.used_bytes.saturating_sub(old_len.unwrap_or(0)) + header.file_len();
+        if old_len.is_none() {
+            totals.shard_count += 1;
+        }
+        drop(totals);
+        // Flushing outside the lock lets concurrent puts share fsyncs.
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
+    /// Opens a shard for reading, checking its header and file length.
+    pub fn open_reader(&self, pack: &PackId, index: ShardIndex) -> Result<ShardReader, StorageError> {
+        let path = self.shard_path(pack, index);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(StorageError::NotFound { pack: *pack, index }),
+            Err(e) => return Err(StorageError::io(&path, e)),
+        };
+        let (header, hashes, body_offset) = read_header_from(&file, &path, pack, index)?;
+        Ok(ShardReader { path, file, header, hashes, body_offset })
+    }
+
+    /// Reads `len` bytes of the body from `offset` (`len` 0: to the end),
+    /// verifying every block it touches.
+    pub fn read_range(&self, pack: &PackId, index: ShardIndex, offset: u64, len: u64) -> Result<Vec<u8>, StorageError> {
+        self.open_reader(pack, index)?.read_range(offset, len)
+    }
+
+    /// Reads and checks the whole body.
+    pub fn verify(&self, pack: &PackId, index: ShardIndex) -> Result<(), StorageError> {
+        self.open_reader(pack, index)?.verify()
+    }
+
+    /// The header of a stored shard, read from its file.
+    pub fn stat(&self, pack: &PackId, index: ShardIndex) -> Result<ShardHeader, StorageError> {
+        Ok(*self.open_reader(pack, index)?.header())
+    }
+
+    /// Removes a shard; returns whether its file existed.
+    pub fn delete(&self, pack: &PackId, index: ShardIndex) -> Result<bool, StorageError> {
+        let path = self.shard_path(pack, index);
+        let mut totals = self.lock_totals();
+        let len = match fs::metadata(&path) {
+            Ok(m) => Some(m.len()),
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => return Err(StorageError::io(&path, e)),
+        };
+        if let Some(len) = len {
+            fs::remove_file(&path).map_err(io_err(&path))?;
+            if let Some(dir) = path.parent() {
+                sync_dir(dir)?;
+            }
+            totals.used_bytes = totals.used_bytes.saturating_sub(len);
+            totals.shard_count = totals.shard_count.saturating_sub(1);
+        }
+        self.inner.db.remove(inventory_key(pack, index))?;
+        drop(totals);
+        self.inner.db.flush()?;
+        Ok(len.is_some())
+    }
+
+    /// Every shard the inventory holds, in (pack, index) order.
+    pub fn list(&self) -> Result<Vec<ShardEntry>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.inner.db.iter() {
+            let (key, value) = item?;
+            // `open` rewrote every entry it could not decode, and only this
+            // module writes entries, so a bad one here is a bug worth a log
+            // line but not a failure of the whole listing.
+            match (decode_inventory_key(&key), decode_inventory_value(&value)) {
+                (Some((pack, index)), Some((body_len, checksum))) => {
+                    out.push(ShardEntry { pack, index, body_len, checksum })
+                }
+                _ => tracing::error!(key = ?key, "undecodable inventory entry skipped"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The sum of the shard files' sizes.
+    pub fn used_bytes(&self) -> u64 {
+        self.lock_totals().used_bytes
+    }
+
+    pub fn shard_count(&self) -> u64 {
+        self.lock_totals().shard_count
+    }
+}
+
+/// Removes everything in `tmp`: puts that were in flight when the node
+/// stopped. Their clients never got an acknowledgement, so nothing is lost.
+fn clean_tmp(tmp: &Path) -> Result<(), StorageError> {
+    let mut removed = 0usize;
+    for entry in fs::read_dir(tmp).map_err(io_err(tmp))? {
+        let path = entry.map_err(io_err(tmp))?.path();
+        let r = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+        r.map_err(io_err(&path))?;
+        removed += 1;
+    }
+    if removed > 0 {
+        tracing::info!(removed, dir = %tmp.display(), "removed abandoned temporary files");
+    }
+    Ok(())
+}
+
+/// Opens the sled inventory. A corrupt inventory is moved into quarantine
+/// and replaced by an empty one, which `reconcile` then fills from the files;
+/// any other failure (such as another process holding the lock) is an error.
+fn open_inventory(path: &Path, quarantine: &Path) -> Result<sled::Db, StorageError> {
+    let open = || sled::Config::new().path(path).cache_capacity(INVENTORY_CACHE_BYTES).open();
+    match open() {
+        Ok(db) => Ok(db),
+        Err(e @ sled::Error::Corruption { .. }) => {
+            let dest = quarantine.join(format!("inventory.{:016x}", rand::random::<u64>()));
+            tracing::warn!(error = %e, to = %dest.display(), "inventory is corrupt; rebuilding it from the shard files");
+            fs::rename(path, &dest).map_err(io_err(path))?;
+            Ok(open()?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads and checks the header of the shard file at `path`.
+fn read_shard_header(
+    path: &Path,
+    pack: &PackId,
+    index: ShardIndex,
+) -> Result<(ShardHeader, Vec<Hash32>, u64), StorageError> {
+    let file = File::open(path).map_err(io_err(path))?;
+    read_header_from(&file, path, pack, index)
+}
+
+/// Reads the header region of an open shard file, decodes it, checks that it
+/// describes the shard the file name says, and that the file has exactly the
+/// length the header calls for. Damage is reported as `CorruptHeader` or
+/// `Truncated` for `pack`/`index`.
+fn read_header_from(
+    file: &File,
+    path: &Path,
+    pack: &PackId,
+    index: ShardIndex,
+) -> Result<(ShardHeader, Vec<Hash32>, u64), StorageError> {
+    let damaged = |reason: String| StorageError::CorruptHeader { pack: *pack, index, reason };
+    let actual = file.metadata().map_err(io_err(path))?.len();
+    let mut fixed = [0u8; FIXED_HEADER_LEN];
+    read_exact_at(file, path, &mut fixed, 0)?
+        .ok_or_else(|| damaged(format!("file of {actual} bytes is shorter than a shard header")))?;
+    let (_, region_len) = shard_file::decode_fixed(&fixed).map_err(|e| damaged(e.to_string()))?;
+    // `decode_fixed` bounded the region by the format's caps.
+    let mut region = vec![0u8; region_len];
+    read_exact_at(file, path, &mut region, 0)?
+        .ok_or_else(|| damaged(format!("file of {actual} bytes ends inside the block hash table")))?;
+    let (header, hashes, body_offset) = shard_file::decode_header(&region).map_err(|e| damaged(e.to_string()))?;
+    if header.pack != *pack || header.index != index {
+        return Err(damaged(format!("the header describes shard {}.{} instead", header.pack, header.index)));
+    }
+    if actual != header.file_len() {
+        return Err(StorageError::Truncated { pack: *pack, index, expected: header.file_len(), actual });
+    }
+    Ok((header, hashes, body_offset))
+}
+
+/// `read_exact_at` that reports a short file as `Ok(None)` instead of an
+/// I/O error, so that callers can name it as damage.
+fn read_exact_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<Option<()>, StorageError> {
+    match file.read_exact_at(buf, offset) {
+        Ok(()) => Ok(Some(())),
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(StorageError::io(path, e)),
+    }
+}
+
+/// A streaming put in progress: body bytes go to a temporary file at their
+/// final offset, leaving room for the header, and are hashed as they come.
+/// Dropping an unfinished writer removes the temporary file.
+pub struct PutWriter {
+    store: ShardStore,
+    header: ShardHeader,
+    path: PathBuf,
+    file: File,
+    body_hasher: blake3::Hasher,
+    block_hasher: blake3::Hasher,
+    /// Bytes of the current block hashed so far.
+    block_fill: u32,
+    block_hashes: Vec<Hash32>,
+    received: u64,
+    committed: bool,
+}
+
+impl std::fmt::Debug for PutWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PutWriter").field("header", &self.header).field("received", &self.received).finish()
+    }
+}
+
+impl PutWriter {
+    pub fn header(&self) -> &ShardHeader {
+        &self.header
+    }
+
+    /// Body bytes received so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Appends body bytes. More bytes than the header declares is an error,
+    /// and nothing past the declared length is written.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), StorageError> {
+        let total = self.received.saturating_add(data.len() as u64);
+        if total > self.header.body_len {
+            return Err(StorageError::LengthMismatch {
+                pack: self.header.pack,
+                index: self.header.index,
+                declared: self.header.body_len,
+                received: total,
+            });
+        }
+        self.file.write_all_at(data, self.header.body_offset() + self.received).map_err(io_err(&self.path))?;
+        self.received = total;
+        self.body_hasher.update(data);
+        let mut rest = data;
+        while !rest.is_empty() {
+            let room = (BLOCK_SIZE - self.block_fill) as usize;
+            let (now, later) = rest.split_at(room.min(rest.len()));
+            self.block_hasher.update(now);
+            self.block_fill += now.len() as u32;
+            if self.block_fill == BLOCK_SIZE {
+                self.close_block();
+            }
+            rest = later;
+        }
+        Ok(())
+    }
+
+    fn close_block(&mut self) {
+        self.block_hashes.push(Hash32(*self.block_hasher.finalize().as_bytes()));
+        self.block_hasher.reset();
+        self.block_fill = 0;
+    }
+
+    /// Checks length and checksum, writes the header, makes the file durable,
+    /// renames it into place and records it. Returns the body bytes stored.
+    /// On any error the temporary file is removed and nothing is stored.
+    pub fn finish(mut self) -> Result<u64, StorageError> {
+        let h = self.header;
+        if self.received != h.body_len {
+            return Err(StorageError::LengthMismatch {
+                pack: h.pack,
+                index: h.index,
+                declared: h.body_len,
+                received: self.received,
+            });
+        }
+        if self.block_fill > 0 {
+            self.close_block();
+        }
+        if self.body_hasher.finalize().as_bytes() != h.body_checksum.as_bytes() {
+            return Err(StorageError::ChecksumMismatch { pack: h.pack, index: h.index });
+        }
+        let head = shard_file::encode_header(&h, &self.block_hashes);
+        self.file.write_all_at(&head, 0).map_err(io_err(&self.path))?;
+        self.file.sync_all().map_err(io_err(&self.path))?;
+        self.store.commit(&self.path, &h)?;
+        self.committed = true;
+        Ok(h.body_len)
+    }
+}
+
+impl Drop for PutWriter {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        match fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(path = %self.path.display(), error = %e, "could not remove an abandoned put"),
+        }
+    }
+}
+
+/// An open shard file whose header has been checked. Reads verify every
+/// block they touch against the header's block hashes.
+pub struct ShardReader {
+    path: PathBuf,
+    file: File,
+    header: ShardHeader,
+    hashes: Vec<Hash32>,
+    body_offset: u64,
+}
+
+impl std::fmt::Debug for ShardReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardReader").field("path", &self.path).field("header", &self.header).finish()
+    }
+}
+
+impl ShardReader {
+    pub fn header(&self) -> &ShardHeader {
+        &self.header
+    }
+
+    /// Resolves `offset`/`len` (`len` 0: to the end) to a body range.
+    pub fn resolve_range(&self, offset: u64, len: u64) -> Result<(u64, u64), StorageError> {
+        let body_len = self.header.body_len;
+        let end = if len == 0 { Some(body_len) } else { offset.checked_add(len) };
+        match end {
+            Some(end) if offset <= body_len && end <= body_len && offset <= end => Ok((offset, end)),
+            _ => Err(StorageError::RangeOutOfBounds {
+                pack: self.header.pack,
+                index: self.header.index,
+                offset,
+                len,
+                body_len,
+            }),
+        }
+    }
+
+    /// Reads body bytes `offset..offset + len` (`len` 0: to the end),
+    /// verifying each block it touches.
+    pub fn read_range(&self, offset: u64, len: u64) -> Result<Vec<u8>, StorageError> {
+        let (start, end) = self.resolve_range(offset, len)?;
+        let mut out = Vec::with_capacity((end - start) as usize);
+        if start == end {
+            return Ok(out);
+        }
+        let bs = u64::from(BLOCK_SIZE);
+        let mut buf = vec![0u8; BLOCK_SIZE as usize];
+        for block in (start / bs)..=((end - 1) / bs) {
+            let block_start = block * bs;
+            let data = self.read_block(block, &mut buf)?;
+            let from = (start.max(block_start) - block_start) as usize;
+            let to = (end.min(block_start + data.len() as u64) - block_start) as usize;
+            let part = data.get(from..to).ok_or_else(|| self.damaged("block shorter than the range needs"))?;
+            out.extend_from_slice(part);
+        }
+        Ok(out)
+    }
+
+    /// Reads every block and checks the body checksum as well, which also
+    /// catches a block hash table that was damaged consistently with the body.
+    pub fn verify(&self) -> Result<(), StorageError> {
+        let mut buf = vec![0u8; BLOCK_SIZE as usize];
+        let mut hasher = blake3::Hasher::new();
+        for block in 0..u64::from(self.header.block_count()) {
+            hasher.update(self.read_block(block, &mut buf)?);
+        }
+        if hasher.finalize().as_bytes() != self.header.body_checksum.as_bytes() {
+            return Err(self.damaged("every block matches its hash but the body checksum does not"));
+        }
+        Ok(())
+    }
+
+    fn damaged(&self, reason: &str) -> StorageError {
+        StorageError::CorruptHeader { pack: self.header.pack, index: self.header.index, reason: reason.to_string() }
+    }
+
+    /// Reads body block `block` into `buf` and returns the verified bytes.
+    fn read_block<'b>(&self, block: u64, buf: &'b mut [u8]) -> Result<&'b [u8], StorageError> {
+        let h = &self.header;
+        let bs = u64::from(BLOCK_SIZE);
+        let block_start = block * bs;
+        let n = (h.body_len.min(block_start + bs) - block_start) as usize;
+        let buf = buf.get_mut(..n).ok_or_else(|| self.damaged("block larger than the block size"))?;
+        if read_exact_at(&self.file, &self.path, buf, self.body_offset + block_start)?.is_none() {
+            let actual = self.file.metadata().map_err(io_err(&self.path))?.len();
+            return Err(StorageError::Truncated { pack: h.pack, index: h.index, expected: h.file_len(), actual });
+        }
+        let expected = self.hashes.get(block as usize).ok_or_else(|| self.damaged("block hash table too short"))?;
+        if blake3::hash(buf).as_bytes() != expected.as_bytes() {
+            return Err(StorageError::Corrupt { pack: h.pack, index: h.index, block: block as u32 });
+        }
+        Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use rand::{Rng, RngCore, SeedableRng};
+
+    use super::*;
+
+    fn body(len: usize, seed: u64) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+        v
+    }
+
+    fn header_for(pack: PackId, index: u8, body: &[u8]) -> ShardHeader {
+        ShardHeader {
+            pack,
+            index: ShardIndex(index),
+            k: 4,
+            m: 2,
+            body_len: body.len() as u64,
+            body_checksum: Hash32(*blake3::hash(body).as_bytes()),
+        }
+    }
+
+    fn tmp_files(dir: &Path) -> usize {
+        fs::read_dir(dir.join("tmp")).unwrap().count()
+    }
+
+    #[test]
+    fn put_then_read_ranges_across_block_boundaries() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = ShardStore::open(dir.path())?;
+        let data = body(5 * BLOCK_SIZE as usize + 123, 1);
+        let pack = PackId::random();
+        let h = header_for(pack, 2, &data);
+        // Stream in uneven pieces so that block boundaries fall inside writes.
+        let mut w = store.begin_put(h)?;
+        for piece in data.chunks(40_000) {
+            w.write(piece)?;
+        }
+        assert_eq!(w.finish()?, data.len() as u64);
+        assert_eq!(store.stat(&pack, ShardIndex(2))?, h);
+        assert_eq!(store.read_range(&pack, ShardIndex(2), 0, 0)?, data);
+
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..200 {
+            let offset = rng.gen_range(0..=data.len());
+            let len = rng.gen_range(0..=data.len() - offset);
+            let got = store.read_range(&pack, ShardIndex(2), offset as u64, len as u64)?;
+            let want = if len == 0 { &data[offset..] } else { &data[offset..offset + len] };
+            assert_eq!(got, want, "offset {offset} len {len}");
+        }
+        let bs = BLOCK_SIZE as u64;
+        assert_eq!(store.read_range(&pack, ShardIndex(2), bs - 1, 2)?, &data[bs as usize - 1..bs as usize + 1]);
+
+        let oob = store.read_range(&pack, ShardIndex(2), data.len() as u64, 1);
+        assert!(matches!(oob, Err(StorageError::RangeOutOfBounds { .. })), "{oob:?}");
+        let oob = store.read_range(&pack, ShardIndex(2), data.len() as u64 + 1, 0);
+        assert!(matches!(oob, Err(StorageError::RangeOutOfBounds { .. })), "{oob:?}");
+        let oob = store.read_range(&pack, ShardIndex(2), 5, u64::MAX);
+        assert!(matches!(oob, Err(StorageError::RangeOutOfBounds { .. })), "{oob:?}");
+
+        store.verify(&pack, ShardIndex(2))?;
+        assert_eq!(store.shard_count(), 1);
+        assert_eq!(store.used_bytes(), h.file_len());
+        assert_eq!(
+            store.list()?,
+            vec![ShardEntry { pack, index: ShardIndex(2), body_len: h.body_len, checksum: h.body_checksum }]
+        );
+        assert_eq!(tmp_files(dir.path()), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn flipped_body_byte_fails_only_its_block() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = ShardStore::open(dir.path())?;
+        let data = body(3 * BLOCK_SIZE as usize + 5, 2);
+        let pack = PackId::random();
+        let h = header_for(pack, 0, &data);
+        store.put(h, &data)?;
+
+        let path = store.shard_path(&pack, ShardIndex(0));
+        let mut bytes = fs::read(&path)?;
+        let bs = BLOCK_SIZE as usize;
+        let pos = h.body_offset() as usize + bs + 17;
+        bytes[pos] ^= 0x40;
+        fs::write(&path, &bytes)?;
+
+        let r = store.read_range(&pack, ShardIndex(0), bs as u64 + 10, 20);
+        assert!(matches!(r, Err(StorageError::Corrupt { block: 1, .. })), "{r:?}");
+        let r = store.read_range(&pack, ShardIndex(0), 0, 0);
+        assert!(matches!(r, Err(StorageError::Corrupt { block: 1, .. })), "{r:?}");
+        assert!(r.unwrap_err().to_string().contains(&pack.to_string()));
+        assert_eq!(store.read_range(&pack, ShardIndex(0), 0, bs as u64)?, &data[..bs]);
+        assert_eq!(store.read_range(&pack, ShardIndex(0), 2 * bs as u64, 0)?, &data[2 * bs..]);
+        assert!(store.verify(&pack, ShardIndex(0)).unwrap_err().is_data_loss());
+        Ok(())
+    }
+
+    #[test]
+    fn truncated_or_damaged_files_are_errors() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = ShardStore::open(dir.path())?;
+        let data = body(2 * BLOCK_SIZE as usize, 3);
+        let pack = PackId::random();
+        let h = header_for(pack, 1, &data);
+        store.put(h, &data)?;
+        let path = store.shard_path(&pack, ShardIndex(1));
+        let original = fs::read(&path)?;
+
+        for cut in [0, 5, FIXED_HEADER_LEN - 1, FIXED_HEADER_LEN + 3, original.len() - 1] {
+            fs::write(&path, &original[..cut])?;
+            let r = store.read_range(&pack, ShardIndex(1), 0, 0);
+            assert!(r.as_ref().is_err_and(StorageError::is_data_loss), "cut at {cut}: {r:?}");
+        }
+        // A file that grew is damaged too.
+        let mut longer = original.clone();
+        longer.push(0);
+        fs::write(&path, &longer)?;
+        assert!(matches!(store.stat(&pack, ShardIndex(1)), Err(StorageError::Truncated { .. })));
+
+        // A valid file under another shard's name is not that shard.
+        let other = store.shard_path(&pack, ShardIndex(3));
+        fs::write(&other, &original)?;
+        assert!(matches!(store.stat(&pack, ShardIndex(3)), Err(StorageError::CorruptHeader { .. })));
+
+        assert!(matches!(store.stat(&PackId::random(), ShardIndex(0)), Err(StorageError::NotFound { .. })));
+        Ok(())
+    }
+
+    #[test]
+    fn inventory_is_rebuilt_from_the_files() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut expected = Vec::new();
+        {
+            let store = ShardStore::open(dir.path())?;
+            for i in 0..5u8 {
+                let data = body(1000 * (i as usize + 1), i as u64);
+                let pack = PackId::random();
+                let h = header_for(pack, i, &data);
+                store.put(h, &data)?;
+                expected.push(ShardEntry {
+                    pack,
+                    index: ShardIndex(i),
+                    body_len: h.body_len,
+                    checksum: h.body_checksum,
+                });
+            }
+            // Deleted shards must not come back.
+            let gone = header_for(PackId::random(), 0, b"gone");
+            store.put(gone, b"gone")?;
+            assert!(store.delete(&gone.pack, gone.index)?);
+            assert!(!store.delete(&gone.pack, gone.index)?);
+        }
+        expected.sort_by_key(|e| (e.pack, e.index));
+        let used: u64 = {
+            let store = ShardStore::open(dir.path())?;
+            assert_eq!(store.list()?, expected);
+            store.used_bytes()
+        };
+
+        fs::remove_dir_all(dir.path().join("inventory"))?;
+        let store = ShardStore::open(dir.path())?;
+        assert_eq!(store.list()?, expected);
+        assert_eq!(store.shard_count(), 5);
+        assert_eq!(store.used_bytes(), used);
+        for e in &expected {
+            store.verify(&e.pack, e.index)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn stale_inventory_entries_are_dropped_on_open() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let data = body(10, 9);
+        let h = header_for(PackId::random(), 0, &data);
+        let path = {
+            let store = ShardStore::open(dir.path())?;
+            store.put(h, &data)?;
+            store.shard_path(&h.pack, h.index)
+        };
+        // The file disappears while the node is down.
+        fs::remove_file(path)?;
+        let store = ShardStore::open(dir.path())?;
+        assert_eq!(store.list()?, vec![]);
+        assert_eq!(store.used_bytes(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn garbage_in_shards_is_quarantined_on_open() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let data = body(1000, 4);
+        let good = header_for(PackId::random(), 0, &data);
+        let bad_pack = PackId::random();
+        {
+            let store = ShardStore::open(dir.path())?;
+            store.put(good, &data)?;
+            let path = store.shard_path(&bad_pack, ShardIndex(1));
+            fs::create_dir_all(path.parent().unwrap())?;
+            fs::File::create(&path)?.write_all(b"this is not a shard file")?;
+            fs::write(dir.path().join("shards").join("stray.txt"), b"stray")?;
+            fs::write(path.with_file_name("not-a-shard-name"), b"x")?;
+        }
+        let store = ShardStore::open(dir.path())?;
+        assert_eq!(store.list()?.len(), 1);
+        assert!(!store.shard_path(&bad_pack, ShardIndex(1)).exists());
+        let quarantined: Vec<String> = fs::read_dir(store.quarantine_dir())?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        assert_eq!(quarantined.len(), 3, "{quarantined:?}");
+        // Quarantine keeps the bytes.
+        let kept = quarantined.iter().find(|n| n.starts_with(&bad_pack.to_hex())).unwrap();
+        assert_eq!(fs::read(store.quarantine_dir().join(kept))?, b"this is not a shard file");
+        assert_eq!(store.read_range(&good.pack, good.index, 0, 0)?, data);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_puts_store_nothing() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = ShardStore::open(dir.path())?;
+        let data = body(BLOCK_SIZE as usize + 1, 5);
+        let pack = PackId::random();
+
+        let mut wrong_sum = header_for(pack, 0, &data);
+        wrong_sum.body_checksum = Hash32([0; 32]);
+        let r = store.put(wrong_sum, &data);
+        assert!(matches!(r, Err(StorageError::ChecksumMismatch { .. })), "{r:?}");
+
+        let short = header_for(pack, 0, &data);
+        let mut w = store.begin_put(short)?;
+        w.write(&data[..100])?;
+        assert!(matches!(w.finish(), Err(StorageError::LengthMismatch { received: 100, .. })));
+
+        let mut w = store.begin_put(short)?;
+        w.write(&data)?;
+        assert!(matches!(w.write(&[1]), Err(StorageError::LengthMismatch { .. })));
+        drop(w);
+
+        let r = store.put(ShardHeader { index: ShardIndex(9), ..short }, &data);
+        assert!(matches!(r, Err(StorageError::BadHeader { .. })), "{r:?}");
+
+        assert!(!store.shard_path(&pack, ShardIndex(0)).exists());
+        assert_eq!(store.list()?, vec![]);
+        assert_eq!(store.shard_count(), 0);
+        assert_eq!(store.used_bytes(), 0);
+        assert_eq!(tmp_files(dir.path()), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn identical_put_is_idempotent_and_empty_bodies_work() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = ShardStore::open(dir.path())?;
+        let data = body(70_000, 6);
+        let h = header_for(PackId::random(), 3, &data);
+        store.put(h, &data)?;
+        store.put(h, &data)?;
+        assert_eq!(store.shard_count(), 1);
+        assert_eq!(store.used_bytes(), h.file_len());
+        assert_eq!(store.read_range(&h.pack, h.index, 0, 0)?, data);
+
+        let empty = header_for(PackId::random(), 0, b"");
+        store.put(empty, b"")?;
+        assert_eq!(store.read_range(&empty.pack, empty.index, 0, 0)?, Vec::<u8>::new());
+        store.verify(&empty.pack, empty.index)?;
+        Ok(())
+    }
+
+    #[test]
+    fn abandoned_temp_files_are_removed_on_open() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        drop(ShardStore::open(dir.path())?);
+        // What a put in flight leaves behind when the process dies.
+        fs::write(dir.path().join("tmp").join("0011.0.abcd.tmp"), b"half a shard")?;
+        let store = ShardStore::open(dir.path())?;
+        assert_eq!(tmp_files(dir.path()), 0);
+        assert_eq!(store.list()?, vec![]);
+        Ok(())
+    }
+}
