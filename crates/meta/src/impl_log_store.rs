@@ -5,6 +5,10 @@
 //! small `raft` tree. Every write that openraft must be able to rely on after
 //! a crash (appends, the vote) is flushed to disk before it is acknowledged.
 
+// openraft's storage traits return its own `StorageError`, which is large;
+// the helpers here return it too rather than convert twice.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 
@@ -64,14 +68,6 @@ impl LogStore {
     async fn flush(&self) -> Result<(), StorageError> {
         self.db.flush_async().await.map_err(write_logs_err)?;
         Ok(())
-    }
-
-    /// The index of the last entry in the log, if any.
-    pub fn last_index(&self) -> Result<Option<u64>, StorageError> {
-        match self.log.last().map_err(read_logs_err)? {
-            Some((k, _)) => Ok(Some(index_of(&k)?)),
-            None => Ok(None),
-        }
     }
 }
 

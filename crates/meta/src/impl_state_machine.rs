@@ -9,6 +9,10 @@
 //! A snapshot is every key of the tree, taken under a read lock that
 //! excludes apply, so it is a consistent cut at `last_applied`.
 
+// openraft's storage traits return its own `StorageError`, which is large;
+// the helpers here return it too rather than convert twice.
+#![allow(clippy::result_large_err)]
+
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -216,9 +220,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         // The snapshot's own bookkeeping must agree with the meta openraft
         // hands us; write the meta's values to be certain.
-        let enc = |v: &dyn erased::Enc| v.enc().map_err(|e| snap_err(ErrorVerb::Write, e));
-        batch.insert(KEY_APPLIED, enc(&meta.last_log_id)?);
-        batch.insert(KEY_MEMBERSHIP, enc(&meta.last_membership)?);
+        let applied = codec::encode(&meta.last_log_id).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let membership = codec::encode(&meta.last_membership).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        batch.insert(KEY_APPLIED, applied);
+        batch.insert(KEY_MEMBERSHIP, membership);
         self.inner.tree.apply_batch(batch).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         drop(_cut);
         self.save_current(meta, &data).await
@@ -232,18 +237,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 Ok(Some(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
             }
             None => Ok(None),
-        }
-    }
-}
-
-/// A tiny helper so that values of different types can be encoded in one closure.
-mod erased {
-    pub trait Enc {
-        fn enc(&self) -> Result<Vec<u8>, String>;
-    }
-    impl<T: serde::Serialize> Enc for T {
-        fn enc(&self) -> Result<Vec<u8>, String> {
-            crate::codec::encode(self)
         }
     }
 }

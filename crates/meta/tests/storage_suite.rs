@@ -16,6 +16,8 @@ impl StoreBuilder<coffer_meta::types::TypeConfig, LogStore, StateMachineStore, t
 }
 
 #[test]
-fn openraft_storage_suite_passes_on_sled_stores() -> Result<(), StorageError<u64>> {
-    Suite::test_all(Builder)
+fn openraft_storage_suite_passes_on_sled_stores() {
+    if let Err(e) = Suite::test_all(Builder) {
+        panic!("openraft storage suite: {e}");
+    }
 }

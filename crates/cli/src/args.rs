@@ -1,0 +1,196 @@
+//! The command-line contract (design brief section 8), as clap types.
+//!
+//! Every global option has an environment twin, so that `. DIR/env` from
+//! `coffer dev` is enough to point a shell at a cluster.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::duration::parse_duration;
+
+#[derive(Parser, Debug)]
+#[command(name = "coffer", version, about = "A distributed, erasure-coded, site-aware backup cluster.")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Metadata endpoints, comma-separated (host:port).
+    #[arg(long, env = "COFFER_ENDPOINT", global = true, value_delimiter = ',')]
+    pub endpoint: Vec<String>,
+    /// Repository name.
+    #[arg(long, env = "COFFER_REPO", global = true)]
+    pub repo: Option<String>,
+    /// Repository password (or COFFER_PASSWORD_FILE).
+    #[arg(long, env = "COFFER_PASSWORD", global = true, hide_env_values = true)]
+    pub password: Option<String>,
+    /// Machine output: one JSON object, or JSON lines for long commands.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// How long to keep retrying an unreachable metadata plane.
+    #[arg(long, global = true, default_value = "20s", value_parser = parse_duration)]
+    pub retry_for: std::time::Duration,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a local cluster in this process: a metadata node and storage nodes in several sites.
+    Dev(DevArgs),
+    /// Stop or start one site of a running `coffer dev` cluster.
+    DevSite(DevSiteArgs),
+    /// Run a metadata (Raft) node.
+    Meta(MetaArgs),
+    /// Run a storage node.
+    Storage(StorageArgs),
+    /// Manage repositories.
+    #[command(subcommand)]
+    Repo(RepoCommand),
+    /// Back up paths, or a stream from stdin or a command.
+    Backup(BackupArgs),
+    /// List the snapshots of the repository.
+    Snapshots,
+    /// Restore a snapshot into a directory, or a single file to stdout with TARGET "-".
+    Restore(RestoreArgs),
+    /// Show the cluster: nodes by site and state, pack health, metadata members.
+    Status,
+}
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Where all nodes keep their data.
+    #[arg(long, default_value = ".coffer-dev")]
+    pub data: PathBuf,
+    #[arg(long, default_value_t = 3)]
+    pub sites: u32,
+    #[arg(long, default_value_t = 2)]
+    pub nodes_per_site: u32,
+    /// Default data shards for repositories created against this cluster.
+    #[arg(long, default_value_t = 4)]
+    pub k: u32,
+    /// Default parity shards.
+    #[arg(long, default_value_t = 2)]
+    pub m: u32,
+    /// Address of the metadata node.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    pub listen: String,
+}
+
+#[derive(Args, Debug)]
+pub struct DevSiteArgs {
+    #[arg(long, default_value = ".coffer-dev")]
+    pub data: PathBuf,
+    /// `stop` or `start`.
+    pub action: DevSiteAction,
+    pub site: String,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DevSiteAction {
+    Stop,
+    Start,
+}
+
+#[derive(Args, Debug)]
+pub struct MetaArgs {
+    /// This node's Raft id (at least 1).
+    #[arg(long)]
+    pub id: u64,
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long)]
+    pub listen: String,
+    /// Address others use to reach this node (default: --listen).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Bootstrap a new cluster with this node as its only voter (ignored if already a member).
+    #[arg(long, conflicts_with = "join")]
+    pub init: bool,
+    /// Join a running cluster through any member.
+    #[arg(long)]
+    pub join: Option<String>,
+    /// Raft heartbeat interval.
+    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+    pub raft_heartbeat: std::time::Duration,
+    /// Minimum election timeout (the maximum is twice this).
+    #[arg(long, default_value = "1500ms", value_parser = parse_duration)]
+    pub election_timeout: std::time::Duration,
+    /// A storage node silent this long is suspect.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub suspect_after: std::time::Duration,
+    /// A storage node silent this long is down.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub down_after: std::time::Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct StorageArgs {
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long)]
+    pub listen: String,
+    /// Address others use to reach this node (default: --listen).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// The failure domain this node is in.
+    #[arg(long)]
+    pub site: String,
+    /// Metadata endpoints, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub meta: Vec<String>,
+    /// Capacity to announce, in bytes (default: the filesystem's size).
+    #[arg(long)]
+    pub capacity: Option<u64>,
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub heartbeat_interval: std::time::Duration,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepoCommand {
+    /// Create a repository with its own key and erasure-coding policy.
+    Create {
+        name: String,
+        #[arg(long, env = "COFFER_K", default_value_t = 4)]
+        k: u32,
+        #[arg(long, env = "COFFER_M", default_value_t = 2)]
+        m: u32,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// Files or directories to back up.
+    #[arg(required_unless_present_any = ["stdin", "stdin_from_command"])]
+    pub paths: Vec<PathBuf>,
+    #[arg(long, default_value = "incremental")]
+    pub kind: String,
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Host name recorded in the snapshot's source (default: this host).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Back up standard input as one file.
+    #[arg(long, requires = "stdin_name", conflicts_with_all = ["paths", "stdin_from_command"])]
+    pub stdin: bool,
+    /// Name of the stream's file in the snapshot.
+    #[arg(long)]
+    pub stdin_name: Option<String>,
+    /// Run this shell command and back up its standard output; no snapshot if it fails.
+    #[arg(long, conflicts_with = "paths")]
+    pub stdin_from_command: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// A snapshot id (or unique prefix), or "latest".
+    pub snapshot: String,
+    /// Target directory, or "-" for standard output.
+    pub target: String,
+    /// Restore only this path inside the snapshot.
+    #[arg(long)]
+    pub include: Option<PathBuf>,
+}

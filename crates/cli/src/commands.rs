@@ -1,0 +1,328 @@
+//! The agent's subcommands: repo, backup, snapshots, restore, status.
+//!
+//! Human output goes to stdout as short tables; `--json` prints one JSON
+//! object (or JSON lines for backup progress) and nothing else on stdout.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdout, Stdio};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use coffer_client::backup::{BackupOptions, BackupSummary};
+use coffer_client::conn::MetaClient;
+use coffer_client::repo::{create_repo, open_repo, Repository};
+use coffer_client::restore::RestoreTarget;
+use coffer_proto::pb;
+use coffer_types::{BackupKind, ErasureParams, RepoName, SnapshotRecord};
+use serde_json::json;
+
+use crate::args::{BackupArgs, Global, RestoreArgs};
+use crate::timefmt::rfc3339;
+
+/// Exit status of a backup that finished but could not read some files.
+pub const EXIT_PARTIAL: i32 = 3;
+
+pub fn meta_client(g: &Global) -> Result<Arc<MetaClient>> {
+    if g.endpoint.is_empty() {
+        bail!("no metadata endpoint: pass --endpoint or set COFFER_ENDPOINT (`. DIR/env` after `coffer dev`)");
+    }
+    Ok(Arc::new(MetaClient::new(&g.endpoint, g.retry_for).context("parse --endpoint")?))
+}
+
+fn password(g: &Global) -> Result<Vec<u8>> {
+    if let Some(p) = &g.password {
+        return Ok(p.as_bytes().to_vec());
+    }
+    if let Ok(file) = std::env::var("COFFER_PASSWORD_FILE") {
+        let p = std::fs::read(&file).with_context(|| format!("read COFFER_PASSWORD_FILE {file}"))?;
+        let trimmed = p.strip_suffix(b"\n").unwrap_or(&p);
+        return Ok(trimmed.to_vec());
+    }
+    bail!("no password: pass --password, or set COFFER_PASSWORD or COFFER_PASSWORD_FILE")
+}
+
+fn repo_name(g: &Global) -> Result<RepoName> {
+    let name = g.repo.clone().ok_or_else(|| anyhow!("no repository: pass --repo or set COFFER_REPO"))?;
+    Ok(RepoName::new(name)?)
+}
+
+async fn open(g: &Global) -> Result<Repository> {
+    let meta = meta_client(g)?;
+    let name = repo_name(g)?;
+    let pw = password(g)?;
+    open_repo(meta, &name, &pw).await.with_context(|| format!("open repository {name}"))
+}
+
+pub async fn repo_create(g: &Global, name: String, k: u32, m: u32) -> Result<()> {
+    let name = RepoName::new(name)?;
+    let params = ErasureParams::new(k, m)?;
+    let pw = password(g)?;
+    let meta = meta_client(g)?;
+    create_repo(&meta, &name, params, &pw).await.with_context(|| format!("create repository {name}"))?;
+    if g.json {
+        println!("{}", json!({"repo": name.as_str(), "k": params.k(), "m": params.m()}));
+    } else {
+        println!("created repository {name} ({params})");
+    }
+    Ok(())
+}
+
+/// Reads a command's stdout; at its end, fails unless the command succeeded,
+/// so that a failed dump never becomes a snapshot.
+struct CommandOutput {
+    child: Child,
+    stdout: ChildStdout,
+    command: String,
+    finished: bool,
+}
+
+impl Read for CommandOutput {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.finished {
+            return Ok(0);
+        }
+        let n = self.stdout.read(buf)?;
+        if n == 0 {
+            self.finished = true;
+            let status = self.child.wait()?;
+            if !status.success() {
+                return Err(std::io::Error::other(format!("command {:?} failed: {status}", self.command)));
+            }
+        }
+        Ok(n)
+    }
+}
+
+pub async fn backup(g: &Global, a: BackupArgs) -> Result<i32> {
+    let kind: BackupKind = a.kind.parse().context("parse --kind")?;
+    let repo = open(g).await?;
+    let host = a.host.clone().unwrap_or_else(hostname);
+    let json = g.json;
+    let progress: Option<coffer_client::ProgressFn> = if json {
+        Some(Arc::new(|p: &coffer_client::Progress| {
+            if let Ok(line) = serde_json::to_value(p) {
+                println!("{}", json!({"type": "progress", "progress": line}));
+            }
+        }))
+    } else {
+        None
+    };
+    let mut opts = BackupOptions { kind, tags: a.tags.clone(), host, progress, ..Default::default() };
+
+    let summary: BackupSummary = if let Some(cmd) = &a.stdin_from_command {
+        let name = a.stdin_name.clone().unwrap_or_else(|| "stdin".to_string());
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("run {cmd:?}"))?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout from {cmd:?}"))?;
+        let reader = CommandOutput { child, stdout, command: cmd.clone(), finished: false };
+        repo.backup_stream(reader, &name, opts)
+            .await
+            .with_context(|| format!("back up the output of {cmd:?}; no snapshot was recorded"))?
+    } else if a.stdin {
+        let name = a.stdin_name.clone().ok_or_else(|| anyhow!("--stdin needs --stdin-name"))?;
+        repo.backup_stream(std::io::stdin(), &name, opts).await.context("back up stdin; no snapshot was recorded")?
+    } else {
+        let mut paths = Vec::new();
+        for p in &a.paths {
+            let abs = std::path::absolute(p).with_context(|| format!("resolve {}", p.display()))?;
+            std::fs::symlink_metadata(&abs).with_context(|| format!("back up {}", p.display()))?;
+            paths.push(abs);
+        }
+        opts.paths = paths;
+        repo.backup(opts).await.context("back up")?
+    };
+
+    if json {
+        let mut v = serde_json::to_value(&summary)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("type".into(), json!("summary"));
+        }
+        println!("{v}");
+    } else {
+        print_backup_summary(&summary);
+    }
+    Ok(if summary.errors > 0 { EXIT_PARTIAL } else { 0 })
+}
+
+fn print_backup_summary(s: &BackupSummary) {
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!("snapshot {} saved ({})", s.snapshot_id, s.kind.as_str());
+    println!("  files {:>10}   dirs {:>8}", s.files, s.dirs);
+    println!(
+        "  scanned {:>10.1} MiB   read {:>10.1} MiB   new {:>10.1} MiB   stored {:>10.1} MiB ({:.1} MiB with parity)",
+        mib(s.bytes_scanned),
+        mib(s.bytes_read),
+        mib(s.bytes_new),
+        mib(s.bytes_stored),
+        mib(s.bytes_stored_raw)
+    );
+    let rate = if s.duration_s > 0.0 { mib(s.bytes_scanned) / s.duration_s } else { 0.0 };
+    println!("  chunks new {} reused {}   {:.2}s, {:.1} MiB/s", s.chunks_new, s.chunks_reused, s.duration_s, rate);
+    if s.errors > 0 {
+        println!("  {} files could not be read:", s.errors);
+        for e in s.error_messages.iter().take(20) {
+            println!("    {e}");
+        }
+    }
+}
+
+pub fn snapshot_json(s: &SnapshotRecord) -> serde_json::Value {
+    json!({
+        "id": s.id.to_string(),
+        "short_id": s.id.short(),
+        "kind": s.kind.as_str(),
+        "parent": s.parent.map(|p| p.to_string()),
+        "source": s.source.to_string(),
+        "host": s.source.host,
+        "path": s.source.path,
+        "time": rfc3339(s.start_ms),
+        "end_time": rfc3339(s.end_ms),
+        "tags": s.tags,
+        "stats": {
+            "files": s.stats.files,
+            "dirs": s.stats.dirs,
+            "bytes_scanned": s.stats.bytes_scanned,
+            "bytes_new": s.stats.bytes_new,
+            "bytes_stored": s.stats.bytes_stored,
+        },
+    })
+}
+
+pub async fn snapshots(g: &Global) -> Result<()> {
+    let repo = open(g).await?;
+    let snaps = repo.snapshots().await.context("list snapshots")?;
+    if g.json {
+        println!("{}", serde_json::Value::Array(snaps.iter().map(snapshot_json).collect()));
+        return Ok(());
+    }
+    println!("{:<10} {:<20} {:<12} {:<10} {:>12}  source", "id", "time", "kind", "parent", "size");
+    for s in &snaps {
+        println!(
+            "{:<10} {:<20} {:<12} {:<10} {:>12}  {}",
+            s.id.short(),
+            rfc3339(s.start_ms).trim_end_matches('Z').replace('T', " "),
+            s.kind.as_str(),
+            s.parent.map(|p| p.short()).unwrap_or_else(|| "-".into()),
+            human_bytes(s.stats.bytes_scanned),
+            s.source
+        );
+    }
+    println!("{} snapshots", snaps.len());
+    Ok(())
+}
+
+pub async fn restore(g: &Global, a: RestoreArgs) -> Result<()> {
+    let repo = open(g).await?;
+    let snap = repo.find_snapshot(&a.snapshot).await.with_context(|| format!("find snapshot {:?}", a.snapshot))?;
+    let target = if a.target == "-" { RestoreTarget::Stdout } else { RestoreTarget::Dir(PathBuf::from(&a.target)) };
+    let to_stdout = target == RestoreTarget::Stdout;
+    let summary = repo
+        .restore(&snap, target, a.include.as_deref())
+        .await
+        .with_context(|| format!("restore snapshot {}", snap.id.short()))?;
+    if to_stdout {
+        // Stdout carries the data; the summary goes to stderr.
+        if !summary.bad_shards.is_empty() {
+            eprintln!("restore: degraded read; bad shards: {}", summary.bad_shards.join("; "));
+        }
+        return Ok(());
+    }
+    if g.json {
+        println!("{}", serde_json::to_value(&summary)?);
+    } else {
+        println!(
+            "restored snapshot {} to {}: {} files, {} dirs, {} symlinks, {} in {:.2}s",
+            snap.id.short(),
+            a.target,
+            summary.files,
+            summary.dirs,
+            summary.symlinks,
+            human_bytes(summary.bytes),
+            summary.duration_s
+        );
+        if summary.degraded_packs > 0 {
+            println!("  {} packs reconstructed from parity", summary.degraded_packs);
+        }
+        for b in &summary.bad_shards {
+            println!("  bad shard: {b}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn status(g: &Global) -> Result<()> {
+    let meta = meta_client(g)?;
+    let s = meta
+        .call("cluster status", |mut c| async move { c.cluster_status(pb::ClusterStatusRequest {}).await })
+        .await
+        .context("query cluster status")?;
+    let packs = s.packs.unwrap_or_default();
+    if g.json {
+        let v = json!({
+            "nodes": s.nodes.iter().map(|n| json!({
+                "id": format!("{:016x}", n.id),
+                "site": n.site,
+                "addr": n.addr,
+                "state": n.state,
+                "used_bytes": n.used_bytes,
+                "capacity_bytes": n.capacity_bytes,
+            })).collect::<Vec<_>>(),
+            "packs": {"healthy": packs.healthy, "degraded": packs.degraded, "at_risk": packs.at_risk, "lost": packs.lost},
+            "meta": {
+                "leader": s.leader,
+                "term": s.term,
+                "last_log_index": s.last_log_index,
+                "applied_index": s.applied_index,
+                "members": s.members.iter().map(|m| json!({"id": m.id, "addr": m.addr, "role": m.role})).collect::<Vec<_>>(),
+            },
+            "catalog": {"repos": s.repos, "snapshots": s.snapshots, "chunks": s.chunks},
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    println!("metadata: leader {} term {}, applied {}", s.leader, s.term, s.applied_index);
+    for m in &s.members {
+        println!("  meta {} {} {}", m.id, m.role, m.addr);
+    }
+    let mut nodes = s.nodes.clone();
+    nodes.sort_by(|a, b| (&a.site, &a.addr).cmp(&(&b.site, &b.addr)));
+    println!("storage nodes:");
+    for n in &nodes {
+        println!("  {:<10} {:016x} {:<8} {:<22} used {:>10}", n.site, n.id, n.state, n.addr, human_bytes(n.used_bytes));
+    }
+    println!(
+        "packs: {} healthy, {} degraded, {} at risk, {} lost",
+        packs.healthy, packs.degraded, packs.at_risk, packs.lost
+    );
+    println!("catalog: {} repositories, {} snapshots, {} chunks", s.repos, s.snapshots, s.chunks);
+    Ok(())
+}
+
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}

@@ -1,0 +1,66 @@
+//! The `coffer` binary: parses the command line, installs tracing, runs the
+//! subcommand, and maps the outcome onto the exit-code contract
+//! (0 ok, 1 failure, 2 usage, 3 backup finished with unreadable files).
+//!
+//! This is the only crate that reads the environment or installs a
+//! tracing subscriber.
+
+mod args;
+mod commands;
+mod dev;
+mod duration;
+mod servers;
+mod timefmt;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use args::{Cli, Command, RepoCommand};
+
+fn init_tracing(server: bool) {
+    // Servers log at info; agent commands keep stderr quiet unless asked.
+    let default = if server { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_env("COFFER_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let server = matches!(cli.command, Command::Dev(_) | Command::Meta(_) | Command::Storage(_));
+    init_tracing(server);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("coffer: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = runtime.block_on(async move {
+        let g = cli.global;
+        let result = match cli.command {
+            Command::Dev(a) => dev::run(a).await.map(|_| 0),
+            Command::DevSite(a) => dev::site_control(a).await.map(|_| 0),
+            Command::Meta(a) => servers::run_meta(a).await.map(|_| 0),
+            Command::Storage(a) => servers::run_storage(a).await.map(|_| 0),
+            Command::Repo(RepoCommand::Create { name, k, m }) => commands::repo_create(&g, name, k, m).await.map(|_| 0),
+            Command::Backup(a) => commands::backup(&g, a).await,
+            Command::Snapshots => commands::snapshots(&g).await.map(|_| 0),
+            Command::Restore(a) => commands::restore(&g, a).await.map(|_| 0),
+            Command::Status => commands::status(&g).await.map(|_| 0),
+        };
+        match result {
+            Ok(code) => code,
+            Err(e) => {
+                if g.json {
+                    println!("{}", serde_json::json!({"type": "error", "error": format!("{e:#}")}));
+                }
+                eprintln!("coffer: error: {e:#}");
+                1
+            }
+        }
+    });
+    // Do not wait for lingering background tasks (retrying connections).
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    std::process::exit(code);
+}

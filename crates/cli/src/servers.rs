@@ -1,0 +1,71 @@
+//! `coffer meta` and `coffer storage`: long-running servers that stop
+//! cleanly on SIGINT or SIGTERM.
+
+use anyhow::{Context, Result};
+use coffer_meta::{MetaConfig, MetaNode};
+use coffer_storage::{StorageConfig, StorageNode};
+use coffer_types::{MetaId, SiteId};
+
+use crate::args::{MetaArgs, StorageArgs};
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
+}
+
+pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listen on {addr}"))
+}
+
+pub fn meta_config(a: &MetaArgs, advertise: String) -> MetaConfig {
+    let mut c = MetaConfig::new(MetaId(a.id), a.data.clone(), advertise);
+    c.init = a.init;
+    c.raft_heartbeat = a.raft_heartbeat;
+    c.election_timeout = (a.election_timeout, a.election_timeout * 2);
+    c.suspect_after = a.suspect_after;
+    c.down_after = a.down_after;
+    c
+}
+
+pub async fn run_meta(a: MetaArgs) -> Result<()> {
+    if a.join.is_some() {
+        anyhow::bail!("--join: joining a running cluster is not supported yet; start a single voter with --init");
+    }
+    let listener = bind(&a.listen).await?;
+    let advertise = a.advertise.clone().unwrap_or_else(|| listener_addr(&listener, &a.listen));
+    let node = MetaNode::start(meta_config(&a, advertise.clone())).await.context("start metadata node")?;
+    tracing::info!(id = a.id, %advertise, "metadata node serving");
+    node.serve(listener, shutdown_signal()).await.context("serve metadata node")
+}
+
+pub async fn run_storage(a: StorageArgs) -> Result<()> {
+    let site = SiteId::new(a.site.clone()).context("parse --site")?;
+    let listener = bind(&a.listen).await?;
+    let advertise = a.advertise.clone().unwrap_or_else(|| listener_addr(&listener, &a.listen));
+    let mut config = StorageConfig::new(a.data.clone(), advertise.clone(), site, a.meta.clone());
+    config.capacity_bytes = a.capacity;
+    config.heartbeat_interval = a.heartbeat_interval;
+    let node = StorageNode::open(config).context("open storage node")?;
+    tracing::info!(node = %node.id(), %advertise, site = %a.site, "storage node serving");
+    node.serve(listener, shutdown_signal()).await.context("serve storage node")
+}
+
+/// The address actually bound (port 0 becomes the real port).
+pub fn listener_addr(l: &tokio::net::TcpListener, fallback: &str) -> String {
+    l.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| fallback.to_string())
+}

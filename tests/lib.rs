@@ -1,0 +1,1 @@
+//! Cluster tests live in `it/`; this library is empty on purpose.
