@@ -1,0 +1,450 @@
+//! A backup run from start to acknowledgement: choosing the parent, opening
+//! the session, running the pipeline, writing the reference list and
+//! committing the snapshot.
+//!
+//! The invariant kept here: a backup is reported successful only after
+//! CommitSnapshot returned, and CommitSnapshot is called only after every
+//! pack the snapshot references (data, trees, reference list) is committed.
+//! On any failure the session is ended, so the catalog can release what it
+//! held for it, and the error that caused the stop is the one reported, not
+//! the "channel closed" it provoked in the other stages.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use coffer_pack::encode_refs;
+use coffer_proto::pb;
+use coffer_types::{BackupKind, ChunkId, PackKind, SessionId, SnapshotId, SnapshotRecord, SnapshotStats, Source};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::fetch::{ClusterSource, ParentTrees};
+use crate::pipeline::{dedup_stage, packer_stage, seal_worker, ByteBudget, ChannelSink, StageCtx, PLAINTEXT_BUDGET};
+use crate::repo::{now_ms, Repository};
+use crate::select::parent_for;
+use crate::shards::ShardPool;
+use crate::stats::{Counters, Progress, Stages};
+use crate::tree::check_name;
+use crate::upload::PackWriter;
+use crate::walk::{check_paths, TreeLoader, WalkError, WalkOutput, Walker};
+use crate::ClientError;
+
+/// The session lease asked for; renewed well before it runs out.
+const SESSION_LEASE: Duration = Duration::from_secs(3600);
+/// How often the progress callback is called while a backup runs.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// The walker recurses once per directory level; a generous stack keeps
+/// deep trees from overflowing it.
+const WALKER_STACK: usize = 64 << 20;
+
+/// Called with the backup's progress a few times a second and once at the end.
+pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// What to back up and how.
+#[derive(Clone, Default)]
+pub struct BackupOptions {
+    /// Absolute paths. One directory: its contents become the root. Several
+    /// paths (or one file): each becomes a top-level entry named by its final
+    /// component. Ignored by `backup_stream`.
+    pub paths: Vec<PathBuf>,
+    pub kind: BackupKind,
+    pub tags: Vec<String>,
+    /// The host this source lives on; with the path it names the source.
+    pub host: String,
+    /// Builds on this snapshot instead of the one the kind would choose.
+    pub parent: Option<SnapshotId>,
+    pub progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for BackupOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackupOptions")
+            .field("paths", &self.paths)
+            .field("kind", &self.kind)
+            .field("tags", &self.tags)
+            .field("host", &self.host)
+            .field("parent", &self.parent)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
+
+/// What a backup did.
+#[derive(Clone, Debug, Serialize)]
+pub struct BackupSummary {
+    pub snapshot_id: String,
+    pub parent: Option<String>,
+    pub kind: BackupKind,
+    pub source: Source,
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    /// Plaintext bytes of every file in the snapshot, read or reused.
+    pub bytes_scanned: u64,
+    /// Plaintext bytes read from the source.
+    pub bytes_read: u64,
+    /// Plaintext bytes of chunks new to the repository.
+    pub bytes_new: u64,
+    /// Sealed bytes of new blobs (chunks and trees), before erasure coding.
+    pub bytes_stored: u64,
+    /// Shard bytes stored, after erasure coding.
+    pub bytes_stored_raw: u64,
+    pub chunks_new: u64,
+    pub chunks_reused: u64,
+    pub packs: u64,
+    /// Source entries that could not be read and are missing from the snapshot.
+    pub errors: u64,
+    /// The first of those errors, one line each.
+    pub error_messages: Vec<String>,
+    pub duration_s: f64,
+    pub stages: Stages,
+    /// The committed record.
+    #[serde(skip)]
+    pub snapshot: SnapshotRecord,
+}
+
+/// What was decided before the pipeline starts.
+#[derive(Clone, Copy)]
+struct Plan<'a> {
+    session: SessionId,
+    source: &'a Source,
+    /// The kind actually run (a first backup is full whatever was asked).
+    kind: BackupKind,
+    parent: Option<&'a SnapshotRecord>,
+    opts: &'a BackupOptions,
+    start_ms: u64,
+}
+
+/// What the walker reads.
+enum Producer {
+    Paths(Vec<PathBuf>),
+    Stream { reader: Box<dyn Read + Send>, name: Vec<u8> },
+}
+
+impl Repository {
+    /// Backs up `opts.paths`.
+    pub async fn backup(&self, opts: BackupOptions) -> Result<BackupSummary, ClientError> {
+        check_paths(&opts.paths)?;
+        let mut paths = opts.paths.clone();
+        paths.sort();
+        let joined = paths.iter().map(|p| p.to_string_lossy().into_owned()).collect::<Vec<_>>().join(",");
+        let source = Source { host: opts.host.clone(), path: joined };
+        self.run_backup(source, opts.clone(), Producer::Paths(opts.paths)).await
+    }
+
+    /// Backs up one stream (standard input, a dump command's output) as a
+    /// snapshot holding a single file named `name`; its source path is
+    /// `stdin:NAME`.
+    pub async fn backup_stream(
+        &self,
+        reader: impl Read + Send + 'static,
+        name: &str,
+        opts: BackupOptions,
+    ) -> Result<BackupSummary, ClientError> {
+        check_name(name.as_bytes())
+            .map_err(|why| ClientError::BadSource { reason: format!("stream name {name:?}: {why}") })?;
+        let source = Source { host: opts.host.clone(), path: format!("stdin:{name}") };
+        let producer = Producer::Stream { reader: Box::new(reader), name: name.as_bytes().to_vec() };
+        self.run_backup(source, opts, producer).await
+    }
+
+    async fn run_backup(
+        &self,
+        source: Source,
+        opts: BackupOptions,
+        producer: Producer,
+    ) -> Result<BackupSummary, ClientError> {
+        let started = Instant::now();
+        let start_ms = now_ms();
+        let snaps = self.snapshots().await?;
+        let parent = match (opts.kind, opts.parent) {
+            (BackupKind::Full, _) => None,
+            (_, Some(id)) => Some(
+                snaps
+                    .iter()
+                    .find(|s| s.id == id)
+                    .cloned()
+                    .ok_or_else(|| ClientError::SnapshotNotFound { spec: id.to_hex() })?,
+            ),
+            (kind, None) => parent_for(&snaps, &source, kind).cloned(),
+        };
+        // The first backup of a source is full whatever was asked.
+        let kind = if parent.is_some() { opts.kind } else { BackupKind::Full };
+        let session = SessionId::random();
+        self.begin_session(session).await?;
+        let renew = self.keep_session(session);
+
+        let counters = Arc::new(Counters::default());
+        let reporter = opts.progress.clone().map(|cb| {
+            let counters = counters.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(PROGRESS_EVERY);
+                loop {
+                    tick.tick().await;
+                    cb(&counters.progress(started, false));
+                }
+            })
+        });
+
+        let result = self
+            .write_snapshot(
+                &Plan { session, source: &source, kind, parent: parent.as_ref(), opts: &opts, start_ms },
+                producer,
+                &counters,
+            )
+            .await;
+        renew.abort();
+        if let Some(r) = reporter {
+            r.abort();
+        }
+        let (record, errors) = match result {
+            Ok(done) => done,
+            Err(e) => {
+                self.end_session(session).await;
+                return Err(e);
+            }
+        };
+        if let Some(cb) = &opts.progress {
+            cb(&counters.progress(started, true));
+        }
+        Ok(BackupSummary {
+            snapshot_id: record.id.to_hex(),
+            parent: record.parent.map(|p| p.to_hex()),
+            kind,
+            source,
+            files: counters.files.get(),
+            dirs: counters.dirs.get(),
+            symlinks: counters.symlinks.get(),
+            bytes_scanned: counters.bytes_scanned.get(),
+            bytes_read: counters.bytes_read.get(),
+            bytes_new: counters.bytes_new.get(),
+            bytes_stored: counters.bytes_stored.get(),
+            bytes_stored_raw: counters.bytes_stored_raw.get(),
+            chunks_new: counters.chunks_new.get(),
+            chunks_reused: counters.chunks_reused.get(),
+            packs: counters.packs.get(),
+            errors: counters.errors.get(),
+            error_messages: errors,
+            duration_s: started.elapsed().as_secs_f64(),
+            stages: counters.stages(),
+            snapshot: record,
+        })
+    }
+
+    /// Runs the pipeline, stores the reference list and commits the snapshot.
+    async fn write_snapshot(
+        &self,
+        plan: &Plan<'_>,
+        producer: Producer,
+        counters: &Arc<Counters>,
+    ) -> Result<(SnapshotRecord, Vec<String>), ClientError> {
+        let Plan { session, source, kind, parent, opts, start_ms } = *plan;
+        let ctx = Arc::new(StageCtx {
+            writer: PackWriter {
+                meta: self.meta.clone(),
+                repo: self.record.name.clone(),
+                session,
+                shards: Arc::new(ShardPool::default()),
+                counters: counters.clone(),
+            },
+            counters: counters.clone(),
+            dedup: Mutex::default(),
+        });
+        let reuse_from = if kind == BackupKind::Full { None } else { parent.map(|p| p.root) };
+        let walk = self.run_pipeline(&ctx, producer, reuse_from, counters).await?;
+
+        let refs = encode_refs(&walk.refs);
+        let refs_pack = ctx.writer.store(PackKind::Refs, refs, &[]).await?;
+        let stats = SnapshotStats {
+            files: counters.files.get(),
+            dirs: counters.dirs.get(),
+            bytes_scanned: counters.bytes_scanned.get(),
+            bytes_read: counters.bytes_read.get(),
+            bytes_new: counters.bytes_new.get(),
+            bytes_stored: counters.bytes_stored.get(),
+            chunks_new: counters.chunks_new.get(),
+            chunks_reused: counters.chunks_reused.get(),
+            errors: counters.errors.get(),
+        };
+        let record = SnapshotRecord {
+            id: SnapshotId::random(),
+            repo: self.record.name.clone(),
+            source: source.clone(),
+            kind,
+            parent: parent.map(|p| p.id),
+            start_ms,
+            end_ms: now_ms(),
+            root: walk.root,
+            stats,
+            tags: opts.tags.clone(),
+            refs_pack: refs_pack.id,
+            refs_count: walk.refs.len() as u64,
+        };
+        let req =
+            pb::CommitSnapshotRequest { session_id: session.0.to_vec(), snapshot: Some(pb::Snapshot::from(&record)) };
+        self.meta
+            .call("CommitSnapshot", |mut c| {
+                let req = req.clone();
+                async move { c.commit_snapshot(req).await }
+            })
+            .await
+            .map_err(|e| ClientError::SessionFailed { session, reason: format!("committing the snapshot: {e}") })?;
+        Ok((record, walk.errors))
+    }
+
+    /// Wires the walker thread, dedup, the sealers and the packer together
+    /// and waits for all of them.
+    async fn run_pipeline(
+        &self,
+        ctx: &Arc<StageCtx>,
+        producer: Producer,
+        reuse_from: Option<ChunkId>,
+        counters: &Arc<Counters>,
+    ) -> Result<WalkOutput, ClientError> {
+        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let budget = ByteBudget::new(PLAINTEXT_BUDGET);
+        let (walk_tx, walk_rx) = mpsc::channel(4096);
+        let (seal_tx, seal_rx) = mpsc::channel(workers * 2);
+        let (out_tx, out_rx) = mpsc::channel(workers * 2);
+
+        let packer = tokio::spawn(packer_stage(ctx.clone(), out_rx));
+        let seal_rx = Arc::new(Mutex::new(seal_rx));
+        let sealers: Vec<_> = (0..workers)
+            .map(|_| {
+                let (key, counters, rx, tx) = (self.key.clone(), counters.clone(), seal_rx.clone(), out_tx.clone());
+                tokio::task::spawn_blocking(move || seal_worker(key, counters, rx, tx))
+            })
+            .collect();
+        drop((seal_rx, out_tx));
+        let dedup = tokio::spawn(dedup_stage(ctx.clone(), walk_rx, seal_tx));
+
+        let (done_tx, done_rx) = oneshot::channel();
+        let key = self.key.clone();
+        let walk_counters = counters.clone();
+        let sink = ChannelSink { tx: walk_tx, budget: budget.clone() };
+        let parent_trees = reuse_from.map(|_| ParentTrees {
+            source: Arc::new(ClusterSource::new(self.meta.clone(), self.record.name.clone(), self.key.clone())),
+            handle: tokio::runtime::Handle::current(),
+        });
+        std::thread::Builder::new()
+            .name("coffer-walk".into())
+            .stack_size(WALKER_STACK)
+            .spawn(move || {
+                let loader = parent_trees.as_ref().map(|p| p as &dyn TreeLoader);
+                let walker = Walker::new(&key, sink, loader, &walk_counters);
+                let result = match producer {
+                    Producer::Paths(paths) => walker.walk_paths(&paths, reuse_from),
+                    Producer::Stream { reader, name } => walker.walk_stream(reader, &name),
+                };
+                let _ = done_tx.send(result);
+            })
+            .map_err(|e| ClientError::task("start walker", e))?;
+
+        let walked = done_rx.await.map_err(|e| ClientError::task("walker", e));
+        let walked = match walked {
+            Ok(Ok(out)) => out,
+            other => {
+                // Stop everything, then report the cause: the walker's own
+                // error, or the stage whose failure stopped it.
+                budget.close();
+                let cause = match other {
+                    Ok(Err(WalkError::Fatal(e))) | Err(e) => Some(e),
+                    _ => None,
+                };
+                let cause = match cause {
+                    Some(e) => {
+                        dedup.abort();
+                        packer.abort();
+                        Some(e)
+                    }
+                    // The walker was stopped from downstream. Dedup ends once
+                    // the walker has, so waiting on it is safe.
+                    None => match dedup.await {
+                        Ok(Err(e)) => {
+                            packer.abort();
+                            Some(e)
+                        }
+                        _ => None,
+                    },
+                };
+                let cause = match cause {
+                    Some(e) => e,
+                    None => match packer.await {
+                        Ok(Err(e)) => e,
+                        Ok(Ok(())) => ClientError::task("backup pipeline", "a stage stopped without saying why"),
+                        Err(e) => ClientError::task("packer", e),
+                    },
+                };
+                for s in sealers {
+                    let _ = s.await;
+                }
+                return Err(cause);
+            }
+        };
+        let dedup_result = dedup.await.map_err(|e| ClientError::task("dedup", e)).and_then(|r| r);
+        if let Err(e) = dedup_result {
+            budget.close();
+            packer.abort();
+            return Err(e);
+        }
+        for s in sealers {
+            s.await.map_err(|e| ClientError::task("seal", e))?;
+        }
+        packer.await.map_err(|e| ClientError::task("packer", e))??;
+        Ok(walked)
+    }
+
+    async fn begin_session(&self, session: SessionId) -> Result<(), ClientError> {
+        begin_session(&self.meta, &self.record.name, session).await
+    }
+
+    /// Renews the session lease in the background for long backups.
+    fn keep_session(&self, session: SessionId) -> tokio::task::JoinHandle<()> {
+        let meta = self.meta.clone();
+        let repo = self.record.name.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SESSION_LEASE / 3).await;
+                if let Err(e) = begin_session(&meta, &repo, session).await {
+                    tracing::warn!(%session, error = %e, "renewing the session lease failed");
+                }
+            }
+        })
+    }
+
+    /// Ends a failed session; best effort, since the lease expires anyway.
+    async fn end_session(&self, session: SessionId) {
+        let req = pb::EndSessionRequest { session_id: session.0.to_vec() };
+        let ended = self
+            .meta
+            .call("EndSession", |mut c| {
+                let req = req.clone();
+                async move { c.end_session(req).await }
+            })
+            .await;
+        if let Err(e) = ended {
+            tracing::warn!(%session, error = %e, "ending the failed session failed; its lease will expire");
+        }
+    }
+}
+
+async fn begin_session(
+    meta: &crate::conn::MetaClient,
+    repo: &coffer_types::RepoName,
+    session: SessionId,
+) -> Result<(), ClientError> {
+    let req = pb::BeginSessionRequest {
+        repo: repo.to_string(),
+        session_id: session.0.to_vec(),
+        lease_ms: SESSION_LEASE.as_millis() as u64,
+    };
+    meta.call("BeginSession", |mut c| {
+        let req = req.clone();
+        async move { c.begin_session(req).await }
+    })
+    .await
+    .map_err(|e| ClientError::SessionFailed { session, reason: format!("opening the session: {e}") })?;
+    Ok(())
+}

@@ -1,0 +1,47 @@
+//! The agent library: connections to the cluster, and the backup and
+//! restore pipelines that applications embed.
+//!
+//! A backup runs as concurrent stages with bounded queues between them, so
+//! reading, hashing, sealing, coding and sending overlap on all cores while
+//! memory stays bounded whatever the size of the source:
+//!
+//! ```text
+//!  source ──► walker thread ─────────────► dedup task ──────► seal threads ×N ──► packer task ──► uploads ×2
+//!             lstat, read, FastCDC,        LookupChunks       zstd + AES-GCM       data pack,      AllocatePack,
+//!             chunk id, trees bottom-up    (≤ 10 000 ids),    per blob             tree pack,      encode k+m,
+//!             parent reuse                 session set                             cut at 16 MiB   PutShard ×(k+m),
+//!                                                                                                  CommitPack
+//!  walker done ──► flush packs ──► reference list (refs pack) ──► CommitSnapshot ──► summary
+//! ```
+//!
+//! A restore reads the trees, then every chunk from the data shards that
+//! hold it, falling back to reconstruction from any k shards; nothing is
+//! written before it is authenticated and re-hashed.
+//!
+//! The invariant the crate keeps: a backup is acknowledged only once its
+//! snapshot is committed, and every byte a restore writes was verified.
+
+pub mod backup;
+pub mod conn;
+mod error;
+mod fetch;
+mod pipeline;
+pub mod repo;
+pub mod restore;
+pub mod select;
+mod shards;
+mod stats;
+pub mod tree;
+mod upload;
+mod walk;
+
+#[cfg(test)]
+mod tests;
+
+pub use backup::{BackupOptions, BackupSummary, ProgressFn};
+pub use error::ClientError;
+pub use pipeline::PACK_TARGET;
+pub use repo::{create_repo, open_repo, Repository};
+pub use restore::{restore_to_dir, restore_to_writer, BlobSource, RestoreSummary, RestoreTarget};
+pub use select::{parent_for, select_snapshot, LATEST};
+pub use stats::{Progress, StageTime, Stages};

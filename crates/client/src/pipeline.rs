@@ -1,0 +1,431 @@
+//! The concurrent stages of a backup between the walker and the catalog:
+//! dedup, sealing and packing.
+//!
+//! ```text
+//!  walker ─(PlainBlob, byte budget)─► dedup ─(new blobs)─► seal ×N ─(sealed)─► packer ─► PackWriter ×2 in flight
+//!            one thread                 task     LookupChunks    threads              task     data pack / tree pack
+//! ```
+//!
+//! Memory stays bounded whatever the dataset: plaintext between the walker
+//! and the sealers is capped by a byte budget (a permit travels with each
+//! blob and is released once it is sealed or found to be a duplicate), every
+//! channel is bounded, the packer keeps one open pack per kind and at most
+//! `MAX_UPLOADS` packs in flight. The invariant kept by dedup: a chunk id is
+//! sent to be sealed at most once while it is not yet committed (the
+//! `pending` set), so one session never uploads the same chunk twice in
+//! flight; once its pack commits, the id moves to a bounded `known` cache and
+//! the catalog answers for it after that.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Condvar, Mutex};
+
+use coffer_pack::RepoKey;
+use coffer_proto::pb;
+use coffer_types::{ChunkId, PackKind};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::stats::Counters;
+use crate::upload::{PackEntry, PackWriter};
+use crate::walk::{BlobKind, BlobSink, Stopped};
+use crate::ClientError;
+
+/// A pack is cut once it holds this many bytes.
+pub const PACK_TARGET: usize = 16 << 20;
+/// Or this many blobs, which keeps a CommitPack message (one location per
+/// blob) small even when the blobs are tiny files.
+const MAX_BLOBS_PER_PACK: usize = 65_536;
+/// Packs being coded and sent at once.
+const MAX_UPLOADS: usize = 2;
+/// The catalog accepts at most this many ids per LookupChunks call.
+pub(crate) const LOOKUP_BATCH: usize = 10_000;
+/// Plaintext bytes allowed between the walker and the sealers.
+pub(crate) const PLAINTEXT_BUDGET: u64 = 32 << 20;
+/// How many ids the `known` cache holds before it is cleared. Forgetting
+/// costs only a catalog lookup, so the cache is a plain set reset when full.
+const KNOWN_CACHE: usize = 500_000;
+
+/// A cap on bytes in flight, shared between threads and tasks.
+#[derive(Debug)]
+pub(crate) struct ByteBudget {
+    cap: u64,
+    state: Mutex<(u64, bool)>,
+    freed: Condvar,
+}
+
+/// Bytes held against a budget, given back on drop.
+#[derive(Debug)]
+pub(crate) struct BudgetPermit {
+    budget: Arc<ByteBudget>,
+    bytes: u64,
+}
+
+impl ByteBudget {
+    pub fn new(cap: u64) -> Arc<Self> {
+        Arc::new(ByteBudget { cap, state: Mutex::new((0, false)), freed: Condvar::new() })
+    }
+
+    /// Blocks until `bytes` fit (a single request larger than the cap is let
+    /// through alone). `None` once the budget is closed.
+    pub fn acquire(self: &Arc<Self>, bytes: u64) -> Option<BudgetPermit> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if st.1 {
+                return None;
+            }
+            if st.0 == 0 || st.0 + bytes <= self.cap {
+                st.0 += bytes;
+                return Some(BudgetPermit { budget: self.clone(), bytes });
+            }
+            st = self.freed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Wakes every waiter and refuses further requests: the pipeline stopped.
+    pub fn close(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        self.freed.notify_all();
+    }
+}
+
+impl Drop for BudgetPermit {
+    fn drop(&mut self) {
+        let mut st = self.budget.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.0 = st.0.saturating_sub(self.bytes);
+        self.budget.freed.notify_all();
+    }
+}
+
+/// A chunk or tree in plaintext, on its way to be sealed.
+pub(crate) struct PlainBlob {
+    pub id: ChunkId,
+    pub kind: BlobKind,
+    pub data: Vec<u8>,
+    _permit: BudgetPermit,
+}
+
+/// A sealed blob on its way into a pack.
+pub(crate) struct SealedOut {
+    pub id: ChunkId,
+    pub kind: BlobKind,
+    pub blob: Vec<u8>,
+}
+
+/// The walker's sink in a real backup: a bounded channel into dedup.
+pub(crate) struct ChannelSink {
+    pub tx: mpsc::Sender<PlainBlob>,
+    pub budget: Arc<ByteBudget>,
+}
+
+impl BlobSink for ChannelSink {
+    fn put(&mut self, id: ChunkId, kind: BlobKind, data: Vec<u8>) -> Result<(), Stopped> {
+        let permit = self.budget.acquire(data.len() as u64).ok_or(Stopped)?;
+        self.tx.blocking_send(PlainBlob { id, kind, data, _permit: permit }).map_err(|_| Stopped)
+    }
+}
+
+/// What dedup remembers within one session.
+#[derive(Default)]
+pub(crate) struct DedupState {
+    /// Sent to be sealed, pack not committed yet.
+    pending: HashSet<ChunkId>,
+    /// Known to be in the chunk index.
+    known: HashSet<ChunkId>,
+}
+
+impl DedupState {
+    fn knows(&self, id: &ChunkId) -> bool {
+        self.pending.contains(id) || self.known.contains(id)
+    }
+
+    fn remember(&mut self, id: ChunkId) {
+        if self.known.len() >= KNOWN_CACHE {
+            self.known.clear();
+        }
+        self.known.insert(id);
+    }
+
+    /// A pack committed: its ids are now the catalog's to answer for. They
+    /// enter `known` before leaving `pending`, so no lookup in between can
+    /// miss them.
+    fn committed(&mut self, ids: impl IntoIterator<Item = ChunkId>) {
+        for id in ids {
+            self.remember(id);
+            self.pending.remove(&id);
+        }
+    }
+}
+
+/// Shared state of the dedup and packer stages.
+pub(crate) struct StageCtx {
+    pub writer: PackWriter,
+    pub counters: Arc<Counters>,
+    pub dedup: Mutex<DedupState>,
+}
+
+impl StageCtx {
+    fn dedup(&self) -> std::sync::MutexGuard<'_, DedupState> {
+        self.dedup.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Dedup: drops blobs the session or the catalog already has, forwards the
+/// rest. Batches are whatever has queued up while the previous lookup ran,
+/// so lookups are few when the walker is fast and prompt when it is slow.
+pub(crate) async fn dedup_stage(
+    ctx: Arc<StageCtx>,
+    mut rx: mpsc::Receiver<PlainBlob>,
+    to_seal: mpsc::Sender<PlainBlob>,
+) -> Result<(), ClientError> {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < LOOKUP_BATCH {
+            match rx.try_recv() {
+                Ok(b) => batch.push(b),
+                Err(_) => break,
+            }
+        }
+        let mut candidates = Vec::with_capacity(batch.len());
+        {
+            let state = ctx.dedup();
+            let mut in_batch = HashSet::with_capacity(batch.len());
+            for b in batch {
+                if state.knows(&b.id) || !in_batch.insert(b.id) {
+                    reused(&ctx.counters, &b);
+                } else {
+                    candidates.push(b);
+                }
+            }
+        }
+        if candidates.is_empty() {
+            continue;
+        }
+        let found = lookup(&ctx.writer, candidates.iter().map(|b| b.id).collect()).await?;
+        let mut fresh = Vec::with_capacity(candidates.len());
+        {
+            let mut state = ctx.dedup();
+            for b in candidates {
+                if found.contains(&b.id) {
+                    state.remember(b.id);
+                    reused(&ctx.counters, &b);
+                } else {
+                    state.pending.insert(b.id);
+                    if b.kind == BlobKind::Data {
+                        ctx.counters.chunks_new.add(1);
+                        ctx.counters.bytes_new.add(b.data.len() as u64);
+                    }
+                    fresh.push(b);
+                }
+            }
+        }
+        for b in fresh {
+            if to_seal.send(b).await.is_err() {
+                // The sealers stopped; the packer holds the reason.
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn reused(counters: &Counters, b: &PlainBlob) {
+    if b.kind == BlobKind::Data {
+        counters.chunks_reused.add(1);
+    }
+}
+
+/// The ids among `ids` that the chunk index holds.
+async fn lookup(writer: &PackWriter, ids: Vec<ChunkId>) -> Result<HashSet<ChunkId>, ClientError> {
+    let req = pb::LookupChunksRequest {
+        repo: writer.repo.to_string(),
+        chunk_ids: ids.iter().map(|id| id.0.to_vec()).collect(),
+    };
+    let resp = writer
+        .meta
+        .call("LookupChunks", |mut c| {
+            let req = req.clone();
+            async move { c.lookup_chunks(req).await }
+        })
+        .await?;
+    resp.found
+        .iter()
+        .map(|l| {
+            ChunkId::from_slice(&l.chunk_id)
+                .map_err(|e| ClientError::BadResponse { what: "LookupChunks", reason: e.to_string() })
+        })
+        .collect()
+}
+
+/// One sealing thread: takes plaintext blobs, seals them, passes them on.
+/// Several run at once; the receiver is shared behind a mutex, which only
+/// serialises the hand-out, not the sealing.
+pub(crate) fn seal_worker(
+    key: Arc<RepoKey>,
+    counters: Arc<Counters>,
+    rx: Arc<Mutex<mpsc::Receiver<PlainBlob>>>,
+    tx: mpsc::Sender<SealedOut>,
+) {
+    loop {
+        let next = rx.lock().unwrap_or_else(|p| p.into_inner()).blocking_recv();
+        let Some(plain) = next else { return };
+        let sealed = counters.seal.time(plain.data.len() as u64, || key.seal(&plain.id, &plain.data));
+        let out = SealedOut { id: plain.id, kind: plain.kind, blob: sealed.into_bytes() };
+        // Dropping the plaintext gives its bytes back to the budget.
+        drop(plain);
+        counters.bytes_stored.add(out.blob.len() as u64);
+        if tx.blocking_send(out).is_err() {
+            return;
+        }
+    }
+}
+
+/// A pack being filled.
+struct OpenPack {
+    kind: PackKind,
+    bytes: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+impl OpenPack {
+    fn new(kind: PackKind) -> Self {
+        OpenPack { kind, bytes: Vec::new(), entries: Vec::new() }
+    }
+
+    fn push(&mut self, id: ChunkId, blob: &[u8]) -> Result<(), ClientError> {
+        let len = u32::try_from(blob.len()).map_err(|_| ClientError::BadSource {
+            reason: format!("blob {id} of {} bytes is too large for a pack", blob.len()),
+        })?;
+        if self.bytes.capacity() == 0 && self.kind == PackKind::Data {
+            // One allocation for the whole data pack: it overshoots the
+            // target by at most one chunk. Tree packs are usually small and
+            // grow as needed.
+            self.bytes.reserve(PACK_TARGET + coffer_pack::MAX_CHUNK_LEN + coffer_pack::BLOB_OVERHEAD);
+        }
+        self.entries.push(PackEntry { id, offset: self.bytes.len() as u64, len });
+        self.bytes.extend_from_slice(blob);
+        Ok(())
+    }
+
+    fn is_full(&self) -> bool {
+        self.bytes.len() >= PACK_TARGET || self.entries.len() >= MAX_BLOBS_PER_PACK
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn take(&mut self) -> (PackKind, Vec<u8>, Vec<PackEntry>) {
+        (self.kind, std::mem::take(&mut self.bytes), std::mem::take(&mut self.entries))
+    }
+}
+
+/// The packer: appends sealed blobs to the open data or tree pack and stores
+/// each pack once full; at the end flushes both and waits for every upload.
+pub(crate) async fn packer_stage(ctx: Arc<StageCtx>, mut rx: mpsc::Receiver<SealedOut>) -> Result<(), ClientError> {
+    let mut data = OpenPack::new(PackKind::Data);
+    let mut trees = OpenPack::new(PackKind::Tree);
+    let mut uploads: JoinSet<Result<Vec<ChunkId>, ClientError>> = JoinSet::new();
+    while let Some(s) = rx.recv().await {
+        let open = match s.kind {
+            BlobKind::Data => &mut data,
+            BlobKind::Tree => &mut trees,
+        };
+        open.push(s.id, &s.blob)?;
+        drop(s);
+        if open.is_full() {
+            let pack = open.take();
+            start_upload(&ctx, &mut uploads, pack).await?;
+        }
+    }
+    for open in [&mut data, &mut trees] {
+        if !open.is_empty() {
+            let pack = open.take();
+            start_upload(&ctx, &mut uploads, pack).await?;
+        }
+    }
+    while let Some(done) = uploads.join_next().await {
+        finish_upload(&ctx, done)?;
+    }
+    Ok(())
+}
+
+async fn start_upload(
+    ctx: &Arc<StageCtx>,
+    uploads: &mut JoinSet<Result<Vec<ChunkId>, ClientError>>,
+    (kind, bytes, entries): (PackKind, Vec<u8>, Vec<PackEntry>),
+) -> Result<(), ClientError> {
+    while uploads.len() >= MAX_UPLOADS {
+        match uploads.join_next().await {
+            Some(done) => finish_upload(ctx, done)?,
+            None => break,
+        }
+    }
+    let ctx = ctx.clone();
+    uploads.spawn(async move {
+        ctx.writer.store(kind, bytes, &entries).await?;
+        Ok(entries.into_iter().map(|e| e.id).collect())
+    });
+    Ok(())
+}
+
+fn finish_upload(
+    ctx: &StageCtx,
+    done: Result<Result<Vec<ChunkId>, ClientError>, tokio::task::JoinError>,
+) -> Result<(), ClientError> {
+    let ids = done.map_err(|e| ClientError::task("upload pack", e))??;
+    ctx.dedup().committed(ids);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_blocks_until_freed_and_closes() {
+        let budget = ByteBudget::new(10);
+        let a = budget.acquire(6).unwrap();
+        let b2 = budget.clone();
+        let waiter = std::thread::spawn(move || b2.acquire(6).map(|p| p.bytes));
+        drop(a);
+        assert_eq!(waiter.join().unwrap(), Some(6));
+        // Oversized requests pass alone.
+        let big = budget.acquire(100).unwrap();
+        drop(big);
+        let held = budget.acquire(10).unwrap();
+        let b3 = budget.clone();
+        let blocked = std::thread::spawn(move || b3.acquire(1).is_none());
+        budget.close();
+        assert!(blocked.join().unwrap());
+        drop(held);
+        assert!(budget.acquire(1).is_none());
+    }
+
+    #[test]
+    fn dedup_state_moves_ids_from_pending_to_known() {
+        let mut st = DedupState::default();
+        let id = ChunkId([1; 32]);
+        assert!(!st.knows(&id));
+        st.pending.insert(id);
+        assert!(st.knows(&id));
+        st.committed([id]);
+        assert!(st.knows(&id));
+        assert!(st.pending.is_empty());
+    }
+
+    #[test]
+    fn open_packs_record_offsets_and_fill_up() {
+        let mut p = OpenPack::new(PackKind::Data);
+        assert!(p.is_empty());
+        p.push(ChunkId([1; 32]), &[1, 2, 3]).unwrap();
+        p.push(ChunkId([2; 32]), &[4, 5]).unwrap();
+        assert!(!p.is_full());
+        let (kind, bytes, entries) = p.take();
+        assert_eq!(kind, PackKind::Data);
+        assert_eq!(bytes, vec![1, 2, 3, 4, 5]);
+        assert_eq!((entries[1].offset, entries[1].len), (3, 2));
+        assert!(p.is_empty());
+        p.push(ChunkId([3; 32]), &vec![0u8; PACK_TARGET]).unwrap();
+        assert!(p.is_full());
+    }
+}

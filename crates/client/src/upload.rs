@@ -1,0 +1,301 @@
+//! Storing one pack: placement, erasure coding, shard upload, commit.
+//!
+//! ```text
+//!   pack bytes ──AllocatePack──► pack id + k+m targets
+//!        │
+//!        └──Codec::encode──► k+m shards ──BLAKE3──► checksums
+//!                               │
+//!                               └──PutShard ×(k+m), all at once──► every ack? ──CommitPack──► PackRecord
+//!                                                                     │ no
+//!                                                                     └──► AllocatePack again, excluding the nodes that failed
+//! ```
+//!
+//! The invariant kept here: a pack is committed to the catalog only after
+//! every one of its shards has been acknowledged, verified and durable, by
+//! the node its record names. A failed attempt leaves at most orphan shards
+//! under a pack id the catalog never heard of, which storage-side garbage
+//! collection removes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use coffer_erasure::Codec;
+use coffer_proto::{location_to_pb, pb};
+use coffer_types::{
+    ChunkId, ChunkLocation, ErasureParams, Hash32, NodeId, PackId, PackKind, PackRecord, RepoName, SessionId,
+    ShardIndex, ShardRecord,
+};
+use tonic::Code;
+
+use crate::conn::MetaClient;
+use crate::shards::{ShardPool, ShardPut};
+use crate::stats::Counters;
+use crate::ClientError;
+
+/// How many placements a pack gets before the backup gives up on it.
+const MAX_PLACEMENT_ATTEMPTS: u32 = 5;
+
+/// What the pipeline needs to store packs for one backup session.
+pub(crate) struct PackWriter {
+    pub meta: Arc<MetaClient>,
+    pub repo: RepoName,
+    pub session: SessionId,
+    pub shards: Arc<ShardPool>,
+    pub counters: Arc<Counters>,
+}
+
+/// One blob of a pack: its id and byte range.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PackEntry {
+    pub id: ChunkId,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// A placement the catalog proposed.
+struct Allocation {
+    pack: PackId,
+    params: ErasureParams,
+    /// `(node, address)` per shard index, in index order.
+    targets: Vec<(NodeId, String)>,
+}
+
+/// The shards of a pack under one set of code parameters.
+struct Encoded {
+    params: ErasureParams,
+    shards: Vec<Bytes>,
+    checksums: Vec<Hash32>,
+}
+
+impl PackWriter {
+    /// Stores `bytes` as a pack of `kind` holding `entries`, and returns its
+    /// committed record.
+    pub async fn store(
+        &self,
+        kind: PackKind,
+        bytes: Vec<u8>,
+        entries: &[PackEntry],
+    ) -> Result<PackRecord, ClientError> {
+        let pack_len = bytes.len() as u64;
+        let mut pending_bytes = Some(bytes);
+        let mut encoded: Option<Arc<Encoded>> = None;
+        let mut exclude: Vec<NodeId> = Vec::new();
+        let mut last = (PackId::default(), String::new());
+        for attempt in 1..=MAX_PLACEMENT_ATTEMPTS {
+            let alloc = match self.allocate(&exclude).await {
+                Ok(a) => a,
+                Err(ClientError::Conn(e)) if e.code() == Some(Code::FailedPrecondition) && !exclude.is_empty() => {
+                    // Avoiding every node that failed leaves too few: they may
+                    // have been restarting, so try them again after a pause.
+                    tracing::warn!(error = %e, "placement impossible without the failed nodes; retrying with them");
+                    last.1 = e.to_string();
+                    exclude.clear();
+                    tokio::time::sleep(Duration::from_millis(500 * attempt as u64)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            last.0 = alloc.pack;
+            let enc = match &encoded {
+                Some(e) if e.params == alloc.params => e.clone(),
+                _ => {
+                    let source = match pending_bytes.take() {
+                        Some(b) => b,
+                        // The code parameters changed between attempts (a
+                        // policy change): the data shards hold the pack.
+                        None => rejoin(encoded.as_deref(), pack_len, alloc.pack)?,
+                    };
+                    let e = Arc::new(self.encode(alloc.pack, alloc.params, source).await?);
+                    encoded = Some(e.clone());
+                    e
+                }
+            };
+            let failed = self.send(&alloc, &enc).await;
+            if !failed.is_empty() {
+                let reason = failed
+                    .iter()
+                    .map(|(node, index, why)| format!("shard {index} on node {node}: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                tracing::warn!(pack = %alloc.pack, attempt, %reason, "shard upload failed; placing the pack again");
+                exclude.extend(failed.iter().map(|(node, _, _)| *node));
+                exclude.sort_unstable();
+                exclude.dedup();
+                last.1 = reason;
+                continue;
+            }
+            let record = PackRecord {
+                id: alloc.pack,
+                repo: self.repo.clone(),
+                kind,
+                params: alloc.params,
+                pack_len,
+                shard_len: alloc.params.shard_len(pack_len),
+                shards: alloc
+                    .targets
+                    .iter()
+                    .zip(&enc.checksums)
+                    .enumerate()
+                    .map(|(i, ((node, _), checksum))| ShardRecord {
+                        index: ShardIndex(i as u8),
+                        node: *node,
+                        checksum: *checksum,
+                    })
+                    .collect(),
+            };
+            self.commit(&record, entries).await?;
+            self.counters.packs.add(1);
+            self.counters.bytes_stored_raw.add(record.shard_len * alloc.params.total() as u64);
+            return Ok(record);
+        }
+        Err(ClientError::UploadFailed { pack: last.0, attempts: MAX_PLACEMENT_ATTEMPTS, reason: last.1 })
+    }
+
+    async fn allocate(&self, exclude: &[NodeId]) -> Result<Allocation, ClientError> {
+        let req =
+            pb::AllocatePackRequest { repo: self.repo.to_string(), exclude: exclude.iter().map(|n| n.0).collect() };
+        let resp = self
+            .meta
+            .call("AllocatePack", |mut c| {
+                let req = req.clone();
+                async move { c.allocate_pack(req).await }
+            })
+            .await?;
+        parse_allocation(resp)
+    }
+
+    /// Erasure-codes the pack and checksums each shard, off the async threads.
+    async fn encode(&self, pack: PackId, params: ErasureParams, bytes: Vec<u8>) -> Result<Encoded, ClientError> {
+        let counters = self.counters.clone();
+        tokio::task::spawn_blocking(move || {
+            let start = Instant::now();
+            let codec = Codec::new(params).map_err(|source| ClientError::Erasure { pack, source })?;
+            let shards = codec.encode(&bytes);
+            drop(bytes);
+            let checksums = shards.iter().map(|s| Hash32(*blake3::hash(s).as_bytes())).collect();
+            let shard_bytes: u64 = shards.iter().map(|s| s.len() as u64).sum();
+            counters.encode.add(start.elapsed(), shard_bytes);
+            Ok(Encoded { params, shards: shards.into_iter().map(Bytes::from).collect(), checksums })
+        })
+        .await
+        .map_err(|e| ClientError::task("encode pack", e))?
+    }
+
+    /// Sends every shard to its target at once; returns the failures.
+    async fn send(&self, alloc: &Allocation, enc: &Encoded) -> Vec<(NodeId, ShardIndex, String)> {
+        let start = Instant::now();
+        let (k, m) = (alloc.params.k() as u32, alloc.params.m() as u32);
+        let puts = alloc.targets.iter().zip(enc.shards.iter().zip(&enc.checksums)).enumerate().map(
+            |(i, ((node, addr), (body, checksum)))| {
+                let index = ShardIndex(i as u8);
+                let put = ShardPut { pack: alloc.pack, index, k, m, checksum: *checksum };
+                async move { (*node, index, self.shards.put(addr, put, body.clone()).await) }
+            },
+        );
+        let results = futures::future::join_all(puts).await;
+        let sent: u64 = enc.shards.iter().map(|s| s.len() as u64).sum();
+        self.counters.send.add(start.elapsed(), sent);
+        results.into_iter().filter_map(|(node, index, r)| r.err().map(|e| (node, index, e.reason))).collect()
+    }
+
+    async fn commit(&self, record: &PackRecord, entries: &[PackEntry]) -> Result<(), ClientError> {
+        let req = pb::CommitPackRequest {
+            session_id: self.session.0.to_vec(),
+            pack: Some(pb::Pack::from(record)),
+            chunks: entries
+                .iter()
+                .map(|e| location_to_pb(&e.id, &ChunkLocation { pack: record.id, offset: e.offset, len: e.len }))
+                .collect(),
+        };
+        self.meta
+            .call("CommitPack", |mut c| {
+                let req = req.clone();
+                async move { c.commit_pack(req).await }
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// The pack bytes back from its data shards, for re-encoding under new
+/// parameters.
+fn rejoin(encoded: Option<&Encoded>, pack_len: u64, pack: PackId) -> Result<Vec<u8>, ClientError> {
+    let enc = encoded.ok_or_else(|| ClientError::task("store pack", "neither pack bytes nor shards are at hand"))?;
+    let codec = Codec::new(enc.params).map_err(|source| ClientError::Erasure { pack, source })?;
+    let shards: Vec<Option<Vec<u8>>> = enc.shards.iter().map(|s| Some(s.to_vec())).collect();
+    codec.join(&shards, pack_len).map_err(|source| ClientError::Erasure { pack, source })
+}
+
+/// Validates an AllocatePack answer: a pack id, sane parameters, and exactly
+/// one target per shard index.
+fn parse_allocation(resp: pb::AllocatePackResponse) -> Result<Allocation, ClientError> {
+    let bad = |reason: String| ClientError::BadResponse { what: "AllocatePack", reason };
+    let pack = PackId::from_slice(&resp.pack_id).map_err(|e| bad(e.to_string()))?;
+    let params = coffer_proto::params_from_pb(resp.params).map_err(|e| bad(e.to_string()))?;
+    let mut targets: Vec<Option<(NodeId, String)>> = vec![None; params.total()];
+    for t in resp.targets {
+        let slot =
+            targets.get_mut(t.index as usize).ok_or_else(|| bad(format!("target index {} out of range", t.index)))?;
+        if slot.replace((NodeId(t.node), t.addr)).is_some() {
+            return Err(bad(format!("two targets for shard {}", t.index)));
+        }
+    }
+    let targets = targets
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| t.ok_or_else(|| bad(format!("no target for shard {i}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Allocation { pack, params, targets })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(index: u32, node: u64) -> pb::Target {
+        pb::Target { index, node, addr: format!("127.0.0.1:{}", 7000 + node) }
+    }
+
+    #[test]
+    fn allocations_are_validated() {
+        let good = pb::AllocatePackResponse {
+            pack_id: vec![7; 16],
+            params: Some(pb::ErasureParams { k: 2, m: 1 }),
+            targets: vec![target(2, 3), target(0, 1), target(1, 2)],
+        };
+        let a = parse_allocation(good.clone()).unwrap();
+        assert_eq!(a.targets.iter().map(|t| t.0 .0).collect::<Vec<_>>(), vec![1, 2, 3]);
+
+        let mut missing = good.clone();
+        missing.targets.pop();
+        assert!(parse_allocation(missing).is_err());
+        let mut dup = good.clone();
+        dup.targets[0].index = 0;
+        assert!(parse_allocation(dup).is_err());
+        let mut out_of_range = good.clone();
+        out_of_range.targets[0].index = 9;
+        assert!(parse_allocation(out_of_range).is_err());
+        let mut bad_id = good.clone();
+        bad_id.pack_id = vec![1];
+        assert!(parse_allocation(bad_id).is_err());
+        let mut bad_params = good;
+        bad_params.params = Some(pb::ErasureParams { k: 0, m: 1 });
+        assert!(parse_allocation(bad_params).is_err());
+    }
+
+    #[test]
+    fn shards_rejoin_into_the_pack() {
+        let params = ErasureParams::new(3, 2).unwrap();
+        let pack: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        let codec = Codec::new(params).unwrap();
+        let shards = codec.encode(&pack);
+        let enc = Encoded {
+            params,
+            checksums: shards.iter().map(|s| Hash32(*blake3::hash(s).as_bytes())).collect(),
+            shards: shards.into_iter().map(Bytes::from).collect(),
+        };
+        assert_eq!(rejoin(Some(&enc), pack.len() as u64, PackId::default()).unwrap(), pack);
+        assert!(rejoin(None, 10, PackId::default()).is_err());
+    }
+}

@@ -1,0 +1,436 @@
+//! The walker: turns a source (paths on disk, or one stream) into chunks and
+//! trees, depth first, on one blocking thread.
+//!
+//! ```text
+//!   lstat/read_dir ──► unchanged since the parent? ──yes──► reuse the parent's chunk list
+//!                                │ no
+//!                                ▼
+//!                     open ──► chunker ──► chunk_id ──► BlobSink (data)
+//!   all entries of a directory ──► Tree ──encode──► chunk_id ──► BlobSink (tree)
+//! ```
+//!
+//! The walker owns the order of a file's chunks: it hashes each chunk as the
+//! chunker cuts it and appends the id to the file's content list before
+//! handing the bytes on, so however the later stages reorder blobs, the tree
+//! records the file as it was read. Trees are written bottom-up (a directory's
+//! tree after all its children), and every id a tree names has been handed to
+//! the sink before the tree itself. Unreadable entries are recorded and
+//! skipped; only a failure of the sink (the pipeline stopped) or of the
+//! source root aborts the walk.
+
+use std::fs::{self, File, Metadata, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use coffer_pack::{chunker, RepoKey};
+use coffer_types::ChunkId;
+
+use crate::stats::Counters;
+use crate::tree::{Node, NodeKind, Timestamp, Tree};
+use crate::ClientError;
+
+/// How many error messages a summary keeps; the count is always exact.
+pub(crate) const MAX_ERROR_MESSAGES: usize = 1000;
+
+/// What a blob holds, which decides the pack it goes to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum BlobKind {
+    Data,
+    Tree,
+}
+
+/// The downstream stage stopped; the walk must end without a result.
+#[derive(Debug)]
+pub(crate) struct Stopped;
+
+/// Where the walker hands the plaintext of each chunk and tree.
+pub(crate) trait BlobSink {
+    fn put(&mut self, id: ChunkId, kind: BlobKind, data: Vec<u8>) -> Result<(), Stopped>;
+}
+
+/// Reads the parent snapshot's trees, for change detection.
+pub(crate) trait TreeLoader {
+    fn load_tree(&self, id: &ChunkId) -> Result<Tree, ClientError>;
+}
+
+/// Why a walk ended without a root.
+#[derive(Debug)]
+pub(crate) enum WalkError {
+    Stopped,
+    Fatal(ClientError),
+}
+
+impl From<Stopped> for WalkError {
+    fn from(_: Stopped) -> Self {
+        WalkError::Stopped
+    }
+}
+
+/// The sorted, deduplicated ids a snapshot references. Ids are pushed as
+/// found and compacted now and then, so that repeated chunks (a file copied
+/// many times) do not grow the list without bound.
+#[derive(Default, Debug)]
+pub(crate) struct RefList {
+    ids: Vec<ChunkId>,
+    compact_at: usize,
+}
+
+impl RefList {
+    pub fn extend(&mut self, ids: impl IntoIterator<Item = ChunkId>) {
+        self.ids.extend(ids);
+        if self.ids.len() >= self.compact_at.max(1 << 16) {
+            self.compact();
+            self.compact_at = self.ids.len() * 2;
+        }
+    }
+
+    fn compact(&mut self) {
+        self.ids.sort_unstable();
+        self.ids.dedup();
+    }
+
+    pub fn finish(mut self) -> Vec<ChunkId> {
+        self.compact();
+        self.ids
+    }
+}
+
+/// The outcome of a walk.
+#[derive(Debug)]
+pub(crate) struct WalkOutput {
+    pub root: ChunkId,
+    pub refs: Vec<ChunkId>,
+    pub errors: Vec<String>,
+}
+
+/// The walker's state for one backup.
+pub(crate) struct Walker<'a, S: BlobSink> {
+    key: &'a RepoKey,
+    sink: S,
+    /// Present when unchanged files may reuse the parent's chunk lists.
+    parent: Option<&'a dyn TreeLoader>,
+    counters: &'a Counters,
+    refs: RefList,
+    errors: Vec<String>,
+}
+
+impl<'a, S: BlobSink> Walker<'a, S> {
+    pub fn new(key: &'a RepoKey, sink: S, parent: Option<&'a dyn TreeLoader>, counters: &'a Counters) -> Self {
+        Walker { key, sink, parent, counters, refs: RefList::default(), errors: Vec::new() }
+    }
+
+    fn finish(self, root: ChunkId) -> WalkOutput {
+        WalkOutput { root, refs: self.refs.finish(), errors: self.errors }
+    }
+
+    fn record(&mut self, path: &Path, what: impl std::fmt::Display) {
+        self.counters.errors.add(1);
+        let msg = format!("{}: {what}", path.display());
+        tracing::warn!("{msg}");
+        if self.errors.len() < MAX_ERROR_MESSAGES {
+            self.errors.push(msg);
+        }
+    }
+
+    /// Walks `paths`. One directory becomes the root itself; anything else
+    /// (one file, or several paths) becomes a root holding one entry per
+    /// path, named by its final component.
+    pub fn walk_paths(mut self, paths: &[PathBuf], parent_root: Option<ChunkId>) -> Result<WalkOutput, WalkError> {
+        if let [only] = paths {
+            let meta = fs::symlink_metadata(only).map_err(|e| WalkError::Fatal(ClientError::io(only, e)))?;
+            if meta.is_dir() {
+                self.counters.dirs.add(1);
+                let root = self.dir_tree(only, parent_root)?.map_err(|e| WalkError::Fatal(ClientError::io(only, e)))?;
+                return Ok(self.finish(root));
+            }
+        }
+        let parent_tree = parent_root.and_then(|id| self.load_parent(&id));
+        let mut nodes = Vec::with_capacity(paths.len());
+        for path in paths {
+            let name = top_level_name(path).map_err(WalkError::Fatal)?;
+            let meta = match fs::symlink_metadata(path) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.record(path, e);
+                    continue;
+                }
+            };
+            let previous = parent_tree.as_ref().and_then(|t| t.get(&name));
+            if let Some(node) = self.entry(path, name, &meta, previous)? {
+                nodes.push(node);
+            }
+        }
+        let tree = Tree::new(nodes).map_err(WalkError::Fatal)?;
+        let root = self.store_tree(&tree)?;
+        Ok(self.finish(root))
+    }
+
+    /// Walks one stream into a root holding a single file named `name`.
+    pub fn walk_stream(mut self, reader: impl Read, name: &[u8]) -> Result<WalkOutput, WalkError> {
+        let now = Timestamp::now();
+        let (content, size) = match self.read_content(reader)? {
+            Ok(read) => read,
+            Err(reason) => {
+                return Err(WalkError::Fatal(ClientError::BadSource {
+                    reason: format!("reading the stream: {reason}"),
+                }))
+            }
+        };
+        self.counters.files.add(1);
+        self.counters.bytes_scanned.add(size);
+        self.refs.extend(content.iter().copied());
+        let node = Node {
+            name: name.to_vec(),
+            kind: NodeKind::File { content },
+            mode: libc::S_IFREG | 0o600,
+            uid: 0,
+            gid: 0,
+            mtime: now,
+            size,
+            inode: 0,
+            dev: 0,
+            ctime: now,
+        };
+        let tree = Tree::new(vec![node]).map_err(WalkError::Fatal)?;
+        let root = self.store_tree(&tree)?;
+        Ok(self.finish(root))
+    }
+
+    /// Loads a tree of the parent snapshot. A parent tree that cannot be read
+    /// only costs reading the files again, so it is logged, not fatal.
+    fn load_parent(&self, id: &ChunkId) -> Option<Tree> {
+        let loader = self.parent?;
+        match loader.load_tree(id) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(tree = %id, error = %e, "cannot read the parent snapshot's tree; reading files again");
+                None
+            }
+        }
+    }
+
+    /// The tree of directory `path`. The outer error aborts the walk; the
+    /// inner one means this directory could not be listed.
+    fn dir_tree(&mut self, path: &Path, parent_subtree: Option<ChunkId>) -> Result<io::Result<ChunkId>, WalkError> {
+        let listing = match fs::read_dir(path) {
+            Ok(l) => l,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut names = Vec::new();
+        for entry in listing {
+            match entry {
+                Ok(e) => names.push(e.file_name()),
+                Err(e) => self.record(path, format!("listing the directory: {e}")),
+            }
+        }
+        names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        let parent_tree = parent_subtree.and_then(|id| self.load_parent(&id));
+        let mut nodes = Vec::with_capacity(names.len());
+        for name in names {
+            let child = path.join(&name);
+            let meta = match fs::symlink_metadata(&child) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.record(&child, e);
+                    continue;
+                }
+            };
+            let name = name.as_bytes().to_vec();
+            let previous = parent_tree.as_ref().and_then(|t| t.get(&name));
+            if let Some(node) = self.entry(&child, name, &meta, previous)? {
+                nodes.push(node);
+            }
+        }
+        let tree = Tree::new(nodes).map_err(WalkError::Fatal)?;
+        Ok(Ok(self.store_tree(&tree)?))
+    }
+
+    /// One directory entry: its node, or `None` if it is skipped (special
+    /// files, unreadable entries).
+    fn entry(
+        &mut self,
+        path: &Path,
+        name: Vec<u8>,
+        meta: &Metadata,
+        previous: Option<&Node>,
+    ) -> Result<Option<Node>, WalkError> {
+        let ft = meta.file_type();
+        let kind = if ft.is_dir() {
+            let parent_subtree = match previous.map(|n| &n.kind) {
+                Some(NodeKind::Dir { subtree }) => Some(*subtree),
+                _ => None,
+            };
+            match self.dir_tree(path, parent_subtree)? {
+                Ok(subtree) => {
+                    self.counters.dirs.add(1);
+                    NodeKind::Dir { subtree }
+                }
+                Err(e) => {
+                    self.record(path, e);
+                    return Ok(None);
+                }
+            }
+        } else if ft.is_symlink() {
+            match fs::read_link(path) {
+                Ok(target) => {
+                    self.counters.symlinks.add(1);
+                    NodeKind::Symlink { target: target.as_os_str().as_bytes().to_vec() }
+                }
+                Err(e) => {
+                    self.record(path, e);
+                    return Ok(None);
+                }
+            }
+        } else if ft.is_file() {
+            match self.file_content(path, meta, previous)? {
+                Some((content, size)) => {
+                    let mut node = node_from(name, NodeKind::File { content }, meta);
+                    node.size = size;
+                    return Ok(Some(node));
+                }
+                None => return Ok(None),
+            }
+        } else {
+            // Sockets, FIFOs and device nodes hold no data to back up, and
+            // opening a FIFO would block the walk.
+            tracing::debug!(path = %path.display(), "skipping a special file");
+            return Ok(None);
+        };
+        Ok(Some(node_from(name, kind, meta)))
+    }
+
+    /// The chunk list and size of a regular file: the parent's when the file
+    /// is unchanged, otherwise read now. `None` if it cannot be read.
+    fn file_content(
+        &mut self,
+        path: &Path,
+        meta: &Metadata,
+        previous: Option<&Node>,
+    ) -> Result<Option<(Vec<ChunkId>, u64)>, WalkError> {
+        if self.parent.is_some() {
+            if let Some(Node { kind: NodeKind::File { content }, size, mtime, ctime, inode, .. }) = previous {
+                let unchanged = *size == meta.len()
+                    && *mtime == Timestamp::from_parts(meta.mtime(), meta.mtime_nsec())
+                    && *ctime == Timestamp::from_parts(meta.ctime(), meta.ctime_nsec())
+                    && *inode == meta.ino();
+                if unchanged {
+                    self.counters.files.add(1);
+                    self.counters.bytes_scanned.add(*size);
+                    self.counters.chunks_reused.add(content.len() as u64);
+                    self.refs.extend(content.iter().copied());
+                    return Ok(Some((content.clone(), *size)));
+                }
+            }
+        }
+        let file = match open_for_backup(path) {
+            Ok(f) => f,
+            Err(e) => {
+                self.record(path, e);
+                return Ok(None);
+            }
+        };
+        match self.read_content(file)? {
+            Ok((content, size)) => {
+                self.counters.files.add(1);
+                self.counters.bytes_scanned.add(size);
+                self.refs.extend(content.iter().copied());
+                Ok(Some((content, size)))
+            }
+            Err(reason) => {
+                self.record(path, reason);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Chunks, hashes and hands on everything `reader` yields. The inner
+    /// error is a read failure of the source, as a message.
+    fn read_content(&mut self, reader: impl Read) -> Result<Result<(Vec<ChunkId>, u64), String>, WalkError> {
+        let mut chunks = chunker(reader);
+        let mut content = Vec::new();
+        let mut size = 0u64;
+        loop {
+            let start = Instant::now();
+            let next = chunks.next();
+            let data = match next {
+                None => break,
+                Some(Err(e)) => return Ok(Err(e.to_string())),
+                Some(Ok(data)) => data,
+            };
+            let len = data.len() as u64;
+            self.counters.read.add(start.elapsed(), len);
+            self.counters.bytes_read.add(len);
+            let id = self.counters.hash.time(len, || self.key.chunk_id(&data));
+            content.push(id);
+            size += len;
+            self.sink.put(id, BlobKind::Data, data)?;
+        }
+        Ok(Ok((content, size)))
+    }
+
+    fn store_tree(&mut self, tree: &Tree) -> Result<ChunkId, WalkError> {
+        let bytes = tree.encode().map_err(WalkError::Fatal)?;
+        let id = self.counters.hash.time(bytes.len() as u64, || self.key.chunk_id(&bytes));
+        self.refs.extend([id]);
+        self.sink.put(id, BlobKind::Tree, bytes)?;
+        Ok(id)
+    }
+}
+
+/// The name a top-level path gets in a multi-path root.
+fn top_level_name(path: &Path) -> Result<Vec<u8>, ClientError> {
+    path.file_name().map(|n| n.as_bytes().to_vec()).ok_or_else(|| ClientError::BadSource {
+        reason: format!("{} has no final component to name it by", path.display()),
+    })
+}
+
+/// Opens a file for reading without updating its access time when the
+/// kernel allows it (only the owner may ask), so a backup leaves no trace.
+fn open_for_backup(path: &Path) -> io::Result<File> {
+    match OpenOptions::new().read(true).custom_flags(libc::O_NOATIME).open(path) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => File::open(path),
+        other => other,
+    }
+}
+
+fn node_from(name: Vec<u8>, kind: NodeKind, meta: &Metadata) -> Node {
+    Node {
+        name,
+        kind,
+        mode: meta.mode(),
+        uid: meta.uid(),
+        gid: meta.gid(),
+        mtime: Timestamp::from_parts(meta.mtime(), meta.mtime_nsec()),
+        size: 0,
+        inode: meta.ino(),
+        dev: meta.dev(),
+        ctime: Timestamp::from_parts(meta.ctime(), meta.ctime_nsec()),
+    }
+}
+
+/// Checks the paths of a backup before anything is sent: absolute, present,
+/// and (when there are several) with distinct final components.
+pub(crate) fn check_paths(paths: &[PathBuf]) -> Result<(), ClientError> {
+    if paths.is_empty() {
+        return Err(ClientError::BadSource { reason: "no path to back up".into() });
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for p in paths {
+        if !p.is_absolute() {
+            return Err(ClientError::BadSource { reason: format!("{} is not an absolute path", p.display()) });
+        }
+        fs::symlink_metadata(p).map_err(|e| ClientError::io(p, e))?;
+        if paths.len() > 1 {
+            let name = top_level_name(p)?;
+            if !names.insert(name) {
+                return Err(ClientError::BadSource {
+                    reason: format!("two paths end in the same name as {}; back them up separately", p.display()),
+                });
+            }
+        }
+    }
+    Ok(())
+}
