@@ -42,7 +42,7 @@ fn bad_input_is_refused_clearly_and_loses_nothing() -> anyhow::Result<()> {
     let status = c.status()?;
     let mut addrs: Vec<String> =
         status["nodes"].as_array().into_iter().flatten().filter_map(|n| n["addr"].as_str().map(String::from)).collect();
-    addrs.push(c.endpoint().to_string());
+    addrs.push(c.endpoint());
     for addr in &addrs {
         for garbage in [
             &b"GET / HTTP/1.1\r\n\r\n"[..],

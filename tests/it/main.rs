@@ -5,6 +5,7 @@
 mod bad_input;
 mod dedup;
 mod meta_crash;
+mod raft;
 mod site_loss;
 mod stdin;
 

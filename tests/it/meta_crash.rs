@@ -33,7 +33,7 @@ fn meta_crash_during_backup_loses_nothing_acknowledged() -> anyhow::Result<()> {
         }
     }
     assert!(progressed, "the backup never committed a pack");
-    c.kill_meta();
+    c.kill_meta(0);
     let status = child.wait()?;
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let completed = status.success();
@@ -42,7 +42,7 @@ fn meta_crash_during_backup_loses_nothing_acknowledged() -> anyhow::Result<()> {
         assert_eq!(status.code(), Some(1), "an interrupted backup exits 1: {rest:?}");
     }
 
-    c.restart_meta()?;
+    c.restart_meta(0)?;
     c.wait_nodes_up(6, Duration::from_secs(30))?;
     restore_and_compare(&c, &acked, &first)?;
 

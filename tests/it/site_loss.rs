@@ -21,7 +21,7 @@ fn restore_survives_site_loss_and_corrupt_shards() -> anyhow::Result<()> {
     assert!(summary["bytes_scanned"].as_u64() > Some(110 << 20), "{summary}");
 
     // Lose a whole site: both of its nodes, by SIGKILL.
-    c.kill_site("site-b");
+    c.kill_storage_site("site-b");
     let restored = restore_and_compare(&c, &snap, &src)?;
     assert!(restored["degraded_packs"].as_u64() > Some(0), "nothing was reconstructed: {restored}");
 

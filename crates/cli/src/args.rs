@@ -58,6 +58,26 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Show the cluster: nodes by site and state, pack health, metadata members.
     Status,
+    /// Metadata-plane membership: list members, add or remove voters.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Every metadata member with its role, site, term and indexes, as each reports itself.
+    Members,
+    /// Add a running, uninitialised metadata node as a voter (what `coffer meta --join` does by itself).
+    AddVoter {
+        id: u64,
+        addr: String,
+        #[arg(long, default_value = "default")]
+        site: String,
+    },
+    /// Remove a metadata member (voter or learner).
+    Remove { id: u64 },
+    /// Each member's applied index and a digest of its catalog, to check that replicas agree.
+    Digest,
 }
 
 #[derive(Args, Debug)]
@@ -78,6 +98,9 @@ pub struct DevArgs {
     /// Address of the metadata node.
     #[arg(long, default_value = "127.0.0.1:7400")]
     pub listen: String,
+    /// Metadata voters, one per site (the first listens on --listen).
+    #[arg(long, default_value_t = 1)]
+    pub meta_nodes: u32,
 }
 
 #[derive(Args, Debug)]
@@ -110,9 +133,18 @@ pub struct MetaArgs {
     /// Bootstrap a new cluster with this node as its only voter (ignored if already a member).
     #[arg(long, conflicts_with = "join")]
     pub init: bool,
-    /// Join a running cluster through any member.
+    /// Join a running cluster through any member (ignored if already a member).
     #[arg(long)]
     pub join: Option<String>,
+    /// The failure domain this node runs in.
+    #[arg(long, default_value = "default")]
+    pub site: String,
+    /// Snapshot the state machine and purge the log after this many entries.
+    #[arg(long, default_value_t = 20_000)]
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot for lagging followers.
+    #[arg(long, default_value_t = 1_000)]
+    pub keep_logs: u64,
     /// Raft heartbeat interval.
     #[arg(long, default_value = "250ms", value_parser = parse_duration)]
     pub raft_heartbeat: std::time::Duration,

@@ -279,7 +279,7 @@ pub async fn status(g: &Global) -> Result<()> {
                 "term": s.term,
                 "last_log_index": s.last_log_index,
                 "applied_index": s.applied_index,
-                "members": s.members.iter().map(|m| json!({"id": m.id, "addr": m.addr, "role": m.role})).collect::<Vec<_>>(),
+                "members": s.members.iter().map(|m| json!({"id": m.id, "addr": m.addr, "role": m.role, "site": m.site})).collect::<Vec<_>>(),
             },
             "catalog": {"repos": s.repos, "snapshots": s.snapshots, "chunks": s.chunks},
         });
@@ -288,7 +288,7 @@ pub async fn status(g: &Global) -> Result<()> {
     }
     println!("metadata: leader {} term {}, applied {}", s.leader, s.term, s.applied_index);
     for m in &s.members {
-        println!("  meta {} {} {}", m.id, m.role, m.addr);
+        println!("  meta {} {:<8} {:<10} {}", m.id, m.role, m.site, m.addr);
     }
     let mut nodes = s.nodes.clone();
     nodes.sort_by(|a, b| (&a.site, &a.addr).cmp(&(&b.site, &b.addr)));

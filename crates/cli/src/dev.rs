@@ -2,10 +2,14 @@
 //! node and `sites × nodes_per_site` storage nodes on loopback, with all
 //! data under one folder, and writes `DIR/env` for other shells.
 //!
+//! With `--meta-nodes 3` it runs three Raft voters, one per site: the first
+//! initialises the cluster, the others join it.
+//!
 //! A site can be stopped and started again while the cluster runs, to
 //! rehearse a site loss: `coffer dev-site stop SITE` drops a request file in
 //! `DIR/control/`, which this process picks up, shutting down (or
-//! restarting, on the same ports and data) every node of that site.
+//! restarting, on the same ports and data) every node of that site, its
+//! metadata voter included.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,10 +30,16 @@ struct RunningNode {
     task: JoinHandle<()>,
 }
 
+struct MetaSlot {
+    config: MetaConfig,
+    running: Option<RunningNode>,
+}
+
 struct SiteNodes {
     /// (data dir, bound address) per node; addresses are kept across restarts.
     nodes: Vec<(PathBuf, String)>,
     running: Vec<RunningNode>,
+    meta: Option<MetaSlot>,
 }
 
 pub fn site_name(i: u32) -> String {
@@ -61,20 +71,40 @@ pub async fn run(a: DevArgs) -> Result<()> {
         let _ = std::fs::remove_file(e.path());
     }
 
-    let listener = bind(&a.listen).await?;
-    let meta_addr = listener_addr(&listener, &a.listen);
-    let mut mc = MetaConfig::new(MetaId(1), data.join("meta"), meta_addr.clone());
-    mc.init = true;
-    mc.raft_heartbeat = Duration::from_millis(100);
-    mc.election_timeout = (Duration::from_millis(400), Duration::from_millis(800));
-    mc.suspect_after = Duration::from_secs(4);
-    mc.down_after = Duration::from_secs(60);
-    let meta = MetaNode::start(mc).await.context("start metadata node")?;
-    let (meta_stop, meta_stop_rx) = oneshot::channel::<()>();
-    let meta_task = tokio::spawn(meta.clone().serve(listener, async {
-        let _ = meta_stop_rx.await;
-    }));
-    meta.wait_for_leader(Duration::from_secs(10)).await.context("elect a leader")?;
+    if a.meta_nodes == 0 || a.meta_nodes > a.sites {
+        bail!("--meta-nodes must be between 1 and --sites ({}): one voter per site", a.sites);
+    }
+    // Bind every metadata listener first, so that all addresses are known.
+    let mut meta_listeners = Vec::new();
+    for i in 0..a.meta_nodes {
+        let addr = if i == 0 { a.listen.clone() } else { "127.0.0.1:0".to_string() };
+        let l = bind(&addr).await?;
+        let bound = listener_addr(&l, &addr);
+        meta_listeners.push((l, bound));
+    }
+    let meta_addrs: Vec<String> = meta_listeners.iter().map(|(_, a)| a.clone()).collect();
+    let meta_addr = meta_addrs.join(",");
+    let mut meta_configs = Vec::new();
+    for (i, (_, addr)) in meta_listeners.iter().enumerate() {
+        let dir = if i == 0 { data.join("meta") } else { data.join(format!("meta-{}", i + 1)) };
+        let mut mc = MetaConfig::new(MetaId(i as u64 + 1), dir, addr.clone());
+        mc.site = site_name(i as u32);
+        if i == 0 {
+            mc.init = true;
+        } else {
+            mc.join = Some(meta_addrs[0].clone());
+        }
+        mc.raft_heartbeat = Duration::from_millis(100);
+        mc.election_timeout = (Duration::from_millis(400), Duration::from_millis(800));
+        mc.suspect_after = Duration::from_secs(4);
+        mc.down_after = Duration::from_secs(60);
+        meta_configs.push(mc);
+    }
+    let mut meta_slots = Vec::new();
+    for (mc, (l, _)) in meta_configs.into_iter().zip(meta_listeners) {
+        let running = start_meta(&mc, Some(l)).await?;
+        meta_slots.push(MetaSlot { config: mc, running: Some(running) });
+    }
 
     let mut sites: BTreeMap<String, SiteNodes> = BTreeMap::new();
     for s in 0..a.sites {
@@ -98,17 +128,20 @@ pub async fn run(a: DevArgs) -> Result<()> {
             drop(l);
             nodes.push((dir, bound));
         }
-        sites.insert(site, SiteNodes { nodes, running: Vec::new() });
+        let meta = if (s as usize) < meta_slots.len() { Some(meta_slots.remove(0)) } else { None };
+        sites.insert(site, SiteNodes { nodes, running: Vec::new(), meta });
     }
     for (site, s) in sites.iter_mut() {
         start_site(site, s, &meta_addr).await?;
     }
+    wait_for_voters(&meta_addrs, a.meta_nodes as usize).await?;
 
     let env =
         format!("export COFFER_ENDPOINT={meta_addr}\nexport COFFER_K={}\nexport COFFER_M={}\n", params.k(), params.m());
     std::fs::write(data.join("env"), env).context("write env file")?;
     println!(
-        "coffer dev: metadata node at {meta_addr}, {} storage nodes in {} sites, data in {}",
+        "coffer dev: {} metadata voter(s) at {meta_addr}, {} storage nodes in {} sites, data in {}",
+        a.meta_nodes,
         a.sites * a.nodes_per_site,
         a.sites,
         data.display()
@@ -128,15 +161,63 @@ pub async fn run(a: DevArgs) -> Result<()> {
     for (_, s) in sites.iter_mut() {
         stop_site(s).await;
     }
-    let _ = meta_stop.send(());
-    meta_task.await.context("join metadata node")?.context("metadata node")?;
     Ok(())
+}
+
+async fn start_meta(config: &MetaConfig, listener: Option<tokio::net::TcpListener>) -> Result<RunningNode> {
+    let listener = match listener {
+        Some(l) => l,
+        None => bind(&config.advertise).await?,
+    };
+    let node = MetaNode::start(config.clone()).await.context("start metadata node")?;
+    let (stop, rx) = oneshot::channel::<()>();
+    let id = config.id;
+    let task = tokio::spawn(async move {
+        if let Err(e) = node
+            .serve(listener, async {
+                let _ = rx.await;
+            })
+            .await
+        {
+            tracing::error!(meta = %id, error = %e, "metadata node failed");
+        }
+    });
+    Ok(RunningNode { stop, task })
+}
+
+/// Waits until the metadata cluster has a leader and `n` voters.
+async fn wait_for_voters(addrs: &[String], n: usize) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        for a in addrs {
+            if let Ok(ch) = coffer_client::conn::channel(a) {
+                let mut c = coffer_proto::pb::admin_client::AdminClient::new(ch);
+                if let Ok(m) = c.node_metrics(coffer_proto::pb::NodeMetricsRequest {}).await {
+                    let m = m.into_inner();
+                    let voters = m.members.iter().filter(|x| x.role == "voter").count();
+                    if m.leader != 0 && voters >= n {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("the metadata cluster did not reach {n} voters within 30s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn start_site(site: &str, s: &mut SiteNodes, meta_addr: &str) -> Result<()> {
     let site_id = SiteId::new(site)?;
+    if let Some(m) = s.meta.as_mut() {
+        if m.running.is_none() {
+            m.running = Some(start_meta(&m.config, None).await?);
+        }
+    }
     for (dir, addr) in &s.nodes {
         let mut c = StorageConfig::new(dir.clone(), addr.clone(), site_id.clone(), vec![meta_addr.to_string()]);
+        c.meta_endpoints = meta_addr.split(',').map(str::to_string).collect();
         c.heartbeat_interval = Duration::from_millis(500);
         let node = StorageNode::open(c).with_context(|| format!("open storage node in {}", dir.display()))?;
         let l = bind(addr).await?;
@@ -159,6 +240,10 @@ async fn start_site(site: &str, s: &mut SiteNodes, meta_addr: &str) -> Result<()
 
 async fn stop_site(s: &mut SiteNodes) {
     for n in s.running.drain(..) {
+        let _ = n.stop.send(());
+        let _ = n.task.await;
+    }
+    if let Some(n) = s.meta.as_mut().and_then(|m| m.running.take()) {
         let _ = n.stop.send(());
         let _ = n.task.await;
     }

@@ -5,6 +5,7 @@
 //! This is the only crate that reads the environment or installs a
 //! tracing subscriber.
 
+mod admin;
 mod args;
 mod commands;
 mod dev;
@@ -15,7 +16,7 @@ mod timefmt;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use args::{Cli, Command, RepoCommand};
+use args::{Cli, ClusterCommand, Command, RepoCommand};
 
 fn init_tracing(server: bool) {
     // Servers log at info; agent commands keep stderr quiet unless asked.
@@ -48,6 +49,12 @@ fn main() {
             Command::Snapshots => commands::snapshots(&g).await.map(|_| 0),
             Command::Restore(a) => commands::restore(&g, a).await.map(|_| 0),
             Command::Status => commands::status(&g).await.map(|_| 0),
+            Command::Cluster(ClusterCommand::Members) => admin::members(&g).await.map(|_| 0),
+            Command::Cluster(ClusterCommand::AddVoter { id, addr, site }) => {
+                admin::add_voter(&g, id, addr, site).await.map(|_| 0)
+            }
+            Command::Cluster(ClusterCommand::Remove { id }) => admin::remove(&g, id).await.map(|_| 0),
+            Command::Cluster(ClusterCommand::Digest) => admin::digest(&g).await.map(|_| 0),
         };
         match result {
             Ok(code) => code,

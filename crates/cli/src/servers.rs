@@ -35,6 +35,10 @@ pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener> {
 pub fn meta_config(a: &MetaArgs, advertise: String) -> MetaConfig {
     let mut c = MetaConfig::new(MetaId(a.id), a.data.clone(), advertise);
     c.init = a.init;
+    c.join = a.join.clone();
+    c.site = a.site.clone();
+    c.snapshot_every = a.snapshot_every;
+    c.keep_logs = a.keep_logs;
     c.raft_heartbeat = a.raft_heartbeat;
     c.election_timeout = (a.election_timeout, a.election_timeout * 2);
     c.suspect_after = a.suspect_after;
@@ -43,9 +47,6 @@ pub fn meta_config(a: &MetaArgs, advertise: String) -> MetaConfig {
 }
 
 pub async fn run_meta(a: MetaArgs) -> Result<()> {
-    if a.join.is_some() {
-        anyhow::bail!("--join: joining a running cluster is not supported yet; start a single voter with --init");
-    }
     let listener = bind(&a.listen).await?;
     let advertise = a.advertise.clone().unwrap_or_else(|| listener_addr(&listener, &a.listen));
     let node = MetaNode::start(meta_config(&a, advertise.clone())).await.context("start metadata node")?;

@@ -3,9 +3,9 @@
 //! `MetaClient` holds every metadata endpoint the operator gave. Writes must
 //! reach the Raft leader: a follower answers UNAVAILABLE and names the leader
 //! in the `coffer-leader` metadata key, and we follow that hint; an endpoint
-//! that does not answer is skipped for the next one. Retries are bounded in
-//! time (`retry_for`), and only UNAVAILABLE is retried, because every catalog
-//! write is idempotent (keyed by ids the caller drew) and so safe to repeat.
+//! that does not answer (or does not answer in time) is skipped for the next
+//! one. Retries are bounded in time (`retry_for`); they are safe because
+//! every catalog write is idempotent (keyed by ids the caller drew).
 
 use std::future::Future;
 use std::sync::Mutex;
@@ -18,13 +18,16 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 /// Builds a lazily connecting channel to `addr` (`host:port` or a URL).
-pub fn channel(addr: &str) -> Result<Channel, ConnError> {
-    let url = if addr.starts_with("http://") || addr.starts_with("https://") {
+fn url_of(addr: &str) -> String {
+    if addr.starts_with("http://") || addr.starts_with("https://") {
         addr.to_string()
     } else {
         format!("http://{addr}")
-    };
-    let ep = Endpoint::from_shared(url)
+    }
+}
+
+pub fn channel(addr: &str) -> Result<Channel, ConnError> {
+    let ep = Endpoint::from_shared(url_of(addr))
         .map_err(|e| ConnError::BadEndpoint { addr: addr.to_string(), reason: e.to_string() })?;
     Ok(ep
         .connect_timeout(Duration::from_secs(3))
@@ -33,6 +36,12 @@ pub fn channel(addr: &str) -> Result<Channel, ConnError> {
         .keep_alive_timeout(Duration::from_secs(10))
         .connect_lazy())
 }
+
+/// How long one metadata call may take before it counts as unavailable.
+/// A node that is stopped (SIGSTOP, a hung host) still accepts connections
+/// in the kernel; without a deadline a caller would wait on it forever
+/// instead of failing over to another member.
+pub const META_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A shard-store client for one storage node with coffer's message limits.
 pub fn shard_client(addr: &str) -> Result<ShardStoreClient<Channel>, ConnError> {
@@ -68,6 +77,19 @@ struct Current {
     client: Option<CatalogClient<Channel>>,
     /// Set when a follower named a leader that is not in our list.
     hinted: Option<String>,
+}
+
+/// Whether a failed call may be tried again, on another member. Besides
+/// UNAVAILABLE (no leader here, connection refused) that is a call that ran
+/// out of time: the member may be stalled, and every catalog write is
+/// idempotent, so sending it again elsewhere doubles nothing.
+fn retryable(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded => true,
+        // tonic reports its own client-side timeout as CANCELLED.
+        Code::Cancelled => status.message().contains("Timeout expired"),
+        _ => false,
+    }
 }
 
 /// A catalog client over every metadata endpoint, following the leader.
@@ -111,7 +133,13 @@ impl MetaClient {
             return Ok(c.clone());
         }
         let addr = cur.hinted.clone().unwrap_or_else(|| self.endpoints[cur.index % self.endpoints.len()].clone());
-        let c = CatalogClient::new(channel(&addr)?)
+        let ch = Endpoint::from_shared(url_of(&addr))
+            .map_err(|e| ConnError::BadEndpoint { addr: addr.clone(), reason: e.to_string() })?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(META_CALL_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let c = CatalogClient::new(ch)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         cur.client = Some(c.clone());
@@ -150,7 +178,7 @@ impl MetaClient {
             let client = self.client()?;
             match f(client).await {
                 Ok(resp) => return Ok(resp.into_inner()),
-                Err(status) if status.code() == Code::Unavailable => {
+                Err(status) if retryable(&status) => {
                     let hint = status
                         .metadata()
                         .get(LEADER_HINT_KEY)

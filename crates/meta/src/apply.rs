@@ -46,12 +46,16 @@ pub fn apply(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, MetaError
             txn.add_count("repos", 1)?;
             Ok(CommandResult::Ok)
         }
-        Command::BeginSession { session } => {
+        Command::BeginSession { mut session } => {
             if !txn.contains(&kv::repo_key(&session.repo))? {
                 return Ok(CommandResult::Rejected(Rejection::UnknownRepo(session.repo)));
             }
             let key = kv::session_key(&session.id);
             if let Some(existing) = txn.get::<SessionRecord>("session", &key)? {
+                // Beginning a session again renews its lease; it keeps its
+                // start, which garbage collection orders sessions by.
+                session.started_ms = existing.started_ms;
+                session.lease_until_ms = session.lease_until_ms.max(existing.lease_until_ms);
                 if existing == session {
                     return Ok(CommandResult::AlreadyApplied);
                 }
@@ -68,6 +72,19 @@ pub fn apply(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, MetaError
             Ok(CommandResult::Ok)
         }
         Command::CommitPack { session: _, pack, chunks } => commit_pack(txn, pack, chunks),
+        Command::IndexChunks { repo, pack, chunks } => {
+            let Some(record) = txn.get::<PackRecord>("pack", &kv::pack_key(&pack))? else {
+                return Ok(CommandResult::Rejected(Rejection::UnknownPack(pack)));
+            };
+            if record.repo != repo {
+                return Ok(CommandResult::Rejected(Rejection::WrongRepo { pack, repo: record.repo, expected: repo }));
+            }
+            if let Some(why) = check_chunks(&record, &chunks) {
+                return Ok(CommandResult::Rejected(why));
+            }
+            let added = index_chunks(txn, &record, &chunks)?;
+            Ok(if added == 0 { CommandResult::AlreadyApplied } else { CommandResult::Ok })
+        }
         Command::CommitSnapshot { session, snapshot } => {
             let result = commit_snapshot(txn, snapshot)?;
             if !matches!(result, CommandResult::Rejected(_)) {
@@ -103,20 +120,36 @@ fn commit_pack(
             }));
         }
     }
-    for (chunk, loc) in &chunks {
+    if let Some(why) = check_chunks(&pack, &chunks) {
+        return Ok(CommandResult::Rejected(why));
+    }
+    index_chunks(txn, &pack, &chunks)?;
+    txn.put(key, &pack)?;
+    txn.add_count("packs", 1)?;
+    Ok(CommandResult::Ok)
+}
+
+/// Every entry must point into `pack`, within its bytes.
+fn check_chunks(pack: &PackRecord, chunks: &[(coffer_types::ChunkId, ChunkLocation)]) -> Option<Rejection> {
+    for (chunk, loc) in chunks {
         if loc.pack != pack.id {
-            return Ok(CommandResult::Rejected(Rejection::ChunkOutsidePack { chunk: *chunk, pack: loc.pack }));
+            return Some(Rejection::ChunkOutsidePack { chunk: *chunk, pack: loc.pack });
         }
         if loc.offset.checked_add(loc.len as u64).is_none_or(|end| end > pack.pack_len) {
-            return Ok(CommandResult::Rejected(Rejection::ChunkOutOfRange {
-                chunk: *chunk,
-                pack: pack.id,
-                pack_len: pack.pack_len,
-            }));
+            return Some(Rejection::ChunkOutOfRange { chunk: *chunk, pack: pack.id, pack_len: pack.pack_len });
         }
     }
+    None
+}
+
+/// Indexes the entries not indexed yet; returns how many were new.
+fn index_chunks(
+    txn: &mut Txn<'_>,
+    pack: &PackRecord,
+    chunks: &[(coffer_types::ChunkId, ChunkLocation)],
+) -> Result<i64, MetaError> {
     let mut added = 0i64;
-    for (chunk, loc) in &chunks {
+    for (chunk, loc) in chunks {
         let ckey = kv::chunk_key(&pack.repo, chunk);
         // The first location wins: two sessions may race to store the same
         // chunk, and either copy serves.
@@ -125,10 +158,8 @@ fn commit_pack(
             added += 1;
         }
     }
-    txn.put(key, &pack)?;
-    txn.add_count("packs", 1)?;
     txn.add_count("chunks", added)?;
-    Ok(CommandResult::Ok)
+    Ok(added)
 }
 
 fn commit_snapshot(txn: &mut Txn<'_>, snapshot: SnapshotRecord) -> Result<CommandResult, MetaError> {

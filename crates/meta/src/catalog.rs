@@ -22,7 +22,7 @@ use coffer_types::{
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use tonic::{Request, Response, Status};
 
-use crate::command::{Command, CommandResult, Rejection};
+use crate::command::{Command, CommandResult, Rejection, MAX_CHUNKS_PER_COMMAND};
 use crate::kv;
 use crate::node::{now_ms, MetaNode};
 use crate::MetaError;
@@ -46,16 +46,7 @@ impl CatalogService {
     }
 
     fn not_leader(&self, leader: Option<(u64, String)>) -> Status {
-        let mut s = Status::unavailable(match &leader {
-            Some((id, addr)) => format!("not the leader; meta node {id} at {addr} is"),
-            None => "no leader at the moment".to_string(),
-        });
-        if let Some((_, addr)) = leader {
-            if let Ok(v) = addr.parse() {
-                s.metadata_mut().insert(LEADER_HINT_KEY, v);
-            }
-        }
-        s
+        leader_hint(leader)
     }
 
     /// Proposes a command and waits until it is applied.
@@ -107,6 +98,20 @@ impl CatalogService {
             .map_err(status_of)?
             .ok_or_else(|| Status::not_found(format!("repository {name} does not exist")))
     }
+}
+
+/// UNAVAILABLE, naming the leader (if known) in the `coffer-leader` key.
+pub(crate) fn leader_hint(leader: Option<(u64, String)>) -> Status {
+    let mut s = Status::unavailable(match &leader {
+        Some((id, addr)) => format!("not the leader; meta node {id} at {addr} is"),
+        None => "no leader at the moment".to_string(),
+    });
+    if let Some((_, addr)) = leader {
+        if let Ok(v) = addr.parse() {
+            s.metadata_mut().insert(LEADER_HINT_KEY, v);
+        }
+    }
+    s
 }
 
 fn rejection_status(why: Rejection) -> Status {
@@ -212,16 +217,7 @@ impl Catalog for CatalogService {
         }
 
         let metrics = self.node.raft.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership();
-        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
-        let members = membership
-            .nodes()
-            .map(|(id, n)| pb::MetaMember {
-                id: *id,
-                addr: n.addr.clone(),
-                role: if voters.contains(id) { "voter" } else { "learner" }.to_string(),
-            })
-            .collect();
+        let members = crate::admin::members_of(&self.node);
         let count = |what: &str| -> Result<u64, Status> {
             Ok(kv::get::<u64>(self.tree(), "counter", &kv::count_key(what)).map_err(status_of)?.unwrap_or(0))
         };
@@ -333,8 +329,21 @@ impl Catalog for CatalogService {
             })
             .collect();
         let pack_id = PackId::random();
-        let placement = coffer_placement::place(&Policy::new(params), &candidates, pack_id.as_bytes())
-            .map_err(|e| Status::failed_precondition(format!("cannot place a {params} pack: {e}")))?;
+        let policy = Policy::new(params);
+        // The site rule first; if a site is gone and the rule cannot be met,
+        // keep node-level redundancy (k+m distinct nodes) so that backups go
+        // on. Such packs are site-degraded until rebuild moves shards back.
+        let placement = match coffer_placement::place(&policy, &candidates, pack_id.as_bytes()) {
+            Ok(p) => p,
+            Err(coffer_placement::PlacementError::NotEnoughSites { .. }) => {
+                coffer_placement::place_relaxed(&policy, &candidates, pack_id.as_bytes())
+                    .map_err(|e| Status::failed_precondition(format!("cannot place a {params} pack: {e}")))?
+            }
+            Err(e) => return Err(Status::failed_precondition(format!("cannot place a {params} pack: {e}"))),
+        };
+        if placement.site_degraded {
+            tracing::warn!(pack = %pack_id, "placing a site-degraded pack: too few sites are up for the site rule");
+        }
         let targets = placement
             .nodes
             .iter()
@@ -358,8 +367,17 @@ impl Catalog for CatalogService {
         let r = req.into_inner();
         let session = session_id(&r.session_id)?;
         let pack = PackRecord::try_from(r.pack.ok_or_else(|| Status::invalid_argument("pack is missing"))?)?;
-        let chunks = r.chunks.iter().map(location_from_pb).collect::<Result<Vec<_>, _>>()?;
+        let mut chunks = r.chunks.iter().map(location_from_pb).collect::<Result<Vec<_>, _>>()?;
+        // Raft entries stay small: the pack goes with the first batch of its
+        // chunks, the rest follow. A crash in between leaves some chunks
+        // unindexed, which costs only a later re-upload; a retry of the
+        // whole call completes the index.
+        let rest = chunks.split_off(chunks.len().min(MAX_CHUNKS_PER_COMMAND));
+        let (repo, pack_id) = (pack.repo.clone(), pack.id);
         self.write(Command::CommitPack { session, pack, chunks }).await?;
+        for batch in rest.chunks(MAX_CHUNKS_PER_COMMAND) {
+            self.write(Command::IndexChunks { repo: repo.clone(), pack: pack_id, chunks: batch.to_vec() }).await?;
+        }
         Ok(Response::new(pb::CommitPackResponse {}))
     }
 

@@ -10,6 +10,11 @@ use coffer_types::{
 };
 use serde::{Deserialize, Serialize};
 
+/// Chunk entries per Raft entry. openraft bounds each replication request
+/// by the heartbeat interval, so an entry must stay small (~100 KiB here)
+/// whatever the pack holds: a pack of small files carries 100,000 chunks.
+pub const MAX_CHUNKS_PER_COMMAND: usize = 1_000;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Insert or update a storage node (a restart may change its address).
@@ -32,10 +37,19 @@ pub enum Command {
     EndSession {
         id: SessionId,
     },
-    /// A pack whose every shard has been acknowledged, and the chunks in it.
+    /// A pack whose every shard has been acknowledged, and the first
+    /// `MAX_CHUNKS_PER_COMMAND` of the chunks in it.
     CommitPack {
         session: SessionId,
         pack: PackRecord,
+        chunks: Vec<(ChunkId, ChunkLocation)>,
+    },
+    /// More chunk entries of a committed pack, at most
+    /// `MAX_CHUNKS_PER_COMMAND`. Entries already indexed keep their first
+    /// location.
+    IndexChunks {
+        repo: RepoName,
+        pack: PackId,
         chunks: Vec<(ChunkId, ChunkLocation)>,
     },
     /// The last step of a backup; ends the session.
@@ -54,6 +68,7 @@ impl Command {
             Command::BeginSession { .. } => "begin_session",
             Command::EndSession { .. } => "end_session",
             Command::CommitPack { .. } => "commit_pack",
+            Command::IndexChunks { .. } => "index_chunks",
             Command::CommitSnapshot { .. } => "commit_snapshot",
         }
     }
@@ -84,6 +99,8 @@ pub enum Rejection {
     SnapshotConflict(SnapshotId),
     #[error("pack {0} already exists with different content")]
     PackConflict(PackId),
+    #[error("pack {0} is not committed")]
+    UnknownPack(PackId),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -13,10 +13,15 @@ pub struct MetaConfig {
     pub data_dir: PathBuf,
     /// The address other nodes and clients use to reach this one.
     pub advertise: String,
+    /// The failure domain this node runs in.
+    pub site: String,
     /// Bootstrap a new cluster with this node as its only voter. Ignored
     /// when the node already holds Raft state, so restarting with the same
     /// flags never re-initialises.
     pub init: bool,
+    /// Join a running cluster through this member (any member: followers
+    /// point to the leader). Ignored when the node is already a member.
+    pub join: Option<String>,
     /// Raft leader heartbeat. Defaults suit voters tens of milliseconds apart.
     pub raft_heartbeat: Duration,
     /// Election timeout range; a follower waits a random time within it.
@@ -30,6 +35,9 @@ pub struct MetaConfig {
     pub persist_seen_every: Duration,
     /// Build a snapshot and purge the log after this many applied entries.
     pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot, so that a briefly lagging
+    /// follower catches up from the log rather than by snapshot.
+    pub keep_logs: u64,
 }
 
 impl MetaConfig {
@@ -38,14 +46,22 @@ impl MetaConfig {
             id,
             data_dir,
             advertise,
+            site: "default".into(),
             init: false,
+            join: None,
             raft_heartbeat: Duration::from_millis(250),
             election_timeout: (Duration::from_millis(1500), Duration::from_millis(3000)),
             suspect_after: Duration::from_secs(15),
             down_after: Duration::from_secs(600),
             persist_seen_every: Duration::from_secs(30),
             snapshot_every: 20_000,
+            keep_logs: 1_000,
         }
+    }
+
+    /// What the membership records of this node.
+    pub fn info(&self) -> crate::types::MetaNodeInfo {
+        crate::types::MetaNodeInfo { addr: self.advertise.clone(), site: self.site.clone() }
     }
 
     pub fn validate(&self) -> Result<(), MetaError> {
@@ -56,6 +72,12 @@ impl MetaConfig {
             return Err(MetaError::Config(
                 "election timeout must exceed twice the heartbeat, and its maximum its minimum".into(),
             ));
+        }
+        if self.init && self.join.is_some() {
+            return Err(MetaError::Config("--init and --join exclude each other".into()));
+        }
+        if self.snapshot_every == 0 {
+            return Err(MetaError::Config("--snapshot-every must be at least 1".into()));
         }
         if self.down_after < self.suspect_after {
             return Err(MetaError::Config("--down-after must not be shorter than --suspect-after".into()));
@@ -72,7 +94,9 @@ impl MetaConfig {
             // Large catalogs make large snapshots: give their transfer time.
             install_snapshot_timeout: 60_000,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: self.keep_logs,
+            // Each append must travel within one heartbeat interval.
+            max_payload_entries: 16,
             ..Default::default()
         };
         c.validate().map_err(|e| MetaError::Config(e.to_string()))

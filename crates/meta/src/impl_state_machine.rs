@@ -6,16 +6,21 @@
 //! flushed: the log is flushed before anything is applied, and openraft
 //! re-applies committed entries past `last_applied` after a restart.
 //!
-//! A snapshot is every key of the tree, taken under a read lock that
-//! excludes apply, so it is a consistent cut at `last_applied`.
+//! A snapshot is every key of the tree as it was at one `last_applied`,
+//! taken without stopping writes: the builder opens a *cut* (briefly
+//! excluding apply), then iterates the live tree while apply goes on; apply
+//! records the pre-image of every key it changes while a cut is open, and
+//! the builder puts those pre-images back over what it read. Iteration cost
+//! grows with the catalog; the pause does not.
 
 // openraft's storage traits return its own `StorageError`, which is large;
 // the helpers here return it too rather than convert twice.
 #![allow(clippy::result_large_err)]
 
+use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder, StorageIOError};
@@ -50,9 +55,19 @@ struct Inner {
     db: sled::Db,
     tree: sled::Tree,
     snapshots: sled::Tree,
-    /// Apply takes it for writing; snapshot building for reading.
+    /// Apply holds it while it writes; a snapshot builder takes it to open a cut.
     cut: RwLock<()>,
+    /// While a snapshot is being built: the value each key had at the cut,
+    /// for every key written since (None: the key did not exist).
+    undo: Mutex<Option<Undo>>,
     snapshot_seq: AtomicU64,
+}
+
+#[derive(Default)]
+struct Undo {
+    /// Bumped by `install_snapshot`, which invalidates an open cut.
+    generation: u64,
+    pre_images: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 /// The state machine; cheap to clone, shared with the catalog for reads.
@@ -91,6 +106,7 @@ impl StateMachineStore {
                 tree,
                 snapshots: db.open_tree("snapshots")?,
                 cut: RwLock::new(()),
+                undo: Mutex::new(None),
                 snapshot_seq: AtomicU64::new(0),
             }),
         })
@@ -109,15 +125,64 @@ impl StateMachineStore {
         Ok((applied, membership))
     }
 
-    async fn build(&self) -> Result<Snapshot, StorageError> {
-        let _cut = self.inner.cut.read().await;
-        let (applied, membership) = self.read_applied()?;
-        let mut pairs = Vec::new();
-        for kv in self.inner.tree.iter() {
-            let (k, v) = kv.map_err(|e| snap_err(ErrorVerb::Read, e))?;
-            pairs.push((k.to_vec(), v.to_vec()));
+    fn undo(&self) -> std::sync::MutexGuard<'_, Option<Undo>> {
+        self.inner.undo.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every key and value as of one applied index, read without holding
+    /// apply back for longer than it takes to open the cut.
+    async fn consistent_pairs(
+        &self,
+    ) -> Result<(Option<LogId>, StoredMembership, Vec<(Vec<u8>, Vec<u8>)>), StorageError> {
+        let (applied, membership, generation) = {
+            let _cut = self.inner.cut.write().await;
+            let (applied, membership) = self.read_applied()?;
+            let mut undo = self.undo();
+            let generation = undo.as_ref().map(|u| u.generation).unwrap_or(0);
+            *undo = Some(Undo { generation, pre_images: BTreeMap::new() });
+            (applied, membership, generation)
+        };
+        let mut state = BTreeMap::new();
+        let read = (|| {
+            for kv in self.inner.tree.iter() {
+                let (k, v) = kv.map_err(|e| snap_err(ErrorVerb::Read, e))?;
+                state.insert(k.to_vec(), v.to_vec());
+            }
+            Ok::<(), StorageError>(())
+        })();
+        let undo = self.undo().take();
+        read?;
+        let undo = match undo {
+            Some(u) if u.generation == generation => u,
+            _ => return Err(snap_err(ErrorVerb::Read, "a snapshot was installed while one was being built")),
+        };
+        for (k, before) in undo.pre_images {
+            match before {
+                Some(v) => state.insert(k, v),
+                None => state.remove(&k),
+            };
         }
-        drop(_cut);
+        Ok((applied, membership, state.into_iter().collect()))
+    }
+
+    /// `(applied index, records, BLAKE3 of the records)`: equal on replicas
+    /// that applied the same log. Raft bookkeeping keys are left out.
+    pub async fn digest(&self) -> Result<(u64, u64, [u8; 32]), StorageError> {
+        let (applied, _, pairs) = self.consistent_pairs().await?;
+        let mut h = blake3::Hasher::new();
+        let mut n = 0u64;
+        for (k, v) in pairs.iter().filter(|(k, _)| k.as_slice() != KEY_APPLIED && k.as_slice() != KEY_MEMBERSHIP) {
+            h.update(&(k.len() as u64).to_le_bytes());
+            h.update(k);
+            h.update(&(v.len() as u64).to_le_bytes());
+            h.update(v);
+            n += 1;
+        }
+        Ok((applied.map(|l| l.index).unwrap_or(0), n, *h.finalize().as_bytes()))
+    }
+
+    async fn build(&self) -> Result<Snapshot, StorageError> {
+        let (applied, membership, pairs) = self.consistent_pairs().await?;
         let body = SnapshotBody { format: SNAPSHOT_FORMAT, schema: SCHEMA_VERSION, pairs };
         let data = codec::encode(&body).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let seq = self.inner.snapshot_seq.fetch_add(1, Ordering::Relaxed);
@@ -184,6 +249,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if let Some(last) = last {
             txn.put(KEY_APPLIED.to_vec(), &Some(last)).map_err(write)?;
         }
+        {
+            // A snapshot is being built: keep what these keys held at its cut.
+            let mut undo = self.undo();
+            if let Some(undo) = undo.as_mut() {
+                for k in txn.keys() {
+                    if !undo.pre_images.contains_key(k) {
+                        let before = self.inner.tree.get(k).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+                        undo.pre_images.insert(k.clone(), before.map(|v| v.to_vec()));
+                    }
+                }
+            }
+        }
         txn.commit().map_err(write)?;
         Ok(results)
     }
@@ -210,6 +287,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             ));
         }
         let _cut = self.inner.cut.write().await;
+        if let Some(undo) = self.undo().as_mut() {
+            undo.generation += 1;
+            undo.pre_images.clear();
+        }
         let mut batch = sled::Batch::default();
         for kv in self.inner.tree.iter() {
             let (k, _) = kv.map_err(|e| snap_err(ErrorVerb::Write, e))?;
@@ -238,5 +319,64 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Command;
+    use coffer_types::{NodeId, NodeRecord, SiteId};
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(i: u64) -> Entry {
+        let node = NodeRecord {
+            id: NodeId(i % 500 + 1),
+            site: SiteId::new("site-a").unwrap(),
+            addr: format!("127.0.0.1:{i}"),
+            capacity_bytes: i,
+            used_bytes: i,
+            last_heartbeat_ms: i,
+        };
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+            payload: EntryPayload::Normal(Command::RegisterNode { node }),
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, StateMachineStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        (dir, StateMachineStore::open(&db).unwrap())
+    }
+
+    /// A snapshot built while apply keeps writing equals, key for key, the
+    /// state of a replica that applied exactly up to the snapshot's index.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshots_are_consistent_cuts_while_apply_runs() {
+        let (_d1, mut sm) = store();
+        for i in 1..=2000 {
+            sm.apply([entry(i)]).await.unwrap();
+        }
+        let writer = {
+            let mut sm = sm.clone();
+            tokio::spawn(async move {
+                for i in 2001..=6000 {
+                    sm.apply([entry(i)]).await.unwrap();
+                }
+            })
+        };
+        let snap = sm.build().await.unwrap();
+        writer.await.unwrap();
+        let cut = snap.meta.last_log_id.unwrap().index;
+        assert!(cut >= 2000);
+
+        let (_d2, mut installed) = store();
+        installed.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+        let (_d3, mut replica) = store();
+        for i in 1..=cut {
+            replica.apply([entry(i)]).await.unwrap();
+        }
+        assert_eq!(installed.digest().await.unwrap(), replica.digest().await.unwrap());
     }
 }

@@ -142,6 +142,11 @@ impl<'a> Txn<'a> {
         self.put(key, &next)
     }
 
+    /// The keys this transaction will write or remove.
+    pub fn keys(&self) -> impl Iterator<Item = &Vec<u8>> {
+        self.pending.keys()
+    }
+
     /// Applies every buffered write in one atomic sled batch.
     pub fn commit(self) -> Result<(), MetaError> {
         let mut batch = sled::Batch::default();

@@ -13,6 +13,7 @@
 //! `network` and `raft_service` carry Raft over gRPC; `catalog` is the public
 //! API; `node` wires it all together and owns leader-only volatile state.
 
+mod admin;
 mod apply;
 mod catalog;
 mod codec;

@@ -17,13 +17,13 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use openraft::{AnyError, BasicNode};
+use openraft::AnyError;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::Channel;
 
 use crate::codec::{self, RPC_CODEC_VERSION};
-use crate::types::{NodeId, TypeConfig};
+use crate::types::{MetaNodeInfo, NodeId, TypeConfig};
 
 #[derive(Clone, Default)]
 pub struct Network;
@@ -37,7 +37,7 @@ pub struct Connection {
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
+    async fn new_client(&mut self, target: NodeId, node: &MetaNodeInfo) -> Connection {
         let client = channel(&node.addr).ok().map(|ch| {
             RaftClient::new(ch)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -54,7 +54,7 @@ fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
         .connect_lazy())
 }
 
-type RpcErr<E> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
+type RpcErr<E> = RPCError<NodeId, MetaNodeInfo, RaftError<NodeId, E>>;
 
 impl Connection {
     async fn call<Req, Resp, E>(&mut self, kind: Kind, req: &Req, option: &RPCOption) -> Result<Resp, RpcErr<E>>

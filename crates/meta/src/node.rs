@@ -8,13 +8,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use coffer_proto::pb::admin_server::AdminServer;
 use coffer_proto::pb::catalog_server::CatalogServer;
 use coffer_proto::pb::raft_server::RaftServer;
 use coffer_proto::MAX_MESSAGE_BYTES;
 use coffer_types::MetaId;
-use openraft::BasicNode;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::admin::{join_cluster, AdminService};
 use crate::catalog::CatalogService;
 use crate::liveness::Liveness;
 use crate::network::Network;
@@ -58,7 +59,7 @@ impl MetaNode {
             if initialized {
                 tracing::info!(id = %config.id, "already a member of a cluster; --init ignored");
             } else {
-                let members = BTreeMap::from([(config.id.0, BasicNode { addr: config.advertise.clone() })]);
+                let members = BTreeMap::from([(config.id.0, config.info())]);
                 raft.initialize(members)
                     .await
                     .map_err(|e| MetaError::Bootstrap { id: config.id, reason: e.to_string() })?;
@@ -68,6 +69,16 @@ impl MetaNode {
         let node =
             Arc::new(Self { liveness: Liveness::new(config.suspect_after, config.down_after), config, raft, sm });
         tokio::spawn(watch_leadership(Arc::downgrade(&node)));
+        if let Some(via) = node.config.join.clone() {
+            let initialized = node.raft.is_initialized().await.map_err(|e| MetaError::Raft(e.to_string()))?;
+            if initialized {
+                tracing::info!(id = %node.config.id, "already a member of a cluster; --join ignored");
+            } else {
+                // Joining needs this node to serve Raft (the leader replicates
+                // to it as a learner), so it runs beside `serve`.
+                tokio::spawn(join_cluster(Arc::downgrade(&node), via));
+            }
+        }
         Ok(node)
     }
 
@@ -105,11 +116,15 @@ impl MetaNode {
         let catalog = CatalogServer::new(CatalogService::new(self.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let admin = AdminServer::new(AdminService::new(self.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let raft = RaftServer::new(RaftService::new(self.raft.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let served = tonic::transport::Server::builder()
             .add_service(catalog)
+            .add_service(admin)
             .add_service(raft)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await;

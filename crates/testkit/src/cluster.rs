@@ -22,6 +22,11 @@ pub struct ClusterSpec {
     pub heartbeat: Duration,
     pub suspect_after: Duration,
     pub down_after: Duration,
+    /// Metadata voters, one per site (`site-a`, `site-b`, ...).
+    pub meta_nodes: usize,
+    /// `--snapshot-every` and `--keep-logs` for the voters, if not default.
+    pub snapshot_every: Option<u64>,
+    pub keep_logs: Option<u64>,
 }
 
 impl Default for ClusterSpec {
@@ -32,6 +37,9 @@ impl Default for ClusterSpec {
             heartbeat: Duration::from_millis(300),
             suspect_after: Duration::from_secs(2),
             down_after: Duration::from_secs(30),
+            meta_nodes: 1,
+            snapshot_every: None,
+            keep_logs: None,
         }
     }
 }
@@ -142,14 +150,31 @@ impl Output {
     }
 }
 
+/// A metadata node of the test cluster.
+pub struct MetaHandle {
+    pub id: u64,
+    pub site: String,
+    pub addr: String,
+    proc_: Proc,
+}
+
+impl MetaHandle {
+    pub fn is_running(&self) -> bool {
+        self.proc_.is_running()
+    }
+}
+
 pub struct Cluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
     spec: ClusterSpec,
-    meta_addr: String,
-    meta: Proc,
+    pub meta: Vec<MetaHandle>,
     pub storage: Vec<StorageHandle>,
     pub repo: String,
+}
+
+fn site_of(i: usize) -> String {
+    format!("site-{}", (b'a' + i as u8) as char)
 }
 
 fn free_port() -> Result<u16> {
@@ -176,11 +201,14 @@ impl Cluster {
     pub fn start(spec: ClusterSpec) -> Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("coffer-it-").tempdir()?;
         let bin = find_bin()?;
-        let meta_addr = format!("127.0.0.1:{}", free_port()?);
-        let meta = Proc::spawn(&bin, meta_args(&dir, &meta_addr, &spec), dir.path().join("meta.log"))?;
-        let mut c = Cluster { dir, bin, spec: spec.clone(), meta_addr, meta, storage: Vec::new(), repo: "test".into() };
+        let mut c =
+            Cluster { dir, bin, spec: spec.clone(), meta: Vec::new(), storage: Vec::new(), repo: "test".into() };
+        for i in 0..spec.meta_nodes.max(1) {
+            c.add_meta(i as u64 + 1, &site_of(i))?;
+        }
+        let endpoints = c.endpoint();
         for s in 0..spec.sites {
-            let site = format!("site-{}", (b'a' + s as u8) as char);
+            let site = site_of(s);
             for n in 0..spec.nodes_per_site {
                 let data = c.dir.path().join(format!("storage-{site}-{n}"));
                 let args = vec![
@@ -192,7 +220,7 @@ impl Cluster {
                     "--site".into(),
                     site.clone(),
                     "--meta".into(),
-                    c.meta_addr.clone(),
+                    endpoints.clone(),
                     "--heartbeat-interval".into(),
                     format!("{}ms", spec.heartbeat.as_millis()),
                 ];
@@ -201,18 +229,90 @@ impl Cluster {
                 c.storage.push(StorageHandle { site: site.clone(), data, proc_ });
             }
         }
+        c.wait_voters(spec.meta_nodes.max(1), Duration::from_secs(30))?;
         let want = spec.sites * spec.nodes_per_site;
         c.wait_nodes_up(want, Duration::from_secs(30))?;
         c.cli(&["repo", "create", "test", "--k", "4", "--m", "2"])?.ok()?;
         Ok(c)
     }
 
+    /// Starts metadata node `id` in `site`: the first one initialises the
+    /// cluster, later ones join it through the first. Returns its index.
+    pub fn add_meta(&mut self, id: u64, site: &str) -> Result<usize> {
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let mut args = vec![
+            "meta".to_string(),
+            "--id".into(),
+            id.to_string(),
+            "--data".into(),
+            self.dir.path().join(format!("meta-{id}")).display().to_string(),
+            "--listen".into(),
+            addr.clone(),
+            "--site".into(),
+            site.to_string(),
+            "--raft-heartbeat".into(),
+            "100ms".into(),
+            "--election-timeout".into(),
+            "500ms".into(),
+            "--suspect-after".into(),
+            format!("{}ms", self.spec.suspect_after.as_millis()),
+            "--down-after".into(),
+            format!("{}ms", self.spec.down_after.as_millis()),
+        ];
+        match self.meta.first() {
+            None => args.push("--init".into()),
+            Some(first) => {
+                args.push("--join".into());
+                args.push(first.addr.clone());
+            }
+        }
+        if let Some(n) = self.spec.snapshot_every {
+            args.extend(["--snapshot-every".into(), n.to_string()]);
+        }
+        if let Some(n) = self.spec.keep_logs {
+            args.extend(["--keep-logs".into(), n.to_string()]);
+        }
+        let log = self.dir.path().join(format!("meta-{id}.log"));
+        let proc_ = Proc::spawn(&self.bin, args, log)?;
+        self.meta.push(MetaHandle { id, site: site.to_string(), addr, proc_ });
+        Ok(self.meta.len() - 1)
+    }
+
+    /// Every member as it reports itself (`coffer cluster members --json`).
+    pub fn members(&self) -> Result<Value> {
+        self.cli(&["cluster", "members", "--json"])?.ok()?.json()
+    }
+
+    /// The id of the member that reports itself leader, if one does.
+    pub fn leader(&self) -> Option<u64> {
+        let m = self.members().ok()?;
+        m["members"].as_array()?.iter().find(|x| x["state"] == "leader").and_then(|x| x["id"].as_u64())
+    }
+
+    /// Index in `meta` of the current leader.
+    pub fn leader_index(&self) -> Option<usize> {
+        let id = self.leader()?;
+        self.meta.iter().position(|m| m.id == id)
+    }
+
+    /// Waits until a leader is known and `n` voters are members.
+    pub fn wait_voters(&self, n: usize, timeout: Duration) -> Result<()> {
+        wait_until(&format!("a leader and {n} voters"), timeout, || {
+            let m = self.members().ok()?;
+            let members = m["members"].as_array()?;
+            let voters = members.iter().filter(|x| x["role"] == "voter").count();
+            let leader = members.iter().any(|x| x["state"] == "leader");
+            (leader && voters == n).then_some(())
+        })
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
 
-    pub fn endpoint(&self) -> &str {
-        &self.meta_addr
+    /// Every metadata endpoint, comma-separated.
+    pub fn endpoint(&self) -> String {
+        self.meta.iter().map(|m| m.addr.as_str()).collect::<Vec<_>>().join(",")
     }
 
     /// Runs `coffer ARGS` against the cluster and waits for it.
@@ -238,7 +338,7 @@ impl Cluster {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.bin);
         cmd.args(args)
-            .env("COFFER_ENDPOINT", &self.meta_addr)
+            .env("COFFER_ENDPOINT", self.endpoint())
             .env("COFFER_REPO", &self.repo)
             .env("COFFER_PASSWORD", PASSWORD)
             .env_remove("COFFER_PASSWORD_FILE")
@@ -261,9 +361,17 @@ impl Cluster {
     }
 
     /// SIGKILLs every storage node of `site`.
-    pub fn kill_site(&mut self, site: &str) {
+    pub fn kill_storage_site(&mut self, site: &str) {
         for s in self.storage.iter_mut().filter(|s| s.site == site) {
             s.proc_.kill();
+        }
+    }
+
+    /// SIGKILLs a whole site: its storage nodes and its metadata voter.
+    pub fn kill_site(&mut self, site: &str) {
+        self.kill_storage_site(site);
+        for m in self.meta.iter_mut().filter(|m| m.site == site) {
+            m.proc_.kill();
         }
     }
 
@@ -271,29 +379,35 @@ impl Cluster {
         self.storage[i].proc_.kill();
     }
 
-    /// Restarts every stopped storage node of `site` on its data dir.
+    /// Restarts every stopped node of `site` (storage and metadata) on its data dir.
     pub fn restart_site(&mut self, site: &str) -> Result<()> {
         for s in self.storage.iter_mut().filter(|s| s.site == site && !s.proc_.is_running()) {
             s.proc_.start(&self.bin)?;
         }
+        for m in self.meta.iter_mut().filter(|m| m.site == site && !m.proc_.is_running()) {
+            m.proc_.start(&self.bin)?;
+        }
         Ok(())
     }
 
-    pub fn kill_meta(&mut self) {
-        self.meta.kill();
+    /// SIGKILLs metadata node `i` (an index into `meta`).
+    pub fn kill_meta(&mut self, i: usize) {
+        self.meta[i].proc_.kill();
     }
 
-    pub fn stop_meta(&mut self) {
-        self.meta.signal(19); // SIGSTOP
+    /// SIGSTOPs metadata node `i`: it holds its sockets but answers nothing.
+    pub fn stop_meta(&mut self, i: usize) {
+        self.meta[i].proc_.signal(19);
     }
 
-    pub fn cont_meta(&mut self) {
-        self.meta.signal(18); // SIGCONT
+    pub fn cont_meta(&mut self, i: usize) {
+        self.meta[i].proc_.signal(18);
     }
 
-    pub fn restart_meta(&mut self) -> Result<()> {
-        self.meta.kill();
-        self.meta.start(&self.bin)
+    /// Restarts metadata node `i` on its data dir, with its original flags.
+    pub fn restart_meta(&mut self, i: usize) -> Result<()> {
+        self.meta[i].proc_.kill();
+        self.meta[i].proc_.start(&self.bin)
     }
 
     /// Prints the tail of every log: called when a test fails.
@@ -315,33 +429,16 @@ impl Cluster {
     }
 }
 
-fn meta_args(dir: &tempfile::TempDir, addr: &str, spec: &ClusterSpec) -> Vec<String> {
-    vec![
-        "meta".into(),
-        "--id".into(),
-        "1".into(),
-        "--data".into(),
-        dir.path().join("meta").display().to_string(),
-        "--listen".into(),
-        addr.into(),
-        "--init".into(),
-        "--raft-heartbeat".into(),
-        "50ms".into(),
-        "--election-timeout".into(),
-        "300ms".into(),
-        "--suspect-after".into(),
-        format!("{}ms", spec.suspect_after.as_millis()),
-        "--down-after".into(),
-        format!("{}ms", spec.down_after.as_millis()),
-    ]
-}
-
 impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.dump_logs();
         }
-        self.meta.kill();
+        for m in &mut self.meta {
+            // A stopped process cannot die until it is continued.
+            m.proc_.signal(18);
+            m.proc_.kill();
+        }
         for s in &mut self.storage {
             s.proc_.kill();
         }

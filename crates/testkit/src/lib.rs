@@ -12,7 +12,7 @@ mod cluster;
 mod fsutil;
 mod wait;
 
-pub use cluster::{Cluster, ClusterSpec, Output, StorageHandle};
+pub use cluster::{Cluster, ClusterSpec, MetaHandle, Output, StorageHandle};
 pub use fsutil::{dir_digest, write_sample_tree, TreeDigest};
 pub use wait::wait_until;
 

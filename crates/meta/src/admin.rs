@@ -1,0 +1,208 @@
+//! Membership and introspection: joining and removing metadata nodes, each
+//! node's own view of Raft, and a digest of its state machine.
+//!
+//! A new node is always added as a learner first and promoted to voter only
+//! once it has caught up (by log or by snapshot), so a slow joiner never
+//! counts towards a quorum it cannot yet serve. Every operation is
+//! idempotent: joining twice, or removing a node that is gone, is a no-op.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use coffer_proto::pb::admin_client::AdminClient;
+use coffer_proto::pb::admin_server::Admin;
+use coffer_proto::pb::{self};
+use coffer_proto::LEADER_HINT_KEY;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use tonic::{Code, Request, Response, Status};
+
+use crate::catalog::leader_hint;
+use crate::node::MetaNode;
+use crate::types::{MetaNodeInfo, NodeId};
+
+pub struct AdminService {
+    node: Arc<MetaNode>,
+}
+
+impl AdminService {
+    pub fn new(node: Arc<MetaNode>) -> Self {
+        Self { node }
+    }
+
+    fn members(&self) -> Vec<pb::MetaMember> {
+        members_of(&self.node)
+    }
+
+    /// Fails with a leader hint unless this node is the leader.
+    fn require_leader(&self) -> Result<(), Status> {
+        let m = self.node.raft.metrics().borrow().clone();
+        if m.current_leader == Some(self.node.config.id.0) {
+            return Ok(());
+        }
+        let leader =
+            m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| (l, n.addr.clone())));
+        Err(leader_hint(leader))
+    }
+
+    async fn change(&self, what: &str, changes: ChangeMembers<NodeId, MetaNodeInfo>) -> Result<(), Status> {
+        match self.node.raft.change_membership(changes, false).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(leader_hint(f.leader_id.zip(f.leader_node.map(|n| n.addr))))
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(Status::failed_precondition(format!("{what}: {e}")))
+            }
+            Err(e) => Err(Status::unavailable(format!("{what}: {e}"))),
+        }
+    }
+}
+
+/// The members as the node's latest membership config has them.
+pub fn members_of(node: &MetaNode) -> Vec<pb::MetaMember> {
+    let m = node.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<u64> = membership.voter_ids().collect();
+    membership
+        .nodes()
+        .map(|(id, n)| pb::MetaMember {
+            id: *id,
+            addr: n.addr.clone(),
+            role: if voters.contains(id) { "voter" } else { "learner" }.to_string(),
+            site: n.site.clone(),
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+        let r = req.into_inner();
+        if r.id == 0 {
+            return Err(Status::invalid_argument("meta node id 0 is reserved"));
+        }
+        if r.addr.is_empty() {
+            return Err(Status::invalid_argument("addr is empty"));
+        }
+        self.require_leader()?;
+        let info = MetaNodeInfo { addr: r.addr.clone(), site: r.site.clone() };
+        let membership = self.node.raft.metrics().borrow().membership_config.membership().clone();
+        if membership.get_node(&r.id).is_none() {
+            tracing::info!(id = r.id, addr = %r.addr, site = %r.site, "adding meta node as learner");
+            // Blocking: returns once the learner has caught up with the log.
+            match self.node.raft.add_learner(r.id, info, true).await {
+                Ok(_) => {}
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    return Err(leader_hint(f.leader_id.zip(f.leader_node.map(|n| n.addr))))
+                }
+                Err(e) => return Err(Status::unavailable(format!("add learner {}: {e}", r.id))),
+            }
+        }
+        let is_voter = self.node.raft.metrics().borrow().membership_config.membership().voter_ids().any(|v| v == r.id);
+        if r.voter && !is_voter {
+            tracing::info!(id = r.id, "promoting meta node to voter");
+            self.change("promote to voter", ChangeMembers::AddVoterIds(BTreeSet::from([r.id]))).await?;
+        }
+        Ok(Response::new(pb::JoinResponse { members: self.members() }))
+    }
+
+    async fn remove_member(&self, req: Request<pb::RemoveMemberRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+        let id = req.into_inner().id;
+        self.require_leader()?;
+        let membership = self.node.raft.metrics().borrow().membership_config.membership().clone();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        if voters.contains(&id) {
+            if voters.len() == 1 {
+                return Err(Status::failed_precondition("cannot remove the last voter"));
+            }
+            tracing::info!(id, "removing voter");
+            self.change("remove voter", ChangeMembers::RemoveVoters(BTreeSet::from([id]))).await?;
+        } else if membership.get_node(&id).is_some() {
+            tracing::info!(id, "removing learner");
+            self.change("remove learner", ChangeMembers::RemoveNodes(BTreeSet::from([id]))).await?;
+        }
+        Ok(Response::new(pb::JoinResponse { members: self.members() }))
+    }
+
+    async fn node_metrics(
+        &self,
+        _req: Request<pb::NodeMetricsRequest>,
+    ) -> Result<Response<pb::NodeMetricsResponse>, Status> {
+        let m = self.node.raft.metrics().borrow().clone();
+        let state = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        Ok(Response::new(pb::NodeMetricsResponse {
+            id: m.id,
+            state: state.to_string(),
+            term: m.current_term,
+            leader: m.current_leader.unwrap_or(0),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+            purged_index: m.purged.map(|l| l.index).unwrap_or(0),
+            members: self.members(),
+            addr: self.node.config.advertise.clone(),
+            site: self.node.config.site.clone(),
+        }))
+    }
+
+    async fn catalog_digest(
+        &self,
+        _req: Request<pb::CatalogDigestRequest>,
+    ) -> Result<Response<pb::CatalogDigestResponse>, Status> {
+        let (applied, keys, digest) =
+            self.node.sm.digest().await.map_err(|e| Status::internal(format!("digest the catalog: {e}")))?;
+        Ok(Response::new(pb::CatalogDigestResponse { applied_index: applied, keys, digest: digest.to_vec() }))
+    }
+}
+
+/// Asks the cluster, through `via` and then whoever it names as leader, to
+/// add this node as a voter; retries until it succeeds or the node stops.
+pub async fn join_cluster(node: Weak<MetaNode>, via: String) {
+    let mut target = via.clone();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(n) = node.upgrade() else { return };
+        let req = pb::JoinRequest {
+            id: n.config.id.0,
+            addr: n.config.advertise.clone(),
+            site: n.config.site.clone(),
+            voter: true,
+        };
+        let id = n.config.id;
+        drop(n);
+        let result = match tonic::transport::Endpoint::from_shared(format!("http://{target}")) {
+            Ok(ep) => AdminClient::new(ep.connect_timeout(Duration::from_secs(2)).connect_lazy()).join(req).await,
+            Err(e) => Err(Status::invalid_argument(format!("bad --join address {target:?}: {e}"))),
+        };
+        match result {
+            Ok(resp) => {
+                let members = resp.into_inner().members;
+                tracing::info!(%id, via = %target, members = members.len(), "joined the metadata cluster");
+                return;
+            }
+            Err(status) => {
+                let hint = status.metadata().get(LEADER_HINT_KEY).and_then(|v| v.to_str().ok()).map(str::to_string);
+                match hint {
+                    Some(h) if status.code() == Code::Unavailable && !h.is_empty() => {
+                        target = h;
+                        continue;
+                    }
+                    _ => {
+                        tracing::warn!(%id, via = %target, error = %status.message(), "join failed; retrying");
+                        target = via.clone();
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
