@@ -6,6 +6,8 @@ mod bad_input;
 mod dedup;
 mod meta_crash;
 mod raft;
+mod rebuild;
+mod semantics;
 mod site_loss;
 mod stdin;
 

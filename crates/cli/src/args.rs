@@ -58,6 +58,44 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Show the cluster: nodes by site and state, pack health, metadata members.
     Status,
+    /// Forget snapshots by id, or by keep rules per source (--dry-run lists what would go and why).
+    Forget(crate::snapcmds::ForgetArgs),
+    /// Hold a snapshot until TIME (YYYY-MM-DD[THH:MM:SSZ], +30d, or none to clear) so forget refuses it.
+    Hold { snapshot: String, until: String },
+    /// List the entries of a snapshot, or of one path inside it.
+    Ls { snapshot: String, path: Option<PathBuf> },
+    /// What changed between two snapshots (+ added, - removed, M modified).
+    Diff { older: String, newer: String },
+    /// Reclaim the space of chunks no snapshot references (needs no password).
+    Gc {
+        /// How long to wait for a moment when no backup of the repository runs.
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        wait: std::time::Duration,
+    },
+    /// Verify the catalog and shard presence; --read-data also reads, decodes and authenticates the data.
+    Check {
+        #[arg(long)]
+        read_data: bool,
+        /// With --read-data, the percentage of data packs to read.
+        #[arg(long, default_value_t = 100.0)]
+        subset: f64,
+    },
+    /// Incidents: node losses with their detection, rebuild times and cost.
+    Incidents,
+    /// Move every shard off a storage node (it keeps serving meanwhile).
+    Drain {
+        /// The node id, as `coffer status` shows it.
+        node: String,
+        /// Stop draining; shards already moved stay where they are.
+        #[arg(long)]
+        undo: bool,
+    },
+    /// Drain a storage node, then remove it from the cluster map once it holds nothing.
+    Decommission { node: String },
+    /// Re-read and verify every shard on every reachable storage node now.
+    Scrub,
+    /// Every storage node as it reports itself: usage, shards, repair counters.
+    Nodes,
     /// Metadata-plane membership: list members, add or remove voters.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -157,6 +195,12 @@ pub struct MetaArgs {
     /// A storage node silent this long is down.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub down_after: std::time::Duration,
+    /// Bytes per second each storage node may read for rebuilds (0: unlimited).
+    #[arg(long, default_value_t = 100 << 20)]
+    pub rebuild_bandwidth: u64,
+    /// Shard rebuilds in flight across the cluster.
+    #[arg(long, default_value_t = 8)]
+    pub rebuild_parallelism: usize,
 }
 
 #[derive(Args, Debug)]
@@ -179,6 +223,12 @@ pub struct StorageArgs {
     pub capacity: Option<u64>,
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub heartbeat_interval: std::time::Duration,
+    /// Time between scheduled scrub passes.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub scrub_interval: std::time::Duration,
+    /// Bytes per second a scrub pass may read (0: unlimited).
+    #[arg(long, default_value_t = 64 << 20)]
+    pub scrub_rate: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -202,6 +252,9 @@ pub struct BackupArgs {
     pub kind: String,
     #[arg(long = "tag")]
     pub tags: Vec<String>,
+    /// Hold the snapshot until this time (YYYY-MM-DD[THH:MM:SSZ] or +30d): forget refuses it until then.
+    #[arg(long)]
+    pub hold_until: Option<String>,
     /// Host name recorded in the snapshot's source (default: this host).
     #[arg(long)]
     pub host: Option<String>,

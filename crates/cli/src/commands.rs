@@ -42,12 +42,12 @@ fn password(g: &Global) -> Result<Vec<u8>> {
     bail!("no password: pass --password, or set COFFER_PASSWORD or COFFER_PASSWORD_FILE")
 }
 
-fn repo_name(g: &Global) -> Result<RepoName> {
+pub fn repo_name(g: &Global) -> Result<RepoName> {
     let name = g.repo.clone().ok_or_else(|| anyhow!("no repository: pass --repo or set COFFER_REPO"))?;
     Ok(RepoName::new(name)?)
 }
 
-async fn open(g: &Global) -> Result<Repository> {
+pub async fn open(g: &Global) -> Result<Repository> {
     let meta = meta_client(g)?;
     let name = repo_name(g)?;
     let pw = password(g)?;
@@ -108,7 +108,9 @@ pub async fn backup(g: &Global, a: BackupArgs) -> Result<i32> {
     } else {
         None
     };
-    let mut opts = BackupOptions { kind, tags: a.tags.clone(), host, progress, ..Default::default() };
+    let hold_until_ms =
+        a.hold_until.as_deref().map(crate::snapcmds::parse_time).transpose().context("parse --hold-until")?;
+    let mut opts = BackupOptions { kind, tags: a.tags.clone(), host, progress, hold_until_ms, ..Default::default() };
 
     let summary: BackupSummary = if let Some(cmd) = &a.stdin_from_command {
         let name = a.stdin_name.clone().unwrap_or_else(|| "stdin".to_string());
@@ -154,6 +156,16 @@ fn print_backup_summary(s: &BackupSummary) {
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     println!("snapshot {} saved ({})", s.snapshot_id, s.kind.as_str());
     println!("  files {:>10}   dirs {:>8}", s.files, s.dirs);
+    if let Some(base) = &s.compared_with {
+        println!(
+            "  against {}: {} new, {} changed, {} unchanged, {} deleted",
+            base.get(..8).unwrap_or(base),
+            s.files_new,
+            s.files_changed,
+            s.files_unchanged,
+            s.files_deleted
+        );
+    }
     println!(
         "  scanned {:>10.1} MiB   read {:>10.1} MiB   new {:>10.1} MiB   stored {:>10.1} MiB ({:.1} MiB with parity)",
         mib(s.bytes_scanned),
@@ -270,6 +282,7 @@ pub async fn status(g: &Global) -> Result<()> {
                 "site": n.site,
                 "addr": n.addr,
                 "state": n.state,
+                "draining": n.draining,
                 "used_bytes": n.used_bytes,
                 "capacity_bytes": n.capacity_bytes,
             })).collect::<Vec<_>>(),
@@ -282,6 +295,11 @@ pub async fn status(g: &Global) -> Result<()> {
                 "members": s.members.iter().map(|m| json!({"id": m.id, "addr": m.addr, "role": m.role, "site": m.site})).collect::<Vec<_>>(),
             },
             "catalog": {"repos": s.repos, "snapshots": s.snapshots, "chunks": s.chunks},
+            "site_degraded": s.site_degraded,
+            "rebuild": s.rebuild.as_ref().map(|r| json!({
+                "queued": r.queued, "in_flight": r.in_flight, "done": r.done, "failed": r.failed,
+                "bytes_written": r.bytes_written, "eta_s": r.eta_s,
+            })),
         });
         println!("{v}");
         return Ok(());
@@ -300,6 +318,19 @@ pub async fn status(g: &Global) -> Result<()> {
         "packs: {} healthy, {} degraded, {} at risk, {} lost",
         packs.healthy, packs.degraded, packs.at_risk, packs.lost
     );
+    if s.site_degraded > 0 {
+        println!("site-degraded packs: {} (placed while a site was down)", s.site_degraded);
+    }
+    if let Some(r) = &s.rebuild {
+        println!(
+            "rebuild: {} queued, {} in flight, {} done, {} failed{}",
+            r.queued,
+            r.in_flight,
+            r.done,
+            r.failed,
+            if r.eta_s > 0.0 { format!(", ETA {:.0}s", r.eta_s) } else { String::new() }
+        );
+    }
     println!("catalog: {} repositories, {} snapshots, {} chunks", s.repos, s.snapshots, s.chunks);
     Ok(())
 }

@@ -10,7 +10,9 @@ mod args;
 mod commands;
 mod dev;
 mod duration;
+mod repair;
 mod servers;
+mod snapcmds;
 mod timefmt;
 
 use clap::Parser;
@@ -49,6 +51,17 @@ fn main() {
             Command::Snapshots => commands::snapshots(&g).await.map(|_| 0),
             Command::Restore(a) => commands::restore(&g, a).await.map(|_| 0),
             Command::Status => commands::status(&g).await.map(|_| 0),
+            Command::Forget(a) => snapcmds::forget(&g, a).await.map(|_| 0),
+            Command::Hold { snapshot, until } => snapcmds::hold(&g, snapshot, until).await.map(|_| 0),
+            Command::Ls { snapshot, path } => snapcmds::ls(&g, snapshot, path).await.map(|_| 0),
+            Command::Diff { older, newer } => snapcmds::diff(&g, older, newer).await.map(|_| 0),
+            Command::Gc { wait } => snapcmds::gc(&g, wait).await.map(|_| 0),
+            Command::Check { read_data, subset } => snapcmds::check(&g, read_data, subset).await,
+            Command::Incidents => repair::incidents(&g).await.map(|_| 0),
+            Command::Drain { node, undo } => repair::drain(&g, &node, !undo, false).await.map(|_| 0),
+            Command::Decommission { node } => repair::drain(&g, &node, true, true).await.map(|_| 0),
+            Command::Scrub => repair::scrub(&g).await.map(|_| 0),
+            Command::Nodes => repair::nodes(&g).await.map(|_| 0),
             Command::Cluster(ClusterCommand::Members) => admin::members(&g).await.map(|_| 0),
             Command::Cluster(ClusterCommand::AddVoter { id, addr, site }) => {
                 admin::add_voter(&g, id, addr, site).await.map(|_| 0)

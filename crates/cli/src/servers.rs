@@ -39,6 +39,8 @@ pub fn meta_config(a: &MetaArgs, advertise: String) -> MetaConfig {
     c.site = a.site.clone();
     c.snapshot_every = a.snapshot_every;
     c.keep_logs = a.keep_logs;
+    c.repair.bandwidth = a.rebuild_bandwidth;
+    c.repair.parallelism = a.rebuild_parallelism.max(1);
     c.raft_heartbeat = a.raft_heartbeat;
     c.election_timeout = (a.election_timeout, a.election_timeout * 2);
     c.suspect_after = a.suspect_after;
@@ -61,6 +63,8 @@ pub async fn run_storage(a: StorageArgs) -> Result<()> {
     let mut config = StorageConfig::new(a.data.clone(), advertise.clone(), site, a.meta.clone());
     config.capacity_bytes = a.capacity;
     config.heartbeat_interval = a.heartbeat_interval;
+    config.scrub_interval = Some(a.scrub_interval);
+    config.scrub_rate = a.scrub_rate;
     let node = StorageNode::open(config).context("open storage node")?;
     tracing::info!(node = %node.id(), %advertise, site = %a.site, "storage node serving");
     node.serve(listener, shutdown_signal()).await.context("serve storage node")

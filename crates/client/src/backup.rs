@@ -55,6 +55,9 @@ pub struct BackupOptions {
     pub host: String,
     /// Builds on this snapshot instead of the one the kind would choose.
     pub parent: Option<SnapshotId>,
+    /// Holds the snapshot until this time (ms since the epoch) once it is
+    /// committed, so that `forget` refuses to remove it before then.
+    pub hold_until_ms: Option<u64>,
     pub progress: Option<ProgressFn>,
 }
 
@@ -66,6 +69,7 @@ impl std::fmt::Debug for BackupOptions {
             .field("tags", &self.tags)
             .field("host", &self.host)
             .field("parent", &self.parent)
+            .field("hold_until_ms", &self.hold_until_ms)
             .field("progress", &self.progress.is_some())
             .finish()
     }
@@ -94,6 +98,17 @@ pub struct BackupSummary {
     pub chunks_new: u64,
     pub chunks_reused: u64,
     pub packs: u64,
+    /// The snapshot the file counts below are relative to: the parent, or
+    /// for a full backup the newest earlier snapshot of the same source.
+    pub compared_with: Option<String>,
+    /// Files absent from that snapshot.
+    pub files_new: u64,
+    /// Files present in it with other content.
+    pub files_changed: u64,
+    /// Files present in it with the same content.
+    pub files_unchanged: u64,
+    /// Files present in it and gone now.
+    pub files_deleted: u64,
     /// Source entries that could not be read and are missing from the snapshot.
     pub errors: u64,
     /// The first of those errors, one line each.
@@ -113,6 +128,9 @@ struct Plan<'a> {
     /// The kind actually run (a first backup is full whatever was asked).
     kind: BackupKind,
     parent: Option<&'a SnapshotRecord>,
+    /// What the summary compares with: the parent, or for a full backup the
+    /// newest snapshot of the same source.
+    compare: Option<&'a SnapshotRecord>,
     opts: &'a BackupOptions,
     start_ms: u64,
 }
@@ -158,22 +176,32 @@ impl Repository {
     ) -> Result<BackupSummary, ClientError> {
         let started = Instant::now();
         let start_ms = now_ms();
-        let snaps = self.snapshots().await?;
+        // The session opens before the parent is chosen: garbage collection
+        // condemns chunks only while no session is open, so a parent listed
+        // after this point still has every chunk it references.
+        let session = SessionId::random();
+        self.begin_session(session).await?;
+        let snaps = match self.snapshots().await {
+            Ok(s) => s,
+            Err(e) => {
+                self.end_session(session).await;
+                return Err(e);
+            }
+        };
         let parent = match (opts.kind, opts.parent) {
             (BackupKind::Full, _) => None,
-            (_, Some(id)) => Some(
-                snaps
-                    .iter()
-                    .find(|s| s.id == id)
-                    .cloned()
-                    .ok_or_else(|| ClientError::SnapshotNotFound { spec: id.to_hex() })?,
-            ),
+            (_, Some(id)) => match snaps.iter().find(|s| s.id == id) {
+                Some(p) => Some(p.clone()),
+                None => {
+                    self.end_session(session).await;
+                    return Err(ClientError::SnapshotNotFound { spec: id.to_hex() });
+                }
+            },
             (kind, None) => parent_for(&snaps, &source, kind).cloned(),
         };
         // The first backup of a source is full whatever was asked.
         let kind = if parent.is_some() { opts.kind } else { BackupKind::Full };
-        let session = SessionId::random();
-        self.begin_session(session).await?;
+        let compare = parent.clone().or_else(|| parent_for(&snaps, &source, BackupKind::Incremental).cloned());
         let renew = self.keep_session(session);
 
         let counters = Arc::new(Counters::default());
@@ -190,7 +218,15 @@ impl Repository {
 
         let result = self
             .write_snapshot(
-                &Plan { session, source: &source, kind, parent: parent.as_ref(), opts: &opts, start_ms },
+                &Plan {
+                    session,
+                    source: &source,
+                    kind,
+                    parent: parent.as_ref(),
+                    compare: compare.as_ref(),
+                    opts: &opts,
+                    start_ms,
+                },
                 producer,
                 &counters,
             )
@@ -206,6 +242,14 @@ impl Repository {
                 return Err(e);
             }
         };
+        if let Some(until) = opts.hold_until_ms {
+            // The record exists only now, so the hold is a second command; a
+            // failure leaves a committed but unheld snapshot, which is said.
+            self.hold(record.id, until).await.map_err(|e| ClientError::SessionFailed {
+                session,
+                reason: format!("snapshot {} was committed but holding it failed: {e}", record.id),
+            })?;
+        }
         if let Some(cb) = &opts.progress {
             cb(&counters.progress(started, true));
         }
@@ -225,6 +269,11 @@ impl Repository {
             chunks_new: counters.chunks_new.get(),
             chunks_reused: counters.chunks_reused.get(),
             packs: counters.packs.get(),
+            compared_with: compare.map(|c| c.id.to_hex()),
+            files_new: counters.files_new.get(),
+            files_changed: counters.files_changed.get(),
+            files_unchanged: counters.files_unchanged.get(),
+            files_deleted: counters.files_deleted.get(),
             errors: counters.errors.get(),
             error_messages: errors,
             duration_s: started.elapsed().as_secs_f64(),
@@ -240,7 +289,7 @@ impl Repository {
         producer: Producer,
         counters: &Arc<Counters>,
     ) -> Result<(SnapshotRecord, Vec<String>), ClientError> {
-        let Plan { session, source, kind, parent, opts, start_ms } = *plan;
+        let Plan { session, source, kind, parent, compare, opts, start_ms } = *plan;
         let ctx = Arc::new(StageCtx {
             writer: PackWriter {
                 meta: self.meta.clone(),
@@ -251,9 +300,11 @@ impl Repository {
             },
             counters: counters.clone(),
             dedup: Mutex::default(),
+            verified_packs: (kind == BackupKind::Full).then(Mutex::default),
         });
-        let reuse_from = if kind == BackupKind::Full { None } else { parent.map(|p| p.root) };
-        let walk = self.run_pipeline(&ctx, producer, reuse_from, counters).await?;
+        let compare_root = compare.map(|p| p.root);
+        let read_all = kind == BackupKind::Full;
+        let walk = self.run_pipeline(&ctx, producer, compare_root, read_all, counters).await?;
 
         let refs = encode_refs(&walk.refs);
         let refs_pack = ctx.writer.store(PackKind::Refs, refs, &[]).await?;
@@ -300,7 +351,8 @@ impl Repository {
         &self,
         ctx: &Arc<StageCtx>,
         producer: Producer,
-        reuse_from: Option<ChunkId>,
+        parent_root: Option<ChunkId>,
+        read_all: bool,
         counters: &Arc<Counters>,
     ) -> Result<WalkOutput, ClientError> {
         let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
@@ -324,7 +376,7 @@ impl Repository {
         let key = self.key.clone();
         let walk_counters = counters.clone();
         let sink = ChannelSink { tx: walk_tx, budget: budget.clone() };
-        let parent_trees = reuse_from.map(|_| ParentTrees {
+        let parent_trees = parent_root.map(|_| ParentTrees {
             source: Arc::new(ClusterSource::new(self.meta.clone(), self.record.name.clone(), self.key.clone())),
             handle: tokio::runtime::Handle::current(),
         });
@@ -333,10 +385,13 @@ impl Repository {
             .stack_size(WALKER_STACK)
             .spawn(move || {
                 let loader = parent_trees.as_ref().map(|p| p as &dyn TreeLoader);
-                let walker = Walker::new(&key, sink, loader, &walk_counters);
+                let mut walker = Walker::new(&key, sink, loader, &walk_counters);
+                if read_all {
+                    walker = walker.read_everything();
+                }
                 let result = match producer {
-                    Producer::Paths(paths) => walker.walk_paths(&paths, reuse_from),
-                    Producer::Stream { reader, name } => walker.walk_stream(reader, &name),
+                    Producer::Paths(paths) => walker.walk_paths(&paths, parent_root),
+                    Producer::Stream { reader, name } => walker.walk_stream(reader, &name, parent_root),
                 };
                 let _ = done_tx.send(result);
             })

@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use coffer_proto::pb::catalog_client::CatalogClient;
+use coffer_proto::pb::maintenance_client::MaintenanceClient;
 use coffer_proto::pb::shard_store_client::ShardStoreClient;
 use coffer_proto::{LEADER_HINT_KEY, MAX_MESSAGE_BYTES};
 use tonic::transport::{Channel, Endpoint};
@@ -74,7 +75,7 @@ impl ConnError {
 
 struct Current {
     index: usize,
-    client: Option<CatalogClient<Channel>>,
+    channel: Option<Channel>,
     /// Set when a follower named a leader that is not in our list.
     hinted: Option<String>,
 }
@@ -120,16 +121,16 @@ impl MetaClient {
         for e in &endpoints {
             channel(e)?;
         }
-        Ok(Self { endpoints, current: Mutex::new(Current { index: 0, client: None, hinted: None }), retry_for })
+        Ok(Self { endpoints, current: Mutex::new(Current { index: 0, channel: None, hinted: None }), retry_for })
     }
 
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints
     }
 
-    fn client(&self) -> Result<CatalogClient<Channel>, ConnError> {
+    fn channel(&self) -> Result<Channel, ConnError> {
         let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = &cur.client {
+        if let Some(c) = &cur.channel {
             return Ok(c.clone());
         }
         let addr = cur.hinted.clone().unwrap_or_else(|| self.endpoints[cur.index % self.endpoints.len()].clone());
@@ -139,17 +140,14 @@ impl MetaClient {
             .timeout(META_CALL_TIMEOUT)
             .tcp_nodelay(true)
             .connect_lazy();
-        let c = CatalogClient::new(ch)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        cur.client = Some(c.clone());
-        Ok(c)
+        cur.channel = Some(ch.clone());
+        Ok(ch)
     }
 
     /// Moves to the hinted leader, or to the next endpoint.
     fn fail_over(&self, hint: Option<String>) {
         let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        cur.client = None;
+        cur.channel = None;
         match hint {
             Some(h) => match self.endpoints.iter().position(|e| *e == h) {
                 Some(i) => {
@@ -172,11 +170,41 @@ impl MetaClient {
         F: FnMut(CatalogClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        self.call_channel(what, |ch| {
+            f(CatalogClient::new(ch)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        })
+        .await
+    }
+
+    /// Like `call`, for the maintenance service (retention) of the same
+    /// metadata plane.
+    pub async fn call_maintenance<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, ConnError>
+    where
+        F: FnMut(MaintenanceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call_channel(what, |ch| {
+            f(MaintenanceClient::new(ch)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        })
+        .await
+    }
+
+    /// Runs `f` on a channel to the current endpoint with the retry and
+    /// leader-following rules of `call`.
+    async fn call_channel<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, ConnError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         let start = Instant::now();
         let mut backoff = Duration::from_millis(20);
         loop {
-            let client = self.client()?;
-            match f(client).await {
+            let channel = self.channel()?;
+            match f(channel).await {
                 Ok(resp) => return Ok(resp.into_inner()),
                 Err(status) if retryable(&status) => {
                     let hint = status

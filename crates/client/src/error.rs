@@ -37,6 +37,10 @@ pub enum ClientError {
     #[error("snapshot {snapshot}: {path:?} is not a regular file and cannot be written to stdout")]
     NotAFile { snapshot: SnapshotId, path: String },
     /// The backup source given by the caller cannot be backed up as asked.
+    #[error("garbage collection of {repo} gave up: {reason}")]
+    GcBusy { repo: RepoName, reason: String },
+    #[error("invalid retention policy: {reason}")]
+    BadPolicy { reason: String },
     #[error("invalid backup source: {reason}")]
     BadSource { reason: String },
     /// The restore target cannot be written as asked.

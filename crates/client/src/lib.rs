@@ -22,12 +22,16 @@
 //! snapshot is committed, and every byte a restore writes was verified.
 
 pub mod backup;
+pub mod browse;
+pub mod check;
 pub mod conn;
 mod error;
 mod fetch;
+pub mod gc;
 mod pipeline;
 pub mod repo;
 pub mod restore;
+pub mod retention;
 pub mod select;
 mod shards;
 mod stats;

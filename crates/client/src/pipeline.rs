@@ -16,12 +16,12 @@
 //! flight; once its pack commits, the id moves to a bounded `known` cache and
 //! the catalog answers for it after that.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex};
 
 use coffer_pack::RepoKey;
 use coffer_proto::pb;
-use coffer_types::{ChunkId, PackKind};
+use coffer_types::{ChunkId, PackId, PackKind, PackRecord};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -161,6 +161,10 @@ pub(crate) struct StageCtx {
     pub writer: PackWriter,
     pub counters: Arc<Counters>,
     pub dedup: Mutex<DedupState>,
+    /// For a full backup: the packs verified to have a record with every
+    /// shard placed on a known node. A chunk the index puts anywhere else
+    /// is stored again. `None` trusts the index.
+    pub verified_packs: Option<Mutex<HashSet<PackId>>>,
 }
 
 impl StageCtx {
@@ -201,6 +205,10 @@ pub(crate) async fn dedup_stage(
             continue;
         }
         let found = lookup(&ctx.writer, candidates.iter().map(|b| b.id).collect()).await?;
+        let found = match &ctx.verified_packs {
+            Some(verified) => placed_only(&ctx.writer, verified, found).await?,
+            None => found.into_keys().collect(),
+        };
         let mut fresh = Vec::with_capacity(candidates.len());
         {
             let mut state = ctx.dedup();
@@ -234,8 +242,53 @@ fn reused(counters: &Counters, b: &PlainBlob) {
     }
 }
 
-/// The ids among `ids` that the chunk index holds.
-async fn lookup(writer: &PackWriter, ids: Vec<ChunkId>) -> Result<HashSet<ChunkId>, ClientError> {
+/// The chunks of `found` whose pack has a record with all its shards placed
+/// on nodes the cluster knows; the verdicts are remembered in `verified`.
+async fn placed_only(
+    writer: &PackWriter,
+    verified: &Mutex<HashSet<PackId>>,
+    found: HashMap<ChunkId, PackId>,
+) -> Result<HashSet<ChunkId>, ClientError> {
+    let unknown: Vec<PackId> = {
+        let v = verified.lock().unwrap_or_else(|p| p.into_inner());
+        let set: HashSet<PackId> = found.values().filter(|p| !v.contains(p)).copied().collect();
+        set.into_iter().collect()
+    };
+    if !unknown.is_empty() {
+        let req = pb::GetPacksRequest { pack_ids: unknown.iter().map(|p| p.0.to_vec()).collect() };
+        let resp = writer
+            .meta
+            .call("GetPacks", |mut c| {
+                let req = req.clone();
+                async move { c.get_packs(req).await }
+            })
+            .await?;
+        let nodes: HashSet<u64> = resp.nodes.iter().map(|n| n.id).collect();
+        let mut v = verified.lock().unwrap_or_else(|p| p.into_inner());
+        for p in resp.packs {
+            let record = PackRecord::try_from(p)
+                .map_err(|e| ClientError::BadResponse { what: "GetPacks", reason: e.to_string() })?;
+            let placed =
+                record.shards.len() == record.params.total() && record.shards.iter().all(|s| nodes.contains(&s.node.0));
+            if placed {
+                v.insert(record.id);
+            }
+        }
+    }
+    let v = verified.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out = HashSet::with_capacity(found.len());
+    for (chunk, pack) in found {
+        if v.contains(&pack) {
+            out.insert(chunk);
+        } else {
+            tracing::warn!(%chunk, %pack, "the index puts this chunk in a pack that is not placed; storing it again");
+        }
+    }
+    Ok(out)
+}
+
+/// The ids among `ids` that the chunk index holds, with the pack of each.
+async fn lookup(writer: &PackWriter, ids: Vec<ChunkId>) -> Result<HashMap<ChunkId, PackId>, ClientError> {
     let req = pb::LookupChunksRequest {
         repo: writer.repo.to_string(),
         chunk_ids: ids.iter().map(|id| id.0.to_vec()).collect(),
@@ -250,7 +303,8 @@ async fn lookup(writer: &PackWriter, ids: Vec<ChunkId>) -> Result<HashSet<ChunkI
     resp.found
         .iter()
         .map(|l| {
-            ChunkId::from_slice(&l.chunk_id)
+            coffer_proto::location_from_pb(l)
+                .map(|(id, loc)| (id, loc.pack))
                 .map_err(|e| ClientError::BadResponse { what: "LookupChunks", reason: e.to_string() })
         })
         .collect()

@@ -69,6 +69,13 @@ pub(crate) struct Counters {
     pub chunks_reused: Count,
     pub packs: Count,
     pub errors: Count,
+    /// Files compared with the parent snapshot (by path): absent from it,
+    /// present with other content, present with the same content, and
+    /// present in it but gone now.
+    pub files_new: Count,
+    pub files_changed: Count,
+    pub files_unchanged: Count,
+    pub files_deleted: Count,
     /// Reading the source and cutting it into chunks (one stage: the chunker
     /// pulls from the reader).
     pub read: StageCounter,

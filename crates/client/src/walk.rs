@@ -110,8 +110,12 @@ pub(crate) struct WalkOutput {
 pub(crate) struct Walker<'a, S: BlobSink> {
     key: &'a RepoKey,
     sink: S,
-    /// Present when unchanged files may reuse the parent's chunk lists.
+    /// Present when the walk is compared with a parent snapshot.
     parent: Option<&'a dyn TreeLoader>,
+    /// Whether a file whose size, times and inode match the parent's entry
+    /// reuses its chunk list without being read. False for a full backup,
+    /// which reads every byte and only compares, for the summary.
+    reuse: bool,
     counters: &'a Counters,
     refs: RefList,
     errors: Vec<String>,
@@ -119,7 +123,51 @@ pub(crate) struct Walker<'a, S: BlobSink> {
 
 impl<'a, S: BlobSink> Walker<'a, S> {
     pub fn new(key: &'a RepoKey, sink: S, parent: Option<&'a dyn TreeLoader>, counters: &'a Counters) -> Self {
-        Walker { key, sink, parent, counters, refs: RefList::default(), errors: Vec::new() }
+        Walker { key, sink, parent, reuse: true, counters, refs: RefList::default(), errors: Vec::new() }
+    }
+
+    /// Reads every file even when the parent holds it unchanged; the parent
+    /// is then only used to count new, changed, unchanged and deleted files.
+    pub fn read_everything(mut self) -> Self {
+        self.reuse = false;
+        self
+    }
+
+    /// Counts the file `now` against the parent's entry of the same name.
+    fn classify(&self, previous: Option<&Node>, content: &[ChunkId]) {
+        if self.parent.is_none() {
+            return;
+        }
+        match previous.map(|n| &n.kind) {
+            Some(NodeKind::File { content: before }) if before.as_slice() == content => {
+                self.counters.files_unchanged.add(1)
+            }
+            Some(NodeKind::File { .. }) => self.counters.files_changed.add(1),
+            _ => self.counters.files_new.add(1),
+        }
+    }
+
+    /// Counts as deleted every file of the parent's listing `before` whose
+    /// name is not in `kept` (or is no longer a file), descending into
+    /// directories that are gone.
+    fn count_deleted(&self, before: Option<&Tree>, kept: &[Node]) {
+        let Some(before) = before else { return };
+        for old in before.nodes() {
+            let now = kept.binary_search_by(|n| n.name.as_slice().cmp(old.name.as_slice())).ok().map(|i| &kept[i]);
+            match (&old.kind, now.map(|n| &n.kind)) {
+                (NodeKind::File { .. }, Some(NodeKind::File { .. })) => {}
+                (NodeKind::File { .. }, _) => self.counters.files_deleted.add(1),
+                (NodeKind::Dir { .. }, Some(NodeKind::Dir { .. })) => {}
+                (NodeKind::Dir { subtree }, _) => self.count_deleted_subtree(subtree),
+                _ => {}
+            }
+        }
+    }
+
+    fn count_deleted_subtree(&self, id: &ChunkId) {
+        if let Some(tree) = self.load_parent(id) {
+            self.count_deleted(Some(&tree), &[]);
+        }
     }
 
     fn finish(self, root: ChunkId) -> WalkOutput {
@@ -164,13 +212,20 @@ impl<'a, S: BlobSink> Walker<'a, S> {
             }
         }
         let tree = Tree::new(nodes).map_err(WalkError::Fatal)?;
+        self.count_deleted(parent_tree.as_ref(), tree.nodes());
         let root = self.store_tree(&tree)?;
         Ok(self.finish(root))
     }
 
     /// Walks one stream into a root holding a single file named `name`.
-    pub fn walk_stream(mut self, reader: impl Read, name: &[u8]) -> Result<WalkOutput, WalkError> {
+    pub fn walk_stream(
+        mut self,
+        reader: impl Read,
+        name: &[u8],
+        parent_root: Option<ChunkId>,
+    ) -> Result<WalkOutput, WalkError> {
         let now = Timestamp::now();
+        let parent_tree = parent_root.and_then(|id| self.load_parent(&id));
         let (content, size) = match self.read_content(reader)? {
             Ok(read) => read,
             Err(reason) => {
@@ -182,6 +237,7 @@ impl<'a, S: BlobSink> Walker<'a, S> {
         self.counters.files.add(1);
         self.counters.bytes_scanned.add(size);
         self.refs.extend(content.iter().copied());
+        self.classify(parent_tree.as_ref().and_then(|t| t.get(name)), &content);
         let node = Node {
             name: name.to_vec(),
             kind: NodeKind::File { content },
@@ -195,6 +251,7 @@ impl<'a, S: BlobSink> Walker<'a, S> {
             ctime: now,
         };
         let tree = Tree::new(vec![node]).map_err(WalkError::Fatal)?;
+        self.count_deleted(parent_tree.as_ref(), tree.nodes());
         let root = self.store_tree(&tree)?;
         Ok(self.finish(root))
     }
@@ -245,6 +302,7 @@ impl<'a, S: BlobSink> Walker<'a, S> {
             }
         }
         let tree = Tree::new(nodes).map_err(WalkError::Fatal)?;
+        self.count_deleted(parent_tree.as_ref(), tree.nodes());
         Ok(Ok(self.store_tree(&tree)?))
     }
 
@@ -310,7 +368,7 @@ impl<'a, S: BlobSink> Walker<'a, S> {
         meta: &Metadata,
         previous: Option<&Node>,
     ) -> Result<Option<(Vec<ChunkId>, u64)>, WalkError> {
-        if self.parent.is_some() {
+        if self.parent.is_some() && self.reuse {
             if let Some(Node { kind: NodeKind::File { content }, size, mtime, ctime, inode, .. }) = previous {
                 let unchanged = *size == meta.len()
                     && *mtime == Timestamp::from_parts(meta.mtime(), meta.mtime_nsec())
@@ -321,6 +379,7 @@ impl<'a, S: BlobSink> Walker<'a, S> {
                     self.counters.bytes_scanned.add(*size);
                     self.counters.chunks_reused.add(content.len() as u64);
                     self.refs.extend(content.iter().copied());
+                    self.counters.files_unchanged.add(1);
                     return Ok(Some((content.clone(), *size)));
                 }
             }
@@ -337,6 +396,7 @@ impl<'a, S: BlobSink> Walker<'a, S> {
                 self.counters.files.add(1);
                 self.counters.bytes_scanned.add(size);
                 self.refs.extend(content.iter().copied());
+                self.classify(previous, &content);
                 Ok(Some((content, size)))
             }
             Err(reason) => {

@@ -8,13 +8,16 @@
 
 use coffer_types::{ChunkLocation, NodeRecord, PackRecord, RepoRecord, SessionRecord, SnapshotRecord};
 
-use crate::command::{Command, CommandResult, Rejection};
+use crate::command::{BadShardRecord, Command, CommandResult, DrainRecord, IncidentRecord, Rejection, RepairWork};
 use crate::error::MetaError;
 use crate::kv::{self, Txn};
 
 pub fn apply(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, MetaError> {
     match cmd {
         Command::RegisterNode { node } => {
+            if txn.contains(&kv::retired_key(node.id))? {
+                return Ok(CommandResult::Rejected(Rejection::Retired(node.id)));
+            }
             let key = kv::node_key(node.id);
             if !txn.contains(&key)? {
                 txn.add_count("nodes", 1)?;
@@ -85,6 +88,84 @@ pub fn apply(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, MetaError
             let added = index_chunks(txn, &record, &chunks)?;
             Ok(if added == 0 { CommandResult::AlreadyApplied } else { CommandResult::Ok })
         }
+        Command::MarkBadShard { pack, index, node, time_ms } => {
+            let Some(record) = txn.get::<PackRecord>("pack", &kv::pack_key(&pack))? else {
+                return Ok(CommandResult::Rejected(Rejection::UnknownPack(pack)));
+            };
+            if record.shards.get(index.0 as usize).map(|s| s.node) != Some(node) {
+                return Ok(CommandResult::Rejected(Rejection::ShardNotOnNode { pack, index, node }));
+            }
+            let key = kv::bad_shard_key(&pack, index);
+            if txn.contains(&key)? {
+                return Ok(CommandResult::AlreadyApplied);
+            }
+            txn.put(key, &BadShardRecord { node, time_ms })?;
+            Ok(CommandResult::Ok)
+        }
+        Command::MoveShard { pack, index, from, to, checksum, work } => {
+            move_shard(txn, pack, index, from, to, checksum, work)
+        }
+        Command::SetDrain { node, drain, decommission, time_ms } => {
+            if !txn.contains(&kv::node_key(node))? {
+                return Ok(CommandResult::Rejected(Rejection::UnknownNode(node)));
+            }
+            let key = kv::drain_key(node);
+            if drain {
+                txn.put(key, &DrainRecord { since_ms: time_ms, decommission })?;
+            } else {
+                txn.remove(key);
+            }
+            Ok(CommandResult::Ok)
+        }
+        Command::RemoveNode { node } => {
+            if !txn.contains(&kv::node_key(node))? {
+                return Ok(CommandResult::AlreadyApplied);
+            }
+            let packs = txn.scan::<PackRecord>("pack", kv::PACK_PREFIX)?;
+            let shards = packs.iter().flat_map(|p| p.shards.iter()).filter(|s| s.node == node).count() as u64;
+            if shards > 0 {
+                return Ok(CommandResult::Rejected(Rejection::NodeNotEmpty { node, shards }));
+            }
+            txn.remove(kv::node_key(node));
+            txn.remove(kv::drain_key(node));
+            txn.put(kv::retired_key(node), &true)?;
+            txn.add_count("nodes", -1)?;
+            Ok(CommandResult::Ok)
+        }
+        Command::OpenIncident { node, last_seen_ms, detected_ms, shards_lost } => {
+            let open = txn.scan::<IncidentRecord>("incident", kv::INCIDENT_PREFIX)?;
+            if open.iter().any(|i| i.open && i.node == node) {
+                return Ok(CommandResult::AlreadyApplied);
+            }
+            let id: u64 = txn.get("counter", &kv::count_key("incidents"))?.unwrap_or(0) + 1;
+            txn.add_count("incidents", 1)?;
+            let record = IncidentRecord {
+                id,
+                node,
+                open: true,
+                last_seen_ms,
+                detected_ms,
+                rebuild_started_ms: 0,
+                rebuild_finished_ms: 0,
+                shards_lost,
+                shards_rebuilt: 0,
+                bytes_read: 0,
+                bytes_written: 0,
+                bytes_cross_site: 0,
+            };
+            txn.put(kv::incident_key(id), &record)?;
+            Ok(CommandResult::Ok)
+        }
+        Command::CloseIncident { node, time_ms } => {
+            let open = txn.scan::<IncidentRecord>("incident", kv::INCIDENT_PREFIX)?;
+            let Some(mut record) = open.into_iter().find(|i| i.open && i.node == node) else {
+                return Ok(CommandResult::AlreadyApplied);
+            };
+            record.open = false;
+            record.rebuild_finished_ms = time_ms.max(record.rebuild_started_ms);
+            txn.put(kv::incident_key(record.id), &record)?;
+            Ok(CommandResult::Ok)
+        }
         Command::CommitSnapshot { session, snapshot } => {
             let result = commit_snapshot(txn, snapshot)?;
             if !matches!(result, CommandResult::Rejected(_)) {
@@ -92,6 +173,14 @@ pub fn apply(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, MetaError
             }
             Ok(result)
         }
+        Command::Forget { repo, snapshots, time_ms } => crate::retention::forget(txn, &repo, &snapshots, time_ms),
+        Command::SetHold { repo, snapshot, until_ms } => crate::retention::set_hold(txn, &repo, snapshot, until_ms),
+        Command::Condemn { repo, chunks, marked_from, time_ms } => {
+            crate::gc::condemn(txn, &repo, &chunks, &marked_from, time_ms)
+        }
+        Command::Sweep { repo, chunks } => crate::gc::sweep(txn, &repo, &chunks),
+        Command::DropPacks { repo, packs } => crate::gc::drop_packs(txn, &repo, &packs),
+        Command::Relocate { repo, from, chunks } => crate::gc::relocate(txn, &repo, from, &chunks),
     }
 }
 
@@ -129,6 +218,61 @@ fn commit_pack(
     Ok(CommandResult::Ok)
 }
 
+/// Moves (or repairs in place) one shard, once its new copy is verified.
+/// Only ever from the node the record names, so a retried or duplicated
+/// task can never write a placement twice.
+fn move_shard(
+    txn: &mut Txn<'_>,
+    pack: coffer_types::PackId,
+    index: coffer_types::ShardIndex,
+    from: coffer_types::NodeId,
+    to: coffer_types::NodeId,
+    checksum: coffer_types::Hash32,
+    work: RepairWork,
+) -> Result<CommandResult, MetaError> {
+    let key = kv::pack_key(&pack);
+    let Some(mut record) = txn.get::<PackRecord>("pack", &key)? else {
+        return Ok(CommandResult::Rejected(Rejection::UnknownPack(pack)));
+    };
+    let Some(current) = record.shards.get(index.0 as usize).cloned() else {
+        return Ok(CommandResult::Rejected(Rejection::ShardNotOnNode { pack, index, node: from }));
+    };
+    if current.checksum != checksum {
+        return Ok(CommandResult::Rejected(Rejection::ShardChecksum { pack, index }));
+    }
+    let bad_key = kv::bad_shard_key(&pack, index);
+    if current.node == to && from != to {
+        return Ok(CommandResult::AlreadyApplied);
+    }
+    if current.node != from {
+        return Ok(CommandResult::Rejected(Rejection::ShardNotOnNode { pack, index, node: from }));
+    }
+    if from != to {
+        if !txn.contains(&kv::node_key(to))? {
+            return Ok(CommandResult::Rejected(Rejection::UnknownNode(to)));
+        }
+        if record.shards.iter().any(|s| s.node == to) {
+            return Ok(CommandResult::Rejected(Rejection::NodeHoldsShard { pack, node: to }));
+        }
+        record.shards[index.0 as usize].node = to;
+        txn.put(key, &record)?;
+    }
+    txn.remove(bad_key);
+    if let Some(id) = work.incident {
+        if let Some(mut inc) = txn.get::<IncidentRecord>("incident", &kv::incident_key(id))? {
+            if inc.rebuild_started_ms == 0 || work.started_ms < inc.rebuild_started_ms {
+                inc.rebuild_started_ms = work.started_ms;
+            }
+            inc.shards_rebuilt += 1;
+            inc.bytes_read += work.bytes_read;
+            inc.bytes_written += work.bytes_written;
+            inc.bytes_cross_site += work.bytes_cross_site;
+            txn.put(kv::incident_key(id), &inc)?;
+        }
+    }
+    Ok(CommandResult::Ok)
+}
+
 /// Every entry must point into `pack`, within its bytes.
 fn check_chunks(pack: &PackRecord, chunks: &[(coffer_types::ChunkId, ChunkLocation)]) -> Option<Rejection> {
     for (chunk, loc) in chunks {
@@ -150,6 +294,13 @@ fn index_chunks(
 ) -> Result<i64, MetaError> {
     let mut added = 0i64;
     for (chunk, loc) in chunks {
+        // A condemned chunk stored again moves to the new copy (garbage
+        // collection will delete the old one), and so does one whose pack
+        // record is gone (a full backup stores such chunks again).
+        if crate::gc::revive(txn, &pack.repo, chunk, loc)? || crate::gc::replace_unplaced(txn, &pack.repo, chunk, loc)?
+        {
+            continue;
+        }
         let ckey = kv::chunk_key(&pack.repo, chunk);
         // The first location wins: two sessions may race to store the same
         // chunk, and either copy serves.

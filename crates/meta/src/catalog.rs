@@ -90,7 +90,9 @@ impl CatalogService {
             view.used_bytes = seen.used_bytes;
             view.capacity_bytes = seen.capacity_bytes;
         }
-        node_to_pb(&view, state.as_str())
+        let mut out = node_to_pb(&view, state.as_str());
+        out.draining = self.tree().contains_key(kv::drain_key(n.id)).unwrap_or(false);
+        out
     }
 
     fn repo(&self, name: &RepoName) -> Result<RepoRecord, Status> {
@@ -232,6 +234,19 @@ impl Catalog for CatalogService {
             repos: count("repos")?,
             snapshots: count("snapshots")?,
             chunks: count("chunks")?,
+            rebuild: Some({
+                let r = self.node.repair.snapshot();
+                let workers = self.node.config.repair.parallelism.max(1) as f64;
+                pb::RebuildStatus {
+                    queued: r.queued,
+                    in_flight: r.in_flight,
+                    done: r.done,
+                    failed: r.failed,
+                    bytes_written: r.bytes_written,
+                    eta_s: (r.queued + r.in_flight) as f64 * r.secs_per_task / workers,
+                }
+            }),
+            site_degraded: self.node.repair.snapshot().site_degraded,
         }))
     }
 
@@ -297,6 +312,10 @@ impl Catalog for CatalogService {
         self.read_barrier().await?;
         let mut found = Vec::new();
         for id in &ids {
+            // Condemned chunks count as absent, so that backups store them again.
+            if crate::gc::is_condemned(self.tree(), &repo, id).map_err(status_of)? {
+                continue;
+            }
             if let Some(loc) =
                 kv::get::<ChunkLocation>(self.tree(), "chunk", &kv::chunk_key(&repo, id)).map_err(status_of)?
             {
@@ -315,9 +334,11 @@ impl Catalog for CatalogService {
         self.read_barrier().await?;
         let params = self.repo(&repo)?.params;
         let nodes = self.nodes()?;
+        let draining = kv::draining(self.tree()).map_err(status_of)?;
         let candidates: Vec<Candidate> = nodes
             .iter()
             .filter(|n| !r.exclude.contains(&n.id.0) && self.node.liveness.state(n.id) == NodeState::Up)
+            .filter(|n| !draining.contains_key(&n.id))
             .map(|n| {
                 let (used, cap) = self
                     .node
@@ -408,6 +429,63 @@ impl Catalog for CatalogService {
             .collect();
         snaps.sort_by_key(|s| (s.start_ms, s.end_ms));
         Ok(Response::new(pb::ListSnapshotsResponse { snapshots: snaps.iter().map(pb::Snapshot::from).collect() }))
+    }
+
+    async fn report_bad_shards(
+        &self,
+        req: Request<pb::ReportBadShardsRequest>,
+    ) -> Result<Response<pb::ReportBadShardsResponse>, Status> {
+        let r = req.into_inner();
+        let node = NodeId(r.node);
+        for b in r.shards {
+            let pack = PackId::from_slice(&b.pack_id).map_err(|e| Status::invalid_argument(format!("pack_id: {e}")))?;
+            let index = u8::try_from(b.index).map_err(|_| Status::invalid_argument("shard index out of range"))?;
+            tracing::warn!(%pack, index, %node, reason = %b.reason, "bad shard reported");
+            let cmd = Command::MarkBadShard { pack, index: coffer_types::ShardIndex(index), node, time_ms: now_ms() };
+            match self.write(cmd).await {
+                // A pack that is gone, or a shard already moved: nothing to repair.
+                Ok(_) => {}
+                Err(s) if s.code() == tonic::Code::FailedPrecondition || s.code() == tonic::Code::NotFound => {}
+                Err(s) => return Err(s),
+            }
+        }
+        Ok(Response::new(pb::ReportBadShardsResponse {}))
+    }
+
+    async fn drain_node(&self, req: Request<pb::DrainNodeRequest>) -> Result<Response<pb::DrainNodeResponse>, Status> {
+        let r = req.into_inner();
+        let node = NodeId(r.node);
+        tracing::info!(%node, drain = r.drain, decommission = r.decommission, "drain requested");
+        self.write(Command::SetDrain { node, drain: r.drain, decommission: r.decommission, time_ms: now_ms() }).await?;
+        Ok(Response::new(pb::DrainNodeResponse {}))
+    }
+
+    async fn list_incidents(
+        &self,
+        _req: Request<pb::ListIncidentsRequest>,
+    ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
+        self.read_barrier().await?;
+        let nodes = self.nodes()?;
+        let incidents = kv::scan::<crate::command::IncidentRecord>(self.tree(), "incident", kv::INCIDENT_PREFIX)
+            .map_err(status_of)?
+            .into_iter()
+            .map(|i| pb::Incident {
+                id: i.id,
+                node: i.node.0,
+                site: nodes.iter().find(|n| n.id == i.node).map(|n| n.site.to_string()).unwrap_or_default(),
+                state: if i.open { "open" } else { "closed" }.to_string(),
+                last_seen_ms: i.last_seen_ms,
+                detected_ms: i.detected_ms,
+                rebuild_started_ms: i.rebuild_started_ms,
+                rebuild_finished_ms: i.rebuild_finished_ms,
+                shards_lost: i.shards_lost,
+                shards_rebuilt: i.shards_rebuilt,
+                bytes_read: i.bytes_read,
+                bytes_written: i.bytes_written,
+                bytes_cross_site: i.bytes_cross_site,
+            })
+            .collect();
+        Ok(Response::new(pb::ListIncidentsResponse { incidents }))
     }
 
     async fn get_packs(&self, req: Request<pb::GetPacksRequest>) -> Result<Response<pb::GetPacksResponse>, Status> {

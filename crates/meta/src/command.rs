@@ -5,8 +5,8 @@
 //! drawn by the client), never read inside apply (invariant 5).
 
 use coffer_types::{
-    ChunkId, ChunkLocation, NodeId, NodeRecord, PackId, PackRecord, RepoName, RepoRecord, SessionId, SessionRecord,
-    SnapshotId, SnapshotRecord,
+    ChunkId, ChunkLocation, Hash32, NodeId, NodeRecord, PackId, PackRecord, RepoName, RepoRecord, SessionId,
+    SessionRecord, ShardIndex, SnapshotId, SnapshotRecord,
 };
 use serde::{Deserialize, Serialize};
 
@@ -52,10 +52,93 @@ pub enum Command {
         pack: PackId,
         chunks: Vec<(ChunkId, ChunkLocation)>,
     },
+    /// A shard that failed verification (scrub, or a read); rebuild treats
+    /// it as missing until `MoveShard` replaces it.
+    MarkBadShard {
+        pack: PackId,
+        index: ShardIndex,
+        node: NodeId,
+        time_ms: u64,
+    },
+    /// Placement change after a rebuilt shard was written and verified on
+    /// `to`: shard `index` moves from `from` (lost, bad, or in an over-full
+    /// site) to `to`. `from == to` is a repair in place.
+    MoveShard {
+        pack: PackId,
+        index: ShardIndex,
+        from: NodeId,
+        to: NodeId,
+        checksum: Hash32,
+        work: RepairWork,
+    },
+    /// Start (or undo) moving every shard off a node; with `decommission`
+    /// the node leaves the cluster map once it holds none.
+    SetDrain {
+        node: NodeId,
+        drain: bool,
+        decommission: bool,
+        time_ms: u64,
+    },
+    /// A decommissioned node that holds no placed shard leaves the map.
+    RemoveNode {
+        node: NodeId,
+    },
+    /// A storage node was found down: the start of an incident.
+    OpenIncident {
+        node: NodeId,
+        last_seen_ms: u64,
+        detected_ms: u64,
+        shards_lost: u64,
+    },
+    /// Every shard the node held has been rebuilt elsewhere (or it came back).
+    CloseIncident {
+        node: NodeId,
+        time_ms: u64,
+    },
     /// The last step of a backup; ends the session.
     CommitSnapshot {
         session: SessionId,
         snapshot: SnapshotRecord,
+    },
+    /// Removes snapshot records of `repo` and their holds; refused as a whole
+    /// if one of them is held beyond `time_ms` (see `retention`).
+    Forget {
+        repo: RepoName,
+        snapshots: Vec<SnapshotId>,
+        time_ms: u64,
+    },
+    /// Sets a snapshot's hold to `until_ms` (0 clears it).
+    SetHold {
+        repo: RepoName,
+        snapshot: SnapshotId,
+        until_ms: u64,
+    },
+    /// Marks unreferenced chunks condemned (see `gc`); at most
+    /// `MAX_CHUNKS_PER_COMMAND`. `marked_from` is every snapshot of the
+    /// repository the collector read reference lists from.
+    Condemn {
+        repo: RepoName,
+        chunks: Vec<ChunkId>,
+        marked_from: Vec<SnapshotId>,
+        time_ms: u64,
+    },
+    /// Removes the index entries of chunks still condemned.
+    Sweep {
+        repo: RepoName,
+        chunks: Vec<ChunkId>,
+    },
+    /// Drops the records of packs nothing points into.
+    DropPacks {
+        repo: RepoName,
+        packs: Vec<PackId>,
+    },
+    /// Points the entries that are still in pack `from` at their copies in a
+    /// committed pack (a garbage-collection rewrite); at most
+    /// `MAX_CHUNKS_PER_COMMAND`.
+    Relocate {
+        repo: RepoName,
+        from: PackId,
+        chunks: Vec<(ChunkId, ChunkLocation)>,
     },
 }
 
@@ -68,10 +151,66 @@ impl Command {
             Command::BeginSession { .. } => "begin_session",
             Command::EndSession { .. } => "end_session",
             Command::CommitPack { .. } => "commit_pack",
+            Command::MarkBadShard { .. } => "mark_bad_shard",
+            Command::MoveShard { .. } => "move_shard",
+            Command::OpenIncident { .. } => "open_incident",
+            Command::SetDrain { .. } => "set_drain",
+            Command::RemoveNode { .. } => "remove_node",
+            Command::CloseIncident { .. } => "close_incident",
             Command::IndexChunks { .. } => "index_chunks",
             Command::CommitSnapshot { .. } => "commit_snapshot",
+            Command::Forget { .. } => "forget",
+            Command::SetHold { .. } => "set_hold",
+            Command::Condemn { .. } => "condemn",
+            Command::Sweep { .. } => "sweep",
+            Command::DropPacks { .. } => "drop_packs",
+            Command::Relocate { .. } => "relocate",
         }
     }
+}
+
+/// What one rebuild cost, carried into the incident it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RepairWork {
+    /// The incident of the node the shard was lost with, if any.
+    pub incident: Option<u64>,
+    pub started_ms: u64,
+    pub finished_ms: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub bytes_cross_site: u64,
+}
+
+/// A node being drained (and perhaps decommissioned).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainRecord {
+    pub since_ms: u64,
+    pub decommission: bool,
+}
+
+/// A shard reported bad.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadShardRecord {
+    pub node: NodeId,
+    pub time_ms: u64,
+}
+
+/// The record of one node loss: when it was last seen, when the loss was
+/// detected, how long the rebuild took and what it cost.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncidentRecord {
+    pub id: u64,
+    pub node: NodeId,
+    pub open: bool,
+    pub last_seen_ms: u64,
+    pub detected_ms: u64,
+    pub rebuild_started_ms: u64,
+    pub rebuild_finished_ms: u64,
+    pub shards_lost: u64,
+    pub shards_rebuilt: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub bytes_cross_site: u64,
 }
 
 /// A deterministic refusal: every replica refuses the same command the same way.
@@ -101,6 +240,24 @@ pub enum Rejection {
     PackConflict(PackId),
     #[error("pack {0} is not committed")]
     UnknownPack(PackId),
+    #[error("pack {pack}: shard {index} is not on node {node}")]
+    ShardNotOnNode { pack: PackId, index: ShardIndex, node: NodeId },
+    #[error("pack {pack}: node {node} already holds another shard of it")]
+    NodeHoldsShard { pack: PackId, node: NodeId },
+    #[error("storage node {0} was decommissioned; wipe its data directory to add the machine again")]
+    Retired(NodeId),
+    #[error("node {node} still holds {shards} placed shards")]
+    NodeNotEmpty { node: NodeId, shards: u64 },
+    #[error("pack {pack}: shard {index} checksum does not match the record")]
+    ShardChecksum { pack: PackId, index: ShardIndex },
+    #[error("snapshot {snapshot} is held until {until_ms} ms since the epoch")]
+    SnapshotHeld { snapshot: SnapshotId, until_ms: u64 },
+    #[error("snapshot {0} does not exist in this repository")]
+    UnknownSnapshot(SnapshotId),
+    #[error("repository {repo}: backup session {session} is open; garbage collection waits for it")]
+    BackupRunning { repo: RepoName, session: SessionId },
+    #[error("repository {repo}: snapshots changed since the mark; mark again")]
+    MarkOutdated { repo: RepoName },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -38,6 +38,8 @@ pub struct MetaConfig {
     /// Log entries kept behind a snapshot, so that a briefly lagging
     /// follower catches up from the log rather than by snapshot.
     pub keep_logs: u64,
+    /// How the leader rebuilds lost shards.
+    pub repair: crate::repair::RepairConfig,
 }
 
 impl MetaConfig {
@@ -56,6 +58,7 @@ impl MetaConfig {
             persist_seen_every: Duration::from_secs(30),
             snapshot_every: 20_000,
             keep_logs: 1_000,
+            repair: crate::repair::RepairConfig::default(),
         }
     }
 

@@ -13,13 +13,17 @@
 //!   c/<repo name> 0x00 <chunk id>   ChunkLocation
 //!   p/<pack id>                     PackRecord
 //!   e/<session id>                  SessionRecord
+//!   b/<pack id><shard index>        BadShardRecord (shards that failed verification)
+//!   i/<incident id: u64 BE>         IncidentRecord
+//!   d/<node id: u64 BE>             DrainRecord
+//!   x/<node id: u64 BE>             decommissioned (retired) node ids
 //! ```
 //!
 //! Values are bincode; the layout as a whole is versioned by `m/schema`.
 
 use std::collections::BTreeMap;
 
-use coffer_types::{ChunkId, NodeId, PackId, RepoName, SessionId, SnapshotId};
+use coffer_types::{ChunkId, NodeId, PackId, RepoName, SessionId, ShardIndex, SnapshotId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -64,6 +68,39 @@ pub fn session_key(id: &SessionId) -> Vec<u8> {
     [b"e/".as_slice(), id.as_bytes()].concat()
 }
 
+pub fn bad_shard_key(pack: &PackId, index: ShardIndex) -> Vec<u8> {
+    [b"b/".as_slice(), pack.as_bytes(), &[index.0]].concat()
+}
+
+pub fn incident_key(id: u64) -> Vec<u8> {
+    [b"i/".as_slice(), &id.to_be_bytes()].concat()
+}
+
+pub fn drain_key(node: NodeId) -> Vec<u8> {
+    [b"d/".as_slice(), &node.0.to_be_bytes()].concat()
+}
+
+/// A decommissioned node's id, so that it cannot register again.
+pub fn retired_key(node: NodeId) -> Vec<u8> {
+    [b"x/".as_slice(), &node.0.to_be_bytes()].concat()
+}
+
+pub const BAD_SHARD_PREFIX: &[u8] = b"b/";
+pub const DRAIN_PREFIX: &[u8] = b"d/";
+
+/// Nodes being drained, by id.
+pub fn draining(
+    tree: &sled::Tree,
+) -> Result<std::collections::HashMap<NodeId, crate::command::DrainRecord>, MetaError> {
+    let mut out = std::collections::HashMap::new();
+    for item in tree.scan_prefix(DRAIN_PREFIX) {
+        let (k, v) = item?;
+        let Some(id) = k.get(2..10).and_then(|b| <[u8; 8]>::try_from(b).ok()) else { continue };
+        out.insert(NodeId(u64::from_be_bytes(id)), decode("drain", &v)?);
+    }
+    Ok(out)
+}
+pub const INCIDENT_PREFIX: &[u8] = b"i/";
 pub const NODE_PREFIX: &[u8] = b"n/";
 pub const SNAPSHOT_PREFIX: &[u8] = b"s/";
 pub const PACK_PREFIX: &[u8] = b"p/";
@@ -140,6 +177,29 @@ impl<'a> Txn<'a> {
         let cur: u64 = self.get("counter", &key)?.unwrap_or(0);
         let next = if delta >= 0 { cur.saturating_add(delta as u64) } else { cur.saturating_sub(delta.unsigned_abs()) };
         self.put(key, &next)
+    }
+
+    /// Decoded values of every key under `prefix`, as the transaction sees
+    /// them: only valid for prefixes it has not written to.
+    pub fn scan<T: DeserializeOwned>(&self, what: &'static str, prefix: &[u8]) -> Result<Vec<T>, MetaError> {
+        scan(self.tree, what, prefix)
+    }
+
+    /// Every (key, value) under `prefix` as this transaction sees it: the
+    /// store with the buffered writes and removals laid over it.
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, MetaError> {
+        let mut out = BTreeMap::new();
+        for kv in self.tree.scan_prefix(prefix) {
+            let (k, v) = kv?;
+            out.insert(k.to_vec(), v.to_vec());
+        }
+        for (k, v) in self.pending.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix)) {
+            match v {
+                Some(v) => out.insert(k.clone(), v.clone()),
+                None => out.remove(k),
+            };
+        }
+        Ok(out)
     }
 
     /// The keys this transaction will write or remove.

@@ -20,13 +20,17 @@ mod codec;
 pub mod command;
 mod config;
 mod error;
+mod gc;
 mod impl_log_store;
 mod impl_state_machine;
 mod kv;
 mod liveness;
+mod maint_service;
 mod network;
 mod node;
 mod raft_service;
+pub mod repair;
+mod retention;
 pub mod types;
 
 pub use config::MetaConfig;

@@ -35,6 +35,7 @@ pub struct MetaNode {
     pub(crate) raft: Raft,
     pub(crate) sm: StateMachineStore,
     pub(crate) liveness: Liveness,
+    pub(crate) repair: crate::repair::RepairState,
 }
 
 impl std::fmt::Debug for MetaNode {
@@ -66,9 +67,15 @@ impl MetaNode {
                 tracing::info!(id = %config.id, "initialised a new cluster");
             }
         }
-        let node =
-            Arc::new(Self { liveness: Liveness::new(config.suspect_after, config.down_after), config, raft, sm });
+        let node = Arc::new(Self {
+            liveness: Liveness::new(config.suspect_after, config.down_after),
+            config,
+            raft,
+            sm,
+            repair: crate::repair::RepairState::default(),
+        });
         tokio::spawn(watch_leadership(Arc::downgrade(&node)));
+        tokio::spawn(crate::repair::run(Arc::downgrade(&node)));
         if let Some(via) = node.config.join.clone() {
             let initialized = node.raft.is_initialized().await.map_err(|e| MetaError::Raft(e.to_string()))?;
             if initialized {
@@ -126,6 +133,13 @@ impl MetaNode {
             .add_service(catalog)
             .add_service(admin)
             .add_service(raft)
+            .add_service(
+                coffer_proto::pb::maintenance_server::MaintenanceServer::new(
+                    crate::maint_service::MaintenanceService::new(self.clone()),
+                )
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await;
         if let Err(e) = self.raft.shutdown().await {

@@ -60,6 +60,7 @@ pub fn node_to_pb(n: &NodeRecord, state: &str) -> pb::Node {
         used_bytes: n.used_bytes,
         last_heartbeat_ms: n.last_heartbeat_ms,
         state: state.to_string(),
+        draining: false,
     }
 }
 

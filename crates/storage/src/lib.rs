@@ -14,6 +14,7 @@
 
 pub mod error;
 pub mod node;
+pub mod repair;
 pub mod service;
 pub mod shard_file;
 pub mod store;

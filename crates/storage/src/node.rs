@@ -21,6 +21,7 @@ use std::fs;
 use std::future::Future;
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use coffer_client::conn::MetaClient;
@@ -31,7 +32,8 @@ use futures::{FutureExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::service::ShardService;
+use crate::repair::scrub_pass;
+use crate::service::{Repair, ShardService};
 use crate::store::ShardStore;
 use crate::StorageError;
 
@@ -61,6 +63,10 @@ pub struct StorageConfig {
     /// that holds `data_dir`.
     pub capacity_bytes: Option<u64>,
     pub heartbeat_interval: Duration,
+    /// Time between scheduled scrub passes (None: only on request).
+    pub scrub_interval: Option<Duration>,
+    /// Bytes per second a scrub pass may read (0: unlimited).
+    pub scrub_rate: u64,
 }
 
 impl StorageConfig {
@@ -73,6 +79,8 @@ impl StorageConfig {
             meta_endpoints: meta,
             capacity_bytes: None,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            scrub_interval: Some(Duration::from_secs(24 * 3600)),
+            scrub_rate: 64 << 20,
         }
     }
 
@@ -168,7 +176,11 @@ impl StorageNode {
             .map_err(|e| StorageError::Config { reason: e.to_string() })?;
         let shutdown: Shared<BoxFuture<'static, ()>> = shutdown.boxed().shared();
         let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        let service = ShardService::new(self.store.clone(), self.id, self.config.site.clone(), self.capacity_bytes);
+        let repair = Arc::new(Repair { scrub_rate: self.config.scrub_rate, ..Repair::default() });
+        let service = ShardService::new(self.store.clone(), self.id, self.config.site.clone(), self.capacity_bytes)
+            .with_repair(repair.clone());
+        let scrub =
+            tokio::spawn(scrub_loop(self.store.clone(), repair.clone(), self.config.scrub_interval, shutdown.clone()));
         let heartbeat = Heartbeat {
             id: self.id,
             site: self.config.site.clone(),
@@ -177,6 +189,7 @@ impl StorageNode {
             interval: self.config.heartbeat_interval,
             store: self.store.clone(),
             meta,
+            repair,
         };
         let heartbeat = tokio::spawn(heartbeat.run(shutdown.clone()));
 
@@ -197,7 +210,9 @@ impl StorageNode {
         // The heartbeat loop stops on the same signal; if the server failed
         // instead, the node must not keep claiming to be alive.
         heartbeat.abort();
+        scrub.abort();
         let _ = heartbeat.await;
+        let _ = scrub.await;
         tracing::info!(node = %self.id, "shard server stopped");
         served.map_err(|e| StorageError::Serve(e.to_string()))
     }
@@ -249,9 +264,70 @@ struct Heartbeat {
     interval: Duration,
     store: ShardStore,
     meta: MetaClient,
+    repair: Arc<Repair>,
+}
+
+/// Runs a scrub pass every `interval`; what it finds is queued for the
+/// heartbeat loop to report.
+async fn scrub_loop(
+    store: ShardStore,
+    repair: Arc<Repair>,
+    interval: Option<Duration>,
+    shutdown: Shared<BoxFuture<'static, ()>>,
+) {
+    let Some(interval) = interval else { return };
+    loop {
+        tokio::select! {
+            _ = shutdown.clone() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        match scrub_pass(&store, &repair.scrub_limit, repair.scrub_rate, &repair.counters).await {
+            Ok(r) => {
+                tracing::info!(verified = r.verified, bad = r.bad.len(), "scrub pass done");
+                repair.reports.lock().await.extend(r.bad);
+            }
+            Err(e) => tracing::warn!(error = %e, "scrub pass failed"),
+        }
+    }
 }
 
 impl Heartbeat {
+    /// Sends queued bad-shard reports; keeps them if the call fails.
+    async fn report_bad_shards(&self) {
+        let pending: Vec<coffer_proto::pb::BadShard> = std::mem::take(&mut *self.repair.reports.lock().await);
+        if pending.is_empty() {
+            return;
+        }
+        let req = coffer_proto::pb::ReportBadShardsRequest {
+            node: self.id.0,
+            shards: pending
+                .iter()
+                .map(|b| coffer_proto::pb::BadShardReport {
+                    pack_id: b.pack_id.clone(),
+                    index: b.index,
+                    reason: b.reason.clone(),
+                })
+                .collect(),
+        };
+        let sent = with_timeout("report bad shards", async {
+            self.meta
+                .call("report bad shards", |mut c| {
+                    let req = req.clone();
+                    async move { c.report_bad_shards(req).await }
+                })
+                .await
+                .map_err(|e| StorageError::Meta(e.to_string()))
+        })
+        .await;
+        match sent {
+            Ok(_) => tracing::info!(shards = pending.len(), "reported bad shards"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not report bad shards; will retry");
+                self.repair.reports.lock().await.extend(pending);
+            }
+        }
+    }
+
     async fn run(self, shutdown: Shared<BoxFuture<'static, ()>>) {
         loop {
             if !self.register_until_ok(&shutdown).await {
@@ -267,7 +343,7 @@ impl Heartbeat {
                     r = with_timeout("heartbeat", self.beat()) => r,
                 };
                 match beat {
-                    Ok(true) => {}
+                    Ok(true) => self.report_bad_shards().await,
                     Ok(false) => {
                         tracing::info!(node = %self.id, "the cluster map does not know this node; registering again");
                         break;

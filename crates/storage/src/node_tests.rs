@@ -98,6 +98,24 @@ impl Catalog for FakeCatalog {
     async fn get_packs(&self, _: Request<GetPacksRequest>) -> Result<Response<GetPacksResponse>, Status> {
         fake()
     }
+    async fn report_bad_shards(
+        &self,
+        _: Request<coffer_proto::pb::ReportBadShardsRequest>,
+    ) -> Result<Response<coffer_proto::pb::ReportBadShardsResponse>, Status> {
+        fake()
+    }
+    async fn list_incidents(
+        &self,
+        _: Request<coffer_proto::pb::ListIncidentsRequest>,
+    ) -> Result<Response<coffer_proto::pb::ListIncidentsResponse>, Status> {
+        fake()
+    }
+    async fn drain_node(
+        &self,
+        _: Request<coffer_proto::pb::DrainNodeRequest>,
+    ) -> Result<Response<coffer_proto::pb::DrainNodeResponse>, Status> {
+        fake()
+    }
 }
 
 /// Polls `cond` until it holds, failing the test after a generous deadline.

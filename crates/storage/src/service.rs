@@ -13,6 +13,7 @@
 //! tokio's blocking pool. `status` is the one place where a `StorageError`
 //! becomes a gRPC code, and where a handled error is logged.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use coffer_proto::pb::put_shard_request::Msg;
@@ -27,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use crate::repair::{rebuild_shard, scrub_pass, Counters, RateLimiter};
 use crate::shard_file::{ShardHeader, FORMAT_VERSION};
 use crate::store::ShardStore;
 use crate::StorageError;
@@ -46,11 +48,31 @@ pub struct ShardService {
     node: NodeId,
     site: SiteId,
     capacity_bytes: u64,
+    repair: Arc<Repair>,
+}
+
+/// What the repair RPCs share with the node's background scrub.
+#[derive(Debug, Default)]
+pub struct Repair {
+    pub counters: Counters,
+    /// Rebuild reads, bounded by the bandwidth each task carries.
+    pub rebuild_limit: RateLimiter,
+    /// Scrub reads, bounded by the node's scrub rate.
+    pub scrub_limit: RateLimiter,
+    pub scrub_rate: u64,
+    /// Reported by `scrub` passes; the node's loop forwards them to the metadata plane.
+    pub reports: tokio::sync::Mutex<Vec<pb::BadShard>>,
 }
 
 impl ShardService {
     pub fn new(store: ShardStore, node: NodeId, site: SiteId, capacity_bytes: u64) -> Self {
-        Self { store, node, site, capacity_bytes }
+        Self { store, node, site, capacity_bytes, repair: Arc::new(Repair::default()) }
+    }
+
+    /// With repair state shared with the node's scrub loop.
+    pub fn with_repair(mut self, repair: Arc<Repair>) -> Self {
+        self.repair = repair;
+        self
     }
 
     /// The tonic server for this service, with coffer's message limits.
@@ -267,6 +289,41 @@ impl ShardStoreRpc for ShardService {
             used_bytes: self.store.used_bytes(),
             capacity_bytes: self.capacity_bytes,
             shard_count: self.store.shard_count(),
+            rebuild_bytes_read: self.repair.counters.rebuild_bytes_read.load(Ordering::Relaxed),
+            rebuild_bytes_written: self.repair.counters.rebuild_bytes_written.load(Ordering::Relaxed),
+            rebuilds: self.repair.counters.rebuilds.load(Ordering::Relaxed),
+            scrub_bytes: self.repair.counters.scrub_bytes.load(Ordering::Relaxed),
+            scrub_bad: self.repair.counters.scrub_bad.load(Ordering::Relaxed),
+        }))
+    }
+
+    async fn rebuild_shard(
+        &self,
+        request: Request<pb::RebuildShardRequest>,
+    ) -> Result<Response<pb::RebuildShardResponse>, Status> {
+        let req = request.into_inner();
+        rebuild_shard(&self.store, req, &self.repair.rebuild_limit, &self.repair.counters)
+            .await
+            .map(Response::new)
+            .map_err(|e| status("RebuildShard", e))
+    }
+
+    async fn scrub(&self, _request: Request<pb::ScrubRequest>) -> Result<Response<pb::ScrubResponse>, Status> {
+        let r = scrub_pass(&self.store, &self.repair.scrub_limit, self.repair.scrub_rate, &self.repair.counters)
+            .await
+            .map_err(|e| status("Scrub", e))?;
+        self.repair.reports.lock().await.extend(r.bad.iter().cloned());
+        Ok(Response::new(r))
+    }
+
+    async fn list_shards(
+        &self,
+        _request: Request<pb::ListShardsRequest>,
+    ) -> Result<Response<pb::ListShardsResponse>, Status> {
+        let store = self.store.clone();
+        let entries = blocking(move || store.list()).await.map_err(|e| status("ListShards", e))?;
+        Ok(Response::new(pb::ListShardsResponse {
+            shards: entries.iter().map(|e| ShardRef { pack_id: e.pack.0.to_vec(), index: e.index.0 as u32 }).collect(),
         }))
     }
 }

@@ -27,6 +27,9 @@ pub struct ClusterSpec {
     /// `--snapshot-every` and `--keep-logs` for the voters, if not default.
     pub snapshot_every: Option<u64>,
     pub keep_logs: Option<u64>,
+    /// Extra flags for every `coffer meta` and `coffer storage`.
+    pub meta_flags: Vec<String>,
+    pub storage_flags: Vec<String>,
 }
 
 impl Default for ClusterSpec {
@@ -40,6 +43,8 @@ impl Default for ClusterSpec {
             meta_nodes: 1,
             snapshot_every: None,
             keep_logs: None,
+            meta_flags: Vec::new(),
+            storage_flags: Vec::new(),
         }
     }
 }
@@ -224,6 +229,7 @@ impl Cluster {
                     "--heartbeat-interval".into(),
                     format!("{}ms", spec.heartbeat.as_millis()),
                 ];
+                let args = [args, spec.storage_flags.clone()].concat();
                 let log = c.dir.path().join(format!("storage-{site}-{n}.log"));
                 let proc_ = Proc::spawn(&c.bin, args, log)?;
                 c.storage.push(StorageHandle { site: site.clone(), data, proc_ });
@@ -272,6 +278,7 @@ impl Cluster {
         if let Some(n) = self.spec.keep_logs {
             args.extend(["--keep-logs".into(), n.to_string()]);
         }
+        args.extend(self.spec.meta_flags.iter().cloned());
         let log = self.dir.path().join(format!("meta-{id}.log"));
         let proc_ = Proc::spawn(&self.bin, args, log)?;
         self.meta.push(MetaHandle { id, site: site.to_string(), addr, proc_ });

@@ -191,6 +191,19 @@ impl Catalog for Svc<FakeCatalog> {
         let nodes = st.nodes.iter().filter(|n| named.contains(&n.id)).cloned().collect();
         Ok(Response::new(pb::GetPacksResponse { packs, nodes }))
     }
+
+    // Repair RPCs are not used by the agent paths these tests cover.
+    async fn report_bad_shards(&self, _: Request<pb::ReportBadShardsRequest>) -> Res<pb::ReportBadShardsResponse> {
+        Err(Status::unimplemented("the fake catalog does not repair"))
+    }
+
+    async fn list_incidents(&self, _: Request<pb::ListIncidentsRequest>) -> Res<pb::ListIncidentsResponse> {
+        Err(Status::unimplemented("the fake catalog has no incidents"))
+    }
+
+    async fn drain_node(&self, _: Request<pb::DrainNodeRequest>) -> Res<pb::DrainNodeResponse> {
+        Err(Status::unimplemented("the fake catalog does not drain"))
+    }
 }
 
 /// A shard by pack id and index.
@@ -300,6 +313,19 @@ impl ShardStore for Svc<FakeNode> {
     async fn node_info(&self, _: Request<pb::NodeInfoRequest>) -> Res<pb::NodeInfoResponse> {
         Err(Status::unimplemented("not used by the agent pipelines"))
     }
+
+    // Repair RPCs are not used by the agent paths these tests cover.
+    async fn rebuild_shard(&self, _: Request<pb::RebuildShardRequest>) -> Res<pb::RebuildShardResponse> {
+        Err(Status::unimplemented("the fake node does not rebuild"))
+    }
+
+    async fn scrub(&self, _: Request<pb::ScrubRequest>) -> Res<pb::ScrubResponse> {
+        Err(Status::unimplemented("the fake node does not scrub"))
+    }
+
+    async fn list_shards(&self, _: Request<pb::ListShardsRequest>) -> Res<pb::ListShardsResponse> {
+        Err(Status::unimplemented("the fake node does not list shards"))
+    }
 }
 
 pub struct FakeCluster {
@@ -352,6 +378,7 @@ impl FakeCluster {
                 used_bytes: 0,
                 last_heartbeat_ms: 0,
                 state: "up".into(),
+                ..Default::default()
             });
             nodes.push(node);
         }

@@ -265,7 +265,8 @@ async fn a_stream_restores_to_a_writer() {
     let store = Arc::new(MemStore::default());
     let data = noise(2 << 20, 9);
     let counters = Counters::default();
-    let out = Walker::new(&key, MemSink(store.clone()), None, &counters).walk_stream(&data[..], b"dump.sql").unwrap();
+    let out =
+        Walker::new(&key, MemSink(store.clone()), None, &counters).walk_stream(&data[..], b"dump.sql", None).unwrap();
     let root = Tree::decode(&store.get(&out.root).unwrap().1).unwrap();
     let node = root.get(b"dump.sql").unwrap();
     assert_eq!(node.permissions(), 0o600);
@@ -404,4 +405,38 @@ async fn a_failing_chunk_fails_the_restore() {
     let err =
         restore_to_dir(store.clone(), SnapshotId::default(), out.root, &dir.path().join("t"), None).await.unwrap_err();
     assert!(matches!(err, ClientError::DataLoss { .. }), "{err}");
+}
+
+#[test]
+fn walks_count_new_changed_unchanged_and_deleted_files_against_the_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_source(&src);
+    let key = RepoKey::generate();
+    let store = Arc::new(MemStore::default());
+    let paths = std::slice::from_ref(&src);
+    let (first, c) = walk(&key, &store, paths, None);
+    assert_eq!((c.files_new.get(), c.files_deleted.get()), (0, 0), "no parent, nothing to compare with");
+
+    fs::write(src.join("hello.txt"), b"hello again, world\n").unwrap();
+    fs::write(src.join("sub/new.txt"), b"new").unwrap();
+    fs::remove_file(src.join("sub/deeper/note")).unwrap();
+    let (second, c) = walk(&key, &store, paths, Some(first.root));
+    let counts =
+        |c: &Counters| (c.files_new.get(), c.files_changed.get(), c.files_unchanged.get(), c.files_deleted.get());
+    assert_eq!(counts(&c), (1, 1, 3, 1));
+
+    // A full walk reads everything but still compares with the parent.
+    let counters = Counters::default();
+    let full = Walker::new(&key, MemSink(store.clone()), Some(&*store as &dyn TreeLoader), &counters)
+        .read_everything()
+        .walk_paths(paths, Some(second.root))
+        .unwrap_or_else(|e| panic!("walk failed: {e:?}"));
+    assert_eq!(counts(&counters), (0, 0, 5, 0));
+    assert_eq!(counters.bytes_read.get(), counters.bytes_scanned.get());
+
+    // A directory gone: every file below it is deleted.
+    fs::remove_dir_all(src.join("sub")).unwrap();
+    let (_, c) = walk(&key, &store, paths, Some(full.root));
+    assert_eq!(counts(&c), (0, 0, 3, 2));
 }

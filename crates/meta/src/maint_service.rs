@@ -1,0 +1,218 @@
+//! The maintenance service: retention on the metadata plane (forget a
+//! snapshot, hold one, list holds).
+//!
+//! Like the catalog, writes become Raft commands and reads follow
+//! `ensure_linearizable` on the leader. The leader stamps the time a forget
+//! is judged against into the command, so holds are enforced identically on
+//! every replica (invariant 5). No repository key is needed or seen here.
+
+use std::sync::Arc;
+
+use coffer_proto::pb::maintenance_server::Maintenance;
+use coffer_proto::pb::{self};
+use coffer_proto::{ids_from_bytes, location_from_pb, location_to_pb};
+use coffer_types::{ChunkId, ChunkLocation, PackId, RepoName, SnapshotId};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use tonic::{Request, Response, Status};
+
+use crate::catalog::leader_hint;
+use crate::command::{Command, CommandResult, Rejection, MAX_CHUNKS_PER_COMMAND};
+use crate::kv;
+use crate::node::{now_ms, MetaNode};
+use crate::retention::holds_of;
+
+/// At most this many snapshots per forget.
+const MAX_FORGET: usize = 10_000;
+/// At most this many chunk entries per ListChunks page.
+const MAX_LIST_CHUNKS: usize = 50_000;
+
+pub struct MaintenanceService {
+    node: Arc<MetaNode>,
+}
+
+impl MaintenanceService {
+    pub fn new(node: Arc<MetaNode>) -> Self {
+        Self { node }
+    }
+
+    /// Proposes a command and waits until it is applied.
+    async fn write(&self, cmd: Command) -> Result<CommandResult, Status> {
+        let name = cmd.name();
+        match self.node.raft.client_write(cmd).await {
+            Ok(resp) => match resp.data {
+                CommandResult::Rejected(why) => Err(rejection_status(why)),
+                other => Ok(other),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(leader_hint(f.leader_id.zip(f.leader_node.map(|n| n.addr))))
+            }
+            Err(e) => {
+                tracing::warn!(command = name, error = %e, "raft write failed");
+                Err(Status::unavailable(format!("{name}: {e}")))
+            }
+        }
+    }
+
+    async fn read_barrier(&self) -> Result<(), Status> {
+        match self.node.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(leader_hint(f.leader_id.zip(f.leader_node.map(|n| n.addr))))
+            }
+            Err(e) => Err(Status::unavailable(format!("read barrier: {e}"))),
+        }
+    }
+
+    fn check_repo(&self, repo: &RepoName) -> Result<(), Status> {
+        match self.node.sm.tree().contains_key(kv::repo_key(repo)) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Status::not_found(format!("repository {repo} does not exist"))),
+            Err(e) => Err(Status::internal(format!("metadata store: {e}"))),
+        }
+    }
+}
+
+fn rejection_status(why: Rejection) -> Status {
+    match &why {
+        Rejection::UnknownRepo(_) | Rejection::UnknownSnapshot(_) => Status::not_found(why.to_string()),
+        _ => Status::failed_precondition(why.to_string()),
+    }
+}
+
+fn repo_name(s: String) -> Result<RepoName, Status> {
+    RepoName::new(s).map_err(|e| Status::invalid_argument(format!("repo: {e}")))
+}
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn forget(&self, req: Request<pb::ForgetRequest>) -> Result<Response<pb::ForgetResponse>, Status> {
+        let r = req.into_inner();
+        let repo = repo_name(r.repo)?;
+        if r.snapshot_ids.len() > MAX_FORGET {
+            return Err(Status::invalid_argument(format!(
+                "{} snapshots in one forget; at most {MAX_FORGET}",
+                r.snapshot_ids.len()
+            )));
+        }
+        let snapshots = ids_from_bytes("snapshot_ids", &r.snapshot_ids, SnapshotId::from_slice)?;
+        let count = snapshots.len() as u64;
+        tracing::info!(%repo, count, "forget snapshots");
+        let result = self.write(Command::Forget { repo, snapshots, time_ms: now_ms() }).await?;
+        let removed = if result == CommandResult::AlreadyApplied { 0 } else { count };
+        Ok(Response::new(pb::ForgetResponse { removed }))
+    }
+
+    async fn hold(&self, req: Request<pb::HoldRequest>) -> Result<Response<pb::HoldResponse>, Status> {
+        let r = req.into_inner();
+        let repo = repo_name(r.repo)?;
+        let snapshot = SnapshotId::from_slice(&r.snapshot_id)
+            .map_err(|e| Status::invalid_argument(format!("snapshot_id: {e}")))?;
+        self.write(Command::SetHold { repo, snapshot, until_ms: r.until_ms }).await?;
+        Ok(Response::new(pb::HoldResponse {}))
+    }
+
+    async fn list_holds(&self, req: Request<pb::ListHoldsRequest>) -> Result<Response<pb::ListHoldsResponse>, Status> {
+        let repo = repo_name(req.into_inner().repo)?;
+        self.read_barrier().await?;
+        self.check_repo(&repo)?;
+        let holds = holds_of(self.node.sm.tree(), &repo).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::ListHoldsResponse {
+            holds: holds
+                .into_iter()
+                .map(|(id, until_ms)| pb::SnapshotHold { snapshot_id: id.0.to_vec(), until_ms })
+                .collect(),
+            now_ms: now_ms(),
+        }))
+    }
+
+    async fn condemn(&self, req: Request<pb::CondemnRequest>) -> Result<Response<pb::CondemnResponse>, Status> {
+        let r = req.into_inner();
+        let repo = repo_name(r.repo)?;
+        if r.chunk_ids.len() > MAX_CHUNKS_PER_COMMAND || r.marked_from.len() > MAX_FORGET {
+            return Err(Status::invalid_argument("too many ids in one condemn"));
+        }
+        let chunks = ids_from_bytes("chunk_ids", &r.chunk_ids, ChunkId::from_slice)?;
+        let marked_from = ids_from_bytes("marked_from", &r.marked_from, SnapshotId::from_slice)?;
+        tracing::info!(%repo, chunks = chunks.len(), "condemn unreferenced chunks");
+        self.write(Command::Condemn { repo, chunks, marked_from, time_ms: now_ms() }).await?;
+        Ok(Response::new(pb::CondemnResponse {}))
+    }
+
+    async fn sweep(&self, req: Request<pb::SweepRequest>) -> Result<Response<pb::SweepResponse>, Status> {
+        let r = req.into_inner();
+        let repo = repo_name(r.repo)?;
+        if r.chunk_ids.len() > MAX_CHUNKS_PER_COMMAND {
+            return Err(Status::invalid_argument("too many chunk ids in one sweep"));
+        }
+        let chunks = ids_from_bytes("chunk_ids", &r.chunk_ids, ChunkId::from_slice)?;
+        self.write(Command::Sweep { repo, chunks }).await?;
+        Ok(Response::new(pb::SweepResponse {}))
+    }
+
+    async fn drop_packs(&self, req: Request<pb::DropPacksRequest>) -> Result<Response<pb::DropPacksResponse>, Status> {
+        let r = req.into_inner();
+        let repo = repo_name(r.repo)?;
+        if r.pack_ids.len() > MAX_CHUNKS_PER_COMMAND {
+            return Err(Status::invalid_argument("too many pack ids in one call"));
+        }
+        let packs = ids_from_bytes("pack_ids", &r.pack_ids, PackId::from_slice)?;
+        self.write(Command::DropPacks { repo, packs: packs.clone() }).await?;
+        // Applied on this leader: a record now absent was dropped (or never existed).
+        let mut dropped = Vec::new();
+        for p in &packs {
+            match self.node.sm.tree().contains_key(kv::pack_key(p)) {
+                Ok(false) => dropped.push(p.0.to_vec()),
+                Ok(true) => {}
+                Err(e) => return Err(Status::internal(format!("metadata store: {e}"))),
+            }
+        }
+        Ok(Response::new(pb::DropPacksResponse { dropped }))
+    }
+
+    async fn relocate(&self, req: Request<pb::RelocateRequest>) -> Result<Response<pb::RelocateResponse>, Status> {
+        let r = req.into_inner();
+        let repo = repo_name(r.repo)?;
+        if r.chunks.len() > MAX_CHUNKS_PER_COMMAND {
+            return Err(Status::invalid_argument("too many chunks in one relocation"));
+        }
+        let from = PackId::from_slice(&r.from_pack).map_err(|e| Status::invalid_argument(format!("from_pack: {e}")))?;
+        let chunks = r.chunks.iter().map(location_from_pb).collect::<Result<Vec<_>, _>>()?;
+        self.write(Command::Relocate { repo, from, chunks }).await?;
+        Ok(Response::new(pb::RelocateResponse {}))
+    }
+
+    async fn list_chunks(
+        &self,
+        req: Request<pb::ListChunksRequest>,
+    ) -> Result<Response<pb::ListChunksResponse>, Status> {
+        let r = req.into_inner();
+        let repo = repo_name(r.repo)?;
+        let limit = (r.limit as usize).clamp(1, MAX_LIST_CHUNKS);
+        let prefix = kv::chunk_prefix(&repo);
+        let start = if r.after.is_empty() {
+            prefix.clone()
+        } else {
+            let after = ChunkId::from_slice(&r.after).map_err(|e| Status::invalid_argument(format!("after: {e}")))?;
+            // The key right after `after`'s: the key with a zero byte appended.
+            let mut k = kv::chunk_key(&repo, &after);
+            k.push(0);
+            k
+        };
+        self.read_barrier().await?;
+        self.check_repo(&repo)?;
+        let mut chunks = Vec::new();
+        let mut more = false;
+        for item in self.node.sm.tree().range(start..) {
+            let (k, v) = item.map_err(|e| Status::internal(format!("metadata store: {e}")))?;
+            let Some(raw) = k.strip_prefix(prefix.as_slice()) else { break };
+            if chunks.len() == limit {
+                more = true;
+                break;
+            }
+            let id = ChunkId::from_slice(raw).map_err(|e| Status::data_loss(format!("chunk index key: {e}")))?;
+            let loc: ChunkLocation = kv::decode("chunk", &v).map_err(|e| Status::data_loss(e.to_string()))?;
+            chunks.push(location_to_pb(&id, &loc));
+        }
+        Ok(Response::new(pb::ListChunksResponse { chunks, more }))
+    }
+}

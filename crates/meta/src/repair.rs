@@ -1,0 +1,510 @@
+//! The leader's repair worker: failure detection turned into incidents,
+//! and the rebuild queue drained onto storage nodes.
+//!
+//! ```text
+//!  every tick (leader only):
+//!    node states (liveness) ──► newly down? ──► OpenIncident (through Raft)
+//!    packs × (down nodes ∪ bad shards ∪ site rule) ──► tasks, most at risk first
+//!    task ──► target node (place_one; same node for a bad shard) ──RebuildShard──► verified on disk
+//!         ──► MoveShard (through Raft) ──► incident bytes and times
+//!    node holds no more placed shards ──► CloseIncident
+//! ```
+//!
+//! The queue is not stored: it is derived each tick from the catalog and
+//! liveness, so a new leader resumes where the old one stopped, and a task
+//! done twice is harmless (the target finds its shard already whole; the
+//! second `MoveShard` is refused, since the shard is no longer on `from`).
+//! Placement changes only through Raft, and only after the new shard is
+//! written and verified, so redundancy never drops below what it was.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use coffer_placement::{place_one, satisfies, Candidate, Policy};
+use coffer_proto::pb;
+use coffer_types::{NodeId, NodeRecord, NodeState, PackId, PackRecord, ShardIndex, SiteId};
+
+use crate::command::{BadShardRecord, Command, CommandResult, IncidentRecord, RepairWork};
+use crate::kv;
+use crate::node::{now_ms, MetaNode};
+
+/// How a rebuild runs; set on the metadata node.
+#[derive(Clone, Debug)]
+pub struct RepairConfig {
+    /// Rebuilds in flight across the cluster.
+    pub parallelism: usize,
+    /// Rebuilds in flight per target node.
+    pub per_node: usize,
+    /// Bytes per second each node may read for rebuilds (0: unlimited).
+    pub bandwidth: u64,
+    pub tick: Duration,
+}
+
+impl Default for RepairConfig {
+    fn default() -> Self {
+        Self { parallelism: 8, per_node: 2, bandwidth: 100 << 20, tick: Duration::from_millis(500) }
+    }
+}
+
+/// What `coffer status` shows of the repair work.
+#[derive(Debug, Default, Clone)]
+pub struct RepairStatus {
+    pub queued: u64,
+    pub in_flight: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub bytes_written: u64,
+    /// Recent seconds per finished task, for the ETA.
+    pub secs_per_task: f64,
+    pub site_degraded: u64,
+}
+
+#[derive(Default)]
+pub struct RepairState {
+    pub status: Mutex<RepairStatus>,
+    in_flight: Mutex<HashSet<(PackId, u8)>>,
+    ticks: std::sync::atomic::AtomicU64,
+}
+
+/// Every this many ticks, up nodes are checked for superfluous shards.
+const SWEEP_EVERY: u64 = 10;
+
+impl RepairState {
+    pub fn snapshot(&self) -> RepairStatus {
+        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        s.in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
+        s
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Task {
+    pack: PackRecord,
+    index: ShardIndex,
+    from: NodeId,
+    to: NodeId,
+    /// Surviving good shards: the lower, the more urgent.
+    surviving: usize,
+    incident: Option<u64>,
+}
+
+pub async fn run(node: Weak<MetaNode>) {
+    loop {
+        let Some(n) = node.upgrade() else { return };
+        let tick = n.config.repair.tick;
+        let leader = n.raft.metrics().borrow().current_leader == Some(n.config.id.0);
+        if leader {
+            if let Err(e) = tick_once(&n).await {
+                tracing::warn!(error = %e, "repair tick failed");
+            }
+        }
+        drop(n);
+        tokio::time::sleep(tick).await;
+    }
+}
+
+async fn write(n: &MetaNode, cmd: Command) -> Result<CommandResult, String> {
+    n.raft.client_write(cmd).await.map(|r| r.data).map_err(|e| e.to_string())
+}
+
+async fn tick_once(n: &std::sync::Arc<MetaNode>) -> Result<(), String> {
+    let tree = n.sm.tree();
+    let nodes: Vec<NodeRecord> = kv::scan(tree, "node", kv::NODE_PREFIX).map_err(|e| e.to_string())?;
+    let packs: Vec<PackRecord> = kv::scan(tree, "pack", kv::PACK_PREFIX).map_err(|e| e.to_string())?;
+    let incidents: Vec<IncidentRecord> = kv::scan(tree, "incident", kv::INCIDENT_PREFIX).map_err(|e| e.to_string())?;
+    let mut bad: HashMap<(PackId, u8), BadShardRecord> = HashMap::new();
+    for item in tree.scan_prefix(kv::BAD_SHARD_PREFIX) {
+        let (k, v) = item.map_err(|e| e.to_string())?;
+        let (Some(pack), Some(&index)) = (k.get(2..18).and_then(|b| PackId::from_slice(b).ok()), k.get(18)) else {
+            continue;
+        };
+        if let Ok(rec) = kv::decode::<BadShardRecord>("bad shard", &v) {
+            bad.insert((pack, index), rec);
+        }
+    }
+    let state: HashMap<NodeId, NodeState> = nodes.iter().map(|r| (r.id, n.liveness.state(r.id))).collect();
+    let draining = kv::draining(tree).map_err(|e| e.to_string())?;
+    let by_id: HashMap<NodeId, &NodeRecord> = nodes.iter().map(|r| (r.id, r)).collect();
+    let up = |id: &NodeId| state.get(id) == Some(&NodeState::Up);
+
+    // Failure detection: every down node with shards gets an open incident.
+    let mut held: HashMap<NodeId, u64> = HashMap::new();
+    for p in &packs {
+        for s in &p.shards {
+            *held.entry(s.node).or_default() += 1;
+        }
+    }
+    let open: HashMap<NodeId, u64> = incidents.iter().filter(|i| i.open).map(|i| (i.node, i.id)).collect();
+    for r in &nodes {
+        if state.get(&r.id) == Some(&NodeState::Down) && !open.contains_key(&r.id) {
+            let last_seen_ms = n
+                .liveness
+                .get(r.id)
+                .map(|s| now_ms().saturating_sub(s.at.elapsed().as_millis() as u64))
+                .unwrap_or(r.last_heartbeat_ms);
+            tracing::warn!(node = %r.id, site = %r.site, shards = held.get(&r.id).copied().unwrap_or(0), "storage node is down; opening an incident");
+            write(
+                n,
+                Command::OpenIncident {
+                    node: r.id,
+                    last_seen_ms,
+                    detected_ms: now_ms(),
+                    shards_lost: held.get(&r.id).copied().unwrap_or(0),
+                },
+            )
+            .await?;
+        }
+    }
+    // An incident closes when the node holds no placed shard any more, or
+    // when it is back up.
+    for (node, _) in open.iter() {
+        if held.get(node).copied().unwrap_or(0) == 0 || up(node) {
+            write(n, Command::CloseIncident { node: *node, time_ms: now_ms() }).await?;
+        }
+    }
+    let open: HashMap<NodeId, u64> = kv::scan::<IncidentRecord>(tree, "incident", kv::INCIDENT_PREFIX)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|i| i.open)
+        .map(|i| (i.node, i.id))
+        .collect();
+
+    // A decommissioned node leaves once it holds nothing.
+    for (node, d) in &draining {
+        if d.decommission && held.get(node).copied().unwrap_or(0) == 0 {
+            tracing::info!(%node, "decommissioned node is empty; removing it from the cluster map");
+            write(n, Command::RemoveNode { node: *node }).await?;
+        }
+    }
+
+    // The queue.
+    let candidates: Vec<Candidate> = nodes
+        .iter()
+        .filter(|r| up(&r.id) && !draining.contains_key(&r.id))
+        .map(|r| {
+            let (used, cap) = n
+                .liveness
+                .get(r.id)
+                .map(|s| (s.used_bytes, s.capacity_bytes))
+                .unwrap_or((r.used_bytes, r.capacity_bytes));
+            Candidate { node: r.id, site: r.site.clone(), free_bytes: cap.saturating_sub(used).max(1) }
+        })
+        .collect();
+    let site_of = |id: &NodeId| by_id.get(id).map(|r| r.site.clone());
+    let mut tasks = Vec::new();
+    let mut site_degraded = 0u64;
+    for p in &packs {
+        let policy = Policy::new(p.params);
+        let missing: Vec<usize> = p
+            .shards
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| {
+                state.get(&s.node) == Some(&NodeState::Down)
+                    || bad.contains_key(&(p.id, *i as u8))
+                    || !by_id.contains_key(&s.node)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let surviving = p.params.total() - missing.len();
+        let placed: Vec<(NodeId, SiteId)> =
+            p.shards.iter().filter_map(|s| site_of(&s.node).map(|site| (s.node, site))).collect();
+        if !satisfies(&policy, &placed) {
+            site_degraded += 1;
+        }
+        for &i in &missing {
+            let shard = &p.shards[i];
+            let bad_here = bad.get(&(p.id, i as u8)).is_some_and(|_| up(&shard.node));
+            let to = if bad_here {
+                shard.node
+            } else {
+                let current: Vec<(NodeId, SiteId)> = p
+                    .shards
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .filter_map(|(_, s)| site_of(&s.node).map(|site| (s.node, site)))
+                    .collect();
+                let pool: Vec<Candidate> =
+                    candidates.iter().filter(|c| !p.shards.iter().any(|s| s.node == c.node)).cloned().collect();
+                let seed = [p.id.as_bytes().as_slice(), &[i as u8]].concat();
+                match place_one(&policy, &pool, &current, &seed) {
+                    Ok((to, _)) => to,
+                    Err(_) => continue,
+                }
+            };
+            tasks.push(Task {
+                pack: p.clone(),
+                index: ShardIndex(i as u8),
+                from: shard.node,
+                to,
+                surviving,
+                incident: open.get(&shard.node).copied(),
+            });
+        }
+        // Draining nodes give up their shards, while they still serve them.
+        if missing.is_empty() {
+            for (i, shard) in p.shards.iter().enumerate().filter(|(_, s)| draining.contains_key(&s.node)) {
+                let current: Vec<(NodeId, SiteId)> = p
+                    .shards
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .filter_map(|(_, s)| site_of(&s.node).map(|site| (s.node, site)))
+                    .collect();
+                let pool: Vec<Candidate> =
+                    candidates.iter().filter(|c| !p.shards.iter().any(|s| s.node == c.node)).cloned().collect();
+                let seed = [p.id.as_bytes().as_slice(), &[i as u8]].concat();
+                if let Ok((to, _)) = place_one(&policy, &pool, &current, &seed) {
+                    tasks.push(Task {
+                        pack: p.clone(),
+                        index: ShardIndex(i as u8),
+                        from: shard.node,
+                        to,
+                        surviving,
+                        incident: None,
+                    });
+                }
+            }
+        }
+        // Site rule: a pack placed while a site was down goes back once the
+        // site can take shards again (only when nothing is missing).
+        if missing.is_empty() && !satisfies(&policy, &placed) {
+            if let Some(t) = rebalance_task(p, &policy, &placed, &candidates) {
+                tasks.push(t);
+            }
+        }
+    }
+    tasks.sort_by_key(|t| (t.surviving, t.pack.id, t.index));
+
+    // Dispatch within the limits.
+    let mut in_flight = n.repair.in_flight.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut per_target: BTreeMap<NodeId, usize> = BTreeMap::new();
+    let queued = tasks.iter().filter(|t| !in_flight.contains(&(t.pack.id, t.index.0))).count();
+    {
+        let mut s = n.repair.status.lock().unwrap_or_else(|p| p.into_inner());
+        s.queued = queued as u64;
+        s.site_degraded = site_degraded;
+    }
+    for t in tasks {
+        if in_flight.len() >= n.config.repair.parallelism {
+            break;
+        }
+        let key = (t.pack.id, t.index.0);
+        if in_flight.contains(&key) || in_flight.iter().any(|(p, _)| *p == t.pack.id) {
+            // One shard of a pack at a time: each move changes the survivors.
+            continue;
+        }
+        let count = per_target.entry(t.to).or_default();
+        if *count >= n.config.repair.per_node {
+            continue;
+        }
+        *count += 1;
+        in_flight.insert(key);
+        n.repair.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
+        let sources: Vec<(u32, String, Vec<u8>, Option<SiteId>)> = t
+            .pack
+            .shards
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| *i != t.index.0 as usize && up(&s.node) && !bad.contains_key(&(t.pack.id, *i as u8)))
+            .filter_map(|(i, s)| {
+                by_id.get(&s.node).map(|r| (i as u32, r.addr.clone(), s.checksum.0.to_vec(), Some(r.site.clone())))
+            })
+            .collect();
+        let target = by_id.get(&t.to).map(|r| (r.addr.clone(), r.site.clone()));
+        let Some((target_addr, target_site)) = target else { continue };
+        tokio::spawn(execute(std::sync::Arc::downgrade(n), t, sources, target_addr, target_site));
+    }
+    if n.repair.ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed).is_multiple_of(SWEEP_EVERY) {
+        sweep_superfluous(n, &nodes, &packs, &state).await;
+    }
+    Ok(())
+}
+
+/// A node that comes back after its shards were rebuilt elsewhere still
+/// holds them: delete every shard of a committed pack whose record places
+/// that shard on another node. Shards being rebuilt are left alone (their
+/// placement changes only once the rebuild is committed), and so are shards
+/// of packs the catalog does not know, which may belong to a backup still
+/// in flight. The placed copy is never touched, so no pack loses a shard.
+async fn sweep_superfluous(
+    n: &MetaNode,
+    nodes: &[NodeRecord],
+    packs: &[PackRecord],
+    state: &HashMap<NodeId, NodeState>,
+) {
+    let placed: HashMap<(PackId, u8), NodeId> =
+        packs.iter().flat_map(|p| p.shards.iter().enumerate().map(move |(i, s)| ((p.id, i as u8), s.node))).collect();
+    for r in nodes.iter().filter(|r| state.get(&r.id) == Some(&NodeState::Up)) {
+        let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{}", r.addr)) else { continue };
+        let mut client = coffer_proto::pb::shard_store_client::ShardStoreClient::new(
+            ep.connect_timeout(Duration::from_secs(2)).connect_lazy(),
+        );
+        let mut req = tonic::Request::new(pb::ListShardsRequest {});
+        req.set_timeout(Duration::from_secs(10));
+        let Ok(list) = client.list_shards(req).await else { continue };
+        for s in list.into_inner().shards {
+            let (Ok(pack), Ok(index)) = (PackId::from_slice(&s.pack_id), u8::try_from(s.index)) else { continue };
+            let Some(owner) = placed.get(&(pack, index)) else { continue };
+            let busy = n.repair.in_flight.lock().unwrap_or_else(|p| p.into_inner()).contains(&(pack, index));
+            if *owner != r.id && !busy {
+                tracing::info!(%pack, index, node = %r.id, "deleting a superfluous shard");
+                delete_copy(n, r.id, pack, ShardIndex(index)).await;
+            }
+        }
+    }
+}
+
+/// For a pack breaking the site rule: move one shard out of an over-full
+/// site, if some node elsewhere can take it without breaking the rule.
+fn rebalance_task(
+    p: &PackRecord,
+    policy: &Policy,
+    placed: &[(NodeId, SiteId)],
+    candidates: &[Candidate],
+) -> Option<Task> {
+    let mut per_site: BTreeMap<&SiteId, usize> = BTreeMap::new();
+    for (_, site) in placed {
+        *per_site.entry(site).or_default() += 1;
+    }
+    let (crowded, _) = per_site.iter().find(|(_, c)| **c > policy.max_per_site)?;
+    let (i, shard) = p
+        .shards
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, s)| placed.iter().any(|(n, site)| *n == s.node && site == *crowded))?;
+    let rest: Vec<(NodeId, SiteId)> = placed.iter().filter(|(n, _)| *n != shard.node).cloned().collect();
+    let pool: Vec<Candidate> =
+        candidates.iter().filter(|c| !p.shards.iter().any(|s| s.node == c.node)).cloned().collect();
+    let seed = [p.id.as_bytes().as_slice(), &[i as u8]].concat();
+    let (to, still_degraded) = place_one(policy, &pool, &rest, &seed).ok()?;
+    let after_site = candidates.iter().find(|c| c.node == to)?.site.clone();
+    // Only a move that lands outside the crowded site helps.
+    if after_site == **crowded
+        || (still_degraded && per_site.get(&after_site).copied().unwrap_or(0) >= policy.max_per_site)
+    {
+        return None;
+    }
+    Some(Task {
+        pack: p.clone(),
+        index: ShardIndex(i as u8),
+        from: shard.node,
+        to,
+        surviving: p.params.total(),
+        incident: None,
+    })
+}
+
+async fn execute(
+    node: Weak<MetaNode>,
+    t: Task,
+    sources: Vec<(u32, String, Vec<u8>, Option<SiteId>)>,
+    target_addr: String,
+    target_site: SiteId,
+) {
+    let started = Instant::now();
+    let started_ms = now_ms();
+    let Some(n) = node.upgrade() else { return };
+    let bandwidth = n.config.repair.bandwidth;
+    drop(n);
+    let req = pb::RebuildShardRequest {
+        pack_id: t.pack.id.0.to_vec(),
+        index: t.index.0 as u32,
+        k: t.pack.params.k() as u32,
+        m: t.pack.params.m() as u32,
+        shard_len: t.pack.shard_len,
+        checksum: t.pack.shards[t.index.0 as usize].checksum.0.to_vec(),
+        sources: sources
+            .iter()
+            .map(|(i, addr, sum, _)| pb::ShardSource { index: *i, addr: addr.clone(), checksum: sum.clone() })
+            .collect(),
+        bandwidth_bytes_per_s: bandwidth,
+    };
+    let result = async {
+        let mut client = coffer_proto::pb::shard_store_client::ShardStoreClient::new(
+            tonic::transport::Endpoint::from_shared(format!("http://{target_addr}"))
+                .map_err(|e| e.to_string())?
+                .connect_timeout(Duration::from_secs(3))
+                .connect_lazy(),
+        );
+        let mut request = tonic::Request::new(req);
+        request.set_timeout(Duration::from_secs(600));
+        client.rebuild_shard(request).await.map(|r| r.into_inner()).map_err(|s| s.message().to_string())
+    }
+    .await;
+    let Some(n) = node.upgrade() else { return };
+    let key = (t.pack.id, t.index.0);
+    let outcome = match result {
+        Ok(resp) => {
+            let cross: u64 = resp
+                .read_from
+                .iter()
+                .filter(|i| sources.iter().any(|(j, _, _, site)| j == *i && site.as_ref() != Some(&target_site)))
+                .count() as u64
+                * t.pack.shard_len;
+            let work = RepairWork {
+                incident: t.incident,
+                started_ms,
+                finished_ms: now_ms(),
+                bytes_read: resp.bytes_read,
+                bytes_written: resp.bytes_written,
+                bytes_cross_site: cross.min(resp.bytes_read),
+            };
+            let checksum = t.pack.shards[t.index.0 as usize].checksum;
+            match write(
+                &n,
+                Command::MoveShard { pack: t.pack.id, index: t.index, from: t.from, to: t.to, checksum, work },
+            )
+            .await
+            {
+                Ok(CommandResult::Rejected(why)) => Err(why.to_string()),
+                Ok(_) => {
+                    tracing::info!(pack = %t.pack.id, index = %t.index, from = %t.from, to = %t.to, "shard rebuilt and placed");
+                    // The old copy of a moved shard is superfluous now.
+                    if t.from != t.to {
+                        delete_copy(&n, t.from, t.pack.id, t.index).await;
+                    }
+                    Ok(resp.bytes_written)
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    {
+        let mut s = n.repair.status.lock().unwrap_or_else(|p| p.into_inner());
+        match &outcome {
+            Ok(bytes) => {
+                s.done += 1;
+                s.bytes_written += bytes;
+                let secs = started.elapsed().as_secs_f64();
+                s.secs_per_task = if s.secs_per_task == 0.0 { secs } else { 0.8 * s.secs_per_task + 0.2 * secs };
+            }
+            Err(e) => {
+                s.failed += 1;
+                tracing::warn!(pack = %t.pack.id, index = %t.index, to = %t.to, error = %e, "rebuild failed; will retry");
+            }
+        }
+    }
+    n.repair.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+}
+
+/// Deletes a superfluous shard copy from a node, if it is reachable.
+async fn delete_copy(n: &MetaNode, node: NodeId, pack: PackId, index: ShardIndex) {
+    let Ok(Some(rec)) = kv::get::<NodeRecord>(n.sm.tree(), "node", &kv::node_key(node)) else { return };
+    if n.liveness.state(node) != NodeState::Up {
+        return;
+    }
+    let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{}", rec.addr)) else { return };
+    let mut client = coffer_proto::pb::shard_store_client::ShardStoreClient::new(
+        ep.connect_timeout(Duration::from_secs(2)).connect_lazy(),
+    );
+    let mut req = tonic::Request::new(pb::ShardRef { pack_id: pack.0.to_vec(), index: index.0 as u32 });
+    req.set_timeout(Duration::from_secs(10));
+    if let Err(e) = client.delete_shard(req).await {
+        tracing::debug!(%pack, %index, %node, error = %e.message(), "could not delete a superfluous shard yet");
+    }
+}
