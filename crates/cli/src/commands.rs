@@ -18,7 +18,7 @@ use coffer_types::{BackupKind, ErasureParams, RepoName, SnapshotRecord};
 use serde_json::json;
 
 use crate::args::{BackupArgs, Global, RestoreArgs};
-use crate::timefmt::rfc3339;
+use coffer_types::time::rfc3339;
 
 /// Exit status of a backup that finished but could not read some files.
 pub const EXIT_PARTIAL: i32 = 3;

@@ -13,7 +13,6 @@ mod duration;
 mod repair;
 mod servers;
 mod snapcmds;
-mod timefmt;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::args::Global;
 use crate::commands::{human_bytes, meta_client};
-use crate::timefmt::rfc3339;
+use coffer_types::time::rfc3339;
 
 async fn storage_nodes(g: &Global) -> Result<Vec<pb::Node>> {
     let meta = meta_client(g)?;

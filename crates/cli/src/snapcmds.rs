@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::args::Global;
 use crate::commands::{human_bytes, open};
-use crate::timefmt::rfc3339;
+use coffer_types::time::rfc3339;
 
 #[derive(Args, Debug)]
 pub struct ForgetArgs {

@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use coffer_proto::pb;
+use coffer_types::time::civil_from_days;
 use coffer_types::{SnapshotId, SnapshotRecord, Source};
 use serde::Serialize;
 
@@ -88,20 +89,6 @@ fn month_of(ms: u64) -> (i64, String) {
 fn year_of(ms: u64) -> (i64, String) {
     let (y, _, _) = civil_from_days((ms / 86_400_000) as i64);
     (y, format!("{y:04}"))
-}
-
-/// Howard Hinnant's days-to-civil algorithm (UTC, proleptic Gregorian).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 /// Applies `policy` to `snaps`, per source. `holds` maps snapshot ids to the

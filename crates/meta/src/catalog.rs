@@ -45,37 +45,12 @@ impl CatalogService {
         self.node.sm.tree()
     }
 
-    fn not_leader(&self, leader: Option<(u64, String)>) -> Status {
-        leader_hint(leader)
-    }
-
-    /// Proposes a command and waits until it is applied.
     async fn write(&self, cmd: Command) -> Result<CommandResult, Status> {
-        let name = cmd.name();
-        match self.node.raft.client_write(cmd).await {
-            Ok(resp) => match resp.data {
-                CommandResult::Rejected(why) => Err(rejection_status(why)),
-                other => Ok(other),
-            },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(self.not_leader(f.leader_id.zip(f.leader_node.map(|n| n.addr))))
-            }
-            Err(e) => {
-                tracing::warn!(command = name, error = %e, "raft write failed");
-                Err(Status::unavailable(format!("{name}: {e}")))
-            }
-        }
+        raft_write(&self.node, cmd).await
     }
 
-    /// Makes the next reads linearizable, or sends the caller to the leader.
     async fn read_barrier(&self) -> Result<(), Status> {
-        match self.node.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(self.not_leader(f.leader_id.zip(f.leader_node.map(|n| n.addr))))
-            }
-            Err(e) => Err(Status::unavailable(format!("read barrier: {e}"))),
-        }
+        read_barrier(&self.node).await
     }
 
     fn nodes(&self) -> Result<Vec<NodeRecord>, Status> {
@@ -116,10 +91,43 @@ pub(crate) fn leader_hint(leader: Option<(u64, String)>) -> Status {
     s
 }
 
-fn rejection_status(why: Rejection) -> Status {
+/// Proposes a command and waits until it is applied; a refusal becomes its
+/// gRPC status, a follower answers with a leader hint.
+pub(crate) async fn raft_write(node: &MetaNode, cmd: Command) -> Result<CommandResult, Status> {
+    let name = cmd.name();
+    match node.raft.client_write(cmd).await {
+        Ok(resp) => match resp.data {
+            CommandResult::Rejected(why) => Err(rejection_status(why)),
+            other => Ok(other),
+        },
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(leader_hint(f.leader_id.zip(f.leader_node.map(|n| n.addr))))
+        }
+        Err(e) => {
+            tracing::warn!(command = name, error = %e, "raft write failed");
+            Err(Status::unavailable(format!("{name}: {e}")))
+        }
+    }
+}
+
+/// Makes the next reads linearizable, or sends the caller to the leader.
+pub(crate) async fn read_barrier(node: &MetaNode) -> Result<(), Status> {
+    match node.raft.ensure_linearizable().await {
+        Ok(_) => Ok(()),
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+            Err(leader_hint(f.leader_id.zip(f.leader_node.map(|n| n.addr))))
+        }
+        Err(e) => Err(Status::unavailable(format!("read barrier: {e}"))),
+    }
+}
+
+/// The one mapping from a deterministic refusal to a gRPC code.
+pub(crate) fn rejection_status(why: Rejection) -> Status {
     match &why {
         Rejection::RepoExists(_) => Status::already_exists(why.to_string()),
-        Rejection::UnknownRepo(_) | Rejection::UnknownNode(_) => Status::not_found(why.to_string()),
+        Rejection::UnknownRepo(_) | Rejection::UnknownNode(_) | Rejection::UnknownSnapshot(_) => {
+            Status::not_found(why.to_string())
+        }
         _ => Status::failed_precondition(why.to_string()),
     }
 }

@@ -12,11 +12,10 @@ use coffer_proto::pb::maintenance_server::Maintenance;
 use coffer_proto::pb::{self};
 use coffer_proto::{ids_from_bytes, location_from_pb, location_to_pb};
 use coffer_types::{ChunkId, ChunkLocation, PackId, RepoName, SnapshotId};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use tonic::{Request, Response, Status};
 
-use crate::catalog::leader_hint;
-use crate::command::{Command, CommandResult, Rejection, MAX_CHUNKS_PER_COMMAND};
+use crate::catalog::{raft_write, read_barrier};
+use crate::command::{Command, CommandResult, MAX_CHUNKS_PER_COMMAND};
 use crate::kv;
 use crate::node::{now_ms, MetaNode};
 use crate::retention::holds_of;
@@ -37,30 +36,11 @@ impl MaintenanceService {
 
     /// Proposes a command and waits until it is applied.
     async fn write(&self, cmd: Command) -> Result<CommandResult, Status> {
-        let name = cmd.name();
-        match self.node.raft.client_write(cmd).await {
-            Ok(resp) => match resp.data {
-                CommandResult::Rejected(why) => Err(rejection_status(why)),
-                other => Ok(other),
-            },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(leader_hint(f.leader_id.zip(f.leader_node.map(|n| n.addr))))
-            }
-            Err(e) => {
-                tracing::warn!(command = name, error = %e, "raft write failed");
-                Err(Status::unavailable(format!("{name}: {e}")))
-            }
-        }
+        raft_write(&self.node, cmd).await
     }
 
     async fn read_barrier(&self) -> Result<(), Status> {
-        match self.node.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(leader_hint(f.leader_id.zip(f.leader_node.map(|n| n.addr))))
-            }
-            Err(e) => Err(Status::unavailable(format!("read barrier: {e}"))),
-        }
+        read_barrier(&self.node).await
     }
 
     fn check_repo(&self, repo: &RepoName) -> Result<(), Status> {
@@ -69,13 +49,6 @@ impl MaintenanceService {
             Ok(false) => Err(Status::not_found(format!("repository {repo} does not exist"))),
             Err(e) => Err(Status::internal(format!("metadata store: {e}"))),
         }
-    }
-}
-
-fn rejection_status(why: Rejection) -> Status {
-    match &why {
-        Rejection::UnknownRepo(_) | Rejection::UnknownSnapshot(_) => Status::not_found(why.to_string()),
-        _ => Status::failed_precondition(why.to_string()),
     }
 }
 

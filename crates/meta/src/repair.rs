@@ -219,19 +219,9 @@ async fn tick_once(n: &std::sync::Arc<MetaNode>) -> Result<(), String> {
             let to = if bad_here {
                 shard.node
             } else {
-                let current: Vec<(NodeId, SiteId)> = p
-                    .shards
-                    .iter()
-                    .enumerate()
-                    .filter(|(j, _)| *j != i)
-                    .filter_map(|(_, s)| site_of(&s.node).map(|site| (s.node, site)))
-                    .collect();
-                let pool: Vec<Candidate> =
-                    candidates.iter().filter(|c| !p.shards.iter().any(|s| s.node == c.node)).cloned().collect();
-                let seed = [p.id.as_bytes().as_slice(), &[i as u8]].concat();
-                match place_one(&policy, &pool, &current, &seed) {
-                    Ok((to, _)) => to,
-                    Err(_) => continue,
+                match new_home(p, i, &policy, &candidates, &site_of) {
+                    Some(to) => to,
+                    None => continue,
                 }
             };
             tasks.push(Task {
@@ -246,17 +236,7 @@ async fn tick_once(n: &std::sync::Arc<MetaNode>) -> Result<(), String> {
         // Draining nodes give up their shards, while they still serve them.
         if missing.is_empty() {
             for (i, shard) in p.shards.iter().enumerate().filter(|(_, s)| draining.contains_key(&s.node)) {
-                let current: Vec<(NodeId, SiteId)> = p
-                    .shards
-                    .iter()
-                    .enumerate()
-                    .filter(|(j, _)| *j != i)
-                    .filter_map(|(_, s)| site_of(&s.node).map(|site| (s.node, site)))
-                    .collect();
-                let pool: Vec<Candidate> =
-                    candidates.iter().filter(|c| !p.shards.iter().any(|s| s.node == c.node)).cloned().collect();
-                let seed = [p.id.as_bytes().as_slice(), &[i as u8]].concat();
-                if let Ok((to, _)) = place_one(&policy, &pool, &current, &seed) {
+                if let Some(to) = new_home(p, i, &policy, &candidates, &site_of) {
                     tasks.push(Task {
                         pack: p.clone(),
                         index: ShardIndex(i as u8),
@@ -355,6 +335,28 @@ async fn sweep_superfluous(
             }
         }
     }
+}
+
+/// A node for shard `i` of `p` other than any holding a shard of it, by the
+/// placement rule given where the pack's other shards are.
+fn new_home(
+    p: &PackRecord,
+    i: usize,
+    policy: &Policy,
+    candidates: &[Candidate],
+    site_of: &impl Fn(&NodeId) -> Option<SiteId>,
+) -> Option<NodeId> {
+    let current: Vec<(NodeId, SiteId)> = p
+        .shards
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != i)
+        .filter_map(|(_, s)| site_of(&s.node).map(|site| (s.node, site)))
+        .collect();
+    let pool: Vec<Candidate> =
+        candidates.iter().filter(|c| !p.shards.iter().any(|s| s.node == c.node)).cloned().collect();
+    let seed = [p.id.as_bytes().as_slice(), &[i as u8]].concat();
+    place_one(policy, &pool, &current, &seed).ok().map(|(to, _)| to)
 }
 
 /// For a pack breaking the site rule: move one shard out of an over-full

@@ -9,6 +9,7 @@ mod error;
 mod ids;
 mod params;
 mod records;
+pub mod time;
 
 pub use error::TypesError;
 pub use ids::{ChunkId, Hash32, MetaId, NodeId, PackId, RepoName, SessionId, ShardIndex, SiteId, SnapshotId};

@@ -1,4 +1,6 @@
-//! RFC 3339 formatting of Unix milliseconds, without a calendar dependency.
+//! Calendar arithmetic on Unix milliseconds (UTC, proleptic Gregorian),
+//! without a calendar dependency: RFC 3339 for display, civil dates for
+//! retention buckets.
 
 /// `1970-01-01T00:00:00Z`-style UTC time for `ms` since the Unix epoch.
 pub fn rfc3339(ms: u64) -> String {
@@ -9,8 +11,9 @@ pub fn rfc3339(ms: u64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
 }
 
-/// Howard Hinnant's days-to-civil algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+/// `(year, month, day)` of the day `z` days after 1970-01-01 (Howard
+/// Hinnant's days-to-civil algorithm).
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
