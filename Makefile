@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build test lint fmt demo tools clean
+.PHONY: all build test lint fmt demo tools clean bench microbench
 
 all: build
 
@@ -32,6 +32,20 @@ fmt:
 demo:
 	$(CARGO) build --release --locked -p coffer-cli
 	bash scripts/demo.sh target/release/coffer
+
+# Release build, then coffer against restic, borg, `cp -a` and `tar | zstd -1`
+# on a seeded e-commerce dataset of BENCH_MIB MiB, BENCH_RUNS times (installs
+# the other tools from Debian packages when missing). Writes target/bench/.
+BENCH_MIB ?= 1024
+BENCH_RUNS ?= 3
+
+bench:
+	$(CARGO) build --release --locked -p coffer-cli
+	python3 bench/run_bench.py --coffer target/release/coffer --mib $(BENCH_MIB) --runs $(BENCH_RUNS) --out target/bench
+
+# Single-threaded throughput of the hot paths next to the crates they wrap.
+microbench:
+	$(CARGO) bench --locked -p coffer-bench
 
 clean:
 	$(CARGO) clean
