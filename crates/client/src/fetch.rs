@@ -217,8 +217,10 @@ impl ClusterSource {
 
     fn bad_shard(&self, pack: PackId, index: ShardIndex, node: NodeId, reason: impl std::fmt::Display) {
         let line = format!("pack {pack} shard {index} on node {node}: {reason}");
-        tracing::warn!("{line}");
-        lock(&self.health).bad_shards.insert(line);
+        // Many blobs share a shard: say each bad one once.
+        if lock(&self.health).bad_shards.insert(line.clone()) {
+            tracing::warn!("{line}");
+        }
     }
 
     fn is_degraded(&self, pack: PackId) -> bool {
