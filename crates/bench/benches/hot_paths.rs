@@ -12,7 +12,8 @@
 //! Arguments that do not start with `--` filter cases by substring of their
 //! group or name (`cargo bench -p coffer-bench -- erasure`).
 //! `COFFER_BENCH_SAMPLES` and `COFFER_BENCH_SAMPLE_MS` set how long each case
-//! runs. Results go to stdout and to `target/bench/microbench.{md,json}`.
+//! runs. Results go to stdout and, for an unfiltered run, to
+//! `target/bench/microbench.{md,json}`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -42,7 +43,7 @@ fn main() {
         samples: env_number("COFFER_BENCH_SAMPLES").map_or(5, |n| n.clamp(1, 1000) as u32),
         sample_time: Duration::from_millis(env_number("COFFER_BENCH_SAMPLE_MS").unwrap_or(200)),
     };
-    let mut r = Runner::new(config, filters);
+    let mut r = Runner::new(config, filters.clone());
     chunking(&mut r);
     hashing(&mut r);
     let text = sql_text(CHUNK, 11);
@@ -66,7 +67,11 @@ fn main() {
     );
     let md = markdown(r.results(), &preamble);
     println!("{md}");
-    write_reports(&md, &json(r.results()));
+    // A filtered run measures only some cases; it must not replace the
+    // full report.
+    if filters.is_empty() {
+        write_reports(&md, &json(r.results()));
+    }
 }
 
 fn env_number(name: &str) -> Option<u64> {
