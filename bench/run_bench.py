@@ -42,6 +42,8 @@ TOOLS = ["coffer", "restic", "borg", "cp", "tar"]
 STEPS = ["backup1", "backup2", "restore"]
 # The backup summary's stages, in pipeline order.
 STAGES = ["read", "hash", "seal", "encode", "send"]
+# The restore summary's stages.
+RESTORE_STAGES = ["trees", "lookup", "read", "open", "write", "metadata"]
 STEP_TITLES = {"backup1": "first backup", "backup2": "second backup", "restore": "full restore"}
 PASSWORD = "bench-password-not-secret"
 # Set from the command line: before each measured step, wait (up to
@@ -548,6 +550,15 @@ def summarise(runs, tools):
                         "packs": median([s.get("packs") for s in ss]),
                     }
             entry["coffer_stages"] = stages
+            rs = [r["steps"]["restore"]["summary"] for r in ok
+                  if "restore" in r["steps"] and "stages" in (r["steps"]["restore"].get("summary") or {})]
+            if rs:
+                entry["coffer_restore_stages"] = {
+                    "stages": {st: {"seconds": median([s["stages"][st]["seconds"] for s in rs]),
+                                    "bytes": median([s["stages"][st]["bytes"] for s in rs])}
+                               for st in RESTORE_STAGES if st in rs[0]["stages"]},
+                    "duration_s": median([s["duration_s"] for s in rs]),
+                }
         entry["verified"] = all(r.get("verified") for r in ok) and bool(ok)
         med[t] = entry
     return med
@@ -723,6 +734,19 @@ def render(report):
                                                               s["bytes_stored"] / MIB),
                          "chunks new %d, reused %d" % (s["chunks_new"], s["chunks_reused"])])
         lines.append(table(["backup", "stage", "seconds", "MiB", "MiB/s per stage-second"], rows))
+    if c and c.get("coffer_restore_stages"):
+        rs = c["coffer_restore_stages"]
+        lines.append("")
+        lines.append("## Where coffer's restore time goes (medians of the restore summaries' `stages`)")
+        lines.append("")
+        lines.append("Stage seconds sum the time of every task of a stage (reads and writes overlap), "
+                     "so they can exceed the wall time of %.2f s." % rs["duration_s"])
+        lines.append("")
+        rows = []
+        for st, v in rs["stages"].items():
+            rate = v["bytes"] / MIB / v["seconds"] if v["seconds"] and v["bytes"] else None
+            rows.append([st, fmt(v["seconds"]), fmt(v["bytes"] / MIB, "%.1f"), fmt(rate, "%.1f")])
+        lines.append(table(["stage", "seconds", "MiB", "MiB/s per stage-second"], rows))
     lines.append("")
     lines.append("## Every run")
     lines.append("")

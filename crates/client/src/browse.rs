@@ -201,7 +201,7 @@ async fn diff_trees<S: BlobSource>(
                                 pending.push((*sa, *sb, path));
                             }
                         }
-                        (NodeKind::File { content: ca }, NodeKind::File { content: cb }) => {
+                        (NodeKind::File { content: ca, .. }, NodeKind::File { content: cb, .. }) => {
                             if ca != cb || x.mode != y.mode {
                                 here.push(Change { path, change: ChangeKind::Modified, kind: "file" });
                             }

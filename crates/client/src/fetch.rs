@@ -4,6 +4,7 @@
 //!   chunk id ──LookupChunks──► (pack, offset, len) ──GetPacks──► pack record + node addresses
 //!      │
 //!      ├─ healthy: locate(range) ──► GetShard on the 1-2 data shards ──► open (authenticate + re-hash)
+//!      │    (a restore's batch: neighbouring blobs of one data shard ──► one ranged GetShard ──► open each)
 //!      │
 //!      └─ degraded (node down, read failed, DATA_LOSS, blob fails authentication):
 //!           whole shards from any k nodes ──BLAKE3 vs record──► reconstruct_data ──► join ──► cut ──► open
@@ -18,17 +19,18 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use coffer_erasure::{locate, Codec};
+use coffer_erasure::{locate, Codec, ShardRange};
 use coffer_pack::RepoKey;
 use coffer_proto::{location_from_pb, pb};
 use coffer_types::{ChunkId, ChunkLocation, NodeId, PackId, PackRecord, RepoName, ShardIndex};
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::stream::{FuturesUnordered, StreamExt, TryStreamExt};
 use tokio::sync::OnceCell;
 
 use crate::conn::MetaClient;
 use crate::pipeline::LOOKUP_BATCH;
-use crate::restore::BlobSource;
+use crate::restore::{deliver_all, BlobSource, Deliver, RestoreCounters};
 use crate::shards::ShardPool;
 use crate::tree::Tree;
 use crate::walk::TreeLoader;
@@ -42,6 +44,11 @@ const GETPACKS_BATCH: usize = 1000;
 const MAX_LOCATIONS: usize = 2_000_000;
 /// Blobs at least this large are opened on a blocking thread.
 const OPEN_INLINE_MAX: usize = 64 * 1024;
+/// The longest shard range a restore batch reads in one call.
+const MAX_SPAN: u64 = 4 << 20;
+/// Unwanted bytes between two blobs of a batch that are read through
+/// rather than split into two calls.
+const MAX_GAP: u64 = 256 << 10;
 
 /// A storage node as a pack record's placement names it.
 #[derive(Clone, Debug)]
@@ -384,6 +391,161 @@ impl ClusterSource {
     }
 }
 
+impl ClusterSource {
+    /// Where the cached location of `id` lies, when it is one piece of one
+    /// data shard: the only blobs a batch read can serve.
+    fn single_piece(
+        locs: &HashMap<ChunkId, ChunkLocation>,
+        packs: &HashMap<PackId, Arc<PackInfo>>,
+        id: &ChunkId,
+    ) -> Option<(PackId, ShardRange)> {
+        let loc = locs.get(id)?;
+        let rec = &packs.get(&loc.pack)?.record;
+        match locate(rec.params, rec.pack_len, loc.offset, loc.len as u64).ok()?.as_slice() {
+            [piece] => Some((loc.pack, *piece)),
+            _ => None,
+        }
+    }
+
+    /// Fetches a batch the plan made: blobs of one data shard, read with a
+    /// single ranged call, then opened and delivered one by one on a
+    /// blocking thread. Whatever that read cannot serve (a failed read, a
+    /// blob that fails authentication, a degraded pack) goes through the
+    /// per-blob path.
+    async fn fetch_span(
+        &self,
+        batch: Vec<ChunkId>,
+        counters: &RestoreCounters,
+        deliver: Deliver,
+    ) -> Result<(), ClientError> {
+        self.lookup(&batch).await?;
+        let pieces: Option<Vec<(PackId, ShardRange)>> = {
+            let (locs, packs) = (lock(&self.locations), lock(&self.packs));
+            batch.iter().map(|id| Self::single_piece(&locs, &packs, id)).collect()
+        };
+        let one_shard = pieces.as_ref().and_then(|p| {
+            let &(pack, first) = p.first()?;
+            p.iter().all(|(q, r)| *q == pack && r.index == first.index).then_some((pack, first.index))
+        });
+        let (Some(pieces), Some((pack, index))) = (pieces, one_shard) else {
+            return self.deliver_each(batch, counters, deliver).await;
+        };
+        if batch.len() == 1 || self.is_degraded(pack) {
+            return self.deliver_each(batch, counters, deliver).await;
+        }
+        let start = pieces.iter().map(|(_, r)| r.offset).min().unwrap_or(0);
+        let end = pieces.iter().map(|(_, r)| r.offset + r.len).max().unwrap_or(0);
+        let info = self.pack(pack).await?;
+        let Some(node) = info.nodes.get(index.0 as usize) else {
+            return self.deliver_each(batch, counters, deliver).await;
+        };
+        let read_started = Instant::now();
+        let span = match (&node.addr, node.down) {
+            (_, true) => Err("node is down".to_string()),
+            (None, _) => Err("node address unknown".to_string()),
+            (Some(addr), false) => {
+                self.shards.get(addr, pack, index, start, Some(end - start)).await.map_err(|e| e.reason)
+            }
+        };
+        let span = match span {
+            Ok(span) => span,
+            Err(reason) => {
+                self.bad_shard(pack, index, node.id, reason);
+                // Every blob of this pack now comes from its reconstruction.
+                lock(&self.health).degraded.insert(pack);
+                return self.deliver_each(batch, counters, deliver).await;
+            }
+        };
+        counters.read.add(read_started.elapsed(), span.len() as u64);
+        let key = self.key.clone();
+        let ranges: Vec<(ChunkId, usize, usize)> =
+            batch.iter().zip(&pieces).map(|(id, (_, r))| (*id, (r.offset - start) as usize, r.len as usize)).collect();
+        let (deliver, failed, opening, opened) = tokio::task::spawn_blocking(move || {
+            let mut deliver = deliver;
+            let (mut failed, mut opening, mut opened) = (Vec::new(), std::time::Duration::ZERO, 0u64);
+            for (id, at, len) in ranges {
+                let started = Instant::now();
+                let plain = key.open(&id, &span[at..at + len]);
+                opening += started.elapsed();
+                match plain {
+                    Ok(plain) => {
+                        opened += plain.len() as u64;
+                        deliver(id, plain)?;
+                    }
+                    Err(e) => failed.push((id, e)),
+                }
+            }
+            Ok::<_, ClientError>((deliver, failed, opening, opened))
+        })
+        .await
+        .map_err(|e| ClientError::task("open blobs", e))??;
+        counters.open.add(opening, opened);
+        if failed.is_empty() {
+            return Ok(());
+        }
+        for (id, e) in &failed {
+            tracing::warn!(chunk = %id, %pack, error = %e, "blob fails verification; reconstructing its pack");
+        }
+        lock(&self.health).degraded.insert(pack);
+        self.deliver_each(failed.into_iter().map(|(id, _)| id).collect(), counters, deliver).await
+    }
+
+    /// Fetches every blob of `ids` on its own (the per-blob path, which
+    /// reconstructs when it must) and delivers them.
+    async fn deliver_each(
+        &self,
+        ids: Vec<ChunkId>,
+        counters: &RestoreCounters,
+        deliver: Deliver,
+    ) -> Result<(), ClientError> {
+        let started = Instant::now();
+        let blobs: Vec<(ChunkId, Vec<u8>)> = futures::stream::iter(ids)
+            .map(|id| async move { Ok::<_, ClientError>((id, self.fetch_blob(id).await?)) })
+            .buffered(4)
+            .try_collect()
+            .await?;
+        counters.read.add(started.elapsed(), blobs.iter().map(|(_, b)| b.len() as u64).sum());
+        deliver_all(deliver, blobs).await.map(drop)
+    }
+}
+
+/// Cuts blobs, each with the rank of its pack and its piece of one data
+/// shard, into batches a single ranged read serves: same pack, same shard,
+/// at most `MAX_GAP` unwanted bytes between neighbours, at most `MAX_SPAN`
+/// bytes in all (a larger blob is a batch alone). Packs keep their rank
+/// order; within a pack, shards and offsets ascend.
+fn batches_by_span(mut placed: Vec<(usize, ShardRange, ChunkId)>) -> Vec<Vec<ChunkId>> {
+    placed.sort_unstable_by_key(|(rank, piece, _)| (*rank, piece.index, piece.offset));
+    let mut batches = Vec::new();
+    let mut current: Vec<ChunkId> = Vec::new();
+    // (pack rank, shard, first byte, end) of the batch being filled.
+    let mut span: Option<(usize, ShardIndex, u64, u64)> = None;
+    for (rank, piece, id) in placed {
+        let end = piece.offset + piece.len;
+        match &mut span {
+            Some((r, index, start, span_end))
+                if *r == rank
+                    && *index == piece.index
+                    && piece.offset <= *span_end + MAX_GAP
+                    && end.max(*span_end) - *start <= MAX_SPAN =>
+            {
+                *span_end = end.max(*span_end);
+            }
+            _ => {
+                if !current.is_empty() {
+                    batches.push(std::mem::take(&mut current));
+                }
+                span = Some((rank, piece.index, piece.offset, end));
+            }
+        }
+        current.push(id);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
 impl BlobSource for ClusterSource {
     async fn prepare(&self, ids: Vec<ChunkId>) -> Result<(), ClientError> {
         self.lookup(&ids).await
@@ -391,6 +553,39 @@ impl BlobSource for ClusterSource {
 
     async fn fetch(&self, id: ChunkId) -> Result<Vec<u8>, ClientError> {
         self.fetch_blob(id).await
+    }
+
+    /// Neighbouring blobs of one data shard together, packs in the order
+    /// the ids first name them (files complete early), shards and offsets
+    /// ascending within a pack. Blobs that straddle shards, or whose
+    /// location is unknown, are batches of their own.
+    fn plan(&self, ids: Vec<ChunkId>) -> Vec<Vec<ChunkId>> {
+        let (locs, packs) = (lock(&self.locations), lock(&self.packs));
+        let mut rank: HashMap<PackId, usize> = HashMap::new();
+        let mut placed = Vec::with_capacity(ids.len());
+        let mut singles = Vec::new();
+        for id in ids {
+            match Self::single_piece(&locs, &packs, &id) {
+                Some((pack, piece)) => {
+                    let next = rank.len();
+                    let r = *rank.entry(pack).or_insert(next);
+                    placed.push((r, piece, id));
+                }
+                None => singles.push(vec![id]),
+            }
+        }
+        let mut batches = batches_by_span(placed);
+        batches.extend(singles);
+        batches
+    }
+
+    async fn fetch_batch(
+        &self,
+        batch: Vec<ChunkId>,
+        counters: &RestoreCounters,
+        deliver: Deliver,
+    ) -> Result<(), ClientError> {
+        self.fetch_span(batch, counters, deliver).await
     }
 
     fn health(&self) -> (u64, Vec<String>) {
@@ -415,6 +610,43 @@ impl TreeLoader for ParentTrees {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn piece(index: u8, offset: u64, len: u64) -> ShardRange {
+        ShardRange { index: ShardIndex(index), offset, len }
+    }
+
+    #[test]
+    fn batches_follow_shards_gaps_and_the_span_limit() {
+        let id = |n: u8| ChunkId([n; 32]);
+        let placed = vec![
+            // Pack ranked 1: listed first, fetched second.
+            (1, piece(0, 0, 100), id(10)),
+            // Pack ranked 0, shard 0: two neighbours, then one past the gap.
+            (0, piece(0, 1000, 500), id(2)),
+            (0, piece(0, 0, 1000), id(1)),
+            (0, piece(0, 1500 + MAX_GAP + 1, 10), id(3)),
+            // Shard 1 of the same pack: its own batch even when adjacent.
+            (0, piece(1, 0, 10), id(4)),
+            // A run longer than the span limit is cut.
+            (0, piece(2, 0, MAX_SPAN - 10), id(5)),
+            (0, piece(2, MAX_SPAN - 10, 20), id(6)),
+            // Within the gap: read through.
+            (0, piece(3, 0, 10), id(7)),
+            (0, piece(3, 10 + MAX_GAP, 10), id(8)),
+        ];
+        let got = batches_by_span(placed);
+        let want = vec![
+            vec![id(1), id(2)],
+            vec![id(3)],
+            vec![id(4)],
+            vec![id(5)],
+            vec![id(6)],
+            vec![id(7), id(8)],
+            vec![id(10)],
+        ];
+        assert_eq!(got, want);
+        assert!(batches_by_span(Vec::new()).is_empty());
+    }
 
     #[test]
     fn rebuilt_cache_evicts_the_least_recent() {

@@ -5,46 +5,68 @@
 //!   root tree ──► --include? walk down to the node
 //!        │
 //!        ▼
-//!   tree loads (up to TREE_LOADS at once) ──► mkdir, symlink ──► file tasks (FILES_IN_FLIGHT at once)
-//!                                                                 └─► fetch chunks READ_AHEAD ahead, write in order
+//!   trees, a breadth-first round at a time ──► mkdir, symlink; each file becomes a slot
+//!        │                                      and each of its chunks a (slot, offset) destination
+//!        ▼  (a wave: up to WAVE_CHUNKS chunks or WAVE_FILES files)
+//!   prepare (locations in bulk) ──► plan: batches of neighbouring blobs ──► fetch_batch ×BATCHES_IN_FLIGHT
+//!                                                                            └─► write each blob at its offsets
+//!   a file is closed, chmod-ed and stamped as its last chunk lands;
 //!   at the end: directory modes and mtimes, deepest first
 //! ```
+//!
+//! Trees record each chunk's plaintext length, so every chunk's offset in
+//! its file is known before anything is read: blobs are fetched in the order
+//! the source finds cheapest (the cluster's: one ranged read per run of
+//! neighbouring blobs in a shard) and written where they belong, each blob
+//! once however many files hold it.
 //!
 //! Where the bytes come from is behind [`BlobSource`]: the cluster in real
 //! use, a map in tests. A source returns plaintext only after it has been
 //! authenticated and re-hashed against its id, so nothing unverified is ever
 //! written. What this module keeps: every name comes from a validated tree
 //! (single components only), so nothing is written outside the target; an
-//! existing symlink at a restored path is replaced, never followed; and a
-//! directory's mode and mtime are set only once nothing more will be created
-//! inside it.
+//! existing symlink at a restored path is replaced, never followed; a file
+//! is complete (every chunk written, lengths as its tree says) before its
+//! mode and mtime are set; and a directory's mode and mtime are set only
+//! once nothing more will be created inside it.
 
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use coffer_types::{ChunkId, SnapshotId, SnapshotRecord};
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::stream::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 use crate::fetch::ClusterSource;
 use crate::repo::Repository;
+use crate::stats::{StageCounter, StageTime};
 use crate::tree::{Node, NodeKind, Tree};
 use crate::ClientError;
 
-/// Trees fetched at once while walking the snapshot.
-const TREE_LOADS: usize = 16;
-/// Files restored at once.
-const FILES_IN_FLIGHT: usize = 16;
-/// Chunks of one file fetched ahead of the one being written.
+/// Trees fetched per round of the breadth-first walk.
+const TREE_ROUND: usize = 1_000;
+/// A wave of file content is restored once its plan holds this many
+/// distinct chunks...
+const WAVE_CHUNKS: usize = 100_000;
+/// ...or this many files, which bounds the memory of a plan.
+const WAVE_FILES: usize = 50_000;
+/// Batches fetched and written at once.
+const BATCHES_IN_FLIGHT: usize = 8;
+/// Ids per batch when a source has no better grouping.
+const DEFAULT_BATCH: usize = 16;
+/// Chunks fetched ahead of the one being written (stdout, default batches).
 const READ_AHEAD: usize = 4;
+/// Restored files held open between writes; past this a file is closed
+/// after each write and reopened for its next chunk.
+const MAX_OPEN_FILES: usize = 256;
 
 /// Where blob plaintext comes from during a restore.
 pub trait BlobSource: Send + Sync + 'static {
@@ -55,11 +77,97 @@ pub trait BlobSource: Send + Sync + 'static {
     /// The verified plaintext of the chunk or tree `id`.
     fn fetch(&self, id: ChunkId) -> impl Future<Output = Result<Vec<u8>, ClientError>> + Send;
 
+    /// Groups distinct `ids` (prepared) into batches that are cheap to fetch
+    /// together, in the order to fetch them. Every id lands in exactly one
+    /// batch.
+    fn plan(&self, ids: Vec<ChunkId>) -> Vec<Vec<ChunkId>> {
+        ids.chunks(DEFAULT_BATCH).map(<[ChunkId]>::to_vec).collect()
+    }
+
+    /// Hands the verified plaintext of every id of `batch` to `deliver`, in
+    /// any order, each exactly once, on a blocking thread.
+    fn fetch_batch(
+        &self,
+        batch: Vec<ChunkId>,
+        _counters: &RestoreCounters,
+        deliver: Deliver,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send {
+        async move {
+            let blobs: Vec<(ChunkId, Vec<u8>)> = futures::stream::iter(batch)
+                .map(|id| async move { Ok::<_, ClientError>((id, self.fetch(id).await?)) })
+                .buffered(READ_AHEAD)
+                .try_collect()
+                .await?;
+            deliver_all(deliver, blobs).await.map(drop)
+        }
+    }
+
     /// What went wrong but was repaired so far: the number of packs read in
     /// degraded mode, and a line per bad shard.
     fn health(&self) -> (u64, Vec<String>) {
         (0, Vec::new())
     }
+}
+
+/// Takes the plaintext of one blob of a batch (and, on a blocking thread,
+/// writes it where it belongs). Blobs are handed over one at a time as they
+/// are opened, so a batch never holds all of its plaintext at once.
+pub type Deliver = Box<dyn FnMut(ChunkId, Vec<u8>) -> Result<(), ClientError> + Send>;
+
+/// Hands `blobs` to `deliver` on a blocking thread; gives `deliver` back.
+pub(crate) async fn deliver_all(mut deliver: Deliver, blobs: Vec<(ChunkId, Vec<u8>)>) -> Result<Deliver, ClientError> {
+    if blobs.is_empty() {
+        return Ok(deliver);
+    }
+    blocking("deliver blobs", move || {
+        for (id, data) in blobs {
+            deliver(id, data)?;
+        }
+        Ok(deliver)
+    })
+    .await
+}
+
+/// Where the time of a restore goes, accumulated by its tasks.
+#[derive(Default, Debug)]
+pub struct RestoreCounters {
+    pub(crate) trees: StageCounter,
+    pub(crate) lookup: StageCounter,
+    pub(crate) read: StageCounter,
+    pub(crate) open: StageCounter,
+    pub(crate) write: StageCounter,
+    pub(crate) metadata: StageCounter,
+}
+
+impl RestoreCounters {
+    fn stages(&self) -> RestoreStages {
+        RestoreStages {
+            trees: self.trees.snapshot(),
+            lookup: self.lookup.snapshot(),
+            read: self.read.snapshot(),
+            open: self.open.snapshot(),
+            write: self.write.snapshot(),
+            metadata: self.metadata.snapshot(),
+        }
+    }
+}
+
+/// Per-stage costs of a restore. `seconds` sums the time of every task of a
+/// stage, so stages that overlap can add up to more than the wall time.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct RestoreStages {
+    /// Fetching and decoding trees (wall time of each walk round; tree bytes).
+    pub trees: StageTime,
+    /// Resolving chunk locations in the catalog.
+    pub lookup: StageTime,
+    /// Reading sealed bytes from storage nodes (wall time of each read).
+    pub read: StageTime,
+    /// Authenticating, decrypting and decompressing (plaintext bytes).
+    pub open: StageTime,
+    /// Writing plaintext into files.
+    pub write: StageTime,
+    /// Creating files, directories and links, and setting modes and times.
+    pub metadata: StageTime,
 }
 
 /// Where a restore writes.
@@ -85,6 +193,7 @@ pub struct RestoreSummary {
     /// Shards found missing or corrupt, as "pack P shard i on node N: reason".
     pub bad_shards: Vec<String>,
     pub duration_s: f64,
+    pub stages: RestoreStages,
 }
 
 impl Repository {
@@ -110,7 +219,11 @@ impl Repository {
 /// Fetches and decodes the tree `id`.
 pub(crate) async fn load_tree<S: BlobSource>(source: &S, id: ChunkId) -> Result<Tree, ClientError> {
     let bytes = source.fetch(id).await?;
-    Tree::decode(&bytes).map_err(|e| match e {
+    decode_tree(id, &bytes)
+}
+
+fn decode_tree(id: ChunkId, bytes: &[u8]) -> Result<Tree, ClientError> {
+    Tree::decode(bytes).map_err(|e| match e {
         ClientError::BadTree { reason, .. } => ClientError::BadTree { tree: Some(id), reason },
         other => other,
     })
@@ -203,10 +316,11 @@ pub async fn restore_to_dir<S: BlobSource>(
     let start = resolve(&*source, snapshot, root, include).await?;
     let mut run = DirRestore {
         source,
+        counters: Arc::default(),
         tally: Tally::default(),
         dir_meta: Vec::new(),
-        files: JoinSet::new(),
-        slots: Arc::new(Semaphore::new(FILES_IN_FLIGHT)),
+        wave: Wave::default(),
+        open_files: Arc::default(),
     };
     match start {
         Start::Root(tree) => run.walk(target.to_path_buf(), tree).await?,
@@ -218,114 +332,260 @@ pub async fn restore_to_dir<S: BlobSource>(
                 run.dir_meta.push((dir.clone(), p));
             }
             let path = dir.join(node.name_os());
-            run.node(path, node).await?;
-            run.drain_queue().await?;
+            match node.kind {
+                NodeKind::Dir { subtree } => {
+                    run.add_dir(&path, node).await?;
+                    run.walk(path, subtree).await?;
+                }
+                _ => run.leaf(path, node).await?,
+            }
         }
     }
     run.finish(snapshot, started).await
 }
 
+/// Where one chunk goes: which file of the wave, at which offset, and the
+/// length its tree promises.
+#[derive(Clone, Copy, Debug)]
+struct Dest {
+    file: u32,
+    offset: u64,
+    len: u32,
+}
+
+/// A restored file, from its creation to its last chunk.
+struct FileSlot {
+    path: PathBuf,
+    mode: u32,
+    mtime: filetime::FileTime,
+    size: u64,
+    state: Mutex<SlotState>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    /// Open between writes (unless too many files are).
+    file: Option<std::fs::File>,
+    created: bool,
+    /// Chunk writes still to come.
+    remaining: usize,
+    written: u64,
+}
+
+/// Files whose content is restored together, and where each chunk goes.
+#[derive(Default)]
+struct Wave {
+    files: Vec<FileSlot>,
+    dests: HashMap<ChunkId, Vec<Dest>>,
+    /// Distinct chunk ids in the order the files reference them.
+    order: Vec<ChunkId>,
+}
+
+impl Wave {
+    fn is_full(&self) -> bool {
+        self.order.len() >= WAVE_CHUNKS || self.files.len() >= WAVE_FILES
+    }
+
+    fn add(&mut self, path: PathBuf, node: &Node, content: &[ChunkId], lens: &[u32]) {
+        let file = self.files.len() as u32;
+        let mut offset = 0u64;
+        for (id, &len) in content.iter().zip(lens) {
+            let dests = self.dests.entry(*id).or_default();
+            if dests.is_empty() {
+                self.order.push(*id);
+            }
+            dests.push(Dest { file, offset, len });
+            offset += u64::from(len);
+        }
+        self.files.push(FileSlot {
+            path,
+            mode: node.permissions(),
+            mtime: node.mtime.to_filetime(),
+            size: node.size,
+            state: Mutex::new(SlotState { remaining: content.len(), ..SlotState::default() }),
+        });
+    }
+}
+
 /// The state of one restore into a directory.
 struct DirRestore<S: BlobSource> {
     source: Arc<S>,
+    counters: Arc<RestoreCounters>,
     tally: Tally,
     /// Directories created, parents before children, for their metadata.
     dir_meta: Vec<(PathBuf, Node)>,
-    files: JoinSet<Result<u64, ClientError>>,
-    slots: Arc<Semaphore>,
+    wave: Wave,
+    /// Restored files currently open, across the tasks of a wave.
+    open_files: Arc<AtomicUsize>,
 }
 
 impl<S: BlobSource> DirRestore<S> {
     /// Restores the contents of tree `tree` into `dir` (which exists), and
-    /// everything below it.
+    /// everything below it, breadth first.
     async fn walk(&mut self, dir: PathBuf, tree: ChunkId) -> Result<(), ClientError> {
-        let mut queue: Vec<(PathBuf, ChunkId)> = vec![(dir, tree)];
-        let mut loads = FuturesUnordered::new();
-        loop {
-            while loads.len() < TREE_LOADS {
-                let Some((dir, id)) = queue.pop() else { break };
-                let source = self.source.clone();
-                loads.push(async move {
-                    let tree = load_tree(&*source, id).await;
-                    (dir, tree)
-                });
-            }
-            let Some((dir, tree)) = loads.next().await else { break };
-            let tree = tree?;
-            self.source.prepare(tree.referenced_ids().copied().collect()).await?;
-            for node in tree.into_nodes() {
-                let path = dir.join(node.name_os());
-                if let NodeKind::Dir { subtree } = node.kind {
-                    make_dir(&path).await?;
-                    self.tally.dirs += 1;
-                    self.dir_meta.push((path.clone(), node));
-                    queue.push((path, subtree));
-                } else {
-                    self.node(path, node).await?;
+        let mut frontier: VecDeque<(PathBuf, ChunkId)> = VecDeque::from([(dir, tree)]);
+        while !frontier.is_empty() {
+            let round: Vec<(PathBuf, ChunkId)> = frontier.drain(..frontier.len().min(TREE_ROUND)).collect();
+            let trees = self.load_trees(round.iter().map(|(_, id)| *id).collect()).await?;
+            for ((dir, _), tree) in round.into_iter().zip(trees) {
+                for node in tree.into_nodes() {
+                    let path = dir.join(node.name_os());
+                    match node.kind {
+                        NodeKind::Dir { subtree } => {
+                            self.add_dir(&path, node).await?;
+                            frontier.push_back((path, subtree));
+                        }
+                        _ => self.leaf(path, node).await?,
+                    }
                 }
             }
-            self.reap()?;
-        }
-        self.drain_queue().await
-    }
-
-    /// Restores one node at `path`.
-    async fn node(&mut self, path: PathBuf, node: Node) -> Result<(), ClientError> {
-        match &node.kind {
-            NodeKind::Dir { subtree } => {
-                let subtree = *subtree;
-                make_dir(&path).await?;
-                self.tally.dirs += 1;
-                self.dir_meta.push((path.clone(), node));
-                Box::pin(self.walk(path, subtree)).await
+            if self.wave.is_full() {
+                self.run_wave().await?;
             }
-            NodeKind::Symlink { target } => {
-                make_symlink(&path, target, &node).await?;
-                self.tally.symlinks += 1;
-                Ok(())
-            }
-            NodeKind::File { .. } => {
-                let permit =
-                    self.slots.clone().acquire_owned().await.map_err(|e| ClientError::task("restore file", e))?;
-                let source = self.source.clone();
-                self.files.spawn(async move {
-                    let _permit = permit;
-                    let mut file = FileOut(Some(create_file(&path).await?));
-                    let written = write_content(&*source, &node, &mut file, &path).await?;
-                    drop(file);
-                    set_metadata(&path, &node).await?;
-                    Ok(written)
-                });
-                self.tally.files += 1;
-                Ok(())
-            }
-        }
-    }
-
-    /// Surfaces the first failure among finished file tasks.
-    fn reap(&mut self) -> Result<(), ClientError> {
-        while let Some(done) = self.files.try_join_next() {
-            self.tally.bytes += done.map_err(|e| ClientError::task("restore file", e))??;
         }
         Ok(())
     }
 
-    /// Waits for every file task.
-    async fn drain_queue(&mut self) -> Result<(), ClientError> {
-        while let Some(done) = self.files.join_next().await {
-            self.tally.bytes += done.map_err(|e| ClientError::task("restore file", e))??;
+    /// The trees `ids`, in order, fetched in batches.
+    async fn load_trees(&self, ids: Vec<ChunkId>) -> Result<Vec<Tree>, ClientError> {
+        let started = Instant::now();
+        let mut distinct = ids.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        self.prepare(distinct.clone()).await?;
+        let got: Arc<Mutex<HashMap<ChunkId, Vec<u8>>>> = Arc::default();
+        futures::stream::iter(self.source.plan(distinct))
+            .map(|batch| {
+                let got = got.clone();
+                let deliver: Deliver = Box::new(move |id, data| {
+                    lock(&got).insert(id, data);
+                    Ok(())
+                });
+                self.source.fetch_batch(batch, &self.counters, deliver)
+            })
+            .buffer_unordered(BATCHES_IN_FLIGHT)
+            .try_collect::<()>()
+            .await?;
+        let bytes = std::mem::take(&mut *lock(&got));
+        let trees = ids
+            .iter()
+            .map(|id| decode_tree(*id, bytes.get(id).ok_or(ClientError::ChunkNotIndexed { chunk: *id })?))
+            .collect::<Result<Vec<_>, _>>()?;
+        let total: usize = bytes.values().map(Vec::len).sum();
+        self.counters.trees.add(started.elapsed(), total as u64);
+        Ok(trees)
+    }
+
+    async fn prepare(&self, ids: Vec<ChunkId>) -> Result<(), ClientError> {
+        let started = Instant::now();
+        let n = ids.len() as u64;
+        self.source.prepare(ids).await?;
+        self.counters.lookup.add(started.elapsed(), n);
+        Ok(())
+    }
+
+    /// Creates directory `path` (whose metadata is set at the end).
+    async fn add_dir(&mut self, path: &Path, node: Node) -> Result<(), ClientError> {
+        let started = Instant::now();
+        make_dir(path).await?;
+        self.counters.metadata.add(started.elapsed(), 0);
+        self.tally.dirs += 1;
+        self.dir_meta.push((path.to_path_buf(), node));
+        Ok(())
+    }
+
+    /// Restores a symlink now, or plans a file's content.
+    async fn leaf(&mut self, path: PathBuf, node: Node) -> Result<(), ClientError> {
+        match &node.kind {
+            NodeKind::Symlink { target } => {
+                let started = Instant::now();
+                make_symlink(&path, target, &node).await?;
+                self.counters.metadata.add(started.elapsed(), 0);
+                self.tally.symlinks += 1;
+            }
+            NodeKind::File { content, lens } => {
+                self.wave.add(path, &node, content, lens);
+                self.tally.files += 1;
+            }
+            NodeKind::Dir { .. } => {
+                return Err(ClientError::task("restore", "a directory was planned as a leaf"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores the content of every file of the current wave.
+    async fn run_wave(&mut self) -> Result<(), ClientError> {
+        let wave = std::mem::take(&mut self.wave);
+        if wave.files.is_empty() {
+            return Ok(());
+        }
+        let files = Arc::new(wave.files);
+        let dests = Arc::new(wave.dests);
+        // Empty files have no chunk to wait for.
+        let empty: Vec<usize> = (0..files.len()).filter(|&i| lock(&files[i].state).remaining == 0).collect();
+        if !empty.is_empty() {
+            let (files, counters, open) = (files.clone(), self.counters.clone(), self.open_files.clone());
+            blocking("create empty files", move || {
+                for i in empty {
+                    let slot = &files[i];
+                    let mut st = lock(&slot.state);
+                    let file = counters.metadata.time(0, || open_slot(slot, &mut st))?;
+                    open.fetch_add(1, Ordering::Relaxed);
+                    counters.metadata.time(0, || finish_file(slot, file, &open))?;
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        self.prepare(wave.order.clone()).await?;
+        let batches = self.source.plan(wave.order);
+        let written = Arc::new(AtomicU64::new(0));
+        futures::stream::iter(batches)
+            .map(|batch| {
+                let (files, dests, counters, open, written) =
+                    (files.clone(), dests.clone(), self.counters.clone(), self.open_files.clone(), written.clone());
+                let deliver: Deliver = Box::new(move |id, data| {
+                    let n = write_blob(&files, &dests, id, &data, &counters, &open)?;
+                    written.fetch_add(n, Ordering::Relaxed);
+                    Ok(())
+                });
+                self.source.fetch_batch(batch, &self.counters, deliver)
+            })
+            .buffer_unordered(BATCHES_IN_FLIGHT)
+            .try_collect::<()>()
+            .await?;
+        self.tally.bytes += written.load(Ordering::Relaxed);
+        // Every chunk was delivered exactly once: a file still waiting
+        // means the source skipped one.
+        for slot in files.iter() {
+            let st = lock(&slot.state);
+            if st.remaining != 0 || st.written != slot.size {
+                return Err(ClientError::task(
+                    "restore",
+                    format!(
+                        "{}: {} of {} bytes written, {} chunks never delivered",
+                        slot.path.display(),
+                        st.written,
+                        slot.size,
+                        st.remaining
+                    ),
+                ));
+            }
         }
         Ok(())
     }
 
     async fn finish(mut self, snapshot: SnapshotId, started: Instant) -> Result<RestoreSummary, ClientError> {
-        self.drain_queue().await?;
+        self.run_wave().await?;
         // Children were pushed after their parents: going backwards sets a
         // directory's mode (which may forbid writing) only after everything
         // below it is done.
+        let meta_started = Instant::now();
         for (path, node) in self.dir_meta.iter().rev() {
             set_metadata(path, node).await?;
         }
+        self.counters.metadata.add(meta_started.elapsed(), 0);
         let (degraded_packs, bad_shards) = self.source.health();
         Ok(RestoreSummary {
             snapshot_id: snapshot.to_hex(),
@@ -336,58 +596,119 @@ impl<S: BlobSource> DirRestore<S> {
             degraded_packs,
             bad_shards,
             duration_s: started.elapsed().as_secs_f64(),
+            stages: self.counters.stages(),
         })
     }
 }
 
-/// Where a file's chunks are written, in order.
-trait ChunkOut: Send {
-    fn put(&mut self, data: Vec<u8>) -> impl Future<Output = std::io::Result<()>> + Send;
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Any async writer (standard output, a buffer in tests).
-struct AsyncOut<'a, W>(&'a mut W);
-
-impl<W: AsyncWrite + Unpin + Send> ChunkOut for AsyncOut<'_, W> {
-    async fn put(&mut self, data: Vec<u8>) -> std::io::Result<()> {
-        self.0.write_all(&data).await
-    }
+/// Runs `f` on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<T, ClientError> + Send + 'static,
+) -> Result<T, ClientError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ClientError::task(what, e))?
 }
 
-/// A restored file. Each chunk is written by a blocking thread that owns the
-/// buffer, which spares the copy an async file wrapper would make.
-struct FileOut(Option<std::fs::File>);
-
-impl ChunkOut for FileOut {
-    async fn put(&mut self, data: Vec<u8>) -> std::io::Result<()> {
-        use std::io::Write;
-        let mut file = self.0.take().ok_or_else(|| std::io::Error::other("the file was lost by a failed write"))?;
-        let (file, written) = tokio::task::spawn_blocking(move || {
-            let r = file.write_all(&data);
-            (file, r)
-        })
-        .await
-        .map_err(std::io::Error::other)?;
-        self.0 = Some(file);
-        written
+/// Writes a blob at every place the wave has for it; closes and stamps the
+/// files it completes. Returns the bytes written.
+fn write_blob(
+    files: &[FileSlot],
+    dests: &HashMap<ChunkId, Vec<Dest>>,
+    id: ChunkId,
+    data: &[u8],
+    counters: &RestoreCounters,
+    open: &AtomicUsize,
+) -> Result<u64, ClientError> {
+    let Some(places) = dests.get(&id) else {
+        return Err(ClientError::task("restore", format!("the source delivered chunk {id}, which was not asked")));
+    };
+    let mut written = 0u64;
+    for d in places {
+        let slot = files
+            .get(d.file as usize)
+            .ok_or_else(|| ClientError::task("restore", "a chunk destination names no file"))?;
+        if data.len() != d.len as usize {
+            return Err(ClientError::bad_tree(
+                None,
+                format!("{}: chunk {id} holds {} bytes, the tree says {}", slot.path.display(), data.len(), d.len),
+            ));
+        }
+        let mut st = lock(&slot.state);
+        let file = match st.file.take() {
+            Some(f) => f,
+            None => {
+                let f = counters.metadata.time(0, || open_slot(slot, &mut st))?;
+                open.fetch_add(1, Ordering::Relaxed);
+                f
+            }
+        };
+        let started = Instant::now();
+        file.write_all_at(data, d.offset).map_err(|e| ClientError::io(&slot.path, e))?;
+        counters.write.add(started.elapsed(), data.len() as u64);
+        st.remaining = st.remaining.saturating_sub(1);
+        st.written += data.len() as u64;
+        written += data.len() as u64;
+        if st.remaining == 0 {
+            counters.metadata.time(0, || finish_file(slot, file, open))?;
+        } else if open.load(Ordering::Relaxed) > MAX_OPEN_FILES {
+            drop(file);
+            open.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            st.file = Some(file);
+        }
     }
+    Ok(written)
+}
+
+/// Opens a slot's file for writing: created fresh the first time (whatever
+/// non-directory was at its path removed, never followed), reopened after.
+fn open_slot(slot: &FileSlot, st: &mut SlotState) -> Result<std::fs::File, ClientError> {
+    let path = &slot.path;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true);
+    if !st.created {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => {
+                return Err(ClientError::BadTarget { path: path.clone(), reason: "a directory is in the way".into() })
+            }
+            Ok(_) => std::fs::remove_file(path).map_err(|e| ClientError::io(path, e))?,
+            Err(_) => {}
+        }
+        opts.create_new(true).mode(0o600);
+    }
+    let file = opts.open(path).map_err(|e| ClientError::io(path, e))?;
+    st.created = true;
+    Ok(file)
+}
+
+/// Sets a complete file's mode and times, then closes it.
+fn finish_file(slot: &FileSlot, file: std::fs::File, open: &AtomicUsize) -> Result<(), ClientError> {
+    let result = file
+        .set_permissions(std::fs::Permissions::from_mode(slot.mode))
+        .and_then(|()| filetime::set_file_handle_times(&file, Some(slot.mtime), Some(slot.mtime)));
+    drop(file);
+    open.fetch_sub(1, Ordering::Relaxed);
+    result.map_err(|e| ClientError::io(&slot.path, e))
 }
 
 /// Writes a file's chunks, in order, fetching a few ahead.
-async fn write_content<S: BlobSource, O: ChunkOut>(
+async fn write_content<S: BlobSource, W: AsyncWrite + Unpin + Send>(
     source: &S,
     node: &Node,
-    out: &mut O,
+    out: &mut W,
     path: &Path,
 ) -> Result<u64, ClientError> {
-    let NodeKind::File { content } = &node.kind else { return Ok(0) };
+    let NodeKind::File { content, .. } = &node.kind else { return Ok(0) };
     let mut chunks = futures::stream::iter(content.iter().copied()).map(|id| source.fetch(id)).buffered(READ_AHEAD);
     let mut written = 0u64;
     while let Some(data) = chunks.next().await {
         let data = data?;
-        let len = data.len() as u64;
-        out.put(data).await.map_err(|e| ClientError::io(path, e))?;
-        written += len;
+        out.write_all(&data).await.map_err(|e| ClientError::io(path, e))?;
+        written += data.len() as u64;
     }
     if written != node.size {
         return Err(ClientError::bad_tree(
@@ -419,13 +740,11 @@ pub async fn restore_to_writer<S: BlobSource, W: AsyncWrite + Unpin + Send>(
         }
     };
     let name = PathBuf::from(OsStr::from_bytes(&node.name));
-    if !matches!(node.kind, NodeKind::File { .. }) {
+    let NodeKind::File { content, .. } = &node.kind else {
         return Err(ClientError::NotAFile { snapshot, path: name.display().to_string() });
-    }
-    if let NodeKind::File { content } = &node.kind {
-        source.prepare(content.clone()).await?;
-    }
-    let bytes = write_content(&*source, &node, &mut AsyncOut(&mut *out), Path::new("<stdout>")).await?;
+    };
+    source.prepare(content.clone()).await?;
+    let bytes = write_content(&*source, &node, out, Path::new("<stdout>")).await?;
     out.flush().await.map_err(|e| ClientError::io("<stdout>", e))?;
     let (degraded_packs, bad_shards) = source.health();
     Ok(RestoreSummary {
@@ -465,18 +784,6 @@ async fn clear_path(path: &Path) -> Result<(), ClientError> {
     }
 }
 
-async fn create_file(path: &Path) -> Result<std::fs::File, ClientError> {
-    clear_path(path).await?;
-    let file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .await
-        .map_err(|e| ClientError::io(path, e))?;
-    Ok(file.into_std().await)
-}
-
 async fn make_symlink(path: &Path, target: &[u8], node: &Node) -> Result<(), ClientError> {
     clear_path(path).await?;
     let target = PathBuf::from(OsStr::from_bytes(target));
@@ -490,7 +797,7 @@ async fn make_symlink(path: &Path, target: &[u8], node: &Node) -> Result<(), Cli
 }
 
 /// Sets the mode and the mtime (and atime, to the same value) of a restored
-/// file or directory.
+/// directory.
 async fn set_metadata(path: &Path, node: &Node) -> Result<(), ClientError> {
     let perms = std::fs::Permissions::from_mode(node.permissions());
     tokio::fs::set_permissions(path, perms).await.map_err(|e| ClientError::io(path, e))?;

@@ -32,7 +32,7 @@ impl StageCounter {
         out
     }
 
-    fn snapshot(&self) -> StageTime {
+    pub(crate) fn snapshot(&self) -> StageTime {
         StageTime {
             seconds: self.nanos.load(Ordering::Relaxed) as f64 / 1e9,
             bytes: self.bytes.load(Ordering::Relaxed),

@@ -23,7 +23,9 @@ use serde::{Deserialize, Serialize};
 use crate::ClientError;
 
 /// The first byte of every serialised tree.
-pub const TREE_FORMAT_VERSION: u8 = 1;
+/// Version 2 added the plaintext length of every chunk of a file, so that a
+/// restore knows where each chunk goes before it has read the ones before it.
+pub const TREE_FORMAT_VERSION: u8 = 2;
 
 /// The largest tree this build decodes. A directory with about a million
 /// entries fits; anything larger is refused rather than allocated.
@@ -60,8 +62,10 @@ impl Timestamp {
 /// What a node is, with what only that kind carries.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
 pub enum NodeKind {
-    /// A regular file: its chunks, in file order.
-    File { content: Vec<ChunkId> },
+    /// A regular file: its chunks in file order, and the plaintext length of
+    /// each (`lens[i]` is the length of `content[i]`; they sum to the node's
+    /// size, which decoding checks).
+    File { content: Vec<ChunkId>, lens: Vec<u32> },
     /// A directory: the id of its own tree.
     Dir { subtree: ChunkId },
     /// A symbolic link: its target as raw bytes, never followed.
@@ -134,6 +138,21 @@ pub fn check_name(name: &[u8]) -> Result<(), &'static str> {
     }
 }
 
+/// Checks a file's chunk lengths against its chunk list and its size.
+fn check_lens(content: &[ChunkId], lens: &[u32], size: u64) -> Result<(), String> {
+    if content.len() != lens.len() {
+        return Err(format!("{} chunks but {} lengths", content.len(), lens.len()));
+    }
+    if let Some(bad) = lens.iter().find(|&&l| l == 0 || l as usize > coffer_pack::MAX_CHUNK_LEN) {
+        return Err(format!("a chunk length of {bad} bytes"));
+    }
+    let total: u64 = lens.iter().map(|&l| u64::from(l)).sum();
+    if total != size {
+        return Err(format!("chunk lengths sum to {total} bytes, the size is {size}"));
+    }
+    Ok(())
+}
+
 impl Tree {
     /// Builds a tree from nodes in any order. Two nodes with one name, or a
     /// name that is not a single path component, is an error.
@@ -169,6 +188,10 @@ impl Tree {
         for (i, node) in self.nodes.iter().enumerate() {
             check_name(&node.name)
                 .map_err(|why| ClientError::bad_tree(None, format!("entry {:?}: {why}", node.name_lossy())))?;
+            if let NodeKind::File { content, lens } = &node.kind {
+                check_lens(content, lens, node.size)
+                    .map_err(|why| ClientError::bad_tree(None, format!("entry {:?}: {why}", node.name_lossy())))?;
+            }
             if i > 0 && self.nodes[i - 1].name >= node.name {
                 return Err(ClientError::bad_tree(
                     None,
@@ -203,7 +226,7 @@ impl Tree {
     /// subtrees (not the subtrees' own contents).
     pub fn referenced_ids(&self) -> impl Iterator<Item = &ChunkId> {
         self.nodes.iter().flat_map(|n| match &n.kind {
-            NodeKind::File { content } => content.as_slice(),
+            NodeKind::File { content, .. } => content.as_slice(),
             NodeKind::Dir { subtree } => std::slice::from_ref(subtree),
             NodeKind::Symlink { .. } => &[],
         })
@@ -229,12 +252,16 @@ mod tests {
         }
     }
 
+    fn empty_file() -> NodeKind {
+        NodeKind::File { content: vec![], lens: vec![] }
+    }
+
     fn sample() -> Tree {
         Tree::new(vec![
             node("zeta", NodeKind::Symlink { target: b"../nowhere".to_vec() }),
-            node("alpha", NodeKind::File { content: vec![ChunkId([1; 32]), ChunkId([2; 32])] }),
+            node("alpha", NodeKind::File { content: vec![ChunkId([1; 32]), ChunkId([2; 32])], lens: vec![40, 2] }),
             node("mid", NodeKind::Dir { subtree: ChunkId([9; 32]) }),
-            Node { name: vec![0xff, 0xfe, b'x'], ..node("", NodeKind::File { content: vec![] }) },
+            Node { name: vec![0xff, 0xfe, b'x'], size: 0, ..node("", empty_file()) },
         ])
         .unwrap()
     }
@@ -278,7 +305,7 @@ mod tests {
         }])
         .unwrap();
         let bytes = tree.encode().unwrap();
-        let mut want = vec![1u8];
+        let mut want = vec![2u8];
         want.extend(1u64.to_le_bytes()); // node count
         want.extend(1u64.to_le_bytes()); // name length
         want.push(b'a');
@@ -296,6 +323,46 @@ mod tests {
         want.extend(9i64.to_le_bytes());
         want.extend(10u32.to_le_bytes());
         assert_eq!(bytes, want);
+
+        let file = Node {
+            kind: NodeKind::File { content: vec![ChunkId([0xab; 32])], lens: vec![6] },
+            ..tree.nodes()[0].clone()
+        };
+        let bytes = Tree::new(vec![file]).unwrap().encode().unwrap();
+        let mut want = vec![2u8];
+        want.extend(1u64.to_le_bytes()); // node count
+        want.extend(1u64.to_le_bytes()); // name length
+        want.push(b'a');
+        want.extend(0u32.to_le_bytes()); // variant File
+        want.extend(1u64.to_le_bytes()); // chunk count
+        want.extend([0xab; 32]);
+        want.extend(1u64.to_le_bytes()); // length count
+        want.extend(6u32.to_le_bytes());
+        assert_eq!(&bytes[..want.len()], want.as_slice());
+    }
+
+    #[test]
+    fn chunk_lengths_must_match_the_chunks_and_the_size() {
+        let ok = node("f", NodeKind::File { content: vec![ChunkId([1; 32]), ChunkId([2; 32])], lens: vec![40, 2] });
+        assert!(Tree::new(vec![ok.clone()]).is_ok());
+        let cases = [
+            (vec![40], 42),    // one length missing
+            (vec![40, 1], 42), // lengths do not sum to the size
+            (vec![42, 0], 42), // an empty chunk
+            (vec![40, 2], 43), // size disagrees
+            (vec![u32::MAX, 2], u64::from(u32::MAX) + 2),
+        ];
+        for (lens, size) in cases {
+            let bad = Node {
+                kind: NodeKind::File { content: vec![ChunkId([1; 32]), ChunkId([2; 32])], lens },
+                size,
+                ..ok.clone()
+            };
+            // Through the constructor and, bypassing it, on the wire.
+            assert!(Tree::new(vec![bad.clone()]).is_err(), "{bad:?}");
+            let bytes = Tree { nodes: vec![bad] }.encode().unwrap();
+            assert!(matches!(Tree::decode(&bytes), Err(ClientError::BadTree { .. })));
+        }
     }
 
     #[test]
@@ -314,7 +381,7 @@ mod tests {
     fn unsorted_or_hostile_names_on_the_wire_are_refused() {
         // Serialise nodes in the wrong order, bypassing `Tree::new`.
         let tree = Tree {
-            nodes: vec![node("b", NodeKind::File { content: vec![] }), node("a", NodeKind::File { content: vec![] })],
+            nodes: vec![Node { size: 0, ..node("b", empty_file()) }, Node { size: 0, ..node("a", empty_file()) }],
         };
         let bytes = tree.encode().unwrap();
         assert!(matches!(Tree::decode(&bytes), Err(ClientError::BadTree { .. })));

@@ -56,6 +56,9 @@ pub(crate) trait TreeLoader {
     fn load_tree(&self, id: &ChunkId) -> Result<Tree, ClientError>;
 }
 
+/// A file's chunk ids, their plaintext lengths, and its size.
+type FileContent = (Vec<ChunkId>, Vec<u32>, u64);
+
 /// Why a walk ended without a root.
 #[derive(Debug)]
 pub(crate) enum WalkError {
@@ -139,7 +142,7 @@ impl<'a, S: BlobSink> Walker<'a, S> {
             return;
         }
         match previous.map(|n| &n.kind) {
-            Some(NodeKind::File { content: before }) if before.as_slice() == content => {
+            Some(NodeKind::File { content: before, .. }) if before.as_slice() == content => {
                 self.counters.files_unchanged.add(1)
             }
             Some(NodeKind::File { .. }) => self.counters.files_changed.add(1),
@@ -226,7 +229,7 @@ impl<'a, S: BlobSink> Walker<'a, S> {
     ) -> Result<WalkOutput, WalkError> {
         let now = Timestamp::now();
         let parent_tree = parent_root.and_then(|id| self.load_parent(&id));
-        let (content, size) = match self.read_content(reader)? {
+        let (content, lens, size) = match self.read_content(reader)? {
             Ok(read) => read,
             Err(reason) => {
                 return Err(WalkError::Fatal(ClientError::BadSource {
@@ -240,7 +243,7 @@ impl<'a, S: BlobSink> Walker<'a, S> {
         self.classify(parent_tree.as_ref().and_then(|t| t.get(name)), &content);
         let node = Node {
             name: name.to_vec(),
-            kind: NodeKind::File { content },
+            kind: NodeKind::File { content, lens },
             mode: libc::S_IFREG | 0o600,
             uid: 0,
             gid: 0,
@@ -344,8 +347,8 @@ impl<'a, S: BlobSink> Walker<'a, S> {
             }
         } else if ft.is_file() {
             match self.file_content(path, meta, previous)? {
-                Some((content, size)) => {
-                    let mut node = node_from(name, NodeKind::File { content }, meta);
+                Some((content, lens, size)) => {
+                    let mut node = node_from(name, NodeKind::File { content, lens }, meta);
                     node.size = size;
                     return Ok(Some(node));
                 }
@@ -367,9 +370,9 @@ impl<'a, S: BlobSink> Walker<'a, S> {
         path: &Path,
         meta: &Metadata,
         previous: Option<&Node>,
-    ) -> Result<Option<(Vec<ChunkId>, u64)>, WalkError> {
+    ) -> Result<Option<FileContent>, WalkError> {
         if self.parent.is_some() && self.reuse {
-            if let Some(Node { kind: NodeKind::File { content }, size, mtime, ctime, inode, .. }) = previous {
+            if let Some(Node { kind: NodeKind::File { content, lens }, size, mtime, ctime, inode, .. }) = previous {
                 let unchanged = *size == meta.len()
                     && *mtime == Timestamp::from_parts(meta.mtime(), meta.mtime_nsec())
                     && *ctime == Timestamp::from_parts(meta.ctime(), meta.ctime_nsec())
@@ -380,7 +383,7 @@ impl<'a, S: BlobSink> Walker<'a, S> {
                     self.counters.chunks_reused.add(content.len() as u64);
                     self.refs.extend(content.iter().copied());
                     self.counters.files_unchanged.add(1);
-                    return Ok(Some((content.clone(), *size)));
+                    return Ok(Some((content.clone(), lens.clone(), *size)));
                 }
             }
         }
@@ -392,12 +395,12 @@ impl<'a, S: BlobSink> Walker<'a, S> {
             }
         };
         match self.read_content(file)? {
-            Ok((content, size)) => {
+            Ok((content, lens, size)) => {
                 self.counters.files.add(1);
                 self.counters.bytes_scanned.add(size);
                 self.refs.extend(content.iter().copied());
                 self.classify(previous, &content);
-                Ok(Some((content, size)))
+                Ok(Some((content, lens, size)))
             }
             Err(reason) => {
                 self.record(path, reason);
@@ -408,9 +411,10 @@ impl<'a, S: BlobSink> Walker<'a, S> {
 
     /// Chunks, hashes and hands on everything `reader` yields. The inner
     /// error is a read failure of the source, as a message.
-    fn read_content(&mut self, reader: impl Read) -> Result<Result<(Vec<ChunkId>, u64), String>, WalkError> {
+    fn read_content(&mut self, reader: impl Read) -> Result<Result<FileContent, String>, WalkError> {
         let mut chunks = chunker(reader);
         let mut content = Vec::new();
+        let mut lens = Vec::new();
         let mut size = 0u64;
         loop {
             let start = Instant::now();
@@ -425,10 +429,12 @@ impl<'a, S: BlobSink> Walker<'a, S> {
             self.counters.bytes_read.add(len);
             let id = self.counters.hash.time(len, || self.key.chunk_id(&data));
             content.push(id);
+            // A chunk is at most `MAX_CHUNK_LEN` bytes, so its length fits.
+            lens.push(data.len() as u32);
             size += len;
             self.sink.put(id, BlobKind::Data, data)?;
         }
-        Ok(Ok((content, size)))
+        Ok(Ok((content, lens, size)))
     }
 
     fn store_tree(&mut self, tree: &Tree) -> Result<ChunkId, WalkError> {

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use coffer_pack::RepoKey;
 use coffer_types::{ChunkId, SnapshotId};
 
+use crate::restore::{Deliver, RestoreCounters};
 use crate::stats::Counters;
 use crate::tree::{NodeKind, Tree};
 use crate::walk::{BlobKind, BlobSink, Stopped, TreeLoader, WalkOutput, Walker};
@@ -60,6 +61,39 @@ impl BlobSource for MemStore {
             return Err(ClientError::DataLoss { pack: Default::default(), reason: format!("chunk {id} is broken") });
         }
         self.get(&id).map(|(_, b)| b).ok_or(ClientError::ChunkNotIndexed { chunk: id })
+    }
+}
+
+/// A source that fetches in an order unrelated to the files: batches of
+/// three from the back of the plan, each delivered backwards, so chunks land
+/// long before the ones that precede them in their files.
+struct Scrambled(Arc<MemStore>);
+
+impl BlobSource for Scrambled {
+    async fn prepare(&self, ids: Vec<ChunkId>) -> Result<(), ClientError> {
+        self.0.prepare(ids).await
+    }
+
+    async fn fetch(&self, id: ChunkId) -> Result<Vec<u8>, ClientError> {
+        self.0.fetch(id).await
+    }
+
+    fn plan(&self, mut ids: Vec<ChunkId>) -> Vec<Vec<ChunkId>> {
+        ids.reverse();
+        ids.chunks(3).map(<[ChunkId]>::to_vec).collect()
+    }
+
+    async fn fetch_batch(
+        &self,
+        batch: Vec<ChunkId>,
+        _counters: &RestoreCounters,
+        mut deliver: Deliver,
+    ) -> Result<(), ClientError> {
+        for id in batch.into_iter().rev() {
+            let data = self.0.fetch(id).await?;
+            deliver(id, data)?;
+        }
+        Ok(())
     }
 }
 
@@ -177,7 +211,7 @@ async fn a_walked_tree_restores_identically() {
     let root = Tree::decode(&store.get(&out.root).unwrap().1).unwrap();
     let NodeKind::Dir { subtree } = root.get(b"sub").unwrap().kind else { panic!("sub is a dir") };
     let sub = Tree::decode(&store.get(&subtree).unwrap().1).unwrap();
-    let NodeKind::File { content } = &sub.get(b"big.bin").unwrap().kind else { panic!("big.bin is a file") };
+    let NodeKind::File { content, .. } = &sub.get(b"big.bin").unwrap().kind else { panic!("big.bin is a file") };
     assert!(content.len() >= 2);
     let joined: Vec<u8> = content.iter().flat_map(|id| store.get(id).unwrap().1).collect();
     assert_eq!(joined, noise(3 << 20, 1));
@@ -191,6 +225,47 @@ async fn a_walked_tree_restores_identically() {
     // Restoring again over the first restore gives the same result.
     restore_to_dir(store.clone(), SnapshotId::default(), out.root, &target, None).await.unwrap();
     assert_eq!(describe(&target), describe(&src));
+}
+
+#[tokio::test]
+async fn chunks_delivered_out_of_order_land_at_their_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_source(&src);
+    // Shared chunks: a copy of the big file, and a file that repeats a
+    // block, so one blob has several destinations.
+    fs::copy(src.join("sub/big.bin"), src.join("big-copy.bin")).unwrap();
+    let block = noise(1 << 20, 2);
+    fs::write(src.join("repeats.bin"), [block.as_slice(), &block, &block, &noise(5 << 20, 3)].concat()).unwrap();
+    let key = RepoKey::generate();
+    let store = Arc::new(MemStore::default());
+    let (out, counters) = walk(&key, &store, std::slice::from_ref(&src), None);
+    let target = dir.path().join("restored");
+    let scrambled = Arc::new(Scrambled(store.clone()));
+    let summary = restore_to_dir(scrambled, SnapshotId::default(), out.root, &target, None).await.unwrap();
+    assert_eq!(summary.bytes, counters.bytes_scanned.get());
+    assert_eq!(summary.files, 7);
+    assert_eq!(describe(&target), describe(&src));
+    assert_eq!(summary.stages.write.bytes, summary.bytes);
+}
+
+#[tokio::test]
+async fn a_chunk_longer_than_its_tree_says_fails_the_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("file"), b"twelve bytes").unwrap();
+    let key = RepoKey::generate();
+    let store = Arc::new(MemStore::default());
+    let (out, _) = walk(&key, &store, std::slice::from_ref(&src), None);
+    // Swap the file's chunk for a longer blob under the same id: the store
+    // stands in for a source that authenticated the wrong bytes.
+    let root = Tree::decode(&store.get(&out.root).unwrap().1).unwrap();
+    let NodeKind::File { content, .. } = &root.get(b"file").unwrap().kind else { panic!("a file") };
+    store.blobs.lock().unwrap().insert(content[0], (BlobKind::Data, b"thirteen bytes".to_vec()));
+    let err =
+        restore_to_dir(store.clone(), SnapshotId::default(), out.root, &dir.path().join("t"), None).await.unwrap_err();
+    assert!(matches!(err, ClientError::BadTree { .. }), "{err}");
 }
 
 #[tokio::test]
