@@ -144,6 +144,56 @@ fn scrub_finds_corrupt_and_deleted_shards_and_rebuild_repairs_them() -> Result<(
     Ok(())
 }
 
+/// The largest data shard (index below k = 4) among `files`: one of a data
+/// pack, which a full restore reads (unlike the reference lists' packs).
+fn largest_data_shard(files: Vec<std::path::PathBuf>) -> Option<std::path::PathBuf> {
+    files
+        .into_iter()
+        .filter(|f| f.extension().and_then(|e| e.to_str()).and_then(|e| e.parse::<u8>().ok()).is_some_and(|i| i < 4))
+        .max_by_key(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+}
+
+#[test]
+fn a_restore_reports_the_damage_it_reads_around_and_the_cluster_repairs_it() -> Result<()> {
+    let c = Cluster::start(spec())?;
+    let src = c.dir().join("src");
+    write_sample_tree(&src, 62, 24)?;
+    let snap = backup(&c, &src, &[])?["snapshot_id"].as_str().unwrap_or_default().to_string();
+
+    // A full restore reads every data shard of the data packs: on two
+    // nodes, corrupt one and delete another.
+    let mut picks: Vec<std::path::PathBuf> =
+        c.storage.iter().filter_map(|n| largest_data_shard(n.shard_files())).collect();
+    picks.sort_by_key(|f| std::cmp::Reverse(std::fs::metadata(f).map_or(0, |m| m.len())));
+    let (corrupt, deleted) = match picks.as_slice() {
+        [a, b, ..] => (a.clone(), b.clone()),
+        _ => anyhow::bail!("fewer than two nodes hold data shards"),
+    };
+    let mut bent = std::fs::read(&corrupt)?;
+    let at = bent.len() - 100;
+    bent[at] ^= 0xff;
+    std::fs::write(&corrupt, &bent)?;
+    std::fs::remove_file(&deleted)?;
+
+    let summary = restore_and_compare(&c, &snap, &src)?;
+    let bad = summary["bad_shards"].as_array().map_or(0, Vec::len);
+    assert_eq!(bad, 2, "the restore names both damaged shards: {summary}");
+
+    // No scrub runs (the first is a day away): the repair comes from the
+    // restore's report alone, in place on the same nodes.
+    wait_until("the damaged shards to be rebuilt", Duration::from_secs(60), || {
+        let fixed = std::fs::read(&corrupt).ok().is_some_and(|now| now != bent) && deleted.exists();
+        fixed.then_some(())
+    })?;
+    let scrub = c.cli(&["scrub", "--json"])?.ok()?.json()?;
+    let still_bad: usize =
+        scrub["nodes"].as_array().into_iter().flatten().map(|n| n["bad"].as_array().map_or(0, |b| b.len())).sum();
+    assert_eq!(still_bad, 0, "scrub after the repair: {scrub}");
+    let again = restore_and_compare(&c, &snap, &src)?;
+    assert_eq!(again["bad_shards"].as_array().map_or(0, Vec::len), 0, "{again}");
+    Ok(())
+}
+
 #[test]
 fn a_lost_site_regains_node_redundancy_then_the_site_rule() -> Result<()> {
     let mut c = Cluster::start(spec())?;

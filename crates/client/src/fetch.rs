@@ -100,6 +100,32 @@ impl RebuiltCache {
 struct Health {
     degraded: HashSet<PackId>,
     bad_shards: BTreeSet<String>,
+    /// Shards found corrupt or absent, to report to the catalog for repair.
+    damaged: BTreeSet<(NodeId, PackId, ShardIndex, String)>,
+}
+
+/// Why a shard could not be used, and whether that is damage to report.
+struct BadRead {
+    reason: String,
+    damaged: bool,
+}
+
+impl BadRead {
+    /// Damage found here: a shard whose bytes do not match its record.
+    fn damaged(reason: impl Into<String>) -> Self {
+        BadRead { reason: reason.into(), damaged: true }
+    }
+
+    /// A shard that could not be read, which says nothing of its state.
+    fn unread(reason: impl Into<String>) -> Self {
+        BadRead { reason: reason.into(), damaged: false }
+    }
+}
+
+impl From<crate::shards::ShardFailure> for BadRead {
+    fn from(f: crate::shards::ShardFailure) -> Self {
+        BadRead { reason: f.reason, damaged: f.damaged }
+    }
 }
 
 /// Blobs from the cluster: the catalog for locations and placement, the
@@ -222,11 +248,46 @@ impl ClusterSource {
         lock(&self.packs).get(&pack).cloned().ok_or(ClientError::PackNotFound { pack })
     }
 
-    fn bad_shard(&self, pack: PackId, index: ShardIndex, node: NodeId, reason: impl std::fmt::Display) {
-        let line = format!("pack {pack} shard {index} on node {node}: {reason}");
+    fn bad_shard(&self, pack: PackId, index: ShardIndex, node: Option<NodeId>, bad: BadRead) {
+        let line = format!("pack {pack} shard {index} on node {}: {}", node.unwrap_or_default(), bad.reason);
+        let mut health = lock(&self.health);
+        if let (true, Some(node)) = (bad.damaged, node) {
+            health.damaged.insert((node, pack, index, bad.reason));
+        }
         // Many blobs share a shard: say each bad one once.
-        if lock(&self.health).bad_shards.insert(line.clone()) {
+        if health.bad_shards.insert(line.clone()) {
             tracing::warn!("{line}");
+        }
+    }
+
+    /// Reports the shards found corrupt or absent so far to the catalog,
+    /// which has the leader repair them like those scrub finds (a report
+    /// about a shard that has moved since is ignored there). Best effort:
+    /// a failure is logged, the reads it concerns already succeeded.
+    pub(crate) async fn report_damage(&self) {
+        let damaged = std::mem::take(&mut lock(&self.health).damaged);
+        let mut by_node: HashMap<NodeId, Vec<pb::BadShardReport>> = HashMap::new();
+        for (node, pack, index, reason) in damaged {
+            by_node.entry(node).or_default().push(pb::BadShardReport {
+                pack_id: pack.0.to_vec(),
+                index: u32::from(index.0),
+                reason: format!("found by a read: {reason}"),
+            });
+        }
+        for (node, shards) in by_node {
+            let n = shards.len();
+            let req = pb::ReportBadShardsRequest { node: node.0, shards };
+            let sent = self
+                .meta
+                .call("ReportBadShards", |mut c| {
+                    let req = req.clone();
+                    async move { c.report_bad_shards(req).await }
+                })
+                .await;
+            match sent {
+                Ok(_) => tracing::info!(%node, shards = n, "reported damaged shards for repair"),
+                Err(e) => tracing::warn!(%node, error = %e, "could not report damaged shards"),
+            }
         }
     }
 
@@ -244,16 +305,18 @@ impl ClusterSource {
             let node = info
                 .nodes
                 .get(piece.index.0 as usize)
-                .ok_or_else(|| (piece.index, None, "no placement".to_string()))?;
+                .ok_or_else(|| (piece.index, None, BadRead::unread("no placement")))?;
             if node.down {
-                return Err((piece.index, Some(node.id), "node is down".to_string()));
+                return Err((piece.index, Some(node.id), BadRead::unread("node is down")));
             }
-            let addr =
-                node.addr.as_deref().ok_or_else(|| (piece.index, Some(node.id), "node address unknown".to_string()))?;
+            let addr = node
+                .addr
+                .as_deref()
+                .ok_or_else(|| (piece.index, Some(node.id), BadRead::unread("node address unknown")))?;
             self.shards
                 .get(addr, rec.id, piece.index, piece.offset, Some(piece.len))
                 .await
-                .map_err(|e| (piece.index, Some(node.id), e.reason))
+                .map_err(|e| (piece.index, Some(node.id), BadRead::from(e)))
         });
         let mut results = futures::future::join_all(reads).await;
         if let [Ok(_)] = results.as_slice() {
@@ -266,9 +329,9 @@ impl ClusterSource {
         for r in results {
             match r {
                 Ok(bytes) => out.extend_from_slice(&bytes),
-                Err((index, node, reason)) => {
+                Err((index, node, bad)) => {
                     ok = false;
-                    self.bad_shard(rec.id, index, node.unwrap_or_default(), reason);
+                    self.bad_shard(rec.id, index, node, bad);
                 }
             }
         }
@@ -303,9 +366,9 @@ impl ClusterSource {
                 in_flight.push(async move {
                     let body = match &node.addr {
                         Some(addr) => {
-                            self.shards.get(addr, pack, ShardIndex(i as u8), 0, None).await.map_err(|e| e.reason)
+                            self.shards.get(addr, pack, ShardIndex(i as u8), 0, None).await.map_err(BadRead::from)
                         }
-                        None => Err("node address unknown".to_string()),
+                        None => Err(BadRead::unread("node address unknown")),
                     };
                     (i, node.id, body)
                 });
@@ -313,12 +376,12 @@ impl ClusterSource {
             let Some((i, node, body)) = in_flight.next().await else { break };
             let index = ShardIndex(i as u8);
             match body {
-                Err(reason) => self.bad_shard(rec.id, index, node, reason),
+                Err(bad) => self.bad_shard(rec.id, index, Some(node), bad),
                 Ok(body) if body.len() as u64 != rec.shard_len => self.bad_shard(
                     rec.id,
                     index,
-                    node,
-                    format!("{} bytes, the record says {}", body.len(), rec.shard_len),
+                    Some(node),
+                    BadRead::damaged(format!("{} bytes, the record says {}", body.len(), rec.shard_len)),
                 ),
                 Ok(body) => {
                     let expected = rec.shards.get(i).map(|s| s.checksum);
@@ -326,7 +389,7 @@ impl ClusterSource {
                         shards[i] = Some(body);
                         good += 1;
                     } else {
-                        self.bad_shard(rec.id, index, node, "checksum mismatch");
+                        self.bad_shard(rec.id, index, Some(node), BadRead::damaged("checksum mismatch"));
                     }
                 }
             }
@@ -441,16 +504,16 @@ impl ClusterSource {
         };
         let read_started = Instant::now();
         let span = match (&node.addr, node.down) {
-            (_, true) => Err("node is down".to_string()),
-            (None, _) => Err("node address unknown".to_string()),
+            (_, true) => Err(BadRead::unread("node is down")),
+            (None, _) => Err(BadRead::unread("node address unknown")),
             (Some(addr), false) => {
-                self.shards.get(addr, pack, index, start, Some(end - start)).await.map_err(|e| e.reason)
+                self.shards.get(addr, pack, index, start, Some(end - start)).await.map_err(BadRead::from)
             }
         };
         let span = match span {
             Ok(span) => span,
-            Err(reason) => {
-                self.bad_shard(pack, index, node.id, reason);
+            Err(bad) => {
+                self.bad_shard(pack, index, Some(node.id), bad);
                 // Every blob of this pack now comes from its reconstruction.
                 lock(&self.health).degraded.insert(pack);
                 return self.deliver_each(batch, counters, deliver).await;

@@ -206,13 +206,17 @@ impl Repository {
         include: Option<&Path>,
     ) -> Result<RestoreSummary, ClientError> {
         let source = Arc::new(ClusterSource::new(self.meta.clone(), self.record.name.clone(), self.key.clone()));
-        match target {
-            RestoreTarget::Dir(dir) => restore_to_dir(source, snap.id, snap.root, &dir, include).await,
+        let result = match target {
+            RestoreTarget::Dir(dir) => restore_to_dir(source.clone(), snap.id, snap.root, &dir, include).await,
             RestoreTarget::Stdout => {
                 let mut out = tokio::io::stdout();
-                restore_to_writer(source, snap.id, snap.root, include, &mut out).await
+                restore_to_writer(source.clone(), snap.id, snap.root, include, &mut out).await
             }
-        }
+        };
+        // Damage found on the way is repaired by the cluster, whether or not
+        // the restore as a whole succeeded.
+        source.report_damage().await;
+        result
     }
 }
 

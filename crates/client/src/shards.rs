@@ -33,21 +33,25 @@ const GET_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub(crate) struct ShardFailure {
     pub reason: String,
+    /// The node itself found the shard corrupt or absent: damage to report
+    /// for repair, unlike a node that did not answer.
+    pub damaged: bool,
 }
 
 impl ShardFailure {
     fn status(s: tonic::Status) -> Self {
+        let damaged = matches!(s.code(), Code::DataLoss | Code::NotFound);
         let reason = match s.code() {
             Code::DataLoss => format!("corrupt on the node ({})", s.message()),
             Code::NotFound => "absent from the node".to_string(),
             Code::Unavailable => format!("unreachable ({})", s.message()),
             code => format!("{code:?}: {}", s.message()),
         };
-        ShardFailure { reason }
+        ShardFailure { reason, damaged }
     }
 
     fn other(reason: impl Into<String>) -> Self {
-        ShardFailure { reason: reason.into() }
+        ShardFailure { reason: reason.into(), damaged: false }
     }
 }
 
