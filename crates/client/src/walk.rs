@@ -5,7 +5,7 @@
 //!   lstat/read_dir ──► unchanged since the parent? ──yes──► reuse the parent's chunk list
 //!                                │ no
 //!                                ▼
-//!                     open ──► chunker ──► chunk_id ──► BlobSink (data)
+//!                     open ──► chunker (one buffer for every file) ──► chunk_id ──► BlobSink (data)
 //!   all entries of a directory ──► Tree ──encode──► chunk_id ──► BlobSink (tree)
 //! ```
 //!
@@ -25,7 +25,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use coffer_pack::{chunker, RepoKey};
+use coffer_pack::{ChunkBuffer, Chunker, RepoKey};
 use coffer_types::ChunkId;
 
 use crate::stats::Counters;
@@ -119,11 +119,14 @@ pub(crate) struct Walker<'a, S: BlobSink> {
     counters: &'a Counters,
     refs: RefList,
     errors: Vec<String>,
+    /// The chunker's read buffer, passed from file to file; `None` only
+    /// while a file is being read.
+    buffer: Option<ChunkBuffer>,
 }
 
 impl<'a, S: BlobSink> Walker<'a, S> {
     pub fn new(key: &'a RepoKey, sink: S, parent: Option<&'a dyn TreeLoader>, counters: &'a Counters) -> Self {
-        Walker { key, sink, parent, reuse: true, counters, refs: RefList::default(), errors: Vec::new() }
+        Walker { key, sink, parent, reuse: true, counters, refs: RefList::default(), errors: Vec::new(), buffer: None }
     }
 
     /// Reads every file even when the parent holds it unchanged; the parent
@@ -409,7 +412,16 @@ impl<'a, S: BlobSink> Walker<'a, S> {
     /// Chunks, hashes and hands on everything `reader` yields. The inner
     /// error is a read failure of the source, as a message.
     fn read_content(&mut self, reader: impl Read) -> Result<Result<(Vec<ChunkId>, u64), String>, WalkError> {
-        let mut chunks = chunker(reader);
+        let mut chunks = Chunker::with_buffer(reader, self.buffer.take().unwrap_or_default());
+        let result = self.chunk_into_sink(&mut chunks);
+        self.buffer = Some(chunks.into_buffer());
+        result
+    }
+
+    fn chunk_into_sink(
+        &mut self,
+        chunks: &mut Chunker<impl Read>,
+    ) -> Result<Result<(Vec<ChunkId>, u64), String>, WalkError> {
         let mut content = Vec::new();
         let mut size = 0u64;
         loop {
