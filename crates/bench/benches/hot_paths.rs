@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use coffer_bench::{json, markdown, random_bytes, sql_text, Layer, Runner, RunnerConfig};
 use coffer_erasure::Codec;
-use coffer_pack::{chunker, RepoKey, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
+use coffer_pack::{chunker, ChunkBuffer, Chunker, RepoKey, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
 use coffer_types::ErasureParams;
 use fastcdc::v2020::{FastCDC, StreamCDC};
 use reed_solomon_erasure::galois_8::ReedSolomon;
@@ -112,6 +112,10 @@ fn chunking(r: &mut Runner) {
     r.run(group, Layer::Coffer, "coffer_pack::chunker (Read, a Vec per chunk)", n, || {
         chunker(&data[..]).map(|c| c.map_or(0, |c| c.len())).sum::<usize>()
     });
+    let mut buffer = Some(ChunkBuffer::new());
+    r.run(group, Layer::Coffer, "coffer_pack::Chunker::with_buffer (reused buffer, as the walker)", n, || {
+        chunk_reusing(&mut buffer, &data)
+    });
     r.run(group, Layer::Crate, "fastcdc::v2020::StreamCDC over &[u8]", n, || {
         StreamCDC::new(&data[..], min, avg, max).map(|c| c.map_or(0, |c| c.length)).sum::<usize>()
     });
@@ -127,12 +131,24 @@ fn chunking(r: &mut Runner) {
     r.run(group, Layer::Coffer, "coffer_pack::chunker (Read, a Vec per chunk)", n, || {
         chunker(&small[..]).map(|c| c.map_or(0, |c| c.len())).sum::<usize>()
     });
+    r.run(group, Layer::Coffer, "coffer_pack::Chunker::with_buffer (reused buffer, as the walker)", n, || {
+        chunk_reusing(&mut buffer, &small)
+    });
     r.run(group, Layer::Crate, "fastcdc::v2020::StreamCDC over &[u8]", n, || {
         StreamCDC::new(&small[..], min, avg, max).map(|c| c.map_or(0, |c| c.length)).sum::<usize>()
     });
     r.run(group, Layer::Crate, "fastcdc::v2020::FastCDC in memory (no copy)", n, || {
         FastCDC::new(&small, min, avg, max).map(|c| c.length).sum::<usize>()
     });
+}
+
+/// Chunks `data` in a buffer passed from call to call, as the walker passes
+/// one from file to file.
+fn chunk_reusing(buffer: &mut Option<ChunkBuffer>, data: &[u8]) -> usize {
+    let mut chunks = Chunker::with_buffer(data, buffer.take().unwrap_or_default());
+    let total = chunks.by_ref().map(|c| c.map_or(0, |c| c.len())).sum::<usize>();
+    *buffer = Some(chunks.into_buffer());
+    total
 }
 
 fn hashing(r: &mut Runner) {
@@ -259,6 +275,12 @@ fn erasure(r: &mut Runner, k: usize, m: usize) {
 
     let group = format!("erasure encode {k}+{m}, 16 MiB pack");
     r.run(&group, Layer::Coffer, "Codec::encode (split + pad + parity)", n, || codec.encode(&pack).len());
+    // Padding happens on the first call only; later calls find the pack
+    // already a whole number of shards long.
+    let mut in_place = pack.clone();
+    r.run(&group, Layer::Coffer, "Codec::encode_parity (pad in place + parity, as the agent)", n, || {
+        codec.encode_parity(&mut in_place).len()
+    });
     let mut shards = codec.encode(&pack);
     r.run(&group, Layer::Crate, "ReedSolomon::encode on ready shards (parity only)", n, || {
         rs.encode(&mut shards).map_or(0, |()| shards.len())

@@ -390,7 +390,7 @@ impl Repository {
                     walker = walker.read_everything();
                 }
                 let result = match producer {
-                    Producer::Paths(paths) => walker.walk_paths(&paths, parent_root),
+                    Producer::Paths(paths) => walker.with_read_ahead().walk_paths(&paths, parent_root),
                     Producer::Stream { reader, name } => walker.walk_stream(reader, &name, parent_root),
                 };
                 let _ = done_tx.send(result);

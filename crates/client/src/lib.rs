@@ -10,7 +10,9 @@
 //!             lstat, read, FastCDC,        LookupChunks       zstd + AES-GCM       data pack,      AllocatePack,
 //!             chunk id, trees bottom-up    (≤ 10 000 ids),    per blob             tree pack,      encode k+m,
 //!             parent reuse                 session set                             cut at 16 MiB   PutShard ×(k+m),
-//!                                                                                                  CommitPack
+//!               ▲                                                                                  CommitPack
+//!   read-ahead thread: asks the kernel for the next files of the walk
+//!
 //!  walker done ──► flush packs ──► reference list (refs pack) ──► CommitSnapshot ──► summary
 //! ```
 //!
@@ -29,6 +31,7 @@ mod error;
 mod fetch;
 pub mod gc;
 mod pipeline;
+mod readahead;
 pub mod repo;
 pub mod restore;
 pub mod retention;

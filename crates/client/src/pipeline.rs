@@ -351,9 +351,15 @@ impl OpenPack {
         })?;
         if self.bytes.capacity() == 0 && self.kind == PackKind::Data {
             // One allocation for the whole data pack: it overshoots the
-            // target by at most one chunk. Tree packs are usually small and
-            // grow as needed.
-            self.bytes.reserve(PACK_TARGET + coffer_pack::MAX_CHUNK_LEN + coffer_pack::BLOB_OVERHEAD);
+            // target by at most one blob, and erasure coding pads it in place
+            // by fewer than k bytes. Tree packs are usually small and grow
+            // as needed.
+            self.bytes.reserve(
+                PACK_TARGET
+                    + coffer_pack::MAX_CHUNK_LEN
+                    + coffer_pack::BLOB_OVERHEAD
+                    + coffer_types::MAX_SHARDS as usize,
+            );
         }
         self.entries.push(PackEntry { id, offset: self.bytes.len() as u64, len });
         self.bytes.extend_from_slice(blob);

@@ -3,7 +3,7 @@
 //! ```text
 //!   pack bytes ──AllocatePack──► pack id + k+m targets
 //!        │
-//!        └──Codec::encode──► k+m shards ──BLAKE3──► checksums
+//!        └──Codec::encode_parity──► k data shards (slices of the padded pack) + m parity ──BLAKE3──► checksums
 //!                               │
 //!                               └──PutShard ×(k+m), all at once──► every ack? ──CommitPack──► PackRecord
 //!                                                                     │ no
@@ -166,17 +166,18 @@ impl PackWriter {
     }
 
     /// Erasure-codes the pack and checksums each shard, off the async threads.
+    /// The data shards are slices of the (zero-padded) pack buffer itself;
+    /// only the parity shards are new memory.
     async fn encode(&self, pack: PackId, params: ErasureParams, bytes: Vec<u8>) -> Result<Encoded, ClientError> {
         let counters = self.counters.clone();
         tokio::task::spawn_blocking(move || {
             let start = Instant::now();
             let codec = Codec::new(params).map_err(|source| ClientError::Erasure { pack, source })?;
-            let shards = codec.encode(&bytes);
-            drop(bytes);
+            let shards = split_and_encode(&codec, bytes);
             let checksums = shards.iter().map(|s| Hash32(*blake3::hash(s).as_bytes())).collect();
             let shard_bytes: u64 = shards.iter().map(|s| s.len() as u64).sum();
             counters.encode.add(start.elapsed(), shard_bytes);
-            Ok(Encoded { params, shards: shards.into_iter().map(Bytes::from).collect(), checksums })
+            Ok(Encoded { params, shards, checksums })
         })
         .await
         .map_err(|e| ClientError::task("encode pack", e))?
@@ -216,6 +217,16 @@ impl PackWriter {
             .await?;
         Ok(())
     }
+}
+
+/// The `k + m` shards of `pack`, as `Codec::encode` would cut them: the data
+/// shards share the padded pack buffer, the parity shards are computed.
+fn split_and_encode(codec: &Codec, mut pack: Vec<u8>) -> Vec<Bytes> {
+    let parity = codec.encode_parity(&mut pack);
+    let k = codec.params().k();
+    let shard_len = pack.len() / k;
+    let data = Bytes::from(pack);
+    (0..k).map(|i| data.slice(i * shard_len..(i + 1) * shard_len)).chain(parity.into_iter().map(Bytes::from)).collect()
 }
 
 /// The pack bytes back from its data shards, for re-encoding under new
@@ -282,6 +293,19 @@ mod tests {
         let mut bad_params = good;
         bad_params.params = Some(pb::ErasureParams { k: 0, m: 1 });
         assert!(parse_allocation(bad_params).is_err());
+    }
+
+    #[test]
+    fn shards_share_the_pack_and_match_the_codec() {
+        for (k, m) in [(4, 2), (3, 2), (1, 1)] {
+            let codec = Codec::new(ErasureParams::new(k, m).unwrap()).unwrap();
+            for len in [0usize, 1, 1001, 4096] {
+                let pack: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+                let shards = split_and_encode(&codec, pack.clone());
+                let expected: Vec<Bytes> = codec.encode(&pack).into_iter().map(Bytes::from).collect();
+                assert_eq!(shards, expected, "{k}+{m}, {len} bytes");
+            }
+        }
     }
 
     #[test]

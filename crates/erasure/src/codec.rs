@@ -49,26 +49,52 @@ impl Codec {
     /// Data shard `i` is `pack[i*L..(i+1)*L]`, zero-padded at the end of the
     /// pack; shards `k..k+m` are parity.
     pub fn encode(&self, pack: &[u8]) -> Vec<Vec<u8>> {
-        let k = self.params.k();
-        // The same value as `ErasureParams::shard_len`, computed in `usize` so
-        // that slicing needs no conversion; a unit test holds the two equal.
-        let shard_len = pack.len().div_ceil(k).max(1);
-        let mut shards: Vec<Vec<u8>> = (0..self.params.total())
+        let shard_len = self.shard_len(pack.len());
+        let mut shards: Vec<Vec<u8>> = (0..self.params.k())
             .map(|i| {
-                let mut shard = vec![0u8; shard_len];
-                if i < k {
-                    let start = (i * shard_len).min(pack.len());
-                    let end = ((i + 1) * shard_len).min(pack.len());
-                    shard[..end - start].copy_from_slice(&pack[start..end]);
-                }
+                let start = (i * shard_len).min(pack.len());
+                let end = ((i + 1) * shard_len).min(pack.len());
+                let mut shard = Vec::with_capacity(shard_len);
+                shard.extend_from_slice(&pack[start..end]);
+                shard.resize(shard_len, 0);
                 shard
             })
             .collect();
-        // The library only fails on a wrong shard count or unequal or empty
-        // shards; the vectors above are built with the codec's count and one
-        // non-zero length, so an error here is a bug in this function.
-        self.rs.encode(&mut shards).expect("shards are built with the codec's count and one length");
+        let parity = self.parity_of(&shards, shard_len);
+        shards.extend(parity);
         shards
+    }
+
+    /// Encodes without copying the data: pads `pack` with zeros to
+    /// `k * shard_len` bytes, so that data shard `i` is
+    /// `pack[i*shard_len..(i+1)*shard_len]` exactly as [`Codec::encode`]
+    /// would return it, and returns the `m` parity shards.
+    ///
+    /// The padding is at most `k - 1` bytes (or `k` for an empty pack), so a
+    /// caller that reserves that much avoids a reallocation.
+    pub fn encode_parity(&self, pack: &mut Vec<u8>) -> Vec<Vec<u8>> {
+        let shard_len = self.shard_len(pack.len());
+        pack.resize(self.params.k() * shard_len, 0);
+        let data: Vec<&[u8]> = pack.chunks_exact(shard_len).collect();
+        self.parity_of(&data, shard_len)
+    }
+
+    /// The length of every shard of a pack of `pack_len` bytes: the same value
+    /// as `ErasureParams::shard_len`, computed in `usize` so that slicing
+    /// needs no conversion; a unit test holds the two equal.
+    fn shard_len(&self, pack_len: usize) -> usize {
+        pack_len.div_ceil(self.params.k()).max(1)
+    }
+
+    /// The parity shards of `k` data shards of `shard_len` bytes each.
+    fn parity_of<T: AsRef<[u8]>>(&self, data: &[T], shard_len: usize) -> Vec<Vec<u8>> {
+        let mut parity: Vec<Vec<u8>> = (0..self.params.m()).map(|_| vec![0u8; shard_len]).collect();
+        // The library only fails on a wrong shard count or unequal or empty
+        // shards; the callers pass `k` data shards of one non-zero length and
+        // the vectors above have the codec's parity count and the same
+        // length, so an error here is a bug in this module.
+        self.rs.encode_sep(data, &mut parity).expect("shards are built with the codec's counts and one length");
+        parity
     }
 
     /// Fills every `None` entry, data and parity, from any `k` present shards.
@@ -181,6 +207,25 @@ mod tests {
         assert!(shards.iter().all(|s| s.len() == 5));
         assert_eq!(shards[0], vec![0, 1, 2, 3, 4]);
         assert_eq!(shards[3], vec![15, 16, 17, 0, 0]);
+    }
+
+    #[test]
+    fn encode_parity_pads_in_place_and_matches_encode() {
+        for (k, m) in [(1, 1), (3, 2), (4, 2), (6, 3)] {
+            let c = codec(k, m);
+            for len in [0usize, 1, 5, 17, 1000, 4096, 65_537] {
+                let pack: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+                let expected = c.encode(&pack);
+                let mut padded = pack.clone();
+                let parity = c.encode_parity(&mut padded);
+                let shard_len = expected[0].len();
+                assert_eq!(padded.len(), k as usize * shard_len, "k={k} len={len}");
+                assert_eq!(&padded[..len], &pack[..]);
+                let data: Vec<Vec<u8>> = padded.chunks(shard_len).map(<[u8]>::to_vec).collect();
+                assert_eq!(data, expected[..k as usize], "k={k} len={len}");
+                assert_eq!(parity, expected[k as usize..], "k={k} len={len}");
+            }
+        }
     }
 
     #[test]

@@ -45,6 +45,12 @@ proptest! {
         let c = codec(k, m);
         let original = c.encode(&pack);
         prop_assert_eq!(original.len(), k + m);
+        // Encoding in place gives the same shards: the padded pack holds the
+        // data shards end to end.
+        let mut in_place = pack.clone();
+        let parity = c.encode_parity(&mut in_place);
+        prop_assert_eq!(in_place, original[..k].concat());
+        prop_assert_eq!(&parity[..], &original[k..]);
         let mut shards: Vec<Option<Vec<u8>>> = original.iter().cloned().map(Some).collect();
         for &i in &lost {
             shards[i] = None;

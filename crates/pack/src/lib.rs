@@ -26,7 +26,7 @@ mod wire;
 mod prop_tests;
 
 pub use blob::{Compression, SealedBlob, BLOB_OVERHEAD, MAX_DECOMPRESSED_LEN};
-pub use chunking::{chunker, Chunker, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, MAX_CHUNK_LEN};
+pub use chunking::{chunker, ChunkBuffer, Chunker, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, MAX_CHUNK_LEN};
 pub use error::PackError;
 pub use key::{KdfParams, RepoKey, KEY_SLOT_LEN, MAX_KDF_M_COST_KIB, MAX_KDF_P_COST, MAX_KDF_T_COST};
 pub use refs::{decode_refs, encode_refs};

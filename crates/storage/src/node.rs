@@ -48,6 +48,17 @@ const MIN_REGISTER_BACKOFF: Duration = Duration::from_millis(100);
 /// stall the heartbeat for good.
 const META_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// HTTP/2 receive windows of the shard server. hyper's defaults (1 MiB per
+/// stream and per connection) are smaller than one 1 MiB shard frame plus
+/// its framing, so every frame of a put stalled on a window update; 4 MiB
+/// lets a whole shard of a 16 MiB 4+2 pack be in flight. A node buffers at
+/// most `PUT_CONNECTION_WINDOW` of unread data per client connection.
+const PUT_STREAM_WINDOW: u32 = 4 << 20;
+const PUT_CONNECTION_WINDOW: u32 = 8 << 20;
+/// The largest HTTP/2 frame the shard server accepts (hyper's default is
+/// 16 KiB): a 1 MiB shard frame arrives in 4 HTTP/2 frames instead of 64.
+const MAX_HTTP2_FRAME: u32 = 256 << 10;
+
 /// How a storage node runs.
 #[derive(Clone, Debug)]
 pub struct StorageConfig {
@@ -204,6 +215,9 @@ impl StorageNode {
         });
         tracing::info!(node = %self.id, listen = %local, "serving shards");
         let served = tonic::transport::Server::builder()
+            .initial_stream_window_size(PUT_STREAM_WINDOW)
+            .initial_connection_window_size(PUT_CONNECTION_WINDOW)
+            .max_frame_size(MAX_HTTP2_FRAME)
             .add_service(service.into_server())
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
