@@ -20,7 +20,8 @@ use coffer_types::{BackupKind, ChunkId, PackKind, SessionId, SnapshotId, Snapsho
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::fetch::{ClusterSource, ParentTrees};
+use crate::fetch::ClusterSource;
+use crate::parent::ParentTrees;
 use crate::pipeline::{dedup_stage, packer_stage, seal_worker, ByteBudget, ChannelSink, StageCtx, PLAINTEXT_BUDGET};
 use crate::repo::{now_ms, Repository};
 use crate::select::parent_for;
@@ -376,9 +377,9 @@ impl Repository {
         let key = self.key.clone();
         let walk_counters = counters.clone();
         let sink = ChannelSink { tx: walk_tx, budget: budget.clone() };
-        let parent_trees = parent_root.map(|_| ParentTrees {
-            source: Arc::new(ClusterSource::new(self.meta.clone(), self.record.name.clone(), self.key.clone())),
-            handle: tokio::runtime::Handle::current(),
+        let parent_trees = parent_root.map(|root| {
+            let source = Arc::new(ClusterSource::new(self.meta.clone(), self.record.name.clone(), self.key.clone()));
+            ParentTrees::start(source, tokio::runtime::Handle::current(), root)
         });
         std::thread::Builder::new()
             .name("coffer-walk".into())

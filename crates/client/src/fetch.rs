@@ -32,8 +32,6 @@ use crate::conn::MetaClient;
 use crate::pipeline::LOOKUP_BATCH;
 use crate::restore::{deliver_all, BlobSource, Deliver, RestoreCounters};
 use crate::shards::ShardPool;
-use crate::tree::Tree;
-use crate::walk::TreeLoader;
 use crate::ClientError;
 
 /// Reconstructed packs kept for the blobs that follow.
@@ -654,19 +652,6 @@ impl BlobSource for ClusterSource {
     fn health(&self) -> (u64, Vec<String>) {
         let h = lock(&self.health);
         (h.degraded.len() as u64, h.bad_shards.iter().cloned().collect())
-    }
-}
-
-/// The parent snapshot's trees for the walker, which runs on a plain thread
-/// and so waits on the async source through the runtime handle.
-pub(crate) struct ParentTrees {
-    pub source: Arc<ClusterSource>,
-    pub handle: tokio::runtime::Handle,
-}
-
-impl TreeLoader for ParentTrees {
-    fn load_tree(&self, id: &ChunkId) -> Result<Tree, ClientError> {
-        self.handle.block_on(crate::restore::load_tree(&*self.source, *id))
     }
 }
 

@@ -30,6 +30,7 @@ pub mod conn;
 mod error;
 mod fetch;
 pub mod gc;
+mod parent;
 mod pipeline;
 mod readahead;
 pub mod repo;

@@ -59,7 +59,7 @@ const WAVE_CHUNKS: usize = 100_000;
 /// ...or this many files, which bounds the memory of a plan.
 const WAVE_FILES: usize = 50_000;
 /// Batches fetched and written at once.
-const BATCHES_IN_FLIGHT: usize = 8;
+const BATCHES_IN_FLIGHT: usize = 12;
 /// Ids per batch when a source has no better grouping.
 const DEFAULT_BATCH: usize = 16;
 /// Chunks fetched ahead of the one being written (stdout, default batches).
@@ -107,6 +107,31 @@ pub trait BlobSource: Send + Sync + 'static {
     fn health(&self) -> (u64, Vec<String>) {
         (0, Vec::new())
     }
+}
+
+/// The plaintext of `ids` (distinct, prepared), fetched in the source's
+/// batches, `BATCHES_IN_FLIGHT` at once, into memory: for trees, which are
+/// small, not for file content.
+pub(crate) async fn fetch_all<S: BlobSource>(
+    source: &S,
+    counters: &RestoreCounters,
+    ids: Vec<ChunkId>,
+) -> Result<HashMap<ChunkId, Vec<u8>>, ClientError> {
+    let got: Arc<Mutex<HashMap<ChunkId, Vec<u8>>>> = Arc::default();
+    futures::stream::iter(source.plan(ids))
+        .map(|batch| {
+            let got = got.clone();
+            let deliver: Deliver = Box::new(move |id, data| {
+                lock(&got).insert(id, data);
+                Ok(())
+            });
+            source.fetch_batch(batch, counters, deliver)
+        })
+        .buffer_unordered(BATCHES_IN_FLIGHT)
+        .try_collect::<()>()
+        .await?;
+    let out = std::mem::take(&mut *lock(&got));
+    Ok(out)
 }
 
 /// Takes the plaintext of one blob of a batch (and, on a blocking thread,
@@ -226,7 +251,7 @@ pub(crate) async fn load_tree<S: BlobSource>(source: &S, id: ChunkId) -> Result<
     decode_tree(id, &bytes)
 }
 
-fn decode_tree(id: ChunkId, bytes: &[u8]) -> Result<Tree, ClientError> {
+pub(crate) fn decode_tree(id: ChunkId, bytes: &[u8]) -> Result<Tree, ClientError> {
     Tree::decode(bytes).map_err(|e| match e {
         ClientError::BadTree { reason, .. } => ClientError::BadTree { tree: Some(id), reason },
         other => other,
@@ -457,20 +482,7 @@ impl<S: BlobSource> DirRestore<S> {
         distinct.sort_unstable();
         distinct.dedup();
         self.prepare(distinct.clone()).await?;
-        let got: Arc<Mutex<HashMap<ChunkId, Vec<u8>>>> = Arc::default();
-        futures::stream::iter(self.source.plan(distinct))
-            .map(|batch| {
-                let got = got.clone();
-                let deliver: Deliver = Box::new(move |id, data| {
-                    lock(&got).insert(id, data);
-                    Ok(())
-                });
-                self.source.fetch_batch(batch, &self.counters, deliver)
-            })
-            .buffer_unordered(BATCHES_IN_FLIGHT)
-            .try_collect::<()>()
-            .await?;
-        let bytes = std::mem::take(&mut *lock(&got));
+        let bytes = fetch_all(&*self.source, &self.counters, distinct).await?;
         let trees = ids
             .iter()
             .map(|id| decode_tree(*id, bytes.get(id).ok_or(ClientError::ChunkNotIndexed { chunk: *id })?))

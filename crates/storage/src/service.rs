@@ -241,6 +241,7 @@ impl ShardStoreRpc for ShardService {
         let (reader, (start, end)) = blocking(move || {
             let reader = store.open_reader(&pack, index)?;
             let range = reader.resolve_range(req.offset, req.length)?;
+            reader.will_need(range.0, range.1);
             Ok((reader, range))
         })
         .await

@@ -639,6 +639,19 @@ impl ShardReader {
 
     /// Reads body bytes `offset..offset + len` (`len` 0: to the end),
     /// verifying each block it touches.
+    /// Tells the kernel that body bytes `[start, end)` will be read soon, so
+    /// that a long ranged read is fetched from disk in one go rather than a
+    /// read-ahead window at a time. Only a hint: failures are ignored.
+    pub fn will_need(&self, start: u64, end: u64) {
+        let Some(len) = std::num::NonZeroU64::new(end.saturating_sub(start)) else { return };
+        let _ = rustix::fs::fadvise(
+            &self.file,
+            self.body_offset.saturating_add(start),
+            Some(len),
+            rustix::fs::Advice::WillNeed,
+        );
+    }
+
     pub fn read_range(&self, offset: u64, len: u64) -> Result<Vec<u8>, StorageError> {
         let (start, end) = self.resolve_range(offset, len)?;
         let mut out = Vec::with_capacity((end - start) as usize);
