@@ -64,6 +64,9 @@ const BATCHES_IN_FLIGHT: usize = 12;
 const DEFAULT_BATCH: usize = 16;
 /// Chunks fetched ahead of the one being written (stdout, default batches).
 const READ_AHEAD: usize = 4;
+/// Chunks at least this large start their writeback as soon as they are
+/// written.
+const WRITEBACK_MIN: usize = 256 << 10;
 /// Restored files held open between writes; past this a file is closed
 /// after each write and reopened for its next chunk.
 const MAX_OPEN_FILES: usize = 256;
@@ -664,6 +667,9 @@ fn write_blob(
         };
         let started = Instant::now();
         file.write_all_at(data, d.offset).map_err(|e| ClientError::io(&slot.path, e))?;
+        if data.len() >= WRITEBACK_MIN {
+            start_writeback(&file, d.offset, data.len() as u64);
+        }
         counters.write.add(started.elapsed(), data.len() as u64);
         st.remaining = st.remaining.saturating_sub(1);
         st.written += data.len() as u64;
@@ -678,6 +684,18 @@ fn write_blob(
         }
     }
     Ok(written)
+}
+
+/// Starts writing `[offset, offset + len)` of `file` back to disk without
+/// waiting: the restore is done when its bytes are on disk, and disk writes
+/// that start as chunks land overlap with the reads still to come instead
+/// of queueing up at the end. (Linux starts asynchronous writeback of the
+/// dirty range on `POSIX_FADV_DONTNEED`; pages still dirty stay cached.)
+/// Only a hint: a failure changes nothing.
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    if let Some(len) = std::num::NonZeroU64::new(len) {
+        let _ = rustix::fs::fadvise(file, offset, Some(len), rustix::fs::Advice::DontNeed);
+    }
 }
 
 /// Opens a slot's file for writing: created fresh the first time (whatever
