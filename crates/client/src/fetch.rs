@@ -31,7 +31,7 @@ use tokio::sync::OnceCell;
 use crate::conn::MetaClient;
 use crate::pipeline::LOOKUP_BATCH;
 use crate::restore::{deliver_all, BlobSource, Deliver, RestoreCounters};
-use crate::shards::ShardPool;
+use crate::shards::{ShardFailure, ShardPool};
 use crate::ClientError;
 
 /// Reconstructed packs kept for the blobs that follow.
@@ -100,30 +100,6 @@ struct Health {
     bad_shards: BTreeSet<String>,
     /// Shards found corrupt or absent, to report to the catalog for repair.
     damaged: BTreeSet<(NodeId, PackId, ShardIndex, String)>,
-}
-
-/// Why a shard could not be used, and whether that is damage to report.
-struct BadRead {
-    reason: String,
-    damaged: bool,
-}
-
-impl BadRead {
-    /// Damage found here: a shard whose bytes do not match its record.
-    fn damaged(reason: impl Into<String>) -> Self {
-        BadRead { reason: reason.into(), damaged: true }
-    }
-
-    /// A shard that could not be read, which says nothing of its state.
-    fn unread(reason: impl Into<String>) -> Self {
-        BadRead { reason: reason.into(), damaged: false }
-    }
-}
-
-impl From<crate::shards::ShardFailure> for BadRead {
-    fn from(f: crate::shards::ShardFailure) -> Self {
-        BadRead { reason: f.reason, damaged: f.damaged }
-    }
 }
 
 /// Blobs from the cluster: the catalog for locations and placement, the
@@ -246,7 +222,7 @@ impl ClusterSource {
         lock(&self.packs).get(&pack).cloned().ok_or(ClientError::PackNotFound { pack })
     }
 
-    fn bad_shard(&self, pack: PackId, index: ShardIndex, node: Option<NodeId>, bad: BadRead) {
+    fn bad_shard(&self, pack: PackId, index: ShardIndex, node: Option<NodeId>, bad: ShardFailure) {
         let line = format!("pack {pack} shard {index} on node {}: {}", node.unwrap_or_default(), bad.reason);
         let mut health = lock(&self.health);
         if let (true, Some(node)) = (bad.damaged, node) {
@@ -303,18 +279,18 @@ impl ClusterSource {
             let node = info
                 .nodes
                 .get(piece.index.0 as usize)
-                .ok_or_else(|| (piece.index, None, BadRead::unread("no placement")))?;
+                .ok_or_else(|| (piece.index, None, ShardFailure::other("no placement")))?;
             if node.down {
-                return Err((piece.index, Some(node.id), BadRead::unread("node is down")));
+                return Err((piece.index, Some(node.id), ShardFailure::other("node is down")));
             }
             let addr = node
                 .addr
                 .as_deref()
-                .ok_or_else(|| (piece.index, Some(node.id), BadRead::unread("node address unknown")))?;
+                .ok_or_else(|| (piece.index, Some(node.id), ShardFailure::other("node address unknown")))?;
             self.shards
                 .get(addr, rec.id, piece.index, piece.offset, Some(piece.len))
                 .await
-                .map_err(|e| (piece.index, Some(node.id), BadRead::from(e)))
+                .map_err(|e| (piece.index, Some(node.id), e))
         });
         let mut results = futures::future::join_all(reads).await;
         if let [Ok(_)] = results.as_slice() {
@@ -363,10 +339,8 @@ impl ClusterSource {
                 let pack = rec.id;
                 in_flight.push(async move {
                     let body = match &node.addr {
-                        Some(addr) => {
-                            self.shards.get(addr, pack, ShardIndex(i as u8), 0, None).await.map_err(BadRead::from)
-                        }
-                        None => Err(BadRead::unread("node address unknown")),
+                        Some(addr) => self.shards.get(addr, pack, ShardIndex(i as u8), 0, None).await,
+                        None => Err(ShardFailure::other("node address unknown")),
                     };
                     (i, node.id, body)
                 });
@@ -379,7 +353,7 @@ impl ClusterSource {
                     rec.id,
                     index,
                     Some(node),
-                    BadRead::damaged(format!("{} bytes, the record says {}", body.len(), rec.shard_len)),
+                    ShardFailure::damaged(format!("{} bytes, the record says {}", body.len(), rec.shard_len)),
                 ),
                 Ok(body) => {
                     let expected = rec.shards.get(i).map(|s| s.checksum);
@@ -387,7 +361,7 @@ impl ClusterSource {
                         shards[i] = Some(body);
                         good += 1;
                     } else {
-                        self.bad_shard(rec.id, index, Some(node), BadRead::damaged("checksum mismatch"));
+                        self.bad_shard(rec.id, index, Some(node), ShardFailure::damaged("checksum mismatch"));
                     }
                 }
             }
@@ -502,11 +476,9 @@ impl ClusterSource {
         };
         let read_started = Instant::now();
         let span = match (&node.addr, node.down) {
-            (_, true) => Err(BadRead::unread("node is down")),
-            (None, _) => Err(BadRead::unread("node address unknown")),
-            (Some(addr), false) => {
-                self.shards.get(addr, pack, index, start, Some(end - start)).await.map_err(BadRead::from)
-            }
+            (_, true) => Err(ShardFailure::other("node is down")),
+            (None, _) => Err(ShardFailure::other("node address unknown")),
+            (Some(addr), false) => self.shards.get(addr, pack, index, start, Some(end - start)).await,
         };
         let span = match span {
             Ok(span) => span,

@@ -705,13 +705,7 @@ fn open_slot(slot: &FileSlot, st: &mut SlotState) -> Result<std::fs::File, Clien
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true);
     if !st.created {
-        match std::fs::symlink_metadata(path) {
-            Ok(m) if m.is_dir() => {
-                return Err(ClientError::BadTarget { path: path.clone(), reason: "a directory is in the way".into() })
-            }
-            Ok(_) => std::fs::remove_file(path).map_err(|e| ClientError::io(path, e))?,
-            Err(_) => {}
-        }
+        clear_path(path)?;
         opts.create_new(true).mode(0o600);
     }
     let file = opts.open(path).map_err(|e| ClientError::io(path, e))?;
@@ -807,27 +801,27 @@ async fn make_dir(path: &Path) -> Result<(), ClientError> {
 }
 
 /// Removes whatever non-directory sits at `path`, so that what is restored
-/// there is created fresh and an old symlink is never followed.
-async fn clear_path(path: &Path) -> Result<(), ClientError> {
-    match tokio::fs::symlink_metadata(path).await {
+/// there is created fresh and an old symlink is never followed. Blocking.
+fn clear_path(path: &Path) -> Result<(), ClientError> {
+    match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => {
             Err(ClientError::BadTarget { path: path.to_path_buf(), reason: "a directory is in the way".into() })
         }
-        Ok(_) => tokio::fs::remove_file(path).await.map_err(|e| ClientError::io(path, e)),
+        Ok(_) => std::fs::remove_file(path).map_err(|e| ClientError::io(path, e)),
         Err(_) => Ok(()),
     }
 }
 
+/// Creates the symlink `path` to `target`, stamped with the node's mtime.
 async fn make_symlink(path: &Path, target: &[u8], node: &Node) -> Result<(), ClientError> {
-    clear_path(path).await?;
-    let target = PathBuf::from(OsStr::from_bytes(target));
-    tokio::fs::symlink(&target, path).await.map_err(|e| ClientError::io(path, e))?;
-    let mtime = node.mtime.to_filetime();
-    let p = path.to_path_buf();
-    tokio::task::spawn_blocking(move || filetime::set_symlink_file_times(&p, mtime, mtime))
-        .await
-        .map_err(|e| ClientError::task("set symlink times", e))?
-        .map_err(|e| ClientError::io(path, e))
+    let (path, target, mtime) =
+        (path.to_path_buf(), PathBuf::from(OsStr::from_bytes(target)), node.mtime.to_filetime());
+    blocking("create symlink", move || {
+        clear_path(&path)?;
+        std::os::unix::fs::symlink(&target, &path).map_err(|e| ClientError::io(&path, e))?;
+        filetime::set_symlink_file_times(&path, mtime, mtime).map_err(|e| ClientError::io(&path, e))
+    })
+    .await
 }
 
 /// Sets the mode and the mtime (and atime, to the same value) of a restored

@@ -50,8 +50,15 @@ impl ShardFailure {
         ShardFailure { reason, damaged }
     }
 
-    fn other(reason: impl Into<String>) -> Self {
+    /// A shard that could not be used, which says nothing of its state.
+    pub fn other(reason: impl Into<String>) -> Self {
         ShardFailure { reason: reason.into(), damaged: false }
+    }
+
+    /// Damage found by the reader: a shard whose bytes do not match its
+    /// record.
+    pub fn damaged(reason: impl Into<String>) -> Self {
+        ShardFailure { reason: reason.into(), damaged: true }
     }
 }
 
