@@ -345,19 +345,8 @@ fn commit_snapshot(txn: &mut Txn<'_>, snapshot: SnapshotRecord) -> Result<Comman
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::{run, snapshot, tree};
     use coffer_types::*;
-
-    fn tree() -> sled::Tree {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        db.open_tree("sm").unwrap()
-    }
-
-    fn run(t: &sled::Tree, cmd: Command) -> CommandResult {
-        let mut txn = Txn::new(t);
-        let r = apply(&mut txn, cmd).unwrap();
-        txn.commit().unwrap();
-        r
-    }
 
     fn repo() -> RepoRecord {
         RepoRecord {
@@ -431,20 +420,7 @@ mod tests {
     fn snapshot_needs_indexed_root_and_committed_refs() {
         let t = tree();
         run(&t, Command::CreateRepo { repo: repo() });
-        let snap = SnapshotRecord {
-            id: SnapshotId([3; 16]),
-            repo: repo().name,
-            source: Source { host: "h".into(), path: "/p".into() },
-            kind: BackupKind::Full,
-            parent: None,
-            start_ms: 1,
-            end_ms: 2,
-            root: ChunkId([9; 32]),
-            stats: SnapshotStats::default(),
-            tags: vec![],
-            refs_pack: PackId([4; 16]),
-            refs_count: 1,
-        };
+        let snap = snapshot(3, repo().name);
         let r = run(&t, Command::CommitSnapshot { session: SessionId([0; 16]), snapshot: snap });
         assert!(matches!(r, CommandResult::Rejected(Rejection::RootNotIndexed { .. })));
     }

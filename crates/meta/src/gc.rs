@@ -190,19 +190,12 @@ mod tests {
     use super::*;
     use crate::apply::apply;
     use crate::command::Command;
+    use crate::test_util::{run, tree};
     use coffer_types::*;
-
-    fn run(t: &sled::Tree, cmd: Command) -> CommandResult {
-        let mut txn = Txn::new(t);
-        let r = apply(&mut txn, cmd).unwrap();
-        txn.commit().unwrap();
-        r
-    }
 
     #[test]
     fn condemn_needs_a_fresh_mark_and_no_session_and_commits_revive() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let t = db.open_tree("sm").unwrap();
+        let t = tree();
         let repo = RepoName::new("r").unwrap();
         let (dead, live) = (ChunkId([1; 32]), ChunkId([2; 32]));
         let old = PackId([7; 16]);
@@ -265,8 +258,7 @@ mod tests {
 
     #[test]
     fn an_entry_into_a_pack_without_record_is_replaced_by_a_new_copy() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let t = db.open_tree("sm").unwrap();
+        let t = tree();
         let repo = RepoName::new("r").unwrap();
         let chunk = ChunkId([1; 32]);
         let gone = ChunkLocation { pack: PackId([7; 16]), offset: 0, len: 10 };

@@ -31,6 +31,8 @@ mod node;
 mod raft_service;
 pub mod repair;
 mod retention;
+#[cfg(test)]
+mod test_util;
 pub mod types;
 
 pub use config::MetaConfig;

@@ -108,32 +108,11 @@ pub(crate) fn holds_of(tree: &sled::Tree, repo: &RepoName) -> Result<Vec<(Snapsh
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::apply;
     use crate::command::Command;
-    use coffer_types::*;
-
-    fn run(t: &sled::Tree, cmd: Command) -> CommandResult {
-        let mut txn = Txn::new(t);
-        let r = apply(&mut txn, cmd).unwrap();
-        txn.commit().unwrap();
-        r
-    }
+    use crate::test_util::{run, snapshot, tree};
 
     fn snap(t: &sled::Tree, id: u8) -> SnapshotId {
-        let rec = SnapshotRecord {
-            id: SnapshotId([id; 16]),
-            repo: RepoName::new("r").unwrap(),
-            source: Source { host: "h".into(), path: "/p".into() },
-            kind: BackupKind::Full,
-            parent: None,
-            start_ms: 1,
-            end_ms: 2,
-            root: ChunkId([9; 32]),
-            stats: SnapshotStats::default(),
-            tags: vec![],
-            refs_pack: PackId([4; 16]),
-            refs_count: 1,
-        };
+        let rec = snapshot(id, RepoName::new("r").unwrap());
         // Written directly: commit_snapshot's checks are tested in apply.
         t.insert(kv::snapshot_key(&rec.id), kv::encode(&rec).unwrap()).unwrap();
         rec.id
@@ -141,8 +120,7 @@ mod tests {
 
     #[test]
     fn held_snapshots_refuse_forget_until_the_hold_expires() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let t = db.open_tree("sm").unwrap();
+        let t = tree();
         let repo = RepoName::new("r").unwrap();
         let (a, b) = (snap(&t, 1), snap(&t, 2));
         let hold = Command::SetHold { repo: repo.clone(), snapshot: a, until_ms: 1_000 };

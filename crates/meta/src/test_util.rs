@@ -1,0 +1,41 @@
+//! Fixtures shared by the state machine's unit tests: a temporary tree,
+//! applying one command as its own committed batch, and a snapshot record.
+
+use coffer_types::{BackupKind, ChunkId, PackId, RepoName, SnapshotId, SnapshotRecord, SnapshotStats, Source};
+
+use crate::apply::apply;
+use crate::command::{Command, CommandResult};
+use crate::kv::Txn;
+
+/// An empty state-machine tree in a temporary database.
+pub(crate) fn tree() -> sled::Tree {
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    db.open_tree("sm").unwrap()
+}
+
+/// Applies `cmd` and commits it, as one Raft entry would be.
+pub(crate) fn run(t: &sled::Tree, cmd: Command) -> CommandResult {
+    let mut txn = Txn::new(t);
+    let r = apply(&mut txn, cmd).unwrap();
+    txn.commit().unwrap();
+    r
+}
+
+/// A full snapshot of `repo` with id `[id; 16]`, root `[9; 32]` and refs
+/// pack `[4; 16]`.
+pub(crate) fn snapshot(id: u8, repo: RepoName) -> SnapshotRecord {
+    SnapshotRecord {
+        id: SnapshotId([id; 16]),
+        repo,
+        source: Source { host: "h".into(), path: "/p".into() },
+        kind: BackupKind::Full,
+        parent: None,
+        start_ms: 1,
+        end_ms: 2,
+        root: ChunkId([9; 32]),
+        stats: SnapshotStats::default(),
+        tags: vec![],
+        refs_pack: PackId([4; 16]),
+        refs_count: 1,
+    }
+}
