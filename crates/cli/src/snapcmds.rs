@@ -220,27 +220,18 @@ pub async fn check(g: &Global, read_data: bool, subset: f64) -> Result<i32> {
         "checked {} snapshots, {} packs, {} chunks; read {} packs, {} blobs",
         report.snapshots, report.packs, report.chunks, report.packs_read, report.blobs_read
     );
-    for p in &report.repairable {
-        println!(
-            "repairable: {} pack {}: {} of {} shards good ({} needed): {}",
-            p.kind,
-            p.pack,
-            p.good,
-            p.total,
-            p.needed,
-            p.bad_shards.join("; ")
-        );
-    }
-    for p in &report.lost {
-        println!(
-            "DATA LOSS: {} pack {}: {} of {} shards good, {} needed: {}",
-            p.kind,
-            p.pack,
-            p.good,
-            p.total,
-            p.needed,
-            p.bad_shards.join("; ")
-        );
+    for (label, packs) in [("repairable", &report.repairable), ("DATA LOSS", &report.lost)] {
+        for p in packs {
+            println!(
+                "{label}: {} pack {}: {} of {} shards good, {} needed: {}",
+                p.kind,
+                p.pack,
+                p.good,
+                p.total,
+                p.needed,
+                p.bad_shards.join("; ")
+            );
+        }
     }
     for e in &report.errors {
         println!("error: {e}");
