@@ -52,6 +52,7 @@ pub async fn run_meta(a: MetaArgs) -> Result<()> {
     let listener = bind(&a.listen).await?;
     let advertise = a.advertise.clone().unwrap_or_else(|| listener_addr(&listener, &a.listen));
     let node = MetaNode::start(meta_config(&a, advertise.clone())).await.context("start metadata node")?;
+    report_addr(&a.data, &listener)?;
     tracing::info!(id = a.id, %advertise, "metadata node serving");
     node.serve(listener, shutdown_signal()).await.context("serve metadata node")
 }
@@ -66,8 +67,19 @@ pub async fn run_storage(a: StorageArgs) -> Result<()> {
     config.scrub_interval = Some(a.scrub_interval);
     config.scrub_rate = a.scrub_rate;
     let node = StorageNode::open(config).context("open storage node")?;
+    report_addr(&a.data, &listener)?;
     tracing::info!(node = %node.id(), %advertise, site = %a.site, "storage node serving");
     node.serve(listener, shutdown_signal()).await.context("serve storage node")
+}
+
+/// Writes the bound address to `DATA/addr` (through a rename, so a reader
+/// never sees half a line): with `--listen HOST:0` the kernel picks the
+/// port, which is race-free, and this is how a supervisor learns it.
+fn report_addr(data: &std::path::Path, l: &tokio::net::TcpListener) -> Result<()> {
+    let addr = l.local_addr().context("read the bound address")?;
+    let (tmp, path) = (data.join("addr.tmp"), data.join("addr"));
+    std::fs::write(&tmp, format!("{addr}\n")).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))
 }
 
 /// The address actually bound (port 0 becomes the real port).
