@@ -11,61 +11,66 @@ use crate::{backup, restore_and_compare};
 
 #[test]
 fn bad_input_is_refused_clearly_and_loses_nothing() -> anyhow::Result<()> {
-    let c = Cluster::start(ClusterSpec::default())?;
-    let src = c.dir().join("src");
-    write_sample_tree(&src, 9, 4)?;
-    let snap = backup(&c, &src, &[])?["snapshot_id"].as_str().unwrap_or_default().to_string();
+    Cluster::run(ClusterSpec::default(), |c| {
+        let src = c.dir().join("src");
+        write_sample_tree(&src, 9, 4)?;
+        let snap = backup(c, &src, &[])?["snapshot_id"].as_str().unwrap_or_default().to_string();
 
-    let wrong = c.cli(&["snapshots", "--password", "not the password"])?;
-    assert_eq!(wrong.code, 1, "{wrong:?}");
-    assert!(wrong.stderr.contains("wrong password"), "{}", wrong.stderr);
+        let wrong = c.cli(&["snapshots", "--password", "not the password"])?;
+        assert_eq!(wrong.code, 1, "{wrong:?}");
+        assert!(wrong.stderr.contains("wrong password"), "{}", wrong.stderr);
 
-    let unknown = c.cli(&["restore", "deadbeef", "/tmp/nowhere"])?;
-    assert_eq!(unknown.code, 1, "{unknown:?}");
-    assert!(unknown.stderr.contains("deadbeef"), "{}", unknown.stderr);
+        let unknown = c.cli(&["restore", "deadbeef", "/tmp/nowhere"])?;
+        assert_eq!(unknown.code, 1, "{unknown:?}");
+        assert!(unknown.stderr.contains("deadbeef"), "{}", unknown.stderr);
 
-    let no_repo = c.cli(&["snapshots", "--repo", "no-such-repo"])?;
-    assert_eq!(no_repo.code, 1, "{no_repo:?}");
-    assert!(no_repo.stderr.contains("no-such-repo"), "{}", no_repo.stderr);
+        let no_repo = c.cli(&["snapshots", "--repo", "no-such-repo"])?;
+        assert_eq!(no_repo.code, 1, "{no_repo:?}");
+        assert!(no_repo.stderr.contains("no-such-repo"), "{}", no_repo.stderr);
 
-    let unreachable = c.cli(&["status", "--endpoint", "127.0.0.1:1", "--retry-for", "500ms"])?;
-    assert_eq!(unreachable.code, 1, "{unreachable:?}");
-    assert!(unreachable.stderr.contains("unreachable"), "{}", unreachable.stderr);
+        let unreachable = c.cli(&["status", "--endpoint", "127.0.0.1:1", "--retry-for", "500ms"])?;
+        assert_eq!(unreachable.code, 1, "{unreachable:?}");
+        assert!(unreachable.stderr.contains("unreachable"), "{}", unreachable.stderr);
 
-    let usage = c.cli(&["backup", "--kind", "weekly", "/tmp"])?;
-    assert_eq!(usage.code, 1, "{usage:?}");
-    let usage = c.cli(&["restore"])?;
-    assert_eq!(usage.code, 2, "a usage error exits 2: {usage:?}");
+        let usage = c.cli(&["backup", "--kind", "weekly", "/tmp"])?;
+        assert_eq!(usage.code, 1, "{usage:?}");
+        let usage = c.cli(&["restore"])?;
+        assert_eq!(usage.code, 2, "a usage error exits 2: {usage:?}");
 
-    // Garbage bytes on every server socket: HTTP/2 preface errors, random
-    // frames. The servers must survive and keep serving.
-    let status = c.status()?;
-    let mut addrs: Vec<String> =
-        status["nodes"].as_array().into_iter().flatten().filter_map(|n| n["addr"].as_str().map(String::from)).collect();
-    addrs.push(c.endpoint());
-    for addr in &addrs {
-        for garbage in [
-            &b"GET / HTTP/1.1\r\n\r\n"[..],
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x08\x00\x01\xff\xff\xff\xff",
-            &[0xffu8; 4096],
-        ] {
-            if let Ok(mut s) = std::net::TcpStream::connect(addr) {
-                let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
-                let _ = s.write_all(garbage);
+        // Garbage bytes on every server socket: HTTP/2 preface errors, random
+        // frames. The servers must survive and keep serving.
+        let status = c.status()?;
+        let mut addrs: Vec<String> = status["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n["addr"].as_str().map(String::from))
+            .collect();
+        addrs.push(c.endpoint());
+        for addr in &addrs {
+            for garbage in [
+                &b"GET / HTTP/1.1\r\n\r\n"[..],
+                b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x08\x00\x01\xff\xff\xff\xff",
+                &[0xffu8; 4096],
+            ] {
+                if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+                    let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
+                    let _ = s.write_all(garbage);
+                }
             }
         }
-    }
 
-    // A truncated shard file: the restore reconstructs around it.
-    let victim = &c.storage[0];
-    let files = victim.shard_files();
-    assert!(!files.is_empty());
-    for f in files.iter().take(3) {
-        let len = std::fs::metadata(f)?.len();
-        std::fs::OpenOptions::new().write(true).open(f)?.set_len(len / 2)?;
-    }
-    restore_and_compare(&c, &snap, &src)?;
-    // Every server is still up after all of the above.
-    c.wait_nodes_up(6, Duration::from_secs(10))?;
-    Ok(())
+        // A truncated shard file: the restore reconstructs around it.
+        let victim = &c.storage[0];
+        let files = victim.shard_files();
+        assert!(!files.is_empty());
+        for f in files.iter().take(3) {
+            let len = std::fs::metadata(f)?.len();
+            std::fs::OpenOptions::new().write(true).open(f)?.set_len(len / 2)?;
+        }
+        restore_and_compare(c, &snap, &src)?;
+        // Every server is still up after all of the above.
+        c.wait_nodes_up(6, Duration::from_secs(10))?;
+        Ok(())
+    })
 }

@@ -54,111 +54,115 @@ impl LeaderLog {
 
 #[test]
 fn leader_killed_during_backup() -> Result<()> {
-    let mut c = Cluster::start(three_voters())?;
-    let first = c.dir().join("first");
-    write_sample_tree(&first, 11, 6)?;
-    let acked = backup(&c, &first, &[])?["snapshot_id"].as_str().unwrap_or_default().to_string();
-    let old_leader = c.leader_index().context("a leader")?;
-    let old_id = c.meta[old_leader].id;
+    Cluster::run(three_voters(), |c| {
+        let first = c.dir().join("first");
+        write_sample_tree(&first, 11, 6)?;
+        let acked = backup(c, &first, &[])?["snapshot_id"].as_str().unwrap_or_default().to_string();
+        let old_leader = c.leader_index().context("a leader")?;
+        let old_id = c.meta[old_leader].id;
 
-    let second = c.dir().join("second");
-    write_sample_tree(&second, 12, 120)?;
-    let mut child = backup_under_way(&c, &second, &["--retry-for", "30s"])?;
-    c.kill_meta(old_leader);
-    let status = child.wait()?;
+        let second = c.dir().join("second");
+        write_sample_tree(&second, 12, 120)?;
+        let mut child = backup_under_way(c, &second, &["--retry-for", "30s"])?;
+        c.kill_meta(old_leader);
+        let status = child.wait()?;
 
-    let new_leader = wait_until("a new leader", Duration::from_secs(20), || c.leader().filter(|l| *l != old_id))?;
-    assert_ne!(new_leader, old_id);
-    if !status.success() {
-        // A clean failure: retried, it succeeds against the new leader.
-        assert_eq!(status.code(), Some(1));
-        backup(&c, &second, &[])?;
-    }
-    restore_and_compare(&c, &acked, &first)?;
-    restore_and_compare(&c, "latest", &second)?;
-    Ok(())
+        let new_leader = wait_until("a new leader", Duration::from_secs(20), || c.leader().filter(|l| *l != old_id))?;
+        assert_ne!(new_leader, old_id);
+        if !status.success() {
+            // A clean failure: retried, it succeeds against the new leader.
+            assert_eq!(status.code(), Some(1));
+            backup(c, &second, &[])?;
+        }
+        restore_and_compare(c, &acked, &first)?;
+        restore_and_compare(c, "latest", &second)?;
+        Ok(())
+    })
 }
 
 #[test]
 fn stalled_leader_steps_down_and_nothing_is_lost() -> Result<()> {
-    let mut c = Cluster::start(three_voters())?;
-    let mut log = LeaderLog::default();
-    log.observe(&c)?;
-    let stalled = c.leader_index().context("a leader")?;
-    let stalled_id = c.meta[stalled].id;
+    Cluster::run(three_voters(), |c| {
+        let mut log = LeaderLog::default();
+        log.observe(c)?;
+        let stalled = c.leader_index().context("a leader")?;
+        let stalled_id = c.meta[stalled].id;
 
-    // Stall the leader well past the election timeout; backups go on
-    // through the other two voters.
-    c.stop_meta(stalled);
-    let new_id = wait_until("another leader", Duration::from_secs(20), || c.leader().filter(|l| *l != stalled_id))?;
-    log.observe(&c)?;
-    let mut acked = Vec::new();
-    for seed in 0..2 {
-        let src = c.dir().join(format!("during-{seed}"));
-        write_sample_tree(&src, 20 + seed, 4)?;
-        let id = backup(&c, &src, &[])?["snapshot_id"].as_str().unwrap_or_default().to_string();
-        acked.push((id, src));
-        log.observe(&c)?;
-    }
+        // Stall the leader well past the election timeout; backups go on
+        // through the other two voters.
+        c.stop_meta(stalled);
+        let new_id = wait_until("another leader", Duration::from_secs(20), || c.leader().filter(|l| *l != stalled_id))?;
+        log.observe(c)?;
+        let mut acked = Vec::new();
+        for seed in 0..2 {
+            let src = c.dir().join(format!("during-{seed}"));
+            write_sample_tree(&src, 20 + seed, 4)?;
+            let id = backup(c, &src, &[])?["snapshot_id"].as_str().unwrap_or_default().to_string();
+            acked.push((id, src));
+            log.observe(c)?;
+        }
 
-    // It wakes up, learns of the higher term and follows.
-    c.cont_meta(stalled);
-    wait_until("the old leader to follow", Duration::from_secs(20), || {
-        let m = c.members().ok()?;
-        let me = m["members"].as_array()?.iter().find(|x| x["id"] == stalled_id)?.clone();
-        (me["state"] == "follower" && me["leader"] == new_id).then_some(())
-    })?;
-    log.observe(&c)?;
-    for (id, src) in &acked {
-        restore_and_compare(&c, id, src)?;
-    }
-    log.observe(&c)?;
-    Ok(())
+        // It wakes up, learns of the higher term and follows.
+        c.cont_meta(stalled);
+        wait_until("the old leader to follow", Duration::from_secs(20), || {
+            let m = c.members().ok()?;
+            let me = m["members"].as_array()?.iter().find(|x| x["id"] == stalled_id)?.clone();
+            (me["state"] == "follower" && me["leader"] == new_id).then_some(())
+        })?;
+        log.observe(c)?;
+        for (id, src) in &acked {
+            restore_and_compare(c, id, src)?;
+        }
+        log.observe(c)?;
+        Ok(())
+    })
 }
 
 #[test]
 fn a_whole_site_with_its_voter_is_lost() -> Result<()> {
     // Three storage nodes per site, so that 4+2 still finds six nodes on
     // the two remaining sites (site-degraded, node-level redundancy kept).
-    let mut c = Cluster::start(ClusterSpec { nodes_per_site: 3, ..three_voters() })?;
-    let before = c.dir().join("before");
-    write_sample_tree(&before, 31, 8)?;
-    let acked = backup(&c, &before, &[])?["snapshot_id"].as_str().unwrap_or_default().to_string();
+    Cluster::run(ClusterSpec { nodes_per_site: 3, ..three_voters() }, |c| {
+        let before = c.dir().join("before");
+        write_sample_tree(&before, 31, 8)?;
+        let acked = backup(c, &before, &[])?["snapshot_id"].as_str().unwrap_or_default().to_string();
 
-    let leader_site = c.meta[c.leader_index().context("a leader")?].site.clone();
-    c.kill_site(&leader_site);
-    c.wait_voters(3, Duration::from_secs(20)).ok();
-    wait_until("a leader among the survivors", Duration::from_secs(20), || c.leader())?;
+        let leader_site = c.meta[c.leader_index().context("a leader")?].site.clone();
+        c.kill_site(&leader_site);
+        c.wait_voters(3, Duration::from_secs(20)).ok();
+        wait_until("a leader among the survivors", Duration::from_secs(20), || c.leader())?;
 
-    // Catalog writes, new backups and restores all keep working.
-    c.cli(&["repo", "create", "after-loss", "--k", "2", "--m", "1"])?.ok()?;
-    let after = c.dir().join("after");
-    write_sample_tree(&after, 32, 8)?;
-    let new = backup(&c, &after, &[])?["snapshot_id"].as_str().unwrap_or_default().to_string();
-    restore_and_compare(&c, &acked, &before)?;
-    restore_and_compare(&c, &new, &after)?;
-    Ok(())
+        // Catalog writes, new backups and restores all keep working.
+        c.cli(&["repo", "create", "after-loss", "--k", "2", "--m", "1"])?.ok()?;
+        let after = c.dir().join("after");
+        write_sample_tree(&after, 32, 8)?;
+        let new = backup(c, &after, &[])?["snapshot_id"].as_str().unwrap_or_default().to_string();
+        restore_and_compare(c, &acked, &before)?;
+        restore_and_compare(c, &new, &after)?;
+        Ok(())
+    })
 }
 
 #[test]
 fn all_voters_killed_and_restarted() -> Result<()> {
-    let mut c = Cluster::start(three_voters())?;
-    let src = c.dir().join("src");
-    write_sample_tree(&src, 41, 8)?;
-    let acked = backup(&c, &src, &[])?["snapshot_id"].as_str().unwrap_or_default().to_string();
-    for i in 0..3 {
-        c.kill_meta(i);
-    }
-    for i in 0..3 {
-        c.restart_meta(i)?;
-    }
-    c.wait_voters(3, Duration::from_secs(30))?;
-    c.wait_nodes_up(6, Duration::from_secs(30))?;
-    restore_and_compare(&c, &acked, &src)?;
-    let again = c.dir().join("again");
-    write_sample_tree(&again, 42, 2)?;
-    backup(&c, &again, &[])?;
-    Ok(())
+    Cluster::run(three_voters(), |c| {
+        let src = c.dir().join("src");
+        write_sample_tree(&src, 41, 8)?;
+        let acked = backup(c, &src, &[])?["snapshot_id"].as_str().unwrap_or_default().to_string();
+        for i in 0..3 {
+            c.kill_meta(i);
+        }
+        for i in 0..3 {
+            c.restart_meta(i)?;
+        }
+        c.wait_voters(3, Duration::from_secs(30))?;
+        c.wait_nodes_up(6, Duration::from_secs(30))?;
+        restore_and_compare(c, &acked, &src)?;
+        let again = c.dir().join("again");
+        write_sample_tree(&again, 42, 2)?;
+        backup(c, &again, &[])?;
+        Ok(())
+    })
 }
 
 #[test]
@@ -166,61 +170,61 @@ fn voters_join_by_snapshot_leave_and_agree() -> Result<()> {
     // Small snapshot interval and no log kept behind it: a new voter can
     // only catch up by installing a snapshot.
     let spec = ClusterSpec { snapshot_every: Some(50), keep_logs: Some(0), ..three_voters() };
-    let mut c = Cluster::start(spec)?;
-
-    // A catalog of more than 100,000 chunks: 100,000 small distinct files.
-    let src = c.dir().join("many");
-    for d in 0..20 {
-        let dir = src.join(format!("d{d:02}"));
-        std::fs::create_dir_all(&dir)?;
-        for f in 0..5_000 {
-            std::fs::write(dir.join(format!("f{f:04}")), format!("file {d}/{f}\n"))?;
+    Cluster::run(spec, |c| {
+        // A catalog of more than 100,000 chunks: 100,000 small distinct files.
+        let src = c.dir().join("many");
+        for d in 0..20 {
+            let dir = src.join(format!("d{d:02}"));
+            std::fs::create_dir_all(&dir)?;
+            for f in 0..5_000 {
+                std::fs::write(dir.join(format!("f{f:04}")), format!("file {d}/{f}\n"))?;
+            }
         }
-    }
-    let summary = backup(&c, &src, &[])?;
-    assert!(summary["chunks_new"].as_u64() >= Some(100_000), "{summary}");
-    // Enough further writes to pass the snapshot interval.
-    for i in 0..3 {
-        let small = c.dir().join(format!("small-{i}"));
-        std::fs::create_dir_all(&small)?;
-        std::fs::write(small.join("x"), format!("{i}"))?;
-        backup(&c, &small, &[])?;
-    }
-    let status = c.status()?;
-    assert!(status["catalog"]["chunks"].as_u64() >= Some(100_000), "{status}");
+        let summary = backup(c, &src, &[])?;
+        assert!(summary["chunks_new"].as_u64() >= Some(100_000), "{summary}");
+        // Enough further writes to pass the snapshot interval.
+        for i in 0..3 {
+            let small = c.dir().join(format!("small-{i}"));
+            std::fs::create_dir_all(&small)?;
+            std::fs::write(small.join("x"), format!("{i}"))?;
+            backup(c, &small, &[])?;
+        }
+        let status = c.status()?;
+        assert!(status["catalog"]["chunks"].as_u64() >= Some(100_000), "{status}");
 
-    let fourth = c.add_meta(4, "site-a")?;
-    let fifth = c.add_meta(5, "site-b")?;
-    c.wait_voters(5, Duration::from_secs(60))?;
-    // The log behind the leader's snapshot is purged, so each newcomer can
-    // only have caught up by installing that snapshot.
-    for idx in [fourth, fifth] {
-        let id = c.meta[idx].id;
-        wait_until(&format!("voter {id} to install a snapshot and apply"), Duration::from_secs(60), || {
-            let m = c.members().ok()?;
-            let me = m["members"].as_array()?.iter().find(|x| x["id"] == id)?.clone();
-            (me["snapshot_index"].as_u64() > Some(0)
-                && me["applied_index"].as_u64() > Some(100)
-                && me["state"] == "follower")
-                .then_some(())
+        let fourth = c.add_meta(4, "site-a")?;
+        let fifth = c.add_meta(5, "site-b")?;
+        c.wait_voters(5, Duration::from_secs(60))?;
+        // The log behind the leader's snapshot is purged, so each newcomer can
+        // only have caught up by installing that snapshot.
+        for idx in [fourth, fifth] {
+            let id = c.meta[idx].id;
+            wait_until(&format!("voter {id} to install a snapshot and apply"), Duration::from_secs(60), || {
+                let m = c.members().ok()?;
+                let me = m["members"].as_array()?.iter().find(|x| x["id"] == id)?.clone();
+                (me["snapshot_index"].as_u64() > Some(0)
+                    && me["applied_index"].as_u64() > Some(100)
+                    && me["state"] == "follower")
+                    .then_some(())
+            })?;
+        }
+
+        c.cli(&["cluster", "remove", "2"])?.ok()?;
+        c.wait_voters(4, Duration::from_secs(30))?;
+        c.kill_meta(1);
+
+        // Every remaining member reaches the same applied index and catalog.
+        wait_until("replicas to agree", Duration::from_secs(30), || {
+            let d = c.cli(&["cluster", "digest", "--json"]).ok()?.ok().ok()?.json().ok()?;
+            let members = d["members"].as_array()?.clone();
+            let applied: Vec<_> = members.iter().map(|x| x["applied_index"].clone()).collect();
+            let digests: Vec<_> = members.iter().map(|x| x["digest"].clone()).collect();
+            let agree = members.len() == 4
+                && applied.iter().all(|a| *a == applied[0] && !a.is_null())
+                && digests.iter().all(|h| *h == digests[0]);
+            agree.then_some(())
         })?;
-    }
-
-    c.cli(&["cluster", "remove", "2"])?.ok()?;
-    c.wait_voters(4, Duration::from_secs(30))?;
-    c.kill_meta(1);
-
-    // Every remaining member reaches the same applied index and catalog.
-    wait_until("replicas to agree", Duration::from_secs(30), || {
-        let d = c.cli(&["cluster", "digest", "--json"]).ok()?.ok().ok()?.json().ok()?;
-        let members = d["members"].as_array()?.clone();
-        let applied: Vec<_> = members.iter().map(|x| x["applied_index"].clone()).collect();
-        let digests: Vec<_> = members.iter().map(|x| x["digest"].clone()).collect();
-        let agree = members.len() == 4
-            && applied.iter().all(|a| *a == applied[0] && !a.is_null())
-            && digests.iter().all(|h| *h == digests[0]);
-        agree.then_some(())
-    })?;
-    restore_and_compare(&c, "latest", &c.dir().join("small-2"))?;
-    Ok(())
+        restore_and_compare(c, "latest", &c.dir().join("small-2"))?;
+        Ok(())
+    })
 }

@@ -1,17 +1,29 @@
 //! Real `coffer` processes: one or more metadata nodes and storage nodes in
 //! sites, each with its own data dir and log file under one temp dir.
+//!
+//! Every node listens on port 0 and reports the address the kernel gave it
+//! in `DATA/addr`, so no port is ever chosen by the harness and then lost to
+//! another process. A restarted metadata node listens on the address it
+//! reported first: Raft members record each other's addresses.
+//!
+//! A test runs through [`Cluster::run`]: when the body returns `Err` or
+//! panics, or a node logged a failure the test did not declare with
+//! [`Cluster::expect_error`], the test fails and every node's log is printed.
 
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
+use crate::logs;
 use crate::wait::wait_until;
 use crate::PASSWORD;
+
+/// How long a node may take from spawn to reporting its address.
+const ADDR_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The shape of a test cluster.
 #[derive(Clone, Debug)]
@@ -51,22 +63,39 @@ impl Default for ClusterSpec {
 
 struct Proc {
     args: Vec<String>,
+    data: PathBuf,
     log: PathBuf,
     child: Option<Child>,
 }
 
+/// The nodes' log filter: coffer at info, openraft (whose info lines are
+/// its internal state machine, many per second) at warn, so that the tail
+/// printed on failure shows what coffer did. `COFFER_IT_LOG` overrides it.
+fn node_log_filter() -> String {
+    std::env::var("COFFER_IT_LOG").unwrap_or_else(|_| "info,openraft=warn".to_string())
+}
+
 impl Proc {
-    fn spawn(bin: &Path, args: Vec<String>, log: PathBuf) -> Result<Self> {
-        let mut p = Proc { args, log, child: None };
+    fn spawn(bin: &Path, args: Vec<String>, data: PathBuf, log: PathBuf) -> Result<Self> {
+        let mut p = Proc { args, data, log, child: None };
         p.start(bin)?;
         Ok(p)
     }
 
+    /// Starts the process; its previous address report is removed first, so
+    /// that [`Proc::wait_addr`] sees only this run's.
     fn start(&mut self, bin: &Path) -> Result<()> {
+        match std::fs::remove_file(self.data.join("addr")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("remove {}/addr", self.data.display()))
+            }
+            _ => {}
+        }
         let log = File::options().create(true).append(true).open(&self.log)?;
         let child = Command::new(bin)
             .args(&self.args)
-            .env("COFFER_LOG", "info")
+            .env("COFFER_LOG", node_log_filter())
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -92,6 +121,39 @@ impl Proc {
     fn is_running(&self) -> bool {
         self.child.is_some()
     }
+
+    /// Waits until the process reports its bound address, failing at once
+    /// if it exits first.
+    fn wait_addr(&mut self) -> Result<String> {
+        let what = format!("{} to report its address", self.log.display());
+        let got = wait_until(&what, ADDR_TIMEOUT, || {
+            if let Ok(text) = std::fs::read_to_string(self.data.join("addr")) {
+                let addr = text.trim();
+                if !addr.is_empty() {
+                    return Some(Ok(addr.to_string()));
+                }
+            }
+            match self.exited() {
+                Some(status) => Some(Err(anyhow!("{} exited ({status}) before listening", self.log.display()))),
+                None => None,
+            }
+        })?;
+        got
+    }
+
+    /// How the process ended, if it was started and has exited by itself.
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Replaces the value of flag `name` in the arguments of later starts.
+    fn set_arg(&mut self, name: &str, value: &str) {
+        if let Some(i) = self.args.iter().position(|a| a == name) {
+            if let Some(v) = self.args.get_mut(i + 1) {
+                *v = value.to_string();
+            }
+        }
+    }
 }
 
 /// Sends a signal with kill(1): the workspace forbids `unsafe`, and this is
@@ -104,6 +166,9 @@ fn send_signal(pid: u32, sig: i32) {
 pub struct StorageHandle {
     pub site: String,
     pub data: PathBuf,
+    /// The address the node reported on its latest start (port 0 gives a
+    /// new one on every start; the node registers it with its heartbeats).
+    pub addr: String,
     proc_: Proc,
 }
 
@@ -159,6 +224,7 @@ impl Output {
 pub struct MetaHandle {
     pub id: u64,
     pub site: String,
+    /// The address it reported on its first start, and listens on ever after.
     pub addr: String,
     proc_: Proc,
 }
@@ -176,14 +242,15 @@ pub struct Cluster {
     pub meta: Vec<MetaHandle>,
     pub storage: Vec<StorageHandle>,
     pub repo: String,
+    /// Substrings of the failure lines this test expects nodes to log.
+    expected: Vec<String>,
+    /// Set by [`Cluster::finish`] once the test passed; until then, dropping
+    /// the cluster prints every log.
+    passed: bool,
 }
 
 fn site_of(i: usize) -> String {
     format!("site-{}", (b'a' + i as u8) as char)
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn find_bin() -> Result<PathBuf> {
@@ -206,8 +273,16 @@ impl Cluster {
     pub fn start(spec: ClusterSpec) -> Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("coffer-it-").tempdir()?;
         let bin = find_bin()?;
-        let mut c =
-            Cluster { dir, bin, spec: spec.clone(), meta: Vec::new(), storage: Vec::new(), repo: "test".into() };
+        let mut c = Cluster {
+            dir,
+            bin,
+            spec: spec.clone(),
+            meta: Vec::new(),
+            storage: Vec::new(),
+            repo: "test".into(),
+            expected: Vec::new(),
+            passed: false,
+        };
         for i in 0..spec.meta_nodes.max(1) {
             c.add_meta(i as u64 + 1, &site_of(i))?;
         }
@@ -231,9 +306,13 @@ impl Cluster {
                 ];
                 let args = [args, spec.storage_flags.clone()].concat();
                 let log = c.dir.path().join(format!("storage-{site}-{n}.log"));
-                let proc_ = Proc::spawn(&c.bin, args, log)?;
-                c.storage.push(StorageHandle { site: site.clone(), data, proc_ });
+                let proc_ = Proc::spawn(&c.bin, args, data.clone(), log)?;
+                c.storage.push(StorageHandle { site: site.clone(), data, addr: String::new(), proc_ });
             }
+        }
+        // Started all at once, then each one's address collected.
+        for s in &mut c.storage {
+            s.addr = s.proc_.wait_addr()?;
         }
         c.wait_voters(spec.meta_nodes.max(1), Duration::from_secs(30))?;
         let want = spec.sites * spec.nodes_per_site;
@@ -245,15 +324,15 @@ impl Cluster {
     /// Starts metadata node `id` in `site`: the first one initialises the
     /// cluster, later ones join it through the first. Returns its index.
     pub fn add_meta(&mut self, id: u64, site: &str) -> Result<usize> {
-        let addr = format!("127.0.0.1:{}", free_port()?);
+        let data = self.dir.path().join(format!("meta-{id}"));
         let mut args = vec![
             "meta".to_string(),
             "--id".into(),
             id.to_string(),
             "--data".into(),
-            self.dir.path().join(format!("meta-{id}")).display().to_string(),
+            data.display().to_string(),
             "--listen".into(),
-            addr.clone(),
+            "127.0.0.1:0".into(),
             "--site".into(),
             site.to_string(),
             "--raft-heartbeat".into(),
@@ -280,7 +359,10 @@ impl Cluster {
         }
         args.extend(self.spec.meta_flags.iter().cloned());
         let log = self.dir.path().join(format!("meta-{id}.log"));
-        let proc_ = Proc::spawn(&self.bin, args, log)?;
+        let mut proc_ = Proc::spawn(&self.bin, args, data, log)?;
+        let addr = proc_.wait_addr()?;
+        // Its Raft peers know it by this address: every restart reuses it.
+        proc_.set_arg("--listen", &addr);
         self.meta.push(MetaHandle { id, site: site.to_string(), addr, proc_ });
         Ok(self.meta.len() - 1)
     }
@@ -386,13 +468,20 @@ impl Cluster {
         self.storage[i].proc_.kill();
     }
 
-    /// Restarts every stopped node of `site` (storage and metadata) on its data dir.
+    /// Restarts every stopped node of `site` (storage and metadata) on its
+    /// data dir, and waits until each reports its address.
     pub fn restart_site(&mut self, site: &str) -> Result<()> {
         for s in self.storage.iter_mut().filter(|s| s.site == site && !s.proc_.is_running()) {
             s.proc_.start(&self.bin)?;
         }
         for m in self.meta.iter_mut().filter(|m| m.site == site && !m.proc_.is_running()) {
             m.proc_.start(&self.bin)?;
+        }
+        for s in self.storage.iter_mut().filter(|s| s.site == site) {
+            s.addr = s.proc_.wait_addr()?;
+        }
+        for m in self.meta.iter_mut().filter(|m| m.site == site) {
+            m.proc_.wait_addr()?;
         }
         Ok(())
     }
@@ -411,24 +500,96 @@ impl Cluster {
         self.meta[i].proc_.signal(18);
     }
 
-    /// Restarts metadata node `i` on its data dir, with its original flags.
+    /// Restarts metadata node `i` on its data dir, with its original flags
+    /// and the address it first reported, and waits until it listens.
     pub fn restart_meta(&mut self, i: usize) -> Result<()> {
         self.meta[i].proc_.kill();
-        self.meta[i].proc_.start(&self.bin)
+        self.meta[i].proc_.start(&self.bin)?;
+        let addr = self.meta[i].proc_.wait_addr()?;
+        if addr != self.meta[i].addr {
+            bail!("metadata node {} came back on {addr}, not {}", self.meta[i].id, self.meta[i].addr);
+        }
+        Ok(())
     }
 
-    /// Prints the tail of every log: called when a test fails.
-    pub fn dump_logs(&self) {
-        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
-            .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "log")).collect())
-            .unwrap_or_default();
-        logs.sort();
-        for log in logs {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(40)..];
-            eprintln!("===== {} (last {} lines)\n{}", log.display(), tail.len(), tail.join("\n"));
+    /// Starts a cluster of `spec`, runs `body` on it, then [`Cluster::finish`].
+    /// Every cluster test goes through here, so that any failure (an `Err`,
+    /// a panic, an unexpected `ERROR` in a node's log) prints the logs.
+    pub fn run(spec: ClusterSpec, body: impl FnOnce(&mut Cluster) -> Result<()>) -> Result<()> {
+        let mut c = Cluster::start(spec)?;
+        body(&mut c)?;
+        c.finish()
+    }
+
+    /// Declares that some node may log failure lines containing `pattern`
+    /// in this test: the consequence of a fault the test injects (a corrupt
+    /// shard read, a peer killed), not a bug.
+    pub fn expect_error(&mut self, pattern: &str) {
+        self.expected.push(pattern.to_string());
+    }
+
+    /// Every failure line that nodes logged and the test did not expect.
+    pub fn unexpected_errors(&self) -> Vec<String> {
+        logs::unexpected_failures(self.dir.path(), &self.expected)
+    }
+
+    /// Ends a test that passed: fails if any node logged an unexpected
+    /// failure line (the logs are printed then, as for any failure).
+    pub fn finish(mut self) -> Result<()> {
+        let unexpected = self.unexpected_errors();
+        if !unexpected.is_empty() {
+            bail!(
+                "{} unexpected failure line(s) in the nodes' logs (declare the expected ones with \
+                 Cluster::expect_error):\n{}",
+                unexpected.len(),
+                unexpected.join("\n")
+            );
         }
+        self.passed = true;
+        Ok(())
+    }
+
+    /// Checks every node directly, not through the leader's view (which
+    /// shows a crashed node up until its suspect period passes): no started
+    /// process has exited by itself, every storage node answers its own
+    /// `NodeInfo` at the address it reported, and every running metadata
+    /// node answers its own metrics.
+    pub fn probe_all(&mut self) -> Result<()> {
+        for (what, p) in self
+            .meta
+            .iter_mut()
+            .map(|m| (format!("metadata node {}", m.id), &mut m.proc_))
+            .chain(self.storage.iter_mut().map(|s| (format!("storage node at {}", s.addr), &mut s.proc_)))
+        {
+            if let Some(status) = p.exited() {
+                bail!("{what} exited by itself ({status}); see {}", p.log.display());
+            }
+        }
+        let nodes = self.cli(&["nodes", "--json"])?.ok()?.json()?;
+        let listed = nodes["nodes"].as_array().with_context(|| format!("no node list: {nodes}"))?;
+        for s in self.storage.iter().filter(|s| s.is_running()) {
+            let row = listed.iter().find(|n| n["addr"] == s.addr.as_str());
+            let row = row.with_context(|| format!("storage node {} is not in the cluster map: {nodes}", s.addr))?;
+            if row["reachable"] != true {
+                bail!("storage node {} does not answer: {row}", s.addr);
+            }
+        }
+        let members = self.members()?;
+        let listed = members["members"].as_array().with_context(|| format!("no member list: {members}"))?;
+        for m in self.meta.iter().filter(|m| m.is_running()) {
+            let row = listed.iter().find(|x| x["id"] == m.id);
+            let row = row.with_context(|| format!("metadata node {} is not a member: {members}", m.id))?;
+            if row["reachable"] != true {
+                bail!("metadata node {} does not answer: {row}", m.id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Prints the tail of every log: done by `Drop` for every test that did
+    /// not [`Cluster::finish`].
+    pub fn dump_logs(&self) {
+        logs::dump(self.dir.path());
     }
 
     pub fn spec(&self) -> &ClusterSpec {
@@ -438,8 +599,14 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if !self.passed {
+            // An `Err` returned through `?`, a panic, a failed start, or an
+            // unexpected error line: the logs say why.
             self.dump_logs();
+            if std::env::var_os("COFFER_IT_KEEP").is_some() {
+                self.dir.disable_cleanup(true);
+                eprintln!("===== kept {}", self.dir.path().display());
+            }
         }
         for m in &mut self.meta {
             // A stopped process cannot die until it is continued.

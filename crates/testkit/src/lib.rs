@@ -6,10 +6,15 @@
 //! as an operator would. The binary is found next to the test executable's
 //! `deps/` folder (build it first: `cargo build -p coffer-cli`), or at
 //! `COFFER_BIN`. Every process's stderr goes to a log file in the cluster's
-//! temp dir; when a test panics, the tail of every log is printed.
+//! temp dir. A test runs its body through `Cluster::run`: whenever it fails
+//! (an `Err`, a panic, or an `ERROR` line a node logged that the test did
+//! not declare with `expect_error`), the tail of every log is printed, and
+//! with `COFFER_IT_KEEP=1` the cluster's directory is kept. `COFFER_IT_LOG`
+//! sets the nodes' log filter.
 
 mod cluster;
 mod fsutil;
+mod logs;
 mod wait;
 
 pub use cluster::{Cluster, ClusterSpec, MetaHandle, Output, StorageHandle};
