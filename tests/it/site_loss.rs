@@ -40,6 +40,9 @@ fn restore_survives_site_loss_and_corrupt_shards() -> anyhow::Result<()> {
             file.seek(SeekFrom::Start(len - len / 3))?;
             file.write_all(&[0xA5; 64])?;
         }
+        for f in &files {
+            c.expect_damaged_shard(f);
+        }
         let restored = restore_and_compare(c, &snap, &src)?;
         let bad = restored["bad_shards"].as_array().cloned().unwrap_or_default();
         assert!(!bad.is_empty(), "corrupt shards went unnoticed: {restored}");

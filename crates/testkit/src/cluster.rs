@@ -528,6 +528,24 @@ impl Cluster {
         self.expected.push(pattern.to_string());
     }
 
+    /// Declares the `ERROR` lines openraft logs on the other voters when a
+    /// metadata voter is killed or stalled: one per failed replication,
+    /// vote or leadership confirmation towards it (`Unreachable node ...`,
+    /// `timeout after ... when AppendEntries 1->2`).
+    pub fn expect_lost_voter(&mut self) {
+        for pattern in ["Unreachable node", "when AppendEntries", "when Vote"] {
+            self.expect_error(pattern);
+        }
+    }
+
+    /// Declares the `ERROR` a storage node logs when it finds the shard
+    /// file `path` damaged on a read (corrupt block or wrong length).
+    pub fn expect_damaged_shard(&mut self, path: &Path) {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        self.expect_error(&format!("shard {name} is corrupt"));
+        self.expect_error(&format!("shard {name} file has"));
+    }
+
     /// Every failure line that nodes logged and the test did not expect.
     pub fn unexpected_errors(&self) -> Vec<String> {
         logs::unexpected_failures(self.dir.path(), &self.expected)
