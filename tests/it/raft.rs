@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use coffer_testkit::{wait_until, write_sample_tree, Cluster, ClusterSpec};
 
-use crate::{backup, restore_and_compare};
+use crate::{backup, num, restore_and_compare};
 
 fn three_voters() -> ClusterSpec {
     ClusterSpec { meta_nodes: 3, ..ClusterSpec::default() }
@@ -35,16 +35,33 @@ fn backup_under_way(c: &Cluster, path: &std::path::Path, extra: &[&str]) -> Resu
     anyhow::bail!("the backup ended before committing a pack")
 }
 
+/// The (id, term) of the member that reports itself leader, if one does.
+fn leader_and_term(c: &Cluster) -> Option<(u64, u64)> {
+    let m = c.members().ok()?;
+    let x = m["members"].as_array()?.iter().find(|x| x["state"] == "leader")?.clone();
+    Some((x["id"].as_u64()?, x["term"].as_u64()?))
+}
+
+/// Whether member `id` answered its own metrics in the latest listing.
+fn reachable(c: &Cluster, id: u64) -> Result<bool> {
+    let m = c.members()?;
+    let me = m["members"].as_array().and_then(|a| a.iter().find(|x| x["id"] == id)).cloned();
+    let me = me.with_context(|| format!("member {id} is not listed: {m}"))?;
+    Ok(me["reachable"] == true)
+}
+
 /// Records every (term, leader) pair that members report of themselves,
-/// and fails if one term ever had two leaders.
+/// and fails if one term ever had two leaders. An observation that cannot
+/// be made (no member answers, a leader without a term) fails too: the
+/// tests call it only while a majority is up.
 #[derive(Default)]
 struct LeaderLog(BTreeMap<u64, u64>);
 
 impl LeaderLog {
     fn observe(&mut self, c: &Cluster) -> Result<()> {
-        let Ok(m) = c.members() else { return Ok(()) };
-        for x in m["members"].as_array().into_iter().flatten().filter(|x| x["state"] == "leader") {
-            let (term, id) = (x["term"].as_u64().unwrap_or(0), x["id"].as_u64().unwrap_or(0));
+        let m = c.members().context("list the members to observe the leaders")?;
+        for x in crate::list(&m, "members")?.iter().filter(|x| x["state"] == "leader") {
+            let (term, id) = (num(x, "term")?, num(x, "id")?);
             let prev = *self.0.entry(term).or_insert(id);
             ensure!(prev == id, "two leaders in term {term}: {prev} and {id}");
         }
@@ -58,17 +75,23 @@ fn leader_killed_during_backup() -> Result<()> {
         let first = c.dir().join("first");
         write_sample_tree(&first, 11, 6)?;
         let acked = backup(c, &first, &[])?["snapshot_id"].as_str().unwrap_or_default().to_string();
-        let old_leader = c.leader_index().context("a leader")?;
-        let old_id = c.meta[old_leader].id;
+        let (old_id, old_term) = leader_and_term(c).context("a leader")?;
+        let old_leader = c.meta.iter().position(|m| m.id == old_id).context("the leader's handle")?;
 
         let second = c.dir().join("second");
         write_sample_tree(&second, 12, 120)?;
         let mut child = backup_under_way(c, &second, &["--retry-for", "30s"])?;
         c.kill_meta(old_leader);
+        c.expect_lost_voter();
         let status = child.wait()?;
 
-        let new_leader = wait_until("a new leader", Duration::from_secs(20), || c.leader().filter(|l| *l != old_id))?;
-        assert_ne!(new_leader, old_id);
+        // Whoever leads a later term must be another voter: the killed one
+        // cannot answer, let alone win an election.
+        let (new_id, new_term) = wait_until("a leader of a later term", Duration::from_secs(20), || {
+            leader_and_term(c).filter(|(_, term)| *term > old_term)
+        })?;
+        ensure!(new_id != old_id, "the killed leader {old_id} leads term {new_term}");
+        ensure!(!reachable(c, old_id)?, "the killed leader {old_id} still answers");
         if !status.success() {
             // A clean failure: retried, it succeeds against the new leader.
             assert_eq!(status.code(), Some(1));
@@ -91,6 +114,7 @@ fn stalled_leader_steps_down_and_nothing_is_lost() -> Result<()> {
         // Stall the leader well past the election timeout; backups go on
         // through the other two voters.
         c.stop_meta(stalled);
+        c.expect_lost_voter();
         let new_id = wait_until("another leader", Duration::from_secs(20), || c.leader().filter(|l| *l != stalled_id))?;
         log.observe(c)?;
         let mut acked = Vec::new();
@@ -127,10 +151,18 @@ fn a_whole_site_with_its_voter_is_lost() -> Result<()> {
         write_sample_tree(&before, 31, 8)?;
         let acked = backup(c, &before, &[])?["snapshot_id"].as_str().unwrap_or_default().to_string();
 
-        let leader_site = c.meta[c.leader_index().context("a leader")?].site.clone();
+        let (old_id, old_term) = leader_and_term(c).context("a leader")?;
+        let leader_site = c.meta.iter().find(|m| m.id == old_id).context("the leader's handle")?.site.clone();
         c.kill_site(&leader_site);
-        c.wait_voters(3, Duration::from_secs(20)).ok();
-        wait_until("a leader among the survivors", Duration::from_secs(20), || c.leader())?;
+        c.expect_lost_voter();
+        // The membership still counts three voters; two of them elect a
+        // leader of a later term among themselves.
+        let (new_id, _) = wait_until("a leader among the survivors", Duration::from_secs(20), || {
+            leader_and_term(c).filter(|(_, term)| *term > old_term)
+        })?;
+        c.wait_voters(3, Duration::from_secs(20))?;
+        let survivor = c.meta.iter().any(|m| m.id == new_id && m.site != leader_site);
+        ensure!(survivor, "leader {new_id} is not a voter of the surviving sites");
 
         // Catalog writes, new backups and restores all keep working.
         c.cli(&["repo", "create", "after-loss", "--k", "2", "--m", "1"])?.ok()?;
@@ -151,6 +183,7 @@ fn all_voters_killed_and_restarted() -> Result<()> {
         let acked = backup(c, &src, &[])?["snapshot_id"].as_str().unwrap_or_default().to_string();
         for i in 0..3 {
             c.kill_meta(i);
+            c.expect_lost_voter();
         }
         for i in 0..3 {
             c.restart_meta(i)?;
