@@ -51,8 +51,10 @@ fn restore_matches(c: &Cluster, snapshot: &str, want: &TreeDigest) -> Result<()>
     Ok(())
 }
 
-fn u(v: &serde_json::Value, field: &str) -> u64 {
-    v[field].as_u64().unwrap_or(u64::MAX)
+/// A counter of a summary: a missing field fails the test, so that no
+/// bound on it can pass vacuously.
+fn u(v: &serde_json::Value, field: &str) -> Result<u64> {
+    crate::num(v, field)
 }
 
 fn id(v: &serde_json::Value) -> String {
@@ -80,10 +82,10 @@ fn a_week_of_backups_restores_every_day_and_survives_forget() -> Result<()> {
         let dump_len = std::fs::metadata(&dump)?.len();
         let d1 = backup(c, &src, &[])?;
         ensure!(d1["kind"] == "incremental" && d1["parent"] == d0["snapshot_id"], "{d1}");
-        ensure!(u(&d1, "files_changed") == 1 && u(&d1, "files_new") == 0 && u(&d1, "files_deleted") == 0, "{d1}");
-        ensure!(u(&d1, "bytes_read") == dump_len, "only the dump must be read: {d1}");
-        ensure!(u(&d1, "bytes_new") <= 9 << 20, "an insertion uploaded {} bytes: {d1}", u(&d1, "bytes_new"));
-        ensure!(u(&d1, "bytes_new") < dump_len / 2, "{d1}");
+        ensure!(u(&d1, "files_changed")? == 1 && u(&d1, "files_new")? == 0 && u(&d1, "files_deleted")? == 0, "{d1}");
+        ensure!(u(&d1, "bytes_read")? == dump_len, "only the dump must be read: {d1}");
+        ensure!(u(&d1, "bytes_new")? <= 9 << 20, "an insertion uploaded {} bytes: {d1}", u(&d1, "bytes_new")?);
+        ensure!(u(&d1, "bytes_new")? < dump_len / 2, "{d1}");
         days.push((id(&d1), dir_digest(&src)?));
 
         // Day 2: a file modified, one added, one deleted.
@@ -93,7 +95,7 @@ fn a_week_of_backups_restores_every_day_and_survives_forget() -> Result<()> {
         let d2 = backup(c, &src, &["--kind", "incremental"])?;
         ensure!(d2["parent"] == d1["snapshot_id"], "{d2}");
         ensure!(
-            u(&d2, "files_changed") == 1 && u(&d2, "files_new") == 1 && u(&d2, "files_deleted") == 1,
+            u(&d2, "files_changed")? == 1 && u(&d2, "files_new")? == 1 && u(&d2, "files_deleted")? == 1,
             "modify/add/delete miscounted: {d2}"
         );
         days.push((id(&d2), dir_digest(&src)?));
@@ -103,23 +105,23 @@ fn a_week_of_backups_restores_every_day_and_survives_forget() -> Result<()> {
         let moved = dir_digest(&src.join("docs/nested"))?.values().filter(|v| v.starts_with("file")).count() as u64;
         std::fs::rename(src.join("docs/nested"), src.join("docs/moved"))?;
         let d3 = backup(c, &src, &[])?;
-        ensure!(u(&d3, "files_new") == moved && u(&d3, "files_deleted") == moved, "rename of {moved} files: {d3}");
-        ensure!(u(&d3, "bytes_new") < 1 << 20, "a rename uploaded content again: {d3}");
+        ensure!(u(&d3, "files_new")? == moved && u(&d3, "files_deleted")? == moved, "rename of {moved} files: {d3}");
+        ensure!(u(&d3, "bytes_new")? < 1 << 20, "a rename uploaded content again: {d3}");
         days.push((id(&d3), dir_digest(&src)?));
 
         // Day 4: a differential builds on the full and counts every change since it.
         std::fs::write(src.join("data/random-0.bin"), b"overwritten")?;
         let d4 = backup(c, &src, &["--kind", "differential"])?;
         ensure!(d4["kind"] == "differential" && d4["parent"] == d0["snapshot_id"], "{d4}");
-        ensure!(u(&d4, "files_changed") >= 3 && u(&d4, "files_deleted") > moved, "{d4}");
+        ensure!(u(&d4, "files_changed")? >= 3 && u(&d4, "files_deleted")? > moved, "{d4}");
         days.push((id(&d4), dir_digest(&src)?));
 
         // Day 5: a full reads every byte; it is held for a day.
         std::fs::write(src.join("docs/friday.txt"), b"end of the week\n")?;
         let d5 = backup(c, &src, &["--kind", "full", "--hold-until", "+1d"])?;
         ensure!(d5["kind"] == "full" && d5["parent"].is_null(), "{d5}");
-        ensure!(u(&d5, "bytes_read") == u(&d5, "bytes_scanned"), "a full must read every byte: {d5}");
-        ensure!(u(&d5, "files_new") == 1 && u(&d5, "files_unchanged") > 0, "{d5}");
+        ensure!(u(&d5, "bytes_read")? == u(&d5, "bytes_scanned")?, "a full must read every byte: {d5}");
+        ensure!(u(&d5, "files_new")? == 1 && u(&d5, "files_unchanged")? > 0, "{d5}");
         days.push((id(&d5), dir_digest(&src)?));
 
         // Day 6: an incremental over the full.
@@ -223,7 +225,7 @@ fn check_read_data_tells_repairable_from_lost_and_names_snapshots() -> Result<()
         let report = clean.json()?;
         ensure!(report["lost"].as_array().is_some_and(Vec::is_empty), "{report}");
         ensure!(report["repairable"].as_array().is_some_and(Vec::is_empty), "{report}");
-        ensure!(u(&report, "blobs_read") > 0, "{report}");
+        ensure!(u(&report, "blobs_read")? > 0, "{report}");
 
         // A's data pack: the one with the largest shards among those written by A.
         let (pack, files) = before_b
@@ -285,20 +287,20 @@ fn forget_then_gc_frees_space_and_kept_snapshots_restore() -> Result<()> {
 
         // Nothing is garbage while both snapshots live.
         let idle = c.cli(&["gc", "--json"])?.ok()?.json()?;
-        ensure!(u(&idle, "chunks_swept") == 0 && u(&idle, "bytes_freed") == 0, "{idle}");
+        ensure!(u(&idle, "chunks_swept")? == 0 && u(&idle, "bytes_freed")? == 0, "{idle}");
 
         let before = stored_bytes(c);
         c.cli(&["forget", &old])?.ok()?;
         let gc = c.cli(&["gc", "--json"])?.ok()?.json()?;
         let after = stored_bytes(c);
         eprintln!("gc: {gc}; shard bytes on the nodes {before} -> {after}");
-        ensure!(u(&gc, "bytes_freed") >= 16 << 20, "{gc}");
+        ensure!(u(&gc, "bytes_freed")? >= 16 << 20, "{gc}");
         // The pack that holds the end of old.bin and a little live data is
         // mostly dead: it is rewritten, not kept whole.
-        ensure!(u(&gc, "packs_rewritten") >= 1, "{gc}");
+        ensure!(u(&gc, "packs_rewritten")? >= 1, "{gc}");
         // What the nodes hold fell by what was freed less what the rewrites
         // wrote (with slack for shard file headers).
-        let net = u(&gc, "bytes_freed") - u(&gc, "bytes_written");
+        let net = u(&gc, "bytes_freed")? - u(&gc, "bytes_written")?;
         ensure!(before - after + (1 << 20) >= net, "nodes still hold the freed bytes: {before} -> {after}: {gc}");
         ensure!(after < before / 2, "{before} -> {after}: {gc}");
         crate::restore_and_compare(c, &kept, &src)?;
@@ -306,7 +308,7 @@ fn forget_then_gc_frees_space_and_kept_snapshots_restore() -> Result<()> {
         ensure!(check.code == 0, "{check:?}");
         // Collecting again finds nothing more.
         let again = c.cli(&["gc", "--json"])?.ok()?.json()?;
-        ensure!(u(&again, "chunks_swept") == 0 && u(&again, "packs_dropped") == 0, "{again}");
+        ensure!(u(&again, "chunks_swept")? == 0 && u(&again, "packs_dropped")? == 0, "{again}");
         Ok(())
     })
 }
@@ -327,19 +329,53 @@ fn gc_and_backups_sharing_forgotten_chunks_interleave_safely() -> Result<()> {
         // began: it deduplicates against the forgotten chunks. gc must wait for
         // it, mark again, and keep them.
         let started = c.dir().join("started");
-        let slow = stream(&format!("&& touch {} && sleep 3", started.display()));
+        let release = c.dir().join("release");
+        // The stream stays open until the test releases it (or two minutes
+        // pass, and the backup fails), so the session is open for as long
+        // as gc takes to find it open: no race with a fixed sleep.
+        let slow = stream(&format!(
+            "&& touch {} && for i in $(seq 1200); do [ -e {} ] && exit 0; sleep 0.1; done; exit 1",
+            started.display(),
+            release.display()
+        ));
         let running =
             c.command(&["backup", "--stdin-from-command", &slow, "--stdin-name", "s.bin", "--json"]).spawn()?;
         coffer_testkit::wait_until("the slow backup to read its stream", std::time::Duration::from_secs(60), || {
             started.exists().then_some(())
         })?;
-        let gc = c.cli(&["gc", "--wait", "60s", "--json"])?.ok()?.json()?;
+        let mut collector =
+            c.command(&["gc", "--wait", "60s", "--json"]).env("COFFER_LOG", "info").env("NO_COLOR", "1").spawn()?;
+        let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+        let stderr = collector.stderr.take().context("piped stderr")?;
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut all = Vec::new();
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = lines_tx.send(line.clone());
+                all.push(line);
+            }
+            all
+        });
+        // Released only once gc has found the session open and waits.
+        loop {
+            match lines_rx.recv_timeout(std::time::Duration::from_secs(60)) {
+                Ok(line) if line.contains("garbage collection waits") => break,
+                Ok(_) => {}
+                Err(e) => anyhow::bail!("gc never waited for the open backup session ({e})"),
+            }
+        }
+        std::fs::write(&release, b"")?;
+        let collected = collector.wait_with_output()?;
+        let gc_log = reader.join().map_err(|_| anyhow::anyhow!("gc's stderr reader panicked"))?.join("\n");
+        ensure!(collected.status.success(), "gc failed: {gc_log}");
+        let gc: serde_json::Value =
+            serde_json::from_slice(&collected.stdout).with_context(|| format!("gc output: {gc_log}"))?;
         let done = running.wait_with_output()?;
         ensure!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
         let line = String::from_utf8_lossy(&done.stdout).lines().last().unwrap_or_default().to_string();
         let second: serde_json::Value = serde_json::from_str(&line)?;
-        ensure!(u(&second, "bytes_new") < 1 << 20, "the second backup should have deduplicated: {second}");
-        ensure!(u(&gc, "marks") >= 2 && u(&gc, "chunks_swept") < 5, "gc did not wait for the backup: {gc}");
+        ensure!(u(&second, "bytes_new")? < 1 << 20, "the second backup should have deduplicated: {second}");
+        ensure!(u(&gc, "marks")? >= 2 && u(&gc, "chunks_swept")? < 5, "gc did not wait for the backup: {gc}");
         let restored = c.command(&["restore", &id(&second), "-"]).output()?;
         ensure!(restored.status.success() && restored.stdout == std::fs::read(&shared)?, "second snapshot differs");
 
@@ -347,10 +383,10 @@ fn gc_and_backups_sharing_forgotten_chunks_interleave_safely() -> Result<()> {
         // restores.
         c.cli(&["forget", &id(&second)])?.ok()?;
         let gc2 = c.cli(&["gc", "--json"])?.ok()?.json()?;
-        ensure!(u(&gc2, "bytes_freed") > 0, "{gc2}");
+        ensure!(u(&gc2, "bytes_freed")? > 0, "{gc2}");
         let out = c.cli(&["backup", "--stdin-from-command", &stream(""), "--stdin-name", "s.bin", "--json"])?.ok()?;
         let third = out.json()?;
-        ensure!(u(&third, "bytes_new") >= 20 << 20, "the collected content must be uploaded again: {third}");
+        ensure!(u(&third, "bytes_new")? >= 20 << 20, "the collected content must be uploaded again: {third}");
         let restored = c.command(&["restore", &id(&third), "-"]).output()?;
         ensure!(restored.status.success() && restored.stdout == std::fs::read(&shared)?, "third snapshot differs");
         let check = c.cli(&["check", "--read-data", "--json"])?;
