@@ -177,6 +177,12 @@ impl StorageHandle {
         self.proc_.is_running()
     }
 
+    /// The process id of the running node, for a test that must make it
+    /// die behind the harness's back (a crash, as opposed to a kill).
+    pub fn pid(&self) -> Option<u32> {
+        self.proc_.child.as_ref().map(|c| c.id())
+    }
+
     /// The node id the node keeps in its data dir.
     pub fn node_id(&self) -> Option<String> {
         std::fs::read_to_string(self.data.join("node-id")).ok().map(|s| s.trim().to_string())
