@@ -157,9 +157,11 @@ async fn tick_once(n: &std::sync::Arc<MetaNode>) -> Result<(), String> {
         }
     }
     // An incident closes when the node holds no placed shard any more, or
-    // when it is back up.
+    // when it is back up: heard from by this leader, not merely counted as
+    // seen when it took office (that would close it half rebuilt).
     for (node, _) in open.iter() {
-        if held.get(node).copied().unwrap_or(0) == 0 || up(node) {
+        let heard = n.liveness.get(*node).is_some();
+        if held.get(node).copied().unwrap_or(0) == 0 || (heard && up(node)) {
             write(n, Command::CloseIncident { node: *node, time_ms: now_ms() }).await?;
         }
     }
