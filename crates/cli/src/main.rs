@@ -8,6 +8,7 @@
 mod admin;
 mod args;
 mod commands;
+mod config;
 mod dev;
 mod duration;
 mod repair;
@@ -75,7 +76,12 @@ fn main() {
                     println!("{}", serde_json::json!({"type": "error", "error": format!("{e:#}")}));
                 }
                 eprintln!("coffer: error: {e:#}");
-                1
+                // A bad configuration is a usage error, like a bad flag.
+                if e.chain().any(|c| c.is::<config::UsageError>()) {
+                    2
+                } else {
+                    1
+                }
             }
         }
     });
