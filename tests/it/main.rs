@@ -11,6 +11,7 @@ mod meta_crash;
 mod raft;
 mod rebuild;
 mod semantics;
+mod shutdown;
 mod site_loss;
 mod stdin;
 

@@ -156,79 +156,31 @@ pub enum DevSiteAction {
     Start,
 }
 
+/// `coffer meta`: settings from `--config FILE`, overridden by `COFFER_*`
+/// variables, overridden by flags (see `config`).
 #[derive(Args, Debug)]
 pub struct MetaArgs {
-    /// This node's Raft id (at least 1).
+    /// Read settings from this TOML file (keys are the flags' names with `_`).
     #[arg(long)]
-    pub id: u64,
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
     #[arg(long)]
-    pub data: PathBuf,
-    #[arg(long)]
-    pub listen: String,
-    /// Address others use to reach this node (default: --listen).
-    #[arg(long)]
-    pub advertise: Option<String>,
-    /// Bootstrap a new cluster with this node as its only voter (ignored if already a member).
-    #[arg(long, conflicts_with = "join")]
-    pub init: bool,
-    /// Join a running cluster through any member (ignored if already a member).
-    #[arg(long)]
-    pub join: Option<String>,
-    /// The failure domain this node runs in.
-    #[arg(long, default_value = "default")]
-    pub site: String,
-    /// Snapshot the state machine and purge the log after this many entries.
-    #[arg(long, default_value_t = 20_000)]
-    pub snapshot_every: u64,
-    /// Log entries kept behind a snapshot for lagging followers.
-    #[arg(long, default_value_t = 1_000)]
-    pub keep_logs: u64,
-    /// Raft heartbeat interval.
-    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
-    pub raft_heartbeat: std::time::Duration,
-    /// Minimum election timeout (the maximum is twice this).
-    #[arg(long, default_value = "1500ms", value_parser = parse_duration)]
-    pub election_timeout: std::time::Duration,
-    /// A storage node silent this long is suspect.
-    #[arg(long, default_value = "15s", value_parser = parse_duration)]
-    pub suspect_after: std::time::Duration,
-    /// A storage node silent this long is down.
-    #[arg(long, default_value = "10m", value_parser = parse_duration)]
-    pub down_after: std::time::Duration,
-    /// Bytes per second each storage node may read for rebuilds (0: unlimited).
-    #[arg(long, default_value_t = 100 << 20)]
-    pub rebuild_bandwidth: u64,
-    /// Shard rebuilds in flight across the cluster.
-    #[arg(long, default_value_t = 8)]
-    pub rebuild_parallelism: usize,
+    pub print_config: bool,
+    #[command(flatten)]
+    pub settings: crate::config::MetaSettings,
 }
 
+/// `coffer storage`: settings layered as for `coffer meta`.
 #[derive(Args, Debug)]
 pub struct StorageArgs {
+    /// Read settings from this TOML file (keys are the flags' names with `_`).
     #[arg(long)]
-    pub data: PathBuf,
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
     #[arg(long)]
-    pub listen: String,
-    /// Address others use to reach this node (default: --listen).
-    #[arg(long)]
-    pub advertise: Option<String>,
-    /// The failure domain this node is in.
-    #[arg(long)]
-    pub site: String,
-    /// Metadata endpoints, comma-separated.
-    #[arg(long, value_delimiter = ',', required = true)]
-    pub meta: Vec<String>,
-    /// Capacity to announce, in bytes (default: the filesystem's size).
-    #[arg(long)]
-    pub capacity: Option<u64>,
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
-    pub heartbeat_interval: std::time::Duration,
-    /// Time between scheduled scrub passes.
-    #[arg(long, default_value = "24h", value_parser = parse_duration)]
-    pub scrub_interval: std::time::Duration,
-    /// Bytes per second a scrub pass may read (0: unlimited).
-    #[arg(long, default_value_t = 64 << 20)]
-    pub scrub_rate: u64,
+    pub print_config: bool,
+    #[command(flatten)]
+    pub settings: crate::config::StorageSettings,
 }
 
 #[derive(Subcommand, Debug)]

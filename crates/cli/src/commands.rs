@@ -300,6 +300,21 @@ pub async fn status(g: &Global) -> Result<()> {
                 "queued": r.queued, "in_flight": r.in_flight, "done": r.done, "failed": r.failed,
                 "bytes_written": r.bytes_written, "eta_s": r.eta_s,
             })),
+            "workers": s.workers.iter().map(|w| {
+                let opt = |ms: u64| (ms > 0).then(|| rfc3339(ms));
+                json!({
+                    "node": w.node,
+                    "name": w.name,
+                    "state": w.state,
+                    "last_run": opt(w.last_run_ms),
+                    "last_error": (!w.last_error.is_empty()).then(|| w.last_error.clone()),
+                    "last_error_at": opt(w.last_error_ms),
+                    "errors": w.errors,
+                    "consecutive_errors": w.consecutive_errors,
+                    "runs": w.runs,
+                    "progress": w.progress.iter().collect::<std::collections::BTreeMap<_, _>>(),
+                })
+            }).collect::<Vec<_>>(),
         });
         println!("{v}");
         return Ok(());
@@ -332,6 +347,14 @@ pub async fn status(g: &Global) -> Result<()> {
         );
     }
     println!("catalog: {} repositories, {} snapshots, {} chunks", s.repos, s.snapshots, s.chunks);
+    if !s.workers.is_empty() {
+        println!("workers:");
+        for w in &s.workers {
+            let last = if w.last_run_ms > 0 { rfc3339(w.last_run_ms) } else { "never".into() };
+            let error = if w.last_error.is_empty() { String::new() } else { format!("  last error: {}", w.last_error) };
+            println!("  {:<16} {:<18} {:<9} last run {last}{error}", w.node, w.name, w.state);
+        }
+    }
     Ok(())
 }
 

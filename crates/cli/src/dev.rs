@@ -17,12 +17,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use coffer_meta::{MetaConfig, MetaNode};
-use coffer_storage::{StorageConfig, StorageNode};
-use coffer_types::{ErasureParams, MetaId, SiteId};
+use coffer_storage::StorageNode;
+use coffer_types::ErasureParams;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::args::{DevArgs, DevSiteAction, DevSiteArgs};
+use crate::config::{merge, meta_defaults, storage_defaults, Dur, MetaSettings, StorageSettings};
 use crate::servers::{bind, listener_addr, shutdown_signal};
 
 struct RunningNode {
@@ -87,17 +88,22 @@ pub async fn run(a: DevArgs) -> Result<()> {
     let mut meta_configs = Vec::new();
     for (i, (_, addr)) in meta_listeners.iter().enumerate() {
         let dir = if i == 0 { data.join("meta") } else { data.join(format!("meta-{}", i + 1)) };
-        let mut mc = MetaConfig::new(MetaId(i as u64 + 1), dir, addr.clone());
-        mc.site = site_name(i as u32);
-        if i == 0 {
-            mc.init = true;
-        } else {
-            mc.join = Some(meta_addrs[0].clone());
-        }
-        mc.raft_heartbeat = Duration::from_millis(100);
-        mc.election_timeout = (Duration::from_millis(400), Duration::from_millis(800));
-        mc.suspect_after = Duration::from_secs(4);
-        mc.down_after = Duration::from_secs(60);
+        // The same settings, defaults and checks as `coffer meta`, with
+        // timings short enough for one machine.
+        let settings = MetaSettings {
+            id: Some(i as u64 + 1),
+            data: Some(dir),
+            listen: Some(addr.clone()),
+            site: Some(site_name(i as u32)),
+            init: Some(i == 0),
+            join: (i > 0).then(|| meta_addrs[0].clone()),
+            raft_heartbeat: Some(Dur(Duration::from_millis(100))),
+            election_timeout: Some(Dur(Duration::from_millis(400))),
+            suspect_after: Some(Dur(Duration::from_secs(4))),
+            down_after: Some(Dur(Duration::from_secs(60))),
+            ..MetaSettings::default()
+        };
+        let mc = merge(&[&meta_defaults(), &settings])?.to_config(addr)?;
         meta_configs.push(mc);
     }
     let mut meta_slots = Vec::new();
@@ -209,16 +215,21 @@ async fn wait_for_voters(addrs: &[String], n: usize) -> Result<()> {
 }
 
 async fn start_site(site: &str, s: &mut SiteNodes, meta_addr: &str) -> Result<()> {
-    let site_id = SiteId::new(site)?;
     if let Some(m) = s.meta.as_mut() {
         if m.running.is_none() {
             m.running = Some(start_meta(&m.config, None).await?);
         }
     }
     for (dir, addr) in &s.nodes {
-        let mut c = StorageConfig::new(dir.clone(), addr.clone(), site_id.clone(), vec![meta_addr.to_string()]);
-        c.meta_endpoints = meta_addr.split(',').map(str::to_string).collect();
-        c.heartbeat_interval = Duration::from_millis(500);
+        let settings = StorageSettings {
+            data: Some(dir.clone()),
+            listen: Some(addr.clone()),
+            site: Some(site.to_string()),
+            meta: Some(meta_addr.split(',').map(str::to_string).collect()),
+            heartbeat_interval: Some(Dur(Duration::from_millis(500))),
+            ..StorageSettings::default()
+        };
+        let c = merge(&[&storage_defaults(), &settings])?.to_config(addr)?;
         let node = StorageNode::open(c).with_context(|| format!("open storage node in {}", dir.display()))?;
         let l = bind(addr).await?;
         let (stop, rx) = oneshot::channel::<()>();

@@ -1,6 +1,7 @@
 //! The `coffer` binary: parses the command line, installs tracing, runs the
 //! subcommand, and maps the outcome onto the exit-code contract
-//! (0 ok, 1 failure, 2 usage, 3 backup finished with unreadable files).
+//! (0 ok, 1 failure, 2 usage: a bad flag or configuration, 3 backup finished
+//! with unreadable files, 4 `check` found data loss).
 //!
 //! This is the only crate that reads the environment or installs a
 //! tracing subscriber.
@@ -8,6 +9,7 @@
 mod admin;
 mod args;
 mod commands;
+mod config;
 mod dev;
 mod duration;
 mod repair;
@@ -75,7 +77,12 @@ fn main() {
                     println!("{}", serde_json::json!({"type": "error", "error": format!("{e:#}")}));
                 }
                 eprintln!("coffer: error: {e:#}");
-                1
+                // A bad configuration is a usage error, like a bad flag.
+                if e.chain().any(|c| c.is::<config::UsageError>()) {
+                    2
+                } else {
+                    1
+                }
             }
         }
     });

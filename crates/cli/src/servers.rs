@@ -2,9 +2,8 @@
 //! cleanly on SIGINT or SIGTERM.
 
 use anyhow::{Context, Result};
-use coffer_meta::{MetaConfig, MetaNode};
-use coffer_storage::{StorageConfig, StorageNode};
-use coffer_types::{MetaId, SiteId};
+use coffer_meta::MetaNode;
+use coffer_storage::StorageNode;
 
 use crate::args::{MetaArgs, StorageArgs};
 
@@ -32,43 +31,39 @@ pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listen on {addr}"))
 }
 
-pub fn meta_config(a: &MetaArgs, advertise: String) -> MetaConfig {
-    let mut c = MetaConfig::new(MetaId(a.id), a.data.clone(), advertise);
-    c.init = a.init;
-    c.join = a.join.clone();
-    c.site = a.site.clone();
-    c.snapshot_every = a.snapshot_every;
-    c.keep_logs = a.keep_logs;
-    c.repair.bandwidth = a.rebuild_bandwidth;
-    c.repair.parallelism = a.rebuild_parallelism.max(1);
-    c.raft_heartbeat = a.raft_heartbeat;
-    c.election_timeout = (a.election_timeout, a.election_timeout * 2);
-    c.suspect_after = a.suspect_after;
-    c.down_after = a.down_after;
-    c
-}
-
 pub async fn run_meta(a: MetaArgs) -> Result<()> {
-    let listener = bind(&a.listen).await?;
-    let advertise = a.advertise.clone().unwrap_or_else(|| listener_addr(&listener, &a.listen));
-    let node = MetaNode::start(meta_config(&a, advertise.clone())).await.context("start metadata node")?;
-    report_addr(&a.data, &listener)?;
-    tracing::info!(id = a.id, %advertise, "metadata node serving");
+    let s = crate::config::effective(&crate::config::meta_defaults(), a.config.as_deref(), &a.settings)?;
+    if a.print_config {
+        print!("{}", crate::config::to_toml(&s)?);
+        return Ok(());
+    }
+    // Check everything but the bound address before binding.
+    s.to_config("127.0.0.1:0")?;
+    let listen = s.listen()?;
+    let listener = bind(listen).await?;
+    let config = s.to_config(&listener_addr(&listener, listen))?;
+    let (id, advertise) = (config.id, config.advertise.clone());
+    let data = config.data_dir.clone();
+    let node = MetaNode::start(config).await.context("start metadata node")?;
+    report_addr(&data, &listener)?;
+    tracing::info!(%id, %advertise, "metadata node serving");
     node.serve(listener, shutdown_signal()).await.context("serve metadata node")
 }
 
 pub async fn run_storage(a: StorageArgs) -> Result<()> {
-    let site = SiteId::new(a.site.clone()).context("parse --site")?;
-    let listener = bind(&a.listen).await?;
-    let advertise = a.advertise.clone().unwrap_or_else(|| listener_addr(&listener, &a.listen));
-    let mut config = StorageConfig::new(a.data.clone(), advertise.clone(), site, a.meta.clone());
-    config.capacity_bytes = a.capacity;
-    config.heartbeat_interval = a.heartbeat_interval;
-    config.scrub_interval = Some(a.scrub_interval);
-    config.scrub_rate = a.scrub_rate;
+    let s = crate::config::effective(&crate::config::storage_defaults(), a.config.as_deref(), &a.settings)?;
+    if a.print_config {
+        print!("{}", crate::config::to_toml(&s)?);
+        return Ok(());
+    }
+    s.to_config("127.0.0.1:0")?;
+    let listen = s.listen()?;
+    let listener = bind(listen).await?;
+    let config = s.to_config(&listener_addr(&listener, listen))?;
+    let (advertise, site, data) = (config.advertise.clone(), config.site.clone(), config.data_dir.clone());
     let node = StorageNode::open(config).context("open storage node")?;
-    report_addr(&a.data, &listener)?;
-    tracing::info!(node = %node.id(), %advertise, site = %a.site, "storage node serving");
+    report_addr(&data, &listener)?;
+    tracing::info!(node = %node.id(), %advertise, %site, "storage node serving");
     node.serve(listener, shutdown_signal()).await.context("serve storage node")
 }
 

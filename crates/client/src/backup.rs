@@ -232,7 +232,9 @@ impl Repository {
                 &counters,
             )
             .await;
-        renew.abort();
+        if let Err(e) = renew.shutdown(Duration::from_secs(5)).await {
+            tracing::warn!(error = %e, "the session-lease worker did not stop in time");
+        }
         if let Some(r) = reporter {
             r.abort();
         }
@@ -456,18 +458,18 @@ impl Repository {
         begin_session(&self.meta, &self.record.name, session).await
     }
 
-    /// Renews the session lease in the background for long backups.
-    fn keep_session(&self, session: SessionId) -> tokio::task::JoinHandle<()> {
-        let meta = self.meta.clone();
-        let repo = self.record.name.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(SESSION_LEASE / 3).await;
-                if let Err(e) = begin_session(&meta, &repo, session).await {
-                    tracing::warn!(%session, error = %e, "renewing the session lease failed");
-                }
-            }
-        })
+    /// Renews the session lease in the background for long backups, as a
+    /// worker on a runner this backup owns (and shuts down when it ends).
+    fn keep_session(&self, session: SessionId) -> coffer_worker::Runner {
+        let runner = coffer_worker::Runner::new();
+        runner.spawn(LeaseRenewal {
+            meta: self.meta.clone(),
+            repo: self.record.name.clone(),
+            session,
+            every: SESSION_LEASE / 3,
+            first: true,
+        });
+        runner
     }
 
     /// Ends a failed session; best effort, since the lease expires anyway.
@@ -483,6 +485,39 @@ impl Repository {
         if let Err(e) = ended {
             tracing::warn!(%session, error = %e, "ending the failed session failed; its lease will expire");
         }
+    }
+}
+
+/// Renews a backup's session lease every `every`; the first step only
+/// schedules (the session was just begun).
+struct LeaseRenewal {
+    meta: Arc<crate::conn::MetaClient>,
+    repo: coffer_types::RepoName,
+    session: SessionId,
+    every: Duration,
+    first: bool,
+}
+
+impl coffer_worker::Worker for LeaseRenewal {
+    type Error = ClientError;
+    fn name(&self) -> String {
+        "session-lease".into()
+    }
+    async fn work(&mut self, stop: &coffer_worker::StopSignal) -> Result<coffer_worker::WorkerState, ClientError> {
+        if !std::mem::take(&mut self.first) {
+            tokio::select! {
+                r = begin_session(&self.meta, &self.repo, self.session) => r?,
+                _ = stop.stopped() => return Ok(coffer_worker::WorkerState::Done),
+            }
+        }
+        Ok(coffer_worker::WorkerState::Idle)
+    }
+    async fn wait_for_work(&mut self) {
+        tokio::time::sleep(self.every).await
+    }
+    fn backoff(&self) -> coffer_worker::Backoff {
+        // The lease outlives two more renewals: retry well within it.
+        coffer_worker::Backoff { first: Duration::from_secs(5), max: self.every / 4 }
     }
 }
 

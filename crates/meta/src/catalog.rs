@@ -189,6 +189,7 @@ impl Catalog for CatalogService {
             return Ok(Response::new(pb::HeartbeatResponse { known: false }));
         };
         self.node.liveness.seen(id, r.used_bytes, r.capacity_bytes);
+        self.node.liveness.set_workers(id, reported_workers(id, r.workers));
         let now = now_ms();
         if now.saturating_sub(rec.last_heartbeat_ms) >= self.node.config.persist_seen_every.as_millis() as u64 {
             self.write(Command::NodeSeen {
@@ -255,6 +256,13 @@ impl Catalog for CatalogService {
                 }
             }),
             site_degraded: self.node.repair.snapshot().site_degraded,
+            workers: {
+                let me = self.node.worker_node_name();
+                let mut w: Vec<pb::WorkerStatus> =
+                    self.node.workers().iter().map(|s| coffer_proto::worker_to_pb(&me, s)).collect();
+                w.extend(self.node.liveness.workers());
+                w
+            },
         }))
     }
 
@@ -513,4 +521,29 @@ impl Catalog for CatalogService {
         let nodes = self.nodes()?.iter().filter(|n| wanted.contains(&n.id)).map(|n| self.node_view(n)).collect();
         Ok(Response::new(pb::GetPacksResponse { packs, nodes }))
     }
+}
+
+/// What a heartbeat says of its node's workers, bounded: the node field is
+/// the sender's id whatever it claims, and a misbehaving node cannot make
+/// the leader keep more than a few short entries.
+fn reported_workers(id: NodeId, mut workers: Vec<pb::WorkerStatus>) -> Vec<pb::WorkerStatus> {
+    const MAX_WORKERS: usize = 32;
+    const MAX_TEXT: usize = 512;
+    workers.truncate(MAX_WORKERS);
+    for w in &mut workers {
+        w.node = id.to_string();
+        for text in [&mut w.name, &mut w.state, &mut w.last_error] {
+            if text.len() > MAX_TEXT {
+                let mut end = MAX_TEXT;
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                text.truncate(end);
+            }
+        }
+        if w.progress.len() > MAX_WORKERS {
+            w.progress = w.progress.drain().take(MAX_WORKERS).collect();
+        }
+    }
+    workers
 }

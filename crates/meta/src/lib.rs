@@ -34,9 +34,10 @@ mod retention;
 #[cfg(test)]
 mod test_util;
 pub mod types;
+mod workers;
 
 pub use config::MetaConfig;
 pub use error::MetaError;
 pub use impl_log_store::LogStore;
 pub use impl_state_machine::StateMachineStore;
-pub use node::{open_stores, MetaNode};
+pub use node::{open_stores, MetaNode, SHUTDOWN_DEADLINE};

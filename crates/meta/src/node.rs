@@ -1,6 +1,8 @@
 //! A metadata node: opens the stores, starts openraft, bootstraps when
-//! asked, serves the catalog and Raft services on one listener, and resets
-//! leader-only state whenever this node takes office.
+//! asked, serves the catalog and Raft services on one listener, and owns
+//! the runner of its background workers (`workers`): `serve` stops
+//! accepting, joins every worker within `SHUTDOWN_DEADLINE`, shuts Raft
+//! down and flushes sled before it returns.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -16,7 +18,7 @@ use coffer_types::MetaId;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
-use crate::admin::{join_cluster, AdminService};
+use crate::admin::AdminService;
 use crate::catalog::CatalogService;
 use crate::liveness::Liveness;
 use crate::network::Network;
@@ -31,8 +33,12 @@ pub fn open_stores(dir: &Path) -> Result<(LogStore, StateMachineStore), MetaErro
     Ok((LogStore::open(&db)?, StateMachineStore::open(&db)?))
 }
 
+/// How long `serve` waits for the workers to stop once shutdown began.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
 pub struct MetaNode {
     pub(crate) config: MetaConfig,
+    pub(crate) runner: coffer_worker::Runner,
     pub(crate) raft: Raft,
     pub(crate) sm: StateMachineStore,
     pub(crate) liveness: Liveness,
@@ -74,19 +80,20 @@ impl MetaNode {
             raft,
             sm,
             repair: crate::repair::RepairState::default(),
+            runner: coffer_worker::Runner::new(),
         });
-        tokio::spawn(watch_leadership(Arc::downgrade(&node)));
-        tokio::spawn(crate::repair::run(Arc::downgrade(&node)));
+        let mut join = None;
         if let Some(via) = node.config.join.clone() {
             let initialized = node.raft.is_initialized().await.map_err(|e| MetaError::Raft(e.to_string()))?;
             if initialized {
                 tracing::info!(id = %node.config.id, "already a member of a cluster; --join ignored");
             } else {
                 // Joining needs this node to serve Raft (the leader replicates
-                // to it as a learner), so it runs beside `serve`.
-                tokio::spawn(join_cluster(Arc::downgrade(&node), via));
+                // to it as a learner), so it runs beside `serve`, as a worker.
+                join = Some(via);
             }
         }
+        crate::workers::spawn_all(&node, join);
         Ok(node)
     }
 
@@ -96,6 +103,16 @@ impl MetaNode {
 
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// This node's workers, as `coffer status` shows them.
+    pub fn workers(&self) -> Vec<coffer_worker::WorkerStatus> {
+        self.runner.statuses()
+    }
+
+    /// The name under which this node's workers are reported.
+    pub(crate) fn worker_node_name(&self) -> String {
+        format!("meta-{}", self.config.id)
     }
 
     /// Waits until some node is leader, and returns it.
@@ -154,28 +171,17 @@ impl MetaNode {
             )
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
+        // Workers first (they write through Raft), then Raft, then the store.
+        if let Err(e) = self.runner.shutdown(SHUTDOWN_DEADLINE).await {
+            tracing::warn!(error = %e, "metadata workers did not all stop in time");
+        }
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not shut down cleanly");
         }
+        if let Err(e) = self.sm.tree().flush_async().await {
+            tracing::warn!(error = %e, "could not flush the metadata store");
+        }
+        tracing::info!(id = %self.config.id, "metadata node stopped");
         served.map_err(MetaError::from)
-    }
-}
-
-/// Resets leader-only state each time this node becomes leader.
-async fn watch_leadership(node: std::sync::Weak<MetaNode>) {
-    let Some(mut rx) = node.upgrade().map(|n| n.raft.metrics()) else { return };
-    let mut was_leader = false;
-    loop {
-        let Some(n) = node.upgrade() else { return };
-        let is_leader = rx.borrow().current_leader == Some(n.config.id.0);
-        if is_leader && !was_leader {
-            tracing::info!(id = %n.config.id, term = rx.borrow().current_term, "became leader");
-            n.liveness.reset();
-        }
-        was_leader = is_leader;
-        drop(n);
-        if rx.changed().await.is_err() {
-            return;
-        }
     }
 }

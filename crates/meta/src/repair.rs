@@ -2,7 +2,7 @@
 //! and the rebuild queue drained onto storage nodes.
 //!
 //! ```text
-//!  every tick (leader only):
+//!  every tick (leader only; `workers::Planner`):
 //!    node states (liveness) ──► newly down? ──► OpenIncident (through Raft)
 //!    packs × (down nodes ∪ bad shards ∪ site rule) ──► tasks, most at risk first
 //!    task ──► target node (place_one; same node for a bad shard) ──RebuildShard──► verified on disk
@@ -64,11 +64,10 @@ pub struct RepairStatus {
 pub struct RepairState {
     pub status: Mutex<RepairStatus>,
     in_flight: Mutex<HashSet<(PackId, u8)>>,
-    ticks: std::sync::atomic::AtomicU64,
 }
 
-/// Every this many ticks, up nodes are checked for superfluous shards.
-const SWEEP_EVERY: u64 = 10;
+/// The superfluous-copy sweep runs once every this many planner ticks.
+pub(crate) const SWEEP_EVERY: u32 = 10;
 
 impl RepairState {
     pub fn snapshot(&self) -> RepairStatus {
@@ -89,26 +88,24 @@ struct Task {
     incident: Option<u64>,
 }
 
-pub async fn run(node: Weak<MetaNode>) {
-    loop {
-        let Some(n) = node.upgrade() else { return };
-        let tick = n.config.repair.tick;
-        let leader = n.raft.metrics().borrow().current_leader == Some(n.config.id.0);
-        if leader {
-            if let Err(e) = tick_once(&n).await {
-                tracing::warn!(error = %e, "repair tick failed");
-            }
-        }
-        drop(n);
-        tokio::time::sleep(tick).await;
-    }
+/// A rebuild the planner chose, for the executor (`workers::RebuildExecutor`) to run.
+pub(crate) struct RebuildJob {
+    task: Task,
+    sources: Vec<(u32, String, Vec<u8>, Option<SiteId>)>,
+    target_addr: String,
+    target_site: SiteId,
 }
 
 async fn write(n: &MetaNode, cmd: Command) -> Result<CommandResult, String> {
     n.raft.client_write(cmd).await.map(|r| r.data).map_err(|e| e.to_string())
 }
 
-async fn tick_once(n: &std::sync::Arc<MetaNode>) -> Result<(), String> {
+/// One planner tick (leader only): incidents, then the queue, dispatched
+/// within the limits onto `jobs`.
+pub(crate) async fn tick_once(
+    n: &std::sync::Arc<MetaNode>,
+    jobs: &tokio::sync::mpsc::UnboundedSender<RebuildJob>,
+) -> Result<(), String> {
     let tree = n.sm.tree();
     let nodes: Vec<NodeRecord> = kv::scan(tree, "node", kv::NODE_PREFIX).map_err(|e| e.to_string())?;
     let packs: Vec<PackRecord> = kv::scan(tree, "pack", kv::PACK_PREFIX).map_err(|e| e.to_string())?;
@@ -297,11 +294,22 @@ async fn tick_once(n: &std::sync::Arc<MetaNode>) -> Result<(), String> {
             .collect();
         let target = by_id.get(&t.to).map(|r| (r.addr.clone(), r.site.clone()));
         let Some((target_addr, target_site)) = target else { continue };
-        tokio::spawn(execute(std::sync::Arc::downgrade(n), t, sources, target_addr, target_site));
+        if jobs.send(RebuildJob { task: t, sources, target_addr, target_site }).is_err() {
+            // The executor is gone (shutting down): nothing will run it.
+            n.repair.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        }
     }
-    if n.repair.ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed).is_multiple_of(SWEEP_EVERY) {
-        sweep_superfluous(n, &nodes, &packs, &state).await;
-    }
+    Ok(())
+}
+
+/// The superfluous-copy sweep, on its own schedule: the catalog's nodes
+/// and packs, and the leader's view of which nodes are up.
+pub(crate) async fn sweep_once(n: &MetaNode) -> Result<(), String> {
+    let tree = n.sm.tree();
+    let nodes: Vec<NodeRecord> = kv::scan(tree, "node", kv::NODE_PREFIX).map_err(|e| e.to_string())?;
+    let packs: Vec<PackRecord> = kv::scan(tree, "pack", kv::PACK_PREFIX).map_err(|e| e.to_string())?;
+    let state: HashMap<NodeId, NodeState> = nodes.iter().map(|r| (r.id, n.liveness.state(r.id))).collect();
+    sweep_superfluous(n, &nodes, &packs, &state).await;
     Ok(())
 }
 
@@ -402,13 +410,8 @@ fn rebalance_task(
     })
 }
 
-async fn execute(
-    node: Weak<MetaNode>,
-    t: Task,
-    sources: Vec<(u32, String, Vec<u8>, Option<SiteId>)>,
-    target_addr: String,
-    target_site: SiteId,
-) {
+pub(crate) async fn execute(node: Weak<MetaNode>, job: RebuildJob) {
+    let RebuildJob { task: t, sources, target_addr, target_site } = job;
     let started = Instant::now();
     let started_ms = now_ms();
     let Some(n) = node.upgrade() else { return };

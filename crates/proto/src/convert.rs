@@ -263,6 +263,22 @@ impl TryFrom<pb::Snapshot> for SnapshotRecord {
     }
 }
 
+/// A worker's status as `node` reports it (heartbeats, cluster status).
+pub fn worker_to_pb(node: &str, s: &coffer_worker::WorkerStatus) -> pb::WorkerStatus {
+    pb::WorkerStatus {
+        node: node.to_string(),
+        name: s.name.clone(),
+        state: s.state.as_str().to_string(),
+        last_run_ms: s.last_run_ms.unwrap_or(0),
+        last_error: s.last_error.clone().unwrap_or_default(),
+        last_error_ms: s.last_error_ms.unwrap_or(0),
+        consecutive_errors: s.consecutive_errors,
+        runs: s.runs,
+        errors: s.errors,
+        progress: s.progress.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

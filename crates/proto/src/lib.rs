@@ -12,7 +12,9 @@ pub mod pb {
 
 mod convert;
 
-pub use convert::{ids_from_bytes, location_from_pb, location_to_pb, node_to_pb, params_from_pb, ProtoError};
+pub use convert::{
+    ids_from_bytes, location_from_pb, location_to_pb, node_to_pb, params_from_pb, worker_to_pb, ProtoError,
+};
 
 /// The gRPC metadata key through which a follower names the leader.
 pub const LEADER_HINT_KEY: &str = "coffer-leader";

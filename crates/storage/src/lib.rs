@@ -18,6 +18,7 @@ pub mod repair;
 pub mod service;
 pub mod shard_file;
 pub mod store;
+pub mod workers;
 
 pub use error::StorageError;
 pub use node::{StorageConfig, StorageNode};

@@ -5,9 +5,8 @@
 //!   open(config) ─► DIR/node-id (read, or drawn once and written atomically)
 //!                └► ShardStore::open(DIR)
 //!   serve(listener, shutdown) ─┬─► tonic server (ShardService) until shutdown
-//!                              └─► RegisterNode (retried until it succeeds),
-//!                                  then Heartbeat every interval; known=false
-//!                                  ─► RegisterNode again
+//!                              └─► workers (see `workers`): heartbeat, scrub,
+//!                                  stopped and joined within SHUTDOWN_DEADLINE
 //! ```
 //!
 //! Invariant: a node's id never changes for the life of its data directory,
@@ -25,28 +24,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coffer_client::conn::MetaClient;
-use coffer_proto::pb::{HeartbeatRequest, RegisterNodeRequest};
 use coffer_types::{NodeId, SiteId};
-use futures::future::{BoxFuture, Shared};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::repair::scrub_pass;
 use crate::service::{Repair, ShardService};
 use crate::store::ShardStore;
+use crate::workers::{Heartbeat, Scrub};
 use crate::StorageError;
 
-/// Heartbeat period when the operator does not choose one.
-pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// Heartbeat period when the operator does not choose one (the one place
+/// this default is written; `coffer storage` takes it from here).
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 
-/// The longest pause between two registration attempts.
-const MAX_REGISTER_BACKOFF: Duration = Duration::from_secs(5);
-const MIN_REGISTER_BACKOFF: Duration = Duration::from_millis(100);
-/// A metadata call that takes longer than this is abandoned and retried on
-/// the next tick: a peer that accepts connections but never answers must not
-/// stall the heartbeat for good.
-const META_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `serve` waits for the workers to stop once shutdown began.
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Bounds on how long one metadata call retries across endpoints.
+const MIN_META_RETRY: Duration = Duration::from_millis(200);
+const MAX_META_RETRY: Duration = Duration::from_secs(5);
 
 /// HTTP/2 receive windows of the shard server. hyper's defaults (1 MiB per
 /// stream and per connection) are smaller than one 1 MiB shard frame plus
@@ -182,17 +179,18 @@ impl StorageNode {
         // One heartbeat interval is the natural bound for one call's retries:
         // the loop tries again on its next tick anyway. The client's lazy
         // channels need the runtime, which is why it is built here.
-        let retry_for = self.config.heartbeat_interval.clamp(Duration::from_millis(200), MAX_REGISTER_BACKOFF);
+        let retry_for = self.config.heartbeat_interval.clamp(MIN_META_RETRY, MAX_META_RETRY);
         let meta = MetaClient::new(&self.config.meta_endpoints, retry_for)
             .map_err(|e| StorageError::Config { reason: e.to_string() })?;
-        let shutdown: Shared<BoxFuture<'static, ()>> = shutdown.boxed().shared();
         let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let repair = Arc::new(Repair { scrub_rate: self.config.scrub_rate, ..Repair::default() });
         let service = ShardService::new(self.store.clone(), self.id, self.config.site.clone(), self.capacity_bytes)
             .with_repair(repair.clone());
-        let scrub =
-            tokio::spawn(scrub_loop(self.store.clone(), repair.clone(), self.config.scrub_interval, shutdown.clone()));
-        let heartbeat = Heartbeat {
+        let runner = coffer_worker::Runner::new();
+        if let Some(interval) = self.config.scrub_interval {
+            runner.spawn(Scrub::new(self.config.data_dir.clone(), self.store.clone(), repair.clone(), interval));
+        }
+        runner.spawn(Heartbeat {
             id: self.id,
             site: self.config.site.clone(),
             advertise: self.config.advertise.clone(),
@@ -201,8 +199,10 @@ impl StorageNode {
             store: self.store.clone(),
             meta,
             repair,
-        };
-        let heartbeat = tokio::spawn(heartbeat.run(shutdown.clone()));
+            board: runner.board(),
+            registered: false,
+            beats: 0,
+        });
 
         // Shard frames are latency-sensitive request/response traffic.
         let incoming = TcpListenerStream::new(listener).map(|conn| {
@@ -221,12 +221,11 @@ impl StorageNode {
             .add_service(service.into_server())
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
-        // The heartbeat loop stops on the same signal; if the server failed
-        // instead, the node must not keep claiming to be alive.
-        heartbeat.abort();
-        scrub.abort();
-        let _ = heartbeat.await;
-        let _ = scrub.await;
+        // The workers stop on the same signal; if the server failed instead,
+        // the node must not keep claiming to be alive either.
+        if let Err(e) = runner.shutdown(SHUTDOWN_DEADLINE).await {
+            tracing::warn!(node = %self.id, error = %e, "storage workers did not all stop in time");
+        }
         tracing::info!(node = %self.id, "shard server stopped");
         served.map_err(|e| StorageError::Serve(e.to_string()))
     }
@@ -259,171 +258,5 @@ fn load_or_create_node_id(dir: &Path) -> Result<NodeId, StorageError> {
             Ok(id)
         }
         Err(e) => Err(StorageError::io(&path, e)),
-    }
-}
-
-/// Bounds one metadata call by `META_CALL_TIMEOUT`.
-async fn with_timeout<T>(what: &str, call: impl Future<Output = Result<T, StorageError>>) -> Result<T, StorageError> {
-    tokio::time::timeout(META_CALL_TIMEOUT, call)
-        .await
-        .unwrap_or_else(|_| Err(StorageError::Meta(format!("{what}: no answer within {META_CALL_TIMEOUT:?}"))))
-}
-
-/// The registration and heartbeat loop.
-struct Heartbeat {
-    id: NodeId,
-    site: SiteId,
-    advertise: String,
-    capacity_bytes: u64,
-    interval: Duration,
-    store: ShardStore,
-    meta: MetaClient,
-    repair: Arc<Repair>,
-}
-
-/// Runs a scrub pass every `interval`; what it finds is queued for the
-/// heartbeat loop to report.
-async fn scrub_loop(
-    store: ShardStore,
-    repair: Arc<Repair>,
-    interval: Option<Duration>,
-    shutdown: Shared<BoxFuture<'static, ()>>,
-) {
-    let Some(interval) = interval else { return };
-    loop {
-        tokio::select! {
-            _ = shutdown.clone() => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
-        match scrub_pass(&store, &repair.scrub_limit, repair.scrub_rate, &repair.counters).await {
-            Ok(r) => {
-                tracing::info!(verified = r.verified, bad = r.bad.len(), "scrub pass done");
-                repair.reports.lock().await.extend(r.bad);
-            }
-            Err(e) => tracing::warn!(error = %e, "scrub pass failed"),
-        }
-    }
-}
-
-impl Heartbeat {
-    /// Sends queued bad-shard reports; keeps them if the call fails.
-    async fn report_bad_shards(&self) {
-        let pending: Vec<coffer_proto::pb::BadShard> = std::mem::take(&mut *self.repair.reports.lock().await);
-        if pending.is_empty() {
-            return;
-        }
-        let req = coffer_proto::pb::ReportBadShardsRequest {
-            node: self.id.0,
-            shards: pending
-                .iter()
-                .map(|b| coffer_proto::pb::BadShardReport {
-                    pack_id: b.pack_id.clone(),
-                    index: b.index,
-                    reason: b.reason.clone(),
-                })
-                .collect(),
-        };
-        let sent = with_timeout("report bad shards", async {
-            self.meta
-                .call("report bad shards", |mut c| {
-                    let req = req.clone();
-                    async move { c.report_bad_shards(req).await }
-                })
-                .await
-                .map_err(|e| StorageError::Meta(e.to_string()))
-        })
-        .await;
-        match sent {
-            Ok(_) => tracing::info!(shards = pending.len(), "reported bad shards"),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not report bad shards; will retry");
-                self.repair.reports.lock().await.extend(pending);
-            }
-        }
-    }
-
-    async fn run(self, shutdown: Shared<BoxFuture<'static, ()>>) {
-        loop {
-            if !self.register_until_ok(&shutdown).await {
-                return;
-            }
-            loop {
-                tokio::select! {
-                    _ = shutdown.clone() => return,
-                    _ = tokio::time::sleep(self.interval) => {}
-                }
-                let beat = tokio::select! {
-                    _ = shutdown.clone() => return,
-                    r = with_timeout("heartbeat", self.beat()) => r,
-                };
-                match beat {
-                    Ok(true) => self.report_bad_shards().await,
-                    Ok(false) => {
-                        tracing::info!(node = %self.id, "the cluster map does not know this node; registering again");
-                        break;
-                    }
-                    Err(e) => tracing::warn!(node = %self.id, error = %e, "heartbeat failed"),
-                }
-            }
-        }
-    }
-
-    /// Registers, retrying with backoff; false if shutdown came first.
-    async fn register_until_ok(&self, shutdown: &Shared<BoxFuture<'static, ()>>) -> bool {
-        let cap = self.interval.clamp(MIN_REGISTER_BACKOFF, MAX_REGISTER_BACKOFF);
-        let mut backoff = MIN_REGISTER_BACKOFF;
-        let mut attempts = 0u32;
-        loop {
-            attempts += 1;
-            let registered = tokio::select! {
-                _ = shutdown.clone() => return false,
-                r = with_timeout("register node", self.register()) => r,
-            };
-            match registered {
-                Ok(()) => {
-                    tracing::info!(node = %self.id, addr = %self.advertise, attempts, "registered with the metadata plane");
-                    return true;
-                }
-                Err(e) => tracing::warn!(node = %self.id, attempts, error = %e, "registration failed; will retry"),
-            }
-            tokio::select! {
-                _ = shutdown.clone() => return false,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(cap);
-        }
-    }
-
-    async fn register(&self) -> Result<(), StorageError> {
-        let req = RegisterNodeRequest {
-            id: self.id.0,
-            site: self.site.to_string(),
-            addr: self.advertise.clone(),
-            capacity_bytes: self.capacity_bytes,
-            used_bytes: self.store.used_bytes(),
-        };
-        self.meta
-            .call("register node", |mut c| {
-                let req = req.clone();
-                async move { c.register_node(req).await }
-            })
-            .await
-            .map_err(|e| StorageError::Meta(e.to_string()))?;
-        Ok(())
-    }
-
-    /// Sends one heartbeat; returns whether the cluster map knows this node.
-    async fn beat(&self) -> Result<bool, StorageError> {
-        let req = HeartbeatRequest {
-            id: self.id.0,
-            used_bytes: self.store.used_bytes(),
-            capacity_bytes: self.capacity_bytes,
-        };
-        let resp = self
-            .meta
-            .call("heartbeat", |mut c| async move { c.heartbeat(req).await })
-            .await
-            .map_err(|e| StorageError::Meta(e.to_string()))?;
-        Ok(resp.known)
     }
 }

@@ -154,6 +154,25 @@ impl Proc {
             }
         }
     }
+
+    /// SIGTERMs the process and waits up to `timeout` for it to exit; a
+    /// process still running then is killed and the call fails.
+    fn terminate(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let Some(mut c) = self.child.take() else { bail!("the process is not running") };
+        send_signal(c.id(), 15);
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = c.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                bail!("the process did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// Sends a signal with kill(1): the workspace forbids `unsafe`, and this is
@@ -472,6 +491,24 @@ impl Cluster {
 
     pub fn kill_storage(&mut self, i: usize) {
         self.storage[i].proc_.kill();
+    }
+
+    /// SIGTERMs storage node `i` and returns its exit status, failing if it
+    /// does not exit within `timeout`.
+    pub fn terminate_storage(&mut self, i: usize, timeout: Duration) -> Result<std::process::ExitStatus> {
+        self.storage[i].proc_.terminate(timeout)
+    }
+
+    /// SIGTERMs metadata node `i`, as `terminate_storage`.
+    pub fn terminate_meta(&mut self, i: usize, timeout: Duration) -> Result<std::process::ExitStatus> {
+        self.meta[i].proc_.terminate(timeout)
+    }
+
+    /// Starts storage node `i` again on its data dir, with its original flags.
+    pub fn start_storage(&mut self, i: usize) -> Result<()> {
+        self.storage[i].proc_.start(&self.bin)?;
+        self.storage[i].addr = self.storage[i].proc_.wait_addr()?;
+        Ok(())
     }
 
     /// Restarts every stopped node of `site` (storage and metadata) on its

@@ -1,0 +1,227 @@
+//! The metadata node's background jobs, each a `coffer_worker::Worker` on
+//! the node's runner, so that `serve` stops and joins them all on shutdown.
+//!
+//! ```text
+//!   leadership ─┐  (raft metrics change)
+//!   planner ────┴─► took_office(term)  (once per term, before the first tick)
+//!   planner ──every repair.tick, leader only──► repair::tick_once ──RebuildJob──► rebuild-executor
+//!   rebuild-executor ── one task per job in its JoinSet (dropped, so aborted, with the worker)
+//!   superfluous-sweep ──every SWEEP_EVERY ticks, leader only──► repair::sweep_once
+//!   join ── asks the cluster to add this node, then done
+//! ```
+//!
+//! Workers hold the node weakly: the node owns the runner, and a worker
+//! whose node is gone finishes.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use coffer_worker::{StopSignal, Worker, WorkerState};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::node::MetaNode;
+use crate::repair::{self, RebuildJob, SWEEP_EVERY};
+
+/// If this node leads, the term it leads in, after running the leader-change
+/// hook for that term.
+fn leading_term(n: &MetaNode) -> Option<u64> {
+    let (leader, term) = {
+        let m = n.raft.metrics();
+        let m = m.borrow();
+        (m.current_leader, m.current_term)
+    };
+    if leader != Some(n.config.id.0) {
+        return None;
+    }
+    if n.liveness.took_office(term) {
+        tracing::info!(id = %n.config.id, term, "became leader; every storage node counts as seen now");
+    }
+    Some(term)
+}
+
+/// Runs the leader-change hook as soon as Raft reports a new term led by
+/// this node, so that status answers are right before the planner's tick.
+pub(crate) struct Leadership {
+    pub node: Weak<MetaNode>,
+    pub metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, crate::types::MetaNodeInfo>>,
+}
+
+impl Worker for Leadership {
+    type Error = String;
+    fn name(&self) -> String {
+        "leadership".into()
+    }
+    async fn work(&mut self, _stop: &StopSignal) -> Result<WorkerState, String> {
+        let Some(n) = self.node.upgrade() else { return Ok(WorkerState::Done) };
+        leading_term(&n);
+        Ok(WorkerState::Idle)
+    }
+    async fn wait_for_work(&mut self) {
+        if self.metrics.changed().await.is_err() {
+            // Raft stopped: nothing will change any more.
+            std::future::pending::<()>().await
+        }
+    }
+}
+
+/// The repair planner: each tick, on the leader, derives the repair work
+/// and hands rebuilds to the executor.
+pub(crate) struct Planner {
+    pub node: Weak<MetaNode>,
+    pub jobs: mpsc::UnboundedSender<RebuildJob>,
+    pub tick: Duration,
+    pub ticks: u64,
+}
+
+impl Worker for Planner {
+    type Error = String;
+    fn name(&self) -> String {
+        "repair-planner".into()
+    }
+    async fn work(&mut self, _stop: &StopSignal) -> Result<WorkerState, String> {
+        let Some(n) = self.node.upgrade() else { return Ok(WorkerState::Done) };
+        if leading_term(&n).is_some() {
+            self.ticks += 1;
+            repair::tick_once(&n, &self.jobs).await?;
+        }
+        Ok(WorkerState::Idle)
+    }
+    async fn wait_for_work(&mut self) {
+        tokio::time::sleep(self.tick).await
+    }
+    fn progress(&self) -> Vec<(&'static str, u64)> {
+        let Some(n) = self.node.upgrade() else { return Vec::new() };
+        let s = n.repair.snapshot();
+        vec![("ticks", self.ticks), ("queued", s.queued), ("site_degraded", s.site_degraded)]
+    }
+    fn backoff(&self) -> coffer_worker::Backoff {
+        // A failed tick is usually a lost leadership or a slow write: retry
+        // soon, but never faster than the tick.
+        coffer_worker::Backoff { first: self.tick, max: self.tick * 20 }
+    }
+}
+
+/// Runs the rebuilds the planner dispatches, each in its own task owned by
+/// this worker.
+pub(crate) struct RebuildExecutor {
+    pub node: Weak<MetaNode>,
+    pub jobs: mpsc::UnboundedReceiver<RebuildJob>,
+    pub running: JoinSet<()>,
+    pub next: Option<RebuildJob>,
+}
+
+impl RebuildExecutor {
+    fn start(&mut self, job: RebuildJob) {
+        self.running.spawn(repair::execute(self.node.clone(), job));
+    }
+}
+
+impl Worker for RebuildExecutor {
+    type Error = String;
+    fn name(&self) -> String {
+        "rebuild-executor".into()
+    }
+    async fn work(&mut self, _stop: &StopSignal) -> Result<WorkerState, String> {
+        if let Some(job) = self.next.take() {
+            self.start(job);
+        }
+        while let Ok(job) = self.jobs.try_recv() {
+            self.start(job);
+        }
+        let mut failed = None;
+        while let Some(done) = self.running.try_join_next() {
+            if let Err(e) = done {
+                failed = Some(format!("a rebuild task failed: {e}"));
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(WorkerState::Idle),
+        }
+    }
+    async fn wait_for_work(&mut self) {
+        tokio::select! {
+            job = self.jobs.recv() => match job {
+                Some(job) => self.next = Some(job),
+                None if self.running.is_empty() => std::future::pending::<()>().await,
+                None => { self.running.join_next().await; }
+            },
+            Some(_) = self.running.join_next(), if !self.running.is_empty() => {}
+        }
+    }
+    fn progress(&self) -> Vec<(&'static str, u64)> {
+        let mut out = vec![("running", self.running.len() as u64)];
+        if let Some(n) = self.node.upgrade() {
+            let s = n.repair.snapshot();
+            out.extend([("done", s.done), ("failed", s.failed), ("bytes_written", s.bytes_written)]);
+        }
+        out
+    }
+}
+
+/// Deletes shards that up nodes hold but the catalog places elsewhere.
+pub(crate) struct Sweep {
+    pub node: Weak<MetaNode>,
+    pub every: Duration,
+}
+
+impl Sweep {
+    pub fn new(node: Weak<MetaNode>, tick: Duration) -> Self {
+        Self { node, every: tick * SWEEP_EVERY }
+    }
+}
+
+impl Worker for Sweep {
+    type Error = String;
+    fn name(&self) -> String {
+        "superfluous-sweep".into()
+    }
+    async fn work(&mut self, _stop: &StopSignal) -> Result<WorkerState, String> {
+        let Some(n) = self.node.upgrade() else { return Ok(WorkerState::Done) };
+        if leading_term(&n).is_some() {
+            repair::sweep_once(&n).await?;
+        }
+        Ok(WorkerState::Idle)
+    }
+    async fn wait_for_work(&mut self) {
+        tokio::time::sleep(self.every).await
+    }
+}
+
+/// `--join`: asks the cluster (following leader hints) to add this node,
+/// then is done.
+pub(crate) struct Join {
+    pub node: Weak<MetaNode>,
+    pub via: String,
+}
+
+impl Worker for Join {
+    type Error = String;
+    fn name(&self) -> String {
+        "join".into()
+    }
+    async fn work(&mut self, stop: &StopSignal) -> Result<WorkerState, String> {
+        tokio::select! {
+            _ = crate::admin::join_cluster(self.node.clone(), self.via.clone()) => {}
+            _ = stop.stopped() => {}
+        }
+        Ok(WorkerState::Done)
+    }
+    async fn wait_for_work(&mut self) {}
+}
+
+/// Starts every worker of `node` on its runner.
+pub(crate) fn spawn_all(node: &Arc<MetaNode>, join: Option<String>) {
+    let weak = Arc::downgrade(node);
+    let tick = node.config.repair.tick;
+    let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+    let r = &node.runner;
+    r.spawn(Leadership { node: weak.clone(), metrics: node.raft.metrics() });
+    r.spawn(Planner { node: weak.clone(), jobs: jobs_tx, tick, ticks: 0 });
+    r.spawn(RebuildExecutor { node: weak.clone(), jobs: jobs_rx, running: JoinSet::new(), next: None });
+    r.spawn(Sweep::new(weak.clone(), tick));
+    if let Some(via) = join {
+        r.spawn(Join { node: weak, via });
+    }
+}
