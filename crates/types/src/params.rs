@@ -45,6 +45,25 @@ impl ErasureParams {
         self.k as usize + self.m as usize
     }
 
+    /// The fewest placed shards a repository accepts for a new pack when
+    /// too few nodes are up for all `k + m`: `k`, the same bar a read must
+    /// clear. During an outage that leaves exactly `k` nodes, every pack the
+    /// cluster already holds has only those `k` shards reachable too, so a
+    /// new pack at `k` is exactly as exposed as the data already stored,
+    /// while refusing it would leave the source with no backup at all.
+    pub fn default_min_shards(&self) -> usize {
+        self.k()
+    }
+
+    /// A repository's `min_shards` must lie in `k ..= k + m`.
+    pub fn check_min_shards(&self, n: u32) -> Result<usize, TypesError> {
+        let n = n as usize;
+        if n < self.k() || n > self.total() {
+            return Err(TypesError::BadMinShards { min_shards: n, k: self.k(), total: self.total() });
+        }
+        Ok(n)
+    }
+
     /// The length of each shard for a pack of `pack_len` bytes.
     pub fn shard_len(&self, pack_len: u64) -> u64 {
         pack_len.div_ceil(self.k as u64).max(1)
