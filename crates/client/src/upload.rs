@@ -167,7 +167,7 @@ impl PackWriter {
             if record.placed() < alloc.params.total() {
                 self.counters.packs_short.add(1);
             }
-            self.counters.bytes_stored_raw.add(record.shard_len * record.placed() as u64);
+            self.counters.bytes_stored_raw.add(record.shard_len.saturating_mul(record.placed() as u64));
             return Ok(record);
         }
         Err(ClientError::UploadFailed { pack: last.0, attempts: MAX_PLACEMENT_ATTEMPTS, reason: last.1 })
