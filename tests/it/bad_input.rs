@@ -37,6 +37,12 @@ fn bad_input_is_refused_clearly_and_loses_nothing() -> anyhow::Result<()> {
         assert_eq!(usage.code, 1, "{usage:?}");
         let usage = c.cli(&["restore"])?;
         assert_eq!(usage.code, 2, "a usage error exits 2: {usage:?}");
+        // k + m that wraps a u32 is refused, not a panic (exit 101).
+        for (k, m) in [("4294967295", "2"), ("2", "4294967295")] {
+            let huge = c.cli(&["repo", "create", "huge", "--k", k, "--m", m])?;
+            assert_eq!(huge.code, 1, "{huge:?}");
+            assert!(huge.stderr.contains("k + m"), "{}", huge.stderr);
+        }
 
         // Garbage bytes on every server socket: HTTP/2 preface errors, random
         // frames. The servers must survive and keep serving.

@@ -7,6 +7,7 @@
 
 mod bad_input;
 mod dedup;
+mod degraded;
 mod meta_crash;
 mod raft;
 mod rebuild;

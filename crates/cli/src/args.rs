@@ -192,6 +192,12 @@ pub enum RepoCommand {
         k: u32,
         #[arg(long, env = "COFFER_M", default_value_t = 2)]
         m: u32,
+        /// While storage nodes are down, accept new packs with at least this
+        /// many of their k+m shards placed (k..=k+m; default k). Repair
+        /// writes the missing shards once nodes return; below it, backups
+        /// are refused.
+        #[arg(long)]
+        min_shards: Option<u32>,
     },
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use coffer_client::backup::{BackupOptions, BackupSummary};
 use coffer_client::conn::MetaClient;
-use coffer_client::repo::{create_repo, open_repo, Repository};
+use coffer_client::repo::{create_repo_with, open_repo, Repository};
 use coffer_client::restore::RestoreTarget;
 use coffer_proto::pb;
 use coffer_types::{BackupKind, ErasureParams, RepoName, SnapshotRecord};
@@ -54,14 +54,20 @@ pub async fn open(g: &Global) -> Result<Repository> {
     open_repo(meta, &name, &pw).await.with_context(|| format!("open repository {name}"))
 }
 
-pub async fn repo_create(g: &Global, name: String, k: u32, m: u32) -> Result<()> {
+pub async fn repo_create(g: &Global, name: String, k: u32, m: u32, min_shards: Option<u32>) -> Result<()> {
     let name = RepoName::new(name)?;
     let params = ErasureParams::new(k, m)?;
+    let min = match min_shards {
+        Some(n) => params.check_min_shards(n)?,
+        None => params.default_min_shards(),
+    };
     let pw = password(g)?;
     let meta = meta_client(g)?;
-    create_repo(&meta, &name, params, &pw).await.with_context(|| format!("create repository {name}"))?;
+    create_repo_with(&meta, &name, params, min_shards, &pw)
+        .await
+        .with_context(|| format!("create repository {name}"))?;
     if g.json {
-        println!("{}", json!({"repo": name.as_str(), "k": params.k(), "m": params.m()}));
+        println!("{}", json!({"repo": name.as_str(), "k": params.k(), "m": params.m(), "min_shards": min}));
     } else {
         println!("created repository {name} ({params})");
     }
@@ -176,6 +182,12 @@ fn print_backup_summary(s: &BackupSummary) {
     );
     let rate = if s.duration_s > 0.0 { mib(s.bytes_scanned) / s.duration_s } else { 0.0 };
     println!("  chunks new {} reused {}   {:.2}s, {:.1} MiB/s", s.chunks_new, s.chunks_reused, s.duration_s, rate);
+    if s.packs_short > 0 {
+        println!(
+            "  degraded: {} of {} packs stored short of shards (storage nodes down); repair completes them",
+            s.packs_short, s.packs
+        );
+    }
     if s.errors > 0 {
         println!("  {} files could not be read:", s.errors);
         for e in s.error_messages.iter().take(20) {
@@ -286,7 +298,7 @@ pub async fn status(g: &Global) -> Result<()> {
                 "used_bytes": n.used_bytes,
                 "capacity_bytes": n.capacity_bytes,
             })).collect::<Vec<_>>(),
-            "packs": {"healthy": packs.healthy, "degraded": packs.degraded, "at_risk": packs.at_risk, "lost": packs.lost},
+            "packs": {"healthy": packs.healthy, "degraded": packs.degraded, "at_risk": packs.at_risk, "lost": packs.lost, "short": packs.short},
             "meta": {
                 "leader": s.leader,
                 "term": s.term,
@@ -333,6 +345,12 @@ pub async fn status(g: &Global) -> Result<()> {
         "packs: {} healthy, {} degraded, {} at risk, {} lost",
         packs.healthy, packs.degraded, packs.at_risk, packs.lost
     );
+    if packs.short > 0 {
+        println!(
+            "short packs: {} (stored while too few nodes were up; repair writes their missing shards)",
+            packs.short
+        );
+    }
     if s.site_degraded > 0 {
         println!("site-degraded packs: {} (placed while a site was down)", s.site_degraded);
     }

@@ -47,7 +47,9 @@ fn main() {
             Command::DevSite(a) => dev::site_control(a).await.map(|_| 0),
             Command::Meta(a) => servers::run_meta(a).await.map(|_| 0),
             Command::Storage(a) => servers::run_storage(a).await.map(|_| 0),
-            Command::Repo(RepoCommand::Create { name, k, m }) => commands::repo_create(&g, name, k, m).await.map(|_| 0),
+            Command::Repo(RepoCommand::Create { name, k, m, min_shards }) => {
+                commands::repo_create(&g, name, k, m, min_shards).await.map(|_| 0)
+            }
             Command::Backup(a) => commands::backup(&g, a).await,
             Command::Snapshots => commands::snapshots(&g).await.map(|_| 0),
             Command::Restore(a) => commands::restore(&g, a).await.map(|_| 0),

@@ -99,6 +99,11 @@ pub struct BackupSummary {
     pub chunks_new: u64,
     pub chunks_reused: u64,
     pub packs: u64,
+    /// Of those, packs committed short: fewer than k + m shards placed
+    /// because too few storage nodes were up. The snapshot is acknowledged
+    /// and restores; the repair planner writes the missing shards as soon
+    /// as nodes allow.
+    pub packs_short: u64,
     /// The snapshot the file counts below are relative to: the parent, or
     /// for a full backup the newest earlier snapshot of the same source.
     pub compared_with: Option<String>,
@@ -272,6 +277,7 @@ impl Repository {
             chunks_new: counters.chunks_new.get(),
             chunks_reused: counters.chunks_reused.get(),
             packs: counters.packs.get(),
+            packs_short: counters.packs_short.get(),
             compared_with: compare.map(|c| c.id.to_hex()),
             files_new: counters.files_new.get(),
             files_changed: counters.files_changed.get(),

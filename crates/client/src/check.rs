@@ -317,6 +317,7 @@ fn chosen(id: &PackId, percent: f64) -> bool {
 async fn presence(pool: &ShardPool, p: &Placed) -> Read {
     let asks = p.record.shards.iter().zip(&p.addrs).map(|(s, addr)| async move {
         match addr {
+            None if !s.is_placed() => Err(format!("shard {} not placed yet (short pack)", s.index.0)),
             None => Err(format!("shard {} on unknown node {}", s.index.0, s.node)),
             Some(a) => pool
                 .get(a, p.record.id, s.index, 0, Some(1))
@@ -336,6 +337,7 @@ pub(crate) async fn read_pack(pool: &ShardPool, p: &Placed) -> Read {
     let rec = &p.record;
     let asks = rec.shards.iter().zip(&p.addrs).map(|(s, addr)| async move {
         let body = match addr {
+            None if !s.is_placed() => Err("not placed yet (short pack)".to_string()),
             None => Err("its node is unknown".to_string()),
             Some(a) => pool.get(a, rec.id, s.index, 0, None).await.map_err(|e| e.reason),
         };

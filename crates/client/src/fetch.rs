@@ -196,7 +196,8 @@ impl ClusterSource {
                         NodeRef {
                             id: s.node,
                             addr: n.map(|n| n.addr.clone()).filter(|a| !a.is_empty()),
-                            down: n.is_some_and(|n| n.state == "down"),
+                            // An unplaced shard reads like one on a down node.
+                            down: !s.is_placed() || n.is_some_and(|n| n.state == "down"),
                         }
                     })
                     .collect();
@@ -223,6 +224,12 @@ impl ClusterSource {
     }
 
     fn bad_shard(&self, pack: PackId, index: ShardIndex, node: Option<NodeId>, bad: ShardFailure) {
+        if node == Some(NodeId::UNPLACED) {
+            // A short pack's shard that no node holds yet is no fault to
+            // report: the pack is read from the shards it has.
+            tracing::debug!(%pack, %index, "shard not placed yet");
+            return;
+        }
         let line = format!("pack {pack} shard {index} on node {}: {}", node.unwrap_or_default(), bad.reason);
         let mut health = lock(&self.health);
         if let (true, Some(node)) = (bad.damaged, node) {
@@ -325,7 +332,8 @@ impl ClusterSource {
         let k = rec.params.k();
         tracing::info!(pack = %rec.id, "reading pack in degraded mode");
         // Data shards first (fewer to rebuild), nodes believed down last.
-        let mut order: Vec<usize> = (0..rec.params.total()).filter(|i| info.nodes.get(*i).is_some()).collect();
+        let mut order: Vec<usize> =
+            (0..rec.params.total()).filter(|i| info.nodes.get(*i).is_some_and(|n| n.id != NodeId::UNPLACED)).collect();
         order.sort_by_key(|&i| (info.nodes[i].down, i >= k));
         let mut shards: Vec<Option<Vec<u8>>> = vec![None; rec.params.total()];
         let mut good = 0usize;

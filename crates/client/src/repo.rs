@@ -30,6 +30,21 @@ pub async fn create_repo(
     params: ErasureParams,
     password: &[u8],
 ) -> Result<(), ClientError> {
+    create_repo_with(meta, name, params, None, password).await
+}
+
+/// Like [`create_repo`], and sets the fewest placed shards a new pack may be
+/// committed with while nodes are down (`None`: the catalog's default, k).
+pub async fn create_repo_with(
+    meta: &MetaClient,
+    name: &RepoName,
+    params: ErasureParams,
+    min_shards: Option<u32>,
+    password: &[u8],
+) -> Result<(), ClientError> {
+    if let Some(n) = min_shards {
+        params.check_min_shards(n).map_err(|e| ClientError::task("create repository", e))?;
+    }
     let key = RepoKey::generate();
     // Argon2 is deliberately slow; keep it off the async worker threads.
     let slot = {
@@ -37,7 +52,7 @@ pub async fn create_repo(
         tokio::task::spawn_blocking(move || key.wrap(&pw)).await.map_err(|e| ClientError::task("wrap key", e))??
     };
     let record = RepoRecord { name: name.clone(), params, key_slots: vec![slot], created_ms: now_ms() };
-    let req = pb::CreateRepoRequest { repo: Some(pb::Repo::from(&record)) };
+    let req = pb::CreateRepoRequest { repo: Some(pb::Repo::from(&record)), min_shards: min_shards.unwrap_or(0) };
     meta.call("CreateRepo", |mut c| {
         let req = req.clone();
         async move { c.create_repo(req).await }

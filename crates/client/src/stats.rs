@@ -68,6 +68,8 @@ pub(crate) struct Counters {
     pub chunks_new: Count,
     pub chunks_reused: Count,
     pub packs: Count,
+    /// Packs committed with fewer than k + m shards placed (too few nodes up).
+    pub packs_short: Count,
     pub errors: Count,
     /// Files compared with the parent snapshot (by path): absent from it,
     /// present with other content, present with the same content, and

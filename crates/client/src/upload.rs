@@ -1,18 +1,22 @@
 //! Storing one pack: placement, erasure coding, shard upload, commit.
 //!
 //! ```text
-//!   pack bytes ──AllocatePack──► pack id + k+m targets
+//!   pack bytes ──AllocatePack──► pack id + a target per placed shard (k+m, or fewer: short)
 //!        │
 //!        └──Codec::encode_parity──► k data shards (slices of the padded pack) + m parity ──BLAKE3──► checksums
 //!                               │
-//!                               └──PutShard ×(k+m), all at once──► every ack? ──CommitPack──► PackRecord
+//!                               └──PutShard to every target, all at once──► acks ≥ min_shards? ──CommitPack──► PackRecord
 //!                                                                     │ no
 //!                                                                     └──► AllocatePack again, excluding the nodes that failed
 //! ```
 //!
-//! The invariant kept here: a pack is committed to the catalog only after
-//! every one of its shards has been acknowledged, verified and durable, by
-//! the node its record names. A failed attempt leaves at most orphan shards
+//! The invariant kept here: the record names a node for a shard only after
+//! that node acknowledged it, verified and durable. Every shard is computed
+//! and checksummed, placed or not, so a shard the pack is committed without
+//! (no target, or its put failed) is recorded unplaced with its checksum,
+//! and the repair planner writes it later, verified bit for bit. A pack is
+//! committed only with at least the repository's `min_shards` (never fewer
+//! than k) acknowledged. A failed attempt leaves at most orphan shards
 //! under a pack id the catalog never heard of, which storage-side garbage
 //! collection removes.
 
@@ -57,8 +61,11 @@ pub(crate) struct PackEntry {
 struct Allocation {
     pack: PackId,
     params: ErasureParams,
-    /// `(node, address)` per shard index, in index order.
-    targets: Vec<(NodeId, String)>,
+    /// `(node, address)` per shard index, in index order; `None` for a
+    /// shard of a short pack that goes nowhere for now.
+    targets: Vec<Option<(NodeId, String)>>,
+    /// The fewest acknowledged shards the pack may be committed with.
+    min_shards: usize,
 }
 
 /// The shards of a pack under one set of code parameters.
@@ -112,7 +119,12 @@ impl PackWriter {
                 }
             };
             let failed = self.send(&alloc, &enc).await;
-            if !failed.is_empty() {
+            let placed = alloc.targets.iter().flatten().count();
+            // Enough acknowledged shards: commit the pack short rather than
+            // place it again (the repair planner writes the rest). The
+            // failed ones are recorded unplaced, never on the failed node.
+            let commit_short = !failed.is_empty() && placed - failed.len() >= alloc.min_shards;
+            if !failed.is_empty() && !commit_short {
                 let reason = failed
                     .iter()
                     .map(|(node, index, why)| format!("shard {index} on node {node}: {why}"))
@@ -137,16 +149,25 @@ impl PackWriter {
                     .iter()
                     .zip(&enc.checksums)
                     .enumerate()
-                    .map(|(i, ((node, _), checksum))| ShardRecord {
+                    .map(|(i, (target, checksum))| ShardRecord {
                         index: ShardIndex(i as u8),
-                        node: *node,
+                        node: match target {
+                            Some((node, _)) if !failed.iter().any(|(_, index, _)| index.0 as usize == i) => *node,
+                            _ => NodeId::UNPLACED,
+                        },
                         checksum: *checksum,
                     })
                     .collect(),
             };
+            if commit_short {
+                tracing::warn!(pack = %alloc.pack, placed = record.placed(), "some shard uploads failed; committing the pack short, repair writes the rest");
+            }
             self.commit(&record, entries).await?;
             self.counters.packs.add(1);
-            self.counters.bytes_stored_raw.add(record.shard_len * alloc.params.total() as u64);
+            if record.placed() < alloc.params.total() {
+                self.counters.packs_short.add(1);
+            }
+            self.counters.bytes_stored_raw.add(record.shard_len.saturating_mul(record.placed() as u64));
             return Ok(record);
         }
         Err(ClientError::UploadFailed { pack: last.0, attempts: MAX_PLACEMENT_ATTEMPTS, reason: last.1 })
@@ -183,19 +204,21 @@ impl PackWriter {
         .map_err(|e| ClientError::task("encode pack", e))?
     }
 
-    /// Sends every shard to its target at once; returns the failures.
+    /// Sends every placed shard to its target at once; returns the failures.
     async fn send(&self, alloc: &Allocation, enc: &Encoded) -> Vec<(NodeId, ShardIndex, String)> {
         let start = Instant::now();
         let (k, m) = (alloc.params.k() as u32, alloc.params.m() as u32);
-        let puts = alloc.targets.iter().zip(enc.shards.iter().zip(&enc.checksums)).enumerate().map(
-            |(i, ((node, addr), (body, checksum)))| {
+        let puts = alloc.targets.iter().zip(enc.shards.iter().zip(&enc.checksums)).enumerate().filter_map(
+            |(i, (target, (body, checksum)))| {
+                let (node, addr) = target.as_ref()?;
                 let index = ShardIndex(i as u8);
                 let put = ShardPut { pack: alloc.pack, index, k, m, checksum: *checksum };
-                async move { (*node, index, self.shards.put(addr, put, body.clone()).await) }
+                Some(async move { (*node, index, self.shards.put(addr, put, body.clone()).await) })
             },
         );
         let results = futures::future::join_all(puts).await;
-        let sent: u64 = enc.shards.iter().map(|s| s.len() as u64).sum();
+        let sent: u64 =
+            alloc.targets.iter().zip(&enc.shards).filter(|(t, _)| t.is_some()).map(|(_, s)| s.len() as u64).sum();
         self.counters.send.add(start.elapsed(), sent);
         results.into_iter().filter_map(|(node, index, r)| r.err().map(|e| (node, index, e.reason))).collect()
     }
@@ -238,26 +261,40 @@ fn rejoin(encoded: Option<&Encoded>, pack_len: u64, pack: PackId) -> Result<Vec<
     codec.join(&shards, pack_len).map_err(|source| ClientError::Erasure { pack, source })
 }
 
-/// Validates an AllocatePack answer: a pack id, sane parameters, and exactly
-/// one target per shard index.
+/// Validates an AllocatePack answer: a pack id, sane parameters, at most
+/// one target per shard index, on distinct real nodes, and at least
+/// `min_shards` of them (which is at least k; a catalog that does not say
+/// asks for all k + m).
 fn parse_allocation(resp: pb::AllocatePackResponse) -> Result<Allocation, ClientError> {
     let bad = |reason: String| ClientError::BadResponse { what: "AllocatePack", reason };
     let pack = PackId::from_slice(&resp.pack_id).map_err(|e| bad(e.to_string()))?;
     let params = coffer_proto::params_from_pb(resp.params).map_err(|e| bad(e.to_string()))?;
+    let min_shards = match resp.min_shards {
+        0 => params.total(),
+        n => params.check_min_shards(n).map_err(|e| bad(e.to_string()))?,
+    };
     let mut targets: Vec<Option<(NodeId, String)>> = vec![None; params.total()];
     for t in resp.targets {
         let slot =
             targets.get_mut(t.index as usize).ok_or_else(|| bad(format!("target index {} out of range", t.index)))?;
+        if NodeId(t.node) == NodeId::UNPLACED {
+            return Err(bad(format!("shard {} targets node 0", t.index)));
+        }
         if slot.replace((NodeId(t.node), t.addr)).is_some() {
             return Err(bad(format!("two targets for shard {}", t.index)));
         }
     }
-    let targets = targets
-        .into_iter()
-        .enumerate()
-        .map(|(i, t)| t.ok_or_else(|| bad(format!("no target for shard {i}"))))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Allocation { pack, params, targets })
+    let mut nodes: Vec<NodeId> = targets.iter().flatten().map(|(n, _)| *n).collect();
+    let placed = nodes.len();
+    nodes.sort_unstable();
+    nodes.dedup();
+    if nodes.len() != placed {
+        return Err(bad("two shards on one node".to_string()));
+    }
+    if placed < min_shards {
+        return Err(bad(format!("{placed} targets for a {params} pack that needs at least {min_shards}")));
+    }
+    Ok(Allocation { pack, params, targets, min_shards })
 }
 
 #[cfg(test)]
@@ -274,13 +311,30 @@ mod tests {
             pack_id: vec![7; 16],
             params: Some(pb::ErasureParams { k: 2, m: 1 }),
             targets: vec![target(2, 3), target(0, 1), target(1, 2)],
+            min_shards: 0,
         };
         let a = parse_allocation(good.clone()).unwrap();
-        assert_eq!(a.targets.iter().map(|t| t.0 .0).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(a.targets.iter().flatten().map(|t| t.0 .0).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(a.min_shards, 3);
 
+        // Without min_shards every shard needs a target; with it, a short
+        // placement down to that many is accepted, and never below k.
         let mut missing = good.clone();
         missing.targets.pop();
-        assert!(parse_allocation(missing).is_err());
+        assert!(parse_allocation(missing.clone()).is_err());
+        missing.min_shards = 2;
+        let short = parse_allocation(missing.clone()).unwrap();
+        assert_eq!(short.targets.iter().filter(|t| t.is_none()).count(), 1);
+        missing.targets.pop();
+        assert!(parse_allocation(missing.clone()).is_err());
+        missing.min_shards = 1;
+        assert!(parse_allocation(missing).is_err(), "min_shards below k");
+        let mut same_node = good.clone();
+        same_node.targets[0].node = 1;
+        assert!(parse_allocation(same_node).is_err());
+        let mut node_zero = good.clone();
+        node_zero.targets[0].node = 0;
+        assert!(parse_allocation(node_zero).is_err());
         let mut dup = good.clone();
         dup.targets[0].index = 0;
         assert!(parse_allocation(dup).is_err());

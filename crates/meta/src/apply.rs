@@ -92,7 +92,9 @@ pub fn apply(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, MetaError
             let Some(record) = txn.get::<PackRecord>("pack", &kv::pack_key(&pack))? else {
                 return Ok(CommandResult::Rejected(Rejection::UnknownPack(pack)));
             };
-            if record.shards.get(index.0 as usize).map(|s| s.node) != Some(node) {
+            if node == coffer_types::NodeId::UNPLACED
+                || record.shards.get(index.0 as usize).map(|s| s.node) != Some(node)
+            {
                 return Ok(CommandResult::Rejected(Rejection::ShardNotOnNode { pack, index, node }));
             }
             let key = kv::bad_shard_key(&pack, index);
@@ -181,7 +183,37 @@ pub fn apply(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, MetaError
         Command::Sweep { repo, chunks } => crate::gc::sweep(txn, &repo, &chunks),
         Command::DropPacks { repo, packs } => crate::gc::drop_packs(txn, &repo, &packs),
         Command::Relocate { repo, from, chunks } => crate::gc::relocate(txn, &repo, from, &chunks),
+        Command::SetMinShards { repo, min_shards } => {
+            let Some(record) = txn.get::<RepoRecord>("repo", &kv::repo_key(&repo))? else {
+                return Ok(CommandResult::Rejected(Rejection::UnknownRepo(repo)));
+            };
+            if record.params.check_min_shards(min_shards).is_err() {
+                return Ok(CommandResult::Rejected(Rejection::BadMinShards {
+                    repo,
+                    min_shards,
+                    params: record.params,
+                }));
+            }
+            let key = kv::min_shards_key(&repo);
+            if txn.get::<u32>("min shards", &key)? == Some(min_shards) {
+                return Ok(CommandResult::AlreadyApplied);
+            }
+            txn.put(key, &min_shards)?;
+            Ok(CommandResult::Ok)
+        }
     }
+}
+
+/// The fewest placed shards a new pack of `repo` may have: what was set with
+/// `SetMinShards`, else the default for its code.
+pub(crate) fn min_shards(
+    get: impl FnOnce(&[u8]) -> Result<Option<u32>, MetaError>,
+    repo: &RepoRecord,
+) -> Result<usize, MetaError> {
+    Ok(match get(&kv::min_shards_key(&repo.name))? {
+        Some(n) => repo.params.check_min_shards(n).unwrap_or(repo.params.total()),
+        None => repo.params.default_min_shards(),
+    })
 }
 
 fn commit_pack(
@@ -189,9 +221,9 @@ fn commit_pack(
     pack: PackRecord,
     chunks: Vec<(coffer_types::ChunkId, ChunkLocation)>,
 ) -> Result<CommandResult, MetaError> {
-    if !txn.contains(&kv::repo_key(&pack.repo))? {
+    let Some(repo) = txn.get::<RepoRecord>("repo", &kv::repo_key(&pack.repo))? else {
         return Ok(CommandResult::Rejected(Rejection::UnknownRepo(pack.repo)));
-    }
+    };
     let key = kv::pack_key(&pack.id);
     if let Some(existing) = txn.get::<PackRecord>("pack", &key)? {
         return Ok(if existing == pack {
@@ -200,7 +232,14 @@ fn commit_pack(
             CommandResult::Rejected(Rejection::PackConflict(pack.id))
         });
     }
-    for shard in &pack.shards {
+    // A short pack (some shards unplaced) is accepted down to the
+    // repository's minimum; the repair planner writes the rest.
+    let needed = min_shards(|k| txn.get::<u32>("min shards", k), &repo)?;
+    let placed = pack.placed();
+    if placed < needed {
+        return Ok(CommandResult::Rejected(Rejection::TooFewShards { pack: pack.id, placed, min_shards: needed }));
+    }
+    for shard in pack.shards.iter().filter(|s| s.is_placed()) {
         if !txn.contains(&kv::node_key(shard.node))? {
             return Ok(CommandResult::Rejected(Rejection::PackOnUnknownNode {
                 pack: pack.id,
@@ -241,6 +280,10 @@ fn move_shard(
         return Ok(CommandResult::Rejected(Rejection::ShardChecksum { pack, index }));
     }
     let bad_key = kv::bad_shard_key(&pack, index);
+    // A move never unplaces a shard: that would lower redundancy.
+    if to == coffer_types::NodeId::UNPLACED {
+        return Ok(CommandResult::Rejected(Rejection::UnknownNode(to)));
+    }
     if current.node == to && from != to {
         return Ok(CommandResult::AlreadyApplied);
     }
@@ -414,6 +457,85 @@ mod tests {
         let bad = ChunkLocation { pack: p2.id, offset: 90, len: 20 };
         let r = run(&t, Command::CommitPack { session: SessionId([0; 16]), pack: p2, chunks: vec![(chunk, bad)] });
         assert!(matches!(r, CommandResult::Rejected(Rejection::ChunkOutOfRange { .. })));
+    }
+
+    fn register(t: &sled::Tree, nodes: &[NodeId]) {
+        for n in nodes {
+            let node = NodeRecord {
+                id: *n,
+                site: SiteId::new("a").unwrap(),
+                addr: "x".into(),
+                capacity_bytes: 1,
+                used_bytes: 0,
+                last_heartbeat_ms: 0,
+            };
+            run(t, Command::RegisterNode { node });
+        }
+    }
+
+    #[test]
+    fn short_packs_commit_down_to_min_shards_and_fill_in_by_move() {
+        let t = tree();
+        // A 4+2 repository; min_shards defaults to k.
+        let mut r = repo();
+        r.params = ErasureParams::new(4, 2).unwrap();
+        run(&t, Command::CreateRepo { repo: r.clone() });
+        let nodes: Vec<NodeId> = (1..=6).map(NodeId).collect();
+        register(&t, &nodes);
+        let short = |placed: usize, id: u8| {
+            let mut p = pack(&nodes);
+            p.id = PackId([id; 16]);
+            p.params = r.params;
+            p.shard_len = p.params.shard_len(p.pack_len);
+            for s in &mut p.shards[placed..] {
+                s.node = NodeId::UNPLACED;
+            }
+            p
+        };
+        let commit = |p: PackRecord| Command::CommitPack { session: SessionId([0; 16]), pack: p, chunks: vec![] };
+        assert_eq!(run(&t, commit(short(4, 1))), CommandResult::Ok);
+        assert_eq!(run(&t, commit(short(4, 1))), CommandResult::AlreadyApplied);
+        assert!(matches!(
+            run(&t, commit(short(3, 2))),
+            CommandResult::Rejected(Rejection::TooFewShards { placed: 3, min_shards: 4, .. })
+        ));
+        assert!(t.get(kv::pack_key(&PackId([2; 16]))).unwrap().is_none());
+
+        // min_shards is validated against the code and raises the bar.
+        for bad in [3, 7, 0, u32::MAX] {
+            let cmd = Command::SetMinShards { repo: r.name.clone(), min_shards: bad };
+            assert!(matches!(run(&t, cmd), CommandResult::Rejected(Rejection::BadMinShards { .. })), "{bad}");
+        }
+        let unknown = Command::SetMinShards { repo: RepoName::new("nope").unwrap(), min_shards: 5 };
+        assert!(matches!(run(&t, unknown), CommandResult::Rejected(Rejection::UnknownRepo(_))));
+        let set = Command::SetMinShards { repo: r.name.clone(), min_shards: 5 };
+        assert_eq!(run(&t, set.clone()), CommandResult::Ok);
+        assert_eq!(run(&t, set), CommandResult::AlreadyApplied);
+        assert!(matches!(run(&t, commit(short(4, 3))), CommandResult::Rejected(Rejection::TooFewShards { .. })));
+        assert_eq!(run(&t, commit(short(5, 3))), CommandResult::Ok);
+
+        // A missing shard moves from nowhere to a node, once, and never to
+        // node 0 or onto a node that already holds a shard of the pack.
+        let p = short(4, 1);
+        let mv = |index: u8, from: NodeId, to: NodeId| Command::MoveShard {
+            pack: p.id,
+            index: ShardIndex(index),
+            from,
+            to,
+            checksum: p.shards[index as usize].checksum,
+            work: RepairWork::default(),
+        };
+        assert!(matches!(run(&t, mv(4, NodeId::UNPLACED, NodeId(1))), CommandResult::Rejected(_)));
+        assert!(matches!(run(&t, mv(4, NodeId(5), NodeId::UNPLACED)), CommandResult::Rejected(_)));
+        assert_eq!(run(&t, mv(4, NodeId::UNPLACED, NodeId(5))), CommandResult::Ok);
+        assert_eq!(run(&t, mv(4, NodeId::UNPLACED, NodeId(5))), CommandResult::AlreadyApplied);
+        let got: PackRecord = kv::get(&t, "p", &kv::pack_key(&p.id)).unwrap().unwrap();
+        assert_eq!(got.placed(), 5);
+        assert_eq!(got.shards[4].node, NodeId(5));
+
+        // A bad-shard report naming no node is refused.
+        let cmd = Command::MarkBadShard { pack: p.id, index: ShardIndex(5), node: NodeId::UNPLACED, time_ms: 1 };
+        assert!(matches!(run(&t, cmd), CommandResult::Rejected(Rejection::ShardNotOnNode { .. })));
     }
 
     #[test]

@@ -214,7 +214,12 @@ impl Catalog for CatalogService {
 
         let mut health = pb::PackHealth::default();
         for pack in kv::scan::<PackRecord>(self.tree(), "pack", kv::PACK_PREFIX).map_err(status_of)? {
+            // An unplaced shard (node 0) is never up, so a short pack counts
+            // as degraded (or worse) like one whose nodes are down.
             let available = pack.shards.iter().filter(|s| up.contains(&s.node.0)).count();
+            if pack.placed() < pack.params.total() {
+                health.short += 1;
+            }
             let (k, total) = (pack.params.k(), pack.params.total());
             if available == total {
                 health.healthy += 1;
@@ -270,15 +275,28 @@ impl Catalog for CatalogService {
         &self,
         req: Request<pb::CreateRepoRequest>,
     ) -> Result<Response<pb::CreateRepoResponse>, Status> {
-        let repo = req.into_inner().repo.ok_or_else(|| Status::invalid_argument("repo is missing"))?;
+        let r = req.into_inner();
+        let repo = r.repo.ok_or_else(|| Status::invalid_argument("repo is missing"))?;
         let mut repo = RepoRecord::try_from(repo)?;
+        if r.min_shards != 0 {
+            repo.params
+                .check_min_shards(r.min_shards)
+                .map_err(|e| Status::invalid_argument(format!("repository {}: {e}", repo.name)))?;
+        }
         if repo.key_slots.is_empty() {
             return Err(Status::invalid_argument("a repository needs at least one key slot"));
         }
         if repo.created_ms == 0 {
             repo.created_ms = now_ms();
         }
+        let name = repo.name.clone();
         self.write(Command::CreateRepo { repo }).await?;
+        // A second command, since the repository record's layout is fixed:
+        // if it never lands, the repository keeps the default, and a retry
+        // of the whole call sets it.
+        if r.min_shards != 0 {
+            self.write(Command::SetMinShards { repo: name, min_shards: r.min_shards }).await?;
+        }
         Ok(Response::new(pb::CreateRepoResponse {}))
     }
 
@@ -348,7 +366,10 @@ impl Catalog for CatalogService {
         let r = req.into_inner();
         let repo = repo_name("repo", r.repo)?;
         self.read_barrier().await?;
-        let params = self.repo(&repo)?.params;
+        let record = self.repo(&repo)?;
+        let params = record.params;
+        let min_shards =
+            crate::apply::min_shards(|k| kv::get::<u32>(self.tree(), "min shards", k), &record).map_err(status_of)?;
         let nodes = self.nodes()?;
         let draining = kv::draining(self.tree()).map_err(status_of)?;
         let candidates: Vec<Candidate> = nodes
@@ -370,14 +391,26 @@ impl Catalog for CatalogService {
         // The site rule first; if a site is gone and the rule cannot be met,
         // keep node-level redundancy (k+m distinct nodes) so that backups go
         // on. Such packs are site-degraded until rebuild moves shards back.
+        // With fewer than k+m nodes up, the pack goes short: one shard on
+        // every node there is (down to the repository's min_shards), the
+        // rest unplaced until the repair planner writes them.
+        let cannot = |e: coffer_placement::PlacementError| {
+            Status::failed_precondition(format!(
+                "cannot place a {params} pack: {e} (the repository accepts packs with at least {min_shards} shards placed)"
+            ))
+        };
         let placement = match coffer_placement::place(&policy, &candidates, pack_id.as_bytes()) {
             Ok(p) => p,
             Err(coffer_placement::PlacementError::NotEnoughSites { .. }) => {
-                coffer_placement::place_relaxed(&policy, &candidates, pack_id.as_bytes())
-                    .map_err(|e| Status::failed_precondition(format!("cannot place a {params} pack: {e}")))?
+                coffer_placement::place_relaxed(&policy, &candidates, pack_id.as_bytes()).map_err(cannot)?
             }
-            Err(e) => return Err(Status::failed_precondition(format!("cannot place a {params} pack: {e}"))),
+            Err(coffer_placement::PlacementError::NotEnoughNodes { .. }) => {
+                coffer_placement::place_short(&policy, &candidates, pack_id.as_bytes(), min_shards).map_err(cannot)?
+            }
         };
+        if placement.nodes.len() < params.total() {
+            tracing::warn!(pack = %pack_id, placed = placement.nodes.len(), shards = params.total(), "placing a short pack: too few storage nodes are up; repair will write the rest");
+        }
         if placement.site_degraded {
             tracing::warn!(pack = %pack_id, "placing a site-degraded pack: too few sites are up for the site rule");
         }
@@ -394,6 +427,7 @@ impl Catalog for CatalogService {
             pack_id: pack_id.0.to_vec(),
             params: Some(params.into()),
             targets,
+            min_shards: min_shards as u32,
         }))
     }
 

@@ -5,8 +5,8 @@
 //! drawn by the client), never read inside apply (invariant 5).
 
 use coffer_types::{
-    ChunkId, ChunkLocation, Hash32, NodeId, NodeRecord, PackId, PackRecord, RepoName, RepoRecord, SessionId,
-    SessionRecord, ShardIndex, SnapshotId, SnapshotRecord,
+    ChunkId, ChunkLocation, ErasureParams, Hash32, NodeId, NodeRecord, PackId, PackRecord, RepoName, RepoRecord,
+    SessionId, SessionRecord, ShardIndex, SnapshotId, SnapshotRecord,
 };
 use serde::{Deserialize, Serialize};
 
@@ -140,6 +140,12 @@ pub enum Command {
         from: PackId,
         chunks: Vec<(ChunkId, ChunkLocation)>,
     },
+    /// Sets the fewest placed shards a new pack of `repo` may be committed
+    /// with (`k ..= k + m`); see `ErasureParams::default_min_shards`.
+    SetMinShards {
+        repo: RepoName,
+        min_shards: u32,
+    },
 }
 
 impl Command {
@@ -165,6 +171,7 @@ impl Command {
             Command::Sweep { .. } => "sweep",
             Command::DropPacks { .. } => "drop_packs",
             Command::Relocate { .. } => "relocate",
+            Command::SetMinShards { .. } => "set_min_shards",
         }
     }
 }
@@ -258,6 +265,10 @@ pub enum Rejection {
     BackupRunning { repo: RepoName, session: SessionId },
     #[error("repository {repo}: snapshots changed since the mark; mark again")]
     MarkOutdated { repo: RepoName },
+    #[error("repository {repo}: min_shards {min_shards} is outside k..=k+m for {params}")]
+    BadMinShards { repo: RepoName, min_shards: u32, params: ErasureParams },
+    #[error("pack {pack}: {placed} shards placed, the repository needs at least {min_shards}")]
+    TooFewShards { pack: PackId, placed: usize, min_shards: usize },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -10,7 +10,8 @@
 //! taken without stopping writes: the builder opens a *cut* (briefly
 //! excluding apply), then iterates the live tree while apply goes on; apply
 //! records the pre-image of every key it changes while a cut is open, and
-//! the builder puts those pre-images back over what it read. Iteration cost
+//! the builder puts those pre-images back over what it read. One cut is
+//! open at a time (builds and digests queue for it). Iteration cost
 //! grows with the catalog; the pause does not.
 
 // openraft's storage traits return its own `StorageError`, which is large;
@@ -60,6 +61,11 @@ struct Inner {
     /// While a snapshot is being built: the value each key had at the cut,
     /// for every key written since (None: the key did not exist).
     undo: Mutex<Option<Undo>>,
+    /// One cut at a time: there is one undo map, and a second cut opened
+    /// while a first is being read would replace it (the first then misses
+    /// pre-images, or finds none and fails). Snapshot builds and catalog
+    /// digests queue here for the whole read.
+    one_cut: tokio::sync::Mutex<()>,
     snapshot_seq: AtomicU64,
 }
 
@@ -107,6 +113,7 @@ impl StateMachineStore {
                 snapshots: db.open_tree("snapshots")?,
                 cut: RwLock::new(()),
                 undo: Mutex::new(None),
+                one_cut: tokio::sync::Mutex::new(()),
                 snapshot_seq: AtomicU64::new(0),
             }),
         })
@@ -134,6 +141,7 @@ impl StateMachineStore {
     async fn consistent_pairs(
         &self,
     ) -> Result<(Option<LogId>, StoredMembership, Vec<(Vec<u8>, Vec<u8>)>), StorageError> {
+        let _one = self.inner.one_cut.lock().await;
         let (applied, membership, generation) = {
             let _cut = self.inner.cut.write().await;
             let (applied, membership) = self.read_applied()?;
@@ -348,6 +356,70 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         (dir, StateMachineStore::open(&db).unwrap())
+    }
+
+    /// A node record per id, so that the tree holds many keys.
+    fn distinct(i: u64, id: u64) -> Entry {
+        let mut e = entry(i);
+        if let EntryPayload::Normal(Command::RegisterNode { node }) = &mut e.payload {
+            node.id = NodeId(id);
+        }
+        e
+    }
+
+    /// Snapshot builds and catalog digests at the same time, while apply
+    /// runs: every one succeeds, and every snapshot is a consistent cut.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_cuts_each_see_a_consistent_state() {
+        const KEYS: u64 = 20_000;
+        let (_d1, mut sm) = store();
+        for chunk in (1..=KEYS).collect::<Vec<_>>().chunks(500) {
+            sm.apply(chunk.iter().map(|&i| distinct(i, i))).await.unwrap();
+        }
+        let writer = {
+            let mut sm = sm.clone();
+            tokio::spawn(async move {
+                for i in KEYS + 1..=KEYS + 3000 {
+                    sm.apply([distinct(i, i % KEYS + 1)]).await.unwrap();
+                }
+            })
+        };
+        let mut cuts = Vec::new();
+        for _ in 0..3 {
+            let digests: Vec<_> = (0..3)
+                .map(|_| {
+                    let sm = sm.clone();
+                    tokio::spawn(async move { sm.digest().await })
+                })
+                .collect();
+            let builds: Vec<_> = (0..2)
+                .map(|_| {
+                    let sm = sm.clone();
+                    tokio::spawn(async move { sm.build().await })
+                })
+                .collect();
+            for d in digests {
+                d.await.unwrap().expect("a digest failed while another cut was open");
+            }
+            for b in builds {
+                cuts.push(b.await.unwrap().expect("a snapshot build failed while another cut was open"));
+            }
+        }
+        writer.await.unwrap();
+        for snap in cuts.into_iter().step_by(3) {
+            let cut = snap.meta.last_log_id.unwrap().index;
+            let (_d2, mut installed) = store();
+            installed.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+            let (_d3, mut replica) = store();
+            let upto: Vec<u64> = (1..=cut).collect();
+            for chunk in upto.chunks(500) {
+                replica
+                    .apply(chunk.iter().map(|&i| if i <= KEYS { distinct(i, i) } else { distinct(i, i % KEYS + 1) }))
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(installed.digest().await.unwrap(), replica.digest().await.unwrap(), "snapshot at {cut}");
+        }
     }
 
     /// A snapshot built while apply keeps writing equals, key for key, the

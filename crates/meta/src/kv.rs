@@ -17,6 +17,7 @@
 //!   i/<incident id: u64 BE>         IncidentRecord
 //!   d/<node id: u64 BE>             DrainRecord
 //!   x/<node id: u64 BE>             decommissioned (retired) node ids
+//!   w/<repo name>                   u32: the repository's min_shards, when set
 //! ```
 //!
 //! Values are bincode; the layout as a whole is versioned by `m/schema`.
@@ -78,6 +79,11 @@ pub fn incident_key(id: u64) -> Vec<u8> {
 
 pub fn drain_key(node: NodeId) -> Vec<u8> {
     [b"d/".as_slice(), &node.0.to_be_bytes()].concat()
+}
+
+/// A repository's `min_shards`, beside its record (whose layout stays fixed).
+pub fn min_shards_key(name: &RepoName) -> Vec<u8> {
+    [b"w/".as_slice(), name.as_str().as_bytes()].concat()
 }
 
 /// A decommissioned node's id, so that it cannot register again.

@@ -338,12 +338,39 @@ async fn sweep_superfluous(
         for s in list.into_inner().shards {
             let (Ok(pack), Ok(index)) = (PackId::from_slice(&s.pack_id), u8::try_from(s.index)) else { continue };
             let Some(owner) = placed.get(&(pack, index)) else { continue };
-            let busy = n.repair.in_flight.lock().unwrap_or_else(|p| p.into_inner()).contains(&(pack, index));
-            if *owner != r.id && !busy {
+            if is_superfluous(n.sm.tree(), &n.repair.in_flight, r.id, pack, index, *owner) {
                 tracing::info!(%pack, index, node = %r.id, "deleting a superfluous shard");
                 delete_copy(n, r.id, pack, ShardIndex(index)).await;
             }
         }
+    }
+}
+
+/// Whether `node`'s copy of shard `index` of `pack` may be deleted.
+/// `listed` is the owner in the pack list read at the start of the tick; it
+/// only pre-filters, because a move that commits after that read makes
+/// `node` the owner, and its copy is then the placed one. The decision is
+/// taken from the record as it is now, read after the in-flight check: a
+/// task leaves `in_flight` only after its `MoveShard` has been applied here
+/// (the leader applies before `client_write` returns), and no task starts
+/// during a sweep (the sweep runs inside the tick that dispatches them), so
+/// a record read after a task left shows its move.
+fn is_superfluous(
+    tree: &sled::Tree,
+    in_flight: &Mutex<HashSet<(PackId, u8)>>,
+    node: NodeId,
+    pack: PackId,
+    index: u8,
+    listed: NodeId,
+) -> bool {
+    if listed == node || in_flight.lock().unwrap_or_else(|p| p.into_inner()).contains(&(pack, index)) {
+        return false;
+    }
+    match kv::get::<PackRecord>(tree, "pack", &kv::pack_key(&pack)) {
+        Ok(Some(record)) => record.shards.get(index as usize).is_some_and(|s| s.node != node),
+        // A pack dropped since the list was read is garbage collection's to
+        // delete; an unreadable record is no ground for deleting anything.
+        _ => false,
     }
 }
 
@@ -513,5 +540,77 @@ async fn delete_copy(n: &MetaNode, node: NodeId, pack: PackId, index: ShardIndex
     req.set_timeout(Duration::from_secs(10));
     if let Err(e) = client.delete_shard(req).await {
         tracing::debug!(%pack, %index, %node, error = %e.message(), "could not delete a superfluous shard yet");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{run, tree};
+    use coffer_types::{ErasureParams, Hash32, PackKind, RepoName, RepoRecord, SessionId, ShardRecord};
+
+    /// A 2+1 pack on nodes 1, 2, 3, committed through `apply`.
+    fn committed(t: &sled::Tree) -> PackRecord {
+        let repo = RepoRecord {
+            name: RepoName::new("r").unwrap(),
+            params: ErasureParams::new(2, 1).unwrap(),
+            key_slots: vec![vec![1]],
+            created_ms: 1,
+        };
+        run(t, Command::CreateRepo { repo: repo.clone() });
+        for id in 1..=4 {
+            let node = NodeRecord {
+                id: NodeId(id),
+                site: SiteId::new("a").unwrap(),
+                addr: "x".into(),
+                capacity_bytes: 1,
+                used_bytes: 0,
+                last_heartbeat_ms: 0,
+            };
+            run(t, Command::RegisterNode { node });
+        }
+        let pack = PackRecord {
+            id: PackId([5; 16]),
+            repo: repo.name,
+            kind: PackKind::Data,
+            params: repo.params,
+            pack_len: 10,
+            shard_len: 5,
+            shards: (0..3u8)
+                .map(|i| ShardRecord { index: ShardIndex(i), node: NodeId(i as u64 + 1), checksum: Hash32([i; 32]) })
+                .collect(),
+        };
+        let cmd = Command::CommitPack { session: SessionId([1; 16]), pack: pack.clone(), chunks: vec![] };
+        assert_eq!(run(t, cmd), CommandResult::Ok);
+        pack
+    }
+
+    #[test]
+    fn a_move_committed_after_the_list_was_read_keeps_its_new_copy() {
+        let t = tree();
+        let pack = committed(&t);
+        let in_flight = Mutex::new(HashSet::new());
+        // The tick read the list while shard 0 was on node 1; then the
+        // rebuild onto node 4 committed and left `in_flight`.
+        let listed = NodeId(1);
+        let work = RepairWork::default();
+        let mv = Command::MoveShard {
+            pack: pack.id,
+            index: ShardIndex(0),
+            from: NodeId(1),
+            to: NodeId(4),
+            checksum: pack.shards[0].checksum,
+            work,
+        };
+        assert_eq!(run(&t, mv), CommandResult::Ok);
+        assert!(!is_superfluous(&t, &in_flight, NodeId(4), pack.id, 0, listed), "the placed copy would be deleted");
+        // The old copy is the superfluous one.
+        assert!(is_superfluous(&t, &in_flight, NodeId(1), pack.id, 0, NodeId(4)));
+        // A copy on a node the record names is never deleted; one in flight waits.
+        assert!(!is_superfluous(&t, &in_flight, NodeId(2), pack.id, 1, NodeId(1)));
+        in_flight.lock().unwrap().insert((pack.id, 0));
+        assert!(!is_superfluous(&t, &in_flight, NodeId(1), pack.id, 0, NodeId(4)));
+        // A pack gone from the catalog since the list: left alone.
+        assert!(!is_superfluous(&t, &in_flight, NodeId(1), PackId([6; 16]), 0, NodeId(2)));
     }
 }

@@ -96,6 +96,39 @@ pub fn place_relaxed(policy: &Policy, candidates: &[Candidate], seed: &[u8]) -> 
     }
 }
 
+/// For when fewer than `k + m` usable nodes exist: places shards
+/// `0..n` on `n` distinct nodes, one per usable node, and leaves the rest
+/// (parity, since `n >= k`) unplaced for the repair planner to write once
+/// nodes return. The fill is the same water-filling as [`place_relaxed`], so
+/// the shards spread as evenly over the sites as the nodes allow, and
+/// `site_degraded` says whether the placed shards break the site rule.
+/// With `k + m` or more usable nodes it is [`place_relaxed`]. Fails with
+/// fewer than `min_shards` usable nodes (`min_shards` is clamped to
+/// `k..=k + m`: never fewer than a read needs).
+pub fn place_short(
+    policy: &Policy,
+    candidates: &[Candidate],
+    seed: &[u8],
+    min_shards: usize,
+) -> Result<Placement, PlacementError> {
+    let total = policy.params.total();
+    let min_shards = min_shards.clamp(policy.params.k(), total);
+    let sites = rank_sites(candidates, &BTreeSet::new(), seed);
+    let available: usize = sites.values().map(|nodes| nodes.len()).sum();
+    if available >= total {
+        return place_relaxed(policy, candidates, seed);
+    }
+    if available < min_shards {
+        return Err(PlacementError::NotEnoughNodes { needed: min_shards, available });
+    }
+    let nodes = fill(&sites, available).ok_or(PlacementError::NotEnoughNodes { needed: min_shards, available })?;
+    let site_of: BTreeMap<NodeId, &SiteId> =
+        sites.iter().flat_map(|(site, ranks)| ranks.iter().map(move |r| (r.node, *site))).collect();
+    let assigned: Vec<(NodeId, SiteId)> =
+        nodes.iter().filter_map(|n| site_of.get(n).map(|s| (*n, (*s).clone()))).collect();
+    Ok(Placement { site_degraded: !satisfies(policy, &assigned), nodes })
+}
+
 /// Picks a node for one missing shard of an existing pack, for rebuild.
 ///
 /// `current` lists the nodes (and their sites) that hold the pack's other
@@ -265,6 +298,39 @@ mod tests {
         let short = Err(PlacementError::NotEnoughNodes { needed: 6, available: 4 });
         assert_eq!(place(&pol, &small, b"pack"), short);
         assert_eq!(place_relaxed(&pol, &small, b"pack"), short);
+    }
+
+    #[test]
+    fn short_placement_uses_every_node_left_and_keeps_the_site_rule() {
+        let pol = policy(4, 2);
+        // One node of the default topology down: five shards, at most two
+        // per site, data shards spread over the three sites.
+        let c: Vec<Candidate> = cluster(3, 2).into_iter().filter(|x| x.node != NodeId(3)).collect();
+        assert_eq!(place(&pol, &c, b"pack"), Err(PlacementError::NotEnoughNodes { needed: 6, available: 5 }));
+        let p = place_short(&pol, &c, b"pack", 4).unwrap();
+        assert_eq!(p.nodes.len(), 5);
+        assert!(!p.site_degraded);
+        assert_eq!(p.nodes.iter().collect::<BTreeSet<_>>().len(), 5);
+        assert!(satisfies(&pol, &with_sites(&c, &p.nodes)));
+        assert_eq!(per_site(&c, &p.nodes[..3]).len(), 3);
+        // A whole site down: four shards, two per remaining site.
+        let c: Vec<Candidate> = cluster(3, 2).into_iter().filter(|x| x.site != site("s0")).collect();
+        let p = place_short(&pol, &c, b"pack", 4).unwrap();
+        assert_eq!(p.nodes.len(), 4);
+        assert!(!p.site_degraded);
+        // Below the minimum it still fails, naming the minimum.
+        assert_eq!(place_short(&pol, &c, b"pack", 5), Err(PlacementError::NotEnoughNodes { needed: 5, available: 4 }));
+        let c: Vec<Candidate> = c.into_iter().filter(|x| x.node != NodeId(6)).collect();
+        assert_eq!(place_short(&pol, &c, b"pack", 0), Err(PlacementError::NotEnoughNodes { needed: 4, available: 3 }));
+        // With enough nodes it is the full placement.
+        let c = cluster(3, 2);
+        assert_eq!(place_short(&pol, &c, b"pack", 4), place(&pol, &c, b"pack"));
+        // Three nodes on one site and one on another: placed, site-degraded.
+        let mut c = cluster(1, 3);
+        c.push(Candidate { node: NodeId(9), site: site("s9"), free_bytes: 1 << 30 });
+        let p = place_short(&pol, &c, b"pack", 4).unwrap();
+        assert_eq!(p.nodes.len(), 4);
+        assert!(p.site_degraded);
     }
 
     #[test]

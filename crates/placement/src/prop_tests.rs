@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use coffer_types::{ErasureParams, NodeId, SiteId};
 use proptest::prelude::*;
 
-use crate::{place, place_one, place_relaxed, satisfies, Candidate, Placement, PlacementError, Policy};
+use crate::{place, place_one, place_relaxed, place_short, satisfies, Candidate, Placement, PlacementError, Policy};
 
 /// A random cluster: 1..=6 sites of 1..=5 nodes, some of them full, plus a
 /// few duplicate entries (with another site and free space) that must be ignored.
@@ -160,6 +160,39 @@ proptest! {
         let per_site = nodes_per_site(&usable);
         let best = (1..=needed).find(|&l| per_site.values().map(|&n| n.min(l)).sum::<usize>() >= needed);
         prop_assert_eq!(Some(max_load(&assigned)), best);
+    }
+
+    #[test]
+    fn short_placement_uses_every_usable_node_down_to_the_minimum(
+        candidates in cluster(),
+        policy in policy(),
+        seed in prop::collection::vec(any::<u8>(), 0..=32),
+        min_shards in 0usize..=12,
+    ) {
+        let (k, total) = (policy.params.k(), policy.params.total());
+        let usable = usable(&candidates);
+        let floor = min_shards.clamp(k, total);
+        let short = place_short(&policy, &candidates, &seed, min_shards);
+        prop_assert_eq!(&short, &place_short(&policy, &candidates, &seed, min_shards));
+        if usable.len() >= total {
+            prop_assert_eq!(short, place_relaxed(&policy, &candidates, &seed));
+            return Ok(());
+        }
+        if usable.len() < floor {
+            prop_assert_eq!(short, Err(PlacementError::NotEnoughNodes { needed: floor, available: usable.len() }));
+            return Ok(());
+        }
+        let Placement { nodes, site_degraded } = short.unwrap();
+        prop_assert_eq!(nodes.len(), usable.len());
+        prop_assert!(nodes.len() >= k && nodes.len() < total);
+        prop_assert!(distinct(&nodes));
+        prop_assert!(nodes.iter().all(|n| usable.contains_key(n)));
+        let assigned = assigned(&usable, &nodes);
+        prop_assert_eq!(site_degraded, !satisfies(&policy, &assigned));
+        // Every node holds one shard, so the load per site is its node count:
+        // the rule holds exactly when no site has more nodes than the cap.
+        let per_site = nodes_per_site(&usable);
+        prop_assert_eq!(site_degraded, per_site.values().any(|&n| n > policy.max_per_site));
     }
 
     #[test]

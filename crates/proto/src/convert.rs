@@ -4,7 +4,7 @@
 use coffer_types::{
     BackupKind, ChunkId, ChunkLocation, ErasureParams, Hash32, NodeId, NodeRecord, PackId, PackKind, PackRecord,
     RepoName, RepoRecord, ShardIndex, ShardRecord, SiteId, SnapshotId, SnapshotRecord, SnapshotStats, Source,
-    TypesError,
+    TypesError, MAX_SHARD_LEN,
 };
 
 use crate::pb;
@@ -157,6 +157,14 @@ impl TryFrom<pb::Pack> for PackRecord {
                 checksum: field("shard.checksum", Hash32::from_slice(&s.checksum))?,
             });
         }
+        // Bounded, so that `k * shard_len` and every sum of shard bytes
+        // downstream stays far from overflow.
+        if p.shard_len > MAX_SHARD_LEN {
+            return Err(ProtoError::Bad {
+                field: "pack.shard_len",
+                reason: format!("{} is above the {MAX_SHARD_LEN}-byte shard limit", p.shard_len),
+            });
+        }
         if p.shard_len != params.shard_len(p.pack_len) {
             return Err(ProtoError::Bad {
                 field: "pack.shard_len",
@@ -282,6 +290,66 @@ pub fn worker_to_pb(node: &str, s: &coffer_worker::WorkerStatus) -> pb::WorkerSt
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn wire_u32() -> impl Strategy<Value = u32> {
+        prop_oneof![Just(0), Just(1), Just(u32::MAX), Just(u32::MAX - 1), 0u32..=8, any::<u32>()]
+    }
+
+    fn wire_u64() -> impl Strategy<Value = u64> {
+        prop_oneof![Just(0), Just(1), Just(u64::MAX), Just(u64::MAX - 1), Just(MAX_SHARD_LEN + 1), any::<u64>()]
+    }
+
+    proptest! {
+        /// Every inbound conversion takes the extremes of each integer field
+        /// without panicking, and what it accepts is consistent.
+        #[test]
+        fn inbound_conversions_take_extreme_values(
+            k in wire_u32(),
+            m in wire_u32(),
+            pack_len in wire_u64(),
+            shard_len in wire_u64(),
+            index in wire_u32(),
+            node in wire_u64(),
+            offset in wire_u64(),
+            len in wire_u32(),
+            shards in 0usize..=8,
+        ) {
+            let params = Some(pb::ErasureParams { k, m });
+            let _ = params_from_pb(params);
+            let repo = pb::Repo { name: "r".into(), params, key_slots: vec![], created_ms: pack_len };
+            if let Ok(r) = RepoRecord::try_from(repo) {
+                prop_assert!(r.params.total() <= coffer_types::MAX_SHARDS as usize);
+            }
+            let pack = pb::Pack {
+                id: vec![1; 16],
+                repo: "r".into(),
+                kind: "data".into(),
+                params,
+                pack_len,
+                shard_len,
+                shards: (0..shards)
+                    .map(|i| pb::Shard { index: if i == 0 { index } else { i as u32 }, node, checksum: vec![0; 32] })
+                    .collect(),
+            };
+            if let Ok(p) = PackRecord::try_from(pack) {
+                prop_assert_eq!(p.shards.len(), p.params.total());
+                prop_assert!(p.shard_len <= MAX_SHARD_LEN);
+                prop_assert!(u128::from(p.shard_len) * p.params.k() as u128 >= u128::from(p.pack_len));
+            }
+            let loc = pb::ChunkLocation { chunk_id: vec![2; 32], pack: vec![1; 16], offset, len };
+            let _ = location_from_pb(&loc);
+            let n = pb::Node { id: node, site: "a".into(), addr: "x".into(), capacity_bytes: pack_len, used_bytes: offset, last_heartbeat_ms: shard_len, state: String::new(), draining: false };
+            let _ = NodeRecord::try_from(n);
+        }
+    }
+
+    #[test]
+    fn overflowing_erasure_parameters_are_refused() {
+        for (k, m) in [(u32::MAX, 2), (2, u32::MAX), (u32::MAX, u32::MAX)] {
+            assert!(params_from_pb(Some(pb::ErasureParams { k, m })).is_err(), "{k}+{m}");
+        }
+    }
 
     #[test]
     fn pack_round_trip_and_rejects_bad_shapes() {

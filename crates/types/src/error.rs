@@ -9,6 +9,8 @@ pub enum TypesError {
     BadHex { what: &'static str, input: String },
     #[error("invalid erasure parameters k={k} m={m}: {reason}")]
     BadErasure { k: u32, m: u32, reason: &'static str },
+    #[error("min_shards {min_shards}: must be between k={k} and k+m={total}")]
+    BadMinShards { min_shards: usize, k: usize, total: usize },
     #[error("invalid repository name {name:?}: {reason}")]
     BadRepoName { name: String, reason: &'static str },
     #[error("invalid site name {name:?}: {reason}")]

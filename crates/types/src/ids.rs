@@ -108,6 +108,10 @@ impl SessionId {
 pub struct NodeId(pub u64);
 
 impl NodeId {
+    /// No node: the placement of a shard that a short pack has not written
+    /// yet (see `ShardRecord::is_placed`). Storage nodes never register as 0.
+    pub const UNPLACED: NodeId = NodeId(0);
+
     pub fn random() -> Self {
         // Zero is reserved to mean "no node" on the wire.
         Self(rand::random::<u64>().max(1))

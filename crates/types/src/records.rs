@@ -62,11 +62,23 @@ pub enum PackKind {
 }
 
 /// One shard of a pack: where it lives and what its body hashes to.
+///
+/// A pack committed while too few nodes were up for `k + m` ("short") has
+/// shards whose `node` is [`NodeId::UNPLACED`]: the agent computed them (so
+/// the checksum is known and a rebuild is verified against it bit for bit)
+/// but sent them nowhere. The repair planner writes them like lost shards.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
 pub struct ShardRecord {
     pub index: ShardIndex,
     pub node: NodeId,
     pub checksum: Hash32,
+}
+
+impl ShardRecord {
+    /// False for a shard of a short pack that no node holds yet.
+    pub fn is_placed(&self) -> bool {
+        self.node != NodeId::UNPLACED
+    }
 }
 
 /// A pack as committed: every pack carries its own code parameters, so a
@@ -80,8 +92,15 @@ pub struct PackRecord {
     /// Bytes of blob data before padding to `k * shard_len`.
     pub pack_len: u64,
     pub shard_len: u64,
-    /// `k + m` entries, in shard-index order.
+    /// `k + m` entries, in shard-index order; unplaced ones in a short pack.
     pub shards: Vec<ShardRecord>,
+}
+
+impl PackRecord {
+    /// How many shards some node holds (`k + m` unless the pack is short).
+    pub fn placed(&self) -> usize {
+        self.shards.iter().filter(|s| s.is_placed()).count()
+    }
 }
 
 /// Where a blob lives: a byte range of a pack.

@@ -139,6 +139,7 @@ impl Catalog for Svc<FakeCatalog> {
             pack_id: rand::random::<[u8; 16]>().to_vec(),
             params: Some(params),
             targets,
+            min_shards: 0,
         }))
     }
 
