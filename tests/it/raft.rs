@@ -201,8 +201,18 @@ fn all_voters_killed_and_restarted() -> Result<()> {
 #[test]
 fn voters_join_by_snapshot_leave_and_agree() -> Result<()> {
     // Small snapshot interval and no log kept behind it: a new voter can
-    // only catch up by installing a snapshot.
-    let spec = ClusterSpec { snapshot_every: Some(50), keep_logs: Some(0), ..three_voters() };
+    // only catch up by installing a snapshot. openraft bounds every
+    // AppendEntries by the heartbeat interval; while followers apply batches
+    // of a 100k-chunk catalog and build snapshots on a loaded 2-core machine,
+    // the failover tests' 100 ms is shorter than one apply, so this test,
+    // which measures no failover, runs the production default (250 ms).
+    let spec = ClusterSpec {
+        snapshot_every: Some(50),
+        keep_logs: Some(0),
+        raft_heartbeat: Duration::from_millis(250),
+        election_timeout: Duration::from_millis(1500),
+        ..three_voters()
+    };
     Cluster::run(spec, |c| {
         // A catalog of more than 100,000 chunks: 100,000 small distinct files.
         let src = c.dir().join("many");
@@ -225,6 +235,11 @@ fn voters_join_by_snapshot_leave_and_agree() -> Result<()> {
         let status = c.status()?;
         assert!(status["catalog"]["chunks"].as_u64() >= Some(100_000), "{status}");
 
+        // A newcomer installing the snapshot answers no AppendEntries for
+        // a while, and the leader says so; so does it for the member that is
+        // removed and killed below.
+        c.expect_error("when AppendEntries 1->4");
+        c.expect_error("when AppendEntries 1->5");
         let fourth = c.add_meta(4, "site-a")?;
         let fifth = c.add_meta(5, "site-b")?;
         c.wait_voters(5, Duration::from_secs(60))?;
@@ -245,6 +260,7 @@ fn voters_join_by_snapshot_leave_and_agree() -> Result<()> {
         c.cli(&["cluster", "remove", "2"])?.ok()?;
         c.wait_voters(4, Duration::from_secs(30))?;
         c.kill_meta(1);
+        c.expect_lost_voter();
 
         // Every remaining member reaches the same applied index and catalog.
         wait_until("replicas to agree", Duration::from_secs(30), || {

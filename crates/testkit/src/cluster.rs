@@ -42,6 +42,10 @@ pub struct ClusterSpec {
     /// Extra flags for every `coffer meta` and `coffer storage`.
     pub meta_flags: Vec<String>,
     pub storage_flags: Vec<String>,
+    /// `--raft-heartbeat` and `--election-timeout` of the voters: short, so
+    /// that failover tests are quick.
+    pub raft_heartbeat: Duration,
+    pub election_timeout: Duration,
 }
 
 impl Default for ClusterSpec {
@@ -57,6 +61,8 @@ impl Default for ClusterSpec {
             keep_logs: None,
             meta_flags: Vec::new(),
             storage_flags: Vec::new(),
+            raft_heartbeat: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(500),
         }
     }
 }
@@ -361,9 +367,9 @@ impl Cluster {
             "--site".into(),
             site.to_string(),
             "--raft-heartbeat".into(),
-            "100ms".into(),
+            format!("{}ms", self.spec.raft_heartbeat.as_millis()),
             "--election-timeout".into(),
-            "500ms".into(),
+            format!("{}ms", self.spec.election_timeout.as_millis()),
             "--suspect-after".into(),
             format!("{}ms", self.spec.suspect_after.as_millis()),
             "--down-after".into(),
