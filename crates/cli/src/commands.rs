@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use coffer_client::backup::{BackupOptions, BackupSummary};
-use coffer_client::conn::MetaClient;
 use coffer_client::repo::{create_repo, open_repo, Repository};
 use coffer_client::restore::RestoreTarget;
 use coffer_proto::pb;
+use coffer_rpc::MetaClient;
 use coffer_types::{BackupKind, ErasureParams, RepoName, SnapshotRecord};
 use serde_json::json;
 

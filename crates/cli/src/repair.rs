@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use coffer_client::conn::shard_client;
 use coffer_proto::pb;
+use coffer_rpc::shard_client;
 use serde_json::json;
 
 use crate::args::Global;

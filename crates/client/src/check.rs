@@ -24,10 +24,10 @@ use serde::Serialize;
 
 use coffer_types::RepoName;
 
-use crate::conn::MetaClient;
 use crate::repo::Repository;
-use crate::shards::ShardPool;
 use crate::ClientError;
+use coffer_rpc::MetaClient;
+use coffer_rpc::ShardPool;
 
 /// Chunk entries asked for per ListChunks page.
 const LIST_PAGE: u32 = 20_000;

@@ -28,11 +28,11 @@ use coffer_types::{ChunkId, ChunkLocation, NodeId, PackId, PackRecord, RepoName,
 use futures::stream::{FuturesUnordered, StreamExt, TryStreamExt};
 use tokio::sync::OnceCell;
 
-use crate::conn::MetaClient;
 use crate::pipeline::LOOKUP_BATCH;
 use crate::restore::{deliver_all, BlobSource, Deliver, RestoreCounters};
-use crate::shards::{ShardFailure, ShardPool};
 use crate::ClientError;
+use coffer_rpc::MetaClient;
+use coffer_rpc::{ShardFailure, ShardPool};
 
 /// Reconstructed packs kept for the blobs that follow.
 const REBUILT_PACKS: usize = 4;

@@ -28,10 +28,10 @@ use coffer_types::{
 };
 use tonic::Code;
 
-use crate::conn::MetaClient;
-use crate::shards::{ShardPool, ShardPut};
 use crate::stats::Counters;
 use crate::ClientError;
+use coffer_rpc::MetaClient;
+use coffer_rpc::{ShardPool, ShardPut};
 
 /// How many placements a pack gets before the backup gives up on it.
 const MAX_PLACEMENT_ATTEMPTS: u32 = 5;

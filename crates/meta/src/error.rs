@@ -17,7 +17,7 @@ pub enum MetaError {
     #[error("node {id}: {reason}")]
     Bootstrap { id: MetaId, reason: String },
     #[error("serve: {0}")]
-    Serve(#[from] tonic::transport::Error),
+    Serve(#[from] coffer_rpc::RpcError),
     #[error("invalid configuration: {0}")]
     Config(String),
 }

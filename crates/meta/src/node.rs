@@ -10,15 +10,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use coffer_proto::pb::admin_server::AdminServer;
 use coffer_proto::pb::catalog_server::CatalogServer;
+use coffer_proto::pb::maintenance_server::MaintenanceServer;
 use coffer_proto::pb::raft_server::RaftServer;
-use coffer_proto::MAX_MESSAGE_BYTES;
 use coffer_types::MetaId;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::StreamExt;
 
 use crate::admin::{join_cluster, AdminService};
 use crate::catalog::CatalogService;
 use crate::liveness::Liveness;
+use crate::maint_service::MaintenanceService;
 use crate::network::Network;
 use crate::raft_service::RaftService;
 use crate::types::Raft;
@@ -121,38 +120,12 @@ impl MetaNode {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), MetaError> {
-        let catalog = CatalogServer::new(CatalogService::new(self.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let admin = AdminServer::new(AdminService::new(self.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let raft = RaftServer::new(RaftService::new(self.raft.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        // Catalog and Raft traffic is small request/response messages: with
-        // Nagle's algorithm on, each small reply waits for the peer's delayed
-        // ACK (~40 ms), which dominated incremental backups and restores.
-        let incoming = TcpListenerStream::new(listener).map(|conn| {
-            if let Ok(stream) = &conn {
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
-                }
-            }
-            conn
-        });
-        let served = tonic::transport::Server::builder()
-            .add_service(catalog)
-            .add_service(admin)
-            .add_service(raft)
-            .add_service(
-                coffer_proto::pb::maintenance_server::MaintenanceServer::new(
-                    crate::maint_service::MaintenanceService::new(self.clone()),
-                )
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .serve_with_incoming_shutdown(incoming, shutdown)
+        let served = coffer_rpc::Server::new()
+            .service(CatalogServer::new(CatalogService::new(self.clone())))
+            .service(AdminServer::new(AdminService::new(self.clone())))
+            .service(RaftServer::new(RaftService::new(self.raft.clone())))
+            .service(MaintenanceServer::new(MaintenanceService::new(self.clone())))
+            .serve(listener, shutdown)
             .await;
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not shut down cleanly");

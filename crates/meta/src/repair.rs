@@ -18,11 +18,12 @@
 //! written and verified, so redundancy never drops below what it was.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Mutex, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use coffer_placement::{place_one, satisfies, Candidate, Policy};
 use coffer_proto::pb;
+use coffer_rpc::ShardPool;
 use coffer_types::{NodeId, NodeRecord, NodeState, PackId, PackRecord, ShardIndex, SiteId};
 
 use crate::command::{BadShardRecord, Command, CommandResult, IncidentRecord, RepairWork};
@@ -65,6 +66,8 @@ pub struct RepairState {
     pub status: Mutex<RepairStatus>,
     in_flight: Mutex<HashSet<(PackId, u8)>>,
     ticks: std::sync::atomic::AtomicU64,
+    /// Clients to storage nodes, shared by every rebuild, sweep and delete.
+    shards: Arc<ShardPool>,
 }
 
 /// Every this many ticks, up nodes are checked for superfluous shards.
@@ -318,14 +321,8 @@ async fn sweep_superfluous(
     let placed: HashMap<(PackId, u8), NodeId> =
         packs.iter().flat_map(|p| p.shards.iter().enumerate().map(move |(i, s)| ((p.id, i as u8), s.node))).collect();
     for r in nodes.iter().filter(|r| state.get(&r.id) == Some(&NodeState::Up)) {
-        let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{}", r.addr)) else { continue };
-        let mut client = coffer_proto::pb::shard_store_client::ShardStoreClient::new(
-            ep.connect_timeout(Duration::from_secs(2)).connect_lazy(),
-        );
-        let mut req = tonic::Request::new(pb::ListShardsRequest {});
-        req.set_timeout(Duration::from_secs(10));
-        let Ok(list) = client.list_shards(req).await else { continue };
-        for s in list.into_inner().shards {
+        let Ok(list) = n.repair.shards.list(&r.addr).await else { continue };
+        for s in list {
             let (Ok(pack), Ok(index)) = (PackId::from_slice(&s.pack_id), u8::try_from(s.index)) else { continue };
             let Some(owner) = placed.get(&(pack, index)) else { continue };
             let busy = n.repair.in_flight.lock().unwrap_or_else(|p| p.into_inner()).contains(&(pack, index));
@@ -411,6 +408,7 @@ async fn execute(
     let started_ms = now_ms();
     let Some(n) = node.upgrade() else { return };
     let bandwidth = n.config.repair.bandwidth;
+    let shards = n.repair.shards.clone();
     drop(n);
     let req = pb::RebuildShardRequest {
         pack_id: t.pack.id.0.to_vec(),
@@ -425,18 +423,7 @@ async fn execute(
             .collect(),
         bandwidth_bytes_per_s: bandwidth,
     };
-    let result = async {
-        let mut client = coffer_proto::pb::shard_store_client::ShardStoreClient::new(
-            tonic::transport::Endpoint::from_shared(format!("http://{target_addr}"))
-                .map_err(|e| e.to_string())?
-                .connect_timeout(Duration::from_secs(3))
-                .connect_lazy(),
-        );
-        let mut request = tonic::Request::new(req);
-        request.set_timeout(Duration::from_secs(600));
-        client.rebuild_shard(request).await.map(|r| r.into_inner()).map_err(|s| s.message().to_string())
-    }
-    .await;
+    let result = shards.rebuild(&target_addr, req).await.map_err(|s| s.message().to_string());
     let Some(n) = node.upgrade() else { return };
     let key = (t.pack.id, t.index.0);
     let outcome = match result {
@@ -500,13 +487,7 @@ async fn delete_copy(n: &MetaNode, node: NodeId, pack: PackId, index: ShardIndex
     if n.liveness.state(node) != NodeState::Up {
         return;
     }
-    let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{}", rec.addr)) else { return };
-    let mut client = coffer_proto::pb::shard_store_client::ShardStoreClient::new(
-        ep.connect_timeout(Duration::from_secs(2)).connect_lazy(),
-    );
-    let mut req = tonic::Request::new(pb::ShardRef { pack_id: pack.0.to_vec(), index: index.0 as u32 });
-    req.set_timeout(Duration::from_secs(10));
-    if let Err(e) = client.delete_shard(req).await {
-        tracing::debug!(%pack, %index, %node, error = %e.message(), "could not delete a superfluous shard yet");
+    if let Err(e) = n.repair.shards.delete(&rec.addr, pack, index).await {
+        tracing::debug!(%pack, %index, %node, error = %e, "could not delete a superfluous shard yet");
     }
 }

@@ -77,13 +77,13 @@ async fn fetch_shard(
     limiter: &RateLimiter,
     bytes_per_s: u64,
 ) -> Result<Vec<u8>, String> {
-    let mut client = coffer_client::conn::shard_client(addr).map_err(|e| e.to_string())?;
+    let mut client = coffer_rpc::shard_client(addr).map_err(|e| e.to_string())?;
     let mut req = tonic::Request::new(pb::GetShardRequest {
         shard: Some(pb::ShardRef { pack_id: pack.0.to_vec(), index: index.0 as u32 }),
         offset: 0,
         length: 0,
     });
-    req.set_timeout(Duration::from_secs(120));
+    req.set_timeout(coffer_rpc::timeouts::SHARD_FETCH);
     let mut stream = client.get_shard(req).await.map_err(|s| s.message().to_string())?.into_inner();
     let mut body = Vec::new();
     while let Some(frame) = stream.next().await {

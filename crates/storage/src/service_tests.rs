@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use coffer_client::conn::shard_client;
 use coffer_proto::pb::put_shard_request::Msg;
 use coffer_proto::pb::shard_store_client::ShardStoreClient;
 use coffer_proto::pb::{self, GetShardRequest, NodeInfoRequest, PutShardRequest, ShardRef};
+use coffer_rpc::shard_client;
 use coffer_types::{PackId, SiteId, MAX_FRAME_BYTES};
 use rand::{RngCore, SeedableRng};
 use tokio::net::TcpListener;

@@ -1,5 +1,6 @@
 //! Shard I/O against storage nodes: one cached gRPC channel per node address,
-//! streamed puts in frames of at most `MAX_FRAME_BYTES`, and ranged gets.
+//! streamed puts in frames of at most `MAX_FRAME_BYTES`, ranged gets, and the
+//! calls the metadata leader makes (list, delete, rebuild).
 //!
 //! Every call is bounded in time, so a node that hangs becomes a failure the
 //! caller can route around (re-placement on write, reconstruction on read)
@@ -8,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use bytes::Bytes;
 use coffer_proto::pb::shard_store_client::ShardStoreClient;
@@ -18,20 +18,15 @@ use futures::StreamExt;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::conn::shard_client;
+use crate::channel::shard_client;
+use crate::timeouts::{REBUILD, SHARD_ADMIN, SHARD_GET as GET_TIMEOUT, SHARD_PUT as PUT_TIMEOUT};
 
 /// The shard format version this agent writes.
-pub(crate) const SHARD_FORMAT_VERSION: u32 = 1;
-
-/// How long one shard put may take, from the first frame to the
-/// acknowledgement (which includes the node's fsync).
-const PUT_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long one shard read may take, whole shard or range.
-const GET_TIMEOUT: Duration = Duration::from_secs(60);
+pub const SHARD_FORMAT_VERSION: u32 = 1;
 
 /// Why one shard could not be written or read.
 #[derive(Debug, Clone)]
-pub(crate) struct ShardFailure {
+pub struct ShardFailure {
     pub reason: String,
     /// The node itself found the shard corrupt or absent: damage to report
     /// for repair, unlike a node that did not answer.
@@ -39,7 +34,7 @@ pub(crate) struct ShardFailure {
 }
 
 impl ShardFailure {
-    fn status(s: tonic::Status) -> Self {
+    pub fn status(s: tonic::Status) -> Self {
         let damaged = matches!(s.code(), Code::DataLoss | Code::NotFound);
         let reason = match s.code() {
             Code::DataLoss => format!("corrupt on the node ({})", s.message()),
@@ -70,7 +65,7 @@ impl std::fmt::Display for ShardFailure {
 
 /// What a shard put carries besides the body.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ShardPut {
+pub struct ShardPut {
     pub pack: PackId,
     pub index: ShardIndex,
     pub k: u32,
@@ -81,12 +76,19 @@ pub(crate) struct ShardPut {
 /// Clients to storage nodes, one channel per address, shared by every task
 /// of a backup or restore so that connections are reused.
 #[derive(Default)]
-pub(crate) struct ShardPool {
+pub struct ShardPool {
     clients: Mutex<HashMap<String, ShardStoreClient<Channel>>>,
 }
 
+impl std::fmt::Debug for ShardPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardPool").finish_non_exhaustive()
+    }
+}
+
 impl ShardPool {
-    fn client(&self, addr: &str) -> Result<ShardStoreClient<Channel>, ShardFailure> {
+    /// The cached client for `addr`, for calls this pool has no method for.
+    pub fn client(&self, addr: &str) -> Result<ShardStoreClient<Channel>, ShardFailure> {
         let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
@@ -167,5 +169,35 @@ impl ShardPool {
             }
         }
         Ok(out)
+    }
+
+    /// Every shard the node at `addr` holds.
+    pub async fn list(&self, addr: &str) -> Result<Vec<pb::ShardRef>, ShardFailure> {
+        let mut client = self.client(addr)?;
+        let mut req = tonic::Request::new(pb::ListShardsRequest {});
+        req.set_timeout(SHARD_ADMIN);
+        Ok(client.list_shards(req).await.map_err(ShardFailure::status)?.into_inner().shards)
+    }
+
+    /// Deletes one shard from the node at `addr`.
+    pub async fn delete(&self, addr: &str, pack: PackId, index: ShardIndex) -> Result<(), ShardFailure> {
+        let mut client = self.client(addr)?;
+        let mut req = tonic::Request::new(pb::ShardRef { pack_id: pack.0.to_vec(), index: index.0 as u32 });
+        req.set_timeout(SHARD_ADMIN);
+        client.delete_shard(req).await.map_err(ShardFailure::status)?;
+        Ok(())
+    }
+
+    /// Asks the node at `addr` to rebuild a shard from the sources `req`
+    /// names and store it.
+    pub async fn rebuild(
+        &self,
+        addr: &str,
+        req: pb::RebuildShardRequest,
+    ) -> Result<pb::RebuildShardResponse, tonic::Status> {
+        let mut client = self.client(addr).map_err(|f| tonic::Status::unavailable(f.reason))?;
+        let mut req = tonic::Request::new(req);
+        req.set_timeout(REBUILD);
+        Ok(client.rebuild_shard(req).await?.into_inner())
     }
 }
