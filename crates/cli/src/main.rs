@@ -1,6 +1,7 @@
 //! The `coffer` binary: parses the command line, installs tracing, runs the
 //! subcommand, and maps the outcome onto the exit-code contract
-//! (0 ok, 1 failure, 2 usage, 3 backup finished with unreadable files).
+//! (0 ok, 1 failure, 2 usage, 3 backup finished with unreadable files,
+//! 4 `check` found lost data or an inconsistent catalog).
 //!
 //! This is the only crate that reads the environment or installs a
 //! tracing subscriber.
