@@ -241,7 +241,8 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<()> {
     if to_stdout {
         // Stdout carries the data; the summary goes to stderr.
         if !summary.bad_shards.is_empty() {
-            eprintln!("restore: degraded read; bad shards: {}", summary.bad_shards.join("; "));
+            let bad: Vec<String> = summary.bad_shards.iter().map(ToString::to_string).collect();
+            eprintln!("restore: degraded read; bad shards: {}", bad.join("; "));
         }
         return Ok(());
     }

@@ -322,7 +322,7 @@ async fn presence(pool: &ShardPool, p: &Placed) -> Read {
                 .get(a, p.record.id, s.index, 0, Some(1))
                 .await
                 .map(|_| ())
-                .map_err(|e| format!("shard {} on node {}: {}", s.index.0, s.node, e.reason)),
+                .map_err(|e| format!("shard {} on node {}: {e}", s.index.0, s.node)),
         }
     });
     let results = join_all(asks).await;
@@ -337,7 +337,7 @@ pub(crate) async fn read_pack(pool: &ShardPool, p: &Placed) -> Read {
     let asks = rec.shards.iter().zip(&p.addrs).map(|(s, addr)| async move {
         let body = match addr {
             None => Err("its node is unknown".to_string()),
-            Some(a) => pool.get(a, rec.id, s.index, 0, None).await.map_err(|e| e.reason),
+            Some(a) => pool.get(a, rec.id, s.index, 0, None).await.map_err(|e| e.to_string()),
         };
         let verified = body.and_then(|b| {
             if b.len() as u64 != rec.shard_len {

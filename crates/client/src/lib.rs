@@ -46,10 +46,10 @@ mod tests;
 
 pub use backup::{BackupOptions, BackupSummary, ProgressFn};
 /// The cluster connection an embedding application hands to `open_repo`.
-pub use coffer_rpc::{MetaClient, RpcError};
+pub use coffer_rpc::{MetaClient, RpcError, ShardFailure};
 pub use error::ClientError;
 pub use pipeline::PACK_TARGET;
 pub use repo::{create_repo, open_repo, Repository};
-pub use restore::{restore_to_dir, restore_to_writer, BlobSource, RestoreSummary, RestoreTarget};
+pub use restore::{restore_to_dir, restore_to_writer, BadShard, BlobSource, RestoreSummary, RestoreTarget};
 pub use select::{parent_for, select_snapshot, LATEST};
 pub use stats::{Progress, StageTime, Stages};

@@ -40,7 +40,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use coffer_types::{ChunkId, SnapshotId, SnapshotRecord};
+use coffer_rpc::ShardFailure;
+use coffer_types::{ChunkId, NodeId, PackId, ShardIndex, SnapshotId, SnapshotRecord};
 use futures::stream::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -106,8 +107,8 @@ pub trait BlobSource: Send + Sync + 'static {
     }
 
     /// What went wrong but was repaired so far: the number of packs read in
-    /// degraded mode, and a line per bad shard.
-    fn health(&self) -> (u64, Vec<String>) {
+    /// degraded mode, and each bad shard.
+    fn health(&self) -> (u64, Vec<BadShard>) {
         (0, Vec::new())
     }
 }
@@ -208,6 +209,36 @@ pub enum RestoreTarget {
     Stdout,
 }
 
+/// A shard a read could not use, and why; the read went on without it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct BadShard {
+    pub pack: PackId,
+    pub index: ShardIndex,
+    /// The node the record places it on, if it places it at all.
+    pub node: Option<NodeId>,
+    pub failure: ShardFailure,
+}
+
+impl std::fmt::Display for BadShard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pack {} shard {} on node {}: {}", self.pack, self.index, self.node.unwrap_or_default(), self.failure)
+    }
+}
+
+/// In JSON summaries: the ids as they print, whether it is damage, and why.
+impl Serialize for BadShard {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("BadShard", 5)?;
+        st.serialize_field("pack", &self.pack.to_string())?;
+        st.serialize_field("index", &self.index.0)?;
+        st.serialize_field("node", &self.node.map(|n| n.to_string()))?;
+        st.serialize_field("damaged", &self.failure.is_damage())?;
+        st.serialize_field("reason", &self.failure.to_string())?;
+        st.end()
+    }
+}
+
 /// What a restore did.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct RestoreSummary {
@@ -218,8 +249,8 @@ pub struct RestoreSummary {
     pub bytes: u64,
     /// Packs that had to be reconstructed from parity.
     pub degraded_packs: u64,
-    /// Shards found missing or corrupt, as "pack P shard i on node N: reason".
-    pub bad_shards: Vec<String>,
+    /// Shards found missing or corrupt, or that could not be read.
+    pub bad_shards: Vec<BadShard>,
     pub duration_s: f64,
     pub stages: RestoreStages,
 }

@@ -197,7 +197,7 @@ impl PackWriter {
         let results = futures::future::join_all(puts).await;
         let sent: u64 = enc.shards.iter().map(|s| s.len() as u64).sum();
         self.counters.send.add(start.elapsed(), sent);
-        results.into_iter().filter_map(|(node, index, r)| r.err().map(|e| (node, index, e.reason))).collect()
+        results.into_iter().filter_map(|(node, index, r)| r.err().map(|e| (node, index, e.to_string()))).collect()
     }
 
     async fn commit(&self, record: &PackRecord, entries: &[PackEntry]) -> Result<(), ClientError> {

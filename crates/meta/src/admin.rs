@@ -17,9 +17,9 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use tonic::{Request, Response, Status};
 
-use crate::catalog::leader_hint;
 use crate::node::MetaNode;
 use crate::types::{MetaNodeInfo, NodeId};
+use crate::MetaError;
 
 /// How long one join attempt follows leader hints and skips unreachable
 /// members before the attempt counts as failed and is logged; the node goes
@@ -45,16 +45,15 @@ impl AdminService {
         if m.current_leader == Some(self.node.config.id.0) {
             return Ok(());
         }
-        let leader =
-            m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| (l, n.addr.clone())));
-        Err(leader_hint(leader))
+        let addr = m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+        Err(MetaError::not_leader(m.current_leader, addr).into())
     }
 
     async fn change(&self, what: &str, changes: ChangeMembers<NodeId, MetaNodeInfo>) -> Result<(), Status> {
         match self.node.raft.change_membership(changes, false).await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(leader_hint(f.leader_id.zip(f.leader_node.map(|n| n.addr))))
+                Err(MetaError::not_leader(f.leader_id, f.leader_node.map(|n| n.addr)).into())
             }
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 Err(Status::failed_precondition(format!("{what}: {e}")))
@@ -99,7 +98,7 @@ impl Admin for AdminService {
             match self.node.raft.add_learner(r.id, info, true).await {
                 Ok(_) => {}
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    return Err(leader_hint(f.leader_id.zip(f.leader_node.map(|n| n.addr))))
+                    return Err(MetaError::not_leader(f.leader_id, f.leader_node.map(|n| n.addr)).into())
                 }
                 Err(e) => return Err(Status::unavailable(format!("add learner {}: {e}", r.id))),
             }

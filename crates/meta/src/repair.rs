@@ -29,6 +29,7 @@ use coffer_types::{NodeId, NodeRecord, NodeState, PackId, PackRecord, ShardIndex
 use crate::command::{BadShardRecord, Command, CommandResult, IncidentRecord, RepairWork};
 use crate::kv;
 use crate::node::{now_ms, MetaNode};
+use crate::MetaError;
 
 /// How a rebuild runs; set on the metadata node.
 #[derive(Clone, Debug)]
@@ -107,18 +108,19 @@ pub async fn run(node: Weak<MetaNode>) {
     }
 }
 
-async fn write(n: &MetaNode, cmd: Command) -> Result<CommandResult, String> {
-    n.raft.client_write(cmd).await.map(|r| r.data).map_err(|e| e.to_string())
+async fn write(n: &MetaNode, cmd: Command) -> Result<CommandResult, MetaError> {
+    let command = cmd.name();
+    n.raft.client_write(cmd).await.map(|r| r.data).map_err(|e| MetaError::RaftWrite { command, reason: e.to_string() })
 }
 
-async fn tick_once(n: &std::sync::Arc<MetaNode>) -> Result<(), String> {
+async fn tick_once(n: &std::sync::Arc<MetaNode>) -> Result<(), MetaError> {
     let tree = n.sm.tree();
-    let nodes: Vec<NodeRecord> = kv::scan(tree, "node", kv::NODE_PREFIX).map_err(|e| e.to_string())?;
-    let packs: Vec<PackRecord> = kv::scan(tree, "pack", kv::PACK_PREFIX).map_err(|e| e.to_string())?;
-    let incidents: Vec<IncidentRecord> = kv::scan(tree, "incident", kv::INCIDENT_PREFIX).map_err(|e| e.to_string())?;
+    let nodes: Vec<NodeRecord> = kv::scan(tree, "node", kv::NODE_PREFIX)?;
+    let packs: Vec<PackRecord> = kv::scan(tree, "pack", kv::PACK_PREFIX)?;
+    let incidents: Vec<IncidentRecord> = kv::scan(tree, "incident", kv::INCIDENT_PREFIX)?;
     let mut bad: HashMap<(PackId, u8), BadShardRecord> = HashMap::new();
     for item in tree.scan_prefix(kv::BAD_SHARD_PREFIX) {
-        let (k, v) = item.map_err(|e| e.to_string())?;
+        let (k, v) = item?;
         let (Some(pack), Some(&index)) = (k.get(2..18).and_then(|b| PackId::from_slice(b).ok()), k.get(18)) else {
             continue;
         };
@@ -127,7 +129,7 @@ async fn tick_once(n: &std::sync::Arc<MetaNode>) -> Result<(), String> {
         }
     }
     let state: HashMap<NodeId, NodeState> = nodes.iter().map(|r| (r.id, n.liveness.state(r.id))).collect();
-    let draining = kv::draining(tree).map_err(|e| e.to_string())?;
+    let draining = kv::draining(tree)?;
     let by_id: HashMap<NodeId, &NodeRecord> = nodes.iter().map(|r| (r.id, r)).collect();
     let up = |id: &NodeId| state.get(id) == Some(&NodeState::Up);
 
@@ -166,8 +168,7 @@ async fn tick_once(n: &std::sync::Arc<MetaNode>) -> Result<(), String> {
             write(n, Command::CloseIncident { node: *node, time_ms: now_ms() }).await?;
         }
     }
-    let open: HashMap<NodeId, u64> = kv::scan::<IncidentRecord>(tree, "incident", kv::INCIDENT_PREFIX)
-        .map_err(|e| e.to_string())?
+    let open: HashMap<NodeId, u64> = kv::scan::<IncidentRecord>(tree, "incident", kv::INCIDENT_PREFIX)?
         .into_iter()
         .filter(|i| i.open)
         .map(|i| (i.node, i.id))
@@ -423,7 +424,13 @@ async fn execute(
             .collect(),
         bandwidth_bytes_per_s: bandwidth,
     };
-    let result = shards.rebuild(&target_addr, req).await.map_err(|s| s.message().to_string());
+    let result = shards.rebuild(&target_addr, req).await.map_err(|s| MetaError::RebuildFailed {
+        pack: t.pack.id,
+        index: t.index,
+        node: t.to,
+        code: s.code(),
+        message: s.message().to_string(),
+    });
     let Some(n) = node.upgrade() else { return };
     let key = (t.pack.id, t.index.0);
     let outcome = match result {
@@ -449,7 +456,9 @@ async fn execute(
             )
             .await
             {
-                Ok(CommandResult::Rejected(why)) => Err(why.to_string()),
+                Ok(CommandResult::Rejected(why)) => {
+                    Err(MetaError::MoveRefused { pack: t.pack.id, index: t.index, from: t.from, to: t.to, why })
+                }
                 Ok(_) => {
                     tracing::info!(pack = %t.pack.id, index = %t.index, from = %t.from, to = %t.to, "shard rebuilt and placed");
                     // The old copy of a moved shard is superfluous now.

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use bytes::Bytes;
 use coffer_proto::pb::shard_store_client::ShardStoreClient;
@@ -24,42 +25,65 @@ use crate::timeouts::{REBUILD, SHARD_ADMIN, SHARD_GET as GET_TIMEOUT, SHARD_PUT 
 /// The shard format version this agent writes.
 pub const SHARD_FORMAT_VERSION: u32 = 1;
 
-/// Why one shard could not be written or read.
-#[derive(Debug, Clone)]
-pub struct ShardFailure {
-    pub reason: String,
-    /// The node itself found the shard corrupt or absent: damage to report
-    /// for repair, unlike a node that did not answer.
-    pub damaged: bool,
+/// Why one shard could not be written or read. Callers record these per
+/// shard (and route around them) rather than abort on them, and an
+/// application that embeds the client can tell damage from absence.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ShardFailure {
+    /// The node found the shard corrupt (a block fails its checksum).
+    Corrupt { detail: String },
+    /// The node does not hold the shard.
+    Absent,
+    /// The node could not be reached.
+    Unreachable { detail: String },
+    /// The node did not answer within the call's deadline.
+    Timeout { after: Duration },
+    /// The node refused the call for another reason.
+    Refused { code: Code, detail: String },
+    /// The node's answer broke the protocol (more or fewer bytes than asked).
+    BadAnswer { detail: String },
+    /// The bytes that came back are not the shard the pack record describes.
+    Mismatch { detail: String },
+    /// The pack record places no node for the shard.
+    NotPlaced,
+    /// The node holding the shard is down.
+    NodeDown,
+    /// The cluster map has no usable address for the node.
+    NoAddress { detail: String },
 }
 
 impl ShardFailure {
     pub fn status(s: tonic::Status) -> Self {
-        let damaged = matches!(s.code(), Code::DataLoss | Code::NotFound);
-        let reason = match s.code() {
-            Code::DataLoss => format!("corrupt on the node ({})", s.message()),
-            Code::NotFound => "absent from the node".to_string(),
-            Code::Unavailable => format!("unreachable ({})", s.message()),
-            code => format!("{code:?}: {}", s.message()),
-        };
-        ShardFailure { reason, damaged }
+        let detail = s.message().to_string();
+        match s.code() {
+            Code::DataLoss => ShardFailure::Corrupt { detail },
+            Code::NotFound => ShardFailure::Absent,
+            Code::Unavailable => ShardFailure::Unreachable { detail },
+            code => ShardFailure::Refused { code, detail },
+        }
     }
 
-    /// A shard that could not be used, which says nothing of its state.
-    pub fn other(reason: impl Into<String>) -> Self {
-        ShardFailure { reason: reason.into(), damaged: false }
-    }
-
-    /// Damage found by the reader: a shard whose bytes do not match its
-    /// record.
-    pub fn damaged(reason: impl Into<String>) -> Self {
-        ShardFailure { reason: reason.into(), damaged: true }
+    /// Damage to report for repair: the shard is corrupt, absent, or not
+    /// what its record says, unlike a node that did not answer.
+    pub fn is_damage(&self) -> bool {
+        matches!(self, ShardFailure::Corrupt { .. } | ShardFailure::Absent | ShardFailure::Mismatch { .. })
     }
 }
 
 impl std::fmt::Display for ShardFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.reason)
+        match self {
+            ShardFailure::Corrupt { detail } => write!(f, "corrupt on the node ({detail})"),
+            ShardFailure::Absent => f.write_str("absent from the node"),
+            ShardFailure::Unreachable { detail } => write!(f, "unreachable ({detail})"),
+            ShardFailure::Timeout { after } => write!(f, "no answer within {after:?}"),
+            ShardFailure::Refused { code, detail } => write!(f, "{code:?}: {detail}"),
+            ShardFailure::BadAnswer { detail } => write!(f, "bad answer: {detail}"),
+            ShardFailure::Mismatch { detail } => write!(f, "does not match its record: {detail}"),
+            ShardFailure::NotPlaced => f.write_str("no placement"),
+            ShardFailure::NodeDown => f.write_str("node is down"),
+            ShardFailure::NoAddress { detail } => write!(f, "node address unknown{detail}"),
+        }
     }
 }
 
@@ -93,7 +117,7 @@ impl ShardPool {
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let c = shard_client(addr).map_err(|e| ShardFailure::other(e.to_string()))?;
+        let c = shard_client(addr).map_err(|e| ShardFailure::NoAddress { detail: format!(" ({e})") })?;
         map.insert(addr.to_string(), c.clone());
         Ok(c)
     }
@@ -122,7 +146,7 @@ impl ShardPool {
         let stream =
             futures::stream::once(async move { pb::PutShardRequest { msg: Some(Msg::Header(header)) } }).chain(data);
         match tokio::time::timeout(PUT_TIMEOUT, client.put_shard(stream)).await {
-            Err(_) => Err(ShardFailure::other(format!("no acknowledgement within {PUT_TIMEOUT:?}"))),
+            Err(_) => Err(ShardFailure::Timeout { after: PUT_TIMEOUT }),
             Ok(Err(status)) => Err(ShardFailure::status(status)),
             Ok(Ok(_)) => Ok(()),
         }
@@ -153,19 +177,21 @@ impl ShardPool {
                 out.extend_from_slice(&frame.data);
                 if let Some(want) = len {
                     if out.len() as u64 > want {
-                        return Err(ShardFailure::other(format!("node sent more than the {want} bytes asked")));
+                        return Err(ShardFailure::BadAnswer {
+                            detail: format!("node sent more than the {want} bytes asked"),
+                        });
                     }
                 }
             }
             Ok(out)
         };
         let out = match tokio::time::timeout(GET_TIMEOUT, read).await {
-            Err(_) => return Err(ShardFailure::other(format!("no answer within {GET_TIMEOUT:?}"))),
+            Err(_) => return Err(ShardFailure::Timeout { after: GET_TIMEOUT }),
             Ok(r) => r?,
         };
         if let Some(want) = len {
             if out.len() as u64 != want {
-                return Err(ShardFailure::other(format!("short read: {} of {want} bytes", out.len())));
+                return Err(ShardFailure::BadAnswer { detail: format!("short read: {} of {want} bytes", out.len()) });
             }
         }
         Ok(out)
@@ -195,7 +221,7 @@ impl ShardPool {
         addr: &str,
         req: pb::RebuildShardRequest,
     ) -> Result<pb::RebuildShardResponse, tonic::Status> {
-        let mut client = self.client(addr).map_err(|f| tonic::Status::unavailable(f.reason))?;
+        let mut client = self.client(addr).map_err(|f| tonic::Status::unavailable(f.to_string()))?;
         let mut req = tonic::Request::new(req);
         req.set_timeout(REBUILD);
         Ok(client.rebuild_shard(req).await?.into_inner())

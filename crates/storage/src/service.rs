@@ -192,6 +192,11 @@ pub fn status_code(e: &StorageError) -> Code {
         StorageError::RangeOutOfBounds { .. } => Code::OutOfRange,
         StorageError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => Code::ResourceExhausted,
         StorageError::Meta(_) => Code::Unavailable,
+        // Not a fault of this node, nor a transient one of the call: the
+        // leader tries again with the sources it finds on a later tick.
+        StorageError::TooFewShards { .. } => Code::FailedPrecondition,
+        StorageError::RebuiltMismatch { .. } => Code::DataLoss,
+        StorageError::Reconstruct { .. } => Code::Internal,
         StorageError::RequestStream(status) => status.code(),
         StorageError::Io { .. }
         | StorageError::Inventory(_)
