@@ -36,17 +36,12 @@ impl AdminService {
     }
 
     fn members(&self) -> Vec<pb::MetaMember> {
-        members_of(&self.node)
+        self.node.members()
     }
 
     /// Fails with a leader hint unless this node is the leader.
     fn require_leader(&self) -> Result<(), Status> {
-        let m = self.node.raft.metrics().borrow().clone();
-        if m.current_leader == Some(self.node.config.id.0) {
-            return Ok(());
-        }
-        let addr = m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
-        Err(MetaError::not_leader(m.current_leader, addr).into())
+        Ok(self.node.require_leader()?)
     }
 
     async fn change(&self, what: &str, changes: ChangeMembers<NodeId, MetaNodeInfo>) -> Result<(), Status> {
@@ -61,22 +56,6 @@ impl AdminService {
             Err(e) => Err(Status::unavailable(format!("{what}: {e}"))),
         }
     }
-}
-
-/// The members as the node's latest membership config has them.
-pub fn members_of(node: &MetaNode) -> Vec<pb::MetaMember> {
-    let m = node.raft.metrics().borrow().clone();
-    let membership = m.membership_config.membership();
-    let voters: BTreeSet<u64> = membership.voter_ids().collect();
-    membership
-        .nodes()
-        .map(|(id, n)| pb::MetaMember {
-            id: *id,
-            addr: n.addr.clone(),
-            role: if voters.contains(id) { "voter" } else { "learner" }.to_string(),
-            site: n.site.clone(),
-        })
-        .collect()
 }
 
 #[tonic::async_trait]

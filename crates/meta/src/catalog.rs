@@ -19,13 +19,11 @@ use coffer_types::{
     ChunkId, ChunkLocation, NodeId, NodeRecord, NodeState, PackId, PackRecord, RepoName, RepoRecord, SessionId,
     SessionRecord, SiteId, SnapshotRecord,
 };
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use tonic::{Request, Response, Status};
 
 use crate::command::{Command, CommandResult, MAX_CHUNKS_PER_COMMAND};
 use crate::kv;
 use crate::node::{now_ms, MetaNode};
-use crate::MetaError;
 
 /// At most this many chunk ids per lookup.
 const MAX_LOOKUP: usize = 10_000;
@@ -46,11 +44,11 @@ impl CatalogService {
     }
 
     async fn write(&self, cmd: Command) -> Result<CommandResult, Status> {
-        Ok(raft_write(&self.node, cmd).await?)
+        Ok(self.node.raft_write(cmd).await?)
     }
 
     async fn read_barrier(&self) -> Result<(), Status> {
-        Ok(read_barrier(&self.node).await?)
+        Ok(self.node.read_barrier().await?)
     }
 
     fn nodes(&self) -> Result<Vec<NodeRecord>, Status> {
@@ -74,36 +72,6 @@ impl CatalogService {
         kv::get(self.tree(), "repo", &kv::repo_key(name))
             .map_err(Status::from)?
             .ok_or_else(|| Status::not_found(format!("repository {name} does not exist")))
-    }
-}
-
-/// Proposes a command and waits until it is applied; a refusal becomes
-/// `Rejected`, a follower answers `NotLeader` (which becomes a leader hint).
-pub(crate) async fn raft_write(node: &MetaNode, cmd: Command) -> Result<CommandResult, MetaError> {
-    let command = cmd.name();
-    match node.raft.client_write(cmd).await {
-        Ok(resp) => match resp.data {
-            CommandResult::Rejected(why) => Err(MetaError::Rejected(why)),
-            other => Ok(other),
-        },
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-            Err(MetaError::not_leader(f.leader_id, f.leader_node.map(|n| n.addr)))
-        }
-        Err(e) => {
-            tracing::warn!(command, error = %e, "raft write failed");
-            Err(MetaError::RaftWrite { command, reason: e.to_string() })
-        }
-    }
-}
-
-/// Makes the next reads linearizable, or sends the caller to the leader.
-pub(crate) async fn read_barrier(node: &MetaNode) -> Result<(), MetaError> {
-    match node.raft.ensure_linearizable().await {
-        Ok(_) => Ok(()),
-        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-            Err(MetaError::not_leader(f.leader_id, f.leader_node.map(|n| n.addr)))
-        }
-        Err(e) => Err(MetaError::ReadBarrier { reason: e.to_string() }),
     }
 }
 
@@ -190,7 +158,7 @@ impl Catalog for CatalogService {
         }
 
         let metrics = self.node.raft.metrics().borrow().clone();
-        let members = crate::admin::members_of(&self.node);
+        let members = self.node.members();
         let count = |what: &str| -> Result<u64, Status> {
             Ok(kv::get::<u64>(self.tree(), "counter", &kv::count_key(what)).map_err(Status::from)?.unwrap_or(0))
         };

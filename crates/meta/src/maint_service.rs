@@ -14,7 +14,6 @@ use coffer_proto::{ids_from_bytes, location_from_pb, location_to_pb};
 use coffer_types::{ChunkId, ChunkLocation, PackId, RepoName, SnapshotId};
 use tonic::{Request, Response, Status};
 
-use crate::catalog::{raft_write, read_barrier};
 use crate::command::{Command, CommandResult, MAX_CHUNKS_PER_COMMAND};
 use crate::kv;
 use crate::node::{now_ms, MetaNode};
@@ -37,11 +36,11 @@ impl MaintenanceService {
 
     /// Proposes a command and waits until it is applied.
     async fn write(&self, cmd: Command) -> Result<CommandResult, Status> {
-        Ok(raft_write(&self.node, cmd).await?)
+        Ok(self.node.raft_write(cmd).await?)
     }
 
     async fn read_barrier(&self) -> Result<(), Status> {
-        Ok(read_barrier(&self.node).await?)
+        Ok(self.node.read_barrier().await?)
     }
 
     fn check_repo(&self, repo: &RepoName) -> Result<(), Status> {

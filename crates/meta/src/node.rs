@@ -1,8 +1,13 @@
 //! A metadata node: opens the stores, starts openraft, bootstraps when
 //! asked, serves the catalog and Raft services on one listener, and resets
 //! leader-only state whenever this node takes office.
+//!
+//! What every service needs of Raft lives here, so that the services depend
+//! on the node and not on each other: `raft_write` (propose and wait for
+//! apply), `read_barrier` (linearizable reads), `require_leader` (the
+//! leader hint) and `members`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -12,10 +17,13 @@ use coffer_proto::pb::admin_server::AdminServer;
 use coffer_proto::pb::catalog_server::CatalogServer;
 use coffer_proto::pb::maintenance_server::MaintenanceServer;
 use coffer_proto::pb::raft_server::RaftServer;
+use coffer_proto::pb::{self};
 use coffer_types::MetaId;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 
 use crate::admin::{join_cluster, AdminService};
 use crate::catalog::CatalogService;
+use crate::command::{Command, CommandResult};
 use crate::liveness::Liveness;
 use crate::maint_service::MaintenanceService;
 use crate::network::Network;
@@ -111,6 +119,62 @@ impl MetaNode {
             }
         };
         tokio::time::timeout(timeout, wait).await.map_err(|_| MetaError::Raft("no leader elected in time".into()))?
+    }
+
+    /// Fails with a leader hint unless this node is the leader.
+    pub(crate) fn require_leader(&self) -> Result<(), MetaError> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader == Some(self.config.id.0) {
+            return Ok(());
+        }
+        let addr = m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+        Err(MetaError::not_leader(m.current_leader, addr))
+    }
+
+    /// The members as the node's latest membership config has them.
+    pub(crate) fn members(&self) -> Vec<pb::MetaMember> {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, n)| pb::MetaMember {
+                id: *id,
+                addr: n.addr.clone(),
+                role: if voters.contains(id) { "voter" } else { "learner" }.to_string(),
+                site: n.site.clone(),
+            })
+            .collect()
+    }
+
+    /// Proposes a command and waits until it is applied; a refusal becomes
+    /// `Rejected`, a follower answers `NotLeader` (which becomes a leader hint).
+    pub(crate) async fn raft_write(&self, cmd: Command) -> Result<CommandResult, MetaError> {
+        let command = cmd.name();
+        match self.raft.client_write(cmd).await {
+            Ok(resp) => match resp.data {
+                CommandResult::Rejected(why) => Err(MetaError::Rejected(why)),
+                other => Ok(other),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(MetaError::not_leader(f.leader_id, f.leader_node.map(|n| n.addr)))
+            }
+            Err(e) => {
+                tracing::warn!(command, error = %e, "raft write failed");
+                Err(MetaError::RaftWrite { command, reason: e.to_string() })
+            }
+        }
+    }
+
+    /// Makes the next reads linearizable, or sends the caller to the leader.
+    pub(crate) async fn read_barrier(&self) -> Result<(), MetaError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(MetaError::not_leader(f.leader_id, f.leader_node.map(|n| n.addr)))
+            }
+            Err(e) => Err(MetaError::ReadBarrier { reason: e.to_string() }),
+        }
     }
 
     /// Serves the catalog and Raft services until `shutdown` resolves, then
