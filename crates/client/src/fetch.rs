@@ -29,7 +29,8 @@ use futures::stream::{FuturesUnordered, StreamExt, TryStreamExt};
 use tokio::sync::OnceCell;
 
 use crate::pipeline::LOOKUP_BATCH;
-use crate::restore::{deliver_all, BadShard, BlobSource, Deliver, RestoreCounters};
+use crate::source::{deliver_all, BadShard, BlobSource, Deliver};
+use crate::stats::RestoreCounters;
 use crate::ClientError;
 use coffer_rpc::MetaClient;
 use coffer_rpc::{ShardFailure, ShardPool};

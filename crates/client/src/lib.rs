@@ -36,6 +36,7 @@ pub mod repo;
 pub mod restore;
 pub mod retention;
 pub mod select;
+mod source;
 mod stats;
 pub mod tree;
 mod upload;
