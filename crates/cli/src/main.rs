@@ -13,6 +13,7 @@ mod dev;
 mod duration;
 mod repair;
 mod servers;
+mod shared;
 mod snapcmds;
 
 use clap::Parser;
