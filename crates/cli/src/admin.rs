@@ -4,26 +4,24 @@
 //! indexes), so a lagging or partitioned member shows as such; membership
 //! changes go to the leader, found by following `coffer-leader` hints.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use coffer_client::conn::channel;
 use coffer_proto::pb::admin_client::AdminClient;
 use coffer_proto::pb::{self};
-use coffer_proto::LEADER_HINT_KEY;
+use coffer_rpc::{admin_client, channel, timeouts, MetaClient, RpcError};
 use serde_json::json;
-use tonic::Code;
 
 use crate::args::Global;
 
 fn admin(addr: &str) -> Result<AdminClient<tonic::transport::Channel>> {
-    Ok(AdminClient::new(channel(addr)?))
+    Ok(admin_client(channel(addr)?))
 }
 
 async fn metrics(addr: &str) -> Result<pb::NodeMetricsResponse> {
     let mut c = admin(addr)?;
     let mut req = tonic::Request::new(pb::NodeMetricsRequest {});
-    req.set_timeout(Duration::from_secs(2));
+    req.set_timeout(timeouts::ADMIN_CALL);
     Ok(c.node_metrics(req).await.with_context(|| format!("ask {addr}"))?.into_inner())
 }
 
@@ -128,7 +126,7 @@ pub async fn members(g: &Global) -> Result<()> {
 }
 
 /// Runs an admin write on the leader, following hints, for at most `retry_for`.
-async fn on_leader<T, F, Fut>(g: &Global, what: &str, mut f: F) -> Result<T>
+async fn on_leader<T, F, Fut>(g: &Global, what: &str, f: F) -> Result<T>
 where
     F: FnMut(AdminClient<tonic::transport::Channel>) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -136,25 +134,13 @@ where
     if g.endpoint.is_empty() {
         bail!("no metadata endpoint: pass --endpoint or set COFFER_ENDPOINT");
     }
-    let start = Instant::now();
-    let mut i = 0usize;
-    let mut target = g.endpoint[0].clone();
-    loop {
-        match f(admin(&target)?).await {
-            Ok(r) => return Ok(r.into_inner()),
-            Err(s) if s.code() == Code::Unavailable && start.elapsed() < g.retry_for => {
-                match s.metadata().get(LEADER_HINT_KEY).and_then(|v| v.to_str().ok()) {
-                    Some(h) if !h.is_empty() => target = h.to_string(),
-                    _ => {
-                        i += 1;
-                        target = g.endpoint[i % g.endpoint.len()].clone();
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                }
-            }
-            Err(s) => bail!("{what}: {}", s.message()),
-        }
-    }
+    // A membership change answers once the new member has caught up.
+    let meta =
+        MetaClient::new(&g.endpoint, g.retry_for).context("parse --endpoint")?.with_call_timeout(timeouts::JOIN_CALL);
+    meta.call_admin(what, f).await.map_err(|e| match e {
+        RpcError::Rpc { status, .. } => anyhow!("{what}: {}", status.message()),
+        e => anyhow!(e),
+    })
 }
 
 pub async fn add_voter(g: &Global, id: u64, addr: String, site: String) -> Result<()> {

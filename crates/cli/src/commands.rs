@@ -8,51 +8,20 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Stdio};
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use coffer_client::backup::{BackupOptions, BackupSummary};
-use coffer_client::conn::MetaClient;
-use coffer_client::repo::{create_repo_with, open_repo, Repository};
+use coffer_client::repo::create_repo_with;
 use coffer_client::restore::RestoreTarget;
 use coffer_proto::pb;
 use coffer_types::{BackupKind, ErasureParams, RepoName, SnapshotRecord};
 use serde_json::json;
 
 use crate::args::{BackupArgs, Global, RestoreArgs};
+use crate::shared::{human_bytes, meta_client, open, parse_time, password};
 use coffer_types::time::rfc3339;
 
 /// Exit status of a backup that finished but could not read some files.
 pub const EXIT_PARTIAL: i32 = 3;
-
-pub fn meta_client(g: &Global) -> Result<Arc<MetaClient>> {
-    if g.endpoint.is_empty() {
-        bail!("no metadata endpoint: pass --endpoint or set COFFER_ENDPOINT (`. DIR/env` after `coffer dev`)");
-    }
-    Ok(Arc::new(MetaClient::new(&g.endpoint, g.retry_for).context("parse --endpoint")?))
-}
-
-fn password(g: &Global) -> Result<Vec<u8>> {
-    if let Some(p) = &g.password {
-        return Ok(p.as_bytes().to_vec());
-    }
-    if let Ok(file) = std::env::var("COFFER_PASSWORD_FILE") {
-        let p = std::fs::read(&file).with_context(|| format!("read COFFER_PASSWORD_FILE {file}"))?;
-        let trimmed = p.strip_suffix(b"\n").unwrap_or(&p);
-        return Ok(trimmed.to_vec());
-    }
-    bail!("no password: pass --password, or set COFFER_PASSWORD or COFFER_PASSWORD_FILE")
-}
-
-pub fn repo_name(g: &Global) -> Result<RepoName> {
-    let name = g.repo.clone().ok_or_else(|| anyhow!("no repository: pass --repo or set COFFER_REPO"))?;
-    Ok(RepoName::new(name)?)
-}
-
-pub async fn open(g: &Global) -> Result<Repository> {
-    let meta = meta_client(g)?;
-    let name = repo_name(g)?;
-    let pw = password(g)?;
-    open_repo(meta, &name, &pw).await.with_context(|| format!("open repository {name}"))
-}
 
 pub async fn repo_create(g: &Global, name: String, k: u32, m: u32, min_shards: Option<u32>) -> Result<()> {
     let name = RepoName::new(name)?;
@@ -114,8 +83,7 @@ pub async fn backup(g: &Global, a: BackupArgs) -> Result<i32> {
     } else {
         None
     };
-    let hold_until_ms =
-        a.hold_until.as_deref().map(crate::snapcmds::parse_time).transpose().context("parse --hold-until")?;
+    let hold_until_ms = a.hold_until.as_deref().map(parse_time).transpose().context("parse --hold-until")?;
     let mut opts = BackupOptions { kind, tags: a.tags.clone(), host, progress, hold_until_ms, ..Default::default() };
 
     let summary: BackupSummary = if let Some(cmd) = &a.stdin_from_command {
@@ -253,7 +221,8 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<()> {
     if to_stdout {
         // Stdout carries the data; the summary goes to stderr.
         if !summary.bad_shards.is_empty() {
-            eprintln!("restore: degraded read; bad shards: {}", summary.bad_shards.join("; "));
+            let bad: Vec<String> = summary.bad_shards.iter().map(ToString::to_string).collect();
+            eprintln!("restore: degraded read; bad shards: {}", bad.join("; "));
         }
         return Ok(());
     }
@@ -374,21 +343,6 @@ pub async fn status(g: &Global) -> Result<()> {
         }
     }
     Ok(())
-}
-
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 fn hostname() -> String {

@@ -196,8 +196,8 @@ async fn wait_for_voters(addrs: &[String], n: usize) -> Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         for a in addrs {
-            if let Ok(ch) = coffer_client::conn::channel(a) {
-                let mut c = coffer_proto::pb::admin_client::AdminClient::new(ch);
+            if let Ok(ch) = coffer_rpc::channel(a) {
+                let mut c = coffer_rpc::admin_client(ch);
                 if let Ok(m) = c.node_metrics(coffer_proto::pb::NodeMetricsRequest {}).await {
                     let m = m.into_inner();
                     let voters = m.members.iter().filter(|x| x.role == "voter").count();

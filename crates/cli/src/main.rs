@@ -1,7 +1,7 @@
 //! The `coffer` binary: parses the command line, installs tracing, runs the
 //! subcommand, and maps the outcome onto the exit-code contract
 //! (0 ok, 1 failure, 2 usage: a bad flag or configuration, 3 backup finished
-//! with unreadable files, 4 `check` found data loss).
+//! with unreadable files, 4 `check` found lost data or an inconsistent catalog).
 //!
 //! This is the only crate that reads the environment or installs a
 //! tracing subscriber.
@@ -14,6 +14,7 @@ mod dev;
 mod duration;
 mod repair;
 mod servers;
+mod shared;
 mod snapcmds;
 
 use clap::Parser;

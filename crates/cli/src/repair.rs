@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use coffer_client::conn::shard_client;
 use coffer_proto::pb;
+use coffer_rpc::shard_client;
 use serde_json::json;
 
 use crate::args::Global;
-use crate::commands::{human_bytes, meta_client};
+use crate::shared::{human_bytes, meta_client};
 use coffer_types::time::rfc3339;
 
 async fn storage_nodes(g: &Global) -> Result<Vec<pb::Node>> {

@@ -1,5 +1,5 @@
 //! The snapshot-management subcommands: forget (by id or by keep rules),
-//! hold, ls and diff, and the parsing of the times holds are given in.
+//! hold, ls and diff, gc and check.
 //!
 //! `forget --dry-run` prints every decision with its reasons and changes
 //! nothing; a real forget sends one command per call, so that the metadata
@@ -14,7 +14,7 @@ use coffer_types::SnapshotId;
 use serde_json::json;
 
 use crate::args::Global;
-use crate::commands::{human_bytes, open};
+use crate::shared::{human_bytes, meta_client, open, parse_time, repo_name};
 use coffer_types::time::rfc3339;
 
 #[derive(Args, Debug)]
@@ -174,8 +174,8 @@ pub async fn diff(g: &Global, older: String, newer: String) -> Result<()> {
 /// Collects garbage with only the endpoint and the repository name: no
 /// password, because the cluster needs no key to do it.
 pub async fn gc(g: &Global, wait: std::time::Duration) -> Result<()> {
-    let meta = crate::commands::meta_client(g)?;
-    let repo = crate::commands::repo_name(g)?;
+    let meta = meta_client(g)?;
+    let repo = repo_name(g)?;
     let s = coffer_client::gc::collect_garbage(&meta, &repo, wait)
         .await
         .with_context(|| format!("collect the garbage of {repo}"))?;
@@ -246,83 +246,4 @@ pub async fn check(g: &Global, read_data: bool, subset: f64) -> Result<i32> {
         );
     }
     Ok(code)
-}
-
-/// A time for a hold: `none` (clears it), `+N` with a unit (`s`, `m`, `h`,
-/// `d`) from now, a date `YYYY-MM-DD` (midnight UTC), or
-/// `YYYY-MM-DDTHH:MM:SSZ`. Returns milliseconds since the epoch.
-pub fn parse_time(s: &str) -> Result<u64> {
-    let s = s.trim();
-    if s.eq_ignore_ascii_case("none") {
-        return Ok(0);
-    }
-    if let Some(rel) = s.strip_prefix('+') {
-        let split = rel.find(|c: char| !c.is_ascii_digit()).unwrap_or(rel.len());
-        let (num, unit) = rel.split_at(split);
-        let n: u64 = num.parse().with_context(|| format!("{s:?}: not a number of units"))?;
-        let unit_ms = match unit {
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            _ => bail!("{s:?}: unknown unit {unit:?} (use s, m, h or d)"),
-        };
-        return Ok(now_ms().saturating_add(n.saturating_mul(unit_ms)));
-    }
-    let (date, time) = match s.split_once('T') {
-        Some((d, t)) => {
-            (d, Some(t.strip_suffix('Z').with_context(|| format!("{s:?}: times must be UTC, ending in Z"))?))
-        }
-        None => (s, None),
-    };
-    let num = |p: &str, what: &str| -> Result<i64> { p.parse::<i64>().with_context(|| format!("{s:?}: bad {what}")) };
-    let parts: Vec<&str> = date.split('-').collect();
-    let [y, m, d] = parts.as_slice() else { bail!("{s:?}: expected YYYY-MM-DD[THH:MM:SSZ], +7d or none") };
-    let (y, m, d) = (num(y, "year")?, num(m, "month")?, num(d, "day")?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || y < 1970 {
-        bail!("{s:?}: not a date after 1970");
-    }
-    let mut secs = days_from_civil(y, m, d) * 86_400;
-    if let Some(t) = time {
-        let hms: Vec<&str> = t.split(':').collect();
-        let [h, mi, se] = hms.as_slice() else { bail!("{s:?}: expected HH:MM:SS") };
-        let (h, mi, se) = (num(h, "hour")?, num(mi, "minute")?, num(se, "second")?);
-        if !(0..24).contains(&h) || !(0..60).contains(&mi) || !(0..61).contains(&se) {
-            bail!("{s:?}: not a time of day");
-        }
-        secs += h * 3600 + mi * 60 + se;
-    }
-    Ok(secs as u64 * 1000)
-}
-
-/// Howard Hinnant's civil-to-days algorithm.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_parse_and_round_trip() {
-        assert_eq!(parse_time("none").unwrap(), 0);
-        assert_eq!(parse_time("2000-02-29").unwrap(), 951_782_400_000);
-        assert_eq!(rfc3339(parse_time("2026-11-18T11:06:40Z").unwrap()), "2026-11-18T11:06:40Z");
-        let soon = parse_time("+1d").unwrap();
-        assert!(soon > now_ms() && soon <= now_ms() + 86_400_000);
-        for bad in ["", "2026-13-01", "2026-11-18T11:06:40", "+5y", "tomorrow", "1960-01-01"] {
-            assert!(parse_time(bad).is_err(), "{bad}");
-        }
-    }
 }

@@ -25,12 +25,12 @@ use crate::parent::ParentTrees;
 use crate::pipeline::{dedup_stage, packer_stage, seal_worker, ByteBudget, ChannelSink, StageCtx, PLAINTEXT_BUDGET};
 use crate::repo::{now_ms, Repository};
 use crate::select::parent_for;
-use crate::shards::ShardPool;
 use crate::stats::{Counters, Progress, Stages};
 use crate::tree::check_name;
 use crate::upload::PackWriter;
 use crate::walk::{check_paths, TreeLoader, WalkError, WalkOutput, Walker};
 use crate::ClientError;
+use coffer_rpc::ShardPool;
 
 /// The session lease asked for; renewed well before it runs out.
 const SESSION_LEASE: Duration = Duration::from_secs(3600);
@@ -497,7 +497,7 @@ impl Repository {
 /// Renews a backup's session lease every `every`; the first step only
 /// schedules (the session was just begun).
 struct LeaseRenewal {
-    meta: Arc<crate::conn::MetaClient>,
+    meta: Arc<coffer_rpc::MetaClient>,
     repo: coffer_types::RepoName,
     session: SessionId,
     every: Duration,
@@ -528,7 +528,7 @@ impl coffer_worker::Worker for LeaseRenewal {
 }
 
 async fn begin_session(
-    meta: &crate::conn::MetaClient,
+    meta: &coffer_rpc::MetaClient,
     repo: &coffer_types::RepoName,
     session: SessionId,
 ) -> Result<(), ClientError> {

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::fetch::ClusterSource;
 use crate::repo::Repository;
-use crate::restore::{load_tree, BlobSource};
+use crate::source::{load_tree, BlobSource};
 use crate::tree::{Node, NodeKind, Tree};
 use crate::ClientError;
 

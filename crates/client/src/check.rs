@@ -24,10 +24,10 @@ use serde::Serialize;
 
 use coffer_types::RepoName;
 
-use crate::conn::MetaClient;
 use crate::repo::Repository;
-use crate::shards::ShardPool;
 use crate::ClientError;
+use coffer_rpc::MetaClient;
+use coffer_rpc::ShardPool;
 
 /// Chunk entries asked for per ListChunks page.
 const LIST_PAGE: u32 = 20_000;
@@ -323,7 +323,7 @@ async fn presence(pool: &ShardPool, p: &Placed) -> Read {
                 .get(a, p.record.id, s.index, 0, Some(1))
                 .await
                 .map(|_| ())
-                .map_err(|e| format!("shard {} on node {}: {}", s.index.0, s.node, e.reason)),
+                .map_err(|e| format!("shard {} on node {}: {e}", s.index.0, s.node)),
         }
     });
     let results = join_all(asks).await;
@@ -339,7 +339,7 @@ pub(crate) async fn read_pack(pool: &ShardPool, p: &Placed) -> Read {
         let body = match addr {
             None if !s.is_placed() => Err("not placed yet (short pack)".to_string()),
             None => Err("its node is unknown".to_string()),
-            Some(a) => pool.get(a, rec.id, s.index, 0, None).await.map_err(|e| e.reason),
+            Some(a) => pool.get(a, rec.id, s.index, 0, None).await.map_err(|e| e.to_string()),
         };
         let verified = body.and_then(|b| {
             if b.len() as u64 != rec.shard_len {

@@ -9,7 +9,7 @@ use coffer_erasure::ErasureError;
 use coffer_pack::PackError;
 use coffer_types::{ChunkId, PackId, RepoName, SessionId, SnapshotId};
 
-use crate::conn::ConnError;
+use coffer_rpc::RpcError;
 
 /// Why a repository, backup or restore operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +47,7 @@ pub enum ClientError {
     #[error("invalid restore target {path:?}: {reason}")]
     BadTarget { path: PathBuf, reason: String },
     #[error(transparent)]
-    Conn(#[from] ConnError),
+    Conn(#[from] RpcError),
     #[error("{0}")]
     Pack(#[from] PackError),
     #[error("erasure coding of pack {pack}: {source}")]

@@ -28,11 +28,12 @@ use coffer_types::{ChunkId, ChunkLocation, NodeId, PackId, PackRecord, RepoName,
 use futures::stream::{FuturesUnordered, StreamExt, TryStreamExt};
 use tokio::sync::OnceCell;
 
-use crate::conn::MetaClient;
 use crate::pipeline::LOOKUP_BATCH;
-use crate::restore::{deliver_all, BlobSource, Deliver, RestoreCounters};
-use crate::shards::{ShardFailure, ShardPool};
+use crate::source::{deliver_all, BadShard, BlobSource, Deliver};
+use crate::stats::RestoreCounters;
 use crate::ClientError;
+use coffer_rpc::MetaClient;
+use coffer_rpc::{ShardFailure, ShardPool};
 
 /// Reconstructed packs kept for the blobs that follow.
 const REBUILT_PACKS: usize = 4;
@@ -97,7 +98,7 @@ impl RebuiltCache {
 #[derive(Default)]
 struct Health {
     degraded: HashSet<PackId>,
-    bad_shards: BTreeSet<String>,
+    bad_shards: Vec<BadShard>,
     /// Shards found corrupt or absent, to report to the catalog for repair.
     damaged: BTreeSet<(NodeId, PackId, ShardIndex, String)>,
 }
@@ -223,21 +224,22 @@ impl ClusterSource {
         lock(&self.packs).get(&pack).cloned().ok_or(ClientError::PackNotFound { pack })
     }
 
-    fn bad_shard(&self, pack: PackId, index: ShardIndex, node: Option<NodeId>, bad: ShardFailure) {
+    fn bad_shard(&self, pack: PackId, index: ShardIndex, node: Option<NodeId>, failure: ShardFailure) {
         if node == Some(NodeId::UNPLACED) {
             // A short pack's shard that no node holds yet is no fault to
             // report: the pack is read from the shards it has.
             tracing::debug!(%pack, %index, "shard not placed yet");
             return;
         }
-        let line = format!("pack {pack} shard {index} on node {}: {}", node.unwrap_or_default(), bad.reason);
         let mut health = lock(&self.health);
-        if let (true, Some(node)) = (bad.damaged, node) {
-            health.damaged.insert((node, pack, index, bad.reason));
+        if let (true, Some(node)) = (failure.is_damage(), node) {
+            health.damaged.insert((node, pack, index, failure.to_string()));
         }
         // Many blobs share a shard: say each bad one once.
-        if health.bad_shards.insert(line.clone()) {
-            tracing::warn!("{line}");
+        let bad = BadShard { pack, index, node, failure };
+        if !health.bad_shards.contains(&bad) {
+            tracing::warn!("{bad}");
+            health.bad_shards.push(bad);
         }
     }
 
@@ -283,17 +285,14 @@ impl ClusterSource {
         let pieces = locate(rec.params, rec.pack_len, loc.offset, loc.len as u64)
             .map_err(|e| ClientError::DataLoss { pack: rec.id, reason: format!("chunk location: {e}") })?;
         let reads = pieces.iter().map(|piece| async move {
-            let node = info
-                .nodes
-                .get(piece.index.0 as usize)
-                .ok_or_else(|| (piece.index, None, ShardFailure::other("no placement")))?;
+            let node = info.nodes.get(piece.index.0 as usize).ok_or((piece.index, None, ShardFailure::NotPlaced))?;
             if node.down {
-                return Err((piece.index, Some(node.id), ShardFailure::other("node is down")));
+                return Err((piece.index, Some(node.id), ShardFailure::NodeDown));
             }
             let addr = node
                 .addr
                 .as_deref()
-                .ok_or_else(|| (piece.index, Some(node.id), ShardFailure::other("node address unknown")))?;
+                .ok_or_else(|| (piece.index, Some(node.id), ShardFailure::NoAddress { detail: String::new() }))?;
             self.shards
                 .get(addr, rec.id, piece.index, piece.offset, Some(piece.len))
                 .await
@@ -348,7 +347,7 @@ impl ClusterSource {
                 in_flight.push(async move {
                     let body = match &node.addr {
                         Some(addr) => self.shards.get(addr, pack, ShardIndex(i as u8), 0, None).await,
-                        None => Err(ShardFailure::other("node address unknown")),
+                        None => Err(ShardFailure::NoAddress { detail: String::new() }),
                     };
                     (i, node.id, body)
                 });
@@ -361,7 +360,9 @@ impl ClusterSource {
                     rec.id,
                     index,
                     Some(node),
-                    ShardFailure::damaged(format!("{} bytes, the record says {}", body.len(), rec.shard_len)),
+                    ShardFailure::Mismatch {
+                        detail: format!("{} bytes, the record says {}", body.len(), rec.shard_len),
+                    },
                 ),
                 Ok(body) => {
                     let expected = rec.shards.get(i).map(|s| s.checksum);
@@ -369,7 +370,8 @@ impl ClusterSource {
                         shards[i] = Some(body);
                         good += 1;
                     } else {
-                        self.bad_shard(rec.id, index, Some(node), ShardFailure::damaged("checksum mismatch"));
+                        let detail = "checksum mismatch".to_string();
+                        self.bad_shard(rec.id, index, Some(node), ShardFailure::Mismatch { detail });
                     }
                 }
             }
@@ -484,8 +486,8 @@ impl ClusterSource {
         };
         let read_started = Instant::now();
         let span = match (&node.addr, node.down) {
-            (_, true) => Err(ShardFailure::other("node is down")),
-            (None, _) => Err(ShardFailure::other("node address unknown")),
+            (_, true) => Err(ShardFailure::NodeDown),
+            (None, _) => Err(ShardFailure::NoAddress { detail: String::new() }),
             (Some(addr), false) => self.shards.get(addr, pack, index, start, Some(end - start)).await,
         };
         let span = match span {
@@ -629,9 +631,9 @@ impl BlobSource for ClusterSource {
         self.fetch_span(batch, counters, deliver).await
     }
 
-    fn health(&self) -> (u64, Vec<String>) {
+    fn health(&self) -> (u64, Vec<BadShard>) {
         let h = lock(&self.health);
-        (h.degraded.len() as u64, h.bad_shards.iter().cloned().collect())
+        (h.degraded.len() as u64, h.bad_shards.clone())
     }
 }
 

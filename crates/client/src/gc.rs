@@ -41,12 +41,12 @@ use serde::Serialize;
 use tonic::Code;
 
 use crate::check::{chunk_index, placed_packs, read_pack, Placed};
-use crate::conn::{shard_client, ConnError, MetaClient};
 use crate::repo::list_snapshots;
-use crate::shards::ShardPool;
 use crate::stats::Counters;
 use crate::upload::{PackEntry, PackWriter};
 use crate::ClientError;
+use coffer_rpc::ShardPool;
+use coffer_rpc::{shard_client, MetaClient, RpcError};
 
 /// Ids per Raft command, as the metadata plane bounds them.
 const BATCH: usize = 1_000;
@@ -116,7 +116,7 @@ pub async fn collect_garbage(
         let marked: Vec<Vec<u8>> = snaps.iter().map(|s| s.id.0.to_vec()).collect();
         match condemn(meta, repo, &dead, &marked).await {
             Ok(()) => break (dead, packs, index, refs_packs),
-            Err(ConnError::Rpc { status, .. }) if status.code() == Code::FailedPrecondition => {
+            Err(RpcError::Rpc { status, .. }) if status.code() == Code::FailedPrecondition => {
                 if Instant::now() >= deadline {
                     return Err(ClientError::GcBusy { repo: repo.clone(), reason: status.message().to_string() });
                 }
@@ -267,7 +267,7 @@ async fn rewrite(
     Ok(record.shard_len * record.shards.len() as u64)
 }
 
-async fn condemn(meta: &MetaClient, repo: &RepoName, dead: &[ChunkId], marked: &[Vec<u8>]) -> Result<(), ConnError> {
+async fn condemn(meta: &MetaClient, repo: &RepoName, dead: &[ChunkId], marked: &[Vec<u8>]) -> Result<(), RpcError> {
     // An empty condemnation still checks that no backup runs, which keeps
     // the later pack drop as safe as the chunk sweep.
     let batches: Vec<&[ChunkId]> = if dead.is_empty() { vec![&[]] } else { dead.chunks(BATCH).collect() };

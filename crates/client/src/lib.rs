@@ -1,5 +1,5 @@
-//! The agent library: connections to the cluster, and the backup and
-//! restore pipelines that applications embed.
+//! The agent library: the backup and restore pipelines that applications
+//! embed, over the connections `coffer-rpc` builds.
 //!
 //! A backup runs as concurrent stages with bounded queues between them, so
 //! reading, hashing, sealing, coding and sending overlap on all cores while
@@ -26,7 +26,6 @@
 pub mod backup;
 pub mod browse;
 pub mod check;
-pub mod conn;
 mod error;
 mod fetch;
 pub mod gc;
@@ -37,7 +36,7 @@ pub mod repo;
 pub mod restore;
 pub mod retention;
 pub mod select;
-mod shards;
+mod source;
 mod stats;
 pub mod tree;
 mod upload;
@@ -47,9 +46,11 @@ mod walk;
 mod tests;
 
 pub use backup::{BackupOptions, BackupSummary, ProgressFn};
+/// The cluster connection an embedding application hands to `open_repo`.
+pub use coffer_rpc::{MetaClient, RpcError, ShardFailure};
 pub use error::ClientError;
 pub use pipeline::PACK_TARGET;
 pub use repo::{create_repo, open_repo, Repository};
-pub use restore::{restore_to_dir, restore_to_writer, BlobSource, RestoreSummary, RestoreTarget};
+pub use restore::{restore_to_dir, restore_to_writer, BadShard, BlobSource, RestoreSummary, RestoreTarget};
 pub use select::{parent_for, select_snapshot, LATEST};
 pub use stats::{Progress, StageTime, Stages};

@@ -23,7 +23,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::fetch::ClusterSource;
-use crate::restore::{decode_tree, fetch_all, load_tree, BlobSource, RestoreCounters};
+use crate::source::{decode_tree, fetch_all, load_tree, BlobSource};
+use crate::stats::RestoreCounters;
 use crate::tree::{NodeKind, Tree};
 use crate::walk::TreeLoader;
 use crate::ClientError;

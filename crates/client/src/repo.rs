@@ -13,9 +13,9 @@ use coffer_proto::pb;
 use coffer_types::{ErasureParams, RepoName, RepoRecord, SnapshotRecord, Source};
 use tonic::Code;
 
-use crate::conn::{ConnError, MetaClient};
 use crate::select::select_snapshot;
 use crate::ClientError;
+use coffer_rpc::{MetaClient, RpcError};
 
 /// Milliseconds since the Unix epoch, as the agent stamps its records.
 pub(crate) fn now_ms() -> u64 {
@@ -174,7 +174,7 @@ pub(crate) async fn list_snapshots(meta: &MetaClient, repo: &RepoName) -> Result
             async move { c.list_snapshots(req).await }
         })
         .await
-        .map_err(|e: ConnError| match e.code() {
+        .map_err(|e: RpcError| match e.code() {
             Some(Code::NotFound) => ClientError::RepoNotFound { repo: repo.clone() },
             _ => ClientError::Conn(e),
         })?;

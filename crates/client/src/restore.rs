@@ -32,7 +32,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
-use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
@@ -47,7 +46,9 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::fetch::ClusterSource;
 use crate::repo::Repository;
-use crate::stats::{StageCounter, StageTime};
+use crate::source::{blocking, decode_tree, fetch_all, load_tree, lock, BATCHES_IN_FLIGHT, READ_AHEAD};
+pub use crate::source::{BadShard, BlobSource, Deliver};
+pub use crate::stats::{RestoreCounters, RestoreStages};
 use crate::tree::{Node, NodeKind, Tree};
 use crate::ClientError;
 
@@ -58,145 +59,12 @@ const TREE_ROUND: usize = 1_000;
 const WAVE_CHUNKS: usize = 100_000;
 /// ...or this many files, which bounds the memory of a plan.
 const WAVE_FILES: usize = 50_000;
-/// Batches fetched and written at once.
-const BATCHES_IN_FLIGHT: usize = 12;
-/// Ids per batch when a source has no better grouping.
-const DEFAULT_BATCH: usize = 16;
-/// Chunks fetched ahead of the one being written (stdout, default batches).
-const READ_AHEAD: usize = 4;
 /// Chunks at least this large start their writeback as soon as they are
 /// written.
 const WRITEBACK_MIN: usize = 256 << 10;
 /// Restored files held open between writes; past this a file is closed
 /// after each write and reopened for its next chunk.
 const MAX_OPEN_FILES: usize = 256;
-
-/// Where blob plaintext comes from during a restore.
-pub trait BlobSource: Send + Sync + 'static {
-    /// A hint that `ids` will be fetched soon, so that their locations can be
-    /// resolved in bulk. Fetching must work without it.
-    fn prepare(&self, ids: Vec<ChunkId>) -> impl Future<Output = Result<(), ClientError>> + Send;
-
-    /// The verified plaintext of the chunk or tree `id`.
-    fn fetch(&self, id: ChunkId) -> impl Future<Output = Result<Vec<u8>, ClientError>> + Send;
-
-    /// Groups distinct `ids` (prepared) into batches that are cheap to fetch
-    /// together, in the order to fetch them. Every id lands in exactly one
-    /// batch.
-    fn plan(&self, ids: Vec<ChunkId>) -> Vec<Vec<ChunkId>> {
-        ids.chunks(DEFAULT_BATCH).map(<[ChunkId]>::to_vec).collect()
-    }
-
-    /// Hands the verified plaintext of every id of `batch` to `deliver`, in
-    /// any order, each exactly once, on a blocking thread.
-    fn fetch_batch(
-        &self,
-        batch: Vec<ChunkId>,
-        _counters: &RestoreCounters,
-        deliver: Deliver,
-    ) -> impl Future<Output = Result<(), ClientError>> + Send {
-        async move {
-            let blobs: Vec<(ChunkId, Vec<u8>)> = futures::stream::iter(batch)
-                .map(|id| async move { Ok::<_, ClientError>((id, self.fetch(id).await?)) })
-                .buffered(READ_AHEAD)
-                .try_collect()
-                .await?;
-            deliver_all(deliver, blobs).await.map(drop)
-        }
-    }
-
-    /// What went wrong but was repaired so far: the number of packs read in
-    /// degraded mode, and a line per bad shard.
-    fn health(&self) -> (u64, Vec<String>) {
-        (0, Vec::new())
-    }
-}
-
-/// The plaintext of `ids` (distinct, prepared), fetched in the source's
-/// batches, `BATCHES_IN_FLIGHT` at once, into memory: for trees, which are
-/// small, not for file content.
-pub(crate) async fn fetch_all<S: BlobSource>(
-    source: &S,
-    counters: &RestoreCounters,
-    ids: Vec<ChunkId>,
-) -> Result<HashMap<ChunkId, Vec<u8>>, ClientError> {
-    let got: Arc<Mutex<HashMap<ChunkId, Vec<u8>>>> = Arc::default();
-    futures::stream::iter(source.plan(ids))
-        .map(|batch| {
-            let got = got.clone();
-            let deliver: Deliver = Box::new(move |id, data| {
-                lock(&got).insert(id, data);
-                Ok(())
-            });
-            source.fetch_batch(batch, counters, deliver)
-        })
-        .buffer_unordered(BATCHES_IN_FLIGHT)
-        .try_collect::<()>()
-        .await?;
-    let out = std::mem::take(&mut *lock(&got));
-    Ok(out)
-}
-
-/// Takes the plaintext of one blob of a batch (and, on a blocking thread,
-/// writes it where it belongs). Blobs are handed over one at a time as they
-/// are opened, so a batch never holds all of its plaintext at once.
-pub type Deliver = Box<dyn FnMut(ChunkId, Vec<u8>) -> Result<(), ClientError> + Send>;
-
-/// Hands `blobs` to `deliver` on a blocking thread; gives `deliver` back.
-pub(crate) async fn deliver_all(mut deliver: Deliver, blobs: Vec<(ChunkId, Vec<u8>)>) -> Result<Deliver, ClientError> {
-    if blobs.is_empty() {
-        return Ok(deliver);
-    }
-    blocking("deliver blobs", move || {
-        for (id, data) in blobs {
-            deliver(id, data)?;
-        }
-        Ok(deliver)
-    })
-    .await
-}
-
-/// Where the time of a restore goes, accumulated by its tasks.
-#[derive(Default, Debug)]
-pub struct RestoreCounters {
-    pub(crate) trees: StageCounter,
-    pub(crate) lookup: StageCounter,
-    pub(crate) read: StageCounter,
-    pub(crate) open: StageCounter,
-    pub(crate) write: StageCounter,
-    pub(crate) metadata: StageCounter,
-}
-
-impl RestoreCounters {
-    fn stages(&self) -> RestoreStages {
-        RestoreStages {
-            trees: self.trees.snapshot(),
-            lookup: self.lookup.snapshot(),
-            read: self.read.snapshot(),
-            open: self.open.snapshot(),
-            write: self.write.snapshot(),
-            metadata: self.metadata.snapshot(),
-        }
-    }
-}
-
-/// Per-stage costs of a restore. `seconds` sums the time of every task of a
-/// stage, so stages that overlap can add up to more than the wall time.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
-pub struct RestoreStages {
-    /// Fetching and decoding trees (wall time of each walk round; tree bytes).
-    pub trees: StageTime,
-    /// Resolving chunk locations in the catalog.
-    pub lookup: StageTime,
-    /// Reading sealed bytes from storage nodes (wall time of each read).
-    pub read: StageTime,
-    /// Authenticating, decrypting and decompressing (plaintext bytes).
-    pub open: StageTime,
-    /// Writing plaintext into files.
-    pub write: StageTime,
-    /// Creating files, directories and links, and setting modes and times.
-    pub metadata: StageTime,
-}
 
 /// Where a restore writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,8 +86,8 @@ pub struct RestoreSummary {
     pub bytes: u64,
     /// Packs that had to be reconstructed from parity.
     pub degraded_packs: u64,
-    /// Shards found missing or corrupt, as "pack P shard i on node N: reason".
-    pub bad_shards: Vec<String>,
+    /// Shards found missing or corrupt, or that could not be read.
+    pub bad_shards: Vec<BadShard>,
     pub duration_s: f64,
     pub stages: RestoreStages,
 }
@@ -246,19 +114,6 @@ impl Repository {
         source.report_damage().await;
         result
     }
-}
-
-/// Fetches and decodes the tree `id`.
-pub(crate) async fn load_tree<S: BlobSource>(source: &S, id: ChunkId) -> Result<Tree, ClientError> {
-    let bytes = source.fetch(id).await?;
-    decode_tree(id, &bytes)
-}
-
-pub(crate) fn decode_tree(id: ChunkId, bytes: &[u8]) -> Result<Tree, ClientError> {
-    Tree::decode(bytes).map_err(|e| match e {
-        ClientError::BadTree { reason, .. } => ClientError::BadTree { tree: Some(id), reason },
-        other => other,
-    })
 }
 
 /// The components of an `--include` path, as names to look up.
@@ -618,18 +473,6 @@ impl<S: BlobSource> DirRestore<S> {
             stages: self.counters.stages(),
         })
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Runs `f` on a blocking thread.
-async fn blocking<T: Send + 'static>(
-    what: &'static str,
-    f: impl FnOnce() -> Result<T, ClientError> + Send + 'static,
-) -> Result<T, ClientError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ClientError::task(what, e))?
 }
 
 /// Writes a blob at every place the wave has for it; closes and stamps the

@@ -1,5 +1,6 @@
-//! Counters shared by the stages of a backup: what was scanned, read, stored
-//! and sent, and how long each CPU stage spent on how many bytes.
+//! Counters shared by the stages of a backup (what was scanned, read, stored
+//! and sent, and how long each CPU stage spent on how many bytes) and of a
+//! restore (`RestoreCounters`, `RestoreStages`).
 //!
 //! Every stage runs on its own thread or task, so the counters are atomics
 //! that each stage adds to and that the progress reporter and the final
@@ -162,6 +163,48 @@ pub struct Stages {
     pub encode: StageTime,
     /// Sending shards until every node acknowledged (wall time per pack).
     pub send: StageTime,
+}
+
+/// Where the time of a restore goes, accumulated by its tasks.
+#[derive(Default, Debug)]
+pub struct RestoreCounters {
+    pub(crate) trees: StageCounter,
+    pub(crate) lookup: StageCounter,
+    pub(crate) read: StageCounter,
+    pub(crate) open: StageCounter,
+    pub(crate) write: StageCounter,
+    pub(crate) metadata: StageCounter,
+}
+
+impl RestoreCounters {
+    pub(crate) fn stages(&self) -> RestoreStages {
+        RestoreStages {
+            trees: self.trees.snapshot(),
+            lookup: self.lookup.snapshot(),
+            read: self.read.snapshot(),
+            open: self.open.snapshot(),
+            write: self.write.snapshot(),
+            metadata: self.metadata.snapshot(),
+        }
+    }
+}
+
+/// Per-stage costs of a restore. `seconds` sums the time of every task of a
+/// stage, so stages that overlap can add up to more than the wall time.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct RestoreStages {
+    /// Fetching and decoding trees (wall time of each walk round; tree bytes).
+    pub trees: StageTime,
+    /// Resolving chunk locations in the catalog.
+    pub lookup: StageTime,
+    /// Reading sealed bytes from storage nodes (wall time of each read).
+    pub read: StageTime,
+    /// Authenticating, decrypting and decompressing (plaintext bytes).
+    pub open: StageTime,
+    /// Writing plaintext into files.
+    pub write: StageTime,
+    /// Creating files, directories and links, and setting modes and times.
+    pub metadata: StageTime,
 }
 
 #[cfg(test)]

@@ -32,10 +32,10 @@ use coffer_types::{
 };
 use tonic::Code;
 
-use crate::conn::MetaClient;
-use crate::shards::{ShardPool, ShardPut};
 use crate::stats::Counters;
 use crate::ClientError;
+use coffer_rpc::MetaClient;
+use coffer_rpc::{ShardPool, ShardPut};
 
 /// How many placements a pack gets before the backup gives up on it.
 const MAX_PLACEMENT_ATTEMPTS: u32 = 5;
@@ -220,7 +220,7 @@ impl PackWriter {
         let sent: u64 =
             alloc.targets.iter().zip(&enc.shards).filter(|(t, _)| t.is_some()).map(|(_, s)| s.len() as u64).sum();
         self.counters.send.add(start.elapsed(), sent);
-        results.into_iter().filter_map(|(node, index, r)| r.err().map(|e| (node, index, e.reason))).collect()
+        results.into_iter().filter_map(|(node, index, r)| r.err().map(|e| (node, index, e.to_string()))).collect()
     }
 
     async fn commit(&self, record: &PackRecord, entries: &[PackEntry]) -> Result<(), ClientError> {

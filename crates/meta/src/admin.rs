@@ -10,17 +10,21 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use coffer_proto::pb::admin_client::AdminClient;
 use coffer_proto::pb::admin_server::Admin;
 use coffer_proto::pb::{self};
-use coffer_proto::LEADER_HINT_KEY;
+use coffer_rpc::{timeouts, MetaClient};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
-use crate::catalog::leader_hint;
 use crate::node::MetaNode;
 use crate::types::{MetaNodeInfo, NodeId};
+use crate::MetaError;
+
+/// How long one join attempt follows leader hints and skips unreachable
+/// members before the attempt counts as failed and is logged; the node goes
+/// on trying until it stops.
+const JOIN_ROUND: Duration = Duration::from_secs(10);
 
 pub struct AdminService {
     node: Arc<MetaNode>,
@@ -32,25 +36,19 @@ impl AdminService {
     }
 
     fn members(&self) -> Vec<pb::MetaMember> {
-        members_of(&self.node)
+        self.node.members()
     }
 
     /// Fails with a leader hint unless this node is the leader.
     fn require_leader(&self) -> Result<(), Status> {
-        let m = self.node.raft.metrics().borrow().clone();
-        if m.current_leader == Some(self.node.config.id.0) {
-            return Ok(());
-        }
-        let leader =
-            m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| (l, n.addr.clone())));
-        Err(leader_hint(leader))
+        Ok(self.node.require_leader()?)
     }
 
     async fn change(&self, what: &str, changes: ChangeMembers<NodeId, MetaNodeInfo>) -> Result<(), Status> {
         match self.node.raft.change_membership(changes, false).await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(leader_hint(f.leader_id.zip(f.leader_node.map(|n| n.addr))))
+                Err(MetaError::not_leader(f.leader_id, f.leader_node.map(|n| n.addr)).into())
             }
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 Err(Status::failed_precondition(format!("{what}: {e}")))
@@ -58,22 +56,6 @@ impl AdminService {
             Err(e) => Err(Status::unavailable(format!("{what}: {e}"))),
         }
     }
-}
-
-/// The members as the node's latest membership config has them.
-pub fn members_of(node: &MetaNode) -> Vec<pb::MetaMember> {
-    let m = node.raft.metrics().borrow().clone();
-    let membership = m.membership_config.membership();
-    let voters: BTreeSet<u64> = membership.voter_ids().collect();
-    membership
-        .nodes()
-        .map(|(id, n)| pb::MetaMember {
-            id: *id,
-            addr: n.addr.clone(),
-            role: if voters.contains(id) { "voter" } else { "learner" }.to_string(),
-            site: n.site.clone(),
-        })
-        .collect()
 }
 
 #[tonic::async_trait]
@@ -95,7 +77,7 @@ impl Admin for AdminService {
             match self.node.raft.add_learner(r.id, info, true).await {
                 Ok(_) => {}
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    return Err(leader_hint(f.leader_id.zip(f.leader_node.map(|n| n.addr))))
+                    return Err(MetaError::not_leader(f.leader_id, f.leader_node.map(|n| n.addr)).into())
                 }
                 Err(e) => return Err(Status::unavailable(format!("add learner {}: {e}", r.id))),
             }
@@ -165,8 +147,16 @@ impl Admin for AdminService {
 
 /// Asks the cluster, through `via` and then whoever it names as leader, to
 /// add this node as a voter; retries until it succeeds or the node stops.
+/// `MetaClient` follows the leader hints; a refusal that is not about
+/// leadership is logged and tried again after a pause.
 pub async fn join_cluster(node: Weak<MetaNode>, via: String) {
-    let mut target = via.clone();
+    let client = match MetaClient::new(std::slice::from_ref(&via), JOIN_ROUND) {
+        Ok(c) => c.with_call_timeout(timeouts::JOIN_CALL),
+        Err(e) => {
+            tracing::error!(via = %via, error = %e, "cannot join the metadata cluster");
+            return;
+        }
+    };
     let mut backoff = Duration::from_millis(100);
     loop {
         let Some(n) = node.upgrade() else { return };
@@ -178,29 +168,18 @@ pub async fn join_cluster(node: Weak<MetaNode>, via: String) {
         };
         let id = n.config.id;
         drop(n);
-        let result = match tonic::transport::Endpoint::from_shared(format!("http://{target}")) {
-            Ok(ep) => AdminClient::new(ep.connect_timeout(Duration::from_secs(2)).connect_lazy()).join(req).await,
-            Err(e) => Err(Status::invalid_argument(format!("bad --join address {target:?}: {e}"))),
-        };
+        let result = client
+            .call_admin("join", |mut c| {
+                let req = req.clone();
+                async move { c.join(req).await }
+            })
+            .await;
         match result {
             Ok(resp) => {
-                let members = resp.into_inner().members;
-                tracing::info!(%id, via = %target, members = members.len(), "joined the metadata cluster");
+                tracing::info!(%id, via = %via, members = resp.members.len(), "joined the metadata cluster");
                 return;
             }
-            Err(status) => {
-                let hint = status.metadata().get(LEADER_HINT_KEY).and_then(|v| v.to_str().ok()).map(str::to_string);
-                match hint {
-                    Some(h) if status.code() == Code::Unavailable && !h.is_empty() => {
-                        target = h;
-                        continue;
-                    }
-                    _ => {
-                        tracing::warn!(%id, via = %target, error = %status.message(), "join failed; retrying");
-                        target = via.clone();
-                    }
-                }
-            }
+            Err(e) => tracing::warn!(%id, via = %via, error = %e, "join failed; retrying"),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));

@@ -5,8 +5,8 @@
 //! a write it was told had committed. A follower answers UNAVAILABLE with
 //! the leader's address in `coffer-leader`; callers follow it.
 //!
-//! Every request is validated into typed values before it reaches Raft, and
-//! `status_of` is the one place where errors become gRPC codes.
+//! Every request is validated into typed values before it reaches Raft;
+//! errors become gRPC codes only through `From<MetaError> for Status`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,18 +14,16 @@ use std::time::Duration;
 use coffer_placement::{Candidate, Policy};
 use coffer_proto::pb::catalog_server::Catalog;
 use coffer_proto::pb::{self};
-use coffer_proto::{ids_from_bytes, location_from_pb, location_to_pb, node_to_pb, LEADER_HINT_KEY};
+use coffer_proto::{ids_from_bytes, location_from_pb, location_to_pb, node_to_pb};
 use coffer_types::{
     ChunkId, ChunkLocation, NodeId, NodeRecord, NodeState, PackId, PackRecord, RepoName, RepoRecord, SessionId,
     SessionRecord, SiteId, SnapshotRecord,
 };
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use tonic::{Request, Response, Status};
 
-use crate::command::{Command, CommandResult, Rejection, MAX_CHUNKS_PER_COMMAND};
+use crate::command::{Command, CommandResult, MAX_CHUNKS_PER_COMMAND};
 use crate::kv;
 use crate::node::{now_ms, MetaNode};
-use crate::MetaError;
 
 /// At most this many chunk ids per lookup.
 const MAX_LOOKUP: usize = 10_000;
@@ -46,15 +44,15 @@ impl CatalogService {
     }
 
     async fn write(&self, cmd: Command) -> Result<CommandResult, Status> {
-        raft_write(&self.node, cmd).await
+        Ok(self.node.raft_write(cmd).await?)
     }
 
     async fn read_barrier(&self) -> Result<(), Status> {
-        read_barrier(&self.node).await
+        Ok(self.node.read_barrier().await?)
     }
 
     fn nodes(&self) -> Result<Vec<NodeRecord>, Status> {
-        kv::scan(self.tree(), "node", kv::NODE_PREFIX).map_err(status_of)
+        kv::scan(self.tree(), "node", kv::NODE_PREFIX).map_err(Status::from)
     }
 
     /// A node record as the caller should see it: live usage and state.
@@ -72,75 +70,8 @@ impl CatalogService {
 
     fn repo(&self, name: &RepoName) -> Result<RepoRecord, Status> {
         kv::get(self.tree(), "repo", &kv::repo_key(name))
-            .map_err(status_of)?
+            .map_err(Status::from)?
             .ok_or_else(|| Status::not_found(format!("repository {name} does not exist")))
-    }
-}
-
-/// UNAVAILABLE, naming the leader (if known) in the `coffer-leader` key.
-pub(crate) fn leader_hint(leader: Option<(u64, String)>) -> Status {
-    let mut s = Status::unavailable(match &leader {
-        Some((id, addr)) => format!("not the leader; meta node {id} at {addr} is"),
-        None => "no leader at the moment".to_string(),
-    });
-    if let Some((_, addr)) = leader {
-        if let Ok(v) = addr.parse() {
-            s.metadata_mut().insert(LEADER_HINT_KEY, v);
-        }
-    }
-    s
-}
-
-/// Proposes a command and waits until it is applied; a refusal becomes its
-/// gRPC status, a follower answers with a leader hint.
-pub(crate) async fn raft_write(node: &MetaNode, cmd: Command) -> Result<CommandResult, Status> {
-    let name = cmd.name();
-    match node.raft.client_write(cmd).await {
-        Ok(resp) => match resp.data {
-            CommandResult::Rejected(why) => Err(rejection_status(why)),
-            other => Ok(other),
-        },
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-            Err(leader_hint(f.leader_id.zip(f.leader_node.map(|n| n.addr))))
-        }
-        Err(e) => {
-            tracing::warn!(command = name, error = %e, "raft write failed");
-            Err(Status::unavailable(format!("{name}: {e}")))
-        }
-    }
-}
-
-/// Makes the next reads linearizable, or sends the caller to the leader.
-pub(crate) async fn read_barrier(node: &MetaNode) -> Result<(), Status> {
-    match node.raft.ensure_linearizable().await {
-        Ok(_) => Ok(()),
-        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-            Err(leader_hint(f.leader_id.zip(f.leader_node.map(|n| n.addr))))
-        }
-        Err(e) => Err(Status::unavailable(format!("read barrier: {e}"))),
-    }
-}
-
-/// The one mapping from a deterministic refusal to a gRPC code.
-pub(crate) fn rejection_status(why: Rejection) -> Status {
-    match &why {
-        Rejection::RepoExists(_) => Status::already_exists(why.to_string()),
-        Rejection::UnknownRepo(_) | Rejection::UnknownNode(_) | Rejection::UnknownSnapshot(_) => {
-            Status::not_found(why.to_string())
-        }
-        _ => Status::failed_precondition(why.to_string()),
-    }
-}
-
-/// The one mapping from this crate's errors to gRPC codes.
-fn status_of(e: MetaError) -> Status {
-    match e {
-        MetaError::Codec { .. } => {
-            tracing::error!(error = %e, "catalog holds an undecodable record");
-            Status::data_loss(e.to_string())
-        }
-        MetaError::Config(_) => Status::invalid_argument(e.to_string()),
-        _ => Status::internal(e.to_string()),
     }
 }
 
@@ -185,7 +116,7 @@ impl Catalog for CatalogService {
         // Liveness is the leader's to track.
         self.read_barrier().await?;
         let id = NodeId(r.id);
-        let Some(rec) = kv::get::<NodeRecord>(self.tree(), "node", &kv::node_key(id)).map_err(status_of)? else {
+        let Some(rec) = kv::get::<NodeRecord>(self.tree(), "node", &kv::node_key(id)).map_err(Status::from)? else {
             return Ok(Response::new(pb::HeartbeatResponse { known: false }));
         };
         self.node.liveness.seen(id, r.used_bytes, r.capacity_bytes);
@@ -213,7 +144,7 @@ impl Catalog for CatalogService {
         let up: std::collections::HashSet<u64> = views.iter().filter(|n| n.state == "up").map(|n| n.id).collect();
 
         let mut health = pb::PackHealth::default();
-        for pack in kv::scan::<PackRecord>(self.tree(), "pack", kv::PACK_PREFIX).map_err(status_of)? {
+        for pack in kv::scan::<PackRecord>(self.tree(), "pack", kv::PACK_PREFIX).map_err(Status::from)? {
             // An unplaced shard (node 0) is never up, so a short pack counts
             // as degraded (or worse) like one whose nodes are down.
             let available = pack.shards.iter().filter(|s| up.contains(&s.node.0)).count();
@@ -233,9 +164,9 @@ impl Catalog for CatalogService {
         }
 
         let metrics = self.node.raft.metrics().borrow().clone();
-        let members = crate::admin::members_of(&self.node);
+        let members = self.node.members();
         let count = |what: &str| -> Result<u64, Status> {
-            Ok(kv::get::<u64>(self.tree(), "counter", &kv::count_key(what)).map_err(status_of)?.unwrap_or(0))
+            Ok(kv::get::<u64>(self.tree(), "counter", &kv::count_key(what)).map_err(Status::from)?.unwrap_or(0))
         };
         Ok(Response::new(pb::ClusterStatusResponse {
             nodes: views,
@@ -347,11 +278,11 @@ impl Catalog for CatalogService {
         let mut found = Vec::new();
         for id in &ids {
             // Condemned chunks count as absent, so that backups store them again.
-            if crate::gc::is_condemned(self.tree(), &repo, id).map_err(status_of)? {
+            if crate::gc::is_condemned(self.tree(), &repo, id).map_err(Status::from)? {
                 continue;
             }
             if let Some(loc) =
-                kv::get::<ChunkLocation>(self.tree(), "chunk", &kv::chunk_key(&repo, id)).map_err(status_of)?
+                kv::get::<ChunkLocation>(self.tree(), "chunk", &kv::chunk_key(&repo, id)).map_err(Status::from)?
             {
                 found.push(location_to_pb(id, &loc));
             }
@@ -369,9 +300,9 @@ impl Catalog for CatalogService {
         let record = self.repo(&repo)?;
         let params = record.params;
         let min_shards =
-            crate::apply::min_shards(|k| kv::get::<u32>(self.tree(), "min shards", k), &record).map_err(status_of)?;
+            crate::apply::min_shards(|k| kv::get::<u32>(self.tree(), "min shards", k), &record).map_err(Status::from)?;
         let nodes = self.nodes()?;
-        let draining = kv::draining(self.tree()).map_err(status_of)?;
+        let draining = kv::draining(self.tree()).map_err(Status::from)?;
         let candidates: Vec<Candidate> = nodes
             .iter()
             .filter(|n| !r.exclude.contains(&n.id.0) && self.node.liveness.state(n.id) == NodeState::Up)
@@ -473,7 +404,7 @@ impl Catalog for CatalogService {
         self.read_barrier().await?;
         self.repo(&repo)?;
         let mut snaps: Vec<SnapshotRecord> = kv::scan::<SnapshotRecord>(self.tree(), "snapshot", kv::SNAPSHOT_PREFIX)
-            .map_err(status_of)?
+            .map_err(Status::from)?
             .into_iter()
             .filter(|s| s.repo == repo)
             .collect();
@@ -517,7 +448,7 @@ impl Catalog for CatalogService {
         self.read_barrier().await?;
         let nodes = self.nodes()?;
         let incidents = kv::scan::<crate::command::IncidentRecord>(self.tree(), "incident", kv::INCIDENT_PREFIX)
-            .map_err(status_of)?
+            .map_err(Status::from)?
             .into_iter()
             .map(|i| pb::Incident {
                 id: i.id,
@@ -547,7 +478,7 @@ impl Catalog for CatalogService {
         let mut packs = Vec::new();
         let mut wanted = std::collections::BTreeSet::new();
         for id in &ids {
-            if let Some(p) = kv::get::<PackRecord>(self.tree(), "pack", &kv::pack_key(id)).map_err(status_of)? {
+            if let Some(p) = kv::get::<PackRecord>(self.tree(), "pack", &kv::pack_key(id)).map_err(Status::from)? {
                 wanted.extend(p.shards.iter().map(|s| s.node));
                 packs.push(pb::Pack::from(&p));
             }

@@ -14,11 +14,11 @@ use coffer_proto::{ids_from_bytes, location_from_pb, location_to_pb};
 use coffer_types::{ChunkId, ChunkLocation, PackId, RepoName, SnapshotId};
 use tonic::{Request, Response, Status};
 
-use crate::catalog::{raft_write, read_barrier};
 use crate::command::{Command, CommandResult, MAX_CHUNKS_PER_COMMAND};
 use crate::kv;
 use crate::node::{now_ms, MetaNode};
 use crate::retention::holds_of;
+use crate::MetaError;
 
 /// At most this many snapshots per forget.
 const MAX_FORGET: usize = 10_000;
@@ -36,18 +36,18 @@ impl MaintenanceService {
 
     /// Proposes a command and waits until it is applied.
     async fn write(&self, cmd: Command) -> Result<CommandResult, Status> {
-        raft_write(&self.node, cmd).await
+        Ok(self.node.raft_write(cmd).await?)
     }
 
     async fn read_barrier(&self) -> Result<(), Status> {
-        read_barrier(&self.node).await
+        Ok(self.node.read_barrier().await?)
     }
 
     fn check_repo(&self, repo: &RepoName) -> Result<(), Status> {
         match self.node.sm.tree().contains_key(kv::repo_key(repo)) {
             Ok(true) => Ok(()),
-            Ok(false) => Err(Status::not_found(format!("repository {repo} does not exist"))),
-            Err(e) => Err(Status::internal(format!("metadata store: {e}"))),
+            Ok(false) => Err(MetaError::RepoNotFound { repo: repo.clone() }.into()),
+            Err(e) => Err(MetaError::from(e).into()),
         }
     }
 }
@@ -88,7 +88,7 @@ impl Maintenance for MaintenanceService {
         let repo = repo_name(req.into_inner().repo)?;
         self.read_barrier().await?;
         self.check_repo(&repo)?;
-        let holds = holds_of(self.node.sm.tree(), &repo).map_err(|e| Status::internal(e.to_string()))?;
+        let holds = holds_of(self.node.sm.tree(), &repo)?;
         Ok(Response::new(pb::ListHoldsResponse {
             holds: holds
                 .into_iter()
@@ -136,7 +136,7 @@ impl Maintenance for MaintenanceService {
             match self.node.sm.tree().contains_key(kv::pack_key(p)) {
                 Ok(false) => dropped.push(p.0.to_vec()),
                 Ok(true) => {}
-                Err(e) => return Err(Status::internal(format!("metadata store: {e}"))),
+                Err(e) => return Err(MetaError::from(e).into()),
             }
         }
         Ok(Response::new(pb::DropPacksResponse { dropped }))
@@ -176,14 +176,15 @@ impl Maintenance for MaintenanceService {
         let mut chunks = Vec::new();
         let mut more = false;
         for item in self.node.sm.tree().range(start..) {
-            let (k, v) = item.map_err(|e| Status::internal(format!("metadata store: {e}")))?;
+            let (k, v) = item.map_err(MetaError::from)?;
             let Some(raw) = k.strip_prefix(prefix.as_slice()) else { break };
             if chunks.len() == limit {
                 more = true;
                 break;
             }
-            let id = ChunkId::from_slice(raw).map_err(|e| Status::data_loss(format!("chunk index key: {e}")))?;
-            let loc: ChunkLocation = kv::decode("chunk", &v).map_err(|e| Status::data_loss(e.to_string()))?;
+            let id = ChunkId::from_slice(raw)
+                .map_err(|e| MetaError::Codec { what: "chunk index key", reason: e.to_string() })?;
+            let loc: ChunkLocation = kv::decode("chunk", &v)?;
             chunks.push(location_to_pb(&id, &loc));
         }
         Ok(Response::new(pb::ListChunksResponse { chunks, more }))

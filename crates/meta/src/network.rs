@@ -6,11 +6,8 @@
 //! backs off and retries); an error raised by the remote Raft comes back
 //! typed, as `RemoteError`.
 
-use std::time::Duration;
-
 use coffer_proto::pb::raft_client::RaftClient;
 use coffer_proto::pb::RaftMessage;
-use coffer_proto::MAX_MESSAGE_BYTES;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -38,20 +35,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &MetaNodeInfo) -> Connection {
-        let client = channel(&node.addr).ok().map(|ch| {
-            RaftClient::new(ch)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES)
-        });
+        let client = coffer_rpc::raft_client(&node.addr).ok();
         Connection { target, client, addr: node.addr.clone() }
     }
-}
-
-fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true)
-        .connect_lazy())
 }
 
 type RpcErr<E> = RPCError<NodeId, MetaNodeInfo, RaftError<NodeId, E>>;

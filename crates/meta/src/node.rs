@@ -3,8 +3,13 @@
 //! the runner of its background workers (`workers`): `serve` stops
 //! accepting, joins every worker within `SHUTDOWN_DEADLINE`, shuts Raft
 //! down and flushes sled before it returns.
+//!
+//! What every service needs of Raft lives here, so that the services depend
+//! on the node and not on each other: `raft_write` (propose and wait for
+//! apply), `read_barrier` (linearizable reads), `require_leader` (the
+//! leader hint) and `members`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -12,15 +17,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use coffer_proto::pb::admin_server::AdminServer;
 use coffer_proto::pb::catalog_server::CatalogServer;
+use coffer_proto::pb::maintenance_server::MaintenanceServer;
 use coffer_proto::pb::raft_server::RaftServer;
-use coffer_proto::MAX_MESSAGE_BYTES;
+use coffer_proto::pb::{self};
 use coffer_types::MetaId;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::StreamExt;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 
 use crate::admin::AdminService;
 use crate::catalog::CatalogService;
+use crate::command::{Command, CommandResult};
 use crate::liveness::Liveness;
+use crate::maint_service::MaintenanceService;
 use crate::network::Network;
 use crate::raft_service::RaftService;
 use crate::types::Raft;
@@ -131,6 +138,62 @@ impl MetaNode {
         tokio::time::timeout(timeout, wait).await.map_err(|_| MetaError::Raft("no leader elected in time".into()))?
     }
 
+    /// Fails with a leader hint unless this node is the leader.
+    pub(crate) fn require_leader(&self) -> Result<(), MetaError> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.current_leader == Some(self.config.id.0) {
+            return Ok(());
+        }
+        let addr = m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+        Err(MetaError::not_leader(m.current_leader, addr))
+    }
+
+    /// The members as the node's latest membership config has them.
+    pub(crate) fn members(&self) -> Vec<pb::MetaMember> {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, n)| pb::MetaMember {
+                id: *id,
+                addr: n.addr.clone(),
+                role: if voters.contains(id) { "voter" } else { "learner" }.to_string(),
+                site: n.site.clone(),
+            })
+            .collect()
+    }
+
+    /// Proposes a command and waits until it is applied; a refusal becomes
+    /// `Rejected`, a follower answers `NotLeader` (which becomes a leader hint).
+    pub(crate) async fn raft_write(&self, cmd: Command) -> Result<CommandResult, MetaError> {
+        let command = cmd.name();
+        match self.raft.client_write(cmd).await {
+            Ok(resp) => match resp.data {
+                CommandResult::Rejected(why) => Err(MetaError::Rejected(why)),
+                other => Ok(other),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(MetaError::not_leader(f.leader_id, f.leader_node.map(|n| n.addr)))
+            }
+            Err(e) => {
+                tracing::warn!(command, error = %e, "raft write failed");
+                Err(MetaError::RaftWrite { command, reason: e.to_string() })
+            }
+        }
+    }
+
+    /// Makes the next reads linearizable, or sends the caller to the leader.
+    pub(crate) async fn read_barrier(&self) -> Result<(), MetaError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(MetaError::not_leader(f.leader_id, f.leader_node.map(|n| n.addr)))
+            }
+            Err(e) => Err(MetaError::ReadBarrier { reason: e.to_string() }),
+        }
+    }
+
     /// Serves the catalog and Raft services until `shutdown` resolves, then
     /// stops Raft.
     pub async fn serve(
@@ -138,38 +201,12 @@ impl MetaNode {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), MetaError> {
-        let catalog = CatalogServer::new(CatalogService::new(self.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let admin = AdminServer::new(AdminService::new(self.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let raft = RaftServer::new(RaftService::new(self.raft.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        // Catalog and Raft traffic is small request/response messages: with
-        // Nagle's algorithm on, each small reply waits for the peer's delayed
-        // ACK (~40 ms), which dominated incremental backups and restores.
-        let incoming = TcpListenerStream::new(listener).map(|conn| {
-            if let Ok(stream) = &conn {
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
-                }
-            }
-            conn
-        });
-        let served = tonic::transport::Server::builder()
-            .add_service(catalog)
-            .add_service(admin)
-            .add_service(raft)
-            .add_service(
-                coffer_proto::pb::maintenance_server::MaintenanceServer::new(
-                    crate::maint_service::MaintenanceService::new(self.clone()),
-                )
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .serve_with_incoming_shutdown(incoming, shutdown)
+        let served = coffer_rpc::Server::new()
+            .service(CatalogServer::new(CatalogService::new(self.clone())))
+            .service(AdminServer::new(AdminService::new(self.clone())))
+            .service(RaftServer::new(RaftService::new(self.raft.clone())))
+            .service(MaintenanceServer::new(MaintenanceService::new(self.clone())))
+            .serve(listener, shutdown)
             .await;
         // Workers first (they write through Raft), then Raft, then the store.
         if let Err(e) = self.runner.shutdown(SHUTDOWN_DEADLINE).await {

@@ -18,16 +18,18 @@
 //! written and verified, so redundancy never drops below what it was.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Mutex, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use coffer_placement::{place_one, satisfies, Candidate, Policy};
 use coffer_proto::pb;
+use coffer_rpc::ShardPool;
 use coffer_types::{NodeId, NodeRecord, NodeState, PackId, PackRecord, ShardIndex, SiteId};
 
 use crate::command::{BadShardRecord, Command, CommandResult, IncidentRecord, RepairWork};
 use crate::kv;
 use crate::node::{now_ms, MetaNode};
+use crate::MetaError;
 
 /// How a rebuild runs; set on the metadata node.
 #[derive(Clone, Debug)]
@@ -64,6 +66,8 @@ pub struct RepairStatus {
 pub struct RepairState {
     pub status: Mutex<RepairStatus>,
     in_flight: Mutex<HashSet<(PackId, u8)>>,
+    /// Clients to storage nodes, shared by every rebuild, sweep and delete.
+    shards: Arc<ShardPool>,
 }
 
 /// The superfluous-copy sweep runs once every this many planner ticks.
@@ -96,8 +100,9 @@ pub(crate) struct RebuildJob {
     target_site: SiteId,
 }
 
-async fn write(n: &MetaNode, cmd: Command) -> Result<CommandResult, String> {
-    n.raft.client_write(cmd).await.map(|r| r.data).map_err(|e| e.to_string())
+async fn write(n: &MetaNode, cmd: Command) -> Result<CommandResult, MetaError> {
+    let command = cmd.name();
+    n.raft.client_write(cmd).await.map(|r| r.data).map_err(|e| MetaError::RaftWrite { command, reason: e.to_string() })
 }
 
 /// One planner tick (leader only): incidents, then the queue, dispatched
@@ -105,14 +110,14 @@ async fn write(n: &MetaNode, cmd: Command) -> Result<CommandResult, String> {
 pub(crate) async fn tick_once(
     n: &std::sync::Arc<MetaNode>,
     jobs: &tokio::sync::mpsc::UnboundedSender<RebuildJob>,
-) -> Result<(), String> {
+) -> Result<(), MetaError> {
     let tree = n.sm.tree();
-    let nodes: Vec<NodeRecord> = kv::scan(tree, "node", kv::NODE_PREFIX).map_err(|e| e.to_string())?;
-    let packs: Vec<PackRecord> = kv::scan(tree, "pack", kv::PACK_PREFIX).map_err(|e| e.to_string())?;
-    let incidents: Vec<IncidentRecord> = kv::scan(tree, "incident", kv::INCIDENT_PREFIX).map_err(|e| e.to_string())?;
+    let nodes: Vec<NodeRecord> = kv::scan(tree, "node", kv::NODE_PREFIX)?;
+    let packs: Vec<PackRecord> = kv::scan(tree, "pack", kv::PACK_PREFIX)?;
+    let incidents: Vec<IncidentRecord> = kv::scan(tree, "incident", kv::INCIDENT_PREFIX)?;
     let mut bad: HashMap<(PackId, u8), BadShardRecord> = HashMap::new();
     for item in tree.scan_prefix(kv::BAD_SHARD_PREFIX) {
-        let (k, v) = item.map_err(|e| e.to_string())?;
+        let (k, v) = item?;
         let (Some(pack), Some(&index)) = (k.get(2..18).and_then(|b| PackId::from_slice(b).ok()), k.get(18)) else {
             continue;
         };
@@ -121,7 +126,7 @@ pub(crate) async fn tick_once(
         }
     }
     let state: HashMap<NodeId, NodeState> = nodes.iter().map(|r| (r.id, n.liveness.state(r.id))).collect();
-    let draining = kv::draining(tree).map_err(|e| e.to_string())?;
+    let draining = kv::draining(tree)?;
     let by_id: HashMap<NodeId, &NodeRecord> = nodes.iter().map(|r| (r.id, r)).collect();
     let up = |id: &NodeId| state.get(id) == Some(&NodeState::Up);
 
@@ -162,8 +167,7 @@ pub(crate) async fn tick_once(
             write(n, Command::CloseIncident { node: *node, time_ms: now_ms() }).await?;
         }
     }
-    let open: HashMap<NodeId, u64> = kv::scan::<IncidentRecord>(tree, "incident", kv::INCIDENT_PREFIX)
-        .map_err(|e| e.to_string())?
+    let open: HashMap<NodeId, u64> = kv::scan::<IncidentRecord>(tree, "incident", kv::INCIDENT_PREFIX)?
         .into_iter()
         .filter(|i| i.open)
         .map(|i| (i.node, i.id))
@@ -328,14 +332,8 @@ async fn sweep_superfluous(
     let placed: HashMap<(PackId, u8), NodeId> =
         packs.iter().flat_map(|p| p.shards.iter().enumerate().map(move |(i, s)| ((p.id, i as u8), s.node))).collect();
     for r in nodes.iter().filter(|r| state.get(&r.id) == Some(&NodeState::Up)) {
-        let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{}", r.addr)) else { continue };
-        let mut client = coffer_proto::pb::shard_store_client::ShardStoreClient::new(
-            ep.connect_timeout(Duration::from_secs(2)).connect_lazy(),
-        );
-        let mut req = tonic::Request::new(pb::ListShardsRequest {});
-        req.set_timeout(Duration::from_secs(10));
-        let Ok(list) = client.list_shards(req).await else { continue };
-        for s in list.into_inner().shards {
+        let Ok(list) = n.repair.shards.list(&r.addr).await else { continue };
+        for s in list {
             let (Ok(pack), Ok(index)) = (PackId::from_slice(&s.pack_id), u8::try_from(s.index)) else { continue };
             let Some(owner) = placed.get(&(pack, index)) else { continue };
             if is_superfluous(n.sm.tree(), &n.repair.in_flight, r.id, pack, index, *owner) {
@@ -443,6 +441,7 @@ pub(crate) async fn execute(node: Weak<MetaNode>, job: RebuildJob) {
     let started_ms = now_ms();
     let Some(n) = node.upgrade() else { return };
     let bandwidth = n.config.repair.bandwidth;
+    let shards = n.repair.shards.clone();
     drop(n);
     let req = pb::RebuildShardRequest {
         pack_id: t.pack.id.0.to_vec(),
@@ -457,18 +456,13 @@ pub(crate) async fn execute(node: Weak<MetaNode>, job: RebuildJob) {
             .collect(),
         bandwidth_bytes_per_s: bandwidth,
     };
-    let result = async {
-        let mut client = coffer_proto::pb::shard_store_client::ShardStoreClient::new(
-            tonic::transport::Endpoint::from_shared(format!("http://{target_addr}"))
-                .map_err(|e| e.to_string())?
-                .connect_timeout(Duration::from_secs(3))
-                .connect_lazy(),
-        );
-        let mut request = tonic::Request::new(req);
-        request.set_timeout(Duration::from_secs(600));
-        client.rebuild_shard(request).await.map(|r| r.into_inner()).map_err(|s| s.message().to_string())
-    }
-    .await;
+    let result = shards.rebuild(&target_addr, req).await.map_err(|s| MetaError::RebuildFailed {
+        pack: t.pack.id,
+        index: t.index,
+        node: t.to,
+        code: s.code(),
+        message: s.message().to_string(),
+    });
     let Some(n) = node.upgrade() else { return };
     let key = (t.pack.id, t.index.0);
     let outcome = match result {
@@ -494,7 +488,9 @@ pub(crate) async fn execute(node: Weak<MetaNode>, job: RebuildJob) {
             )
             .await
             {
-                Ok(CommandResult::Rejected(why)) => Err(why.to_string()),
+                Ok(CommandResult::Rejected(why)) => {
+                    Err(MetaError::MoveRefused { pack: t.pack.id, index: t.index, from: t.from, to: t.to, why })
+                }
                 Ok(_) => {
                     tracing::info!(pack = %t.pack.id, index = %t.index, from = %t.from, to = %t.to, "shard rebuilt and placed");
                     // The old copy of a moved shard is superfluous now.
@@ -532,14 +528,8 @@ async fn delete_copy(n: &MetaNode, node: NodeId, pack: PackId, index: ShardIndex
     if n.liveness.state(node) != NodeState::Up {
         return;
     }
-    let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{}", rec.addr)) else { return };
-    let mut client = coffer_proto::pb::shard_store_client::ShardStoreClient::new(
-        ep.connect_timeout(Duration::from_secs(2)).connect_lazy(),
-    );
-    let mut req = tonic::Request::new(pb::ShardRef { pack_id: pack.0.to_vec(), index: index.0 as u32 });
-    req.set_timeout(Duration::from_secs(10));
-    if let Err(e) = client.delete_shard(req).await {
-        tracing::debug!(%pack, %index, %node, error = %e.message(), "could not delete a superfluous shard yet");
+    if let Err(e) = n.repair.shards.delete(&rec.addr, pack, index).await {
+        tracing::debug!(%pack, %index, %node, error = %e, "could not delete a superfluous shard yet");
     }
 }
 

@@ -13,6 +13,7 @@
 //! Workers hold the node weakly: the node owns the runner, and a worker
 //! whose node is gone finishes.
 
+use crate::MetaError;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -75,11 +76,11 @@ pub(crate) struct Planner {
 }
 
 impl Worker for Planner {
-    type Error = String;
+    type Error = MetaError;
     fn name(&self) -> String {
         "repair-planner".into()
     }
-    async fn work(&mut self, _stop: &StopSignal) -> Result<WorkerState, String> {
+    async fn work(&mut self, _stop: &StopSignal) -> Result<WorkerState, MetaError> {
         let Some(n) = self.node.upgrade() else { return Ok(WorkerState::Done) };
         if leading_term(&n).is_some() {
             self.ticks += 1;

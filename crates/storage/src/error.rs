@@ -8,7 +8,23 @@
 
 use std::path::PathBuf;
 
+use coffer_erasure::ErasureError;
+use coffer_rpc::ShardFailure;
 use coffer_types::{PackId, ShardIndex};
+
+/// One source shard a rebuild could not use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFailure {
+    pub index: ShardIndex,
+    pub addr: String,
+    pub failure: ShardFailure,
+}
+
+impl std::fmt::Display for SourceFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "shard {} from {}: {}", self.index, self.addr, self.failure)
+    }
+}
 
 /// Why a shard-store, service or node operation could not proceed.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +75,20 @@ pub enum StorageError {
     /// The node configuration is invalid.
     #[error("invalid storage configuration: {reason}")]
     Config { reason: String },
+    /// A rebuild could read fewer than the k verified shards it needs
+    /// from the sources it was given; each failure names its source.
+    #[error(
+        "rebuild {pack}.{index}: only {read} of the {needed} shards needed could be read ({})",
+        .failures.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    TooFewShards { pack: PackId, index: ShardIndex, read: usize, needed: usize, failures: Vec<SourceFailure> },
+    /// Reed-Solomon refused to reconstruct from shards that all verified.
+    #[error("rebuild {pack}.{index}: reconstruct: {source}")]
+    Reconstruct { pack: PackId, index: ShardIndex, source: ErasureError },
+    /// A rebuilt shard does not hash to the checksum its pack record holds:
+    /// the record and the sources disagree, and nothing is stored.
+    #[error("rebuild {pack}.{index}: the rebuilt shard does not match its record")]
+    RebuiltMismatch { pack: PackId, index: ShardIndex },
     /// Talking to the metadata plane failed.
     #[error("metadata plane: {0}")]
     Meta(String),

@@ -20,7 +20,7 @@ pub mod shard_file;
 pub mod store;
 pub mod workers;
 
-pub use error::StorageError;
+pub use error::{SourceFailure, StorageError};
 pub use node::{StorageConfig, StorageNode};
 pub use service::ShardService;
 pub use shard_file::{ShardHeader, BLOCK_SIZE, FORMAT_VERSION};

@@ -23,11 +23,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use coffer_client::conn::MetaClient;
+use coffer_rpc::{ChannelConfig, MetaClient};
 use coffer_types::{NodeId, SiteId};
-use futures::StreamExt;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::service::{Repair, ShardService};
 use crate::store::ShardStore;
@@ -45,16 +43,6 @@ pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 const MIN_META_RETRY: Duration = Duration::from_millis(200);
 const MAX_META_RETRY: Duration = Duration::from_secs(5);
 
-/// HTTP/2 receive windows of the shard server. hyper's defaults (1 MiB per
-/// stream and per connection) are smaller than one 1 MiB shard frame plus
-/// its framing, so every frame of a put stalled on a window update; 4 MiB
-/// lets a whole shard of a 16 MiB 4+2 pack be in flight. A node buffers at
-/// most `PUT_CONNECTION_WINDOW` of unread data per client connection.
-const PUT_STREAM_WINDOW: u32 = 4 << 20;
-const PUT_CONNECTION_WINDOW: u32 = 8 << 20;
-/// The largest HTTP/2 frame the shard server accepts (hyper's default is
-/// 16 KiB): a 1 MiB shard frame arrives in 4 HTTP/2 frames instead of 64.
-const MAX_HTTP2_FRAME: u32 = 256 << 10;
 
 /// How a storage node runs.
 #[derive(Clone, Debug)]
@@ -111,8 +99,7 @@ impl StorageConfig {
         // The metadata client is built in `serve`, inside the runtime; its
         // endpoints are checked here so that a typo fails at start-up.
         for e in endpoints {
-            let url = if e.contains("://") { e.to_string() } else { format!("http://{e}") };
-            if let Err(err) = tonic::transport::Endpoint::from_shared(url) {
+            if let Err(err) = ChannelConfig::new(e) {
                 return Err(StorageError::Config { reason: format!("metadata endpoint {e:?}: {err}") });
             }
         }
@@ -204,23 +191,8 @@ impl StorageNode {
             beats: 0,
         });
 
-        // Shard frames are latency-sensitive request/response traffic.
-        let incoming = TcpListenerStream::new(listener).map(|conn| {
-            if let Ok(stream) = &conn {
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
-                }
-            }
-            conn
-        });
         tracing::info!(node = %self.id, listen = %local, "serving shards");
-        let served = tonic::transport::Server::builder()
-            .initial_stream_window_size(PUT_STREAM_WINDOW)
-            .initial_connection_window_size(PUT_CONNECTION_WINDOW)
-            .max_frame_size(MAX_HTTP2_FRAME)
-            .add_service(service.into_server())
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await;
+        let served = coffer_rpc::Server::new().bulk().service(service.into_server()).serve(listener, shutdown).await;
         // The workers stop on the same signal; if the server failed instead,
         // the node must not keep claiming to be alive either.
         if let Err(e) = runner.shutdown(SHUTDOWN_DEADLINE).await {

@@ -9,7 +9,6 @@ use coffer_proto::pb::*;
 use coffer_types::{NodeId, SiteId};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
 use crate::{StorageConfig, StorageError, StorageNode};
@@ -132,8 +131,8 @@ async fn start_fake_meta() -> anyhow::Result<(FakeCatalog, String, oneshot::Send
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder().add_service(CatalogServer::new(catalog.clone()));
-    tokio::spawn(server.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+    let server = coffer_rpc::Server::new().service(CatalogServer::new(catalog.clone()));
+    tokio::spawn(server.serve(listener, async move {
         let _ = stopped.await;
     }));
     Ok((catalog, addr, stop))

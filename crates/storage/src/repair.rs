@@ -19,9 +19,11 @@ use std::time::{Duration, Instant};
 
 use coffer_erasure::Codec;
 use coffer_proto::pb;
+use coffer_rpc::ShardFailure;
 use coffer_types::{ErasureParams, Hash32, PackId, ShardIndex};
 use tokio_stream::StreamExt;
 
+use crate::error::SourceFailure;
 use crate::shard_file::ShardHeader;
 use crate::store::ShardStore;
 use crate::StorageError;
@@ -76,22 +78,27 @@ async fn fetch_shard(
     index: ShardIndex,
     limiter: &RateLimiter,
     bytes_per_s: u64,
-) -> Result<Vec<u8>, String> {
-    let mut client = coffer_client::conn::shard_client(addr).map_err(|e| e.to_string())?;
+) -> Result<Vec<u8>, ShardFailure> {
+    let mut client =
+        coffer_rpc::shard_client(addr).map_err(|e| ShardFailure::NoAddress { detail: format!(" ({e})") })?;
     let mut req = tonic::Request::new(pb::GetShardRequest {
         shard: Some(pb::ShardRef { pack_id: pack.0.to_vec(), index: index.0 as u32 }),
         offset: 0,
         length: 0,
     });
-    req.set_timeout(Duration::from_secs(120));
-    let mut stream = client.get_shard(req).await.map_err(|s| s.message().to_string())?.into_inner();
+    req.set_timeout(coffer_rpc::timeouts::SHARD_FETCH);
+    let mut stream = client.get_shard(req).await.map_err(ShardFailure::status)?.into_inner();
     let mut body = Vec::new();
     while let Some(frame) = stream.next().await {
-        let frame = frame.map_err(|s| s.message().to_string())?;
+        let frame = frame.map_err(ShardFailure::status)?;
         limiter.acquire(frame.data.len() as u64, bytes_per_s).await;
         body.extend_from_slice(&frame.data);
     }
     Ok(body)
+}
+
+fn source_failure(index: usize, addr: &str, failure: ShardFailure) -> SourceFailure {
+    SourceFailure { index: ShardIndex(index as u8), addr: addr.to_string(), failure }
 }
 
 fn bad(reason: impl Into<String>) -> StorageError {
@@ -143,26 +150,22 @@ pub async fn rebuild_shard(
                     shards[i] = Some(body);
                     read_from.push(i as u32);
                 } else {
-                    failures.push(format!("shard {i} from {}: fails its checksum", src.addr));
+                    let detail = "fails its checksum".to_string();
+                    failures.push(source_failure(i, &src.addr, ShardFailure::Mismatch { detail }));
                 }
             }
-            Err(e) => failures.push(format!("shard {i} from {}: {e}", src.addr)),
+            Err(failure) => failures.push(source_failure(i, &src.addr, failure)),
         }
     }
     counters.rebuild_bytes_read.fetch_add(read, Ordering::Relaxed);
     if read_from.len() < params.k() {
-        return Err(StorageError::Meta(format!(
-            "rebuild {pack}.{index}: only {} of the {} shards needed could be read ({})",
-            read_from.len(),
-            params.k(),
-            failures.join("; ")
-        )));
+        return Err(StorageError::TooFewShards { pack, index, read: read_from.len(), needed: params.k(), failures });
     }
-    codec.reconstruct(&mut shards).map_err(|e| bad(format!("reconstruct {pack}: {e}")))?;
+    codec.reconstruct(&mut shards).map_err(|source| StorageError::Reconstruct { pack, index, source })?;
     let body = shards[index.0 as usize].take().ok_or_else(|| bad("reconstruction produced no shard"))?;
     let got = Hash32(*blake3::hash(&body).as_bytes());
     if got != want {
-        return Err(StorageError::ChecksumMismatch { pack, index });
+        return Err(StorageError::RebuiltMismatch { pack, index });
     }
     let header = ShardHeader {
         pack,

@@ -16,13 +16,13 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use coffer_proto::pb;
 use coffer_proto::pb::put_shard_request::Msg;
 use coffer_proto::pb::shard_store_server::{ShardStore as ShardStoreRpc, ShardStoreServer};
 use coffer_proto::pb::{
     DeleteShardResponse, GetShardRequest, NodeInfoRequest, NodeInfoResponse, PutShardRequest, PutShardResponse,
     ShardFrame, ShardRef,
 };
-use coffer_proto::{pb, MAX_MESSAGE_BYTES};
 use coffer_types::{Hash32, NodeId, PackId, ShardIndex, SiteId, MAX_FRAME_BYTES};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -75,11 +75,10 @@ impl ShardService {
         self
     }
 
-    /// The tonic server for this service, with coffer's message limits.
+    /// The tonic service, for `coffer_rpc::Server::service` (which applies
+    /// coffer's message limits).
     pub fn into_server(self) -> ShardStoreServer<ShardService> {
         ShardStoreServer::new(self)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     async fn put(&self, stream: &mut Streaming<PutShardRequest>) -> Result<u64, StorageError> {
@@ -193,6 +192,11 @@ pub fn status_code(e: &StorageError) -> Code {
         StorageError::RangeOutOfBounds { .. } => Code::OutOfRange,
         StorageError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => Code::ResourceExhausted,
         StorageError::Meta(_) => Code::Unavailable,
+        // Not a fault of this node, nor a transient one of the call: the
+        // leader tries again with the sources it finds on a later tick.
+        StorageError::TooFewShards { .. } => Code::FailedPrecondition,
+        StorageError::RebuiltMismatch { .. } => Code::DataLoss,
+        StorageError::Reconstruct { .. } => Code::Internal,
         StorageError::RequestStream(status) => status.code(),
         StorageError::Io { .. }
         | StorageError::Inventory(_)

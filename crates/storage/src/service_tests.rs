@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use coffer_client::conn::shard_client;
 use coffer_proto::pb::put_shard_request::Msg;
 use coffer_proto::pb::shard_store_client::ShardStoreClient;
 use coffer_proto::pb::{self, GetShardRequest, NodeInfoRequest, PutShardRequest, ShardRef};
+use coffer_rpc::{shard_client, ShardFailure};
 use coffer_types::{PackId, SiteId, MAX_FRAME_BYTES};
 use rand::{RngCore, SeedableRng};
 use tokio::net::TcpListener;
@@ -21,6 +21,7 @@ use crate::{ShardStore, StorageConfig, StorageError, StorageNode, BLOCK_SIZE};
 
 struct TestNode {
     client: ShardStoreClient<Channel>,
+    addr: String,
     store: ShardStore,
     node: coffer_types::NodeId,
     stop: oneshot::Sender<()>,
@@ -44,7 +45,7 @@ impl TestNode {
         let task = tokio::spawn(node.serve(listener, async move {
             let _ = stopped.await;
         }));
-        Ok(TestNode { client: shard_client(&addr)?, store, node: id, stop, task, dir })
+        Ok(TestNode { client: shard_client(&addr)?, addr, store, node: id, stop, task, dir })
     }
 
     async fn shut_down(self) -> anyhow::Result<()> {
@@ -256,4 +257,68 @@ async fn corrupt_shard_is_data_loss_naming_the_shard() -> anyhow::Result<()> {
     assert_eq!(n.client.stat_shard(r).await.unwrap_err().code(), Code::DataLoss);
     assert_eq!(get(&mut n.client, &pack, 5, 0, 10).await.unwrap_err().code(), Code::DataLoss);
     n.shut_down().await
+}
+
+/// A rebuild that can read fewer than k verified shards fails as its own
+/// error, naming each source and why it failed, and the service answers
+/// FAILED_PRECONDITION (the cluster lacks the sources), not UNAVAILABLE (a
+/// node or the metadata plane down).
+#[tokio::test]
+async fn rebuild_with_too_few_readable_shards_says_which_and_why() -> anyhow::Result<()> {
+    let mut source = TestNode::start().await?;
+    let mut target = TestNode::start().await?;
+    let pack = PackId::random();
+    let body = random_body(200_000, 9);
+    let other = random_body(200_000, 10);
+    put(&mut source.client, framed(header(&pack, 0, &body), &body, MAX_FRAME_BYTES)).await?;
+    put(&mut source.client, framed(header(&pack, 3, &other), &other, MAX_FRAME_BYTES)).await?;
+    let addr = source.addr.clone();
+    let src =
+        |index: u32, addr: &str, sum: &[u8]| pb::ShardSource { index, addr: addr.to_string(), checksum: sum.to_vec() };
+    let good_sum = blake3::hash(&body).as_bytes().to_vec();
+    let req = pb::RebuildShardRequest {
+        pack_id: pack.as_bytes().to_vec(),
+        index: 5,
+        k: 4,
+        m: 2,
+        shard_len: body.len() as u64,
+        checksum: vec![7; 32],
+        sources: vec![
+            src(0, &addr, &good_sum),
+            // Not on the node.
+            src(1, &addr, &good_sum),
+            // Port 1 on loopback refuses connections.
+            src(2, "127.0.0.1:1", &good_sum),
+            // On the node, but not the shard the record describes.
+            src(3, &addr, &good_sum),
+        ],
+        bandwidth_bytes_per_s: 0,
+    };
+
+    let err = crate::repair::rebuild_shard(
+        &target.store,
+        req.clone(),
+        &crate::repair::RateLimiter::default(),
+        &crate::repair::Counters::default(),
+    )
+    .await
+    .unwrap_err();
+    let StorageError::TooFewShards { pack: p, index, read, needed, failures } = &err else {
+        panic!("expected TooFewShards, got {err:?}");
+    };
+    assert_eq!((*p, index.0, *read, *needed), (pack, 5, 1, 4), "{err}");
+    let why: Vec<(u8, &ShardFailure)> = failures.iter().map(|f| (f.index.0, &f.failure)).collect();
+    assert!(
+        matches!(
+            why.as_slice(),
+            [(1, ShardFailure::Absent), (2, ShardFailure::Unreachable { .. }), (3, ShardFailure::Mismatch { .. }),]
+        ),
+        "{why:?}"
+    );
+
+    let status = target.client.rebuild_shard(req).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("only 1 of the 4"), "{status:?}");
+    source.shut_down().await?;
+    target.shut_down().await
 }

@@ -19,10 +19,9 @@ use coffer_proto::pb::{self, put_shard_request::Msg};
 use coffer_types::{PackRecord, MAX_FRAME_BYTES};
 use futures::{Stream, StreamExt};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::conn::MetaClient;
+use coffer_rpc::MetaClient;
 
 type Res<T> = Result<Response<T>, Status>;
 
@@ -344,32 +343,28 @@ impl Drop for FakeCluster {
     }
 }
 
-async fn listen() -> (String, TcpListenerStream) {
+async fn listen() -> (String, TcpListener) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
-    (addr, TcpListenerStream::new(l))
+    (addr, l)
 }
 
 impl FakeCluster {
     pub async fn start(n_nodes: usize) -> FakeCluster {
         let catalog = Arc::new(FakeCatalog::default());
         let mut servers = Vec::new();
-        let (meta_addr, incoming) = listen().await;
-        let svc = CatalogServer::new(Svc(catalog.clone()))
-            .max_decoding_message_size(coffer_proto::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(coffer_proto::MAX_MESSAGE_BYTES);
+        let (meta_addr, listener) = listen().await;
+        let server = coffer_rpc::Server::new().service(CatalogServer::new(Svc(catalog.clone())));
         servers.push(tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder().add_service(svc).serve_with_incoming(incoming).await;
+            let _ = server.serve(listener, std::future::pending()).await;
         }));
         let mut nodes = Vec::new();
         for i in 0..n_nodes {
             let node = Arc::new(FakeNode::default());
-            let (addr, incoming) = listen().await;
-            let svc = ShardStoreServer::new(Svc(node.clone()))
-                .max_decoding_message_size(coffer_proto::MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(coffer_proto::MAX_MESSAGE_BYTES);
+            let (addr, listener) = listen().await;
+            let server = coffer_rpc::Server::new().bulk().service(ShardStoreServer::new(Svc(node.clone())));
             servers.push(tokio::spawn(async move {
-                let _ = tonic::transport::Server::builder().add_service(svc).serve_with_incoming(incoming).await;
+                let _ = server.serve(listener, std::future::pending()).await;
             }));
             catalog.st().nodes.push(pb::Node {
                 id: 100 + i as u64,

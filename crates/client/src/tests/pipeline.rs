@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use coffer_rpc::ShardFailure;
 use coffer_types::{BackupKind, ErasureParams, NodeId, PackRecord, RepoName, SnapshotId};
 
 use super::fake_cluster::FakeCluster;
@@ -164,15 +165,20 @@ async fn restores_survive_m_lost_or_corrupt_shards() {
     let r = repo.restore(&snap, RestoreTarget::Dir(t.clone()), None).await.unwrap();
     assert_eq!(describe(&t), describe(&src));
     assert!(r.degraded_packs > 0);
-    assert!(r.bad_shards.iter().any(|b| b.contains("checksum mismatch")), "{:?}", r.bad_shards);
-    assert!(r.bad_shards.iter().any(|b| b.contains("node is down")), "{:?}", r.bad_shards);
+    // Typed: an embedding application can tell which node did what.
+    let on = |b: &crate::BadShard, i: u64| b.node == Some(NodeId(100 + i));
+    let bad = &r.bad_shards;
+    assert!(bad.iter().any(|b| on(b, 1) && matches!(b.failure, ShardFailure::Mismatch { .. })), "{bad:?}");
+    assert!(bad.iter().any(|b| on(b, 0) && b.failure == ShardFailure::NodeDown), "{bad:?}");
+    assert!(bad.iter().all(|b| on(b, 0) || on(b, 1)), "{bad:?}");
 
     // A node that checks its reads reports the corruption itself.
     cluster.nodes[1].skip_read_checks.store(false, Ordering::Relaxed);
     let t2 = dir.path().join("t2");
     let r = repo.restore(&snap, RestoreTarget::Dir(t2.clone()), None).await.unwrap();
     assert_eq!(describe(&t2), describe(&src));
-    assert!(r.bad_shards.iter().any(|b| b.contains("corrupt on the node")), "{:?}", r.bad_shards);
+    let bad = &r.bad_shards;
+    assert!(bad.iter().any(|b| on(b, 1) && matches!(b.failure, ShardFailure::Corrupt { .. })), "{bad:?}");
 
     // A third loss is beyond what 4+2 survives.
     cluster.nodes[2].unreachable.store(true, Ordering::Relaxed);

@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 use coffer_pack::RepoKey;
 use coffer_types::{ChunkId, SnapshotId};
 
-use crate::restore::{Deliver, RestoreCounters};
+use crate::source::Deliver;
 use crate::stats::Counters;
+use crate::stats::RestoreCounters;
 use crate::tree::{NodeKind, Tree};
 use crate::walk::{BlobKind, BlobSink, Stopped, TreeLoader, WalkOutput, Walker};
 use crate::{restore_to_dir, restore_to_writer, BlobSource, ClientError};

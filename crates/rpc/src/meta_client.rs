@@ -1,4 +1,4 @@
-//! Connections to the metadata plane and to storage nodes.
+//! The leader-following client of the metadata plane.
 //!
 //! `MetaClient` holds every metadata endpoint the operator gave. Writes must
 //! reach the Raft leader: a follower answers UNAVAILABLE and names the leader
@@ -11,66 +11,19 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use coffer_proto::pb::admin_client::AdminClient;
 use coffer_proto::pb::catalog_client::CatalogClient;
 use coffer_proto::pb::maintenance_client::MaintenanceClient;
-use coffer_proto::pb::shard_store_client::ShardStoreClient;
-use coffer_proto::{LEADER_HINT_KEY, MAX_MESSAGE_BYTES};
-use tonic::transport::{Channel, Endpoint};
+use coffer_proto::LEADER_HINT_KEY;
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-/// Builds a lazily connecting channel to `addr` (`host:port` or a URL).
-fn url_of(addr: &str) -> String {
-    if addr.starts_with("http://") || addr.starts_with("https://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    }
-}
+use crate::channel::{admin_client, catalog_client, maintenance_client, ChannelConfig};
+use crate::{timeouts, RpcError};
 
-pub fn channel(addr: &str) -> Result<Channel, ConnError> {
-    let ep = Endpoint::from_shared(url_of(addr))
-        .map_err(|e| ConnError::BadEndpoint { addr: addr.to_string(), reason: e.to_string() })?;
-    Ok(ep
-        .connect_timeout(Duration::from_secs(3))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .connect_lazy())
-}
-
-/// How long one metadata call may take before it counts as unavailable.
-/// A node that is stopped (SIGSTOP, a hung host) still accepts connections
-/// in the kernel; without a deadline a caller would wait on it forever
-/// instead of failing over to another member.
-pub const META_CALL_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A shard-store client for one storage node with coffer's message limits.
-pub fn shard_client(addr: &str) -> Result<ShardStoreClient<Channel>, ConnError> {
-    Ok(ShardStoreClient::new(channel(addr)?)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConnError {
-    #[error("invalid endpoint {addr:?}: {reason}")]
-    BadEndpoint { addr: String, reason: String },
-    #[error("no metadata endpoint given")]
-    NoEndpoints,
-    #[error("{what}: metadata plane unreachable after {elapsed:?} (last error: {last})")]
-    Unreachable { what: String, elapsed: Duration, last: String },
-    #[error("{what}: {status}")]
-    Rpc { what: String, status: Status },
-}
-
-impl ConnError {
-    /// The gRPC status code behind this error, if it came from a server.
-    pub fn code(&self) -> Option<Code> {
-        match self {
-            ConnError::Rpc { status, .. } => Some(status.code()),
-            _ => None,
-        }
-    }
+/// The leader a follower named in its refusal, if any.
+pub fn leader_hint(status: &Status) -> Option<String> {
+    status.metadata().get(LEADER_HINT_KEY).and_then(|v| v.to_str().ok()).map(str::to_string).filter(|h| !h.is_empty())
 }
 
 struct Current {
@@ -98,6 +51,7 @@ pub struct MetaClient {
     endpoints: Vec<String>,
     current: Mutex<Current>,
     retry_for: Duration,
+    call_timeout: Duration,
 }
 
 impl std::fmt::Debug for MetaClient {
@@ -108,7 +62,7 @@ impl std::fmt::Debug for MetaClient {
 
 impl MetaClient {
     /// `endpoints` as given on the command line: comma-separated or a list.
-    pub fn new(endpoints: &[String], retry_for: Duration) -> Result<Self, ConnError> {
+    pub fn new(endpoints: &[String], retry_for: Duration) -> Result<Self, RpcError> {
         let endpoints: Vec<String> = endpoints
             .iter()
             .flat_map(|e| e.split(','))
@@ -116,30 +70,38 @@ impl MetaClient {
             .filter(|e| !e.is_empty())
             .collect();
         if endpoints.is_empty() {
-            return Err(ConnError::NoEndpoints);
+            return Err(RpcError::NoEndpoints);
         }
         for e in &endpoints {
-            channel(e)?;
+            ChannelConfig::new(e)?;
         }
-        Ok(Self { endpoints, current: Mutex::new(Current { index: 0, channel: None, hinted: None }), retry_for })
+        Ok(Self {
+            endpoints,
+            current: Mutex::new(Current { index: 0, channel: None, hinted: None }),
+            retry_for,
+            call_timeout: timeouts::META_CALL,
+        })
+    }
+
+    /// With a deadline other than `timeouts::META_CALL` for each call, for
+    /// calls that are slow by nature (a join waits for the learner to catch
+    /// up).
+    pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
     }
 
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints
     }
 
-    fn channel(&self) -> Result<Channel, ConnError> {
+    fn channel(&self) -> Result<Channel, RpcError> {
         let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = &cur.channel {
             return Ok(c.clone());
         }
         let addr = cur.hinted.clone().unwrap_or_else(|| self.endpoints[cur.index % self.endpoints.len()].clone());
-        let ch = Endpoint::from_shared(url_of(&addr))
-            .map_err(|e| ConnError::BadEndpoint { addr: addr.clone(), reason: e.to_string() })?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(META_CALL_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let ch = ChannelConfig::new(&addr)?.call_timeout(self.call_timeout).connect_lazy();
         cur.channel = Some(ch.clone());
         Ok(ch)
     }
@@ -165,37 +127,36 @@ impl MetaClient {
 
     /// Runs `f` against the current endpoint, failing over on UNAVAILABLE
     /// until `retry_for` has passed. `what` names the operation in errors.
-    pub async fn call<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, ConnError>
+    pub async fn call<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, RpcError>
     where
         F: FnMut(CatalogClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.call_channel(what, |ch| {
-            f(CatalogClient::new(ch)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES))
-        })
-        .await
+        self.call_channel(what, |ch| f(catalog_client(ch))).await
     }
 
     /// Like `call`, for the maintenance service (retention) of the same
     /// metadata plane.
-    pub async fn call_maintenance<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, ConnError>
+    pub async fn call_maintenance<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, RpcError>
     where
         F: FnMut(MaintenanceClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.call_channel(what, |ch| {
-            f(MaintenanceClient::new(ch)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES))
-        })
-        .await
+        self.call_channel(what, |ch| f(maintenance_client(ch))).await
+    }
+
+    /// Like `call`, for the membership service (join, remove, metrics).
+    pub async fn call_admin<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, RpcError>
+    where
+        F: FnMut(AdminClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call_channel(what, |ch| f(admin_client(ch))).await
     }
 
     /// Runs `f` on a channel to the current endpoint with the retry and
     /// leader-following rules of `call`.
-    async fn call_channel<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, ConnError>
+    async fn call_channel<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, RpcError>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
@@ -207,16 +168,11 @@ impl MetaClient {
             match f(channel).await {
                 Ok(resp) => return Ok(resp.into_inner()),
                 Err(status) if retryable(&status) => {
-                    let hint = status
-                        .metadata()
-                        .get(LEADER_HINT_KEY)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string)
-                        .filter(|h| !h.is_empty());
+                    let hint = leader_hint(&status);
                     let had_hint = hint.is_some();
                     self.fail_over(hint);
                     if start.elapsed() >= self.retry_for {
-                        return Err(ConnError::Unreachable {
+                        return Err(RpcError::Unreachable {
                             what: what.to_string(),
                             elapsed: start.elapsed(),
                             last: status.message().to_string(),
@@ -229,7 +185,7 @@ impl MetaClient {
                         backoff = (backoff * 2).min(Duration::from_millis(500));
                     }
                 }
-                Err(status) => return Err(ConnError::Rpc { what: what.to_string(), status }),
+                Err(status) => return Err(RpcError::Rpc { what: what.to_string(), status }),
             }
         }
     }

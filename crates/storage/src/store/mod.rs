@@ -20,7 +20,9 @@
 //! - Files that do not decode are moved aside, never deleted.
 //!
 //! The operations are synchronous; the async service calls them through
-//! `tokio::task::spawn_blocking`.
+//! `tokio::task::spawn_blocking`. This file is the store and its inventory
+//! (open, reconcile, list, stat, delete); `put` is the put writer and
+//! `read` the ranged reader.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -31,8 +33,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use coffer_types::{Hash32, PackId, ShardIndex};
 
-use crate::shard_file::{self, ShardHeader, BLOCK_SIZE, FIXED_HEADER_LEN};
+use crate::shard_file::{self, ShardHeader, FIXED_HEADER_LEN};
 use crate::StorageError;
+
+mod put;
+mod read;
+
+pub use put::PutWriter;
+pub use read::ShardReader;
 
 /// Version of the inventory's value encoding.
 const INVENTORY_VERSION: u8 = 1;
@@ -491,223 +499,6 @@ fn read_exact_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Resul
     }
 }
 
-/// A streaming put in progress: body bytes go to a temporary file at their
-/// final offset, leaving room for the header, and are hashed as they come.
-/// Dropping an unfinished writer removes the temporary file.
-pub struct PutWriter {
-    store: ShardStore,
-    header: ShardHeader,
-    path: PathBuf,
-    file: File,
-    body_hasher: blake3::Hasher,
-    block_hasher: blake3::Hasher,
-    /// Bytes of the current block hashed so far.
-    block_fill: u32,
-    block_hashes: Vec<Hash32>,
-    received: u64,
-    committed: bool,
-}
-
-impl std::fmt::Debug for PutWriter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PutWriter").field("header", &self.header).field("received", &self.received).finish()
-    }
-}
-
-impl PutWriter {
-    pub fn header(&self) -> &ShardHeader {
-        &self.header
-    }
-
-    /// Body bytes received so far.
-    pub fn received(&self) -> u64 {
-        self.received
-    }
-
-    /// Appends body bytes. More bytes than the header declares is an error,
-    /// and nothing past the declared length is written.
-    pub fn write(&mut self, data: &[u8]) -> Result<(), StorageError> {
-        let total = self.received.saturating_add(data.len() as u64);
-        if total > self.header.body_len {
-            return Err(StorageError::LengthMismatch {
-                pack: self.header.pack,
-                index: self.header.index,
-                declared: self.header.body_len,
-                received: total,
-            });
-        }
-        self.file.write_all_at(data, self.header.body_offset() + self.received).map_err(io_err(&self.path))?;
-        self.received = total;
-        self.body_hasher.update(data);
-        let mut rest = data;
-        while !rest.is_empty() {
-            let room = (BLOCK_SIZE - self.block_fill) as usize;
-            let (now, later) = rest.split_at(room.min(rest.len()));
-            self.block_hasher.update(now);
-            self.block_fill += now.len() as u32;
-            if self.block_fill == BLOCK_SIZE {
-                self.close_block();
-            }
-            rest = later;
-        }
-        Ok(())
-    }
-
-    fn close_block(&mut self) {
-        self.block_hashes.push(Hash32(*self.block_hasher.finalize().as_bytes()));
-        self.block_hasher.reset();
-        self.block_fill = 0;
-    }
-
-    /// Checks length and checksum, writes the header, makes the file durable,
-    /// renames it into place and records it. Returns the body bytes stored.
-    /// On any error the temporary file is removed and nothing is stored.
-    pub fn finish(mut self) -> Result<u64, StorageError> {
-        let h = self.header;
-        if self.received != h.body_len {
-            return Err(StorageError::LengthMismatch {
-                pack: h.pack,
-                index: h.index,
-                declared: h.body_len,
-                received: self.received,
-            });
-        }
-        if self.block_fill > 0 {
-            self.close_block();
-        }
-        if self.body_hasher.finalize().as_bytes() != h.body_checksum.as_bytes() {
-            return Err(StorageError::ChecksumMismatch { pack: h.pack, index: h.index });
-        }
-        let head = shard_file::encode_header(&h, &self.block_hashes);
-        self.file.write_all_at(&head, 0).map_err(io_err(&self.path))?;
-        self.file.sync_all().map_err(io_err(&self.path))?;
-        self.store.commit(&self.path, &h)?;
-        self.committed = true;
-        Ok(h.body_len)
-    }
-}
-
-impl Drop for PutWriter {
-    fn drop(&mut self) {
-        if self.committed {
-            return;
-        }
-        match fs::remove_file(&self.path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(path = %self.path.display(), error = %e, "could not remove an abandoned put"),
-        }
-    }
-}
-
-/// An open shard file whose header has been checked. Reads verify every
-/// block they touch against the header's block hashes.
-pub struct ShardReader {
-    path: PathBuf,
-    file: File,
-    header: ShardHeader,
-    hashes: Vec<Hash32>,
-    body_offset: u64,
-}
-
-impl std::fmt::Debug for ShardReader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShardReader").field("path", &self.path).field("header", &self.header).finish()
-    }
-}
-
-impl ShardReader {
-    pub fn header(&self) -> &ShardHeader {
-        &self.header
-    }
-
-    /// Resolves `offset`/`len` (`len` 0: to the end) to a body range.
-    pub fn resolve_range(&self, offset: u64, len: u64) -> Result<(u64, u64), StorageError> {
-        let body_len = self.header.body_len;
-        let end = if len == 0 { Some(body_len) } else { offset.checked_add(len) };
-        match end {
-            Some(end) if offset <= body_len && end <= body_len && offset <= end => Ok((offset, end)),
-            _ => Err(StorageError::RangeOutOfBounds {
-                pack: self.header.pack,
-                index: self.header.index,
-                offset,
-                len,
-                body_len,
-            }),
-        }
-    }
-
-    /// Reads body bytes `offset..offset + len` (`len` 0: to the end),
-    /// verifying each block it touches.
-    /// Tells the kernel that body bytes `[start, end)` will be read soon, so
-    /// that a long ranged read is fetched from disk in one go rather than a
-    /// read-ahead window at a time. Only a hint: failures are ignored.
-    pub fn will_need(&self, start: u64, end: u64) {
-        let Some(len) = std::num::NonZeroU64::new(end.saturating_sub(start)) else { return };
-        let _ = rustix::fs::fadvise(
-            &self.file,
-            self.body_offset.saturating_add(start),
-            Some(len),
-            rustix::fs::Advice::WillNeed,
-        );
-    }
-
-    pub fn read_range(&self, offset: u64, len: u64) -> Result<Vec<u8>, StorageError> {
-        let (start, end) = self.resolve_range(offset, len)?;
-        let mut out = Vec::with_capacity((end - start) as usize);
-        if start == end {
-            return Ok(out);
-        }
-        let bs = u64::from(BLOCK_SIZE);
-        let mut buf = vec![0u8; BLOCK_SIZE as usize];
-        for block in (start / bs)..=((end - 1) / bs) {
-            let block_start = block * bs;
-            let data = self.read_block(block, &mut buf)?;
-            let from = (start.max(block_start) - block_start) as usize;
-            let to = (end.min(block_start + data.len() as u64) - block_start) as usize;
-            let part = data.get(from..to).ok_or_else(|| self.damaged("block shorter than the range needs"))?;
-            out.extend_from_slice(part);
-        }
-        Ok(out)
-    }
-
-    /// Reads every block and checks the body checksum as well, which also
-    /// catches a block hash table that was damaged consistently with the body.
-    pub fn verify(&self) -> Result<(), StorageError> {
-        let mut buf = vec![0u8; BLOCK_SIZE as usize];
-        let mut hasher = blake3::Hasher::new();
-        for block in 0..u64::from(self.header.block_count()) {
-            hasher.update(self.read_block(block, &mut buf)?);
-        }
-        if hasher.finalize().as_bytes() != self.header.body_checksum.as_bytes() {
-            return Err(self.damaged("every block matches its hash but the body checksum does not"));
-        }
-        Ok(())
-    }
-
-    fn damaged(&self, reason: &str) -> StorageError {
-        StorageError::CorruptHeader { pack: self.header.pack, index: self.header.index, reason: reason.to_string() }
-    }
-
-    /// Reads body block `block` into `buf` and returns the verified bytes.
-    fn read_block<'b>(&self, block: u64, buf: &'b mut [u8]) -> Result<&'b [u8], StorageError> {
-        let h = &self.header;
-        let bs = u64::from(BLOCK_SIZE);
-        let block_start = block * bs;
-        let n = (h.body_len.min(block_start + bs) - block_start) as usize;
-        let buf = buf.get_mut(..n).ok_or_else(|| self.damaged("block larger than the block size"))?;
-        if read_exact_at(&self.file, &self.path, buf, self.body_offset + block_start)?.is_none() {
-            let actual = self.file.metadata().map_err(io_err(&self.path))?.len();
-            return Err(StorageError::Truncated { pack: h.pack, index: h.index, expected: h.file_len(), actual });
-        }
-        let expected = self.hashes.get(block as usize).ok_or_else(|| self.damaged("block hash table too short"))?;
-        if blake3::hash(buf).as_bytes() != expected.as_bytes() {
-            return Err(StorageError::Corrupt { pack: h.pack, index: h.index, block: block as u32 });
-        }
-        Ok(buf)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -715,6 +506,7 @@ mod tests {
     use rand::{Rng, RngCore, SeedableRng};
 
     use super::*;
+    use crate::shard_file::BLOCK_SIZE;
 
     fn body(len: usize, seed: u64) -> Vec<u8> {
         let mut v = vec![0u8; len];

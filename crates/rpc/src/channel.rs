@@ -1,0 +1,104 @@
+//! Channels to peers, and the clients of every coffer service on them with
+//! coffer's message limits.
+//!
+//! `ChannelConfig` is the one place a `tonic` endpoint is configured: the
+//! connect deadline, keep-alive, `TCP_NODELAY` and an optional deadline for
+//! every call on the channel. TLS settings will be added here, so that every
+//! channel of the cluster gets them.
+
+use std::time::Duration;
+
+use coffer_proto::pb::admin_client::AdminClient;
+use coffer_proto::pb::catalog_client::CatalogClient;
+use coffer_proto::pb::maintenance_client::MaintenanceClient;
+use coffer_proto::pb::raft_client::RaftClient;
+use coffer_proto::pb::shard_store_client::ShardStoreClient;
+use coffer_proto::MAX_MESSAGE_BYTES;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::timeouts;
+use crate::RpcError;
+
+/// How to reach one peer. Building it checks the address; `connect_lazy`
+/// makes a channel that connects on first use (and again after a failure),
+/// so building one never blocks and a peer that is down is an error of the
+/// call, not of start-up.
+#[derive(Debug, Clone)]
+pub struct ChannelConfig {
+    endpoint: Endpoint,
+    connect_timeout: Duration,
+    call_timeout: Option<Duration>,
+}
+
+impl ChannelConfig {
+    /// `addr` is `host:port` or a URL.
+    pub fn new(addr: &str) -> Result<Self, RpcError> {
+        let url = if addr.starts_with("http://") || addr.starts_with("https://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let endpoint = Endpoint::from_shared(url)
+            .map_err(|e| RpcError::BadEndpoint { addr: addr.to_string(), reason: e.to_string() })?;
+        Ok(Self { endpoint, connect_timeout: timeouts::CONNECT, call_timeout: None })
+    }
+
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// A deadline for every call on the channel; a call may still set a
+    /// shorter one of its own.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = Some(timeout);
+        self
+    }
+
+    pub fn connect_lazy(&self) -> Channel {
+        let mut ep = self
+            .endpoint
+            .clone()
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(timeouts::KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(timeouts::KEEP_ALIVE_TIMEOUT);
+        if let Some(t) = self.call_timeout {
+            ep = ep.timeout(t);
+        }
+        ep.connect_lazy()
+    }
+}
+
+/// A lazily connecting channel to `addr` with the default settings.
+pub fn channel(addr: &str) -> Result<Channel, RpcError> {
+    Ok(ChannelConfig::new(addr)?.connect_lazy())
+}
+
+/// A catalog client on `ch`.
+pub fn catalog_client(ch: Channel) -> CatalogClient<Channel> {
+    CatalogClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// A maintenance (retention, collection) client on `ch`.
+pub fn maintenance_client(ch: Channel) -> MaintenanceClient<Channel> {
+    MaintenanceClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// A membership and introspection client on `ch`.
+pub fn admin_client(ch: Channel) -> AdminClient<Channel> {
+    AdminClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// A Raft transport client to the member at `addr`.
+pub fn raft_client(addr: &str) -> Result<RaftClient<Channel>, RpcError> {
+    let ch = ChannelConfig::new(addr)?.connect_timeout(timeouts::RAFT_CONNECT).connect_lazy();
+    Ok(RaftClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// A shard-store client for the storage node at `addr`.
+pub fn shard_client(addr: &str) -> Result<ShardStoreClient<Channel>, RpcError> {
+    Ok(ShardStoreClient::new(channel(addr)?)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
