@@ -29,14 +29,17 @@
 //! is complete (every chunk written, lengths as its tree says) before its
 //! mode and mtime are set; and a directory's mode and mtime are set only
 //! once nothing more will be created inside it.
+//!
+//! This file runs a restore (the walk, the waves, the batches in flight,
+//! stdout); `plan` decides where it starts and where each chunk of a wave
+//! goes; `fs` does the filesystem work.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use coffer_types::{ChunkId, SnapshotId, SnapshotRecord};
@@ -52,19 +55,14 @@ pub use crate::stats::{RestoreCounters, RestoreStages};
 use crate::tree::{Node, NodeKind, Tree};
 use crate::ClientError;
 
+mod fs;
+mod plan;
+
+use fs::{finish_file, make_dir, make_symlink, open_slot, set_metadata, write_blob};
+use plan::{resolve, Start, Wave};
+
 /// Trees fetched per round of the breadth-first walk.
 const TREE_ROUND: usize = 1_000;
-/// A wave of file content is restored once its plan holds this many
-/// distinct chunks...
-const WAVE_CHUNKS: usize = 100_000;
-/// ...or this many files, which bounds the memory of a plan.
-const WAVE_FILES: usize = 50_000;
-/// Chunks at least this large start their writeback as soon as they are
-/// written.
-const WRITEBACK_MIN: usize = 256 << 10;
-/// Restored files held open between writes; past this a file is closed
-/// after each write and reopened for its next chunk.
-const MAX_OPEN_FILES: usize = 256;
 
 /// Where a restore writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,62 +112,6 @@ impl Repository {
         source.report_damage().await;
         result
     }
-}
-
-/// The components of an `--include` path, as names to look up.
-fn include_components(snapshot: SnapshotId, include: &Path) -> Result<Vec<Vec<u8>>, ClientError> {
-    let mut out = Vec::new();
-    for c in include.components() {
-        match c {
-            Component::RootDir | Component::CurDir => {}
-            Component::Normal(n) => out.push(n.as_bytes().to_vec()),
-            Component::ParentDir | Component::Prefix(_) => {
-                return Err(ClientError::PathNotFound { snapshot, path: include.display().to_string() })
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// What a restore starts from.
-enum Start {
-    /// The whole root tree.
-    Root(ChunkId),
-    /// One node, under the directories leading to it.
-    Node { parents: Vec<Node>, node: Node },
-}
-
-async fn resolve<S: BlobSource>(
-    source: &S,
-    snapshot: SnapshotId,
-    root: ChunkId,
-    include: Option<&Path>,
-) -> Result<Start, ClientError> {
-    let comps = match include {
-        Some(p) => include_components(snapshot, p)?,
-        None => Vec::new(),
-    };
-    if comps.is_empty() {
-        return Ok(Start::Root(root));
-    }
-    let not_found =
-        || ClientError::PathNotFound { snapshot, path: include.map(|p| p.display().to_string()).unwrap_or_default() };
-    let mut tree = load_tree(source, root).await?;
-    let mut parents = Vec::new();
-    for (i, name) in comps.iter().enumerate() {
-        let node = tree.get(name).cloned().ok_or_else(not_found)?;
-        if i + 1 == comps.len() {
-            return Ok(Start::Node { parents, node });
-        }
-        match node.kind {
-            NodeKind::Dir { subtree } => {
-                tree = load_tree(source, subtree).await?;
-                parents.push(node);
-            }
-            _ => return Err(not_found()),
-        }
-    }
-    Err(not_found())
 }
 
 /// Counts of what was restored.
@@ -229,69 +171,6 @@ pub async fn restore_to_dir<S: BlobSource>(
         }
     }
     run.finish(snapshot, started).await
-}
-
-/// Where one chunk goes: which file of the wave, at which offset, and the
-/// length its tree promises.
-#[derive(Clone, Copy, Debug)]
-struct Dest {
-    file: u32,
-    offset: u64,
-    len: u32,
-}
-
-/// A restored file, from its creation to its last chunk.
-struct FileSlot {
-    path: PathBuf,
-    mode: u32,
-    mtime: filetime::FileTime,
-    size: u64,
-    state: Mutex<SlotState>,
-}
-
-#[derive(Default)]
-struct SlotState {
-    /// Open between writes (unless too many files are).
-    file: Option<std::fs::File>,
-    created: bool,
-    /// Chunk writes still to come.
-    remaining: usize,
-    written: u64,
-}
-
-/// Files whose content is restored together, and where each chunk goes.
-#[derive(Default)]
-struct Wave {
-    files: Vec<FileSlot>,
-    dests: HashMap<ChunkId, Vec<Dest>>,
-    /// Distinct chunk ids in the order the files reference them.
-    order: Vec<ChunkId>,
-}
-
-impl Wave {
-    fn is_full(&self) -> bool {
-        self.order.len() >= WAVE_CHUNKS || self.files.len() >= WAVE_FILES
-    }
-
-    fn add(&mut self, path: PathBuf, node: &Node, content: &[ChunkId], lens: &[u32]) {
-        let file = self.files.len() as u32;
-        let mut offset = 0u64;
-        for (id, &len) in content.iter().zip(lens) {
-            let dests = self.dests.entry(*id).or_default();
-            if dests.is_empty() {
-                self.order.push(*id);
-            }
-            dests.push(Dest { file, offset, len });
-            offset += u64::from(len);
-        }
-        self.files.push(FileSlot {
-            path,
-            mode: node.permissions(),
-            mtime: node.mtime.to_filetime(),
-            size: node.size,
-            state: Mutex::new(SlotState { remaining: content.len(), ..SlotState::default() }),
-        });
-    }
 }
 
 /// The state of one restore into a directory.
@@ -475,97 +354,6 @@ impl<S: BlobSource> DirRestore<S> {
     }
 }
 
-/// Writes a blob at every place the wave has for it; closes and stamps the
-/// files it completes. Returns the bytes written.
-fn write_blob(
-    files: &[FileSlot],
-    dests: &HashMap<ChunkId, Vec<Dest>>,
-    id: ChunkId,
-    data: &[u8],
-    counters: &RestoreCounters,
-    open: &AtomicUsize,
-) -> Result<u64, ClientError> {
-    let Some(places) = dests.get(&id) else {
-        return Err(ClientError::task("restore", format!("the source delivered chunk {id}, which was not asked")));
-    };
-    let mut written = 0u64;
-    for d in places {
-        let slot = files
-            .get(d.file as usize)
-            .ok_or_else(|| ClientError::task("restore", "a chunk destination names no file"))?;
-        if data.len() != d.len as usize {
-            return Err(ClientError::bad_tree(
-                None,
-                format!("{}: chunk {id} holds {} bytes, the tree says {}", slot.path.display(), data.len(), d.len),
-            ));
-        }
-        let mut st = lock(&slot.state);
-        let file = match st.file.take() {
-            Some(f) => f,
-            None => {
-                let f = counters.metadata.time(0, || open_slot(slot, &mut st))?;
-                open.fetch_add(1, Ordering::Relaxed);
-                f
-            }
-        };
-        let started = Instant::now();
-        file.write_all_at(data, d.offset).map_err(|e| ClientError::io(&slot.path, e))?;
-        if data.len() >= WRITEBACK_MIN {
-            start_writeback(&file, d.offset, data.len() as u64);
-        }
-        counters.write.add(started.elapsed(), data.len() as u64);
-        st.remaining = st.remaining.saturating_sub(1);
-        st.written += data.len() as u64;
-        written += data.len() as u64;
-        if st.remaining == 0 {
-            counters.metadata.time(0, || finish_file(slot, file, open))?;
-        } else if open.load(Ordering::Relaxed) > MAX_OPEN_FILES {
-            drop(file);
-            open.fetch_sub(1, Ordering::Relaxed);
-        } else {
-            st.file = Some(file);
-        }
-    }
-    Ok(written)
-}
-
-/// Starts writing `[offset, offset + len)` of `file` back to disk without
-/// waiting: the restore is done when its bytes are on disk, and disk writes
-/// that start as chunks land overlap with the reads still to come instead
-/// of queueing up at the end. (Linux starts asynchronous writeback of the
-/// dirty range on `POSIX_FADV_DONTNEED`; pages still dirty stay cached.)
-/// Only a hint: a failure changes nothing.
-fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
-    if let Some(len) = std::num::NonZeroU64::new(len) {
-        let _ = rustix::fs::fadvise(file, offset, Some(len), rustix::fs::Advice::DontNeed);
-    }
-}
-
-/// Opens a slot's file for writing: created fresh the first time (whatever
-/// non-directory was at its path removed, never followed), reopened after.
-fn open_slot(slot: &FileSlot, st: &mut SlotState) -> Result<std::fs::File, ClientError> {
-    let path = &slot.path;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true);
-    if !st.created {
-        clear_path(path)?;
-        opts.create_new(true).mode(0o600);
-    }
-    let file = opts.open(path).map_err(|e| ClientError::io(path, e))?;
-    st.created = true;
-    Ok(file)
-}
-
-/// Sets a complete file's mode and times, then closes it.
-fn finish_file(slot: &FileSlot, file: std::fs::File, open: &AtomicUsize) -> Result<(), ClientError> {
-    let result = file
-        .set_permissions(std::fs::Permissions::from_mode(slot.mode))
-        .and_then(|()| filetime::set_file_handle_times(&file, Some(slot.mtime), Some(slot.mtime)));
-    drop(file);
-    open.fetch_sub(1, Ordering::Relaxed);
-    result.map_err(|e| ClientError::io(&slot.path, e))
-}
-
 /// Writes a file's chunks, in order, fetching a few ahead.
 async fn write_content<S: BlobSource, W: AsyncWrite + Unpin + Send>(
     source: &S,
@@ -627,55 +415,4 @@ pub async fn restore_to_writer<S: BlobSource, W: AsyncWrite + Unpin + Send>(
         duration_s: started.elapsed().as_secs_f64(),
         ..RestoreSummary::default()
     })
-}
-
-/// Creates directory `path`, accepting one that already exists.
-async fn make_dir(path: &Path) -> Result<(), ClientError> {
-    match tokio::fs::create_dir(path).await {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match tokio::fs::symlink_metadata(path).await {
-            Ok(m) if m.is_dir() => Ok(()),
-            _ => {
-                Err(ClientError::BadTarget { path: path.to_path_buf(), reason: "exists and is not a directory".into() })
-            }
-        },
-        Err(e) => Err(ClientError::io(path, e)),
-    }
-}
-
-/// Removes whatever non-directory sits at `path`, so that what is restored
-/// there is created fresh and an old symlink is never followed. Blocking.
-fn clear_path(path: &Path) -> Result<(), ClientError> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => {
-            Err(ClientError::BadTarget { path: path.to_path_buf(), reason: "a directory is in the way".into() })
-        }
-        Ok(_) => std::fs::remove_file(path).map_err(|e| ClientError::io(path, e)),
-        Err(_) => Ok(()),
-    }
-}
-
-/// Creates the symlink `path` to `target`, stamped with the node's mtime.
-async fn make_symlink(path: &Path, target: &[u8], node: &Node) -> Result<(), ClientError> {
-    let (path, target, mtime) =
-        (path.to_path_buf(), PathBuf::from(OsStr::from_bytes(target)), node.mtime.to_filetime());
-    blocking("create symlink", move || {
-        clear_path(&path)?;
-        std::os::unix::fs::symlink(&target, &path).map_err(|e| ClientError::io(&path, e))?;
-        filetime::set_symlink_file_times(&path, mtime, mtime).map_err(|e| ClientError::io(&path, e))
-    })
-    .await
-}
-
-/// Sets the mode and the mtime (and atime, to the same value) of a restored
-/// directory.
-async fn set_metadata(path: &Path, node: &Node) -> Result<(), ClientError> {
-    let perms = std::fs::Permissions::from_mode(node.permissions());
-    tokio::fs::set_permissions(path, perms).await.map_err(|e| ClientError::io(path, e))?;
-    let mtime = node.mtime.to_filetime();
-    let p = path.to_path_buf();
-    tokio::task::spawn_blocking(move || filetime::set_file_times(&p, mtime, mtime))
-        .await
-        .map_err(|e| ClientError::task("set file times", e))?
-        .map_err(|e| ClientError::io(path, e))
 }
