@@ -299,8 +299,8 @@ impl Catalog for CatalogService {
         self.read_barrier().await?;
         let record = self.repo(&repo)?;
         let params = record.params;
-        let min_shards =
-            crate::apply::min_shards(|k| kv::get::<u32>(self.tree(), "min shards", k), &record).map_err(Status::from)?;
+        let min_shards = crate::apply::min_shards(|k| kv::get::<u32>(self.tree(), "min shards", k), &record)
+            .map_err(Status::from)?;
         let nodes = self.nodes()?;
         let draining = kv::draining(self.tree()).map_err(Status::from)?;
         let candidates: Vec<Candidate> = nodes

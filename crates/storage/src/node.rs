@@ -43,7 +43,6 @@ pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 const MIN_META_RETRY: Duration = Duration::from_millis(200);
 const MAX_META_RETRY: Duration = Duration::from_secs(5);
 
-
 /// How a storage node runs.
 #[derive(Clone, Debug)]
 pub struct StorageConfig {

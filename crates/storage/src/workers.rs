@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use coffer_rpc::MetaClient;
 use coffer_proto::pb::{HeartbeatRequest, RegisterNodeRequest};
+use coffer_rpc::MetaClient;
 use coffer_types::{NodeId, SiteId};
 use coffer_worker::{Backoff, StatusBoard, StopSignal, Worker, WorkerState};
 
