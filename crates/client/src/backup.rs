@@ -480,17 +480,22 @@ impl Repository {
 
     /// Ends a failed session; best effort, since the lease expires anyway.
     async fn end_session(&self, session: SessionId) {
-        let req = pb::EndSessionRequest { session_id: session.0.to_vec() };
-        let ended = self
-            .meta
-            .call("EndSession", |mut c| {
-                let req = req.clone();
-                async move { c.end_session(req).await }
-            })
-            .await;
-        if let Err(e) = ended {
-            tracing::warn!(%session, error = %e, "ending the failed session failed; its lease will expire");
-        }
+        end_session(&self.meta, session).await
+    }
+}
+
+/// Ends a session that committed no snapshot; best effort, since the lease
+/// expires anyway.
+pub(crate) async fn end_session(meta: &crate::conn::MetaClient, session: SessionId) {
+    let req = pb::EndSessionRequest { session_id: session.0.to_vec() };
+    let ended = meta
+        .call("EndSession", |mut c| {
+            let req = req.clone();
+            async move { c.end_session(req).await }
+        })
+        .await;
+    if let Err(e) = ended {
+        tracing::warn!(%session, error = %e, "ending the session failed; its lease will expire");
     }
 }
 
@@ -527,7 +532,8 @@ impl coffer_worker::Worker for LeaseRenewal {
     }
 }
 
-async fn begin_session(
+/// Begins (or renews) `session` with a full lease.
+pub(crate) async fn begin_session(
     meta: &crate::conn::MetaClient,
     repo: &coffer_types::RepoName,
     session: SessionId,
