@@ -240,7 +240,7 @@ async fn rewrite(
     // copy gets one of its own, open just while it is stored (after this
     // run's condemnation, so it holds back only a concurrent collector).
     let session = SessionId::random();
-    crate::backup::begin_session(meta, repo, session).await?;
+    crate::backup::begin_session(meta, repo, session, crate::backup::SESSION_LEASE).await?;
     let writer = PackWriter {
         meta: meta.clone(),
         repo: repo.clone(),
