@@ -32,8 +32,8 @@ use crate::walk::{check_paths, TreeLoader, WalkError, WalkOutput, Walker};
 use crate::ClientError;
 use coffer_rpc::ShardPool;
 
-/// The session lease asked for; renewed well before it runs out.
-const SESSION_LEASE: Duration = Duration::from_secs(3600);
+/// The session lease asked for by default; renewed a third of the way in.
+pub(crate) const SESSION_LEASE: Duration = Duration::from_secs(3600);
 /// How often the progress callback is called while a backup runs.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// The walker recurses once per directory level; a generous stack keeps
@@ -60,6 +60,10 @@ pub struct BackupOptions {
     /// committed, so that `forget` refuses to remove it before then.
     pub hold_until_ms: Option<u64>,
     pub progress: Option<ProgressFn>,
+    /// The session lease to ask for (default an hour; the metadata plane
+    /// grants at least a second). It is renewed every third of it, and a
+    /// failed renewal aborts the backup before its snapshot is committed.
+    pub session_lease: Option<Duration>,
 }
 
 impl std::fmt::Debug for BackupOptions {
@@ -72,6 +76,7 @@ impl std::fmt::Debug for BackupOptions {
             .field("parent", &self.parent)
             .field("hold_until_ms", &self.hold_until_ms)
             .field("progress", &self.progress.is_some())
+            .field("session_lease", &self.session_lease)
             .finish()
     }
 }
@@ -139,6 +144,7 @@ struct Plan<'a> {
     compare: Option<&'a SnapshotRecord>,
     opts: &'a BackupOptions,
     start_ms: u64,
+    lease: &'a LeaseLost,
 }
 
 /// What the walker reads.
@@ -186,7 +192,8 @@ impl Repository {
         // condemns chunks only while no session is open, so a parent listed
         // after this point still has every chunk it references.
         let session = SessionId::random();
-        self.begin_session(session).await?;
+        let lease = opts.session_lease.unwrap_or(SESSION_LEASE);
+        begin_session(&self.meta, &self.record.name, session, lease).await?;
         let snaps = match self.snapshots().await {
             Ok(s) => s,
             Err(e) => {
@@ -208,7 +215,8 @@ impl Repository {
         // The first backup of a source is full whatever was asked.
         let kind = if parent.is_some() { opts.kind } else { BackupKind::Full };
         let compare = parent.clone().or_else(|| parent_for(&snaps, &source, BackupKind::Incremental).cloned());
-        let renew = self.keep_session(session);
+        let lost = LeaseLost::default();
+        let renew = self.keep_session(session, lease, &lost);
 
         let counters = Arc::new(Counters::default());
         let reporter = opts.progress.clone().map(|cb| {
@@ -232,6 +240,7 @@ impl Repository {
                     compare: compare.as_ref(),
                     opts: &opts,
                     start_ms,
+                    lease: &lost,
                 },
                 producer,
                 &counters,
@@ -298,7 +307,7 @@ impl Repository {
         producer: Producer,
         counters: &Arc<Counters>,
     ) -> Result<(SnapshotRecord, Vec<String>), ClientError> {
-        let Plan { session, source, kind, parent, compare, opts, start_ms } = *plan;
+        let Plan { session, source, kind, parent, compare, opts, start_ms, lease } = *plan;
         let ctx = Arc::new(StageCtx {
             writer: PackWriter {
                 meta: self.meta.clone(),
@@ -315,6 +324,7 @@ impl Repository {
         let read_all = kind == BackupKind::Full;
         let walk = self.run_pipeline(&ctx, producer, compare_root, read_all, counters).await?;
 
+        lease.check(session)?;
         let refs = encode_refs(&walk.refs);
         let refs_pack = ctx.writer.store(PackKind::Refs, refs, &[]).await?;
         let stats = SnapshotStats {
@@ -342,6 +352,10 @@ impl Repository {
             refs_pack: refs_pack.id,
             refs_count: walk.refs.len() as u64,
         };
+        // A lapsed lease may have let garbage collection condemn chunks this
+        // backup deduplicated against; the metadata plane refuses such a
+        // commit too, this says why before asking.
+        lease.check(session)?;
         let req =
             pb::CommitSnapshotRequest { session_id: session.0.to_vec(), snapshot: Some(pb::Snapshot::from(&record)) };
         self.meta
@@ -460,48 +474,77 @@ impl Repository {
         Ok(walked)
     }
 
-    async fn begin_session(&self, session: SessionId) -> Result<(), ClientError> {
-        begin_session(&self.meta, &self.record.name, session).await
-    }
-
     /// Renews the session lease in the background for long backups, as a
-    /// worker on a runner this backup owns (and shuts down when it ends).
-    fn keep_session(&self, session: SessionId) -> coffer_worker::Runner {
+    /// worker on a runner this backup owns (and shuts down when it ends). A
+    /// failed renewal is recorded in `lost`.
+    fn keep_session(&self, session: SessionId, lease: Duration, lost: &LeaseLost) -> coffer_worker::Runner {
         let runner = coffer_worker::Runner::new();
         runner.spawn(LeaseRenewal {
             meta: self.meta.clone(),
             repo: self.record.name.clone(),
             session,
-            every: SESSION_LEASE / 3,
+            lease,
+            every: lease / 3,
             first: true,
+            lost: lost.clone(),
         });
         runner
     }
 
     /// Ends a failed session; best effort, since the lease expires anyway.
     async fn end_session(&self, session: SessionId) {
-        let req = pb::EndSessionRequest { session_id: session.0.to_vec() };
-        let ended = self
-            .meta
-            .call("EndSession", |mut c| {
-                let req = req.clone();
-                async move { c.end_session(req).await }
-            })
-            .await;
-        if let Err(e) = ended {
-            tracing::warn!(%session, error = %e, "ending the failed session failed; its lease will expire");
+        end_session(&self.meta, session).await
+    }
+}
+
+/// Ends a session that committed no snapshot; best effort, since the lease
+/// expires anyway.
+pub(crate) async fn end_session(meta: &coffer_rpc::MetaClient, session: SessionId) {
+    let req = pb::EndSessionRequest { session_id: session.0.to_vec() };
+    let ended = meta
+        .call("EndSession", |mut c| {
+            let req = req.clone();
+            async move { c.end_session(req).await }
+        })
+        .await;
+    if let Err(e) = ended {
+        tracing::warn!(%session, error = %e, "ending the session failed; its lease will expire");
+    }
+}
+
+/// Why a backup's session lease could not be renewed, once it could not.
+#[derive(Clone, Default)]
+struct LeaseLost(Arc<Mutex<Option<String>>>);
+
+impl LeaseLost {
+    fn set(&self, why: String) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(why);
+    }
+
+    /// Fails once a renewal has failed: the backup must not commit.
+    fn check(&self, session: SessionId) -> Result<(), ClientError> {
+        match self.0.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            None => Ok(()),
+            Some(why) => Err(ClientError::SessionFailed {
+                session,
+                reason: format!("the session lease could not be renewed, so the snapshot was not committed: {why}"),
+            }),
         }
     }
 }
 
 /// Renews a backup's session lease every `every`; the first step only
-/// schedules (the session was just begun).
+/// schedules (the session was just begun). The first failure ends it: the
+/// client already retried through failovers, and a lease the metadata plane
+/// refused to renew has lapsed for good, so the backup is to abort.
 struct LeaseRenewal {
     meta: Arc<coffer_rpc::MetaClient>,
     repo: coffer_types::RepoName,
     session: SessionId,
+    lease: Duration,
     every: Duration,
     first: bool,
+    lost: LeaseLost,
 }
 
 impl coffer_worker::Worker for LeaseRenewal {
@@ -512,7 +555,11 @@ impl coffer_worker::Worker for LeaseRenewal {
     async fn work(&mut self, stop: &coffer_worker::StopSignal) -> Result<coffer_worker::WorkerState, ClientError> {
         if !std::mem::take(&mut self.first) {
             tokio::select! {
-                r = begin_session(&self.meta, &self.repo, self.session) => r?,
+                r = begin_session(&self.meta, &self.repo, self.session, self.lease) => if let Err(e) = r {
+                    tracing::error!(session = %self.session, error = %e, "renewing the session lease failed; the backup aborts");
+                    self.lost.set(e.to_string());
+                    return Ok(coffer_worker::WorkerState::Done);
+                },
                 _ = stop.stopped() => return Ok(coffer_worker::WorkerState::Done),
             }
         }
@@ -521,21 +568,19 @@ impl coffer_worker::Worker for LeaseRenewal {
     async fn wait_for_work(&mut self) {
         tokio::time::sleep(self.every).await
     }
-    fn backoff(&self) -> coffer_worker::Backoff {
-        // The lease outlives two more renewals: retry well within it.
-        coffer_worker::Backoff { first: Duration::from_secs(5), max: self.every / 4 }
-    }
 }
 
-async fn begin_session(
+/// Begins (or renews) `session` with a lease of `lease`.
+pub(crate) async fn begin_session(
     meta: &coffer_rpc::MetaClient,
     repo: &coffer_types::RepoName,
     session: SessionId,
+    lease: Duration,
 ) -> Result<(), ClientError> {
     let req = pb::BeginSessionRequest {
         repo: repo.to_string(),
         session_id: session.0.to_vec(),
-        lease_ms: SESSION_LEASE.as_millis() as u64,
+        lease_ms: lease.as_millis() as u64,
     };
     meta.call("BeginSession", |mut c| {
         let req = req.clone();

@@ -236,14 +236,21 @@ async fn rewrite(
         entries.push(PackEntry { id: *id, offset: buf.len() as u64, len: loc.len });
         buf.extend_from_slice(blob);
     }
+    // The metadata plane commits a pack only in an open session, so the
+    // copy gets one of its own, open just while it is stored (after this
+    // run's condemnation, so it holds back only a concurrent collector).
+    let session = SessionId::random();
+    crate::backup::begin_session(meta, repo, session, crate::backup::SESSION_LEASE).await?;
     let writer = PackWriter {
         meta: meta.clone(),
         repo: repo.clone(),
-        session: SessionId::random(),
+        session,
         shards: Arc::new(ShardPool::default()),
         counters: Arc::new(Counters::default()),
     };
-    let record = writer.store(p.record.kind, buf, &entries).await?;
+    let stored = writer.store(p.record.kind, buf, &entries).await;
+    crate::backup::end_session(meta, session).await;
+    let record = stored?;
     for batch in entries.chunks(BATCH) {
         let req = pb::RelocateRequest {
             repo: repo.to_string(),

@@ -6,7 +6,9 @@
 //! Every command is idempotent, so that a client may retry a commit whose
 //! answer it never received without doubling anything.
 
-use coffer_types::{ChunkLocation, NodeRecord, PackRecord, RepoRecord, SessionRecord, SnapshotRecord};
+use coffer_types::{
+    ChunkLocation, NodeRecord, PackRecord, RepoName, RepoRecord, SessionId, SessionRecord, SnapshotRecord,
+};
 
 use crate::command::{BadShardRecord, Command, CommandResult, DrainRecord, IncidentRecord, Rejection, RepairWork};
 use crate::error::MetaError;
@@ -50,11 +52,29 @@ pub fn apply(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, MetaError
             Ok(CommandResult::Ok)
         }
         Command::BeginSession { mut session } => {
+            let now = log_clock(txn, session.started_ms)?;
             if !txn.contains(&kv::repo_key(&session.repo))? {
                 return Ok(CommandResult::Rejected(Rejection::UnknownRepo(session.repo)));
             }
             let key = kv::session_key(&session.id);
-            if let Some(existing) = txn.get::<SessionRecord>("session", &key)? {
+            let existing = txn.get::<SessionRecord>("session", &key)?;
+            // A lapsed lease is never renewed: garbage collection may already
+            // have condemned what the session deduplicated against.
+            let lease_until_ms = existing.as_ref().map_or(session.lease_until_ms, |e| e.lease_until_ms);
+            if lease_until_ms <= now {
+                return Ok(CommandResult::Rejected(Rejection::SessionExpired {
+                    session: session.id,
+                    lease_until_ms,
+                    now_ms: now,
+                }));
+            }
+            if let Some(existing) = existing {
+                if existing.repo != session.repo {
+                    return Ok(CommandResult::Rejected(Rejection::UnknownSession {
+                        repo: session.repo,
+                        session: session.id,
+                    }));
+                }
                 // Beginning a session again renews its lease; it keeps its
                 // start, which garbage collection orders sessions by.
                 session.started_ms = existing.started_ms;
@@ -74,7 +94,10 @@ pub fn apply(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, MetaError
             txn.remove(key);
             Ok(CommandResult::Ok)
         }
-        Command::CommitPack { session: _, pack, chunks } => commit_pack(txn, pack, chunks),
+        Command::CommitPack { session, now_ms, pack, chunks } => {
+            let now = log_clock(txn, now_ms)?;
+            commit_pack(txn, session, now, pack, chunks)
+        }
         Command::IndexChunks { repo, pack, chunks } => {
             let Some(record) = txn.get::<PackRecord>("pack", &kv::pack_key(&pack))? else {
                 return Ok(CommandResult::Rejected(Rejection::UnknownPack(pack)));
@@ -168,8 +191,9 @@ pub fn apply(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, MetaError
             txn.put(kv::incident_key(record.id), &record)?;
             Ok(CommandResult::Ok)
         }
-        Command::CommitSnapshot { session, snapshot } => {
-            let result = commit_snapshot(txn, snapshot)?;
+        Command::CommitSnapshot { session, now_ms, snapshot } => {
+            let now = log_clock(txn, now_ms)?;
+            let result = commit_snapshot(txn, session, now, snapshot)?;
             if !matches!(result, CommandResult::Rejected(_)) {
                 txn.remove(kv::session_key(&session));
             }
@@ -178,7 +202,8 @@ pub fn apply(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, MetaError
         Command::Forget { repo, snapshots, time_ms } => crate::retention::forget(txn, &repo, &snapshots, time_ms),
         Command::SetHold { repo, snapshot, until_ms } => crate::retention::set_hold(txn, &repo, snapshot, until_ms),
         Command::Condemn { repo, chunks, marked_from, time_ms } => {
-            crate::gc::condemn(txn, &repo, &chunks, &marked_from, time_ms)
+            let now = log_clock(txn, time_ms)?;
+            crate::gc::condemn(txn, &repo, &chunks, &marked_from, now)
         }
         Command::Sweep { repo, chunks } => crate::gc::sweep(txn, &repo, &chunks),
         Command::DropPacks { repo, packs } => crate::gc::drop_packs(txn, &repo, &packs),
@@ -204,6 +229,43 @@ pub fn apply(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, MetaError
     }
 }
 
+/// The log clock: the latest leader time carried by a command that judges
+/// leases, advanced to `now_ms` if that is later, and returned. Leases are
+/// judged by it alone, never by one node's clock. It never goes backwards, so
+/// a new leader whose clock is behind cannot make a lease that the log has
+/// already seen lapse (and that `Condemn` may have relied on) live again; a
+/// leader whose clock is ahead moves it on for every replica alike, which can
+/// only end leases early: the backup then aborts, nothing is lost.
+pub(crate) fn log_clock(txn: &mut Txn<'_>, now_ms: u64) -> Result<u64, MetaError> {
+    let clock = txn.get::<u64>("log clock", kv::KEY_CLOCK)?.unwrap_or(0);
+    if now_ms > clock {
+        txn.put(kv::KEY_CLOCK.to_vec(), &now_ms)?;
+    }
+    Ok(clock.max(now_ms))
+}
+
+/// Why `session` may not commit into `repo` at log time `now`, if it may
+/// not: it must be open, of that repository, and unexpired. `Condemn` counts
+/// a session as open while `now < lease_until_ms`; this is the same test, so
+/// a session that a condemnation ignored can never commit afterwards.
+fn session_refusal(
+    txn: &Txn<'_>,
+    session: SessionId,
+    repo: &RepoName,
+    now: u64,
+) -> Result<Option<Rejection>, MetaError> {
+    let Some(record) = txn.get::<SessionRecord>("session", &kv::session_key(&session))? else {
+        return Ok(Some(Rejection::UnknownSession { repo: repo.clone(), session }));
+    };
+    if record.repo != *repo {
+        return Ok(Some(Rejection::UnknownSession { repo: repo.clone(), session }));
+    }
+    if record.lease_until_ms <= now {
+        return Ok(Some(Rejection::SessionExpired { session, lease_until_ms: record.lease_until_ms, now_ms: now }));
+    }
+    Ok(None)
+}
+
 /// The fewest placed shards a new pack of `repo` may have: what was set with
 /// `SetMinShards`, else the default for its code.
 pub(crate) fn min_shards(
@@ -218,6 +280,8 @@ pub(crate) fn min_shards(
 
 fn commit_pack(
     txn: &mut Txn<'_>,
+    session: SessionId,
+    now: u64,
     pack: PackRecord,
     chunks: Vec<(coffer_types::ChunkId, ChunkLocation)>,
 ) -> Result<CommandResult, MetaError> {
@@ -231,6 +295,11 @@ fn commit_pack(
         } else {
             CommandResult::Rejected(Rejection::PackConflict(pack.id))
         });
+    }
+    // After the repeat check, so that a retry whose answer was lost still
+    // hears that its pack is in; a new pack needs a live session.
+    if let Some(why) = session_refusal(txn, session, &pack.repo, now)? {
+        return Ok(CommandResult::Rejected(why));
     }
     // A short pack (some shards unplaced) is accepted down to the
     // repository's minimum; the repair planner writes the rest.
@@ -356,7 +425,12 @@ fn index_chunks(
     Ok(added)
 }
 
-fn commit_snapshot(txn: &mut Txn<'_>, snapshot: SnapshotRecord) -> Result<CommandResult, MetaError> {
+fn commit_snapshot(
+    txn: &mut Txn<'_>,
+    session: SessionId,
+    now: u64,
+    snapshot: SnapshotRecord,
+) -> Result<CommandResult, MetaError> {
     if !txn.contains(&kv::repo_key(&snapshot.repo))? {
         return Ok(CommandResult::Rejected(Rejection::UnknownRepo(snapshot.repo)));
     }
@@ -367,6 +441,11 @@ fn commit_snapshot(txn: &mut Txn<'_>, snapshot: SnapshotRecord) -> Result<Comman
         } else {
             CommandResult::Rejected(Rejection::SnapshotConflict(snapshot.id))
         });
+    }
+    // A lapsed session may have had the chunks it deduplicated against
+    // condemned and swept: its snapshot could point at nothing.
+    if let Some(why) = session_refusal(txn, session, &snapshot.repo, now)? {
+        return Ok(CommandResult::Rejected(why));
     }
     if !txn.contains(&kv::chunk_key(&snapshot.repo, &snapshot.root))? {
         return Ok(CommandResult::Rejected(Rejection::RootNotIndexed { snapshot: snapshot.id, root: snapshot.root }));
@@ -388,7 +467,7 @@ fn commit_snapshot(txn: &mut Txn<'_>, snapshot: SnapshotRecord) -> Result<Comman
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::{run, snapshot, tree};
+    use crate::test_util::{begin, run, snapshot, tree};
     use coffer_types::*;
 
     fn repo() -> RepoRecord {
@@ -429,7 +508,8 @@ mod tests {
         // A pack on unknown nodes is refused and indexes nothing.
         let chunk = ChunkId([1; 32]);
         let loc = ChunkLocation { pack: PackId([7; 16]), offset: 10, len: 20 };
-        let cmd = Command::CommitPack { session: SessionId([0; 16]), pack: pack(&nodes), chunks: vec![(chunk, loc)] };
+        let session = begin(&t, &repo().name, 0, 1000);
+        let cmd = Command::CommitPack { session, now_ms: 2, pack: pack(&nodes), chunks: vec![(chunk, loc)] };
         assert!(matches!(run(&t, cmd.clone()), CommandResult::Rejected(Rejection::PackOnUnknownNode { .. })));
         assert!(t.get(kv::chunk_key(&repo().name, &chunk)).unwrap().is_none());
 
@@ -455,7 +535,7 @@ mod tests {
         let mut p2 = pack(&nodes);
         p2.id = PackId([8; 16]);
         let bad = ChunkLocation { pack: p2.id, offset: 90, len: 20 };
-        let r = run(&t, Command::CommitPack { session: SessionId([0; 16]), pack: p2, chunks: vec![(chunk, bad)] });
+        let r = run(&t, Command::CommitPack { session, now_ms: 2, pack: p2, chunks: vec![(chunk, bad)] });
         assert!(matches!(r, CommandResult::Rejected(Rejection::ChunkOutOfRange { .. })));
     }
 
@@ -492,7 +572,8 @@ mod tests {
             }
             p
         };
-        let commit = |p: PackRecord| Command::CommitPack { session: SessionId([0; 16]), pack: p, chunks: vec![] };
+        let session = begin(&t, &r.name, 0, 1000);
+        let commit = |p: PackRecord| Command::CommitPack { session, now_ms: 2, pack: p, chunks: vec![] };
         assert_eq!(run(&t, commit(short(4, 1))), CommandResult::Ok);
         assert_eq!(run(&t, commit(short(4, 1))), CommandResult::AlreadyApplied);
         assert!(matches!(
@@ -542,8 +623,127 @@ mod tests {
     fn snapshot_needs_indexed_root_and_committed_refs() {
         let t = tree();
         run(&t, Command::CreateRepo { repo: repo() });
+        let session = begin(&t, &repo().name, 0, 1000);
         let snap = snapshot(3, repo().name);
-        let r = run(&t, Command::CommitSnapshot { session: SessionId([0; 16]), snapshot: snap });
+        let r = run(&t, Command::CommitSnapshot { session, now_ms: 2, snapshot: snap });
         assert!(matches!(r, CommandResult::Rejected(Rejection::RootNotIndexed { .. })));
+    }
+
+    /// A repository with nodes 1..=3, its refs pack `[4; 16]` and a data
+    /// pack `[7; 16]` holding the root `[9; 32]` committed by session 1
+    /// (leased until 100), ready for `snapshot(3, ..)`.
+    fn ready_to_snapshot(t: &sled::Tree) -> SessionId {
+        run(t, Command::CreateRepo { repo: repo() });
+        let nodes: Vec<NodeId> = (1..=3).map(NodeId).collect();
+        register(t, &nodes);
+        let session = begin(t, &repo().name, 1, 100);
+        let mut refs = pack(&nodes);
+        refs.id = PackId([4; 16]);
+        refs.kind = PackKind::Refs;
+        assert_eq!(run(t, Command::CommitPack { session, now_ms: 10, pack: refs, chunks: vec![] }), CommandResult::Ok);
+        let root = (ChunkId([9; 32]), ChunkLocation { pack: PackId([7; 16]), offset: 0, len: 10 });
+        let data = Command::CommitPack { session, now_ms: 10, pack: pack(&nodes), chunks: vec![root] };
+        assert_eq!(run(t, data), CommandResult::Ok);
+        session
+    }
+
+    #[test]
+    fn commits_need_an_open_session_of_the_repository() {
+        let t = tree();
+        let session = ready_to_snapshot(&t);
+        let nodes: Vec<NodeId> = (1..=3).map(NodeId).collect();
+        let mut other = pack(&nodes);
+        other.id = PackId([5; 16]);
+        // Never begun, or begun for another repository: refused, nothing indexed.
+        let stranger = SessionId([2; 16]);
+        let cmd = |session| Command::CommitPack { session, now_ms: 20, pack: other.clone(), chunks: vec![] };
+        assert!(matches!(run(&t, cmd(stranger)), CommandResult::Rejected(Rejection::UnknownSession { .. })));
+        let mut r2 = repo();
+        r2.name = RepoName::new("r2").unwrap();
+        run(&t, Command::CreateRepo { repo: r2.clone() });
+        let elsewhere = begin(&t, &r2.name, 6, 100);
+        assert!(matches!(run(&t, cmd(elsewhere)), CommandResult::Rejected(Rejection::UnknownSession { .. })));
+        assert!(t.get(kv::pack_key(&other.id)).unwrap().is_none());
+        let snap = |session| Command::CommitSnapshot { session, now_ms: 20, snapshot: snapshot(3, repo().name) };
+        assert!(matches!(run(&t, snap(stranger)), CommandResult::Rejected(Rejection::UnknownSession { .. })));
+        assert!(t.get(kv::snapshot_key(&SnapshotId([3; 16]))).unwrap().is_none());
+        // Its own session commits, once; the session ends with it, and a
+        // retry whose answer was lost still hears that it is in.
+        assert_eq!(run(&t, snap(session)), CommandResult::Ok);
+        assert_eq!(run(&t, snap(session)), CommandResult::AlreadyApplied);
+        assert!(t.get(kv::session_key(&session)).unwrap().is_none());
+        // An ended session commits no new pack.
+        assert!(matches!(run(&t, cmd(session)), CommandResult::Rejected(Rejection::UnknownSession { .. })));
+    }
+
+    #[test]
+    fn an_expired_session_commits_nothing_and_is_not_renewed() {
+        let t = tree();
+        let session = ready_to_snapshot(&t);
+        let nodes: Vec<NodeId> = (1..=3).map(NodeId).collect();
+        let mut other = pack(&nodes);
+        other.id = PackId([5; 16]);
+        let pack_at = |now_ms| Command::CommitPack { session, now_ms, pack: other.clone(), chunks: vec![] };
+        let snap_at = |now_ms| Command::CommitSnapshot { session, now_ms, snapshot: snapshot(3, repo().name) };
+        // The lease runs until 100 (exclusive), judged by the command's time.
+        for now in [100, 5_000] {
+            let r = run(&t, pack_at(now));
+            assert!(
+                matches!(r, CommandResult::Rejected(Rejection::SessionExpired { lease_until_ms: 100, .. })),
+                "{r:?}"
+            );
+            let r = run(&t, snap_at(now));
+            assert!(matches!(r, CommandResult::Rejected(Rejection::SessionExpired { .. })), "{r:?}");
+        }
+        assert!(t.get(kv::pack_key(&other.id)).unwrap().is_none());
+        assert!(t.get(kv::snapshot_key(&SnapshotId([3; 16]))).unwrap().is_none());
+        // The log has been at 5000: a leader whose clock says 50 cannot
+        // revive the lease, neither by committing nor by renewing.
+        let r = run(&t, snap_at(50));
+        assert!(matches!(r, CommandResult::Rejected(Rejection::SessionExpired { now_ms: 5_000, .. })), "{r:?}");
+        assert!(matches!(run(&t, pack_at(50)), CommandResult::Rejected(Rejection::SessionExpired { .. })));
+        let renew = SessionRecord { id: session, repo: repo().name, started_ms: 50, lease_until_ms: 3_650 };
+        let r = run(&t, Command::BeginSession { session: renew });
+        assert!(matches!(r, CommandResult::Rejected(Rejection::SessionExpired { .. })), "{r:?}");
+        assert!(t.get(kv::snapshot_key(&SnapshotId([3; 16]))).unwrap().is_none());
+        // Nor can a new session begin already lapsed by the log's time.
+        let late = SessionRecord { id: SessionId([8; 16]), repo: repo().name, started_ms: 40, lease_until_ms: 4_000 };
+        assert!(matches!(run(&t, Command::BeginSession { session: late }), CommandResult::Rejected(_)));
+    }
+
+    #[test]
+    fn a_renewed_lease_keeps_the_session_committing() {
+        let t = tree();
+        let session = ready_to_snapshot(&t);
+        let renew = SessionRecord { id: session, repo: repo().name, started_ms: 90, lease_until_ms: 200 };
+        assert_eq!(run(&t, Command::BeginSession { session: renew }), CommandResult::Ok);
+        let snap = Command::CommitSnapshot { session, now_ms: 150, snapshot: snapshot(3, repo().name) };
+        assert_eq!(run(&t, snap), CommandResult::Ok);
+    }
+
+    #[test]
+    fn condemn_judges_leases_by_the_log_clock() {
+        let t = tree();
+        let session = ready_to_snapshot(&t);
+        let name = repo().name;
+        let condemn = |time_ms| Command::Condemn {
+            repo: name.clone(),
+            chunks: vec![ChunkId([9; 32])],
+            marked_from: vec![],
+            time_ms,
+        };
+        // Live at the command's time: refused.
+        let r = run(&t, condemn(99));
+        assert!(matches!(r, CommandResult::Rejected(Rejection::BackupRunning { .. })), "{r:?}");
+        // A commit stamped later moves the log clock past the lease (and is
+        // refused); a condemnation from a leader whose clock is behind is then
+        // judged at the log's time, so it agrees that the session is over.
+        let late = Command::CommitSnapshot { session, now_ms: 100, snapshot: snapshot(3, name.clone()) };
+        assert!(matches!(run(&t, late), CommandResult::Rejected(Rejection::SessionExpired { .. })));
+        assert_eq!(run(&t, condemn(60)), CommandResult::Ok);
+        // And what it condemned stays condemned from the session's view: the
+        // session can no longer commit a snapshot on top of it.
+        let snap = Command::CommitSnapshot { session, now_ms: 60, snapshot: snapshot(3, name.clone()) };
+        assert!(matches!(run(&t, snap), CommandResult::Rejected(Rejection::SessionExpired { .. })));
     }
 }

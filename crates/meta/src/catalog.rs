@@ -376,7 +376,7 @@ impl Catalog for CatalogService {
         // whole call completes the index.
         let rest = chunks.split_off(chunks.len().min(MAX_CHUNKS_PER_COMMAND));
         let (repo, pack_id) = (pack.repo.clone(), pack.id);
-        self.write(Command::CommitPack { session, pack, chunks }).await?;
+        self.write(Command::CommitPack { session, now_ms: now_ms(), pack, chunks }).await?;
         for batch in rest.chunks(MAX_CHUNKS_PER_COMMAND) {
             self.write(Command::IndexChunks { repo: repo.clone(), pack: pack_id, chunks: batch.to_vec() }).await?;
         }
@@ -392,7 +392,7 @@ impl Catalog for CatalogService {
         let snapshot =
             SnapshotRecord::try_from(r.snapshot.ok_or_else(|| Status::invalid_argument("snapshot is missing"))?)?;
         tracing::info!(snapshot = %snapshot.id, repo = %snapshot.repo, "commit snapshot");
-        self.write(Command::CommitSnapshot { session, snapshot }).await?;
+        self.write(Command::CommitSnapshot { session, now_ms: now_ms(), snapshot }).await?;
         Ok(Response::new(pb::CommitSnapshotResponse {}))
     }
 

@@ -31,6 +31,8 @@ pub enum Command {
     CreateRepo {
         repo: RepoRecord,
     },
+    /// Begins a session, or renews its lease; `session.started_ms` is the
+    /// leader's time and advances the log clock (see `apply::log_clock`).
     BeginSession {
         session: SessionRecord,
     },
@@ -38,9 +40,12 @@ pub enum Command {
         id: SessionId,
     },
     /// A pack whose every shard has been acknowledged, and the first
-    /// `MAX_CHUNKS_PER_COMMAND` of the chunks in it.
+    /// `MAX_CHUNKS_PER_COMMAND` of the chunks in it. Refused unless
+    /// `session` is open and unexpired at the log's time (`now_ms`, the
+    /// leader's, never earlier than any time the log has carried).
     CommitPack {
         session: SessionId,
+        now_ms: u64,
         pack: PackRecord,
         chunks: Vec<(ChunkId, ChunkLocation)>,
     },
@@ -95,9 +100,11 @@ pub enum Command {
         node: NodeId,
         time_ms: u64,
     },
-    /// The last step of a backup; ends the session.
+    /// The last step of a backup; ends the session. Refused, like
+    /// `CommitPack`, unless the session is open and unexpired at `now_ms`.
     CommitSnapshot {
         session: SessionId,
+        now_ms: u64,
         snapshot: SnapshotRecord,
     },
     /// Removes snapshot records of `repo` and their holds; refused as a whole
@@ -269,6 +276,10 @@ pub enum Rejection {
     BadMinShards { repo: RepoName, min_shards: u32, params: ErasureParams },
     #[error("pack {pack}: {placed} shards placed, the repository needs at least {min_shards}")]
     TooFewShards { pack: PackId, placed: usize, min_shards: usize },
+    #[error("repository {repo}: backup session {session} is not open (never begun, ended, or of another repository)")]
+    UnknownSession { repo: RepoName, session: SessionId },
+    #[error("backup session {session}: its lease ran out at {lease_until_ms} ms, the log is at {now_ms} ms")]
+    SessionExpired { session: SessionId, lease_until_ms: u64, now_ms: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -7,6 +7,7 @@
 //!
 //! ```text
 //!   m/applied  m/membership  m/schema  m/count/<what>     bookkeeping
+//!   m/clock                         u64: the log clock (latest leader time seen)
 //!   n/<node id: u64 BE>             NodeRecord
 //!   r/<repo name>                   RepoRecord
 //!   s/<snapshot id>                 SnapshotRecord
@@ -36,6 +37,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub const KEY_APPLIED: &[u8] = b"m/applied";
 pub const KEY_MEMBERSHIP: &[u8] = b"m/membership";
 pub const KEY_SCHEMA: &[u8] = b"m/schema";
+pub const KEY_CLOCK: &[u8] = b"m/clock";
 
 pub fn count_key(what: &str) -> Vec<u8> {
     [b"m/count/".as_slice(), what.as_bytes()].concat()

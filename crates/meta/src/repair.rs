@@ -536,8 +536,8 @@ async fn delete_copy(n: &MetaNode, node: NodeId, pack: PackId, index: ShardIndex
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::{run, tree};
-    use coffer_types::{ErasureParams, Hash32, PackKind, RepoName, RepoRecord, SessionId, ShardRecord};
+    use crate::test_util::{begin, run, tree};
+    use coffer_types::{ErasureParams, Hash32, PackKind, RepoName, RepoRecord, ShardRecord};
 
     /// A 2+1 pack on nodes 1, 2, 3, committed through `apply`.
     fn committed(t: &sled::Tree) -> PackRecord {
@@ -561,7 +561,7 @@ mod tests {
         }
         let pack = PackRecord {
             id: PackId([5; 16]),
-            repo: repo.name,
+            repo: repo.name.clone(),
             kind: PackKind::Data,
             params: repo.params,
             pack_len: 10,
@@ -570,7 +570,8 @@ mod tests {
                 .map(|i| ShardRecord { index: ShardIndex(i), node: NodeId(i as u64 + 1), checksum: Hash32([i; 32]) })
                 .collect(),
         };
-        let cmd = Command::CommitPack { session: SessionId([1; 16]), pack: pack.clone(), chunks: vec![] };
+        let session = begin(t, &repo.name, 1, 100);
+        let cmd = Command::CommitPack { session, now_ms: 2, pack: pack.clone(), chunks: vec![] };
         assert_eq!(run(t, cmd), CommandResult::Ok);
         pack
     }

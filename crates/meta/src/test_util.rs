@@ -1,7 +1,10 @@
 //! Fixtures shared by the state machine's unit tests: a temporary tree,
-//! applying one command as its own committed batch, and a snapshot record.
+//! applying one command as its own committed batch, a backup session, and a
+//! snapshot record.
 
-use coffer_types::{BackupKind, ChunkId, PackId, RepoName, SnapshotId, SnapshotRecord, SnapshotStats, Source};
+use coffer_types::{
+    BackupKind, ChunkId, PackId, RepoName, SessionId, SessionRecord, SnapshotId, SnapshotRecord, SnapshotStats, Source,
+};
 
 use crate::apply::apply;
 use crate::command::{Command, CommandResult};
@@ -19,6 +22,14 @@ pub(crate) fn run(t: &sled::Tree, cmd: Command) -> CommandResult {
     let r = apply(&mut txn, cmd).unwrap();
     txn.commit().unwrap();
     r
+}
+
+/// Begins session `[id; 16]` of `repo` at time 1, leased until
+/// `lease_until_ms`; commits stamped before then may use it.
+pub(crate) fn begin(t: &sled::Tree, repo: &RepoName, id: u8, lease_until_ms: u64) -> SessionId {
+    let session = SessionRecord { id: SessionId([id; 16]), repo: repo.clone(), started_ms: 1, lease_until_ms };
+    assert_eq!(run(t, Command::BeginSession { session }), CommandResult::Ok);
+    SessionId([id; 16])
 }
 
 /// A full snapshot of `repo` with id `[id; 16]`, root `[9; 32]` and refs

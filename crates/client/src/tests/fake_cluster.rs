@@ -5,7 +5,7 @@
 //! The fake follows the catalog semantics the agent relies on (idempotent
 //! commits, first location wins, snapshot commit checks its root and
 //! reference list) but is no model of the real metadata plane: no Raft, no
-//! leases, no garbage collection.
+//! leases (only a switch that refuses renewals), no garbage collection.
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
@@ -51,6 +51,10 @@ pub struct FakeCatalog {
     pub state: Mutex<CatalogState>,
     pub allocations: AtomicU64,
     pub pack_commits: AtomicU64,
+    /// Refuse to renew an open session, as the metadata plane does once
+    /// its lease has lapsed.
+    pub refuse_renewals: AtomicBool,
+    pub renewals_refused: AtomicU64,
 }
 
 impl FakeCatalog {
@@ -95,7 +99,12 @@ impl Catalog for Svc<FakeCatalog> {
 
     async fn begin_session(&self, req: Request<pb::BeginSessionRequest>) -> Res<pb::BeginSessionResponse> {
         let req = req.into_inner();
-        self.st().sessions.insert(req.session_id);
+        let mut st = self.st();
+        if self.refuse_renewals.load(Ordering::SeqCst) && st.sessions.contains(&req.session_id) {
+            self.renewals_refused.fetch_add(1, Ordering::SeqCst);
+            return Err(Status::failed_precondition("backup session: its lease ran out"));
+        }
+        st.sessions.insert(req.session_id);
         Ok(Response::new(pb::BeginSessionResponse { lease_until_ms: req.lease_ms }))
     }
 

@@ -239,3 +239,49 @@ async fn a_backup_that_cannot_place_packs_fails_and_ends_its_session() {
     let err = repo.backup(o).await.unwrap_err();
     assert!(matches!(err, ClientError::SnapshotNotFound { .. }), "{err}");
 }
+
+/// A stream whose end waits until the fake catalog has refused a lease
+/// renewal, so the backup is still running when its lease is lost.
+struct UntilRenewalRefused {
+    catalog: Arc<super::fake_cluster::FakeCatalog>,
+    head: std::io::Cursor<Vec<u8>>,
+}
+
+impl std::io::Read for UntilRenewalRefused {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.head.read(buf)?;
+        if n > 0 {
+            return Ok(n);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.catalog.renewals_refused.load(Ordering::SeqCst) == 0 {
+            if std::time::Instant::now() > deadline {
+                return Err(std::io::Error::other("no renewal was refused within 30 s"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_whose_lease_renewal_fails_aborts_without_a_snapshot() {
+    let (cluster, repo) = setup(2, 1, 3).await;
+    cluster.catalog.refuse_renewals.store(true, Ordering::SeqCst);
+    let reader =
+        UntilRenewalRefused { catalog: cluster.catalog.clone(), head: std::io::Cursor::new(noise(1 << 20, 5)) };
+    // A one-second lease is renewed every third of a second.
+    let mut o = opts(Path::new("/"), BackupKind::Full);
+    o.session_lease = Some(std::time::Duration::from_secs(1));
+    let r = repo.backup_stream(reader, "db.dump", o).await;
+    assert!(cluster.catalog.renewals_refused.load(Ordering::SeqCst) >= 1);
+    match r {
+        Err(ClientError::SessionFailed { reason, .. }) => {
+            assert!(reason.contains("lease could not be renewed"), "{reason}")
+        }
+        other => panic!("the backup should abort: {other:?}"),
+    }
+    let st = cluster.catalog.state.lock().unwrap();
+    assert!(st.snapshots.is_empty(), "no snapshot is committed");
+    assert!(st.sessions.is_empty(), "the aborted backup ended its session");
+}
