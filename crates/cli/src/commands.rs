@@ -266,7 +266,11 @@ pub async fn status(g: &Global) -> Result<()> {
                 "draining": n.draining,
                 "used_bytes": n.used_bytes,
                 "capacity_bytes": n.capacity_bytes,
+                "free_bytes": n.free_bytes,
+                "reserve_bytes": n.reserve_bytes,
+                "orphan_bytes": n.orphan_bytes,
             })).collect::<Vec<_>>(),
+            "orphan_bytes": s.orphan_bytes,
             "packs": {"healthy": packs.healthy, "degraded": packs.degraded, "at_risk": packs.at_risk, "lost": packs.lost, "short": packs.short},
             "meta": {
                 "leader": s.leader,
@@ -308,7 +312,18 @@ pub async fn status(g: &Global) -> Result<()> {
     nodes.sort_by(|a, b| (&a.site, &a.addr).cmp(&(&b.site, &b.addr)));
     println!("storage nodes:");
     for n in &nodes {
-        println!("  {:<10} {:016x} {:<8} {:<22} used {:>10}", n.site, n.id, n.state, n.addr, human_bytes(n.used_bytes));
+        print!("  {:<10} {:016x} {:<8} {:<22} used {:>10}", n.site, n.id, n.state, n.addr, human_bytes(n.used_bytes));
+        print!("  free {:>10}", human_bytes(n.free_bytes));
+        if n.free_bytes <= n.reserve_bytes && n.reserve_bytes > 0 {
+            print!(" (full: reserve {})", human_bytes(n.reserve_bytes));
+        }
+        if n.orphan_bytes > 0 {
+            print!("  orphans {}", human_bytes(n.orphan_bytes));
+        }
+        println!();
+    }
+    if s.orphan_bytes > 0 {
+        println!("orphan shards: {} (collected by their nodes)", human_bytes(s.orphan_bytes));
     }
     println!(
         "packs: {} healthy, {} degraded, {} at risk, {} lost",

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use clap::Args;
 use coffer_meta::MetaConfig;
-use coffer_storage::StorageConfig;
+use coffer_storage::{Reserve, StorageConfig};
 use coffer_types::{MetaId, SiteId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -195,6 +195,21 @@ pub struct StorageSettings {
     #[arg(long, env = "COFFER_SCRUB_RATE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scrub_rate: Option<u64>,
+    /// Space kept free on the filesystem: bytes, or a percentage such as
+    /// "5%" (default: 1 GiB, or 5% of a filesystem smaller than 20 GiB).
+    /// Puts that would cross it are refused.
+    #[arg(long, env = "COFFER_RESERVE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reserve: Option<String>,
+    /// Age past which a shard of a pack the catalog does not know is
+    /// collected (default: the longest session lease and a day).
+    #[arg(long, env = "COFFER_ORPHAN_AGE", value_parser = parse_dur)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub orphan_age: Option<Dur>,
+    /// Time between two orphan-collection passes.
+    #[arg(long, env = "COFFER_ORPHAN_INTERVAL", value_parser = parse_dur)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub orphan_interval: Option<Dur>,
 }
 
 /// The defaults table of `coffer meta`: every default, read from the one
@@ -224,6 +239,8 @@ pub fn storage_defaults() -> StorageSettings {
         heartbeat_interval: c.as_ref().map(|c| Dur(c.heartbeat_interval)),
         scrub_interval: c.as_ref().and_then(|c| c.scrub_interval).map(Dur),
         scrub_rate: c.as_ref().map(|c| c.scrub_rate),
+        orphan_age: c.as_ref().map(|c| Dur(c.orphan_age)),
+        orphan_interval: c.as_ref().and_then(|c| c.orphan_interval).map(Dur),
         ..StorageSettings::default()
     }
 }
@@ -356,6 +373,15 @@ impl StorageSettings {
         }
         if let Some(v) = self.scrub_rate {
             c.scrub_rate = v;
+        }
+        if let Some(v) = &self.reserve {
+            c.reserve = Some(Reserve::parse(v).map_err(|e| usage(format!("`reserve`: {e}")))?);
+        }
+        if let Some(Dur(v)) = self.orphan_age {
+            c.orphan_age = v;
+        }
+        if let Some(Dur(v)) = self.orphan_interval {
+            c.orphan_interval = Some(v);
         }
         Ok(c)
     }

@@ -165,26 +165,43 @@ impl Repository {
     }
 }
 
-/// Lists the snapshots of `repo`, validating every record.
+/// Lists the snapshots of `repo` a page at a time, validating every record;
+/// in time order (start, then end).
 pub(crate) async fn list_snapshots(meta: &MetaClient, repo: &RepoName) -> Result<Vec<SnapshotRecord>, ClientError> {
-    let req = pb::ListSnapshotsRequest { repo: repo.to_string() };
-    let resp = meta
-        .call("ListSnapshots", |mut c| {
-            let req = req.clone();
-            async move { c.list_snapshots(req).await }
-        })
-        .await
-        .map_err(|e: RpcError| match e.code() {
-            Some(Code::NotFound) => ClientError::RepoNotFound { repo: repo.clone() },
-            _ => ClientError::Conn(e),
-        })?;
-    resp.snapshots
-        .into_iter()
-        .map(|s| {
-            SnapshotRecord::try_from(s)
-                .map_err(|e| ClientError::BadResponse { what: "ListSnapshots", reason: e.to_string() })
-        })
-        .collect()
+    let mut out = Vec::new();
+    let mut token = Vec::new();
+    loop {
+        let req = pb::ListSnapshotsRequest { repo: repo.to_string(), page_size: 0, page_token: token.clone() };
+        let resp = meta
+            .call("ListSnapshots", |mut c| {
+                let req = req.clone();
+                async move { c.list_snapshots(req).await }
+            })
+            .await
+            .map_err(|e: RpcError| match e.code() {
+                Some(Code::NotFound) => ClientError::RepoNotFound { repo: repo.clone() },
+                _ => ClientError::Conn(e),
+            })?;
+        let page = resp.snapshots.len();
+        for s in resp.snapshots {
+            out.push(
+                SnapshotRecord::try_from(s)
+                    .map_err(|e| ClientError::BadResponse { what: "ListSnapshots", reason: e.to_string() })?,
+            );
+        }
+        if resp.next.is_empty() {
+            break;
+        }
+        if page == 0 || resp.next <= token {
+            return Err(ClientError::BadResponse {
+                what: "ListSnapshots",
+                reason: "the listing's cursor does not advance".into(),
+            });
+        }
+        token = resp.next;
+    }
+    out.sort_by_key(|s| (s.start_ms, s.end_ms));
+    Ok(out)
 }
 
 #[cfg(test)]

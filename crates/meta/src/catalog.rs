@@ -17,18 +17,20 @@ use coffer_proto::pb::{self};
 use coffer_proto::{ids_from_bytes, location_from_pb, location_to_pb, node_to_pb};
 use coffer_types::{
     ChunkId, ChunkLocation, NodeId, NodeRecord, NodeState, PackId, PackRecord, RepoName, RepoRecord, SessionId,
-    SessionRecord, SiteId, SnapshotRecord,
+    SessionRecord, SiteId, SnapshotId, SnapshotRecord,
 };
 use tonic::{Request, Response, Status};
 
 use crate::command::{Command, CommandResult, MAX_CHUNKS_PER_COMMAND};
 use crate::kv;
+use crate::liveness::Usage;
 use crate::node::{now_ms, MetaNode};
+use crate::MetaError;
 
 /// At most this many chunk ids per lookup.
 const MAX_LOOKUP: usize = 10_000;
 /// Longest lease a backup session may ask for.
-const MAX_LEASE: Duration = Duration::from_secs(7 * 24 * 3600);
+const MAX_LEASE: Duration = coffer_types::MAX_SESSION_LEASE;
 
 pub struct CatalogService {
     node: Arc<MetaNode>,
@@ -59,11 +61,17 @@ impl CatalogService {
     fn node_view(&self, n: &NodeRecord) -> pb::Node {
         let state = self.node.liveness.state(n.id);
         let mut view = n.clone();
-        if let Some(seen) = self.node.liveness.get(n.id) {
+        let seen = self.node.liveness.get(n.id);
+        if let Some(seen) = seen {
             view.used_bytes = seen.used_bytes;
             view.capacity_bytes = seen.capacity_bytes;
         }
         let mut out = node_to_pb(&view, state.as_str());
+        if let Some(seen) = seen {
+            out.free_bytes = seen.free_bytes.unwrap_or_else(|| seen.capacity_bytes.saturating_sub(seen.used_bytes));
+            out.reserve_bytes = seen.reserve_bytes;
+            out.orphan_bytes = seen.orphan_bytes;
+        }
         out.draining = self.tree().contains_key(kv::drain_key(n.id)).unwrap_or(false);
         out
     }
@@ -119,7 +127,16 @@ impl Catalog for CatalogService {
         let Some(rec) = kv::get::<NodeRecord>(self.tree(), "node", &kv::node_key(id)).map_err(Status::from)? else {
             return Ok(Response::new(pb::HeartbeatResponse { known: false }));
         };
-        self.node.liveness.seen(id, r.used_bytes, r.capacity_bytes);
+        self.node.liveness.seen_usage(
+            id,
+            Usage {
+                used_bytes: r.used_bytes,
+                capacity_bytes: r.capacity_bytes,
+                free_bytes: r.free_bytes,
+                reserve_bytes: r.reserve_bytes,
+                orphan_bytes: r.orphan_bytes,
+            },
+        );
         self.node.liveness.set_workers(id, reported_workers(id, r.workers));
         let now = now_ms();
         if now.saturating_sub(rec.last_heartbeat_ms) >= self.node.config.persist_seen_every.as_millis() as u64 {
@@ -169,7 +186,7 @@ impl Catalog for CatalogService {
             Ok(kv::get::<u64>(self.tree(), "counter", &kv::count_key(what)).map_err(Status::from)?.unwrap_or(0))
         };
         Ok(Response::new(pb::ClusterStatusResponse {
-            nodes: views,
+            nodes: views.clone(),
             packs: Some(health),
             leader: metrics.current_leader.unwrap_or(0),
             members,
@@ -192,6 +209,7 @@ impl Catalog for CatalogService {
                 }
             }),
             site_degraded: self.node.repair.snapshot().site_degraded,
+            orphan_bytes: views.iter().map(|n| n.orphan_bytes).fold(0u64, u64::saturating_add),
             workers: {
                 let me = self.node.worker_node_name();
                 let mut w: Vec<pb::WorkerStatus> =
@@ -308,13 +326,13 @@ impl Catalog for CatalogService {
             .filter(|n| !r.exclude.contains(&n.id.0) && self.node.liveness.state(n.id) == NodeState::Up)
             .filter(|n| !draining.contains_key(&n.id))
             .map(|n| {
-                let (used, cap) = self
+                let free_bytes = self
                     .node
                     .liveness
                     .get(n.id)
-                    .map(|s| (s.used_bytes, s.capacity_bytes))
-                    .unwrap_or((n.used_bytes, n.capacity_bytes));
-                Candidate { node: n.id, site: n.site.clone(), free_bytes: cap.saturating_sub(used) }
+                    .map(|s| s.placeable_bytes())
+                    .unwrap_or_else(|| n.capacity_bytes.saturating_sub(n.used_bytes));
+                Candidate { node: n.id, site: n.site.clone(), free_bytes }
             })
             .collect();
         let pack_id = PackId::random();
@@ -400,16 +418,45 @@ impl Catalog for CatalogService {
         &self,
         req: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
-        let repo = repo_name("repo", req.into_inner().repo)?;
+        let r = req.into_inner();
+        let repo = repo_name("repo", r.repo)?;
+        let limit = match r.page_size {
+            0 => DEFAULT_SNAPSHOT_PAGE,
+            n => (n as usize).min(MAX_SNAPSHOT_PAGE),
+        };
+        let start = if r.page_token.is_empty() {
+            kv::SNAPSHOT_PREFIX.to_vec()
+        } else {
+            let after = SnapshotId::from_slice(&r.page_token)
+                .map_err(|e| Status::invalid_argument(format!("page_token: {e}")))?;
+            // The key right after `after`'s: its key with a zero byte appended.
+            let mut k = kv::snapshot_key(&after);
+            k.push(0);
+            k
+        };
         self.read_barrier().await?;
         self.repo(&repo)?;
-        let mut snaps: Vec<SnapshotRecord> = kv::scan::<SnapshotRecord>(self.tree(), "snapshot", kv::SNAPSHOT_PREFIX)
-            .map_err(Status::from)?
-            .into_iter()
-            .filter(|s| s.repo == repo)
-            .collect();
-        snaps.sort_by_key(|s| (s.start_ms, s.end_ms));
-        Ok(Response::new(pb::ListSnapshotsResponse { snapshots: snaps.iter().map(pb::Snapshot::from).collect() }))
+        let mut snapshots = Vec::new();
+        let mut next = Vec::new();
+        let mut last: Option<SnapshotId> = None;
+        for item in self.tree().range(start..) {
+            let (k, v) = item.map_err(MetaError::from)?;
+            if !k.starts_with(kv::SNAPSHOT_PREFIX) {
+                break;
+            }
+            let s: SnapshotRecord = kv::decode("snapshot", &v)?;
+            if s.repo != repo {
+                continue;
+            }
+            if snapshots.len() == limit {
+                // `last` is the id of the last one returned.
+                next = last.map(|id| id.as_bytes().to_vec()).unwrap_or_default();
+                break;
+            }
+            last = Some(s.id);
+            snapshots.push(pb::Snapshot::from(&s));
+        }
+        Ok(Response::new(pb::ListSnapshotsResponse { snapshots, next }))
     }
 
     async fn report_bad_shards(
@@ -486,7 +533,39 @@ impl Catalog for CatalogService {
         let nodes = self.nodes()?.iter().filter(|n| wanted.contains(&n.id)).map(|n| self.node_view(n)).collect();
         Ok(Response::new(pb::GetPacksResponse { packs, nodes }))
     }
+
+    async fn known_packs(
+        &self,
+        req: Request<pb::KnownPacksRequest>,
+    ) -> Result<Response<pb::KnownPacksResponse>, Status> {
+        let r = req.into_inner();
+        if r.pack_ids.len() > MAX_KNOWN_PACKS {
+            return Err(Status::invalid_argument(format!(
+                "{} pack ids in one KnownPacks call; at most {MAX_KNOWN_PACKS}",
+                r.pack_ids.len()
+            )));
+        }
+        let ids = ids_from_bytes("pack_ids", &r.pack_ids, PackId::from_slice)?;
+        // Linearizable: an orphan collector must never hear "unknown" for a
+        // pack that a committed write already recorded.
+        self.read_barrier().await?;
+        let mut known = Vec::new();
+        for id in ids {
+            if self.tree().contains_key(kv::pack_key(&id)).map_err(MetaError::from)? {
+                known.push(id.as_bytes().to_vec());
+            }
+        }
+        Ok(Response::new(pb::KnownPacksResponse { known }))
+    }
 }
+
+/// Snapshots in one ListSnapshots page when the caller names no size, and
+/// at most (a snapshot record is a few hundred bytes on the wire).
+pub const DEFAULT_SNAPSHOT_PAGE: usize = 1_000;
+pub const MAX_SNAPSHOT_PAGE: usize = 10_000;
+
+/// The most pack ids one KnownPacks call may ask about.
+pub const MAX_KNOWN_PACKS: usize = 1_000;
 
 /// What a heartbeat says of its node's workers, bounded: the node field is
 /// the sender's id whatever it claims, and a misbehaving node cannot make

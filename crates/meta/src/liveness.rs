@@ -25,6 +25,34 @@ pub struct Seen {
     pub at: Instant,
     pub used_bytes: u64,
     pub capacity_bytes: u64,
+    /// Free space of the node's filesystem, if it reported one.
+    pub free_bytes: Option<u64>,
+    /// Space the node keeps free; it refuses puts that would cross it.
+    pub reserve_bytes: u64,
+    /// Bytes of orphan shards it found and has not collected yet.
+    pub orphan_bytes: u64,
+}
+
+/// What a node says about its space with a heartbeat.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub used_bytes: u64,
+    pub capacity_bytes: u64,
+    pub free_bytes: Option<u64>,
+    pub reserve_bytes: u64,
+    pub orphan_bytes: u64,
+}
+
+impl Seen {
+    /// Bytes placement may still put on the node: free space above its
+    /// reserve, or (a node that reports no free space) capacity - used.
+    /// 0 means full: placement skips the node.
+    pub fn placeable_bytes(&self) -> u64 {
+        match self.free_bytes {
+            Some(free) => free.saturating_sub(self.reserve_bytes),
+            None => self.capacity_bytes.saturating_sub(self.used_bytes),
+        }
+    }
 }
 
 struct Inner {
@@ -89,7 +117,20 @@ impl Liveness {
     }
 
     pub fn seen(&self, node: NodeId, used_bytes: u64, capacity_bytes: u64) {
-        self.lock().seen.insert(node, Seen { at: Instant::now(), used_bytes, capacity_bytes });
+        self.seen_usage(node, Usage { used_bytes, capacity_bytes, ..Usage::default() });
+    }
+
+    /// Records a heartbeat and the space it reports.
+    pub fn seen_usage(&self, node: NodeId, u: Usage) {
+        let seen = Seen {
+            at: Instant::now(),
+            used_bytes: u.used_bytes,
+            capacity_bytes: u.capacity_bytes,
+            free_bytes: u.free_bytes,
+            reserve_bytes: u.reserve_bytes,
+            orphan_bytes: u.orphan_bytes,
+        };
+        self.lock().seen.insert(node, seen);
     }
 
     pub fn get(&self, node: NodeId) -> Option<Seen> {
@@ -133,5 +174,19 @@ mod tests {
         assert_eq!(l.get(NodeId(1)).map(|s| s.used_bytes), Some(5));
         assert!(l.took_office(4));
         assert!(l.get(NodeId(1)).is_none(), "a new term starts afresh");
+    }
+
+    #[test]
+    fn placeable_bytes_keep_the_reserve_free() {
+        let l = Liveness::new(Duration::from_secs(60), Duration::from_secs(120));
+        let usage = Usage { used_bytes: 10, capacity_bytes: 100, free_bytes: Some(50), reserve_bytes: 20, orphan_bytes: 0 };
+        l.seen_usage(NodeId(1), usage);
+        assert_eq!(l.get(NodeId(1)).map(|s| s.placeable_bytes()), Some(30));
+        // A full filesystem is full whatever the announced capacity says.
+        l.seen_usage(NodeId(1), Usage { free_bytes: Some(19), ..usage });
+        assert_eq!(l.get(NodeId(1)).map(|s| s.placeable_bytes()), Some(0));
+        // A node that reports no free space is judged by capacity - used.
+        l.seen(NodeId(2), 10, 100);
+        assert_eq!(l.get(NodeId(2)).map(|s| s.placeable_bytes()), Some(90));
     }
 }

@@ -160,7 +160,10 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<pb::ListChunksResponse>, Status> {
         let r = req.into_inner();
         let repo = repo_name(r.repo)?;
-        let limit = (r.limit as usize).clamp(1, MAX_LIST_CHUNKS);
+        let limit = match r.limit {
+            0 => MAX_LIST_CHUNKS,
+            n => (n as usize).min(MAX_LIST_CHUNKS),
+        };
         let prefix = kv::chunk_prefix(&repo);
         let start = if r.after.is_empty() {
             prefix.clone()
@@ -187,6 +190,10 @@ impl Maintenance for MaintenanceService {
             let loc: ChunkLocation = kv::decode("chunk", &v)?;
             chunks.push(location_to_pb(&id, &loc));
         }
-        Ok(Response::new(pb::ListChunksResponse { chunks, more }))
+        let next = match chunks.last() {
+            Some(last) if more => last.chunk_id.clone(),
+            _ => Vec::new(),
+        };
+        Ok(Response::new(pb::ListChunksResponse { chunks, more, next }))
     }
 }

@@ -66,8 +66,49 @@ pub struct RepairStatus {
 pub struct RepairState {
     pub status: Mutex<RepairStatus>,
     in_flight: Mutex<HashSet<(PackId, u8)>>,
+    /// Rebuild targets that failed lately, skipped until their back-off ends.
+    target_failures: Mutex<HashMap<NodeId, TargetFailures>>,
+    /// Sweep passes, nodes listed, and listings that failed (the node is
+    /// skipped for that pass, with a WARN line naming it).
+    pub sweeps: std::sync::atomic::AtomicU64,
+    pub sweep_nodes_listed: std::sync::atomic::AtomicU64,
+    pub sweep_list_failures: std::sync::atomic::AtomicU64,
     /// Clients to storage nodes, shared by every rebuild, sweep and delete.
     shards: Arc<ShardPool>,
+}
+
+/// A rebuild target's recent failures: after each one it is skipped for a
+/// back-off that doubles, from `TARGET_BACKOFF_FIRST` to `TARGET_BACKOFF_MAX`.
+#[derive(Clone, Copy, Debug)]
+struct TargetFailures {
+    consecutive: u32,
+    until: Instant,
+}
+
+const TARGET_BACKOFF_FIRST: Duration = Duration::from_secs(5);
+const TARGET_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+impl RepairState {
+    /// Whether `node` failed as a rebuild target and is still backing off.
+    fn backing_off(&self, node: NodeId) -> bool {
+        let failures = self.target_failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures.get(&node).is_some_and(|f| f.until > Instant::now())
+    }
+
+    /// Records a rebuild on `node` that failed through the target's fault
+    /// (refused, full, unreachable), or a success that clears its record.
+    fn target_result(&self, node: NodeId, failed: bool) {
+        let mut failures = self.target_failures.lock().unwrap_or_else(|p| p.into_inner());
+        if !failed {
+            failures.remove(&node);
+            return;
+        }
+        let f = failures.entry(node).or_insert(TargetFailures { consecutive: 0, until: Instant::now() });
+        f.consecutive = f.consecutive.saturating_add(1);
+        let backoff = TARGET_BACKOFF_FIRST.saturating_mul(1u32 << (f.consecutive - 1).min(10)).min(TARGET_BACKOFF_MAX);
+        f.until = Instant::now() + backoff;
+        tracing::warn!(%node, failures = f.consecutive, ?backoff, "rebuild target keeps failing; choosing others meanwhile");
+    }
 }
 
 /// The superfluous-copy sweep runs once every this many planner ticks.
@@ -186,14 +227,17 @@ pub(crate) async fn tick_once(
         .iter()
         .filter(|r| up(&r.id) && !draining.contains_key(&r.id))
         .map(|r| {
-            let (used, cap) = n
+            let free_bytes = n
                 .liveness
                 .get(r.id)
-                .map(|s| (s.used_bytes, s.capacity_bytes))
-                .unwrap_or((r.used_bytes, r.capacity_bytes));
-            Candidate { node: r.id, site: r.site.clone(), free_bytes: cap.saturating_sub(used).max(1) }
+                .map(|s| s.placeable_bytes())
+                .unwrap_or_else(|| r.capacity_bytes.saturating_sub(r.used_bytes));
+            Candidate { node: r.id, site: r.site.clone(), free_bytes }
         })
         .collect();
+    // New homes avoid full nodes (free_bytes 0, skipped by placement) and
+    // targets that keep failing; a bad shard is still rebuilt in place.
+    let homes: Vec<Candidate> = candidates.iter().filter(|c| !n.repair.backing_off(c.node)).cloned().collect();
     let site_of = |id: &NodeId| by_id.get(id).map(|r| r.site.clone());
     let mut tasks = Vec::new();
     let mut site_degraded = 0u64;
@@ -222,7 +266,7 @@ pub(crate) async fn tick_once(
             let to = if bad_here {
                 shard.node
             } else {
-                match new_home(p, i, &policy, &candidates, &site_of) {
+                match new_home(p, i, &policy, &homes, &site_of) {
                     Some(to) => to,
                     None => continue,
                 }
@@ -239,7 +283,7 @@ pub(crate) async fn tick_once(
         // Draining nodes give up their shards, while they still serve them.
         if missing.is_empty() {
             for (i, shard) in p.shards.iter().enumerate().filter(|(_, s)| draining.contains_key(&s.node)) {
-                if let Some(to) = new_home(p, i, &policy, &candidates, &site_of) {
+                if let Some(to) = new_home(p, i, &policy, &homes, &site_of) {
                     tasks.push(Task {
                         pack: p.clone(),
                         index: ShardIndex(i as u8),
@@ -254,7 +298,7 @@ pub(crate) async fn tick_once(
         // Site rule: a pack placed while a site was down goes back once the
         // site can take shards again (only when nothing is missing).
         if missing.is_empty() && !satisfies(&policy, &placed) {
-            if let Some(t) = rebalance_task(p, &policy, &placed, &candidates) {
+            if let Some(t) = rebalance_task(p, &policy, &placed, &homes) {
                 tasks.push(t);
             }
         }
@@ -313,8 +357,7 @@ pub(crate) async fn sweep_once(n: &MetaNode) -> Result<(), String> {
     let nodes: Vec<NodeRecord> = kv::scan(tree, "node", kv::NODE_PREFIX).map_err(|e| e.to_string())?;
     let packs: Vec<PackRecord> = kv::scan(tree, "pack", kv::PACK_PREFIX).map_err(|e| e.to_string())?;
     let state: HashMap<NodeId, NodeState> = nodes.iter().map(|r| (r.id, n.liveness.state(r.id))).collect();
-    sweep_superfluous(n, &nodes, &packs, &state).await;
-    Ok(())
+    sweep_superfluous(n, &nodes, &packs, &state).await
 }
 
 /// A node that comes back after its shards were rebuilt elsewhere still
@@ -328,11 +371,23 @@ async fn sweep_superfluous(
     nodes: &[NodeRecord],
     packs: &[PackRecord],
     state: &HashMap<NodeId, NodeState>,
-) {
+) -> Result<(), String> {
     let placed: HashMap<(PackId, u8), NodeId> =
         packs.iter().flat_map(|p| p.shards.iter().enumerate().map(move |(i, s)| ((p.id, i as u8), s.node))).collect();
+    use std::sync::atomic::Ordering::Relaxed;
+    n.repair.sweeps.fetch_add(1, Relaxed);
+    let mut failed = Vec::new();
     for r in nodes.iter().filter(|r| state.get(&r.id) == Some(&NodeState::Up)) {
-        let Ok(list) = n.repair.shards.list(&r.addr).await else { continue };
+        let list = match n.repair.shards.list(&r.addr).await {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::warn!(node = %r.id, addr = %r.addr, error = %e, "cannot list the node's shards; the sweep skips it this pass");
+                n.repair.sweep_list_failures.fetch_add(1, Relaxed);
+                failed.push(format!("node {}: {e}", r.id));
+                continue;
+            }
+        };
+        n.repair.sweep_nodes_listed.fetch_add(1, Relaxed);
         for s in list {
             let (Ok(pack), Ok(index)) = (PackId::from_slice(&s.pack_id), u8::try_from(s.index)) else { continue };
             let Some(owner) = placed.get(&(pack, index)) else { continue };
@@ -341,6 +396,13 @@ async fn sweep_superfluous(
                 delete_copy(n, r.id, pack, ShardIndex(index)).await;
             }
         }
+    }
+    // The other nodes were swept; the worker's status names the ones that
+    // were not (last_error, and the `list_failures` counter).
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("could not list {} node(s): {}", failed.len(), failed.join("; ")))
     }
 }
 
@@ -504,6 +566,10 @@ pub(crate) async fn execute(node: Weak<MetaNode>, job: RebuildJob) {
         }
         Err(e) => Err(e),
     };
+    // A refusal for want of sources (FAILED_PRECONDITION) is not the
+    // target's fault; anything else the target answered is.
+    let target_failed = matches!(&outcome, Err(MetaError::RebuildFailed { code, .. }) if *code != tonic::Code::FailedPrecondition);
+    n.repair.target_result(t.to, target_failed);
     {
         let mut s = n.repair.status.lock().unwrap_or_else(|p| p.into_inner());
         match &outcome {

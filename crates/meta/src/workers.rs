@@ -188,6 +188,20 @@ impl Worker for Sweep {
     async fn wait_for_work(&mut self) {
         tokio::time::sleep(self.every).await
     }
+    fn progress(&self) -> Vec<(&'static str, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(n) = self.node.upgrade() else { return Vec::new() };
+        vec![
+            ("sweeps", n.repair.sweeps.load(Relaxed)),
+            ("nodes_listed", n.repair.sweep_nodes_listed.load(Relaxed)),
+            ("list_failures", n.repair.sweep_list_failures.load(Relaxed)),
+        ]
+    }
+    fn backoff(&self) -> coffer_worker::Backoff {
+        // A node that cannot be listed must not stop the sweep of the others
+        // for long: retry on the sweep's own schedule.
+        coffer_worker::Backoff { first: self.every, max: self.every * 4 }
+    }
 }
 
 /// `--join`: asks the cluster (following leader hints) to add this node,

@@ -61,6 +61,10 @@ pub fn node_to_pb(n: &NodeRecord, state: &str) -> pb::Node {
         last_heartbeat_ms: n.last_heartbeat_ms,
         state: state.to_string(),
         draining: false,
+        // Heartbeat figures, filled in by whoever knows them.
+        free_bytes: 0,
+        reserve_bytes: 0,
+        orphan_bytes: 0,
     }
 }
 
@@ -339,7 +343,7 @@ mod tests {
             }
             let loc = pb::ChunkLocation { chunk_id: vec![2; 32], pack: vec![1; 16], offset, len };
             let _ = location_from_pb(&loc);
-            let n = pb::Node { id: node, site: "a".into(), addr: "x".into(), capacity_bytes: pack_len, used_bytes: offset, last_heartbeat_ms: shard_len, state: String::new(), draining: false };
+            let n = pb::Node { id: node, site: "a".into(), addr: "x".into(), capacity_bytes: pack_len, used_bytes: offset, last_heartbeat_ms: shard_len, state: String::new(), draining: false, ..pb::Node::default() };
             let _ = NodeRecord::try_from(n);
         }
     }

@@ -197,12 +197,34 @@ impl ShardPool {
         Ok(out)
     }
 
-    /// Every shard the node at `addr` holds.
+    /// Every shard the node at `addr` holds, in (pack, index) order, read a
+    /// page at a time (the node's default page size).
     pub async fn list(&self, addr: &str) -> Result<Vec<pb::ShardRef>, ShardFailure> {
+        self.list_paged(addr, 0).await
+    }
+
+    /// `list` with pages of at most `page_size` shards (0: the node's
+    /// default). Each page has its own deadline. A node whose cursor does not
+    /// advance, or that sends an empty page with a cursor, gets `BadAnswer`
+    /// instead of a loop that never ends.
+    pub async fn list_paged(&self, addr: &str, page_size: u32) -> Result<Vec<pb::ShardRef>, ShardFailure> {
         let mut client = self.client(addr)?;
-        let mut req = tonic::Request::new(pb::ListShardsRequest {});
-        req.set_timeout(SHARD_ADMIN);
-        Ok(client.list_shards(req).await.map_err(ShardFailure::status)?.into_inner().shards)
+        let mut out = Vec::new();
+        let mut token = Vec::new();
+        loop {
+            let mut req = tonic::Request::new(pb::ListShardsRequest { page_size, page_token: token.clone() });
+            req.set_timeout(SHARD_ADMIN);
+            let page = client.list_shards(req).await.map_err(ShardFailure::status)?.into_inner();
+            let last = page.shards.len();
+            out.extend(page.shards);
+            if page.next.is_empty() {
+                return Ok(out);
+            }
+            if last == 0 || page.next <= token {
+                return Err(ShardFailure::BadAnswer { detail: "the shard listing's cursor does not advance".into() });
+            }
+            token = page.next;
+        }
     }
 
     /// Deletes one shard from the node at `addr`.

@@ -61,6 +61,11 @@ pub enum StorageError {
     /// A requested byte range reaches past the end of the shard body.
     #[error("shard {pack}.{index}: range at offset {offset} of {len} bytes exceeds the body of {body_len} bytes")]
     RangeOutOfBounds { pack: PackId, index: ShardIndex, offset: u64, len: u64, body_len: u64 },
+    /// Storing the shard would leave less than the node's reserve free on
+    /// its filesystem: the put is refused (RESOURCE_EXHAUSTED), and the
+    /// uploader or the repair planner chooses another node.
+    #[error("shard {pack}.{index}: disk full: {need} bytes needed, {free} free, {reserve} kept in reserve")]
+    DiskFull { pack: PackId, index: ShardIndex, need: u64, free: u64, reserve: u64 },
     /// A request broke the streaming protocol (frame order or size).
     #[error("bad request: {reason}")]
     BadRequest { reason: String },

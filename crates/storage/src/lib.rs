@@ -14,6 +14,7 @@
 
 pub mod error;
 pub mod node;
+pub mod orphans;
 pub mod repair;
 pub mod service;
 pub mod shard_file;
@@ -21,7 +22,7 @@ pub mod store;
 pub mod workers;
 
 pub use error::{SourceFailure, StorageError};
-pub use node::{StorageConfig, StorageNode};
+pub use node::{Reserve, StorageConfig, StorageNode};
 pub use service::ShardService;
 pub use shard_file::{ShardHeader, BLOCK_SIZE, FORMAT_VERSION};
 pub use store::{PutWriter, ShardEntry, ShardReader, ShardStore};

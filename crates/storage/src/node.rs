@@ -27,6 +27,7 @@ use coffer_rpc::{ChannelConfig, MetaClient};
 use coffer_types::{NodeId, SiteId};
 use tokio::net::TcpListener;
 
+use crate::orphans::{Orphans, DEFAULT_ORPHAN_AGE, DEFAULT_ORPHAN_INTERVAL};
 use crate::service::{Repair, ShardService};
 use crate::store::ShardStore;
 use crate::workers::{Heartbeat, Scrub};
@@ -62,6 +63,60 @@ pub struct StorageConfig {
     pub scrub_interval: Option<Duration>,
     /// Bytes per second a scrub pass may read (0: unlimited).
     pub scrub_rate: u64,
+    /// Space kept free on the filesystem; `None`: `DEFAULT_RESERVE_BYTES`,
+    /// or `DEFAULT_RESERVE_PERCENT` of a filesystem too small for it.
+    pub reserve: Option<Reserve>,
+    /// A shard of a pack the catalog does not know is collected once it is
+    /// older than this (default: the longest session lease and a day).
+    pub orphan_age: Duration,
+    /// Time between two orphan passes (None: no orphan collection).
+    pub orphan_interval: Option<Duration>,
+}
+
+/// Space a node keeps free: puts that would cross it are refused.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Reserve {
+    Bytes(u64),
+    /// A percentage (0 to 100) of the filesystem's total size.
+    Percent(f64),
+}
+
+/// The default reserve: 1 GiB, or 5% of a filesystem smaller than 20 GiB.
+pub const DEFAULT_RESERVE_BYTES: u64 = 1 << 30;
+pub const DEFAULT_RESERVE_PERCENT: f64 = 5.0;
+
+impl Reserve {
+    /// Parses `N` (bytes) or `N%` (of the filesystem).
+    pub fn parse(s: &str) -> Result<Reserve, String> {
+        let s = s.trim();
+        if let Some(p) = s.strip_suffix('%') {
+            let p: f64 = p.trim().parse().map_err(|e| format!("reserve {s:?}: {e}"))?;
+            if !(0.0..=100.0).contains(&p) {
+                return Err(format!("reserve {s:?}: a percentage is between 0 and 100"));
+            }
+            return Ok(Reserve::Percent(p));
+        }
+        s.parse::<u64>().map(Reserve::Bytes).map_err(|e| format!("reserve {s:?}: bytes or a percentage ({e})"))
+    }
+
+    /// The bytes it keeps free on a filesystem of `total` bytes.
+    pub fn bytes(reserve: Option<Reserve>, total: u64) -> u64 {
+        let percent = |p: f64| (total as f64 * p / 100.0) as u64;
+        match reserve {
+            Some(Reserve::Bytes(b)) => b,
+            Some(Reserve::Percent(p)) => percent(p),
+            None => DEFAULT_RESERVE_BYTES.min(percent(DEFAULT_RESERVE_PERCENT)),
+        }
+    }
+}
+
+impl std::fmt::Display for Reserve {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reserve::Bytes(b) => write!(f, "{b}"),
+            Reserve::Percent(p) => write!(f, "{p}%"),
+        }
+    }
 }
 
 impl StorageConfig {
@@ -76,6 +131,9 @@ impl StorageConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             scrub_interval: Some(Duration::from_secs(24 * 3600)),
             scrub_rate: 64 << 20,
+            reserve: None,
+            orphan_age: DEFAULT_ORPHAN_AGE,
+            orphan_interval: Some(DEFAULT_ORPHAN_INTERVAL),
         }
     }
 
@@ -89,6 +147,12 @@ impl StorageConfig {
         }
         if self.capacity_bytes == Some(0) {
             return bad("the capacity is zero");
+        }
+        if self.orphan_age.is_zero() {
+            return bad("the orphan age is zero");
+        }
+        if self.orphan_interval.is_some_and(|i| i.is_zero()) {
+            return bad("the orphan interval is zero");
         }
         let endpoints: Vec<&str> =
             self.meta_endpoints.iter().flat_map(|e| e.split(',')).map(str::trim).filter(|e| !e.is_empty()).collect();
@@ -129,11 +193,17 @@ impl StorageNode {
         fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
         let id = load_or_create_node_id(dir)?;
         let store = ShardStore::open(dir)?;
-        let capacity_bytes = match config.capacity_bytes {
-            Some(c) => c,
-            None => fs2::total_space(dir).map_err(|e| StorageError::io(dir, e))?,
-        };
-        tracing::info!(node = %id, site = %config.site, advertise = %config.advertise, capacity_bytes, "storage node open");
+        let total = fs2::total_space(dir).map_err(|e| StorageError::io(dir, e))?;
+        let capacity_bytes = config.capacity_bytes.unwrap_or(total);
+        let reserve_bytes = Reserve::bytes(config.reserve, total);
+        store.set_reserve(reserve_bytes);
+        if config.orphan_interval.is_some() && config.orphan_age < coffer_types::MAX_SESSION_LEASE {
+            tracing::warn!(
+                orphan_age = ?config.orphan_age,
+                "the orphan age is shorter than the longest session lease: a backup slower than it could lose shards"
+            );
+        }
+        tracing::info!(node = %id, site = %config.site, advertise = %config.advertise, capacity_bytes, reserve_bytes, "storage node open");
         Ok(StorageNode { config, id, store, capacity_bytes })
     }
 
@@ -175,6 +245,18 @@ impl StorageNode {
         let runner = coffer_worker::Runner::new();
         if let Some(interval) = self.config.scrub_interval {
             runner.spawn(Scrub::new(self.config.data_dir.clone(), self.store.clone(), repair.clone(), interval));
+        }
+        if let Some(interval) = self.config.orphan_interval {
+            // A client of its own: a slow KnownPacks must not delay heartbeats.
+            let orphan_meta = MetaClient::new(&self.config.meta_endpoints, retry_for)
+                .map_err(|e| StorageError::Config { reason: e.to_string() })?;
+            runner.spawn(Orphans::new(
+                self.store.clone(),
+                orphan_meta,
+                repair.clone(),
+                self.config.orphan_age,
+                interval,
+            ));
         }
         runner.spawn(Heartbeat {
             id: self.id,

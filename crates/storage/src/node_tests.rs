@@ -21,6 +21,11 @@ struct FakeState {
     /// When set, the next heartbeat is answered `known = false` and the
     /// node is forgotten, as after a metadata plane lost its cluster map.
     forget: bool,
+    /// The pack ids KnownPacks answers as known.
+    known_packs: Vec<Vec<u8>>,
+    known_pack_calls: usize,
+    /// The last heartbeat's orphan bytes.
+    orphan_bytes: u64,
 }
 
 #[derive(Clone, Default)]
@@ -114,6 +119,12 @@ impl Catalog for FakeCatalog {
         _: Request<coffer_proto::pb::DrainNodeRequest>,
     ) -> Result<Response<coffer_proto::pb::DrainNodeResponse>, Status> {
         fake()
+    }
+    async fn known_packs(&self, req: Request<KnownPacksRequest>) -> Result<Response<KnownPacksResponse>, Status> {
+        let mut st = self.state();
+        st.known_pack_calls += 1;
+        let known = req.into_inner().pack_ids.into_iter().filter(|id| st.known_packs.contains(id)).collect();
+        Ok(Response::new(KnownPacksResponse { known }))
     }
 }
 

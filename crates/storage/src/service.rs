@@ -62,6 +62,9 @@ pub struct Repair {
     pub scrub_rate: u64,
     /// Reported by `scrub` passes; the node's loop forwards them to the metadata plane.
     pub reports: tokio::sync::Mutex<Vec<pb::BadShard>>,
+    /// Bytes of orphan shards the last orphan pass found and has not
+    /// collected yet (`orphans`), reported with every heartbeat.
+    pub orphan_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl ShardService {
@@ -191,6 +194,7 @@ pub fn status_code(e: &StorageError) -> Code {
         StorageError::NotFound { .. } => Code::NotFound,
         StorageError::RangeOutOfBounds { .. } => Code::OutOfRange,
         StorageError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => Code::ResourceExhausted,
+        StorageError::DiskFull { .. } => Code::ResourceExhausted,
         StorageError::Meta(_) => Code::Unavailable,
         // Not a fault of this node, nor a transient one of the call: the
         // leader tries again with the sources it finds on a later tick.
@@ -210,9 +214,9 @@ pub fn status_code(e: &StorageError) -> Code {
 pub fn status(rpc: &'static str, e: StorageError) -> Status {
     let code = status_code(&e);
     match code {
-        Code::DataLoss | Code::Internal | Code::ResourceExhausted => {
-            tracing::error!(rpc, error = %e, "shard request failed")
-        }
+        Code::DataLoss | Code::Internal => tracing::error!(rpc, error = %e, "shard request failed"),
+        // A full node is an expected state the cluster routes around.
+        Code::ResourceExhausted => tracing::warn!(rpc, error = %e, "shard request refused"),
         Code::NotFound => tracing::debug!(rpc, error = %e, "shard request failed"),
         _ => tracing::warn!(rpc, error = %e, "shard request refused"),
     }
@@ -299,6 +303,9 @@ impl ShardStoreRpc for ShardService {
             rebuilds: self.repair.counters.rebuilds.load(Ordering::Relaxed),
             scrub_bytes: self.repair.counters.scrub_bytes.load(Ordering::Relaxed),
             scrub_bad: self.repair.counters.scrub_bad.load(Ordering::Relaxed),
+            free_bytes: self.store.free_bytes().unwrap_or(0),
+            reserve_bytes: self.store.reserve_bytes(),
+            orphan_bytes: self.repair.orphan_bytes.load(Ordering::Relaxed),
         }))
     }
 
@@ -323,12 +330,42 @@ impl ShardStoreRpc for ShardService {
 
     async fn list_shards(
         &self,
-        _request: Request<pb::ListShardsRequest>,
+        request: Request<pb::ListShardsRequest>,
     ) -> Result<Response<pb::ListShardsResponse>, Status> {
+        let req = request.into_inner();
+        let after = if req.page_token.is_empty() {
+            None
+        } else {
+            let token = crate::store::decode_page_token(&req.page_token).ok_or_else(|| {
+                status("ListShards", bad_request(format!("page_token of {} bytes is not one", req.page_token.len())))
+            })?;
+            Some(token)
+        };
+        let limit = page_size(req.page_size);
         let store = self.store.clone();
-        let entries = blocking(move || store.list()).await.map_err(|e| status("ListShards", e))?;
+        let (entries, more) =
+            blocking(move || store.list_page(after, limit)).await.map_err(|e| status("ListShards", e))?;
+        let next = match entries.last() {
+            Some(last) if more => crate::store::page_token(&last.pack, last.index),
+            _ => Vec::new(),
+        };
         Ok(Response::new(pb::ListShardsResponse {
             shards: entries.iter().map(|e| ShardRef { pack_id: e.pack.0.to_vec(), index: e.index.0 as u32 }).collect(),
+            next,
         }))
+    }
+}
+
+/// The shards one ListShards page holds when the caller names no size.
+pub const DEFAULT_LIST_PAGE: usize = 1_000;
+/// The most shards one ListShards page holds (about 40 bytes each on the
+/// wire, far below the message limit).
+pub const MAX_LIST_PAGE: usize = 10_000;
+
+/// A requested page size, bounded: 0 is the default.
+fn page_size(requested: u32) -> usize {
+    match requested {
+        0 => DEFAULT_LIST_PAGE,
+        n => (n as usize).min(MAX_LIST_PAGE),
     }
 }

@@ -174,6 +174,15 @@ impl Heartbeat {
             used_bytes: self.store.used_bytes(),
             capacity_bytes: self.capacity_bytes,
             workers: self.board.snapshot().iter().map(|s| coffer_proto::worker_to_pb(&me, s)).collect(),
+            free_bytes: match self.store.free_bytes() {
+                Ok(free) => Some(free),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the filesystem's free space");
+                    None
+                }
+            },
+            reserve_bytes: self.store.reserve_bytes(),
+            orphan_bytes: self.repair.orphan_bytes.load(std::sync::atomic::Ordering::Relaxed),
         };
         let resp = self
             .meta

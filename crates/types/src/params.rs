@@ -7,6 +7,12 @@ use crate::TypesError;
 /// Shard data travels in frames of at most this many bytes.
 pub const MAX_FRAME_BYTES: usize = 1 << 20;
 
+/// The longest lease a backup session may hold (the catalog refuses longer
+/// ones). A storage node collects a shard of a pack the catalog does not
+/// know only once the shard is older than this (plus a margin), so the
+/// session that uploaded it can no longer commit it.
+pub const MAX_SESSION_LEASE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 /// The Reed-Solomon code works over GF(2^8): at most 256 shards per pack; we
 /// keep a smaller cap so that a shard index always fits a byte with room.
 pub const MAX_SHARDS: u32 = 64;

@@ -189,7 +189,11 @@ impl Catalog for Svc<FakeCatalog> {
         let repo = req.into_inner().repo;
         let st = self.st();
         let snapshots = st.snapshots.iter().filter(|s| s.repo == repo).cloned().collect();
-        Ok(Response::new(pb::ListSnapshotsResponse { snapshots }))
+        Ok(Response::new(pb::ListSnapshotsResponse { snapshots, next: Vec::new() }))
+    }
+
+    async fn known_packs(&self, _: Request<pb::KnownPacksRequest>) -> Res<pb::KnownPacksResponse> {
+        Err(Status::unimplemented("the fake catalog collects no orphans"))
     }
 
     async fn get_packs(&self, req: Request<pb::GetPacksRequest>) -> Res<pb::GetPacksResponse> {

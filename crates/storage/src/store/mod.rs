@@ -29,7 +29,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use coffer_types::{Hash32, PackId, ShardIndex};
 
@@ -65,6 +67,20 @@ struct Totals {
     /// The sum of the shard files' sizes, headers included.
     used_bytes: u64,
     shard_count: u64,
+    /// Bumped by every put and delete, so that a recount from a walk of
+    /// the files is applied only if nothing changed during the walk.
+    generation: u64,
+}
+
+/// A shard file as a walk of the store sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct ShardFileInfo {
+    pub pack: PackId,
+    pub index: ShardIndex,
+    /// The file's length, header included.
+    pub file_len: u64,
+    /// When the file was last written (its put or rebuild).
+    pub modified: SystemTime,
 }
 
 struct Inner {
@@ -76,6 +92,26 @@ struct Inner {
     /// inventory and totals follow, so that concurrent puts and deletes of
     /// the same shard account for each other.
     totals: Mutex<Totals>,
+    /// Bytes the node keeps free on its filesystem; a put that would cross
+    /// it is refused (`DiskFull`).
+    reserve_bytes: AtomicU64,
+    /// Bytes promised to puts in progress, so that concurrent puts cannot
+    /// together cross the reserve.
+    pending_bytes: AtomicU64,
+}
+
+/// Space promised to one put, given back when the put ends (finished or
+/// dropped): once finished, the file is on disk and counted by the
+/// filesystem's free space instead.
+pub(crate) struct SpaceClaim {
+    store: ShardStore,
+    bytes: u64,
+}
+
+impl Drop for SpaceClaim {
+    fn drop(&mut self) {
+        self.store.release_space(self.bytes);
+    }
 }
 
 /// A directory of shard files and its inventory. Cheap to clone; clones
@@ -109,6 +145,17 @@ fn inventory_key(pack: &PackId, index: ShardIndex) -> [u8; 17] {
     key[..16].copy_from_slice(pack.as_bytes());
     key[16] = index.0;
     key
+}
+
+/// The (pack, index) a listing page token names: the 17-byte inventory key
+/// of the last shard of the previous page.
+pub fn decode_page_token(token: &[u8]) -> Option<(PackId, ShardIndex)> {
+    decode_inventory_key(token)
+}
+
+/// The page token that resumes a listing after `pack`'s shard `index`.
+pub fn page_token(pack: &PackId, index: ShardIndex) -> Vec<u8> {
+    inventory_key(pack, index).to_vec()
 }
 
 fn decode_inventory_key(key: &[u8]) -> Option<(PackId, ShardIndex)> {
@@ -168,7 +215,15 @@ impl ShardStore {
         clean_tmp(&tmp_dir)?;
         let db = open_inventory(&dir.join("inventory"), &quarantine_dir)?;
         let store = ShardStore {
-            inner: Arc::new(Inner { shards_dir, tmp_dir, quarantine_dir, db, totals: Mutex::new(Totals::default()) }),
+            inner: Arc::new(Inner {
+                shards_dir,
+                tmp_dir,
+                quarantine_dir,
+                db,
+                totals: Mutex::new(Totals::default()),
+                reserve_bytes: AtomicU64::new(0),
+                pending_bytes: AtomicU64::new(0),
+            }),
         };
         let files = store.scan_files()?;
         store.reconcile(&files)?;
@@ -280,13 +335,54 @@ impl ShardStore {
         Ok(())
     }
 
-    /// Starts a streaming put of the shard `header` describes.
+    /// Keeps `bytes` of the filesystem free: puts that would cross it fail.
+    pub fn set_reserve(&self, bytes: u64) {
+        self.inner.reserve_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    pub fn reserve_bytes(&self) -> u64 {
+        self.inner.reserve_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Free space of the filesystem that holds the shards, for an
+    /// unprivileged user (statvfs `f_bavail`).
+    pub fn free_bytes(&self) -> Result<u64, StorageError> {
+        fs2::available_space(&self.inner.shards_dir).map_err(io_err(&self.inner.shards_dir))
+    }
+
+    /// Promises `need` bytes to a put, or refuses it when the filesystem's
+    /// free space less what other puts were promised would fall below the
+    /// reserve.
+    fn claim_space(&self, header: &ShardHeader, need: u64) -> Result<(), StorageError> {
+        let free = self.free_bytes()?;
+        let reserve = self.reserve_bytes();
+        let pending = self.inner.pending_bytes.fetch_add(need, Ordering::AcqRel);
+        let left = free.saturating_sub(pending);
+        if left < need.saturating_add(reserve) {
+            self.release_space(need);
+            return Err(StorageError::DiskFull { pack: header.pack, index: header.index, need, free: left, reserve });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn release_space(&self, bytes: u64) {
+        // Claims and releases pair up, so this never goes below zero; the
+        // saturating update keeps a bug from wrapping it.
+        let _ = self.inner.pending_bytes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| Some(p.saturating_sub(bytes)));
+    }
+
+    /// Starts a streaming put of the shard `header` describes. Refused with
+    /// `DiskFull` when the file would leave less than the reserve free.
     pub fn begin_put(&self, header: ShardHeader) -> Result<PutWriter, StorageError> {
         header.validate()?;
+        let need = header.file_len();
+        self.claim_space(&header, need)?;
+        let claim = SpaceClaim { store: self.clone(), bytes: need };
         let name = format!("{}.{:016x}.tmp", shard_file_name(&header.pack, header.index), rand::random::<u64>());
         let path = self.inner.tmp_dir.join(name);
         let file = OpenOptions::new().write(true).create_new(true).open(&path).map_err(io_err(&path))?;
         Ok(PutWriter {
+            _claim: claim,
             store: self.clone(),
             header,
             path,
@@ -331,6 +427,7 @@ impl ShardStore {
         if old_len.is_none() {
             totals.shard_count += 1;
         }
+        totals.generation += 1;
         drop(totals);
         // Flushing outside the lock lets concurrent puts share fsyncs.
         self.inner.db.flush()?;
@@ -381,6 +478,7 @@ impl ShardStore {
             }
             totals.used_bytes = totals.used_bytes.saturating_sub(len);
             totals.shard_count = totals.shard_count.saturating_sub(1);
+            totals.generation += 1;
         }
         self.inner.db.remove(inventory_key(pack, index))?;
         drop(totals);
@@ -401,6 +499,90 @@ impl ShardStore {
                     out.push(ShardEntry { pack, index, body_len, checksum })
                 }
                 _ => tracing::error!(key = ?key, "undecodable inventory entry skipped"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// At most `limit` shards after `after` (exclusive; `None`: from the
+    /// start) in (pack, index) order, and whether more follow.
+    pub fn list_page(
+        &self,
+        after: Option<(PackId, ShardIndex)>,
+        limit: usize,
+    ) -> Result<(Vec<ShardEntry>, bool), StorageError> {
+        let mut out = Vec::new();
+        let iter = match after {
+            None => self.inner.db.iter(),
+            Some((pack, index)) => {
+                // The key right after `after`'s: its key with a zero byte appended.
+                let mut start = inventory_key(&pack, index).to_vec();
+                start.push(0);
+                self.inner.db.range(start..)
+            }
+        };
+        for item in iter {
+            let (key, value) = item?;
+            match (decode_inventory_key(&key), decode_inventory_value(&value)) {
+                (Some((pack, index)), Some((body_len, checksum))) => {
+                    if out.len() == limit {
+                        return Ok((out, true));
+                    }
+                    out.push(ShardEntry { pack, index, body_len, checksum })
+                }
+                _ => tracing::error!(key = ?key, "undecodable inventory entry skipped"),
+            }
+        }
+        Ok((out, false))
+    }
+
+    /// Every shard file with its length and modification time, from the
+    /// files themselves (a walk of `shards/`, one `stat` per file). Files
+    /// that vanish during the walk (a concurrent delete) are skipped; names
+    /// that are not shard names are left for `open` to quarantine. Also
+    /// resets `used_bytes` and `shard_count` to what the walk found, if no
+    /// put or delete happened meanwhile, so that the counters can never
+    /// drift from the disk for longer than one walk.
+    pub fn walk(&self) -> Result<Vec<ShardFileInfo>, StorageError> {
+        let generation = self.lock_totals().generation;
+        let mut out = Vec::new();
+        let shards_dir = &self.inner.shards_dir;
+        for top in fs::read_dir(shards_dir).map_err(io_err(shards_dir))? {
+            let top_path = top.map_err(io_err(shards_dir))?.path();
+            if !top_path.is_dir() {
+                continue;
+            }
+            let entries = match fs::read_dir(&top_path) {
+                Ok(e) => e,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(StorageError::io(&top_path, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(io_err(&top_path))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some((pack, index)) = parse_shard_name(&name) else { continue };
+                let meta = match entry.metadata() {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(StorageError::io(entry.path(), e)),
+                };
+                let modified = meta.modified().map_err(io_err(&entry.path()))?;
+                out.push(ShardFileInfo { pack, index, file_len: meta.len(), modified });
+            }
+        }
+        out.sort_by_key(|f| (f.pack, f.index));
+        let mut totals = self.lock_totals();
+        if totals.generation == generation {
+            let used: u64 = out.iter().map(|f| f.file_len).sum();
+            if used != totals.used_bytes || out.len() as u64 != totals.shard_count {
+                tracing::warn!(
+                    counted = totals.used_bytes,
+                    on_disk = used,
+                    shards = out.len(),
+                    "used bytes drifted from the shard files; reset to the disk"
+                );
+                totals.used_bytes = used;
+                totals.shard_count = out.len() as u64;
             }
         }
         Ok(out)

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use coffer_types::Hash32;
 
-use super::{io_err, ShardStore};
+use super::{io_err, ShardStore, SpaceClaim};
 use crate::shard_file::{self, ShardHeader, BLOCK_SIZE};
 use crate::StorageError;
 
@@ -16,6 +16,8 @@ use crate::StorageError;
 /// final offset, leaving room for the header, and are hashed as they come.
 /// Dropping an unfinished writer removes the temporary file.
 pub struct PutWriter {
+    /// Released when the writer goes, finished or not.
+    pub(super) _claim: SpaceClaim,
     pub(super) store: ShardStore,
     pub(super) header: ShardHeader,
     pub(super) path: PathBuf,
