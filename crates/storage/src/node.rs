@@ -313,3 +313,22 @@ fn load_or_create_node_id(dir: &Path) -> Result<NodeId, StorageError> {
         Err(e) => Err(StorageError::io(&path, e)),
     }
 }
+
+#[cfg(test)]
+mod reserve_tests {
+    use super::*;
+
+    #[test]
+    fn reserves_parse_and_resolve() {
+        assert_eq!(Reserve::parse("1048576"), Ok(Reserve::Bytes(1 << 20)));
+        assert_eq!(Reserve::parse(" 5% "), Ok(Reserve::Percent(5.0)));
+        for bad in ["", "-1", "5 %%", "101%", "lots", "-3%"] {
+            assert!(Reserve::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(Reserve::bytes(Some(Reserve::Percent(10.0)), 1000), 100);
+        assert_eq!(Reserve::bytes(Some(Reserve::Bytes(7)), 1000), 7);
+        // The default: 1 GiB, or 5% of a small filesystem.
+        assert_eq!(Reserve::bytes(None, 1 << 40), DEFAULT_RESERVE_BYTES);
+        assert_eq!(Reserve::bytes(None, 64 << 20), (64 << 20) / 20);
+    }
+}

@@ -24,7 +24,7 @@ struct FakeState {
     /// The pack ids KnownPacks answers as known.
     known_packs: Vec<Vec<u8>>,
     known_pack_calls: usize,
-    /// The last heartbeat's orphan bytes.
+    /// The most orphan bytes a heartbeat reported.
     orphan_bytes: u64,
 }
 
@@ -57,6 +57,7 @@ impl Catalog for FakeCatalog {
         }
         if known {
             s.heartbeats += 1;
+            s.orphan_bytes = s.orphan_bytes.max(r.get_ref().orphan_bytes);
         }
         Ok(Response::new(HeartbeatResponse { known }))
     }
@@ -227,4 +228,51 @@ fn node_id_file_is_stable_and_never_silently_replaced() -> anyhow::Result<()> {
     bad.advertise = String::new();
     assert!(matches!(StorageNode::open(bad), Err(StorageError::Config { .. })));
     Ok(())
+}
+
+#[tokio::test]
+async fn orphans_older_than_the_age_are_counted_then_collected_and_nothing_else() -> anyhow::Result<()> {
+    use coffer_types::{Hash32, PackId, ShardIndex};
+    let (catalog, meta, _meta_stop) = start_fake_meta().await?;
+    let dir = tempfile::tempdir()?;
+    let mut c = config(dir.path(), "10.0.0.1:7000", &meta)?;
+    c.orphan_age = Duration::from_secs(3600);
+    c.orphan_interval = Some(Duration::from_millis(300));
+    let node = StorageNode::open(c)?;
+    let store = node.store().clone();
+    let shard = |pack: PackId, index: u8, len: usize| -> anyhow::Result<crate::ShardHeader> {
+        let body = vec![index; len];
+        let h = crate::ShardHeader {
+            pack,
+            index: ShardIndex(index),
+            k: 4,
+            m: 2,
+            body_len: len as u64,
+            body_checksum: Hash32(*blake3::hash(&body).as_bytes()),
+        };
+        store.put(h, &body)?;
+        Ok(h)
+    };
+    let (known, orphan, young) = (PackId::random(), PackId::random(), PackId::random());
+    let kept_known = [shard(known, 0, 5000)?, shard(known, 1, 5000)?];
+    let orphans = [shard(orphan, 2, 7000)?, shard(orphan, 3, 7000)?];
+    let kept_young = shard(young, 4, 3000)?;
+    // Everything but the young shard was written two hours ago.
+    let old = filetime::FileTime::from_system_time(std::time::SystemTime::now() - Duration::from_secs(7200));
+    for h in kept_known.iter().chain(&orphans) {
+        filetime::set_file_mtime(store.shard_path(&h.pack, h.index), old)?;
+    }
+    catalog.state().known_packs = vec![known.as_bytes().to_vec()];
+    let orphan_bytes: u64 = orphans.iter().map(|h| h.file_len()).sum();
+
+    let running = serve(node).await?;
+    wait_until("the orphans reported by a heartbeat", || catalog.state().orphan_bytes == orphan_bytes).await;
+    wait_until("the orphans collected", || orphans.iter().all(|h| !store.shard_path(&h.pack, h.index).exists()))
+        .await;
+    for h in kept_known.iter().chain([&kept_young]) {
+        store.verify(&h.pack, h.index)?;
+    }
+    assert_eq!(store.shard_count(), 3);
+    assert!(catalog.state().known_pack_calls >= 2, "asked again before deleting");
+    stop(running).await
 }

@@ -322,3 +322,74 @@ async fn rebuild_with_too_few_readable_shards_says_which_and_why() -> anyhow::Re
     source.shut_down().await?;
     target.shut_down().await
 }
+
+#[tokio::test]
+async fn listing_pages_through_more_shards_than_one_page() -> anyhow::Result<()> {
+    let mut n = TestNode::start().await?;
+    let mut want = Vec::new();
+    for i in 0..25u64 {
+        let body = random_body(100 + i as usize, i);
+        let pack = PackId::random();
+        put(&mut n.client, framed(header(&pack, (i % 6) as u32, &body), &body, MAX_FRAME_BYTES)).await?;
+        want.push((pack, (i % 6) as u32));
+    }
+    want.sort();
+
+    // One page holds at most what was asked, and says where to go on.
+    let first = n.client.list_shards(pb::ListShardsRequest { page_size: 4, page_token: Vec::new() }).await?.into_inner();
+    assert_eq!(first.shards.len(), 4);
+    assert!(!first.next.is_empty());
+
+    // Walking the pages lists every shard exactly once, in order.
+    let pool = coffer_rpc::ShardPool::default();
+    for page_size in [1, 4, 24, 25, 0] {
+        let got: Vec<(PackId, u32)> = pool
+            .list_paged(&n.addr, page_size)
+            .await
+            .map_err(|f| anyhow::anyhow!("{f}"))?
+            .iter()
+            .map(|s| (PackId::from_slice(&s.pack_id).unwrap(), s.index))
+            .collect();
+        assert_eq!(got, want, "page size {page_size}");
+    }
+    let all = n.client.list_shards(pb::ListShardsRequest { page_size: 0, page_token: Vec::new() }).await?.into_inner();
+    assert_eq!((all.shards.len(), all.next.len()), (25, 0), "the default page holds them all");
+
+    let bad = n.client.list_shards(pb::ListShardsRequest { page_size: 4, page_token: vec![1, 2, 3] }).await;
+    assert_eq!(bad.unwrap_err().code(), Code::InvalidArgument);
+    n.shut_down().await
+}
+
+#[tokio::test]
+async fn a_put_that_would_cross_the_reserve_is_resource_exhausted() -> anyhow::Result<()> {
+    let n = TestNode::start().await?;
+    let pool = coffer_rpc::ShardPool::default();
+    let body = random_body(70_000, 9);
+    let put_one = |pack: PackId| {
+        let put = coffer_rpc::ShardPut {
+            pack,
+            index: coffer_types::ShardIndex(0),
+            k: 4,
+            m: 2,
+            checksum: coffer_types::Hash32(*blake3::hash(&body).as_bytes()),
+        };
+        pool.put(&n.addr, put, bytes::Bytes::from(body.clone()))
+    };
+    // A reserve beyond the free space: the node is full.
+    n.store.set_reserve(n.store.free_bytes()? + (1 << 40));
+    let pack = PackId::random();
+    match put_one(pack).await {
+        Err(ShardFailure::Refused { code: Code::ResourceExhausted, detail }) => {
+            assert!(detail.contains("disk full"), "{detail}")
+        }
+        other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),
+    }
+    assert_eq!((n.store.shard_count(), n.tmp_entries()), (0, 0), "a refused put leaves nothing");
+    let info = n.client.clone().node_info(NodeInfoRequest {}).await?.into_inner();
+    assert!(info.free_bytes > 0 && info.reserve_bytes > info.free_bytes, "{info:?}");
+
+    n.store.set_reserve(0);
+    put_one(pack).await.map_err(|f| anyhow::anyhow!("{f}"))?;
+    assert_eq!(n.store.shard_count(), 1);
+    n.shut_down().await
+}

@@ -956,6 +956,75 @@ mod tests {
     }
 
     #[test]
+    fn puts_in_flight_count_against_the_reserve() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = ShardStore::open(dir.path())?;
+        // Two puts that declare 1 GiB each (nothing is written yet), with
+        // room above the reserve for one and a half: the second must wait
+        // for the first.
+        let big = |index: u8| ShardHeader {
+            pack: PackId::random(),
+            index: ShardIndex(index),
+            k: 4,
+            m: 2,
+            body_len: crate::shard_file::MAX_BODY_LEN,
+            body_checksum: Hash32([0; 32]),
+        };
+        let need = big(0).file_len();
+        store.set_reserve(store.free_bytes()?.saturating_sub(need + need / 2));
+        let first = store.begin_put(big(0))?;
+        let second = store.begin_put(big(1));
+        assert!(matches!(second, Err(StorageError::DiskFull { .. })), "{second:?}");
+        assert_eq!(tmp_files(dir.path()), 1, "a refused put opens no file");
+        drop(first);
+        let again = store.begin_put(big(1))?;
+        drop(again);
+        assert_eq!(tmp_files(dir.path()), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn used_bytes_follow_the_files_and_a_walk_corrects_drift() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = ShardStore::open(dir.path())?;
+        let on_disk = |store: &ShardStore| -> u64 {
+            let mut sum = 0;
+            for top in fs::read_dir(dir.path().join("shards")).unwrap() {
+                for f in fs::read_dir(top.unwrap().path()).unwrap() {
+                    sum += f.unwrap().metadata().unwrap().len();
+                }
+            }
+            assert_eq!(store.used_bytes(), sum, "used bytes against the files");
+            sum
+        };
+        let mut headers = Vec::new();
+        for i in 0..6u8 {
+            let data = body(10_000 * (i as usize + 1), 20 + i as u64);
+            let h = header_for(PackId::random(), i % 6, &data);
+            store.put(h, &data)?;
+            headers.push(h);
+        }
+        on_disk(&store);
+        // An overwrite, deletes, a delete of what is not there.
+        let data = body(10_000, 20);
+        store.put(headers[0], &data)?;
+        assert!(store.delete(&headers[1].pack, headers[1].index)?);
+        assert!(store.delete(&headers[2].pack, headers[2].index)?);
+        assert!(!store.delete(&headers[2].pack, headers[2].index)?);
+        let before = on_disk(&store);
+
+        // A file removed behind the store's back: the counter is stale
+        // until the next walk, which resets it to the disk.
+        fs::remove_file(store.shard_path(&headers[3].pack, headers[3].index))?;
+        assert_eq!(store.used_bytes(), before);
+        let walked = store.walk()?;
+        assert_eq!(walked.len(), 3);
+        assert_eq!(store.shard_count(), 3);
+        on_disk(&store);
+        Ok(())
+    }
+
+    #[test]
     fn abandoned_temp_files_are_removed_on_open() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         drop(ShardStore::open(dir.path())?);
