@@ -15,6 +15,7 @@ mod semantics;
 mod shutdown;
 mod site_loss;
 mod stdin;
+mod storage_space;
 
 use std::path::Path;
 
