@@ -117,10 +117,29 @@ fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }
 
+/// Moves storage node `i` onto a tmpfs of `size_mib` mounted over its data
+/// directory (its id and shards with it) and starts it again.
+fn move_onto_small_fs(c: &mut Cluster, i: usize, size_mib: u64) -> Result<SmallFs> {
+    c.terminate_storage(i, Duration::from_secs(20))?;
+    let data = c.storage[i].data.clone();
+    let moved = data.with_extension("disk");
+    std::fs::rename(&data, &moved)?;
+    let fs = SmallFs::mount(&data, size_mib)?;
+    let st = Command::new("cp").arg("-a").arg(format!("{}/.", moved.display())).arg(&data).status()?;
+    ensure!(st.success(), "copy the node's data onto the small filesystem");
+    c.start_storage(i)?;
+    Ok(fs)
+}
+
+/// The status entry of the node whose id file says `id`.
+fn node_status(status: &serde_json::Value, id: &str) -> Result<serde_json::Value> {
+    list(status, "nodes")?.iter().find(|n| n["id"] == id).cloned().with_context(|| format!("node {id} in {status}"))
+}
+
 #[test]
 fn a_full_node_is_routed_around_by_backups_and_rebuilds() -> Result<()> {
     if !is_root() {
-        bail!("this test mounts a 64 MiB tmpfs and needs root");
+        bail!("this test mounts size-limited tmpfs filesystems and needs root");
     }
     let spec = ClusterSpec {
         sites: 3,
@@ -130,54 +149,76 @@ fn a_full_node_is_routed_around_by_backups_and_rebuilds() -> Result<()> {
         ..ClusterSpec::default()
     };
     Cluster::run(spec, |c| {
-        // Node 0 moves onto a 64 MiB filesystem (its id and shards with it).
-        let small = 0;
-        c.terminate_storage(small, Duration::from_secs(20))?;
-        let data = c.storage[small].data.clone();
-        let moved = data.with_extension("disk");
-        std::fs::rename(&data, &moved)?;
-        let _fs = SmallFs::mount(&data, 64)?;
-        let st = Command::new("cp").arg("-a").arg(format!("{}/.", moved.display())).arg(&data).status()?;
-        ensure!(st.success(), "copy the node's data onto the small filesystem");
-        c.start_storage(small)?;
+        // Every node on a 256 MiB filesystem of its own, so that none looks
+        // far roomier than the others; then node 0's fills up with a file
+        // that is not a shard, down to half its reserve.
+        let mut mounts = Vec::new();
+        for i in 0..c.storage.len() {
+            mounts.push(move_onto_small_fs(c, i, 256)?);
+        }
         c.wait_nodes_up(9, Duration::from_secs(30))?;
-        let small_id = u64::from_str_radix(&c.storage[small].node_id().context("node id")?, 16)?;
+        let full = 0;
+        let full_id = c.storage[full].node_id().context("node id")?;
+        let reserve = num(&node_status(&c.status()?, &full_id)?, "reserve_bytes")?;
+        ensure!(reserve > 0, "a default reserve on a 256 MiB filesystem");
+        let avail = {
+            let out = Command::new("df").args(["--output=avail", "-B1"]).arg(&c.storage[full].data).output()?;
+            String::from_utf8_lossy(&out.stdout).lines().nth(1).context("df output")?.trim().parse::<u64>()?
+        };
+        let junk = c.storage[full].data.join("junk");
+        std::fs::write(&junk, vec![0xa5u8; (avail - reserve / 2) as usize])?;
+        wait_until("the leader to hear the node is full", Duration::from_secs(30), || {
+            let n = node_status(&c.status().ok()?, &full_id).ok()?;
+            (n["free_bytes"].as_u64()? < n["reserve_bytes"].as_u64()?).then_some(())
+        })?;
+        let shards_before = c.storage[full].shard_files().len();
 
-        // Backups of 3 × 40 MiB: more than the small node can take.
+        // Backups go on, to the other nodes.
         let mut snaps = Vec::new();
-        for seed in [1u64, 2, 3] {
+        for seed in [1u64, 2] {
             let src = c.dir().join(format!("big-{seed}"));
-            write_sample_tree(&src, 500 + seed, 40)?;
+            write_sample_tree(&src, 500 + seed, 20)?;
             let s = backup(c, &src, &[])?;
+            ensure!(s["packs_short"].as_u64() == Some(0), "eight nodes with room take full packs: {s}");
             snaps.push((s["snapshot_id"].as_str().context("snapshot id")?.to_string(), src));
         }
-        let status = c.status()?;
-        let node = list(&status, "nodes")?
-            .iter()
-            .find(|n| u64::from_str_radix(n["id"].as_str().unwrap_or(""), 16).ok() == Some(small_id))
-            .context("the small node in status")?
-            .clone();
-        let (free, reserve) = (num(&node, "free_bytes")?, num(&node, "reserve_bytes")?);
-        ensure!(reserve > 0, "the small node keeps a reserve: {node}");
-        ensure!(free < reserve + (8 << 20), "the small node should be (nearly) full: {node}");
-        let du: u64 = c.storage[small].shard_files().iter().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum();
-        ensure!(num(&node, "used_bytes")? == du, "used_bytes {} differs from the shard files' {du}", node["used_bytes"]);
+        ensure!(c.storage[full].shard_files().len() == shards_before, "a shard went to the full node");
 
-        // A node with shards dies: rebuilds go elsewhere, never to the full node.
-        let victim = c.storage.iter().position(|s| s.site != c.storage[small].site).context("a victim")?;
-        let before_small = c.storage[small].shard_files().len();
+        // used_bytes is what the shard files hold, on every node, as of
+        // the next heartbeats.
+        let mismatch = |c: &Cluster| -> Result<Option<String>> {
+            let status = c.status()?;
+            for s in &c.storage {
+                let id = s.node_id().context("node id")?;
+                let du: u64 = s.shard_files().iter().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum();
+                let used = num(&node_status(&status, &id)?, "used_bytes")?;
+                if used != du {
+                    return Ok(Some(format!("node {id}: used_bytes {used} but its shard files hold {du}")));
+                }
+            }
+            Ok(None)
+        };
+        wait_until("used_bytes to match the shard files", Duration::from_secs(10), || {
+            mismatch(c).ok().and_then(|m| m.is_none().then_some(()))
+        })
+        .with_context(|| format!("{:?}", mismatch(c)))?;
+
+        // A node with shards dies: its shards are rebuilt on nodes with room.
+        let victim = (1..c.storage.len()).find(|&i| !c.storage[i].shard_files().is_empty()).context("a victim")?;
         c.kill_storage(victim);
         wait_until("the rebuild to finish", Duration::from_secs(240), || {
             let s = c.status().ok()?;
-            let idle = s["rebuild"]["queued"].as_u64()? == 0 && s["rebuild"]["in_flight"].as_u64()? == 0;
-            let done = s["rebuild"]["done"].as_u64()? > 0;
-            (idle && done && s["packs"]["lost"].as_u64()? == 0 && s["packs"]["at_risk"].as_u64()? == 0).then_some(())
+            let r = &s["rebuild"];
+            let idle = r["queued"].as_u64()? == 0 && r["in_flight"].as_u64()? == 0 && r["done"].as_u64()? > 0;
+            let p = &s["packs"];
+            (idle && p["lost"].as_u64()? == 0 && p["at_risk"].as_u64()? == 0 && p["degraded"].as_u64()? == 0)
+                .then_some(())
         })?;
-        let after_small = c.storage[small].shard_files().len();
-        ensure!(after_small <= before_small, "the full node took rebuilt shards ({before_small} -> {after_small})");
+        ensure!(c.storage[full].shard_files().len() == shards_before, "a rebuild went to the full node");
         for (snap, src) in &snaps {
             restore_and_compare(c, snap, src)?;
         }
+        drop(mounts);
         Ok(())
     })
 }

@@ -179,7 +179,8 @@ mod tests {
     #[test]
     fn placeable_bytes_keep_the_reserve_free() {
         let l = Liveness::new(Duration::from_secs(60), Duration::from_secs(120));
-        let usage = Usage { used_bytes: 10, capacity_bytes: 100, free_bytes: Some(50), reserve_bytes: 20, orphan_bytes: 0 };
+        let usage =
+            Usage { used_bytes: 10, capacity_bytes: 100, free_bytes: Some(50), reserve_bytes: 20, orphan_bytes: 0 };
         l.seen_usage(NodeId(1), usage);
         assert_eq!(l.get(NodeId(1)).map(|s| s.placeable_bytes()), Some(30));
         // A full filesystem is full whatever the announced capacity says.

@@ -568,7 +568,8 @@ pub(crate) async fn execute(node: Weak<MetaNode>, job: RebuildJob) {
     };
     // A refusal for want of sources (FAILED_PRECONDITION) is not the
     // target's fault; anything else the target answered is.
-    let target_failed = matches!(&outcome, Err(MetaError::RebuildFailed { code, .. }) if *code != tonic::Code::FailedPrecondition);
+    let target_failed =
+        matches!(&outcome, Err(MetaError::RebuildFailed { code, .. }) if *code != tonic::Code::FailedPrecondition);
     n.repair.target_result(t.to, target_failed);
     {
         let mut s = n.repair.status.lock().unwrap_or_else(|p| p.into_inner());

@@ -267,8 +267,7 @@ async fn orphans_older_than_the_age_are_counted_then_collected_and_nothing_else(
 
     let running = serve(node).await?;
     wait_until("the orphans reported by a heartbeat", || catalog.state().orphan_bytes == orphan_bytes).await;
-    wait_until("the orphans collected", || orphans.iter().all(|h| !store.shard_path(&h.pack, h.index).exists()))
-        .await;
+    wait_until("the orphans collected", || orphans.iter().all(|h| !store.shard_path(&h.pack, h.index).exists())).await;
     for h in kept_known.iter().chain([&kept_young]) {
         store.verify(&h.pack, h.index)?;
     }

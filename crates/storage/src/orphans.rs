@@ -64,7 +64,13 @@ pub(crate) struct Orphans {
 }
 
 impl Orphans {
-    pub fn new(store: ShardStore, meta: MetaClient, repair: Arc<Repair>, min_age: Duration, interval: Duration) -> Self {
+    pub fn new(
+        store: ShardStore,
+        meta: MetaClient,
+        repair: Arc<Repair>,
+        min_age: Duration,
+        interval: Duration,
+    ) -> Self {
         Self {
             store,
             meta,
@@ -108,10 +114,8 @@ impl Orphans {
             .await
             .map_err(|e| StorageError::BlockingTask { reason: e.to_string() })??;
         let now = SystemTime::now();
-        let old: Vec<_> = files
-            .iter()
-            .filter(|f| now.duration_since(f.modified).is_ok_and(|age| age >= self.min_age))
-            .collect();
+        let old: Vec<_> =
+            files.iter().filter(|f| now.duration_since(f.modified).is_ok_and(|age| age >= self.min_age)).collect();
         let packs: BTreeSet<PackId> = old.iter().map(|f| f.pack).collect();
         let known = self.known(&packs).await?;
         let found: BTreeMap<(PackId, ShardIndex), u64> =

@@ -336,7 +336,8 @@ async fn listing_pages_through_more_shards_than_one_page() -> anyhow::Result<()>
     want.sort();
 
     // One page holds at most what was asked, and says where to go on.
-    let first = n.client.list_shards(pb::ListShardsRequest { page_size: 4, page_token: Vec::new() }).await?.into_inner();
+    let first =
+        n.client.list_shards(pb::ListShardsRequest { page_size: 4, page_token: Vec::new() }).await?.into_inner();
     assert_eq!(first.shards.len(), 4);
     assert!(!first.next.is_empty());
 

@@ -368,7 +368,10 @@ impl ShardStore {
     pub(crate) fn release_space(&self, bytes: u64) {
         // Claims and releases pair up, so this never goes below zero; the
         // saturating update keeps a bug from wrapping it.
-        let _ = self.inner.pending_bytes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| Some(p.saturating_sub(bytes)));
+        let _ = self
+            .inner
+            .pending_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| Some(p.saturating_sub(bytes)));
     }
 
     /// Starts a streaming put of the shard `header` describes. Refused with
