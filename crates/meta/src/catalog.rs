@@ -424,38 +424,19 @@ impl Catalog for CatalogService {
             0 => DEFAULT_SNAPSHOT_PAGE,
             n => (n as usize).min(MAX_SNAPSHOT_PAGE),
         };
-        let start = if r.page_token.is_empty() {
-            kv::SNAPSHOT_PREFIX.to_vec()
+        let after = if r.page_token.is_empty() {
+            None
         } else {
-            let after = SnapshotId::from_slice(&r.page_token)
-                .map_err(|e| Status::invalid_argument(format!("page_token: {e}")))?;
-            // The key right after `after`'s: its key with a zero byte appended.
-            let mut k = kv::snapshot_key(&after);
-            k.push(0);
-            k
+            Some(
+                SnapshotId::from_slice(&r.page_token)
+                    .map_err(|e| Status::invalid_argument(format!("page_token: {e}")))?,
+            )
         };
         self.read_barrier().await?;
         self.repo(&repo)?;
-        let mut snapshots = Vec::new();
-        let mut next = Vec::new();
-        let mut last: Option<SnapshotId> = None;
-        for item in self.tree().range(start..) {
-            let (k, v) = item.map_err(MetaError::from)?;
-            if !k.starts_with(kv::SNAPSHOT_PREFIX) {
-                break;
-            }
-            let s: SnapshotRecord = kv::decode("snapshot", &v)?;
-            if s.repo != repo {
-                continue;
-            }
-            if snapshots.len() == limit {
-                // `last` is the id of the last one returned.
-                next = last.map(|id| id.as_bytes().to_vec()).unwrap_or_default();
-                break;
-            }
-            last = Some(s.id);
-            snapshots.push(pb::Snapshot::from(&s));
-        }
+        let (page, next) = snapshot_page(self.tree(), &repo, after.as_ref(), limit)?;
+        let snapshots = page.iter().map(pb::Snapshot::from).collect();
+        let next = next.map(|id| id.as_bytes().to_vec()).unwrap_or_default();
         Ok(Response::new(pb::ListSnapshotsResponse { snapshots, next }))
     }
 
@@ -559,6 +540,42 @@ impl Catalog for CatalogService {
     }
 }
 
+/// At most `limit` snapshots of `repo` after `after` (exclusive) in id
+/// order, and the cursor of the next page if more follow. Reads only the
+/// keys from the cursor on.
+fn snapshot_page(
+    tree: &sled::Tree,
+    repo: &RepoName,
+    after: Option<&SnapshotId>,
+    limit: usize,
+) -> Result<(Vec<SnapshotRecord>, Option<SnapshotId>), MetaError> {
+    let start = match after {
+        None => kv::SNAPSHOT_PREFIX.to_vec(),
+        Some(id) => {
+            // The key right after `after`'s: its key with a zero byte appended.
+            let mut k = kv::snapshot_key(id);
+            k.push(0);
+            k
+        }
+    };
+    let mut page: Vec<SnapshotRecord> = Vec::new();
+    for item in tree.range(start..) {
+        let (k, v) = item?;
+        if !k.starts_with(kv::SNAPSHOT_PREFIX) {
+            break;
+        }
+        let s: SnapshotRecord = kv::decode("snapshot", &v)?;
+        if s.repo != *repo {
+            continue;
+        }
+        if page.len() == limit {
+            return Ok((page.clone(), page.last().map(|s| s.id)));
+        }
+        page.push(s);
+    }
+    Ok((page, None))
+}
+
 /// Snapshots in one ListSnapshots page when the caller names no size, and
 /// at most (a snapshot record is a few hundred bytes on the wire).
 pub const DEFAULT_SNAPSHOT_PAGE: usize = 1_000;
@@ -590,4 +607,37 @@ fn reported_workers(id: NodeId, mut workers: Vec<pb::WorkerStatus>) -> Vec<pb::W
         }
     }
     workers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::snapshot;
+
+    #[test]
+    fn snapshot_pages_list_a_repository_once_and_skip_the_others() {
+        let t = crate::test_util::tree();
+        let (mine, other) = (RepoName::new("mine").unwrap(), RepoName::new("other").unwrap());
+        for id in 1..=20u8 {
+            let repo = if id % 3 == 0 { other.clone() } else { mine.clone() };
+            let s = snapshot(id, repo);
+            t.insert(kv::snapshot_key(&s.id), kv::encode(&s).unwrap()).unwrap();
+        }
+        let want: Vec<SnapshotId> = (1..=20u8).filter(|i| i % 3 != 0).map(|i| SnapshotId([i; 16])).collect();
+        for limit in [1, 2, 5, want.len(), 100] {
+            let (mut got, mut after, mut pages) = (Vec::new(), None, 0);
+            loop {
+                let (page, next) = snapshot_page(&t, &mine, after.as_ref(), limit).unwrap();
+                assert!(page.len() <= limit);
+                pages += 1;
+                got.extend(page.iter().map(|s| s.id));
+                match next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+            assert_eq!(got, want, "limit {limit}");
+            assert_eq!(pages, want.len().div_ceil(limit), "no empty last page (limit {limit})");
+        }
+    }
 }

@@ -604,6 +604,25 @@ async fn delete_copy(n: &MetaNode, node: NodeId, pack: PackId, index: ShardIndex
 mod tests {
     use super::*;
     use crate::test_util::{begin, run, tree};
+
+    #[test]
+    fn a_failing_rebuild_target_is_skipped_until_its_back_off_ends_and_a_success_clears_it() {
+        let r = RepairState::default();
+        let (a, b) = (NodeId(1), NodeId(2));
+        assert!(!r.backing_off(a));
+        r.target_result(a, true);
+        assert!(r.backing_off(a) && !r.backing_off(b));
+        r.target_result(a, true);
+        let until = r.target_failures.lock().unwrap()[&a].until;
+        assert!(until >= Instant::now() + TARGET_BACKOFF_FIRST, "the back-off doubles");
+        // Many failures stay within the cap.
+        for _ in 0..40 {
+            r.target_result(a, true);
+        }
+        assert!(r.target_failures.lock().unwrap()[&a].until <= Instant::now() + TARGET_BACKOFF_MAX);
+        r.target_result(a, false);
+        assert!(!r.backing_off(a));
+    }
     use coffer_types::{ErasureParams, Hash32, PackKind, RepoName, RepoRecord, ShardRecord};
 
     /// A 2+1 pack on nodes 1, 2, 3, committed through `apply`.
