@@ -119,3 +119,60 @@ fn refuses_a_malformed_endpoint() {
         Err(RpcError::BadEndpoint { .. })
     ));
 }
+
+/// A shard node whose listing answers a cursor that never advances, as a
+/// buggy or hostile node might; every other call is refused.
+#[derive(Clone)]
+struct StuckLister;
+
+type Frames = std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::ShardFrame, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::shard_store_server::ShardStore for StuckLister {
+    async fn put_shard(
+        &self,
+        _: Request<tonic::Streaming<pb::PutShardRequest>>,
+    ) -> Result<Response<pb::PutShardResponse>, Status> {
+        Err(Status::unimplemented("put"))
+    }
+    type GetShardStream = Frames;
+    async fn get_shard(&self, _: Request<pb::GetShardRequest>) -> Result<Response<Frames>, Status> {
+        Err(Status::unimplemented("get"))
+    }
+    async fn delete_shard(&self, _: Request<pb::ShardRef>) -> Result<Response<pb::DeleteShardResponse>, Status> {
+        Err(Status::unimplemented("delete"))
+    }
+    async fn stat_shard(&self, _: Request<pb::ShardRef>) -> Result<Response<pb::ShardHeader>, Status> {
+        Err(Status::unimplemented("stat"))
+    }
+    async fn node_info(&self, _: Request<pb::NodeInfoRequest>) -> Result<Response<pb::NodeInfoResponse>, Status> {
+        Err(Status::unimplemented("info"))
+    }
+    async fn rebuild_shard(
+        &self,
+        _: Request<pb::RebuildShardRequest>,
+    ) -> Result<Response<pb::RebuildShardResponse>, Status> {
+        Err(Status::unimplemented("rebuild"))
+    }
+    async fn scrub(&self, _: Request<pb::ScrubRequest>) -> Result<Response<pb::ScrubResponse>, Status> {
+        Err(Status::unimplemented("scrub"))
+    }
+    async fn list_shards(&self, _: Request<pb::ListShardsRequest>) -> Result<Response<pb::ListShardsResponse>, Status> {
+        let shard = pb::ShardRef { pack_id: vec![7; 16], index: 0 };
+        Ok(Response::new(pb::ListShardsResponse { shards: vec![shard], next: vec![1; 17] }))
+    }
+}
+
+#[tokio::test]
+async fn a_listing_whose_cursor_does_not_advance_is_a_bad_answer_not_a_loop() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let (_stop, stopped) = oneshot::channel::<()>();
+    let server = Server::new().service(pb::shard_store_server::ShardStoreServer::new(StuckLister));
+    tokio::spawn(server.serve(listener, async move {
+        let _ = stopped.await;
+    }));
+    let pool = crate::ShardPool::default();
+    let r = tokio::time::timeout(Duration::from_secs(20), pool.list(&addr)).await.expect("the listing ends");
+    assert!(matches!(r, Err(crate::ShardFailure::BadAnswer { .. })), "{r:?}");
+}
