@@ -32,5 +32,5 @@ pub use error::PackError;
 pub use key::{
     KdfParams, RepoKey, MAX_EPOCHS, MAX_KDF_M_COST_KIB, MAX_KDF_P_COST, MAX_KDF_T_COST, MAX_KDF_WORK_KIB,
 };
-pub use slot::{inspect_slot, SlotInfo, KEY_SLOT_LEN};
+pub use slot::{inspect_slot, slot_id, SlotInfo, KEY_SLOT_LEN};
 pub use refs::{decode_refs, encode_refs};

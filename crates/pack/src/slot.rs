@@ -187,6 +187,13 @@ pub fn inspect_slot(slot: &[u8]) -> Result<SlotInfo, PackError> {
     Ok(parse_v2(slot, kdf, &mut take)?.info)
 }
 
+/// The id of a slot as `inspect_slot` gives it, or, for bytes that are no
+/// readable slot, a hash of them, so that even a damaged slot can be named
+/// (and removed).
+pub fn slot_id(slot: &[u8]) -> String {
+    inspect_slot(slot).map(|i| i.id).unwrap_or_else(|_| short_id(slot))
+}
+
 /// The key the keyring is sealed under for one slot.
 fn envelope_key(shared: &[u8; KEY_LEN], ephemeral: &[u8; KEY_LEN], public: &[u8; KEY_LEN], auth: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
     let mut material = [0u8; 4 * KEY_LEN];
