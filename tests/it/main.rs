@@ -7,6 +7,7 @@
 
 mod bad_input;
 mod dedup;
+mod keys;
 mod degraded;
 mod meta_crash;
 mod raft;
