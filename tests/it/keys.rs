@@ -96,7 +96,10 @@ fn key_slots_and_rotation() -> Result<()> {
             ensure!(num(&check, &format!("blob_epochs.{epoch}"))? > 0, "no blob of epoch {epoch}: {check}");
         }
         let sealed_now = num(&check, "blob_epochs.2")?;
-        ensure!(sealed_now >= num(&last, "chunks_new")?, "epoch 2 holds fewer blobs than the last backup wrote: {check}");
+        ensure!(
+            sealed_now >= num(&last, "chunks_new")?,
+            "epoch 2 holds fewer blobs than the last backup wrote: {check}"
+        );
         // The chunk-id key did not change: epoch 0's data dedups in epoch 2.
         let again = backup(c, &sources[0], &["--kind", "full"])?;
         ensure!(num(&again, "bytes_new")? <= 64 << 10, "unchanged data uploaded again after rotation: {again}");

@@ -7,8 +7,8 @@
 
 mod bad_input;
 mod dedup;
-mod keys;
 mod degraded;
+mod keys;
 mod meta_crash;
 mod raft;
 mod rebuild;

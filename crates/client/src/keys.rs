@@ -108,8 +108,7 @@ async fn store(
 /// themselves without revealing anything secret.
 pub async fn list_keys(meta: &MetaClient, name: &RepoName) -> Result<KeyList, ClientError> {
     let (slots, version) = fetch(meta, name).await?;
-    let slots: Vec<ListedSlot> =
-        slots.iter().map(|s| ListedSlot { id: slot_id(s), info: inspect_slot(s) }).collect();
+    let slots: Vec<ListedSlot> = slots.iter().map(|s| ListedSlot { id: slot_id(s), info: inspect_slot(s) }).collect();
     let current_epoch =
         slots.iter().filter_map(|s| s.info.as_ref().ok()).flat_map(|i| i.epochs.last().copied()).max().unwrap_or(0);
     Ok(KeyList { version, current_epoch, slots })
@@ -183,8 +182,14 @@ pub async fn rotate_key(meta: &Arc<MetaClient>, name: &RepoName, password: &[u8]
             .enumerate()
             .map(|(i, slot)| match next.reseal(slot) {
                 Ok(s) => Ok(s),
-                Err(PackError::OldSlot { .. }) if i == opened => Ok(next.wrap_at(&pw, KdfParams::default(), created_ms)?),
-                Err(e) => Err(ClientError::SlotBlocksRotation { repo: repo.clone(), id: slot_id(slot), reason: e.to_string() }),
+                Err(PackError::OldSlot { .. }) if i == opened => {
+                    Ok(next.wrap_at(&pw, KdfParams::default(), created_ms)?)
+                }
+                Err(e) => Err(ClientError::SlotBlocksRotation {
+                    repo: repo.clone(),
+                    id: slot_id(slot),
+                    reason: e.to_string(),
+                }),
             })
             .collect()
     })

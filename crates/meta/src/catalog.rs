@@ -508,7 +508,9 @@ impl Catalog for CatalogService {
         let repo = repo_name("repo", r.repo)?;
         // The slots are opaque here; only their number and size are judged.
         if r.key_slots.is_empty() {
-            return Err(Status::failed_precondition(format!("repository {repo}: refusing to remove the last key slot")));
+            return Err(Status::failed_precondition(format!(
+                "repository {repo}: refusing to remove the last key slot"
+            )));
         }
         if r.key_slots.len() > MAX_KEY_SLOTS {
             return Err(Status::invalid_argument(format!(

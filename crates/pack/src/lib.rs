@@ -29,8 +29,6 @@ mod prop_tests;
 pub use blob::{blob_epoch, Compression, SealedBlob, BLOB_OVERHEAD, MAX_DECOMPRESSED_LEN};
 pub use chunking::{chunker, ChunkBuffer, Chunker, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, MAX_CHUNK_LEN};
 pub use error::PackError;
-pub use key::{
-    KdfParams, RepoKey, MAX_EPOCHS, MAX_KDF_M_COST_KIB, MAX_KDF_P_COST, MAX_KDF_T_COST, MAX_KDF_WORK_KIB,
-};
-pub use slot::{inspect_slot, slot_id, SlotInfo, KEY_SLOT_LEN};
+pub use key::{KdfParams, RepoKey, MAX_EPOCHS, MAX_KDF_M_COST_KIB, MAX_KDF_P_COST, MAX_KDF_T_COST, MAX_KDF_WORK_KIB};
 pub use refs::{decode_refs, encode_refs};
+pub use slot::{inspect_slot, slot_id, SlotInfo, KEY_SLOT_LEN};

@@ -195,7 +195,12 @@ pub fn slot_id(slot: &[u8]) -> String {
 }
 
 /// The key the keyring is sealed under for one slot.
-fn envelope_key(shared: &[u8; KEY_LEN], ephemeral: &[u8; KEY_LEN], public: &[u8; KEY_LEN], auth: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
+fn envelope_key(
+    shared: &[u8; KEY_LEN],
+    ephemeral: &[u8; KEY_LEN],
+    public: &[u8; KEY_LEN],
+    auth: &[u8; KEY_LEN],
+) -> [u8; KEY_LEN] {
     let mut material = [0u8; 4 * KEY_LEN];
     for (i, part) in [shared, ephemeral, public, auth].into_iter().enumerate() {
         material[i * KEY_LEN..(i + 1) * KEY_LEN].copy_from_slice(part);
@@ -516,7 +521,10 @@ pub(crate) mod tests {
     fn unknown_version_and_kdf_are_rejected() {
         let mut slot = RepoKey::generate().wrap_with(b"pw", TINY).unwrap();
         slot[4] = 3;
-        assert_eq!(RepoKey::unwrap(&slot, b"pw").unwrap_err(), PackError::UnsupportedVersion { what: WHAT, version: 3 });
+        assert_eq!(
+            RepoKey::unwrap(&slot, b"pw").unwrap_err(),
+            PackError::UnsupportedVersion { what: WHAT, version: 3 }
+        );
         slot[4] = SLOT_V2;
         slot[5] = 9;
         assert!(matches!(RepoKey::unwrap(&slot, b"pw"), Err(PackError::BadFormat { .. })));

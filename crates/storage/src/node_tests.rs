@@ -115,6 +115,18 @@ impl Catalog for FakeCatalog {
     ) -> Result<Response<coffer_proto::pb::DrainNodeResponse>, Status> {
         fake()
     }
+    async fn get_key_slots(
+        &self,
+        _: Request<coffer_proto::pb::GetKeySlotsRequest>,
+    ) -> Result<Response<coffer_proto::pb::KeySlots>, Status> {
+        fake()
+    }
+    async fn set_key_slots(
+        &self,
+        _: Request<coffer_proto::pb::SetKeySlotsRequest>,
+    ) -> Result<Response<coffer_proto::pb::SetKeySlotsResponse>, Status> {
+        fake()
+    }
 }
 
 /// Polls `cond` until it holds, failing the test after a generous deadline.
