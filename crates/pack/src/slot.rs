@@ -351,16 +351,16 @@ impl RepoKey {
             .open_in_place(zero_nonce(), Aad::from(p.envelope_aad), &mut body)
             .map_err(|_| bad("the keyring does not authenticate (written without this repository's keyring)"))?;
         let (id_key, keys) = plain.split_first_chunk::<KEY_LEN>().ok_or_else(|| bad("short keyring"))?;
-        let epochs: Vec<EpochKey> = p
+        if keys.len() != KEY_LEN * p.info.epochs.len() {
+            return Err(bad("the keyring's length does not match its epochs"));
+        }
+        let epochs = p
             .info
             .epochs
             .iter()
             .zip(keys.chunks_exact(KEY_LEN))
-            .map(|(&epoch, k)| EpochKey { epoch, key: k.try_into().unwrap_or([0; KEY_LEN]) })
-            .collect();
-        if epochs.len() != p.info.epochs.len() || keys.len() != KEY_LEN * epochs.len() {
-            return Err(bad("the keyring's length does not match its epochs"));
-        }
+            .map(|(&epoch, k)| Ok(EpochKey { epoch, key: k.try_into().map_err(|_| bad("short epoch key"))? }))
+            .collect::<Result<Vec<_>, PackError>>()?;
         let ring = RepoKey { id_key: *id_key, epochs };
         if ring.keyring_auth() != auth {
             return Err(bad("the keyring belongs to another repository"));
