@@ -99,6 +99,26 @@ pub enum Command {
     /// Metadata-plane membership: list members, add or remove voters.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Key slots (passwords) and key epochs of the repository.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// List the key slots: id, creation time, KDF parameters, key epochs held (no secrets, no password needed).
+    List,
+    /// Add a password (a new key slot), after the current password has opened the repository.
+    Add {
+        /// Read the new password from FILE (one trailing newline is dropped); without it, it is asked
+        /// twice on the terminal.
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
+    },
+    /// Remove key slot ID (as `coffer key list` shows it): its password no longer opens the repository.
+    Remove { id: String },
+    /// Start a new data-encryption key epoch for everything written from now on; nothing stored is rewritten.
+    Rotate,
 }
 
 #[derive(Subcommand, Debug)]

@@ -12,6 +12,7 @@ mod commands;
 mod config;
 mod dev;
 mod duration;
+mod keys;
 mod repair;
 mod servers;
 mod shared;
@@ -20,7 +21,7 @@ mod snapcmds;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use args::{Cli, ClusterCommand, Command, RepoCommand};
+use args::{Cli, ClusterCommand, Command, KeyCommand, RepoCommand};
 
 fn init_tracing(server: bool) {
     // Servers log at info; agent commands keep stderr quiet unless asked.
@@ -72,6 +73,12 @@ fn main() {
             }
             Command::Cluster(ClusterCommand::Remove { id }) => admin::remove(&g, id).await.map(|_| 0),
             Command::Cluster(ClusterCommand::Digest) => admin::digest(&g).await.map(|_| 0),
+            Command::Key(KeyCommand::List) => keys::list(&g).await.map(|_| 0),
+            Command::Key(KeyCommand::Add { new_password_file }) => {
+                keys::add(&g, new_password_file.as_deref()).await.map(|_| 0)
+            }
+            Command::Key(KeyCommand::Remove { id }) => keys::remove(&g, &id).await.map(|_| 0),
+            Command::Key(KeyCommand::Rotate) => keys::rotate(&g).await.map(|_| 0),
         };
         match result {
             Ok(code) => code,

@@ -64,6 +64,8 @@ pub struct CheckReport {
     pub chunks: u64,
     pub packs_read: u64,
     pub blobs_read: u64,
+    /// Blobs read and authenticated, by the key epoch each was sealed in.
+    pub blob_epochs: std::collections::BTreeMap<u32, u64>,
     /// Packs that lost shards but keep at least k good: rebuild restores them.
     pub repairable: Vec<PackProblem>,
     /// Packs with fewer than k good shards: their data is gone.
@@ -191,12 +193,20 @@ impl Repository {
                                 .ok()
                                 .and_then(|o| bytes.get(o..o.checked_add(loc.len as usize)?));
                             let opened = match sealed {
-                                Some(sealed) => self.key.open(id, sealed).map(|_| ()).map_err(|e| e.to_string()),
+                                Some(sealed) => self.key.open(id, sealed).map(|_| sealed).map_err(|e| e.to_string()),
                                 None => Err("lies outside the pack".to_string()),
                             };
-                            if let Err(e) = opened {
-                                report.errors.push(format!("chunk {id} in pack {}: {e}", p.record.id));
-                                lost_chunks.insert(*id);
+                            match opened {
+                                // An opened blob's header has already parsed.
+                                Ok(sealed) => {
+                                    if let Ok(epoch) = coffer_pack::blob_epoch(sealed) {
+                                        *report.blob_epochs.entry(epoch).or_default() += 1;
+                                    }
+                                }
+                                Err(e) => {
+                                    report.errors.push(format!("chunk {id} in pack {}: {e}", p.record.id));
+                                    lost_chunks.insert(*id);
+                                }
                             }
                         }
                     }

@@ -70,6 +70,20 @@ pub enum ClientError {
     /// A pack could not be placed and stored within the allowed attempts.
     #[error("storing pack {pack} failed after {attempts} attempt(s): {reason}")]
     UploadFailed { pack: PackId, attempts: u32, reason: String },
+    /// `coffer key remove` named a slot the repository does not have.
+    #[error("repository {repo} has no key slot {id}")]
+    KeySlotNotFound { repo: RepoName, id: String },
+    /// Removing this slot would leave the repository with none.
+    #[error("repository {repo}: {id} is its last key slot; add another before removing it")]
+    LastKeySlot { repo: RepoName, id: String },
+    /// Another change to the key slots landed between reading and writing
+    /// them; nothing was changed by this one.
+    #[error("repository {repo}: the key slots were changed by someone else meanwhile; nothing was changed, run the command again: {reason}")]
+    KeySlotsChanged { repo: RepoName, reason: String },
+    /// A slot cannot receive a new key epoch (a version-1 slot, or one that
+    /// does not parse); rotation changes nothing until it is removed.
+    #[error("repository {repo}: key slot {id} cannot hold the new key epoch ({reason}); open the repository with its password and run `coffer key rotate` with it, or remove it with `coffer key remove {id}`")]
+    SlotBlocksRotation { repo: RepoName, id: String, reason: String },
     /// The catalog or a storage node answered with something malformed.
     #[error("bad answer to {what}: {reason}")]
     BadResponse { what: &'static str, reason: String },

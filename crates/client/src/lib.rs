@@ -29,6 +29,7 @@ pub mod check;
 mod error;
 mod fetch;
 pub mod gc;
+pub mod keys;
 mod parent;
 mod pipeline;
 mod readahead;

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use coffer_pack::{PackError, RepoKey};
+use coffer_pack::{KdfParams, PackError, RepoKey};
 use coffer_proto::pb;
 use coffer_types::{ErasureParams, RepoName, RepoRecord, SnapshotRecord, Source};
 use tonic::Code;
@@ -49,7 +49,10 @@ pub async fn create_repo_with(
     // Argon2 is deliberately slow; keep it off the async worker threads.
     let slot = {
         let pw = password.to_vec();
-        tokio::task::spawn_blocking(move || key.wrap(&pw)).await.map_err(|e| ClientError::task("wrap key", e))??
+        let created_ms = now_ms();
+        tokio::task::spawn_blocking(move || key.wrap_at(&pw, KdfParams::default(), created_ms))
+            .await
+            .map_err(|e| ClientError::task("wrap key", e))??
     };
     let record = RepoRecord { name: name.clone(), params, key_slots: vec![slot], created_ms: now_ms() };
     let req = pb::CreateRepoRequest { repo: Some(pb::Repo::from(&record)), min_shards: min_shards.unwrap_or(0) };
@@ -86,25 +89,35 @@ pub(crate) async fn get_repo(meta: &MetaClient, name: &RepoName) -> Result<RepoR
 pub async fn open_repo(meta: Arc<MetaClient>, name: &RepoName, password: &[u8]) -> Result<Repository, ClientError> {
     let record = get_repo(&meta, name).await?;
     let slots = record.key_slots.clone();
+    let (key, _) = unwrap_slots(name, slots, password).await?;
+    Ok(Repository { meta, record, key: Arc::new(key) })
+}
+
+/// Unwraps the keyring from whichever of `slots` `password` opens, off the
+/// async threads, and says which slot that was.
+pub(crate) async fn unwrap_slots(
+    name: &RepoName,
+    slots: Vec<Vec<u8>>,
+    password: &[u8],
+) -> Result<(RepoKey, usize), ClientError> {
     let pw = password.to_vec();
-    let key = tokio::task::spawn_blocking(move || unwrap_any(&slots, &pw))
+    tokio::task::spawn_blocking(move || unwrap_any(&slots, &pw))
         .await
         .map_err(|e| ClientError::task("unwrap key", e))?
         .map_err(|e| match e {
             None => ClientError::WrongPassword { repo: name.clone() },
             Some(reason) => ClientError::BadKeySlot { repo: name.clone(), reason },
-        })?;
-    Ok(Repository { meta, record, key: Arc::new(key) })
+        })
 }
 
 /// Tries every slot. `Err(None)` means at least one slot was well formed and
 /// the password opened none; `Err(Some(reason))` that no slot was readable.
-fn unwrap_any(slots: &[Vec<u8>], password: &[u8]) -> Result<RepoKey, Option<String>> {
+fn unwrap_any(slots: &[Vec<u8>], password: &[u8]) -> Result<(RepoKey, usize), Option<String>> {
     let mut wrong_password = false;
     let mut last_problem = String::from("the repository has no key slots");
     for (i, slot) in slots.iter().enumerate() {
         match RepoKey::unwrap(slot, password) {
-            Ok(key) => return Ok(key),
+            Ok(key) => return Ok((key, i)),
             Err(PackError::WrongPassword) => wrong_password = true,
             Err(e) => last_problem = format!("slot {i}: {e}"),
         }
@@ -206,8 +219,6 @@ pub(crate) async fn list_snapshots(meta: &MetaClient, repo: &RepoName) -> Result
 
 #[cfg(test)]
 mod tests {
-    use coffer_pack::KdfParams;
-
     use super::*;
 
     fn cheap() -> KdfParams {
@@ -219,8 +230,9 @@ mod tests {
         let key = RepoKey::generate();
         let probe = key.chunk_id(b"probe");
         let slots = vec![key.wrap_with(b"one", cheap()).unwrap(), key.wrap_with(b"two", cheap()).unwrap()];
-        let opened = unwrap_any(&slots, b"two").unwrap();
+        let (opened, index) = unwrap_any(&slots, b"two").unwrap();
         assert_eq!(opened.chunk_id(b"probe"), probe);
+        assert_eq!(index, 1);
         assert_eq!(unwrap_any(&slots, b"three").err(), Some(None));
     }
 

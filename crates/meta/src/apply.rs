@@ -226,7 +226,43 @@ pub fn apply(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, MetaError
             txn.put(key, &min_shards)?;
             Ok(CommandResult::Ok)
         }
+        Command::SetKeySlots { repo, expected_version, slots } => set_key_slots(txn, repo, expected_version, slots),
     }
+}
+
+/// Compare-and-set of a repository's key slots (see `Command::SetKeySlots`).
+fn set_key_slots(
+    txn: &mut Txn<'_>,
+    repo: RepoName,
+    expected_version: u64,
+    slots: Vec<Vec<u8>>,
+) -> Result<CommandResult, MetaError> {
+    let key = kv::repo_key(&repo);
+    let Some(mut record) = txn.get::<RepoRecord>("repo", &key)? else {
+        return Ok(CommandResult::Rejected(Rejection::UnknownRepo(repo)));
+    };
+    let version_key = kv::key_slots_version_key(&repo);
+    let current: u64 = txn.get("key slots version", &version_key)?.unwrap_or(0);
+    if current != expected_version {
+        // The answer to this very change that never reached its caller.
+        return Ok(if current == expected_version.wrapping_add(1) && record.key_slots == slots {
+            CommandResult::AlreadyApplied
+        } else {
+            CommandResult::Rejected(Rejection::KeySlotsChanged { repo, expected: expected_version, current })
+        });
+    }
+    if slots.is_empty() {
+        return Ok(CommandResult::Rejected(Rejection::LastKeySlot(repo)));
+    }
+    record.key_slots = slots;
+    txn.put(key, &record)?;
+    txn.put(version_key, &current.saturating_add(1))?;
+    Ok(CommandResult::Ok)
+}
+
+/// The version of a repository's key slot set, as `SetKeySlots` compares it.
+pub(crate) fn key_slots_version(tree: &sled::Tree, repo: &RepoName) -> Result<u64, MetaError> {
+    Ok(kv::get::<u64>(tree, "key slots version", &kv::key_slots_version_key(repo))?.unwrap_or(0))
 }
 
 /// The log clock: the latest leader time carried by a command that judges
@@ -745,5 +781,45 @@ mod tests {
         // session can no longer commit a snapshot on top of it.
         let snap = Command::CommitSnapshot { session, now_ms: 60, snapshot: snapshot(3, name.clone()) };
         assert!(matches!(run(&t, snap), CommandResult::Rejected(Rejection::SessionExpired { .. })));
+    }
+
+    #[test]
+    fn key_slots_change_by_compare_and_set() {
+        let t = tree();
+        let r = repo();
+        assert_eq!(run(&t, Command::CreateRepo { repo: r.clone() }), CommandResult::Ok);
+        let set = |expected_version, slots: Vec<Vec<u8>>| {
+            run(&t, Command::SetKeySlots { repo: r.name.clone(), expected_version, slots })
+        };
+        let slots_of = || kv::get::<RepoRecord>(&t, "repo", &kv::repo_key(&r.name)).unwrap().unwrap().key_slots;
+        assert_eq!(key_slots_version(&t, &r.name).unwrap(), 0);
+
+        // Two agents both read version 0 and each add a slot: the first
+        // lands, the second is refused, not lost silently.
+        let a = vec![vec![1, 2], vec![3]];
+        let b = vec![vec![1, 2], vec![4]];
+        assert_eq!(set(0, a.clone()), CommandResult::Ok);
+        assert_eq!(
+            set(0, b),
+            CommandResult::Rejected(Rejection::KeySlotsChanged { repo: r.name.clone(), expected: 0, current: 1 })
+        );
+        assert_eq!(slots_of(), a);
+        assert_eq!(key_slots_version(&t, &r.name).unwrap(), 1);
+        // The first one's retry is a repeat, not a conflict.
+        assert_eq!(set(0, a.clone()), CommandResult::AlreadyApplied);
+        assert_eq!(key_slots_version(&t, &r.name).unwrap(), 1);
+
+        // The last slot cannot go; an unknown repository is refused.
+        assert_eq!(set(1, vec![]), CommandResult::Rejected(Rejection::LastKeySlot(r.name.clone())));
+        assert_eq!(set(1, vec![vec![3]]), CommandResult::Ok);
+        assert_eq!(slots_of(), vec![vec![3]]);
+        let other = RepoName::new("other").unwrap();
+        assert_eq!(
+            run(&t, Command::SetKeySlots { repo: other.clone(), expected_version: 0, slots: vec![vec![1]] }),
+            CommandResult::Rejected(Rejection::UnknownRepo(other))
+        );
+        // The rest of the record is untouched.
+        let rec = kv::get::<RepoRecord>(&t, "repo", &kv::repo_key(&r.name)).unwrap().unwrap();
+        assert_eq!((rec.params, rec.created_ms), (r.params, r.created_ms));
     }
 }

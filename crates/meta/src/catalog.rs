@@ -29,6 +29,11 @@ use crate::MetaError;
 
 /// At most this many chunk ids per lookup.
 const MAX_LOOKUP: usize = 10_000;
+/// The most key slots a repository may have, and the largest one. A
+/// version-2 slot holding the most epochs the pack format allows is under
+/// 10 KiB, so the record stays small enough for one Raft entry.
+const MAX_KEY_SLOTS: usize = 16;
+const MAX_KEY_SLOT_BYTES: usize = 16 * 1024;
 /// Longest lease a backup session may ask for.
 const MAX_LEASE: Duration = coffer_types::MAX_SESSION_LEASE;
 
@@ -537,6 +542,44 @@ impl Catalog for CatalogService {
             }
         }
         Ok(Response::new(pb::KnownPacksResponse { known }))
+    }
+
+    async fn get_key_slots(&self, req: Request<pb::GetKeySlotsRequest>) -> Result<Response<pb::KeySlots>, Status> {
+        let name = repo_name("repo", req.into_inner().repo)?;
+        self.read_barrier().await?;
+        let record = self.repo(&name)?;
+        let version = crate::apply::key_slots_version(self.tree(), &name).map_err(Status::from)?;
+        Ok(Response::new(pb::KeySlots { key_slots: record.key_slots, version }))
+    }
+
+    async fn set_key_slots(
+        &self,
+        req: Request<pb::SetKeySlotsRequest>,
+    ) -> Result<Response<pb::SetKeySlotsResponse>, Status> {
+        let r = req.into_inner();
+        let repo = repo_name("repo", r.repo)?;
+        // The slots are opaque here; only their number and size are judged.
+        if r.key_slots.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "repository {repo}: refusing to remove the last key slot"
+            )));
+        }
+        if r.key_slots.len() > MAX_KEY_SLOTS {
+            return Err(Status::invalid_argument(format!(
+                "{} key slots; a repository has at most {MAX_KEY_SLOTS}",
+                r.key_slots.len()
+            )));
+        }
+        if let Some(big) = r.key_slots.iter().find(|s| s.is_empty() || s.len() > MAX_KEY_SLOT_BYTES) {
+            return Err(Status::invalid_argument(format!(
+                "a key slot of {} bytes; slots are 1 to {MAX_KEY_SLOT_BYTES} bytes",
+                big.len()
+            )));
+        }
+        let expected_version = r.expected_version;
+        self.write(Command::SetKeySlots { repo: repo.clone(), expected_version, slots: r.key_slots }).await?;
+        tracing::info!(repo = %repo, version = expected_version + 1, "key slots changed");
+        Ok(Response::new(pb::SetKeySlotsResponse { version: expected_version + 1 }))
     }
 }
 

@@ -153,6 +153,16 @@ pub enum Command {
         repo: RepoName,
         min_shards: u32,
     },
+    /// Replaces the key slots of `repo` if the slot set is still at
+    /// `expected_version` (compare-and-set), and bumps the version. A
+    /// retry of a change that already landed is `AlreadyApplied`; any other
+    /// stale change is refused, so two concurrent `coffer key add`s cannot
+    /// lose one.
+    SetKeySlots {
+        repo: RepoName,
+        expected_version: u64,
+        slots: Vec<Vec<u8>>,
+    },
 }
 
 impl Command {
@@ -179,6 +189,7 @@ impl Command {
             Command::DropPacks { .. } => "drop_packs",
             Command::Relocate { .. } => "relocate",
             Command::SetMinShards { .. } => "set_min_shards",
+            Command::SetKeySlots { .. } => "set_key_slots",
         }
     }
 }
@@ -280,6 +291,10 @@ pub enum Rejection {
     UnknownSession { repo: RepoName, session: SessionId },
     #[error("backup session {session}: its lease ran out at {lease_until_ms} ms, the log is at {now_ms} ms")]
     SessionExpired { session: SessionId, lease_until_ms: u64, now_ms: u64 },
+    #[error("repository {repo}: the key slots changed (version {current}, this change was made from version {expected}); read them again and retry")]
+    KeySlotsChanged { repo: RepoName, expected: u64, current: u64 },
+    #[error("repository {0}: refusing to remove the last key slot")]
+    LastKeySlot(RepoName),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -19,6 +19,7 @@
 //!   d/<node id: u64 BE>             DrainRecord
 //!   x/<node id: u64 BE>             decommissioned (retired) node ids
 //!   w/<repo name>                   u32: the repository's min_shards, when set
+//!   k/<repo name>                   u64: the version of its key slot set, once changed
 //! ```
 //!
 //! Values are bincode; the layout as a whole is versioned by `m/schema`.
@@ -86,6 +87,12 @@ pub fn drain_key(node: NodeId) -> Vec<u8> {
 /// A repository's `min_shards`, beside its record (whose layout stays fixed).
 pub fn min_shards_key(name: &RepoName) -> Vec<u8> {
     [b"w/".as_slice(), name.as_str().as_bytes()].concat()
+}
+
+/// The version of a repository's key slot set (absent: 0, the slots it was
+/// created with), beside its record (whose layout stays fixed).
+pub fn key_slots_version_key(name: &RepoName) -> Vec<u8> {
+    [b"k/".as_slice(), name.as_str().as_bytes()].concat()
 }
 
 /// A decommissioned node's id, so that it cannot register again.

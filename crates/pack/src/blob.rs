@@ -4,9 +4,9 @@
 //! ```text
 //!   plaintext ──zstd level 1, kept if it saves enough──► payload ──AES-256-GCM──► blob
 //!
-//!   blob = version u8 | flags u8 | salt [32] | ciphertext | tag [16]
-//!          \_______ header _______/
-//!   blob key = BLAKE3-keyed(enc_key, salt)      nonce = 0      AAD = header | chunk id
+//!   blob = version u8 | flags u8 | epoch u32 | salt [32] | ciphertext | tag [16]
+//!          \______________ header ______________/
+//!   blob key = BLAKE3-keyed(enc_key of the epoch, salt)      nonce = 0      AAD = header | chunk id
 //! ```
 //!
 //! The invariant kept here: a nonce never repeats under one AES key, at any
@@ -15,9 +15,13 @@
 //! gets its own key instead, derived from 32 fresh random bytes stored in the
 //! blob; with a key used exactly once, the all-zero nonce is safe. The AAD
 //! binds the header and the chunk id, so a blob moved to another id, or with
-//! its flags changed, fails authentication. `open` trusts nothing: it
-//! authenticates, decompresses within a bound, and re-hashes the plaintext
+//! its flags or epoch changed, fails authentication. `open` trusts nothing:
+//! it authenticates, decompresses within a bound, and re-hashes the plaintext
 //! against the id before returning a byte.
+//!
+//! Version 2 names the key epoch the blob was sealed in (`RepoKey::rotate`);
+//! version 1, written before epochs existed, has no epoch field and is
+//! always epoch 0. Blobs are never rewritten when the key rotates.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -32,12 +36,16 @@ use crate::key::aead_key;
 use crate::wire::Take;
 use crate::{PackError, RepoKey, MAX_CHUNK_LEN};
 
-const BLOB_VERSION: u8 = 1;
+/// The version `seal` writes: with the key epoch in the header.
+const BLOB_VERSION: u8 = 2;
+/// The version before key epochs, still opened (as epoch 0).
+const BLOB_V1: u8 = 1;
 /// Flag bit 0: the payload is one zstd frame.
 const FLAG_ZSTD: u8 = 1;
 const SALT_LEN: usize = 32;
 const TAG_LEN: usize = 16;
-const HEADER_LEN: usize = 2 + SALT_LEN;
+const HEADER_LEN: usize = 2 + 4 + SALT_LEN;
+const V1_HEADER_LEN: usize = 2 + SALT_LEN;
 const WHAT: &str = "blob";
 
 /// How many bytes a blob adds to its (possibly compressed) payload.
@@ -123,10 +131,11 @@ impl RepoKey {
             blob.truncate(HEADER_LEN);
             blob.extend_from_slice(plaintext);
         }
-        let header = encode_header(if compressed { FLAG_ZSTD } else { 0 }, &salt);
+        let epoch = self.current_enc_key();
+        let header = encode_header(if compressed { FLAG_ZSTD } else { 0 }, epoch.epoch, &salt);
         let (head, payload) = blob.split_at_mut(HEADER_LEN);
         head.copy_from_slice(&header);
-        let tag = aead_key(&self.blob_key(&salt))
+        let tag = aead_key(&blob_key(&epoch.key, &salt))
             .seal_in_place_separate_tag(zero_nonce(), Aad::from(aad(&header, id)), payload)
             .expect("AES-GCM seals anything shorter than 64 GiB");
         blob.extend_from_slice(tag.as_ref());
@@ -134,50 +143,82 @@ impl RepoKey {
     }
 
     /// Authenticates and decrypts a blob stored under `id`, inflates it if
-    /// it is compressed, and checks that the plaintext hashes to `id`.
+    /// it is compressed, and checks that the plaintext hashes to `id`. The
+    /// blob's epoch picks the key; an epoch this keyring lacks is
+    /// `UnknownEpoch`.
     pub fn open(&self, id: &ChunkId, blob: &[u8]) -> Result<Vec<u8>, PackError> {
         let bad = |reason: &str| PackError::BadFormat { what: WHAT, reason: reason.to_string() };
-        let (header, sealed) = blob.split_first_chunk::<HEADER_LEN>().ok_or_else(|| bad("shorter than its header"))?;
-        let mut fields = Take::new(header);
-        let version = fields.u8().ok_or_else(|| bad("no version"))?;
-        if version != BLOB_VERSION {
-            return Err(PackError::UnsupportedVersion { what: WHAT, version });
-        }
-        let flags = fields.u8().ok_or_else(|| bad("no flags"))?;
-        if flags & !FLAG_ZSTD != 0 {
-            return Err(bad("unknown flag bits"));
-        }
-        let salt = fields.array::<SALT_LEN>().ok_or_else(|| bad("no salt"))?;
+        let head = parse_header(blob)?;
+        let (header, sealed) = blob.split_at(head.len);
         if sealed.len() < TAG_LEN {
             return Err(bad("shorter than its tag"));
         }
+        let enc_key = self.enc_key(head.epoch).ok_or(PackError::UnknownEpoch { id: *id, epoch: head.epoch })?;
 
         let mut payload = sealed.to_vec();
-        let plain_len = aead_key(&self.blob_key(salt))
+        let plain_len = aead_key(&blob_key(enc_key, head.salt))
             .open_in_place(zero_nonce(), Aad::from(aad(header, id)), &mut payload)
             .map_err(|_| PackError::AuthenticationFailed { id: *id })?
             .len();
         payload.truncate(plain_len);
 
-        let plaintext = if flags & FLAG_ZSTD != 0 { decompress(id, &payload)? } else { payload };
+        let plaintext = if head.flags & FLAG_ZSTD != 0 { decompress(id, &payload)? } else { payload };
         if self.chunk_id(&plaintext) != *id {
             return Err(PackError::ChunkIdMismatch { expected: *id });
         }
         Ok(plaintext)
     }
-
-    /// The AES key of one blob. The salt is fresh for every blob, so each
-    /// key seals exactly one message.
-    fn blob_key(&self, salt: &[u8; SALT_LEN]) -> [u8; 32] {
-        *blake3::keyed_hash(self.enc_key(), salt).as_bytes()
-    }
 }
 
-/// The header: version, flags and the salt the blob key is derived from.
-fn encode_header(flags: u8, salt: &[u8; SALT_LEN]) -> [u8; HEADER_LEN] {
+/// The key epoch a blob says it was sealed in, from its header alone (no
+/// key needed, nothing authenticated: `open` is what proves it). Version-1
+/// blobs are epoch 0.
+pub fn blob_epoch(blob: &[u8]) -> Result<u32, PackError> {
+    Ok(parse_header(blob)?.epoch)
+}
+
+/// A blob's header fields and length.
+struct Header<'a> {
+    len: usize,
+    flags: u8,
+    epoch: u32,
+    salt: &'a [u8; SALT_LEN],
+}
+
+fn parse_header(blob: &[u8]) -> Result<Header<'_>, PackError> {
+    let bad = |reason: &str| PackError::BadFormat { what: WHAT, reason: reason.to_string() };
+    let mut fields = Take::new(blob);
+    let version = fields.u8().ok_or_else(|| bad("shorter than its header"))?;
+    if version != BLOB_VERSION && version != BLOB_V1 {
+        return Err(PackError::UnsupportedVersion { what: WHAT, version });
+    }
+    let flags = fields.u8().ok_or_else(|| bad("shorter than its header"))?;
+    if flags & !FLAG_ZSTD != 0 {
+        return Err(bad("unknown flag bits"));
+    }
+    let (epoch, len) = if version == BLOB_V1 {
+        (0, V1_HEADER_LEN)
+    } else {
+        (fields.u32_le().ok_or_else(|| bad("shorter than its header"))?, HEADER_LEN)
+    };
+    let salt = fields.array::<SALT_LEN>().ok_or_else(|| bad("shorter than its header"))?;
+    Ok(Header { len, flags, epoch, salt })
+}
+
+/// The AES key of one blob. The salt is fresh for every blob, so each key
+/// seals exactly one message.
+fn blob_key(enc_key: &[u8; 32], salt: &[u8; SALT_LEN]) -> [u8; 32] {
+    *blake3::keyed_hash(enc_key, salt).as_bytes()
+}
+
+/// The header: version, flags, epoch and the salt the blob key is derived
+/// from.
+fn encode_header(flags: u8, epoch: u32, salt: &[u8; SALT_LEN]) -> [u8; HEADER_LEN] {
     let mut header = [0u8; HEADER_LEN];
-    let (version_and_flags, salt_field) = header.split_at_mut(2);
+    let (version_and_flags, rest) = header.split_at_mut(2);
     version_and_flags.copy_from_slice(&[BLOB_VERSION, flags]);
+    let (epoch_field, salt_field) = rest.split_at_mut(4);
+    epoch_field.copy_from_slice(&epoch.to_le_bytes());
     salt_field.copy_from_slice(salt);
     header
 }
@@ -187,13 +228,10 @@ fn zero_nonce() -> Nonce {
     Nonce::assume_unique_for_key([0u8; NONCE_LEN])
 }
 
-/// The additional data: the header and the id the blob is stored under.
-fn aad(header: &[u8; HEADER_LEN], id: &ChunkId) -> [u8; HEADER_LEN + ChunkId::LEN] {
-    let mut aad = [0u8; HEADER_LEN + ChunkId::LEN];
-    let (head, tail) = aad.split_at_mut(HEADER_LEN);
-    head.copy_from_slice(header);
-    tail.copy_from_slice(id.as_bytes());
-    aad
+/// The additional data: the header (of either version) and the id the blob
+/// is stored under.
+fn aad(header: &[u8], id: &ChunkId) -> Vec<u8> {
+    [header, id.as_bytes().as_slice()].concat()
 }
 
 /// Appends the compressed plaintext to `blob` if that saves enough, and
@@ -311,10 +349,11 @@ mod tests {
     /// malicious key holder could.
     fn seal_payload(key: &RepoKey, id: &ChunkId, flags: u8, payload: &[u8]) -> Vec<u8> {
         let salt = [7u8; SALT_LEN];
-        let header = encode_header(flags, &salt);
+        let epoch = key.current_enc_key();
+        let header = encode_header(flags, epoch.epoch, &salt);
         let mut blob = header.to_vec();
         let mut body = payload.to_vec();
-        let tag = aead_key(&key.blob_key(&salt))
+        let tag = aead_key(&blob_key(&epoch.key, &salt))
             .seal_in_place_separate_tag(zero_nonce(), Aad::from(aad(&header, id)), &mut body)
             .unwrap();
         blob.extend_from_slice(&body);
@@ -449,8 +488,8 @@ mod tests {
         let key = RepoKey::generate();
         let id = key.chunk_id(b"x");
         let mut blob = key.seal(&id, b"x").bytes;
-        blob[0] = 2;
-        assert_eq!(key.open(&id, &blob).unwrap_err(), PackError::UnsupportedVersion { what: WHAT, version: 2 });
+        blob[0] = 3;
+        assert_eq!(key.open(&id, &blob).unwrap_err(), PackError::UnsupportedVersion { what: WHAT, version: 3 });
         blob[0] = BLOB_VERSION;
         blob[1] = 0x02;
         assert!(matches!(key.open(&id, &blob), Err(PackError::BadFormat { .. })));
@@ -488,6 +527,44 @@ mod tests {
         }
         // The well-formed frame opens, which shows the helper seals correctly.
         assert_eq!(key.open(&id, &seal_payload(&key, &id, FLAG_ZSTD, &frame)).unwrap(), plaintext);
+    }
+
+    #[test]
+    fn a_version_1_blob_still_opens() {
+        use crate::slot::tests::{unhex, V1_BLOB_HEX, V1_BLOB_ID_HEX, V1_SLOT_HEX};
+        let key = RepoKey::unwrap(&unhex(V1_SLOT_HEX), b"pw").unwrap();
+        let blob = unhex(V1_BLOB_HEX);
+        let id = ChunkId::from_slice(&unhex(V1_BLOB_ID_HEX)).unwrap();
+        assert_eq!(blob[0], BLOB_V1);
+        assert_eq!(blob_epoch(&blob).unwrap(), 0);
+        assert_eq!(key.open(&id, &blob).unwrap(), b"hello");
+        // After rotations the old blob still opens, and the chunk id is the same.
+        let rotated = key.rotate().unwrap().rotate().unwrap();
+        assert_eq!(rotated.open(&id, &blob).unwrap(), b"hello");
+        assert_eq!(rotated.chunk_id(b"hello"), id);
+    }
+
+    #[test]
+    fn blobs_carry_the_epoch_they_were_sealed_in() {
+        let epoch0 = RepoKey::generate();
+        let epoch1 = epoch0.rotate().unwrap();
+        let epoch2 = epoch1.rotate().unwrap();
+        let plaintext = compressible(5000);
+        let id = epoch0.chunk_id(&plaintext);
+        let blobs: Vec<Vec<u8>> = [&epoch0, &epoch1, &epoch2].iter().map(|k| k.seal(&id, &plaintext).bytes).collect();
+        for (epoch, blob) in blobs.iter().enumerate() {
+            assert_eq!(blob[0], BLOB_VERSION);
+            assert_eq!(blob_epoch(blob).unwrap(), epoch as u32);
+            // The newest keyring opens every epoch's blobs.
+            assert_eq!(epoch2.open(&id, blob).unwrap(), plaintext);
+        }
+        // An older keyring does not know a later epoch.
+        assert_eq!(epoch0.open(&id, &blobs[1]).unwrap_err(), PackError::UnknownEpoch { id, epoch: 1 });
+        assert_eq!(epoch1.open(&id, &blobs[2]).unwrap_err(), PackError::UnknownEpoch { id, epoch: 2 });
+        // The epoch is authenticated: relabelling a blob fails.
+        let mut relabelled = blobs[2].clone();
+        relabelled[2..6].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(epoch2.open(&id, &relabelled).unwrap_err(), PackError::AuthenticationFailed { id });
     }
 
     #[test]

@@ -39,6 +39,21 @@ pub enum PackError {
     /// A length exceeds the bound this crate keeps to avoid unbounded allocation.
     #[error("{what} of {len} bytes exceeds the limit of {max} bytes")]
     TooLarge { what: &'static str, len: u64, max: u64 },
+    /// The blob was sealed in a key epoch this keyring does not hold: the
+    /// keyring was read from a slot older than the blob (or the blob is
+    /// another repository's).
+    #[error("blob for chunk {id} was sealed in key epoch {epoch}, which this keyring does not hold")]
+    UnknownEpoch { id: ChunkId, epoch: u32 },
+    /// A keyring holds at most this many epochs.
+    #[error("the keyring already holds the most epochs allowed ({max})")]
+    TooManyEpochs { max: usize },
+    /// A version-1 key slot holds the key of epoch 0 only and cannot be
+    /// given a new epoch without its password.
+    #[error("key slot {id} is a version-1 slot, which cannot hold a new key epoch")]
+    OldSlot { id: String },
+    /// Resealing would drop an epoch the slot already holds.
+    #[error("this keyring lacks key epoch {epoch}, which the slot holds; refusing to drop it")]
+    StaleKeyring { epoch: u32 },
     /// Reading the source failed while chunking it.
     #[error("read failed while chunking: {0}")]
     Io(String),

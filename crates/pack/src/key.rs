@@ -1,29 +1,23 @@
-//! The repository key and its key slots.
-//!
-//! A repository has one 32-byte master key, drawn from the operating system's
-//! random source. Two working keys are derived from it with BLAKE3's key
-//! derivation mode, one per purpose, so that a chunk id never doubles as an
-//! encryption key:
+//! The repository key: a keyring of one chunk-id key and the data-encryption
+//! keys of every epoch, and the argon2id parameters that guard its slots.
 //!
 //! ```text
-//!   master ──derive_key("coffer v1 chunk id")────────► id_key  ──keyed_hash(plaintext)──► ChunkId
-//!          ──derive_key("coffer v1 blob encryption")──► enc_key ──(see blob.rs)──────────► blob keys
+//!   id_key ──keyed_hash(plaintext)──► ChunkId          (never changes: dedup works across epochs)
+//!   epoch 0 enc_key ─┐
+//!   epoch 1 enc_key ─┼─(see blob.rs)─► blob keys       (a blob names its epoch in its header)
+//!   epoch N enc_key ─┘  ◄── the current epoch: everything written from now on
 //! ```
 //!
-//! The master key is stored only wrapped, in key slots: argon2id stretches a
-//! password and a fresh salt into a wrapping key, and AES-256-GCM seals the
-//! master key under it. A slot is versioned and self-describing (it carries
-//! its own KDF parameters), so that parameters can be raised later without
-//! breaking old slots. The invariant kept here: unwrapping a hostile slot
-//! costs at most a bounded amount of memory and time, and gives an error,
-//! never a panic.
+//! A repository starts with a random 32-byte seed from which the chunk-id key
+//! and the epoch-0 key are derived with BLAKE3's key derivation mode, one
+//! context per purpose (this is also exactly how a version-1 key slot's
+//! master key becomes a keyring). `rotate` adds an epoch with a fresh random
+//! key; no existing key changes, so old blobs stay readable and chunk ids
+//! stay the same. The keyring is stored only inside key slots (`slot.rs`).
 //!
-//! Slot layout (all integers little-endian):
-//!
-//! ```text
-//!   "CFKS" | version u8 | kdf id u8 | m_cost u32 | t_cost u32 | p_cost u32 | salt [16] | nonce [12] | ciphertext [32] | tag [16]
-//!   \____________________________ AAD: authenticated, not encrypted __________________________/
-//! ```
+//! The invariant kept here: unwrapping a hostile slot costs at most a bounded
+//! amount of memory and time, checked before argon2 runs, and gives an
+//! error, never a panic.
 
 use std::fmt;
 
@@ -31,34 +25,32 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use coffer_types::ChunkId;
 use rand::rngs::OsRng;
 use rand::RngCore;
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use ring::aead::{LessSafeKey, UnboundKey, AES_256_GCM};
 
-use crate::wire::Take;
 use crate::PackError;
 
-const SLOT_MAGIC: &[u8; 4] = b"CFKS";
-const SLOT_VERSION: u8 = 1;
-const KDF_ARGON2ID: u8 = 1;
-const SALT_LEN: usize = 16;
-const NONCE_LEN: usize = 12;
-const KEY_LEN: usize = 32;
-const TAG_LEN: usize = 16;
-/// Magic, version, kdf id, three cost parameters, salt and nonce.
-const SLOT_HEADER_LEN: usize = 4 + 1 + 1 + 4 + 4 + 4 + SALT_LEN + NONCE_LEN;
-/// The exact length of every version 1 key slot.
-pub const KEY_SLOT_LEN: usize = SLOT_HEADER_LEN + KEY_LEN + TAG_LEN;
+pub(crate) const KEY_LEN: usize = 32;
+pub(crate) const KDF_SALT_LEN: usize = 16;
 
-/// The largest argon2 memory cost a slot may ask for: 4 GiB. A slot comes
-/// from the catalog, and a hostile or corrupted one must not make the agent
-/// allocate without bound before the password is even checked.
-pub const MAX_KDF_M_COST_KIB: u32 = 4 * 1024 * 1024;
-/// The largest argon2 pass count a slot may ask for, for the same reason.
-pub const MAX_KDF_T_COST: u32 = 100;
+/// The largest argon2 memory cost a slot may ask for: 256 MiB, four times
+/// the default. A slot comes from the catalog, and a hostile or corrupted
+/// one must not make the agent allocate without bound before the password is
+/// even checked: an agent is often a small VM or a 2-core host running the
+/// very service it protects, where a multi-GiB allocation means the OOM
+/// killer, not a slow unlock.
+pub const MAX_KDF_M_COST_KIB: u32 = 256 * 1024;
+/// The largest argon2 pass count a slot may ask for.
+pub const MAX_KDF_T_COST: u32 = 16;
 /// The largest argon2 lane count a slot may ask for. The argon2 crate runs
-/// the lanes one after another, so more lanes only cost time.
-pub const MAX_KDF_P_COST: u32 = 64;
-
-const WHAT_SLOT: &str = "key slot";
+/// the lanes one after another, so more lanes cost time, not memory.
+pub const MAX_KDF_P_COST: u32 = 16;
+/// The most memory passes (memory cost times pass count, in KiB) a slot may
+/// ask for: 1 GiB of block passes, about five times the default, which
+/// keeps a hostile slot's unlock to a few seconds of one core.
+pub const MAX_KDF_WORK_KIB: u64 = 1024 * 1024;
+/// The most epochs a keyring may hold. Each rotation adds one; the bound
+/// keeps a key slot (which carries the whole keyring) a few KiB at most.
+pub const MAX_EPOCHS: usize = 256;
 
 /// The argon2id cost parameters of a key slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,16 +64,19 @@ pub struct KdfParams {
 }
 
 impl Default for KdfParams {
-    /// The OWASP recommendation for argon2id: 19 MiB, two passes, one lane.
+    /// RFC 9106's second recommended option for argon2id, the one for
+    /// memory-constrained (interactive) use: 64 MiB, three passes, four
+    /// lanes. It is stronger than OWASP's 19 MiB / two passes, which the
+    /// first slots were written with and which still open.
     fn default() -> Self {
-        Self { m_cost_kib: 19456, t_cost: 2, p_cost: 1 }
+        Self { m_cost_kib: 64 * 1024, t_cost: 3, p_cost: 4 }
     }
 }
 
 impl KdfParams {
     /// Checks the bounds this crate keeps and argon2's own, and returns the
     /// argon2 parameters producing a 32-byte key.
-    fn to_argon2(self) -> Result<Params, String> {
+    pub(crate) fn to_argon2(self) -> Result<Params, String> {
         if self.m_cost_kib > MAX_KDF_M_COST_KIB {
             return Err(format!("memory cost {} KiB exceeds {MAX_KDF_M_COST_KIB} KiB", self.m_cost_kib));
         }
@@ -91,12 +86,20 @@ impl KdfParams {
         if self.p_cost > MAX_KDF_P_COST {
             return Err(format!("parallelism {} exceeds {MAX_KDF_P_COST}", self.p_cost));
         }
+        let work = u64::from(self.m_cost_kib) * u64::from(self.t_cost);
+        if work > MAX_KDF_WORK_KIB {
+            return Err(format!(
+                "memory cost {} KiB times {} passes exceeds {MAX_KDF_WORK_KIB} KiB of passes",
+                self.m_cost_kib, self.t_cost
+            ));
+        }
         Params::new(self.m_cost_kib, self.t_cost, self.p_cost, Some(KEY_LEN))
             .map_err(|e| format!("argon2 refuses m={} t={} p={}: {e}", self.m_cost_kib, self.t_cost, self.p_cost))
     }
 
-    /// Stretches `password` and `salt` into a wrapping key.
-    fn derive(self, password: &[u8], salt: &[u8; SALT_LEN]) -> Result<[u8; KEY_LEN], String> {
+    /// Stretches `password` and `salt` into a wrapping key. The bounds are
+    /// checked first, so hostile parameters never reach argon2.
+    pub(crate) fn derive(self, password: &[u8], salt: &[u8; KDF_SALT_LEN]) -> Result<[u8; KEY_LEN], String> {
         let params = self.to_argon2()?;
         let mut out = [0u8; KEY_LEN];
         Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
@@ -106,15 +109,23 @@ impl KdfParams {
     }
 }
 
-/// A repository's key: the master key and the two keys derived from it.
+/// One data-encryption key and the epoch it belongs to.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct EpochKey {
+    pub(crate) epoch: u32,
+    pub(crate) key: [u8; KEY_LEN],
+}
+
+/// A repository's keyring: the chunk-id key and every epoch's data key,
+/// oldest first; the last one is current.
 ///
 /// `Debug` deliberately prints no key material, so that a key can sit in a
 /// struct that is logged.
 #[derive(Clone)]
 pub struct RepoKey {
-    master: [u8; KEY_LEN],
-    id_key: [u8; KEY_LEN],
-    enc_key: [u8; KEY_LEN],
+    pub(crate) id_key: [u8; KEY_LEN],
+    /// Sorted by epoch, strictly increasing, never empty.
+    pub(crate) epochs: Vec<EpochKey>,
 }
 
 impl fmt::Debug for RepoKey {
@@ -124,11 +135,13 @@ impl fmt::Debug for RepoKey {
 }
 
 impl RepoKey {
-    fn from_master(master: [u8; KEY_LEN]) -> Self {
+    /// The keyring of a repository whose keys derive from one seed: every
+    /// new repository, and every repository opened through a version-1 key
+    /// slot, whose master key is that seed.
+    pub(crate) fn from_seed(seed: &[u8; KEY_LEN]) -> Self {
         Self {
-            master,
-            id_key: blake3::derive_key("coffer v1 chunk id", &master),
-            enc_key: blake3::derive_key("coffer v1 blob encryption", &master),
+            id_key: blake3::derive_key("coffer v1 chunk id", seed),
+            epochs: vec![EpochKey { epoch: 0, key: blake3::derive_key("coffer v1 blob encryption", seed) }],
         }
     }
 
@@ -138,9 +151,31 @@ impl RepoKey {
     /// Panics only if the operating system cannot provide randomness, which
     /// leaves no safe way to make a key at all.
     pub fn generate() -> RepoKey {
-        let mut master = [0u8; KEY_LEN];
-        OsRng.fill_bytes(&mut master);
-        Self::from_master(master)
+        Self::from_seed(&random_key())
+    }
+
+    /// The same keyring with one more epoch, whose fresh random key seals
+    /// everything written from then on. The chunk-id key and the keys of
+    /// the earlier epochs are unchanged. Fails once the keyring holds
+    /// `MAX_EPOCHS`.
+    pub fn rotate(&self) -> Result<RepoKey, PackError> {
+        if self.epochs.len() >= MAX_EPOCHS {
+            return Err(PackError::TooManyEpochs { max: MAX_EPOCHS });
+        }
+        let next = self.current_epoch().checked_add(1).ok_or(PackError::TooManyEpochs { max: MAX_EPOCHS })?;
+        let mut out = self.clone();
+        out.epochs.push(EpochKey { epoch: next, key: random_key() });
+        Ok(out)
+    }
+
+    /// The epoch new blobs are sealed in.
+    pub fn current_epoch(&self) -> u32 {
+        self.epochs.last().map_or(0, |e| e.epoch)
+    }
+
+    /// Every epoch this keyring can open, oldest first.
+    pub fn epochs(&self) -> Vec<u32> {
+        self.epochs.iter().map(|e| e.epoch).collect()
     }
 
     /// The id of a chunk (or tree) with this plaintext: a keyed hash, so that
@@ -150,93 +185,30 @@ impl RepoKey {
         ChunkId(*blake3::keyed_hash(&self.id_key, plaintext).as_bytes())
     }
 
-    /// The key from which every blob's own key is derived (see `blob.rs`).
-    pub(crate) fn enc_key(&self) -> &[u8; KEY_LEN] {
-        &self.enc_key
+    /// The current epoch's key, from which new blobs' keys are derived.
+    pub(crate) fn current_enc_key(&self) -> &EpochKey {
+        // `epochs` is never empty: every constructor and decoder sees to it.
+        self.epochs.last().expect("a keyring has at least one epoch")
     }
 
-    /// A key slot for this key under `password`, with the default (OWASP)
-    /// argon2id parameters.
-    pub fn wrap(&self, password: &[u8]) -> Result<Vec<u8>, PackError> {
-        self.wrap_with(password, KdfParams::default())
+    /// The key of `epoch`, if this keyring has it.
+    pub(crate) fn enc_key(&self, epoch: u32) -> Option<&[u8; KEY_LEN]> {
+        self.epochs.binary_search_by_key(&epoch, |e| e.epoch).ok().map(|i| &self.epochs[i].key)
     }
 
-    /// A key slot for this key under `password`, with explicit argon2id
-    /// parameters. Tests use tiny parameters to stay fast; parameters that
-    /// `unwrap` would reject are refused here, so every slot written can be
-    /// read back.
-    pub fn wrap_with(&self, password: &[u8], params: KdfParams) -> Result<Vec<u8>, PackError> {
-        let mut salt = [0u8; SALT_LEN];
-        OsRng.fill_bytes(&mut salt);
-        // The wrapping key is unique per salt, so a random nonce adds margin
-        // rather than being what keeps nonces from repeating.
-        let mut nonce = [0u8; NONCE_LEN];
-        OsRng.fill_bytes(&mut nonce);
-        let wrapping = params.derive(password, &salt).map_err(|reason| PackError::KdfParamsRejected { reason })?;
-
-        let mut slot = Vec::with_capacity(KEY_SLOT_LEN);
-        slot.extend_from_slice(SLOT_MAGIC);
-        slot.push(SLOT_VERSION);
-        slot.push(KDF_ARGON2ID);
-        slot.extend_from_slice(&params.m_cost_kib.to_le_bytes());
-        slot.extend_from_slice(&params.t_cost.to_le_bytes());
-        slot.extend_from_slice(&params.p_cost.to_le_bytes());
-        slot.extend_from_slice(&salt);
-        slot.extend_from_slice(&nonce);
-        debug_assert_eq!(slot.len(), SLOT_HEADER_LEN);
-
-        let mut sealed = self.master;
-        let tag = aead_key(&wrapping)
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&slot[..]), &mut sealed)
-            .expect("AES-GCM seals 32 bytes");
-        slot.extend_from_slice(&sealed);
-        slot.extend_from_slice(tag.as_ref());
-        debug_assert_eq!(slot.len(), KEY_SLOT_LEN);
-        Ok(slot)
+    /// Whether two keyrings hold the same keys. Tests compare keyrings this
+    /// way, without exposing key bytes.
+    #[cfg(test)]
+    pub(crate) fn same_keys(&self, other: &RepoKey) -> bool {
+        self.id_key == other.id_key && self.epochs == other.epochs
     }
+}
 
-    /// Recovers the key from a slot. `WrongPassword` if the slot is well
-    /// formed but does not open; `BadFormat` or `UnsupportedVersion` if it is
-    /// not a slot this build can read, including one asking for KDF costs
-    /// beyond the bounds above.
-    pub fn unwrap(slot: &[u8], password: &[u8]) -> Result<RepoKey, PackError> {
-        let bad = |reason: String| PackError::BadFormat { what: WHAT_SLOT, reason };
-        let mut take = Take::new(slot);
-        let magic = take.array::<4>().ok_or_else(|| bad(format!("{} bytes is too short", slot.len())))?;
-        if magic != SLOT_MAGIC {
-            return Err(bad("bad magic".into()));
-        }
-        let version = take.u8().ok_or_else(|| bad("truncated before the version".into()))?;
-        if version != SLOT_VERSION {
-            return Err(PackError::UnsupportedVersion { what: WHAT_SLOT, version });
-        }
-        if slot.len() != KEY_SLOT_LEN {
-            return Err(bad(format!("expected {KEY_SLOT_LEN} bytes, got {}", slot.len())));
-        }
-        let truncated = || bad("truncated".into());
-        let kdf = take.u8().ok_or_else(truncated)?;
-        if kdf != KDF_ARGON2ID {
-            return Err(bad(format!("unknown kdf id {kdf}")));
-        }
-        let params = KdfParams {
-            m_cost_kib: take.u32_le().ok_or_else(truncated)?,
-            t_cost: take.u32_le().ok_or_else(truncated)?,
-            p_cost: take.u32_le().ok_or_else(truncated)?,
-        };
-        let salt = take.array::<SALT_LEN>().ok_or_else(truncated)?;
-        let nonce = take.array::<NONCE_LEN>().ok_or_else(truncated)?;
-        let (header, body) = slot.split_at_checked(SLOT_HEADER_LEN).ok_or_else(truncated)?;
-
-        // The bounds are checked before argon2 runs, so a hostile slot never
-        // gets to allocate.
-        let wrapping = params.derive(password, salt).map_err(bad)?;
-        let mut sealed = body.to_vec();
-        let master = aead_key(&wrapping)
-            .open_in_place(Nonce::assume_unique_for_key(*nonce), Aad::from(header), &mut sealed)
-            .map_err(|_| PackError::WrongPassword)?;
-        let master: [u8; KEY_LEN] = (&*master).try_into().map_err(|_| bad("master key has the wrong length".into()))?;
-        Ok(Self::from_master(master))
-    }
+/// 32 bytes from the operating system's random source.
+pub(crate) fn random_key() -> [u8; KEY_LEN] {
+    let mut key = [0u8; KEY_LEN];
+    OsRng.fill_bytes(&mut key);
+    key
 }
 
 /// An AES-256-GCM key. The length is fixed by the type, which is the only
@@ -249,20 +221,13 @@ pub(crate) fn aead_key(key: &[u8; KEY_LEN]) -> LessSafeKey {
 mod tests {
     use super::*;
 
-    /// The smallest parameters argon2 accepts, so that tests stay fast.
-    pub(crate) const TINY: KdfParams = KdfParams { m_cost_kib: 8, t_cost: 1, p_cost: 1 };
-
-    fn same_key(a: &RepoKey, b: &RepoKey) -> bool {
-        a.master == b.master && a.id_key == b.id_key && a.enc_key == b.enc_key
-    }
-
     #[test]
-    fn derived_keys_differ_from_each_other_and_the_master() {
+    fn derived_keys_differ_from_each_other() {
         let key = RepoKey::generate();
-        assert_ne!(key.id_key, key.enc_key);
-        assert_ne!(key.id_key, key.master);
-        assert_ne!(key.enc_key, key.master);
-        assert!(!same_key(&key, &RepoKey::generate()));
+        assert_ne!(key.id_key, key.epochs[0].key);
+        assert!(!key.same_keys(&RepoKey::generate()));
+        assert_eq!(key.epochs(), vec![0]);
+        assert_eq!(key.current_epoch(), 0);
     }
 
     #[test]
@@ -275,125 +240,51 @@ mod tests {
 
     #[test]
     fn debug_prints_no_key_material() {
-        let key = RepoKey::generate();
+        let key = RepoKey::generate().rotate().unwrap();
         assert_eq!(format!("{key:?}"), "RepoKey { .. }");
         // Key bytes would show up as decimal or hex digits, in any formatting.
         assert!(!format!("{key:#?}").chars().any(|c| c.is_ascii_digit()));
     }
 
     #[test]
-    fn slot_round_trip() {
+    fn rotation_adds_an_epoch_and_keeps_the_rest() {
         let key = RepoKey::generate();
-        let slot = key.wrap_with(b"correct horse", TINY).unwrap();
-        assert_eq!(slot.len(), KEY_SLOT_LEN);
-        assert_eq!(&slot[..4], SLOT_MAGIC);
-        let back = RepoKey::unwrap(&slot, b"correct horse").unwrap();
-        assert!(same_key(&key, &back));
+        let next = key.rotate().unwrap();
+        assert_eq!(next.epochs(), vec![0, 1]);
+        assert_eq!(next.current_epoch(), 1);
+        assert_eq!(next.chunk_id(b"x"), key.chunk_id(b"x"), "the chunk-id key must not change");
+        assert_eq!(next.enc_key(0), key.enc_key(0));
+        assert_ne!(next.enc_key(1), next.enc_key(0));
+        assert_eq!(next.enc_key(2), None);
+        let again = next.rotate().unwrap();
+        assert_eq!(again.epochs(), vec![0, 1, 2]);
+        assert_ne!(again.enc_key(2), next.rotate().unwrap().enc_key(2), "each rotation draws a fresh key");
     }
 
     #[test]
-    fn default_params_round_trip() {
-        let key = RepoKey::generate();
-        let slot = key.wrap(b"pw").unwrap();
-        assert!(same_key(&key, &RepoKey::unwrap(&slot, b"pw").unwrap()));
-        assert_eq!(u32::from_le_bytes(slot[6..10].try_into().unwrap()), 19456);
-    }
-
-    #[test]
-    fn two_slots_of_one_key_differ() {
-        let key = RepoKey::generate();
-        assert_ne!(key.wrap_with(b"pw", TINY).unwrap(), key.wrap_with(b"pw", TINY).unwrap());
-    }
-
-    #[test]
-    fn wrong_password_is_reported_as_such() {
-        let slot = RepoKey::generate().wrap_with(b"right", TINY).unwrap();
-        assert_eq!(RepoKey::unwrap(&slot, b"wrong").unwrap_err(), PackError::WrongPassword);
-        assert_eq!(RepoKey::unwrap(&slot, b"").unwrap_err(), PackError::WrongPassword);
-    }
-
-    #[test]
-    fn every_flipped_byte_is_an_error() {
-        let slot = RepoKey::generate().wrap_with(b"pw", TINY).unwrap();
-        // Flipping every bit of a byte keeps the cost fields either tiny or
-        // far beyond the bounds, so no flip makes the test allocate much.
-        for pos in 0..slot.len() {
-            let mut bad = slot.clone();
-            bad[pos] ^= 0xff;
-            assert!(RepoKey::unwrap(&bad, b"pw").is_err(), "flip at {pos} went unnoticed");
+    fn rotation_stops_at_the_epoch_bound() {
+        let mut key = RepoKey::generate();
+        for _ in 1..MAX_EPOCHS {
+            key = key.rotate().unwrap();
         }
+        assert_eq!(key.epochs.len(), MAX_EPOCHS);
+        assert_eq!(key.rotate().unwrap_err(), PackError::TooManyEpochs { max: MAX_EPOCHS });
     }
 
     #[test]
-    fn every_truncation_and_extension_is_bad_format() {
-        let slot = RepoKey::generate().wrap_with(b"pw", TINY).unwrap();
-        for len in 0..slot.len() {
-            assert!(
-                matches!(RepoKey::unwrap(&slot[..len], b"pw"), Err(PackError::BadFormat { .. })),
-                "truncation to {len} not reported as bad format"
-            );
-        }
-        let mut long = slot.clone();
-        long.push(0);
-        assert!(matches!(RepoKey::unwrap(&long, b"pw"), Err(PackError::BadFormat { .. })));
-    }
-
-    #[test]
-    fn unknown_version_and_kdf_are_rejected() {
-        let mut slot = RepoKey::generate().wrap_with(b"pw", TINY).unwrap();
-        slot[4] = 2;
-        assert_eq!(
-            RepoKey::unwrap(&slot, b"pw").unwrap_err(),
-            PackError::UnsupportedVersion { what: WHAT_SLOT, version: 2 }
-        );
-        slot[4] = SLOT_VERSION;
-        slot[5] = 9;
-        assert!(matches!(RepoKey::unwrap(&slot, b"pw"), Err(PackError::BadFormat { .. })));
-    }
-
-    /// Writes cost fields into an otherwise valid slot header.
-    fn with_costs(slot: &[u8], m: u32, t: u32, p: u32) -> Vec<u8> {
-        let mut out = slot.to_vec();
-        out[6..10].copy_from_slice(&m.to_le_bytes());
-        out[10..14].copy_from_slice(&t.to_le_bytes());
-        out[14..18].copy_from_slice(&p.to_le_bytes());
-        out
-    }
-
-    #[test]
-    fn hostile_kdf_costs_are_rejected_before_running_argon2() {
-        let slot = RepoKey::generate().wrap_with(b"pw", TINY).unwrap();
-        for (m, t, p) in [
-            (MAX_KDF_M_COST_KIB + 1, 1, 1),
-            (u32::MAX, 1, 1),
-            (8, MAX_KDF_T_COST + 1, 1),
-            (8, u32::MAX, 1),
-            (1024, 1, MAX_KDF_P_COST + 1),
-            (8, 0, 1),
-            (8, 1, 0),
-            (4, 1, 1),
-        ] {
-            let err = RepoKey::unwrap(&with_costs(&slot, m, t, p), b"pw").unwrap_err();
-            assert!(matches!(err, PackError::BadFormat { .. }), "m={m} t={t} p={p}: {err:?}");
-        }
-    }
-
-    #[test]
-    fn changed_but_valid_costs_fail_authentication() {
-        let slot = RepoKey::generate().wrap_with(b"pw", TINY).unwrap();
-        assert_eq!(RepoKey::unwrap(&with_costs(&slot, 16, 1, 1), b"pw").unwrap_err(), PackError::WrongPassword);
-    }
-
-    #[test]
-    fn wrap_refuses_params_unwrap_would_reject() {
-        let key = RepoKey::generate();
+    fn params_beyond_the_bounds_are_refused_before_argon2() {
         for params in [
-            KdfParams { m_cost_kib: MAX_KDF_M_COST_KIB + 1, ..TINY },
-            KdfParams { t_cost: MAX_KDF_T_COST + 1, ..TINY },
-            KdfParams { t_cost: 0, ..TINY },
-            KdfParams { m_cost_kib: 1, ..TINY },
+            KdfParams { m_cost_kib: MAX_KDF_M_COST_KIB + 1, t_cost: 1, p_cost: 1 },
+            KdfParams { m_cost_kib: 8, t_cost: MAX_KDF_T_COST + 1, p_cost: 1 },
+            KdfParams { m_cost_kib: 1024, t_cost: 1, p_cost: MAX_KDF_P_COST + 1 },
+            // Each bound alone holds, the product does not.
+            KdfParams { m_cost_kib: MAX_KDF_M_COST_KIB, t_cost: MAX_KDF_T_COST, p_cost: 1 },
+            KdfParams { m_cost_kib: u32::MAX, t_cost: u32::MAX, p_cost: u32::MAX },
         ] {
-            assert!(matches!(key.wrap_with(b"pw", params), Err(PackError::KdfParamsRejected { .. })), "{params:?}");
+            assert!(params.to_argon2().is_err(), "{params:?}");
         }
+        assert!(KdfParams::default().to_argon2().is_ok());
+        // The parameters of the first slots ever written stay within bounds.
+        assert!(KdfParams { m_cost_kib: 19456, t_cost: 2, p_cost: 1 }.to_argon2().is_ok());
     }
 }

@@ -1,12 +1,12 @@
 //! The client-side cryptography and formats of coffer: chunk ids, blob
-//! sealing (compression and authenticated encryption), key wrapping,
-//! content-defined chunking and reference lists.
+//! sealing (compression and authenticated encryption), the keyring and its
+//! epochs, key slots, content-defined chunking and reference lists.
 //!
 //! ```text
 //!   source ──chunker──► chunk ──RepoKey::chunk_id──► ChunkId
 //!                         └────RepoKey::seal──────► blob ──► pack (client) ──► shards (erasure)
 //!   snapshot's ChunkIds ──encode_refs──► reference list (unencrypted, for garbage collection)
-//!   RepoKey ──wrap(password)──► key slot (kept in the catalog)
+//!   RepoKey (keyring: chunk-id key + one key per epoch) ──wrap(password)──► key slot (kept in the catalog)
 //! ```
 //!
 //! Only agents use this crate on data: storage nodes and the metadata plane
@@ -20,13 +20,15 @@ mod chunking;
 mod error;
 mod key;
 mod refs;
+mod slot;
 mod wire;
 
 #[cfg(test)]
 mod prop_tests;
 
-pub use blob::{Compression, SealedBlob, BLOB_OVERHEAD, MAX_DECOMPRESSED_LEN};
+pub use blob::{blob_epoch, Compression, SealedBlob, BLOB_OVERHEAD, MAX_DECOMPRESSED_LEN};
 pub use chunking::{chunker, ChunkBuffer, Chunker, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, MAX_CHUNK_LEN};
 pub use error::PackError;
-pub use key::{KdfParams, RepoKey, KEY_SLOT_LEN, MAX_KDF_M_COST_KIB, MAX_KDF_P_COST, MAX_KDF_T_COST};
+pub use key::{KdfParams, RepoKey, MAX_EPOCHS, MAX_KDF_M_COST_KIB, MAX_KDF_P_COST, MAX_KDF_T_COST, MAX_KDF_WORK_KIB};
 pub use refs::{decode_refs, encode_refs};
+pub use slot::{inspect_slot, slot_id, SlotInfo, KEY_SLOT_LEN};

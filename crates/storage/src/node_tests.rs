@@ -127,6 +127,18 @@ impl Catalog for FakeCatalog {
         let known = req.into_inner().pack_ids.into_iter().filter(|id| st.known_packs.contains(id)).collect();
         Ok(Response::new(KnownPacksResponse { known }))
     }
+    async fn get_key_slots(
+        &self,
+        _: Request<coffer_proto::pb::GetKeySlotsRequest>,
+    ) -> Result<Response<coffer_proto::pb::KeySlots>, Status> {
+        fake()
+    }
+    async fn set_key_slots(
+        &self,
+        _: Request<coffer_proto::pb::SetKeySlotsRequest>,
+    ) -> Result<Response<coffer_proto::pb::SetKeySlotsResponse>, Status> {
+        fake()
+    }
 }
 
 /// Polls `cond` until it holds, failing the test after a generous deadline.

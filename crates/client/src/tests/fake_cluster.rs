@@ -44,6 +44,8 @@ pub struct CatalogState {
     pub packs: HashMap<Vec<u8>, pb::Pack>,
     pub snapshots: Vec<pb::Snapshot>,
     pub nodes: Vec<pb::Node>,
+    /// Each repository's key slot set version (absent: 0).
+    pub key_slots_version: HashMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -95,6 +97,31 @@ impl Catalog for Svc<FakeCatalog> {
     async fn get_repo(&self, req: Request<pb::GetRepoRequest>) -> Res<pb::Repo> {
         let name = req.into_inner().name;
         self.st().repos.get(&name).cloned().map(Response::new).ok_or_else(|| Status::not_found(name))
+    }
+
+    async fn get_key_slots(&self, req: Request<pb::GetKeySlotsRequest>) -> Res<pb::KeySlots> {
+        let name = req.into_inner().repo;
+        let st = self.st();
+        let repo = st.repos.get(&name).ok_or_else(|| Status::not_found(name.clone()))?;
+        let version = st.key_slots_version.get(&name).copied().unwrap_or(0);
+        Ok(Response::new(pb::KeySlots { key_slots: repo.key_slots.clone(), version }))
+    }
+
+    /// The same compare-and-set as the metadata plane's `SetKeySlots`.
+    async fn set_key_slots(&self, req: Request<pb::SetKeySlotsRequest>) -> Res<pb::SetKeySlotsResponse> {
+        let req = req.into_inner();
+        let mut st = self.st();
+        let current = st.key_slots_version.get(&req.repo).copied().unwrap_or(0);
+        if current != req.expected_version {
+            return Err(Status::failed_precondition(format!("key slots at version {current}")));
+        }
+        if req.key_slots.is_empty() {
+            return Err(Status::failed_precondition("refusing to remove the last key slot"));
+        }
+        let repo = st.repos.get_mut(&req.repo).ok_or_else(|| Status::not_found(req.repo.clone()))?;
+        repo.key_slots = req.key_slots;
+        st.key_slots_version.insert(req.repo, current + 1);
+        Ok(Response::new(pb::SetKeySlotsResponse { version: current + 1 }))
     }
 
     async fn begin_session(&self, req: Request<pb::BeginSessionRequest>) -> Res<pb::BeginSessionResponse> {

@@ -3,5 +3,6 @@
 //! fake cluster served over loopback gRPC.
 
 mod fake_cluster;
+mod keys;
 mod pipeline;
 mod walk_restore;
