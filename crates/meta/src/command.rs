@@ -6,7 +6,7 @@
 
 use coffer_types::{
     ChunkId, ChunkLocation, ErasureParams, Hash32, NodeId, NodeRecord, PackId, PackRecord, RepoName, RepoRecord,
-    SessionId, SessionRecord, ShardIndex, SnapshotId, SnapshotRecord,
+    SessionId, SessionRecord, ShardIndex, SnapshotId, SnapshotRecord, TokenId, TokenRecord,
 };
 use serde::{Deserialize, Serialize};
 
@@ -114,7 +114,9 @@ pub enum Command {
         snapshots: Vec<SnapshotId>,
         time_ms: u64,
     },
-    /// Sets a snapshot's hold to `until_ms` (0 clears it).
+    /// Sets a snapshot's hold to `until_ms` (0 clears it). Written before
+    /// holds carried a time; applied by the same write-once rule as
+    /// `HoldUntil`, judged by the log clock alone.
     SetHold {
         repo: RepoName,
         snapshot: SnapshotId,
@@ -153,6 +155,24 @@ pub enum Command {
         repo: RepoName,
         min_shards: u32,
     },
+    /// Sets a snapshot's hold to `until_ms` (0 lifts it). Holds are
+    /// write-once: refused if it would end a hold that still lasts at
+    /// `time_ms` (the leader's, advancing the log clock) any earlier.
+    HoldUntil {
+        repo: RepoName,
+        snapshot: SnapshotId,
+        until_ms: u64,
+        time_ms: u64,
+    },
+    /// Records a repository token (only its hash; see `auth`).
+    CreateToken {
+        token: TokenRecord,
+    },
+    /// Marks a token revoked at `time_ms`; it is refused from then on.
+    RevokeToken {
+        id: TokenId,
+        time_ms: u64,
+    },
 }
 
 impl Command {
@@ -179,6 +199,9 @@ impl Command {
             Command::DropPacks { .. } => "drop_packs",
             Command::Relocate { .. } => "relocate",
             Command::SetMinShards { .. } => "set_min_shards",
+            Command::HoldUntil { .. } => "hold_until",
+            Command::CreateToken { .. } => "create_token",
+            Command::RevokeToken { .. } => "revoke_token",
         }
     }
 }
@@ -280,6 +303,12 @@ pub enum Rejection {
     UnknownSession { repo: RepoName, session: SessionId },
     #[error("backup session {session}: its lease ran out at {lease_until_ms} ms, the log is at {now_ms} ms")]
     SessionExpired { session: SessionId, lease_until_ms: u64, now_ms: u64 },
+    #[error("snapshot {snapshot} is held until {until_ms} ms since the epoch; a hold can be extended, never shortened or lifted before it ends (asked for {requested_ms})")]
+    HoldIsWriteOnce { snapshot: SnapshotId, until_ms: u64, requested_ms: u64 },
+    #[error("token {0} already exists")]
+    TokenExists(TokenId),
+    #[error("token {0} does not exist")]
+    UnknownToken(TokenId),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
