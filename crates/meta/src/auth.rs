@@ -365,7 +365,7 @@ impl MetaNode {
         }
         let who = self.identify(req, rpc).inspect_err(|e| {
             if matches!(e, MetaError::Unauthenticated { .. }) {
-                tracing::warn!(target: "audit", who = "unidentified", what = rpc.name(), repo = "", outcome = "unauthenticated", reason = %e, "refused");
+                tracing::warn!(target: "audit", who = "unidentified", what = rpc.name(), repo = "", outcome = "unauthenticated", reason = %e, "audit: refused");
             }
         })?;
         if who == Who::Nobody {
@@ -429,7 +429,7 @@ pub(crate) fn permit(who: &Who, rpc: Rpc, repo: Option<&RepoName>) -> Result<(),
             _ => "denied",
         };
         let repo = repo.map(|r| r.to_string()).unwrap_or_default();
-        tracing::warn!(target: "audit", who = %who, what = rpc.name(), repo = %repo, outcome, reason = %e, "refused");
+        tracing::warn!(target: "audit", who = %who, what = rpc.name(), repo = %repo, outcome, reason = %e, "audit: refused");
     })
 }
 
@@ -460,7 +460,7 @@ pub(crate) fn judge(who: &Who, rpc: Rpc, need: Need, repo: Option<&RepoName>) ->
 /// An audit line for an administrative action that was carried out.
 pub(crate) fn audit_ok(who: &Who, rpc: Rpc, repo: Option<&RepoName>, detail: &str) {
     let repo = repo.map(|r| r.to_string()).unwrap_or_default();
-    tracing::info!(target: "audit", who = %who, what = rpc.name(), repo = %repo, outcome = "ok", detail, "done");
+    tracing::info!(target: "audit", who = %who, what = rpc.name(), repo = %repo, outcome = "ok", detail, "audit: done");
 }
 
 #[cfg(test)]
