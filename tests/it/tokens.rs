@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use coffer_testkit::{wait_until, write_sample_tree, Cluster, ClusterSpec, Output};
 
-use crate::{backup, restore_and_compare};
+use crate::restore_and_compare;
 
 /// The exit code of a refused call.
 const REFUSED: i32 = 12;
