@@ -67,6 +67,17 @@ PY
 tail -n1 "$WORK/b2.json" | json "'snapshot %s (%s): %.1f MiB scanned, %.2f MiB new, %d chunks reused, %.2fs' % (d['snapshot_id'][:8], d['kind'], d['bytes_scanned']/2**20, d['bytes_new']/2**20, d['chunks_reused'], d['duration_s'])"
 "$BIN" snapshots
 
+step "a backup-only token: the agent backs up, it can neither restore nor forget"
+AGENT=$("$BIN" token create --role backup --name demo-agent 2>/dev/null)
+COFFER_TOKEN=$AGENT "$BIN" backup "$WORK/src" --json | json "'backup with the agent token: snapshot %s' % d['snapshot_id'][:8]"
+set +e
+COFFER_TOKEN=$AGENT "$BIN" restore latest "$WORK/denied" 2>"$WORK/denied.err"
+rc=$?
+set -e
+[ "$rc" = 12 ] || { cat "$WORK/denied.err"; echo "the backup token was not refused a restore (exit $rc)"; exit 1; }
+echo "restore with the agent token: refused, exit $rc"
+"$BIN" token list
+
 step "bytes stored per site"
 "$BIN" status --json | json "'\n'.join('%s: %.1f MiB' % (s, sum(n['used_bytes'] for n in d['nodes'] if n['site']==s)/2**20) for s in sorted({n['site'] for n in d['nodes']}))"
 

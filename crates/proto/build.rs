@@ -6,7 +6,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY of intent: build scripts run single-threaded before codegen.
     std::env::set_var("PROTOC", protoc);
     let root = "../../proto";
-    let files = ["coffer/v1/meta.proto", "coffer/v1/storage.proto", "coffer/v1/raft.proto", "coffer/v1/maint.proto"];
+    let files = [
+        "coffer/v1/meta.proto",
+        "coffer/v1/storage.proto",
+        "coffer/v1/raft.proto",
+        "coffer/v1/maint.proto",
+        "coffer/v1/access.proto",
+    ];
+    println!("cargo:rerun-if-changed=build.rs");
     for f in files {
         println!("cargo:rerun-if-changed={root}/{f}");
     }

@@ -177,15 +177,21 @@ fn a_week_of_backups_restores_every_day_and_survives_forget() -> Result<()> {
         ensure!(ids == [days[5].0.as_str(), days[6].0.as_str()], "{ids:?}");
         restore_matches(c, &days[6].0, &days[6].1)?;
 
-        // Lifting the hold lets the snapshot go; a new hold protects another.
-        c.cli(&["hold", &days[5].0, "none"])?.ok()?;
-        c.cli(&["forget", &days[5].0])?.ok()?;
-        c.cli(&["hold", &days[6].0, "+2h"])?.ok()?;
+        // Holds are write-once: not even the cluster administrator can lift
+        // one before it ends.
+        let lift = c.cli(&["hold", &days[5].0, "none"])?;
+        ensure!(lift.code == 1 && lift.stderr.contains("never shortened or lifted"), "{lift:?}");
+        // A short hold protects another snapshot until it ends; then it goes.
+        c.cli(&["hold", &days[6].0, "+3s"])?.ok()?;
         let refused = c.cli(&["forget", &days[6].0])?;
         ensure!(refused.code != 0 && refused.stderr.contains("held"), "{refused:?}");
-        let left = c.cli(&["snapshots", "--json"])?.ok()?.json()?;
-        ensure!(left.as_array().map(Vec::len) == Some(1), "{left}");
         restore_matches(c, &days[6].0, &days[6].1)?;
+        coffer_testkit::wait_until("the short hold to end", std::time::Duration::from_secs(30), || {
+            c.cli(&["forget", &days[6].0]).ok().filter(|o| o.code == 0).map(|_| ())
+        })?;
+        let left = c.cli(&["snapshots", "--json"])?.ok()?.json()?;
+        let ids: Vec<&str> = left.as_array().context("list")?.iter().filter_map(|s| s["id"].as_str()).collect();
+        ensure!(ids == [days[5].0.as_str()], "{ids:?}");
         Ok(())
     })
 }

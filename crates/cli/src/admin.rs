@@ -9,19 +9,22 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use coffer_proto::pb::admin_client::AdminClient;
 use coffer_proto::pb::{self};
-use coffer_rpc::{admin_client, channel, timeouts, MetaClient, RpcError};
+use coffer_rpc::identity::Bearer;
+use coffer_rpc::{admin_client, channel, timeouts, MetaChannel};
 use serde_json::json;
 
 use crate::args::Global;
+use crate::shared::{bearer, meta_client_with};
 
 fn admin(addr: &str) -> Result<AdminClient<tonic::transport::Channel>> {
     Ok(admin_client(channel(addr)?))
 }
 
-async fn metrics(addr: &str) -> Result<pb::NodeMetricsResponse> {
+async fn metrics(addr: &str, bearer: &Bearer) -> Result<pb::NodeMetricsResponse> {
     let mut c = admin(addr)?;
     let mut req = tonic::Request::new(pb::NodeMetricsRequest {});
     req.set_timeout(timeouts::ADMIN_CALL);
+    bearer.attach(&mut req);
     Ok(c.node_metrics(req).await.with_context(|| format!("ask {addr}"))?.into_inner())
 }
 
@@ -30,10 +33,11 @@ async fn view(g: &Global) -> Result<pb::NodeMetricsResponse> {
     if g.endpoint.is_empty() {
         bail!("no metadata endpoint: pass --endpoint or set COFFER_ENDPOINT");
     }
+    let bearer = bearer(g)?;
     let mut view = None;
     let mut last_err = None;
     for e in &g.endpoint {
-        match metrics(e).await {
+        match metrics(e, &bearer).await {
             Ok(m) => {
                 view = Some(m);
                 break;
@@ -48,11 +52,13 @@ async fn view(g: &Global) -> Result<pb::NodeMetricsResponse> {
 
 pub async fn digest(g: &Global) -> Result<()> {
     let view = view(g).await?;
+    let bearer = bearer(g)?;
     let mut rows = Vec::new();
     for m in &view.members {
         let mut c = admin(&m.addr)?;
         let mut req = tonic::Request::new(pb::CatalogDigestRequest {});
         req.set_timeout(Duration::from_secs(30));
+        bearer.attach(&mut req);
         let d = c.catalog_digest(req).await.map(|r| r.into_inner());
         rows.push((m.clone(), d));
     }
@@ -84,9 +90,10 @@ pub async fn digest(g: &Global) -> Result<()> {
 
 pub async fn members(g: &Global) -> Result<()> {
     let view = view(g).await?;
+    let bearer = bearer(g)?;
     let mut rows = Vec::new();
     for m in &view.members {
-        let own = metrics(&m.addr).await;
+        let own = metrics(&m.addr, &bearer).await;
         rows.push((m.clone(), own));
     }
     if g.json {
@@ -128,19 +135,12 @@ pub async fn members(g: &Global) -> Result<()> {
 /// Runs an admin write on the leader, following hints, for at most `retry_for`.
 async fn on_leader<T, F, Fut>(g: &Global, what: &str, f: F) -> Result<T>
 where
-    F: FnMut(AdminClient<tonic::transport::Channel>) -> Fut,
+    F: FnMut(AdminClient<MetaChannel>) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
-    if g.endpoint.is_empty() {
-        bail!("no metadata endpoint: pass --endpoint or set COFFER_ENDPOINT");
-    }
     // A membership change answers once the new member has caught up.
-    let meta =
-        MetaClient::new(&g.endpoint, g.retry_for).context("parse --endpoint")?.with_call_timeout(timeouts::JOIN_CALL);
-    meta.call_admin(what, f).await.map_err(|e| match e {
-        RpcError::Rpc { status, .. } => anyhow!("{what}: {}", status.message()),
-        e => anyhow!(e),
-    })
+    let meta = meta_client_with(g, g.retry_for)?.with_call_timeout(timeouts::JOIN_CALL);
+    Ok(meta.call_admin(what, f).await?)
 }
 
 pub async fn add_voter(g: &Global, id: u64, addr: String, site: String) -> Result<()> {

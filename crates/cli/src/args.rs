@@ -32,6 +32,12 @@ pub struct Global {
     /// Machine output: one JSON object, or JSON lines for long commands.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Access token: a repository token (`coffer token create`) or the cluster admin token.
+    #[arg(long, env = "COFFER_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the access token (instead of --token).
+    #[arg(long, env = "COFFER_TOKEN_FILE", global = true, conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
     /// How long to keep retrying an unreachable metadata plane.
     #[arg(long, global = true, default_value = "20s", value_parser = parse_duration)]
     pub retry_for: std::time::Duration,
@@ -102,6 +108,32 @@ pub enum Command {
     /// Key slots (passwords) and key epochs of the repository.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Access tokens of a repository: create (printed once), list, revoke.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a token for --repo with a role; prints it once (the catalog keeps only its hash).
+    Create {
+        /// backup (append-only), restore (read) or admin (everything on the repository).
+        #[arg(long)]
+        role: String,
+        /// When it stops working: +90d, +12h, YYYY-MM-DD[THH:MM:SSZ], or none.
+        #[arg(long, default_value = "none")]
+        expires: String,
+        /// A name for people and audit lines.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// The tokens of --repo (with --all, of every repository); never their secrets.
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke a token by its id (as `token list` shows it); refused from then on.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand, Debug)]

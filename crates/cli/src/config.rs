@@ -153,6 +153,10 @@ pub struct MetaSettings {
     #[arg(long, env = "COFFER_REBUILD_PARALLELISM")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rebuild_parallelism: Option<usize>,
+    /// A file holding the cluster admin token (the same on every metadata node).
+    #[arg(long, env = "COFFER_ADMIN_TOKEN_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// `coffer storage`'s settings: flags, environment twins and file keys.
@@ -345,6 +349,10 @@ impl MetaSettings {
         }
         if let Some(v) = self.rebuild_parallelism {
             c.repair.parallelism = v.max(1);
+        }
+        if let Some(path) = &self.admin_token_file {
+            c.admin_token =
+                Some(coffer_meta::AdminToken::from_file(path).map_err(|e| usage(format!("`admin_token_file`: {e}")))?);
         }
         c.validate().map_err(|e| usage(e.to_string()))?;
         Ok(c)

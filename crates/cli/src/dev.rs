@@ -85,6 +85,7 @@ pub async fn run(a: DevArgs) -> Result<()> {
     }
     let meta_addrs: Vec<String> = meta_listeners.iter().map(|(_, a)| a.clone()).collect();
     let meta_addr = meta_addrs.join(",");
+    let (token_file, admin_token) = admin_token(&data)?;
     let mut meta_configs = Vec::new();
     for (i, (_, addr)) in meta_listeners.iter().enumerate() {
         let dir = if i == 0 { data.join("meta") } else { data.join(format!("meta-{}", i + 1)) };
@@ -101,6 +102,7 @@ pub async fn run(a: DevArgs) -> Result<()> {
             election_timeout: Some(Dur(Duration::from_millis(400))),
             suspect_after: Some(Dur(Duration::from_secs(4))),
             down_after: Some(Dur(Duration::from_secs(60))),
+            admin_token_file: Some(token_file.clone()),
             ..MetaSettings::default()
         };
         let mc = merge(&[&meta_defaults(), &settings])?.to_config(addr)?;
@@ -140,11 +142,17 @@ pub async fn run(a: DevArgs) -> Result<()> {
     for (site, s) in sites.iter_mut() {
         start_site(site, s, &meta_addr).await?;
     }
-    wait_for_voters(&meta_addrs, a.meta_nodes as usize).await?;
+    let bearer = coffer_rpc::identity::Bearer::new(&admin_token).context("use the admin token")?;
+    wait_for_voters(&meta_addrs, a.meta_nodes as usize, &bearer).await?;
 
-    let env =
-        format!("export COFFER_ENDPOINT={meta_addr}\nexport COFFER_K={}\nexport COFFER_M={}\n", params.k(), params.m());
-    std::fs::write(data.join("env"), env).context("write env file")?;
+    // The cluster admin token: whoever reads the env file administers the
+    // cluster, so it is written for its owner only.
+    let env = format!(
+        "export COFFER_ENDPOINT={meta_addr}\nexport COFFER_K={}\nexport COFFER_M={}\nexport COFFER_TOKEN={admin_token}\n",
+        params.k(),
+        params.m()
+    );
+    write_private(&data.join("env"), &env).context("write env file")?;
     println!(
         "coffer dev: {} metadata voter(s) at {meta_addr}, {} storage nodes in {} sites, data in {}",
         a.meta_nodes,
@@ -191,14 +199,42 @@ async fn start_meta(config: &MetaConfig, listener: Option<tokio::net::TcpListene
     Ok(RunningNode { stop, task })
 }
 
+/// The cluster admin token of this dev cluster, kept in `DIR/admin-token`
+/// so that a restarted `coffer dev` keeps it (and shells that sourced the
+/// env file keep working); drawn at random the first time.
+fn admin_token(data: &Path) -> Result<(PathBuf, String)> {
+    let path = data.join("admin-token");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if coffer_meta::AdminToken::new(&text).is_ok() {
+            return Ok((path, text.trim().to_string()));
+        }
+    }
+    let token = coffer_meta::AdminToken::generate();
+    write_private(&path, &format!("{token}\n")).with_context(|| format!("write {}", path.display()))?;
+    Ok((path, token))
+}
+
+/// Writes a file only its owner may read.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::PermissionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    // A file from an earlier run keeps its mode on open: set it.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(text.as_bytes())
+}
+
 /// Waits until the metadata cluster has a leader and `n` voters.
-async fn wait_for_voters(addrs: &[String], n: usize) -> Result<()> {
+async fn wait_for_voters(addrs: &[String], n: usize, bearer: &coffer_rpc::identity::Bearer) -> Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         for a in addrs {
             if let Ok(ch) = coffer_rpc::channel(a) {
                 let mut c = coffer_rpc::admin_client(ch);
-                if let Ok(m) = c.node_metrics(coffer_proto::pb::NodeMetricsRequest {}).await {
+                let mut req = tonic::Request::new(coffer_proto::pb::NodeMetricsRequest {});
+                bearer.attach(&mut req);
+                if let Ok(m) = c.node_metrics(req).await {
                     let m = m.into_inner();
                     let voters = m.members.iter().filter(|x| x.role == "voter").count();
                     if m.leader != 0 && voters >= n {

@@ -1,7 +1,8 @@
 //! The `coffer` binary: parses the command line, installs tracing, runs the
 //! subcommand, and maps the outcome onto the exit-code contract
 //! (0 ok, 1 failure, 2 usage: a bad flag or configuration, 3 backup finished
-//! with unreadable files, 4 `check` found lost data or an inconsistent catalog).
+//! with unreadable files, 4 `check` found lost data or an inconsistent catalog,
+//! 12 refused: no valid token, or a token whose role does not allow it).
 //!
 //! This is the only crate that reads the environment or installs a
 //! tracing subscriber.
@@ -17,11 +18,12 @@ mod repair;
 mod servers;
 mod shared;
 mod snapcmds;
+mod tokens;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use args::{Cli, ClusterCommand, Command, KeyCommand, RepoCommand};
+use args::{Cli, ClusterCommand, Command, KeyCommand, RepoCommand, TokenCommand};
 
 fn init_tracing(server: bool) {
     // Servers log at info; agent commands keep stderr quiet unless asked.
@@ -29,6 +31,18 @@ fn init_tracing(server: bool) {
     let filter = EnvFilter::try_from_env("COFFER_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let _ =
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+/// Whether the metadata plane refused the call for want of a valid token or
+/// of the role it needs (UNAUTHENTICATED or PERMISSION_DENIED).
+fn refused(e: &anyhow::Error) -> bool {
+    use tonic::Code;
+    let denied = |code: Option<Code>| matches!(code, Some(Code::Unauthenticated | Code::PermissionDenied));
+    e.chain().any(|c| {
+        denied(c.downcast_ref::<coffer_rpc::RpcError>().and_then(|r| r.code()))
+            || denied(c.downcast_ref::<tonic::Status>().map(|s| s.code()))
+            || matches!(c.downcast_ref::<coffer_client::ClientError>(), Some(coffer_client::ClientError::Conn(r)) if denied(r.code()))
+    })
 }
 
 fn main() {
@@ -79,6 +93,11 @@ fn main() {
             }
             Command::Key(KeyCommand::Remove { id }) => keys::remove(&g, &id).await.map(|_| 0),
             Command::Key(KeyCommand::Rotate) => keys::rotate(&g).await.map(|_| 0),
+            Command::Token(TokenCommand::Create { role, expires, name }) => {
+                tokens::create(&g, &role, &expires, &name).await.map(|_| 0)
+            }
+            Command::Token(TokenCommand::List { all }) => tokens::list(&g, all).await.map(|_| 0),
+            Command::Token(TokenCommand::Revoke { id }) => tokens::revoke(&g, &id).await.map(|_| 0),
         };
         match result {
             Ok(code) => code,
@@ -90,6 +109,8 @@ fn main() {
                 // A bad configuration is a usage error, like a bad flag.
                 if e.chain().any(|c| c.is::<config::UsageError>()) {
                     2
+                } else if refused(&e) {
+                    12
                 } else {
                     1
                 }

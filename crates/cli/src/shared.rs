@@ -14,10 +14,44 @@ use coffer_types::RepoName;
 use crate::args::Global;
 
 pub fn meta_client(g: &Global) -> Result<Arc<MetaClient>> {
+    Ok(Arc::new(meta_client_with(g, g.retry_for)?))
+}
+
+/// A metadata client that sends the caller's token, retrying for `retry_for`.
+pub fn meta_client_with(g: &Global, retry_for: std::time::Duration) -> Result<MetaClient> {
     if g.endpoint.is_empty() {
         bail!("no metadata endpoint: pass --endpoint or set COFFER_ENDPOINT (`. DIR/env` after `coffer dev`)");
     }
-    Ok(Arc::new(MetaClient::new(&g.endpoint, g.retry_for).context("parse --endpoint")?))
+    let client = MetaClient::new(&g.endpoint, retry_for).context("parse --endpoint")?;
+    match token(g)? {
+        Some(t) => client.with_token(&t).context("use the access token"),
+        None => Ok(client),
+    }
+}
+
+/// The access token: `--token` / `COFFER_TOKEN`, or the first line of
+/// `--token-file` / `COFFER_TOKEN_FILE`; none if neither is given.
+pub fn token(g: &Global) -> Result<Option<String>> {
+    if let Some(t) = &g.token {
+        return Ok(Some(t.trim().to_string()));
+    }
+    if let Some(path) = &g.token_file {
+        let text = std::fs::read_to_string(path).with_context(|| format!("read the token file {}", path.display()))?;
+        let t = text.lines().next().unwrap_or("").trim().to_string();
+        if t.is_empty() {
+            bail!("the token file {} is empty", path.display());
+        }
+        return Ok(Some(t));
+    }
+    Ok(None)
+}
+
+/// The token as every hand-made request carries it.
+pub fn bearer(g: &Global) -> Result<coffer_rpc::identity::Bearer> {
+    match token(g)? {
+        Some(t) => coffer_rpc::identity::Bearer::new(&t).context("use the access token"),
+        None => Ok(coffer_rpc::identity::Bearer::none()),
+    }
 }
 
 pub fn password(g: &Global) -> Result<Vec<u8>> {

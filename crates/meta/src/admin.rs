@@ -17,6 +17,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use tonic::{Request, Response, Status};
 
+use crate::auth::{audit_ok, Rpc};
 use crate::node::MetaNode;
 use crate::types::{MetaNodeInfo, NodeId};
 use crate::MetaError;
@@ -61,6 +62,7 @@ impl AdminService {
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+        let who = self.node.authorize(&req, Rpc::Join, None)?;
         let r = req.into_inner();
         if r.id == 0 {
             return Err(Status::invalid_argument("meta node id 0 is reserved"));
@@ -87,10 +89,12 @@ impl Admin for AdminService {
             tracing::info!(id = r.id, "promoting meta node to voter");
             self.change("promote to voter", ChangeMembers::AddVoterIds(BTreeSet::from([r.id]))).await?;
         }
+        audit_ok(&who, Rpc::Join, None, &format!("meta node {} at {} (voter {})", r.id, r.addr, r.voter));
         Ok(Response::new(pb::JoinResponse { members: self.members() }))
     }
 
     async fn remove_member(&self, req: Request<pb::RemoveMemberRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+        let who = self.node.authorize(&req, Rpc::RemoveMember, None)?;
         let id = req.into_inner().id;
         self.require_leader()?;
         let membership = self.node.raft.metrics().borrow().membership_config.membership().clone();
@@ -105,13 +109,15 @@ impl Admin for AdminService {
             tracing::info!(id, "removing learner");
             self.change("remove learner", ChangeMembers::RemoveNodes(BTreeSet::from([id]))).await?;
         }
+        audit_ok(&who, Rpc::RemoveMember, None, &format!("meta node {id}"));
         Ok(Response::new(pb::JoinResponse { members: self.members() }))
     }
 
     async fn node_metrics(
         &self,
-        _req: Request<pb::NodeMetricsRequest>,
+        req: Request<pb::NodeMetricsRequest>,
     ) -> Result<Response<pb::NodeMetricsResponse>, Status> {
+        self.node.authorize(&req, Rpc::NodeMetrics, None)?;
         let m = self.node.raft.metrics().borrow().clone();
         let state = match m.state {
             ServerState::Leader => "leader",
@@ -137,8 +143,9 @@ impl Admin for AdminService {
 
     async fn catalog_digest(
         &self,
-        _req: Request<pb::CatalogDigestRequest>,
+        req: Request<pb::CatalogDigestRequest>,
     ) -> Result<Response<pb::CatalogDigestResponse>, Status> {
+        self.node.authorize(&req, Rpc::CatalogDigest, None)?;
         let (applied, keys, digest) =
             self.node.sm.digest().await.map_err(|e| Status::internal(format!("digest the catalog: {e}")))?;
         Ok(Response::new(pb::CatalogDigestResponse { applied_index: applied, keys, digest: digest.to_vec() }))
@@ -150,7 +157,14 @@ impl Admin for AdminService {
 /// `MetaClient` follows the leader hints; a refusal that is not about
 /// leadership is logged and tried again after a pause.
 pub async fn join_cluster(node: Weak<MetaNode>, via: String) {
-    let client = match MetaClient::new(std::slice::from_ref(&via), JOIN_ROUND) {
+    // Without a certificate, a joining node shows the cluster admin token
+    // it was given (every member is configured with the same one).
+    let token = node.upgrade().and_then(|n| n.config.admin_token.as_ref().map(|t| t.token().to_string()));
+    let client = MetaClient::new(std::slice::from_ref(&via), JOIN_ROUND).and_then(|c| match &token {
+        Some(t) => c.with_token(t),
+        None => Ok(c),
+    });
+    let client = match client {
         Ok(c) => c.with_call_timeout(timeouts::JOIN_CALL),
         Err(e) => {
             tracing::error!(via = %via, error = %e, "cannot join the metadata cluster");

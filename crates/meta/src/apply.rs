@@ -200,7 +200,16 @@ pub fn apply(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, MetaError
             Ok(result)
         }
         Command::Forget { repo, snapshots, time_ms } => crate::retention::forget(txn, &repo, &snapshots, time_ms),
-        Command::SetHold { repo, snapshot, until_ms } => crate::retention::set_hold(txn, &repo, snapshot, until_ms),
+        Command::SetHold { repo, snapshot, until_ms } => {
+            let now = txn.get::<u64>("log clock", kv::KEY_CLOCK)?.unwrap_or(0);
+            crate::retention::set_hold(txn, &repo, snapshot, until_ms, now)
+        }
+        Command::HoldUntil { repo, snapshot, until_ms, time_ms } => {
+            let now = log_clock(txn, time_ms)?;
+            crate::retention::set_hold(txn, &repo, snapshot, until_ms, now)
+        }
+        Command::CreateToken { token } => crate::tokens::create(txn, token),
+        Command::RevokeToken { id, time_ms } => crate::tokens::revoke(txn, id, time_ms),
         Command::Condemn { repo, chunks, marked_from, time_ms } => {
             let now = log_clock(txn, time_ms)?;
             crate::gc::condemn(txn, &repo, &chunks, &marked_from, now)

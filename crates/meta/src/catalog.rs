@@ -5,6 +5,9 @@
 //! a write it was told had committed. A follower answers UNAVAILABLE with
 //! the leader's address in `coffer-leader`; callers follow it.
 //!
+//! Every call is authorised first (`auth`: the table of what each needs),
+//! on the leader, against the repository it concerns.
+//!
 //! Every request is validated into typed values before it reaches Raft;
 //! errors become gRPC codes only through `From<MetaError> for Status`.
 
@@ -21,6 +24,7 @@ use coffer_types::{
 };
 use tonic::{Request, Response, Status};
 
+use crate::auth::{audit_ok, permit, Rpc};
 use crate::command::{Command, CommandResult, MAX_CHUNKS_PER_COMMAND};
 use crate::kv;
 use crate::liveness::Usage;
@@ -102,6 +106,7 @@ impl Catalog for CatalogService {
         &self,
         req: Request<pb::RegisterNodeRequest>,
     ) -> Result<Response<pb::RegisterNodeResponse>, Status> {
+        self.node.authorize(&req, Rpc::RegisterNode, None)?;
         let r = req.into_inner();
         if r.id == 0 {
             return Err(Status::invalid_argument("node id 0 is reserved"));
@@ -125,6 +130,7 @@ impl Catalog for CatalogService {
     }
 
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        self.node.authorize(&req, Rpc::Heartbeat, None)?;
         let r = req.into_inner();
         // Liveness is the leader's to track.
         self.read_barrier().await?;
@@ -158,8 +164,9 @@ impl Catalog for CatalogService {
 
     async fn cluster_status(
         &self,
-        _req: Request<pb::ClusterStatusRequest>,
+        req: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        self.node.authorize(&req, Rpc::ClusterStatus, None)?;
         self.read_barrier().await?;
         let nodes = self.nodes()?;
         let views: Vec<pb::Node> = nodes.iter().map(|n| self.node_view(n)).collect();
@@ -229,6 +236,7 @@ impl Catalog for CatalogService {
         &self,
         req: Request<pb::CreateRepoRequest>,
     ) -> Result<Response<pb::CreateRepoResponse>, Status> {
+        let who = self.node.authorize(&req, Rpc::CreateRepo, None)?;
         let r = req.into_inner();
         let repo = r.repo.ok_or_else(|| Status::invalid_argument("repo is missing"))?;
         let mut repo = RepoRecord::try_from(repo)?;
@@ -249,13 +257,15 @@ impl Catalog for CatalogService {
         // if it never lands, the repository keeps the default, and a retry
         // of the whole call sets it.
         if r.min_shards != 0 {
-            self.write(Command::SetMinShards { repo: name, min_shards: r.min_shards }).await?;
+            self.write(Command::SetMinShards { repo: name.clone(), min_shards: r.min_shards }).await?;
         }
+        audit_ok(&who, Rpc::CreateRepo, Some(&name), "repository created");
         Ok(Response::new(pb::CreateRepoResponse {}))
     }
 
     async fn get_repo(&self, req: Request<pb::GetRepoRequest>) -> Result<Response<pb::Repo>, Status> {
-        let name = repo_name("name", req.into_inner().name)?;
+        let name = repo_name("name", req.get_ref().name.clone())?;
+        self.node.authorize(&req, Rpc::GetRepo, Some(&name))?;
         self.read_barrier().await?;
         Ok(Response::new(pb::Repo::from(&self.repo(&name)?)))
     }
@@ -264,8 +274,9 @@ impl Catalog for CatalogService {
         &self,
         req: Request<pb::BeginSessionRequest>,
     ) -> Result<Response<pb::BeginSessionResponse>, Status> {
+        let repo = repo_name("repo", req.get_ref().repo.clone())?;
+        self.node.authorize(&req, Rpc::BeginSession, Some(&repo))?;
         let r = req.into_inner();
-        let repo = repo_name("repo", r.repo)?;
         let id = session_id(&r.session_id)?;
         let lease = Duration::from_millis(r.lease_ms).clamp(Duration::from_secs(1), MAX_LEASE);
         let started_ms = now_ms();
@@ -279,7 +290,16 @@ impl Catalog for CatalogService {
         &self,
         req: Request<pb::EndSessionRequest>,
     ) -> Result<Response<pb::EndSessionResponse>, Status> {
-        let id = session_id(&req.into_inner().session_id)?;
+        let id = session_id(&req.get_ref().session_id)?;
+        let who = self.node.authenticate(&req, Rpc::EndSession)?;
+        // A session that is gone (a committed snapshot ends it) has nothing
+        // left to end; one that is open is ended by its repository's agent.
+        let Some(session) =
+            kv::get::<SessionRecord>(self.tree(), "session", &kv::session_key(&id)).map_err(Status::from)?
+        else {
+            return Ok(Response::new(pb::EndSessionResponse {}));
+        };
+        permit(&who, Rpc::EndSession, Some(&session.repo))?;
         self.write(Command::EndSession { id }).await?;
         Ok(Response::new(pb::EndSessionResponse {}))
     }
@@ -288,8 +308,9 @@ impl Catalog for CatalogService {
         &self,
         req: Request<pb::LookupChunksRequest>,
     ) -> Result<Response<pb::LookupChunksResponse>, Status> {
+        let repo = repo_name("repo", req.get_ref().repo.clone())?;
+        self.node.authorize(&req, Rpc::LookupChunks, Some(&repo))?;
         let r = req.into_inner();
-        let repo = repo_name("repo", r.repo)?;
         if r.chunk_ids.len() > MAX_LOOKUP {
             return Err(Status::invalid_argument(format!(
                 "{} chunk ids in one lookup; at most {MAX_LOOKUP}",
@@ -317,8 +338,9 @@ impl Catalog for CatalogService {
         &self,
         req: Request<pb::AllocatePackRequest>,
     ) -> Result<Response<pb::AllocatePackResponse>, Status> {
+        let repo = repo_name("repo", req.get_ref().repo.clone())?;
+        self.node.authorize(&req, Rpc::AllocatePack, Some(&repo))?;
         let r = req.into_inner();
-        let repo = repo_name("repo", r.repo)?;
         self.read_barrier().await?;
         let record = self.repo(&repo)?;
         let params = record.params;
@@ -389,6 +411,8 @@ impl Catalog for CatalogService {
         &self,
         req: Request<pb::CommitPackRequest>,
     ) -> Result<Response<pb::CommitPackResponse>, Status> {
+        let repo = repo_name("pack.repo", req.get_ref().pack.as_ref().map(|p| p.repo.clone()).unwrap_or_default())?;
+        self.node.authorize(&req, Rpc::CommitPack, Some(&repo))?;
         let r = req.into_inner();
         let session = session_id(&r.session_id)?;
         let pack = PackRecord::try_from(r.pack.ok_or_else(|| Status::invalid_argument("pack is missing"))?)?;
@@ -410,6 +434,9 @@ impl Catalog for CatalogService {
         &self,
         req: Request<pb::CommitSnapshotRequest>,
     ) -> Result<Response<pb::CommitSnapshotResponse>, Status> {
+        let repo =
+            repo_name("snapshot.repo", req.get_ref().snapshot.as_ref().map(|s| s.repo.clone()).unwrap_or_default())?;
+        self.node.authorize(&req, Rpc::CommitSnapshot, Some(&repo))?;
         let r = req.into_inner();
         let session = session_id(&r.session_id)?;
         let snapshot =
@@ -423,8 +450,9 @@ impl Catalog for CatalogService {
         &self,
         req: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
+        let repo = repo_name("repo", req.get_ref().repo.clone())?;
+        self.node.authorize(&req, Rpc::ListSnapshots, Some(&repo))?;
         let r = req.into_inner();
-        let repo = repo_name("repo", r.repo)?;
         let limit = match r.page_size {
             0 => DEFAULT_SNAPSHOT_PAGE,
             n => (n as usize).min(MAX_SNAPSHOT_PAGE),
@@ -449,6 +477,7 @@ impl Catalog for CatalogService {
         &self,
         req: Request<pb::ReportBadShardsRequest>,
     ) -> Result<Response<pb::ReportBadShardsResponse>, Status> {
+        self.node.authorize(&req, Rpc::ReportBadShards, None)?;
         let r = req.into_inner();
         let node = NodeId(r.node);
         for b in r.shards {
@@ -467,17 +496,21 @@ impl Catalog for CatalogService {
     }
 
     async fn drain_node(&self, req: Request<pb::DrainNodeRequest>) -> Result<Response<pb::DrainNodeResponse>, Status> {
+        let who = self.node.authorize(&req, Rpc::DrainNode, None)?;
         let r = req.into_inner();
         let node = NodeId(r.node);
         tracing::info!(%node, drain = r.drain, decommission = r.decommission, "drain requested");
         self.write(Command::SetDrain { node, drain: r.drain, decommission: r.decommission, time_ms: now_ms() }).await?;
+        let detail = format!("node {node} drain {} decommission {}", r.drain, r.decommission);
+        audit_ok(&who, Rpc::DrainNode, None, &detail);
         Ok(Response::new(pb::DrainNodeResponse {}))
     }
 
     async fn list_incidents(
         &self,
-        _req: Request<pb::ListIncidentsRequest>,
+        req: Request<pb::ListIncidentsRequest>,
     ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
+        self.node.authorize(&req, Rpc::ListIncidents, None)?;
         self.read_barrier().await?;
         let nodes = self.nodes()?;
         let incidents = kv::scan::<crate::command::IncidentRecord>(self.tree(), "incident", kv::INCIDENT_PREFIX)
@@ -503,15 +536,24 @@ impl Catalog for CatalogService {
     }
 
     async fn get_packs(&self, req: Request<pb::GetPacksRequest>) -> Result<Response<pb::GetPacksResponse>, Status> {
-        let ids = ids_from_bytes("pack_ids", &req.into_inner().pack_ids, PackId::from_slice)?;
+        let ids = ids_from_bytes("pack_ids", &req.get_ref().pack_ids, PackId::from_slice)?;
         if ids.len() > MAX_LOOKUP {
             return Err(Status::invalid_argument(format!("{} pack ids in one call; at most {MAX_LOOKUP}", ids.len())));
         }
+        let who = self.node.authenticate(&req, Rpc::GetPacks { data: false })?;
         self.read_barrier().await?;
         let mut packs = Vec::new();
         let mut wanted = std::collections::BTreeSet::new();
+        // Each repository and kind is judged once: tree and reference-list
+        // packs are what a backup reads of its parent, data packs need the
+        // right to restore.
+        let mut permitted = std::collections::BTreeSet::new();
         for id in &ids {
             if let Some(p) = kv::get::<PackRecord>(self.tree(), "pack", &kv::pack_key(id)).map_err(Status::from)? {
+                let data = p.kind == coffer_types::PackKind::Data;
+                if permitted.insert((p.repo.clone(), data)) {
+                    permit(&who, Rpc::GetPacks { data }, Some(&p.repo))?;
+                }
                 wanted.extend(p.shards.iter().map(|s| s.node));
                 packs.push(pb::Pack::from(&p));
             }
@@ -524,6 +566,7 @@ impl Catalog for CatalogService {
         &self,
         req: Request<pb::KnownPacksRequest>,
     ) -> Result<Response<pb::KnownPacksResponse>, Status> {
+        self.node.authorize(&req, Rpc::KnownPacks, None)?;
         let r = req.into_inner();
         if r.pack_ids.len() > MAX_KNOWN_PACKS {
             return Err(Status::invalid_argument(format!(
@@ -545,7 +588,8 @@ impl Catalog for CatalogService {
     }
 
     async fn get_key_slots(&self, req: Request<pb::GetKeySlotsRequest>) -> Result<Response<pb::KeySlots>, Status> {
-        let name = repo_name("repo", req.into_inner().repo)?;
+        let name = repo_name("repo", req.get_ref().repo.clone())?;
+        self.node.authorize(&req, Rpc::GetKeySlots, Some(&name))?;
         self.read_barrier().await?;
         let record = self.repo(&name)?;
         let version = crate::apply::key_slots_version(self.tree(), &name).map_err(Status::from)?;
@@ -556,8 +600,9 @@ impl Catalog for CatalogService {
         &self,
         req: Request<pb::SetKeySlotsRequest>,
     ) -> Result<Response<pb::SetKeySlotsResponse>, Status> {
+        let repo = repo_name("repo", req.get_ref().repo.clone())?;
+        let who = self.node.authorize(&req, Rpc::SetKeySlots, Some(&repo))?;
         let r = req.into_inner();
-        let repo = repo_name("repo", r.repo)?;
         // The slots are opaque here; only their number and size are judged.
         if r.key_slots.is_empty() {
             return Err(Status::failed_precondition(format!(
@@ -577,8 +622,10 @@ impl Catalog for CatalogService {
             )));
         }
         let expected_version = r.expected_version;
+        let n_slots = r.key_slots.len();
         self.write(Command::SetKeySlots { repo: repo.clone(), expected_version, slots: r.key_slots }).await?;
         tracing::info!(repo = %repo, version = expected_version + 1, "key slots changed");
+        audit_ok(&who, Rpc::SetKeySlots, Some(&repo), &format!("{n_slots} slots, version {}", expected_version + 1));
         Ok(Response::new(pb::SetKeySlotsResponse { version: expected_version + 1 }))
     }
 }

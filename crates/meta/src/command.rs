@@ -6,7 +6,7 @@
 
 use coffer_types::{
     ChunkId, ChunkLocation, ErasureParams, Hash32, NodeId, NodeRecord, PackId, PackRecord, RepoName, RepoRecord,
-    SessionId, SessionRecord, ShardIndex, SnapshotId, SnapshotRecord,
+    SessionId, SessionRecord, ShardIndex, SnapshotId, SnapshotRecord, TokenId, TokenRecord,
 };
 use serde::{Deserialize, Serialize};
 
@@ -114,7 +114,9 @@ pub enum Command {
         snapshots: Vec<SnapshotId>,
         time_ms: u64,
     },
-    /// Sets a snapshot's hold to `until_ms` (0 clears it).
+    /// Sets a snapshot's hold to `until_ms` (0 clears it). Written before
+    /// holds carried a time; applied by the same write-once rule as
+    /// `HoldUntil`, judged by the log clock alone.
     SetHold {
         repo: RepoName,
         snapshot: SnapshotId,
@@ -163,6 +165,24 @@ pub enum Command {
         expected_version: u64,
         slots: Vec<Vec<u8>>,
     },
+    /// Sets a snapshot's hold to `until_ms` (0 lifts it). Holds are
+    /// write-once: refused if it would end a hold that still lasts at
+    /// `time_ms` (the leader's, advancing the log clock) any earlier.
+    HoldUntil {
+        repo: RepoName,
+        snapshot: SnapshotId,
+        until_ms: u64,
+        time_ms: u64,
+    },
+    /// Records a repository token (only its hash; see `auth`).
+    CreateToken {
+        token: TokenRecord,
+    },
+    /// Marks a token revoked at `time_ms`; it is refused from then on.
+    RevokeToken {
+        id: TokenId,
+        time_ms: u64,
+    },
 }
 
 impl Command {
@@ -190,6 +210,9 @@ impl Command {
             Command::Relocate { .. } => "relocate",
             Command::SetMinShards { .. } => "set_min_shards",
             Command::SetKeySlots { .. } => "set_key_slots",
+            Command::HoldUntil { .. } => "hold_until",
+            Command::CreateToken { .. } => "create_token",
+            Command::RevokeToken { .. } => "revoke_token",
         }
     }
 }
@@ -295,6 +318,12 @@ pub enum Rejection {
     KeySlotsChanged { repo: RepoName, expected: u64, current: u64 },
     #[error("repository {0}: refusing to remove the last key slot")]
     LastKeySlot(RepoName),
+    #[error("snapshot {snapshot} is held until {until_ms} ms since the epoch; a hold can be extended, never shortened or lifted before it ends (asked for {requested_ms})")]
+    HoldIsWriteOnce { snapshot: SnapshotId, until_ms: u64, requested_ms: u64 },
+    #[error("token {0} already exists")]
+    TokenExists(TokenId),
+    #[error("token {0} does not exist")]
+    UnknownToken(TokenId),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

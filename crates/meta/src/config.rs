@@ -40,6 +40,9 @@ pub struct MetaConfig {
     pub keep_logs: u64,
     /// How the leader rebuilds lost shards.
     pub repair: crate::repair::RepairConfig,
+    /// The cluster admin token (`--admin-token-file`); without one only an
+    /// admin certificate administers the cluster.
+    pub admin_token: Option<crate::AdminToken>,
 }
 
 impl MetaConfig {
@@ -59,6 +62,7 @@ impl MetaConfig {
             snapshot_every: 20_000,
             keep_logs: 1_000,
             repair: crate::repair::RepairConfig::default(),
+            admin_token: None,
         }
     }
 

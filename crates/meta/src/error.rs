@@ -45,6 +45,12 @@ pub enum MetaError {
     /// A read could not be made linearizable.
     #[error("read barrier: {reason}")]
     ReadBarrier { reason: String },
+    /// No token, or one that is unknown, revoked or expired.
+    #[error("{what}: unauthenticated: {reason}")]
+    Unauthenticated { what: &'static str, reason: String },
+    /// A known caller whose role does not allow the call.
+    #[error("{what}: permission denied: {reason}")]
+    PermissionDenied { what: &'static str, reason: String },
     #[error("repository {repo} does not exist")]
     RepoNotFound { repo: RepoName },
     /// The target node of a rebuild refused it or did not answer; `code` is
@@ -71,10 +77,16 @@ impl MetaError {
             }
             MetaError::Rejected(why) => match why {
                 Rejection::RepoExists(_) => Code::AlreadyExists,
-                Rejection::UnknownRepo(_) | Rejection::UnknownNode(_) | Rejection::UnknownSnapshot(_) => Code::NotFound,
+                Rejection::UnknownRepo(_)
+                | Rejection::UnknownNode(_)
+                | Rejection::UnknownSnapshot(_)
+                | Rejection::UnknownToken(_) => Code::NotFound,
+                Rejection::TokenExists(_) => Code::AlreadyExists,
                 _ => Code::FailedPrecondition,
             },
             MetaError::RepoNotFound { .. } => Code::NotFound,
+            MetaError::Unauthenticated { .. } => Code::Unauthenticated,
+            MetaError::PermissionDenied { .. } => Code::PermissionDenied,
             MetaError::Codec { .. } => Code::DataLoss,
             MetaError::Config(_) => Code::InvalidArgument,
             MetaError::Store(_)

@@ -20,6 +20,8 @@
 //!   x/<node id: u64 BE>             decommissioned (retired) node ids
 //!   w/<repo name>                   u32: the repository's min_shards, when set
 //!   k/<repo name>                   u64: the version of its key slot set, once changed
+//!   h/<snapshot id>                 u64: the snapshot's hold (see `retention`)
+//!   a/<token id>                    TokenRecord (a repository token's hash and role; see `auth`)
 //! ```
 //!
 //! Values are bincode; the layout as a whole is versioned by `m/schema`.

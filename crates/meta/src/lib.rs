@@ -15,6 +15,7 @@
 
 mod admin;
 mod apply;
+mod auth;
 mod catalog;
 mod codec;
 pub mod command;
@@ -33,9 +34,11 @@ pub mod repair;
 mod retention;
 #[cfg(test)]
 mod test_util;
+mod tokens;
 pub mod types;
 mod workers;
 
+pub use auth::AdminToken;
 pub use config::MetaConfig;
 pub use error::MetaError;
 pub use impl_log_store::LogStore;

@@ -5,6 +5,8 @@
 //! `ensure_linearizable` on the leader. The leader stamps the time a forget
 //! is judged against into the command, so holds are enforced identically on
 //! every replica (invariant 5). No repository key is needed or seen here.
+//! Every call is authorised first (`auth`); forgets and holds that were
+//! carried out are logged to `audit`.
 
 use std::sync::Arc;
 
@@ -14,6 +16,7 @@ use coffer_proto::{ids_from_bytes, location_from_pb, location_to_pb};
 use coffer_types::{ChunkId, ChunkLocation, PackId, RepoName, SnapshotId};
 use tonic::{Request, Response, Status};
 
+use crate::auth::{audit_ok, Rpc};
 use crate::command::{Command, CommandResult, MAX_CHUNKS_PER_COMMAND};
 use crate::kv;
 use crate::node::{now_ms, MetaNode};
@@ -59,8 +62,9 @@ fn repo_name(s: String) -> Result<RepoName, Status> {
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn forget(&self, req: Request<pb::ForgetRequest>) -> Result<Response<pb::ForgetResponse>, Status> {
+        let repo = repo_name(req.get_ref().repo.clone())?;
+        let who = self.node.authorize(&req, Rpc::Forget, Some(&repo))?;
         let r = req.into_inner();
-        let repo = repo_name(r.repo)?;
         if r.snapshot_ids.len() > MAX_FORGET {
             return Err(Status::invalid_argument(format!(
                 "{} snapshots in one forget; at most {MAX_FORGET}",
@@ -70,22 +74,28 @@ impl Maintenance for MaintenanceService {
         let snapshots = ids_from_bytes("snapshot_ids", &r.snapshot_ids, SnapshotId::from_slice)?;
         let count = snapshots.len() as u64;
         tracing::info!(%repo, count, "forget snapshots");
-        let result = self.write(Command::Forget { repo, snapshots, time_ms: now_ms() }).await?;
+        let result = self.write(Command::Forget { repo: repo.clone(), snapshots, time_ms: now_ms() }).await?;
         let removed = if result == CommandResult::AlreadyApplied { 0 } else { count };
+        audit_ok(&who, Rpc::Forget, Some(&repo), &format!("{removed} snapshots forgotten"));
         Ok(Response::new(pb::ForgetResponse { removed }))
     }
 
     async fn hold(&self, req: Request<pb::HoldRequest>) -> Result<Response<pb::HoldResponse>, Status> {
+        let repo = repo_name(req.get_ref().repo.clone())?;
+        let rpc = Rpc::Hold { lift: req.get_ref().until_ms == 0 };
+        let who = self.node.authorize(&req, rpc, Some(&repo))?;
         let r = req.into_inner();
-        let repo = repo_name(r.repo)?;
         let snapshot = SnapshotId::from_slice(&r.snapshot_id)
             .map_err(|e| Status::invalid_argument(format!("snapshot_id: {e}")))?;
-        self.write(Command::SetHold { repo, snapshot, until_ms: r.until_ms }).await?;
+        let cmd = Command::HoldUntil { repo: repo.clone(), snapshot, until_ms: r.until_ms, time_ms: now_ms() };
+        self.write(cmd).await?;
+        audit_ok(&who, rpc, Some(&repo), &format!("snapshot {snapshot} held until {} ms", r.until_ms));
         Ok(Response::new(pb::HoldResponse {}))
     }
 
     async fn list_holds(&self, req: Request<pb::ListHoldsRequest>) -> Result<Response<pb::ListHoldsResponse>, Status> {
-        let repo = repo_name(req.into_inner().repo)?;
+        let repo = repo_name(req.get_ref().repo.clone())?;
+        self.node.authorize(&req, Rpc::ListHolds, Some(&repo))?;
         self.read_barrier().await?;
         self.check_repo(&repo)?;
         let holds = holds_of(self.node.sm.tree(), &repo)?;
@@ -99,8 +109,9 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn condemn(&self, req: Request<pb::CondemnRequest>) -> Result<Response<pb::CondemnResponse>, Status> {
+        let repo = repo_name(req.get_ref().repo.clone())?;
+        self.node.authorize(&req, Rpc::Condemn, Some(&repo))?;
         let r = req.into_inner();
-        let repo = repo_name(r.repo)?;
         if r.chunk_ids.len() > MAX_CHUNKS_PER_COMMAND || r.marked_from.len() > MAX_FORGET {
             return Err(Status::invalid_argument("too many ids in one condemn"));
         }
@@ -112,8 +123,9 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn sweep(&self, req: Request<pb::SweepRequest>) -> Result<Response<pb::SweepResponse>, Status> {
+        let repo = repo_name(req.get_ref().repo.clone())?;
+        self.node.authorize(&req, Rpc::Sweep, Some(&repo))?;
         let r = req.into_inner();
-        let repo = repo_name(r.repo)?;
         if r.chunk_ids.len() > MAX_CHUNKS_PER_COMMAND {
             return Err(Status::invalid_argument("too many chunk ids in one sweep"));
         }
@@ -123,8 +135,9 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn drop_packs(&self, req: Request<pb::DropPacksRequest>) -> Result<Response<pb::DropPacksResponse>, Status> {
+        let repo = repo_name(req.get_ref().repo.clone())?;
+        self.node.authorize(&req, Rpc::DropPacks, Some(&repo))?;
         let r = req.into_inner();
-        let repo = repo_name(r.repo)?;
         if r.pack_ids.len() > MAX_CHUNKS_PER_COMMAND {
             return Err(Status::invalid_argument("too many pack ids in one call"));
         }
@@ -143,8 +156,9 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn relocate(&self, req: Request<pb::RelocateRequest>) -> Result<Response<pb::RelocateResponse>, Status> {
+        let repo = repo_name(req.get_ref().repo.clone())?;
+        self.node.authorize(&req, Rpc::Relocate, Some(&repo))?;
         let r = req.into_inner();
-        let repo = repo_name(r.repo)?;
         if r.chunks.len() > MAX_CHUNKS_PER_COMMAND {
             return Err(Status::invalid_argument("too many chunks in one relocation"));
         }
@@ -158,8 +172,9 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<pb::ListChunksRequest>,
     ) -> Result<Response<pb::ListChunksResponse>, Status> {
+        let repo = repo_name(req.get_ref().repo.clone())?;
+        self.node.authorize(&req, Rpc::ListChunks, Some(&repo))?;
         let r = req.into_inner();
-        let repo = repo_name(r.repo)?;
         let limit = match r.limit {
             0 => MAX_LIST_CHUNKS,
             n => (n as usize).min(MAX_LIST_CHUNKS),

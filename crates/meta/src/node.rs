@@ -15,6 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use coffer_proto::pb::access_server::AccessServer;
 use coffer_proto::pb::admin_server::AdminServer;
 use coffer_proto::pb::catalog_server::CatalogServer;
 use coffer_proto::pb::maintenance_server::MaintenanceServer;
@@ -65,6 +66,11 @@ pub(crate) fn now_ms() -> u64 {
 impl MetaNode {
     pub async fn start(config: MetaConfig) -> Result<Arc<Self>, MetaError> {
         config.validate()?;
+        if config.admin_token.is_none() {
+            tracing::warn!(
+                "no cluster admin token (--admin-token-file): only an admin certificate can administer this cluster"
+            );
+        }
         let (log, sm) = open_stores(&config.data_dir)?;
         let raft = Raft::new(config.id.0, Arc::new(config.raft_config()?), Network, log, sm.clone())
             .await
@@ -206,6 +212,7 @@ impl MetaNode {
             .service(AdminServer::new(AdminService::new(self.clone())))
             .service(RaftServer::new(RaftService::new(self.raft.clone())))
             .service(MaintenanceServer::new(MaintenanceService::new(self.clone())))
+            .service(AccessServer::new(crate::tokens::AccessService::new(self.clone())))
             .serve(listener, shutdown)
             .await;
         // Workers first (they write through Raft), then Raft, then the store.

@@ -7,6 +7,13 @@
 //! forget is refused as a whole, the same way on every replica, because the
 //! time comes from the command and never from a clock (invariant 5).
 //!
+//! Holds are write-once, like S3 Object Lock in compliance mode: while a
+//! hold lasts (its end is after the log clock), nobody can shorten or lift
+//! it, whatever their role; it can only be extended. Once it has ended it
+//! may be set anew or cleared. The time it is judged by is the log clock
+//! (`m/clock`), which the command's own leader time advances, so every
+//! replica decides alike.
+//!
 //! Forgetting removes only the record (and its hold): the chunks, trees and
 //! reference list it pointed at stay until garbage collection proves that
 //! no other snapshot references them.
@@ -60,11 +67,13 @@ pub(crate) fn forget(
 }
 
 /// Sets the hold of an existing snapshot of `repo`; `until_ms` 0 clears it.
+/// A hold that lasts beyond `now` (the log clock) only ever grows.
 pub(crate) fn set_hold(
     txn: &mut Txn<'_>,
     repo: &RepoName,
     snapshot: SnapshotId,
     until_ms: u64,
+    now: u64,
 ) -> Result<CommandResult, MetaError> {
     match txn.get::<SnapshotRecord>("snapshot", &kv::snapshot_key(&snapshot))? {
         Some(rec) if rec.repo == *repo => {}
@@ -72,6 +81,15 @@ pub(crate) fn set_hold(
     }
     let key = hold_key(&snapshot);
     let current = txn.get::<u64>("hold", &key)?;
+    if let Some(current) = current.filter(|&c| c > now) {
+        if until_ms < current {
+            return Ok(CommandResult::Rejected(Rejection::HoldIsWriteOnce {
+                snapshot,
+                until_ms: current,
+                requested_ms: until_ms,
+            }));
+        }
+    }
     if until_ms == 0 {
         if current.is_none() {
             return Ok(CommandResult::AlreadyApplied);
@@ -123,7 +141,7 @@ mod tests {
         let t = tree();
         let repo = RepoName::new("r").unwrap();
         let (a, b) = (snap(&t, 1), snap(&t, 2));
-        let hold = Command::SetHold { repo: repo.clone(), snapshot: a, until_ms: 1_000 };
+        let hold = Command::HoldUntil { repo: repo.clone(), snapshot: a, until_ms: 1_000, time_ms: 10 };
         assert_eq!(run(&t, hold.clone()), CommandResult::Ok);
         assert_eq!(run(&t, hold), CommandResult::AlreadyApplied);
         assert_eq!(holds_of(&t, &repo).unwrap(), vec![(a, 1_000)]);
@@ -143,8 +161,38 @@ mod tests {
         assert!(!t.contains_key(kv::snapshot_key(&a)).unwrap());
         assert!(holds_of(&t, &repo).unwrap().is_empty());
         assert!(matches!(
-            run(&t, Command::SetHold { repo, snapshot: a, until_ms: 5 }),
+            run(&t, Command::HoldUntil { repo, snapshot: a, until_ms: 5, time_ms: 1_000 }),
             CommandResult::Rejected(Rejection::UnknownSnapshot(_))
         ));
+    }
+
+    #[test]
+    fn a_hold_is_extended_but_never_shortened_or_lifted_before_it_ends() {
+        let t = tree();
+        let repo = RepoName::new("r").unwrap();
+        let a = snap(&t, 1);
+        let hold = |until_ms, time_ms| Command::HoldUntil { repo: repo.clone(), snapshot: a, until_ms, time_ms };
+        assert_eq!(run(&t, hold(1_000, 10)), CommandResult::Ok);
+        // Shorter, or lifted: refused while it lasts, and nothing changes.
+        for (until, at) in [(999, 20), (0, 20), (500, 999)] {
+            let r = run(&t, hold(until, at));
+            assert!(
+                matches!(r, CommandResult::Rejected(Rejection::HoldIsWriteOnce { until_ms: 1_000, .. })),
+                "{until} at {at}: {r:?}"
+            );
+            assert_eq!(holds_of(&t, &repo).unwrap(), vec![(a, 1_000)]);
+        }
+        // The legacy command obeys the same rule.
+        let legacy = Command::SetHold { repo: repo.clone(), snapshot: a, until_ms: 0 };
+        assert!(matches!(run(&t, legacy), CommandResult::Rejected(Rejection::HoldIsWriteOnce { .. })));
+        // Longer: accepted.
+        assert_eq!(run(&t, hold(2_000, 30)), CommandResult::Ok);
+        assert_eq!(holds_of(&t, &repo).unwrap(), vec![(a, 2_000)]);
+        // A leader whose clock is behind the log cannot make it look ended:
+        // the log clock went to 999 above.
+        assert!(matches!(run(&t, hold(0, 5)), CommandResult::Rejected(_)));
+        // Once it has ended (by the log's time), it may be lifted.
+        assert_eq!(run(&t, hold(0, 2_000)), CommandResult::Ok);
+        assert!(holds_of(&t, &repo).unwrap().is_empty());
     }
 }

@@ -16,6 +16,8 @@ pub enum RpcError {
     Unreachable { what: String, elapsed: Duration, last: String },
     #[error("{what}: {status}")]
     Rpc { what: String, status: Status },
+    #[error("unusable token: {reason}")]
+    BadToken { reason: String },
     #[error("serve gRPC: {0}")]
     Serve(#[from] tonic::transport::Error),
 }

@@ -17,6 +17,7 @@
 
 mod channel;
 mod error;
+pub mod identity;
 mod meta_client;
 mod server;
 mod shards;
@@ -26,7 +27,7 @@ pub use channel::{
     admin_client, catalog_client, channel, maintenance_client, raft_client, shard_client, ChannelConfig,
 };
 pub use error::RpcError;
-pub use meta_client::{leader_hint, MetaClient};
+pub use meta_client::{leader_hint, MetaChannel, MetaClient};
 pub use server::{RpcService, Server};
 pub use shards::{ShardFailure, ShardPool, ShardPut, SHARD_FORMAT_VERSION};
 

@@ -6,20 +6,30 @@
 //! that does not answer (or does not answer in time) is skipped for the next
 //! one. Retries are bounded in time (`retry_for`); they are safe because
 //! every catalog write is idempotent (keyed by ids the caller drew).
+//!
+//! A client made `with_token` sends `authorization: Bearer <token>` on every
+//! call of every service (`identity::Bearer` intercepts each request).
 
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use coffer_proto::pb::access_client::AccessClient;
 use coffer_proto::pb::admin_client::AdminClient;
 use coffer_proto::pb::catalog_client::CatalogClient;
 use coffer_proto::pb::maintenance_client::MaintenanceClient;
-use coffer_proto::LEADER_HINT_KEY;
+use coffer_proto::{LEADER_HINT_KEY, MAX_MESSAGE_BYTES};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::channel::{admin_client, catalog_client, maintenance_client, ChannelConfig};
+use crate::channel::ChannelConfig;
+use crate::identity::Bearer;
 use crate::{timeouts, RpcError};
+
+/// The channel `MetaClient`'s calls run on: one to a metadata endpoint,
+/// with the client's token (if any) on every request.
+pub type MetaChannel = InterceptedService<Channel, Bearer>;
 
 /// The leader a follower named in its refusal, if any.
 pub fn leader_hint(status: &Status) -> Option<String> {
@@ -52,6 +62,7 @@ pub struct MetaClient {
     current: Mutex<Current>,
     retry_for: Duration,
     call_timeout: Duration,
+    bearer: Bearer,
 }
 
 impl std::fmt::Debug for MetaClient {
@@ -80,7 +91,19 @@ impl MetaClient {
             current: Mutex::new(Current { index: 0, channel: None, hinted: None }),
             retry_for,
             call_timeout: timeouts::META_CALL,
+            bearer: Bearer::none(),
         })
+    }
+
+    /// Sends `token` as `authorization: Bearer` on every call.
+    pub fn with_token(mut self, token: &str) -> Result<Self, RpcError> {
+        self.bearer = Bearer::new(token)?;
+        Ok(self)
+    }
+
+    /// The token this client sends, to attach to calls made outside it.
+    pub fn bearer(&self) -> &Bearer {
+        &self.bearer
     }
 
     /// With a deadline other than `timeouts::META_CALL` for each call, for
@@ -129,42 +152,71 @@ impl MetaClient {
     /// until `retry_for` has passed. `what` names the operation in errors.
     pub async fn call<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, RpcError>
     where
-        F: FnMut(CatalogClient<Channel>) -> Fut,
+        F: FnMut(CatalogClient<MetaChannel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.call_channel(what, |ch| f(catalog_client(ch))).await
+        self.call_channel(what, |ch| {
+            f(CatalogClient::new(ch)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        })
+        .await
     }
 
     /// Like `call`, for the maintenance service (retention) of the same
     /// metadata plane.
     pub async fn call_maintenance<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, RpcError>
     where
-        F: FnMut(MaintenanceClient<Channel>) -> Fut,
+        F: FnMut(MaintenanceClient<MetaChannel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.call_channel(what, |ch| f(maintenance_client(ch))).await
+        self.call_channel(what, |ch| {
+            f(MaintenanceClient::new(ch)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        })
+        .await
     }
 
     /// Like `call`, for the membership service (join, remove, metrics).
     pub async fn call_admin<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, RpcError>
     where
-        F: FnMut(AdminClient<Channel>) -> Fut,
+        F: FnMut(AdminClient<MetaChannel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.call_channel(what, |ch| f(admin_client(ch))).await
+        self.call_channel(what, |ch| {
+            f(AdminClient::new(ch)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        })
+        .await
+    }
+
+    /// Like `call`, for the token service (create, list, revoke).
+    pub async fn call_access<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, RpcError>
+    where
+        F: FnMut(AccessClient<MetaChannel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call_channel(what, |ch| {
+            f(AccessClient::new(ch)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        })
+        .await
     }
 
     /// Runs `f` on a channel to the current endpoint with the retry and
     /// leader-following rules of `call`.
     async fn call_channel<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, RpcError>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(MetaChannel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let start = Instant::now();
         let mut backoff = Duration::from_millis(20);
         loop {
-            let channel = self.channel()?;
+            let channel = InterceptedService::new(self.channel()?, self.bearer.clone());
             match f(channel).await {
                 Ok(resp) => return Ok(resp.into_inner()),
                 Err(status) if retryable(&status) => {

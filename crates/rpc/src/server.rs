@@ -9,6 +9,7 @@
 
 use std::future::Future;
 
+use coffer_proto::pb::access_server::{Access, AccessServer};
 use coffer_proto::pb::admin_server::{Admin, AdminServer};
 use coffer_proto::pb::catalog_server::{Catalog, CatalogServer};
 use coffer_proto::pb::maintenance_server::{Maintenance, MaintenanceServer};
@@ -58,6 +59,7 @@ rpc_service!(
     RaftServer: Raft,
     MaintenanceServer: Maintenance,
     ShardStoreServer: ShardStore,
+    AccessServer: Access,
 );
 
 /// A gRPC server being assembled.

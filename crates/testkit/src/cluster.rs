@@ -273,6 +273,10 @@ pub struct Cluster {
     pub meta: Vec<MetaHandle>,
     pub storage: Vec<StorageHandle>,
     pub repo: String,
+    /// The cluster admin token every metadata node is given (in
+    /// `DIR/admin-token`) and every `cli` call presents, unless the test
+    /// sets `COFFER_TOKEN` itself (see `command`).
+    pub admin_token: String,
     /// Substrings of the failure lines this test expects nodes to log.
     expected: Vec<String>,
     /// Set by [`Cluster::finish`] once the test passed; until then, dropping
@@ -304,6 +308,9 @@ impl Cluster {
     pub fn start(spec: ClusterSpec) -> Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("coffer-it-").tempdir()?;
         let bin = find_bin()?;
+        // 256 random bits, as `coffer dev` draws them.
+        let admin_token = format!("cfa_{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
+        std::fs::write(dir.path().join("admin-token"), format!("{admin_token}\n")).context("write the admin token")?;
         let mut c = Cluster {
             dir,
             bin,
@@ -311,6 +318,7 @@ impl Cluster {
             meta: Vec::new(),
             storage: Vec::new(),
             repo: "test".into(),
+            admin_token,
             expected: Vec::new(),
             passed: false,
         };
@@ -374,6 +382,8 @@ impl Cluster {
             format!("{}ms", self.spec.suspect_after.as_millis()),
             "--down-after".into(),
             format!("{}ms", self.spec.down_after.as_millis()),
+            "--admin-token-file".into(),
+            self.dir.path().join("admin-token").display().to_string(),
         ];
         match self.meta.first() {
             None => args.push("--init".into()),
@@ -440,8 +450,22 @@ impl Cluster {
         self.cli_with_stdin(args, None)
     }
 
-    pub fn cli_with_stdin(&self, args: &[&str], stdin: Option<&Path>) -> Result<Output> {
+    /// Runs `coffer ARGS` presenting `token` (none at all with `None`)
+    /// instead of the cluster admin token.
+    pub fn cli_as(&self, token: Option<&str>, args: &[&str]) -> Result<Output> {
         let mut cmd = self.command(args);
+        match token {
+            Some(t) => cmd.env("COFFER_TOKEN", t),
+            None => cmd.env_remove("COFFER_TOKEN"),
+        };
+        self.output(cmd, args, None)
+    }
+
+    pub fn cli_with_stdin(&self, args: &[&str], stdin: Option<&Path>) -> Result<Output> {
+        self.output(self.command(args), args, stdin)
+    }
+
+    fn output(&self, mut cmd: Command, args: &[&str], stdin: Option<&Path>) -> Result<Output> {
         cmd.stdin(match stdin {
             Some(p) => Stdio::from(File::open(p)?),
             None => Stdio::null(),
@@ -454,13 +478,17 @@ impl Cluster {
         })
     }
 
-    /// A `coffer ARGS` command with the cluster's environment, not started.
+    /// A `coffer ARGS` command with the cluster's environment, not started:
+    /// as the cluster administrator (`COFFER_TOKEN`), which a test may
+    /// override with `.env("COFFER_TOKEN", ..)` or remove.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.bin);
         cmd.args(args)
             .env("COFFER_ENDPOINT", self.endpoint())
             .env("COFFER_REPO", &self.repo)
             .env("COFFER_PASSWORD", PASSWORD)
+            .env("COFFER_TOKEN", &self.admin_token)
+            .env_remove("COFFER_TOKEN_FILE")
             .env_remove("COFFER_PASSWORD_FILE")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -80,6 +80,18 @@ byte_id!(
     SessionId, 16, "session id"
 );
 
+byte_id!(
+    /// An access token of a repository: the public half of the token
+    /// string, by which the catalog finds its record. Drawn by the leader.
+    TokenId, 8, "token id"
+);
+
+impl TokenId {
+    pub fn random() -> Self {
+        Self(rand::random())
+    }
+}
+
 impl PackId {
     pub fn random() -> Self {
         Self(rand::random())

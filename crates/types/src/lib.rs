@@ -10,11 +10,13 @@ mod ids;
 mod params;
 mod records;
 pub mod time;
+mod token;
 
 pub use error::TypesError;
-pub use ids::{ChunkId, Hash32, MetaId, NodeId, PackId, RepoName, SessionId, ShardIndex, SiteId, SnapshotId};
+pub use ids::{ChunkId, Hash32, MetaId, NodeId, PackId, RepoName, SessionId, ShardIndex, SiteId, SnapshotId, TokenId};
 pub use params::{ErasureParams, MAX_FRAME_BYTES, MAX_SESSION_LEASE, MAX_SHARDS, MAX_SHARD_LEN};
 pub use records::{
     BackupKind, ChunkLocation, NodeRecord, NodeState, PackKind, PackRecord, RepoRecord, SessionRecord, ShardRecord,
     SnapshotRecord, SnapshotStats, Source,
 };
+pub use token::{TokenRecord, TokenRole};
