@@ -150,8 +150,9 @@ impl Admin for AdminService {
 /// `MetaClient` follows the leader hints; a refusal that is not about
 /// leadership is logged and tried again after a pause.
 pub async fn join_cluster(node: Weak<MetaNode>, via: String) {
+    let Some(security) = node.upgrade().map(|n| n.config.security.clone()) else { return };
     let client = match MetaClient::new(std::slice::from_ref(&via), JOIN_ROUND) {
-        Ok(c) => c.with_call_timeout(timeouts::JOIN_CALL),
+        Ok(c) => c.with_call_timeout(timeouts::JOIN_CALL).with_security(security),
         Err(e) => {
             tracing::error!(via = %via, error = %e, "cannot join the metadata cluster");
             return;

@@ -40,6 +40,9 @@ pub struct MetaConfig {
     pub keep_logs: u64,
     /// How the leader rebuilds lost shards.
     pub repair: crate::repair::RepairConfig,
+    /// Transport security for everything this node serves and calls (Raft,
+    /// joins, shard calls): the process default unless set.
+    pub security: coffer_rpc::Security,
 }
 
 impl MetaConfig {
@@ -59,6 +62,7 @@ impl MetaConfig {
             snapshot_every: 20_000,
             keep_logs: 1_000,
             repair: crate::repair::RepairConfig::default(),
+            security: coffer_rpc::tls::process_default(),
         }
     }
 

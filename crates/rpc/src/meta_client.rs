@@ -19,6 +19,8 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::channel::{admin_client, catalog_client, maintenance_client, ChannelConfig};
+use crate::identity::CertRole;
+use crate::tls::{self, Security};
 use crate::{timeouts, RpcError};
 
 /// The leader a follower named in its refusal, if any.
@@ -52,6 +54,7 @@ pub struct MetaClient {
     current: Mutex<Current>,
     retry_for: Duration,
     call_timeout: Duration,
+    security: Security,
 }
 
 impl std::fmt::Debug for MetaClient {
@@ -80,7 +83,15 @@ impl MetaClient {
             current: Mutex::new(Current { index: 0, channel: None, hinted: None }),
             retry_for,
             call_timeout: timeouts::META_CALL,
+            security: tls::process_default(),
         })
+    }
+
+    /// Talks with `security` instead of the process default (the metadata
+    /// nodes must present meta certificates).
+    pub fn with_security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
     }
 
     /// With a deadline other than `timeouts::META_CALL` for each call, for
@@ -101,7 +112,11 @@ impl MetaClient {
             return Ok(c.clone());
         }
         let addr = cur.hinted.clone().unwrap_or_else(|| self.endpoints[cur.index % self.endpoints.len()].clone());
-        let ch = ChannelConfig::new(&addr)?.call_timeout(self.call_timeout).connect_lazy();
+        let ch = ChannelConfig::new(&addr)?
+            .security(self.security.clone())
+            .peer_role(CertRole::Meta)
+            .call_timeout(self.call_timeout)
+            .connect_lazy();
         cur.channel = Some(ch.clone());
         Ok(ch)
     }

@@ -62,6 +62,9 @@ pub struct StorageConfig {
     pub scrub_interval: Option<Duration>,
     /// Bytes per second a scrub pass may read (0: unlimited).
     pub scrub_rate: u64,
+    /// Transport security for the shard server and every call this node
+    /// makes: the process default unless set.
+    pub security: coffer_rpc::Security,
 }
 
 impl StorageConfig {
@@ -76,6 +79,7 @@ impl StorageConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             scrub_interval: Some(Duration::from_secs(24 * 3600)),
             scrub_rate: 64 << 20,
+            security: coffer_rpc::tls::process_default(),
         }
     }
 
@@ -167,9 +171,14 @@ impl StorageNode {
         // channels need the runtime, which is why it is built here.
         let retry_for = self.config.heartbeat_interval.clamp(MIN_META_RETRY, MAX_META_RETRY);
         let meta = MetaClient::new(&self.config.meta_endpoints, retry_for)
-            .map_err(|e| StorageError::Config { reason: e.to_string() })?;
+            .map_err(|e| StorageError::Config { reason: e.to_string() })?
+            .with_security(self.config.security.clone());
         let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        let repair = Arc::new(Repair { scrub_rate: self.config.scrub_rate, ..Repair::default() });
+        let repair = Arc::new(Repair {
+            scrub_rate: self.config.scrub_rate,
+            peers: coffer_rpc::ShardPool::with_security(self.config.security.clone()),
+            ..Repair::default()
+        });
         let service = ShardService::new(self.store.clone(), self.id, self.config.site.clone(), self.capacity_bytes)
             .with_repair(repair.clone());
         let runner = coffer_worker::Runner::new();
@@ -191,7 +200,12 @@ impl StorageNode {
         });
 
         tracing::info!(node = %self.id, listen = %local, "serving shards");
-        let served = coffer_rpc::Server::new().bulk().service(service.into_server()).serve(listener, shutdown).await;
+        let served = coffer_rpc::Server::new()
+            .bulk()
+            .security(self.config.security.clone())
+            .service(service.into_server())
+            .serve(listener, shutdown)
+            .await;
         // The workers stop on the same signal; if the server failed instead,
         // the node must not keep claiming to be alive either.
         if let Err(e) = runner.shutdown(SHUTDOWN_DEADLINE).await {

@@ -62,6 +62,9 @@ pub struct Repair {
     pub scrub_rate: u64,
     /// Reported by `scrub` passes; the node's loop forwards them to the metadata plane.
     pub reports: tokio::sync::Mutex<Vec<pb::BadShard>>,
+    /// Clients to the other storage nodes, for rebuild reads, with the
+    /// node's transport security.
+    pub peers: coffer_rpc::ShardPool,
 }
 
 impl ShardService {
@@ -307,7 +310,7 @@ impl ShardStoreRpc for ShardService {
         request: Request<pb::RebuildShardRequest>,
     ) -> Result<Response<pb::RebuildShardResponse>, Status> {
         let req = request.into_inner();
-        rebuild_shard(&self.store, req, &self.repair.rebuild_limit, &self.repair.counters)
+        rebuild_shard(&self.store, req, &self.repair.rebuild_limit, &self.repair.counters, &self.repair.peers)
             .await
             .map(Response::new)
             .map_err(|e| status("RebuildShard", e))
