@@ -43,3 +43,5 @@ pub use shards::{ShardFailure, ShardPool, ShardPut, SHARD_FORMAT_VERSION};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;
