@@ -13,6 +13,7 @@ mod config;
 mod dev;
 mod duration;
 mod repair;
+mod security;
 mod servers;
 mod shared;
 mod snapcmds;
@@ -21,6 +22,12 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use args::{Cli, ClusterCommand, Command, RepoCommand};
+
+/// Whether a command talks to the cluster with the process's own
+/// certificate (the daemons and `coffer dev` choose theirs themselves).
+fn is_client_command(c: &Command) -> bool {
+    !matches!(c, Command::Dev(_) | Command::DevSite(_) | Command::Meta(_) | Command::Storage(_) | Command::Certs(_))
+}
 
 fn init_tracing(server: bool) {
     // Servers log at info; agent commands keep stderr quiet unless asked.
@@ -43,11 +50,16 @@ fn main() {
     };
     let code = runtime.block_on(async move {
         let g = cli.global;
-        let result = match cli.command {
-            Command::Dev(a) => dev::run(a).await.map(|_| 0),
+        let result: anyhow::Result<i32> = async {
+        if is_client_command(&cli.command) {
+            security::init_client(&g)?;
+        }
+        match cli.command {
+            Command::Dev(a) => dev::run(a, &g).await.map(|_| 0),
             Command::DevSite(a) => dev::site_control(a).await.map(|_| 0),
-            Command::Meta(a) => servers::run_meta(a).await.map(|_| 0),
-            Command::Storage(a) => servers::run_storage(a).await.map(|_| 0),
+            Command::Meta(a) => servers::run_meta(a, &g).await.map(|_| 0),
+            Command::Storage(a) => servers::run_storage(a, &g).await.map(|_| 0),
+            Command::Certs(c) => security::certs(c, g.json).map(|_| 0),
             Command::Repo(RepoCommand::Create { name, k, m, min_shards }) => {
                 commands::repo_create(&g, name, k, m, min_shards).await.map(|_| 0)
             }
@@ -72,7 +84,9 @@ fn main() {
             }
             Command::Cluster(ClusterCommand::Remove { id }) => admin::remove(&g, id).await.map(|_| 0),
             Command::Cluster(ClusterCommand::Digest) => admin::digest(&g).await.map(|_| 0),
-        };
+        }
+        }
+        .await;
         match result {
             Ok(code) => code,
             Err(e) => {
