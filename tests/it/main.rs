@@ -15,6 +15,7 @@ mod semantics;
 mod shutdown;
 mod site_loss;
 mod stdin;
+mod tls;
 
 use std::path::Path;
 

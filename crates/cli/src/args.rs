@@ -36,7 +36,7 @@ pub struct Global {
     #[arg(long, global = true, default_value = "20s", value_parser = parse_duration)]
     pub retry_for: std::time::Duration,
     /// Talk plain text, without certificates (a warning is logged). Never across untrusted networks.
-    #[arg(long, env = "COFFER_INSECURE", global = true)]
+    #[arg(long, env = "COFFER_INSECURE", global = true, value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure: bool,
     /// The CA certificate (PEM) that signs every node and client of the cluster.
     #[arg(long, env = "COFFER_CACERT", global = true)]
@@ -142,6 +142,13 @@ pub enum CertsCommand {
         ip: Vec<std::net::IpAddr>,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Connect to ADDR with this process's certificates and print the identity its certificate carries.
+    Probe {
+        addr: String,
+        /// The role the server must have: meta or storage.
+        #[arg(long, default_value = "meta")]
+        role: String,
     },
 }
 

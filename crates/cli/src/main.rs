@@ -59,7 +59,7 @@ fn main() {
             Command::DevSite(a) => dev::site_control(a).await.map(|_| 0),
             Command::Meta(a) => servers::run_meta(a, &g).await.map(|_| 0),
             Command::Storage(a) => servers::run_storage(a, &g).await.map(|_| 0),
-            Command::Certs(c) => security::certs(c, g.json).map(|_| 0),
+            Command::Certs(c) => security::certs(c, &g).await.map(|_| 0),
             Command::Repo(RepoCommand::Create { name, k, m, min_shards }) => {
                 commands::repo_create(&g, name, k, m, min_shards).await.map(|_| 0)
             }

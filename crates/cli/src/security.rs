@@ -60,9 +60,20 @@ pub fn init_client(g: &Global) -> Result<()> {
     Ok(())
 }
 
-/// `coffer certs init-ca` and `coffer certs issue`.
-pub fn certs(c: CertsCommand, json: bool) -> Result<()> {
+/// `coffer certs init-ca`, `issue` and `probe`.
+pub async fn certs(c: CertsCommand, g: &Global) -> Result<()> {
+    let json = g.json;
     match c {
+        CertsCommand::Probe { addr, role } => {
+            let role: coffer_rpc::CertRole = role.parse().map_err(usage)?;
+            let security = resolve(g, &FileTls::default())?;
+            let peer = coffer_rpc::tls::probe(&addr, &security, role).await.map_err(anyhow::Error::msg)?;
+            if json {
+                println!("{}", serde_json::json!({"role": peer.role.as_str(), "name": peer.name}));
+            } else {
+                println!("{addr}: {peer}");
+            }
+        }
         CertsCommand::InitCa { dir } => {
             coffer_pki::init_ca(&dir).with_context(|| format!("create a CA in {}", dir.display()))?;
             let (crt, key) = (dir.join(coffer_pki::CA_CERT), dir.join(coffer_pki::CA_KEY));

@@ -183,7 +183,10 @@ pub fn init_ca(dir: &Path) -> Result<Pem, PkiError> {
             return Err(PkiError::Exists { path: dir.join(f) });
         }
     }
-    let ca = new_ca("coffer CA")?;
+    // A name of its own, so that two clusters' CAs are told apart by name
+    // and not only by signature.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let ca = new_ca(&format!("coffer CA {:x}", nanos ^ u128::from(std::process::id())))?;
     write_file(&dir.join(CA_KEY), &ca.key, 0o600, false)?;
     write_file(&dir.join(CA_CERT), &ca.cert, 0o644, false)?;
     Ok(ca)

@@ -319,7 +319,9 @@ fn explain_client_error(addr: &str, e: &io::Error) -> String {
         Some(rustls::Error::InvalidMessage(_)) | Some(rustls::Error::InappropriateMessage { .. }) => {
             format!("{addr} does not speak TLS (it answered in plain text): is it running with --insecure?")
         }
-        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) => {
+        Some(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature,
+        )) => {
             format!("the certificate of {addr} is not signed by our CA (--cacert): wrong cluster or wrong CA file?")
         }
         Some(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
