@@ -84,7 +84,6 @@ impl ChannelConfig {
         let mut ep = self
             .endpoint
             .clone()
-            .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(timeouts::KEEP_ALIVE_INTERVAL)
             .keep_alive_timeout(timeouts::KEEP_ALIVE_TIMEOUT);
@@ -92,10 +91,12 @@ impl ChannelConfig {
             ep = ep.timeout(t);
         }
         match &self.security {
-            Security::Insecure => ep.connect_lazy(),
-            Security::Tls(files) => {
-                ep.connect_with_connector_lazy(TlsConnector { files: files.clone(), expect: self.peer_role })
-            }
+            Security::Insecure => ep.connect_timeout(self.connect_timeout).connect_lazy(),
+            Security::Tls(files) => ep.connect_with_connector_lazy(TlsConnector {
+                files: files.clone(),
+                expect: self.peer_role,
+                timeout: self.connect_timeout,
+            }),
         }
     }
 }

@@ -345,6 +345,11 @@ fn explain_client_error(addr: &str, e: &io::Error) -> String {
 pub(crate) struct TlsConnector {
     pub(crate) files: Arc<TlsFiles>,
     pub(crate) expect: CertRole,
+    /// For TCP connect and handshake together. It is applied here rather
+    /// than by the endpoint so that a peer that accepts but never answers
+    /// (a stalled process) fails as a connect error, which tonic reports
+    /// UNAVAILABLE and callers retry elsewhere.
+    pub(crate) timeout: Duration,
 }
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
@@ -359,8 +364,16 @@ impl tower_service::Service<http::Uri> for TlsConnector {
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let (files, expect) = (self.files.clone(), self.expect);
-        Box::pin(async move { connect(&files, expect, &uri).await.map(hyper_util::rt::TokioIo::new) })
+        let (files, expect, timeout) = (self.files.clone(), self.expect, self.timeout);
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connect(&files, expect, &uri)).await {
+                Ok(conn) => conn.map(hyper_util::rt::TokioIo::new),
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no TLS connection to {uri} within {timeout:?}"),
+                )),
+            }
+        })
     }
 }
 
