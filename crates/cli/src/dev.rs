@@ -79,7 +79,8 @@ fn dev_tls(data: &Path, g: &Global) -> Result<DevTls> {
             dns: vec!["localhost".into()],
             ips: vec![std::net::Ipv4Addr::LOCALHOST.into(), std::net::Ipv6Addr::LOCALHOST.into()],
         };
-        let (cert, key) = coffer_pki::issue_to(&dir, &leaf, &dir).with_context(|| format!("issue the dev {role} certificate"))?;
+        let (cert, key) =
+            coffer_pki::issue_to(&dir, &leaf, &dir).with_context(|| format!("issue the dev {role} certificate"))?;
         let paths = coffer_rpc::TlsPaths { ca: dir.join(coffer_pki::CA_CERT), cert, key };
         coffer_rpc::Security::tls(paths).with_context(|| format!("load the dev {role} certificate"))
     };

@@ -50,11 +50,10 @@ fn main() {
     };
     let code = runtime.block_on(async move {
         let g = cli.global;
-        let result: anyhow::Result<i32> = async {
-        if is_client_command(&cli.command) {
-            security::init_client(&g)?;
-        }
-        match cli.command {
+        // Client commands talk with the certificates of the global flags.
+        let init = if is_client_command(&cli.command) { security::init_client(&g) } else { Ok(()) };
+        let result = match cli.command {
+            _ if init.is_err() => init.map(|()| 0),
             Command::Dev(a) => dev::run(a, &g).await.map(|_| 0),
             Command::DevSite(a) => dev::site_control(a).await.map(|_| 0),
             Command::Meta(a) => servers::run_meta(a, &g).await.map(|_| 0),
@@ -84,9 +83,7 @@ fn main() {
             }
             Command::Cluster(ClusterCommand::Remove { id }) => admin::remove(&g, id).await.map(|_| 0),
             Command::Cluster(ClusterCommand::Digest) => admin::digest(&g).await.map(|_| 0),
-        }
-        }
-        .await;
+        };
         match result {
             Ok(code) => code,
             Err(e) => {

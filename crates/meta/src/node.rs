@@ -66,9 +66,15 @@ impl MetaNode {
     pub async fn start(config: MetaConfig) -> Result<Arc<Self>, MetaError> {
         config.validate()?;
         let (log, sm) = open_stores(&config.data_dir)?;
-        let raft = Raft::new(config.id.0, Arc::new(config.raft_config()?), Network::new(config.security.clone()), log, sm.clone())
-            .await
-            .map_err(|e| MetaError::Raft(e.to_string()))?;
+        let raft = Raft::new(
+            config.id.0,
+            Arc::new(config.raft_config()?),
+            Network::new(config.security.clone()),
+            log,
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| MetaError::Raft(e.to_string()))?;
         if config.init {
             let initialized = raft.is_initialized().await.map_err(|e| MetaError::Raft(e.to_string()))?;
             if initialized {

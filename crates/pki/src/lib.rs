@@ -169,7 +169,8 @@ pub fn write_file(path: &Path, text: &str, mode: u32, overwrite: bool) -> Result
         return Err(PkiError::Exists { path: path.to_path_buf() });
     }
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(io(&tmp))?;
+    let mut f =
+        fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(io(&tmp))?;
     f.write_all(text.as_bytes()).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
     fs::rename(&tmp, path).map_err(io(path))
@@ -228,7 +229,12 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn leaf(role: &str, name: &str) -> Leaf {
-        Leaf { role: role.into(), name: name.into(), dns: vec!["localhost".into()], ips: vec!["127.0.0.1".parse().unwrap()] }
+        Leaf {
+            role: role.into(),
+            name: name.into(),
+            dns: vec!["localhost".into()],
+            ips: vec!["127.0.0.1".parse().unwrap()],
+        }
     }
 
     #[test]

@@ -19,8 +19,8 @@ use coffer_proto::MAX_MESSAGE_BYTES;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::identity::CertRole;
-use crate::tls::{self, Security, TlsConnector};
 use crate::timeouts;
+use crate::tls::{self, Security, TlsConnector};
 use crate::RpcError;
 
 /// How to reach one peer. Building it checks the address; `connect_lazy`

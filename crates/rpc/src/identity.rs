@@ -105,7 +105,9 @@ impl Peer {
                 }
             }
         }
-        found.ok_or_else(|| "the certificate carries no coffer://ROLE/NAME URI (issue it with `coffer certs issue`)".into())
+        found.ok_or_else(|| {
+            "the certificate carries no coffer://ROLE/NAME URI (issue it with `coffer certs issue`)".into()
+        })
     }
 }
 

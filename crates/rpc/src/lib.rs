@@ -34,12 +34,12 @@ pub use channel::{
     admin_client, catalog_client, channel, maintenance_client, raft_client, shard_client, shard_client_with,
     ChannelConfig,
 };
-pub use identity::{cert_role, peer, require_role, CertRole, Peer};
-pub use tls::{Security, TlsPaths};
 pub use error::RpcError;
+pub use identity::{cert_role, peer, require_role, CertRole, Peer};
 pub use meta_client::{leader_hint, MetaClient};
 pub use server::{RpcService, Server};
 pub use shards::{ShardFailure, ShardPool, ShardPut, SHARD_FORMAT_VERSION};
+pub use tls::{Security, TlsPaths};
 
 #[cfg(test)]
 mod tests;

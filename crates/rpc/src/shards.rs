@@ -20,8 +20,8 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::channel::shard_client_with;
-use crate::tls::{self, Security};
 use crate::timeouts::{REBUILD, SHARD_ADMIN, SHARD_GET as GET_TIMEOUT, SHARD_PUT as PUT_TIMEOUT};
+use crate::tls::{self, Security};
 
 /// The shard format version this agent writes.
 pub const SHARD_FORMAT_VERSION: u32 = 1;
@@ -130,7 +130,8 @@ impl ShardPool {
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let c = shard_client_with(addr, &self.security).map_err(|e| ShardFailure::NoAddress { detail: format!(" ({e})") })?;
+        let c = shard_client_with(addr, &self.security)
+            .map_err(|e| ShardFailure::NoAddress { detail: format!(" ({e})") })?;
         map.insert(addr.to_string(), c.clone());
         Ok(c)
     }

@@ -251,14 +251,7 @@ fn load(paths: &TlsPaths) -> Result<Loaded, TlsError> {
         .with_single_cert(chain.clone(), key.clone_key())
         .map_err(|e| parse_err(&paths.key, format!("does not match the certificate {}: {e}", paths.cert.display())))?;
     server.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Loaded {
-        identity,
-        roots,
-        chain,
-        key: Arc::new(key),
-        server: Arc::new(server),
-        clients: Mutex::new(Vec::new()),
-    })
+    Ok(Loaded { identity, roots, chain, key: Arc::new(key), server: Arc::new(server), clients: Mutex::new(Vec::new()) })
 }
 
 /// The usual CA and host-name verification, then the role: a metadata
@@ -326,7 +319,9 @@ fn explain_client_error(addr: &str, e: &io::Error) -> String {
         }
         Some(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
         | Some(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext { .. })) => {
-            format!("the certificate of {addr} does not name that host: issue it with --dns/--ip for the address peers use")
+            format!(
+                "the certificate of {addr} does not name that host: issue it with --dns/--ip for the address peers use"
+            )
         }
         Some(rustls::Error::AlertReceived(alert)) => {
             format!("{addr} refused the TLS handshake ({alert:?}): is our certificate signed by the cluster's CA?")

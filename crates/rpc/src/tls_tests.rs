@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use coffer_pki::{Leaf, Pem};
-use coffer_proto::pb::admin_server::{Admin, AdminServer};
 use coffer_proto::pb;
+use coffer_proto::pb::admin_server::{Admin, AdminServer};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
@@ -51,7 +51,12 @@ impl Admin for Recorder {
 }
 
 fn leaf(role: &str, name: &str) -> Leaf {
-    Leaf { role: role.into(), name: name.into(), dns: vec!["localhost".into()], ips: vec!["127.0.0.1".parse().unwrap()] }
+    Leaf {
+        role: role.into(),
+        name: name.into(),
+        dns: vec!["localhost".into()],
+        ips: vec!["127.0.0.1".parse().unwrap()],
+    }
 }
 
 /// Writes `ca`'s certificate and a new certificate for (`role`, `name`)
