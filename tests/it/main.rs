@@ -17,6 +17,7 @@ mod shutdown;
 mod site_loss;
 mod stdin;
 mod storage_space;
+mod tls;
 mod tokens;
 
 use std::path::Path;

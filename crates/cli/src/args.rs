@@ -41,6 +41,18 @@ pub struct Global {
     /// How long to keep retrying an unreachable metadata plane.
     #[arg(long, global = true, default_value = "20s", value_parser = parse_duration)]
     pub retry_for: std::time::Duration,
+    /// Talk plain text, without certificates (a warning is logged). Never across untrusted networks.
+    #[arg(long, env = "COFFER_INSECURE", global = true, value_parser = clap::builder::BoolishValueParser::new())]
+    pub insecure: bool,
+    /// The CA certificate (PEM) that signs every node and client of the cluster.
+    #[arg(long, env = "COFFER_CACERT", global = true)]
+    pub cacert: Option<PathBuf>,
+    /// This process's certificate (PEM), with its coffer role (`coffer certs issue`).
+    #[arg(long, env = "COFFER_CERT", global = true)]
+    pub cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, env = "COFFER_KEY", global = true)]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -111,6 +123,9 @@ pub enum Command {
     /// Access tokens of a repository: create (printed once), list, revoke.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Certificates for clusters without a PKI: a CA, and certificates with a coffer role.
+    #[command(subcommand)]
+    Certs(CertsCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -151,6 +166,42 @@ pub enum KeyCommand {
     Remove { id: String },
     /// Start a new data-encryption key epoch for everything written from now on; nothing stored is rewritten.
     Rotate,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertsCommand {
+    /// Create a CA (DIR/ca.crt, DIR/ca.key); refuses to replace an existing one.
+    InitCa {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue a certificate signed by the CA in --ca, as OUT/NAME.crt and OUT/NAME.key (replacing older ones).
+    Issue {
+        /// The CA directory (from `coffer certs init-ca`).
+        #[arg(long)]
+        ca: PathBuf,
+        /// meta, storage, client, or admin (a cluster administrator).
+        #[arg(long)]
+        role: String,
+        /// The process or person it names.
+        #[arg(long)]
+        name: String,
+        /// DNS names peers reach this process by (repeatable).
+        #[arg(long)]
+        dns: Vec<String>,
+        /// IP addresses peers reach this process by (repeatable).
+        #[arg(long)]
+        ip: Vec<std::net::IpAddr>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Connect to ADDR with this process's certificates and print the identity its certificate carries.
+    Probe {
+        addr: String,
+        /// The role the server must have: meta or storage.
+        #[arg(long, default_value = "meta")]
+        role: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

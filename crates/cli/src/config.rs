@@ -157,6 +157,23 @@ pub struct MetaSettings {
     #[arg(long, env = "COFFER_ADMIN_TOKEN_FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<PathBuf>,
+    /// Plain text without certificates (file key only: the flag and its
+    /// environment twin are global, `--insecure` / `COFFER_INSECURE`).
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insecure: Option<bool>,
+    /// The CA certificate (file key; else `--cacert` / `COFFER_CACERT`).
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cacert: Option<PathBuf>,
+    /// This node's certificate (file key; else `--cert` / `COFFER_CERT`).
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// Its private key (file key; else `--key` / `COFFER_KEY`).
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
 }
 
 /// `coffer storage`'s settings: flags, environment twins and file keys.
@@ -214,6 +231,23 @@ pub struct StorageSettings {
     #[arg(long, env = "COFFER_ORPHAN_INTERVAL", value_parser = parse_dur)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub orphan_interval: Option<Dur>,
+    /// Plain text without certificates (file key only: the flag and its
+    /// environment twin are global, `--insecure` / `COFFER_INSECURE`).
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insecure: Option<bool>,
+    /// The CA certificate (file key; else `--cacert` / `COFFER_CACERT`).
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cacert: Option<PathBuf>,
+    /// This node's certificate (file key; else `--cert` / `COFFER_CERT`).
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// Its private key (file key; else `--key` / `COFFER_KEY`).
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
 }
 
 /// The defaults table of `coffer meta`: every default, read from the one
@@ -305,6 +339,16 @@ fn missing(key: &str) -> anyhow::Error {
 }
 
 impl MetaSettings {
+    /// The TLS keys of the file layer.
+    pub fn file_tls(&self) -> crate::security::FileTls {
+        crate::security::FileTls {
+            insecure: self.insecure,
+            cacert: self.cacert.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
+
     /// The address to bind.
     pub fn listen(&self) -> anyhow::Result<&str> {
         self.listen.as_deref().ok_or_else(|| missing("listen"))
@@ -360,6 +404,16 @@ impl MetaSettings {
 }
 
 impl StorageSettings {
+    /// The TLS keys of the file layer.
+    pub fn file_tls(&self) -> crate::security::FileTls {
+        crate::security::FileTls {
+            insecure: self.insecure,
+            cacert: self.cacert.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
+
     pub fn listen(&self) -> anyhow::Result<&str> {
         self.listen.as_deref().ok_or_else(|| missing("listen"))
     }

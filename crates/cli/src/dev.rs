@@ -10,6 +10,12 @@
 //! `DIR/control/`, which this process picks up, shutting down (or
 //! restarting, on the same ports and data) every node of that site, its
 //! metadata voter included.
+//!
+//! Unless `--insecure`, the cluster runs with mutual TLS: a CA and one
+//! certificate per role (meta, storage, and an admin client certificate
+//! for the shell) are made under `DIR/tls`, and `DIR/env` points
+//! `COFFER_CACERT`, `COFFER_CERT` and `COFFER_KEY` at the CA and the admin
+//! certificate.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,7 +28,7 @@ use coffer_types::ErasureParams;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::args::{DevArgs, DevSiteAction, DevSiteArgs};
+use crate::args::{DevArgs, DevSiteAction, DevSiteArgs, Global};
 use crate::config::{merge, meta_defaults, storage_defaults, Dur, MetaSettings, StorageSettings};
 use crate::servers::{bind, listener_addr, shutdown_signal};
 
@@ -41,13 +47,58 @@ struct SiteNodes {
     nodes: Vec<(PathBuf, String)>,
     running: Vec<RunningNode>,
     meta: Option<MetaSlot>,
+    /// The storage nodes' transport security.
+    security: coffer_rpc::Security,
+}
+
+/// The identities of a dev cluster.
+struct DevTls {
+    meta: coffer_rpc::Security,
+    storage: coffer_rpc::Security,
+    admin: coffer_rpc::Security,
+    /// Lines for `DIR/env`.
+    env: String,
+}
+
+/// Plain text with `--insecure`; otherwise a CA under `DIR/tls` (kept
+/// across runs) and fresh certificates for each role, valid for loopback.
+fn dev_tls(data: &Path, g: &Global) -> Result<DevTls> {
+    if g.insecure {
+        tracing::warn!("coffer dev running with --insecure: plain-text gRPC, no peer authentication");
+        let s = coffer_rpc::Security::Insecure;
+        return Ok(DevTls { meta: s.clone(), storage: s.clone(), admin: s, env: "export COFFER_INSECURE=1\n".into() });
+    }
+    let dir = data.join("tls");
+    if !dir.join(coffer_pki::CA_CERT).exists() {
+        coffer_pki::init_ca(&dir).context("create the dev CA")?;
+    }
+    let issue = |role: &str| -> Result<coffer_rpc::Security> {
+        let leaf = coffer_pki::Leaf {
+            role: role.into(),
+            name: role.into(),
+            dns: vec!["localhost".into()],
+            ips: vec![std::net::Ipv4Addr::LOCALHOST.into(), std::net::Ipv6Addr::LOCALHOST.into()],
+        };
+        let (cert, key) =
+            coffer_pki::issue_to(&dir, &leaf, &dir).with_context(|| format!("issue the dev {role} certificate"))?;
+        let paths = coffer_rpc::TlsPaths { ca: dir.join(coffer_pki::CA_CERT), cert, key };
+        coffer_rpc::Security::tls(paths).with_context(|| format!("load the dev {role} certificate"))
+    };
+    let (meta, storage, admin) = (issue("meta")?, issue("storage")?, issue("admin")?);
+    let env = format!(
+        "export COFFER_CACERT={}\nexport COFFER_CERT={}\nexport COFFER_KEY={}\n",
+        dir.join(coffer_pki::CA_CERT).display(),
+        dir.join("admin.crt").display(),
+        dir.join("admin.key").display()
+    );
+    Ok(DevTls { meta, storage, admin, env })
 }
 
 pub fn site_name(i: u32) -> String {
     format!("site-{}", (b'a' + (i % 26) as u8) as char)
 }
 
-pub async fn run(a: DevArgs) -> Result<()> {
+pub async fn run(a: DevArgs, g: &Global) -> Result<()> {
     let params = ErasureParams::new(a.k, a.m).context("check --k and --m")?;
     if a.sites * a.nodes_per_site < params.total() as u32 {
         bail!(
@@ -72,6 +123,9 @@ pub async fn run(a: DevArgs) -> Result<()> {
         let _ = std::fs::remove_file(e.path());
     }
 
+    let tls = dev_tls(&data, g)?;
+    // This process's own calls (waiting for the voters) are an administrator's.
+    coffer_rpc::tls::set_process_default(tls.admin.clone());
     if a.meta_nodes == 0 || a.meta_nodes > a.sites {
         bail!("--meta-nodes must be between 1 and --sites ({}): one voter per site", a.sites);
     }
@@ -105,7 +159,8 @@ pub async fn run(a: DevArgs) -> Result<()> {
             admin_token_file: Some(token_file.clone()),
             ..MetaSettings::default()
         };
-        let mc = merge(&[&meta_defaults(), &settings])?.to_config(addr)?;
+        let mut mc = merge(&[&meta_defaults(), &settings])?.to_config(addr)?;
+        mc.security = tls.meta.clone();
         meta_configs.push(mc);
     }
     let mut meta_slots = Vec::new();
@@ -137,7 +192,7 @@ pub async fn run(a: DevArgs) -> Result<()> {
             nodes.push((dir, bound));
         }
         let meta = if (s as usize) < meta_slots.len() { Some(meta_slots.remove(0)) } else { None };
-        sites.insert(site, SiteNodes { nodes, running: Vec::new(), meta });
+        sites.insert(site, SiteNodes { nodes, running: Vec::new(), meta, security: tls.storage.clone() });
     }
     for (site, s) in sites.iter_mut() {
         start_site(site, s, &meta_addr).await?;
@@ -148,9 +203,10 @@ pub async fn run(a: DevArgs) -> Result<()> {
     // The cluster admin token: whoever reads the env file administers the
     // cluster, so it is written for its owner only.
     let env = format!(
-        "export COFFER_ENDPOINT={meta_addr}\nexport COFFER_K={}\nexport COFFER_M={}\nexport COFFER_TOKEN={admin_token}\n",
+        "export COFFER_ENDPOINT={meta_addr}\nexport COFFER_K={}\nexport COFFER_M={}\nexport COFFER_TOKEN={admin_token}\n{}",
         params.k(),
-        params.m()
+        params.m(),
+        tls.env
     );
     write_private(&data.join("env"), &env).context("write env file")?;
     println!(
@@ -265,7 +321,8 @@ async fn start_site(site: &str, s: &mut SiteNodes, meta_addr: &str) -> Result<()
             heartbeat_interval: Some(Dur(Duration::from_millis(500))),
             ..StorageSettings::default()
         };
-        let c = merge(&[&storage_defaults(), &settings])?.to_config(addr)?;
+        let mut c = merge(&[&storage_defaults(), &settings])?.to_config(addr)?;
+        c.security = s.security.clone();
         let node = StorageNode::open(c).with_context(|| format!("open storage node in {}", dir.display()))?;
         let l = bind(addr).await?;
         let (stop, rx) = oneshot::channel::<()>();

@@ -15,6 +15,7 @@ mod dev;
 mod duration;
 mod keys;
 mod repair;
+mod security;
 mod servers;
 mod shared;
 mod snapcmds;
@@ -24,6 +25,12 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use args::{Cli, ClusterCommand, Command, KeyCommand, RepoCommand, TokenCommand};
+
+/// Whether a command talks to the cluster with the process's own
+/// certificate (the daemons and `coffer dev` choose theirs themselves).
+fn is_client_command(c: &Command) -> bool {
+    !matches!(c, Command::Dev(_) | Command::DevSite(_) | Command::Meta(_) | Command::Storage(_) | Command::Certs(_))
+}
 
 fn init_tracing(server: bool) {
     // Servers log at info; agent commands keep stderr quiet unless asked.
@@ -58,11 +65,15 @@ fn main() {
     };
     let code = runtime.block_on(async move {
         let g = cli.global;
+        // Client commands talk with the certificates of the global flags.
+        let init = if is_client_command(&cli.command) { security::init_client(&g) } else { Ok(()) };
         let result = match cli.command {
-            Command::Dev(a) => dev::run(a).await.map(|_| 0),
+            _ if init.is_err() => init.map(|()| 0),
+            Command::Dev(a) => dev::run(a, &g).await.map(|_| 0),
             Command::DevSite(a) => dev::site_control(a).await.map(|_| 0),
-            Command::Meta(a) => servers::run_meta(a).await.map(|_| 0),
-            Command::Storage(a) => servers::run_storage(a).await.map(|_| 0),
+            Command::Meta(a) => servers::run_meta(a, &g).await.map(|_| 0),
+            Command::Storage(a) => servers::run_storage(a, &g).await.map(|_| 0),
+            Command::Certs(c) => security::certs(c, &g).await.map(|_| 0),
             Command::Repo(RepoCommand::Create { name, k, m, min_shards }) => {
                 commands::repo_create(&g, name, k, m, min_shards).await.map(|_| 0)
             }

@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use coffer_meta::MetaNode;
 use coffer_storage::StorageNode;
 
-use crate::args::{MetaArgs, StorageArgs};
+use crate::args::{Global, MetaArgs, StorageArgs};
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
@@ -31,12 +31,14 @@ pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listen on {addr}"))
 }
 
-pub async fn run_meta(a: MetaArgs) -> Result<()> {
+pub async fn run_meta(a: MetaArgs, g: &Global) -> Result<()> {
     let s = crate::config::effective(&crate::config::meta_defaults(), a.config.as_deref(), &a.settings)?;
     if a.print_config {
         print!("{}", crate::config::to_toml(&s)?);
         return Ok(());
     }
+    // Before any configuration is built: MetaConfig takes the process default.
+    coffer_rpc::tls::set_process_default(crate::security::resolve(g, &s.file_tls())?);
     // Check everything but the bound address before binding.
     s.to_config("127.0.0.1:0")?;
     let listen = s.listen()?;
@@ -50,12 +52,13 @@ pub async fn run_meta(a: MetaArgs) -> Result<()> {
     node.serve(listener, shutdown_signal()).await.context("serve metadata node")
 }
 
-pub async fn run_storage(a: StorageArgs) -> Result<()> {
+pub async fn run_storage(a: StorageArgs, g: &Global) -> Result<()> {
     let s = crate::config::effective(&crate::config::storage_defaults(), a.config.as_deref(), &a.settings)?;
     if a.print_config {
         print!("{}", crate::config::to_toml(&s)?);
         return Ok(());
     }
+    coffer_rpc::tls::set_process_default(crate::security::resolve(g, &s.file_tls())?);
     s.to_config("127.0.0.1:0")?;
     let listen = s.listen()?;
     let listener = bind(listen).await?;

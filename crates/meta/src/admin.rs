@@ -157,15 +157,18 @@ impl Admin for AdminService {
 /// `MetaClient` follows the leader hints; a refusal that is not about
 /// leadership is logged and tried again after a pause.
 pub async fn join_cluster(node: Weak<MetaNode>, via: String) {
+    let Some(node) = node.upgrade() else { return };
+    let security = node.config.security.clone();
     // Without a certificate, a joining node shows the cluster admin token
     // it was given (every member is configured with the same one).
-    let token = node.upgrade().and_then(|n| n.config.admin_token.as_ref().map(|t| t.token().to_string()));
+    let token = node.config.admin_token.as_ref().map(|t| t.token().to_string());
+    let node = Arc::downgrade(&node);
     let client = MetaClient::new(std::slice::from_ref(&via), JOIN_ROUND).and_then(|c| match &token {
         Some(t) => c.with_token(t),
         None => Ok(c),
     });
     let client = match client {
-        Ok(c) => c.with_call_timeout(timeouts::JOIN_CALL),
+        Ok(c) => c.with_call_timeout(timeouts::JOIN_CALL).with_security(security),
         Err(e) => {
             tracing::error!(via = %via, error = %e, "cannot join the metadata cluster");
             return;

@@ -43,6 +43,9 @@ pub struct MetaConfig {
     /// The cluster admin token (`--admin-token-file`); without one only an
     /// admin certificate administers the cluster.
     pub admin_token: Option<crate::AdminToken>,
+    /// Transport security for everything this node serves and calls (Raft,
+    /// joins, shard calls): the process default unless set.
+    pub security: coffer_rpc::Security,
 }
 
 impl MetaConfig {
@@ -63,6 +66,7 @@ impl MetaConfig {
             keep_logs: 1_000,
             repair: crate::repair::RepairConfig::default(),
             admin_token: None,
+            security: coffer_rpc::tls::process_default(),
         }
     }
 

@@ -22,8 +22,17 @@ use tonic::transport::Channel;
 use crate::codec::{self, RPC_CODEC_VERSION};
 use crate::types::{MetaNodeInfo, NodeId, TypeConfig};
 
-#[derive(Clone, Default)]
-pub struct Network;
+/// Opens Raft connections with the node's transport security.
+#[derive(Clone)]
+pub struct Network {
+    security: coffer_rpc::Security,
+}
+
+impl Network {
+    pub fn new(security: coffer_rpc::Security) -> Self {
+        Network { security }
+    }
+}
 
 pub struct Connection {
     target: NodeId,
@@ -35,7 +44,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &MetaNodeInfo) -> Connection {
-        let client = coffer_rpc::raft_client(&node.addr).ok();
+        let client = coffer_rpc::raft_client(&node.addr, &self.security).ok();
         Connection { target, client, addr: node.addr.clone() }
     }
 }

@@ -72,9 +72,15 @@ impl MetaNode {
             );
         }
         let (log, sm) = open_stores(&config.data_dir)?;
-        let raft = Raft::new(config.id.0, Arc::new(config.raft_config()?), Network, log, sm.clone())
-            .await
-            .map_err(|e| MetaError::Raft(e.to_string()))?;
+        let raft = Raft::new(
+            config.id.0,
+            Arc::new(config.raft_config()?),
+            Network::new(config.security.clone()),
+            log,
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| MetaError::Raft(e.to_string()))?;
         if config.init {
             let initialized = raft.is_initialized().await.map_err(|e| MetaError::Raft(e.to_string()))?;
             if initialized {
@@ -87,12 +93,13 @@ impl MetaNode {
                 tracing::info!(id = %config.id, "initialised a new cluster");
             }
         }
+        let repair = crate::repair::RepairState::with_security(config.security.clone());
         let node = Arc::new(Self {
             liveness: Liveness::new(config.suspect_after, config.down_after),
             config,
             raft,
             sm,
-            repair: crate::repair::RepairState::default(),
+            repair,
             runner: coffer_worker::Runner::new(),
         });
         let mut join = None;
@@ -208,6 +215,7 @@ impl MetaNode {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), MetaError> {
         let served = coffer_rpc::Server::new()
+            .security(self.config.security.clone())
             .service(CatalogServer::new(CatalogService::new(self.clone())))
             .service(AdminServer::new(AdminService::new(self.clone())))
             .service(RaftServer::new(RaftService::new(self.raft.clone())))

@@ -115,6 +115,11 @@ impl RepairState {
 pub(crate) const SWEEP_EVERY: u32 = 10;
 
 impl RepairState {
+    /// A state whose shard calls talk with `security`.
+    pub fn with_security(security: coffer_rpc::Security) -> Self {
+        RepairState { shards: Arc::new(ShardPool::with_security(security)), ..RepairState::default() }
+    }
+
     pub fn snapshot(&self) -> RepairStatus {
         let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
         s.in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;

@@ -3,8 +3,10 @@
 //!
 //! `ChannelConfig` is the one place a `tonic` endpoint is configured: the
 //! connect deadline, keep-alive, `TCP_NODELAY` and an optional deadline for
-//! every call on the channel. TLS settings will be added here, so that every
-//! channel of the cluster gets them.
+//! every call on the channel, and its transport security: plain text, or
+//! mutual TLS expecting the peer's certificate to have the role the caller
+//! names (`meta` for a metadata endpoint, the default; `storage` for a
+//! storage node).
 
 use std::time::Duration;
 
@@ -16,7 +18,9 @@ use coffer_proto::pb::shard_store_client::ShardStoreClient;
 use coffer_proto::MAX_MESSAGE_BYTES;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::identity::CertRole;
 use crate::timeouts;
+use crate::tls::{self, Security, TlsConnector};
 use crate::RpcError;
 
 /// How to reach one peer. Building it checks the address; `connect_lazy`
@@ -28,6 +32,8 @@ pub struct ChannelConfig {
     endpoint: Endpoint,
     connect_timeout: Duration,
     call_timeout: Option<Duration>,
+    security: Security,
+    peer_role: CertRole,
 }
 
 impl ChannelConfig {
@@ -40,7 +46,26 @@ impl ChannelConfig {
         };
         let endpoint = Endpoint::from_shared(url)
             .map_err(|e| RpcError::BadEndpoint { addr: addr.to_string(), reason: e.to_string() })?;
-        Ok(Self { endpoint, connect_timeout: timeouts::CONNECT, call_timeout: None })
+        Ok(Self {
+            endpoint,
+            connect_timeout: timeouts::CONNECT,
+            call_timeout: None,
+            security: tls::process_default(),
+            peer_role: CertRole::Meta,
+        })
+    }
+
+    /// Talks with `security` instead of the process default.
+    pub fn security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
+    }
+
+    /// The role the peer's certificate must have (with TLS); `meta` unless
+    /// set.
+    pub fn peer_role(mut self, role: CertRole) -> Self {
+        self.peer_role = role;
+        self
     }
 
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
@@ -59,14 +84,20 @@ impl ChannelConfig {
         let mut ep = self
             .endpoint
             .clone()
-            .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(timeouts::KEEP_ALIVE_INTERVAL)
             .keep_alive_timeout(timeouts::KEEP_ALIVE_TIMEOUT);
         if let Some(t) = self.call_timeout {
             ep = ep.timeout(t);
         }
-        ep.connect_lazy()
+        match &self.security {
+            Security::Insecure => ep.connect_timeout(self.connect_timeout).connect_lazy(),
+            Security::Tls(files) => ep.connect_with_connector_lazy(TlsConnector {
+                files: files.clone(),
+                expect: self.peer_role,
+                timeout: self.connect_timeout,
+            }),
+        }
     }
 }
 
@@ -90,15 +121,27 @@ pub fn admin_client(ch: Channel) -> AdminClient<Channel> {
     AdminClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
-/// A Raft transport client to the member at `addr`.
-pub fn raft_client(addr: &str) -> Result<RaftClient<Channel>, RpcError> {
-    let ch = ChannelConfig::new(addr)?.connect_timeout(timeouts::RAFT_CONNECT).connect_lazy();
+/// A Raft transport client to the member at `addr`, talking with `security`.
+pub fn raft_client(addr: &str, security: &Security) -> Result<RaftClient<Channel>, RpcError> {
+    let ch = ChannelConfig::new(addr)?
+        .security(security.clone())
+        .peer_role(CertRole::Meta)
+        .connect_timeout(timeouts::RAFT_CONNECT)
+        .connect_lazy();
     Ok(RaftClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
-/// A shard-store client for the storage node at `addr`.
+/// A shard-store client for the storage node at `addr`, with the process
+/// default security.
 pub fn shard_client(addr: &str) -> Result<ShardStoreClient<Channel>, RpcError> {
-    Ok(ShardStoreClient::new(channel(addr)?)
+    shard_client_with(addr, &tls::process_default())
+}
+
+/// A shard-store client for the storage node at `addr`, talking with
+/// `security` (the node must present a storage certificate).
+pub fn shard_client_with(addr: &str, security: &Security) -> Result<ShardStoreClient<Channel>, RpcError> {
+    let ch = ChannelConfig::new(addr)?.security(security.clone()).peer_role(CertRole::Storage).connect_lazy();
+    Ok(ShardStoreClient::new(ch)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }

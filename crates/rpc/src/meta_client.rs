@@ -24,7 +24,8 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::channel::ChannelConfig;
-use crate::identity::Bearer;
+use crate::identity::{Bearer, CertRole};
+use crate::tls::{self, Security};
 use crate::{timeouts, RpcError};
 
 /// The channel `MetaClient`'s calls run on: one to a metadata endpoint,
@@ -63,6 +64,7 @@ pub struct MetaClient {
     retry_for: Duration,
     call_timeout: Duration,
     bearer: Bearer,
+    security: Security,
 }
 
 impl std::fmt::Debug for MetaClient {
@@ -92,6 +94,7 @@ impl MetaClient {
             retry_for,
             call_timeout: timeouts::META_CALL,
             bearer: Bearer::none(),
+            security: tls::process_default(),
         })
     }
 
@@ -104,6 +107,13 @@ impl MetaClient {
     /// The token this client sends, to attach to calls made outside it.
     pub fn bearer(&self) -> &Bearer {
         &self.bearer
+    }
+
+    /// Talks with `security` instead of the process default (the metadata
+    /// nodes must present meta certificates).
+    pub fn with_security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
     }
 
     /// With a deadline other than `timeouts::META_CALL` for each call, for
@@ -124,7 +134,11 @@ impl MetaClient {
             return Ok(c.clone());
         }
         let addr = cur.hinted.clone().unwrap_or_else(|| self.endpoints[cur.index % self.endpoints.len()].clone());
-        let ch = ChannelConfig::new(&addr)?.call_timeout(self.call_timeout).connect_lazy();
+        let ch = ChannelConfig::new(&addr)?
+            .security(self.security.clone())
+            .peer_role(CertRole::Meta)
+            .call_timeout(self.call_timeout)
+            .connect_lazy();
         cur.channel = Some(ch.clone());
         Ok(ch)
     }

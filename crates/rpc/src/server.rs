@@ -3,9 +3,10 @@
 //! `serve(listener, shutdown)`.
 //!
 //! Servers take a bound listener and a shutdown future, so that a caller
-//! (and every test) can bind port 0 and learn the address first. TLS and an
-//! authentication layer will be added in `serve`, so that every service of
-//! the cluster gets them.
+//! (and every test) can bind port 0 and learn the address first. `serve`
+//! applies the transport security (`crate::tls`: the TLS handshake and the
+//! peer's certificate identity) and the certificate-role table
+//! (`crate::policy`) to every service of the cluster.
 
 use std::future::Future;
 
@@ -17,10 +18,10 @@ use coffer_proto::pb::raft_server::{Raft, RaftServer};
 use coffer_proto::pb::shard_store_server::{ShardStore, ShardStoreServer};
 use coffer_proto::MAX_MESSAGE_BYTES;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::StreamExt;
 use tonic::service::RoutesBuilder;
 
+use crate::policy::AuthorizeLayer;
+use crate::tls::{self, Security};
 use crate::RpcError;
 
 /// HTTP/2 receive windows for servers that take bulk streams (shard puts).
@@ -63,15 +64,21 @@ rpc_service!(
 );
 
 /// A gRPC server being assembled.
-#[derive(Default)]
 pub struct Server {
     routes: RoutesBuilder,
     bulk: bool,
+    security: Security,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server { routes: RoutesBuilder::default(), bulk: false, security: tls::process_default() }
+    }
 }
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server").field("bulk", &self.bulk).finish_non_exhaustive()
+        f.debug_struct("Server").field("bulk", &self.bulk).field("tls", &self.security.is_tls()).finish_non_exhaustive()
     }
 }
 
@@ -87,6 +94,12 @@ impl Server {
         self
     }
 
+    /// Serves with `security` instead of the process default.
+    pub fn security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
+    }
+
     pub fn service(mut self, service: impl RpcService) -> Self {
         service.add_to(&mut self.routes);
         self
@@ -99,24 +112,15 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), RpcError> {
-        let mut server = tonic::transport::Server::builder();
+        let mut server = tonic::transport::Server::builder().layer(AuthorizeLayer);
         if self.bulk {
             server = server
                 .initial_stream_window_size(BULK_STREAM_WINDOW)
                 .initial_connection_window_size(BULK_CONNECTION_WINDOW)
                 .max_frame_size(BULK_MAX_FRAME);
         }
-        // Catalog, Raft and shard traffic is request/response: with Nagle's
-        // algorithm on, each small reply waits for the peer's delayed ACK
-        // (~40 ms), which dominated incremental backups and restores.
-        let incoming = TcpListenerStream::new(listener).map(|conn| {
-            if let Ok(stream) = &conn {
-                if let Err(e) = stream.set_nodelay(true) {
-                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
-                }
-            }
-            conn
-        });
+        // TCP_NODELAY is set on every accepted connection (see `tls::incoming`).
+        let incoming = tls::incoming(listener, self.security);
         server.add_routes(self.routes.routes()).serve_with_incoming_shutdown(incoming, shutdown).await?;
         Ok(())
     }

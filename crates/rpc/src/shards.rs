@@ -19,8 +19,9 @@ use futures::StreamExt;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::channel::shard_client;
+use crate::channel::shard_client_with;
 use crate::timeouts::{REBUILD, SHARD_ADMIN, SHARD_GET as GET_TIMEOUT, SHARD_PUT as PUT_TIMEOUT};
+use crate::tls::{self, Security};
 
 /// The shard format version this agent writes.
 pub const SHARD_FORMAT_VERSION: u32 = 1;
@@ -99,9 +100,16 @@ pub struct ShardPut {
 
 /// Clients to storage nodes, one channel per address, shared by every task
 /// of a backup or restore so that connections are reused.
-#[derive(Default)]
 pub struct ShardPool {
     clients: Mutex<HashMap<String, ShardStoreClient<Channel>>>,
+    security: Security,
+}
+
+impl Default for ShardPool {
+    /// A pool talking with the process default security.
+    fn default() -> Self {
+        ShardPool::with_security(tls::process_default())
+    }
 }
 
 impl std::fmt::Debug for ShardPool {
@@ -111,13 +119,19 @@ impl std::fmt::Debug for ShardPool {
 }
 
 impl ShardPool {
+    /// A pool talking with `security`.
+    pub fn with_security(security: Security) -> Self {
+        ShardPool { clients: Mutex::new(HashMap::new()), security }
+    }
+
     /// The cached client for `addr`, for calls this pool has no method for.
     pub fn client(&self, addr: &str) -> Result<ShardStoreClient<Channel>, ShardFailure> {
         let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let c = shard_client(addr).map_err(|e| ShardFailure::NoAddress { detail: format!(" ({e})") })?;
+        let c = shard_client_with(addr, &self.security)
+            .map_err(|e| ShardFailure::NoAddress { detail: format!(" ({e})") })?;
         map.insert(addr.to_string(), c.clone());
         Ok(c)
     }

@@ -71,6 +71,9 @@ pub struct StorageConfig {
     pub orphan_age: Duration,
     /// Time between two orphan passes (None: no orphan collection).
     pub orphan_interval: Option<Duration>,
+    /// Transport security for the shard server and every call this node
+    /// makes: the process default unless set.
+    pub security: coffer_rpc::Security,
 }
 
 /// Space a node keeps free: puts that would cross it are refused.
@@ -134,6 +137,7 @@ impl StorageConfig {
             reserve: None,
             orphan_age: DEFAULT_ORPHAN_AGE,
             orphan_interval: Some(DEFAULT_ORPHAN_INTERVAL),
+            security: coffer_rpc::tls::process_default(),
         }
     }
 
@@ -237,9 +241,14 @@ impl StorageNode {
         // channels need the runtime, which is why it is built here.
         let retry_for = self.config.heartbeat_interval.clamp(MIN_META_RETRY, MAX_META_RETRY);
         let meta = MetaClient::new(&self.config.meta_endpoints, retry_for)
-            .map_err(|e| StorageError::Config { reason: e.to_string() })?;
+            .map_err(|e| StorageError::Config { reason: e.to_string() })?
+            .with_security(self.config.security.clone());
         let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        let repair = Arc::new(Repair { scrub_rate: self.config.scrub_rate, ..Repair::default() });
+        let repair = Arc::new(Repair {
+            scrub_rate: self.config.scrub_rate,
+            peers: coffer_rpc::ShardPool::with_security(self.config.security.clone()),
+            ..Repair::default()
+        });
         let service = ShardService::new(self.store.clone(), self.id, self.config.site.clone(), self.capacity_bytes)
             .with_repair(repair.clone());
         let runner = coffer_worker::Runner::new();
@@ -273,7 +282,12 @@ impl StorageNode {
         });
 
         tracing::info!(node = %self.id, listen = %local, "serving shards");
-        let served = coffer_rpc::Server::new().bulk().service(service.into_server()).serve(listener, shutdown).await;
+        let served = coffer_rpc::Server::new()
+            .bulk()
+            .security(self.config.security.clone())
+            .service(service.into_server())
+            .serve(listener, shutdown)
+            .await;
         // The workers stop on the same signal; if the server failed instead,
         // the node must not keep claiming to be alive either.
         if let Err(e) = runner.shutdown(SHUTDOWN_DEADLINE).await {

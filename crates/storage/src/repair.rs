@@ -73,14 +73,14 @@ impl RateLimiter {
 
 /// Reads a whole shard from the node at `addr`, within the rate limit.
 async fn fetch_shard(
+    peers: &coffer_rpc::ShardPool,
     addr: &str,
     pack: PackId,
     index: ShardIndex,
     limiter: &RateLimiter,
     bytes_per_s: u64,
 ) -> Result<Vec<u8>, ShardFailure> {
-    let mut client =
-        coffer_rpc::shard_client(addr).map_err(|e| ShardFailure::NoAddress { detail: format!(" ({e})") })?;
+    let mut client = peers.client(addr)?;
     let mut req = tonic::Request::new(pb::GetShardRequest {
         shard: Some(pb::ShardRef { pack_id: pack.0.to_vec(), index: index.0 as u32 }),
         offset: 0,
@@ -111,6 +111,7 @@ pub async fn rebuild_shard(
     req: pb::RebuildShardRequest,
     limiter: &RateLimiter,
     counters: &Counters,
+    peers: &coffer_rpc::ShardPool,
 ) -> Result<pb::RebuildShardResponse, StorageError> {
     let pack = PackId::from_slice(&req.pack_id).map_err(|e| bad(format!("pack_id: {e}")))?;
     let params = ErasureParams::new(req.k, req.m).map_err(|e| bad(e.to_string()))?;
@@ -143,7 +144,7 @@ pub async fn rebuild_shard(
             continue;
         }
         let Ok(sum) = Hash32::from_slice(&src.checksum) else { continue };
-        match fetch_shard(&src.addr, pack, ShardIndex(i as u8), limiter, req.bandwidth_bytes_per_s).await {
+        match fetch_shard(peers, &src.addr, pack, ShardIndex(i as u8), limiter, req.bandwidth_bytes_per_s).await {
             Ok(body) => {
                 read += body.len() as u64;
                 if body.len() as u64 == req.shard_len && Hash32(*blake3::hash(&body).as_bytes()) == sum {

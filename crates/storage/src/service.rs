@@ -65,6 +65,9 @@ pub struct Repair {
     /// Bytes of orphan shards the last orphan pass found and has not
     /// collected yet (`orphans`), reported with every heartbeat.
     pub orphan_bytes: std::sync::atomic::AtomicU64,
+    /// Clients to the other storage nodes, for rebuild reads, with the
+    /// node's transport security.
+    pub peers: coffer_rpc::ShardPool,
 }
 
 impl ShardService {
@@ -314,7 +317,7 @@ impl ShardStoreRpc for ShardService {
         request: Request<pb::RebuildShardRequest>,
     ) -> Result<Response<pb::RebuildShardResponse>, Status> {
         let req = request.into_inner();
-        rebuild_shard(&self.store, req, &self.repair.rebuild_limit, &self.repair.counters)
+        rebuild_shard(&self.store, req, &self.repair.rebuild_limit, &self.repair.counters, &self.repair.peers)
             .await
             .map(Response::new)
             .map_err(|e| status("RebuildShard", e))

@@ -300,6 +300,7 @@ async fn rebuild_with_too_few_readable_shards_says_which_and_why() -> anyhow::Re
         req.clone(),
         &crate::repair::RateLimiter::default(),
         &crate::repair::Counters::default(),
+        &coffer_rpc::ShardPool::default(),
     )
     .await
     .unwrap_err();

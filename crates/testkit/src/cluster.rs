@@ -9,6 +9,11 @@
 //! A test runs through [`Cluster::run`]: when the body returns `Err` or
 //! panics, or a node logged a failure the test did not declare with
 //! [`Cluster::expect_error`], the test fails and every node's log is printed.
+//!
+//! Clusters run with mutual TLS unless `ClusterSpec::insecure`: a CA under
+//! `DIR/tls/ca` (made with `coffer certs init-ca`), one certificate per node
+//! (`meta-ID`, `storage-SITE-N`) and an `admin` client certificate that
+//! `cli()` uses, all issued with `coffer certs issue` into `DIR/tls`.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -46,6 +51,8 @@ pub struct ClusterSpec {
     /// that failover tests are quick.
     pub raft_heartbeat: Duration,
     pub election_timeout: Duration,
+    /// Plain text (`--insecure`) instead of mutual TLS.
+    pub insecure: bool,
 }
 
 impl Default for ClusterSpec {
@@ -63,6 +70,7 @@ impl Default for ClusterSpec {
             storage_flags: Vec::new(),
             raft_heartbeat: Duration::from_millis(100),
             election_timeout: Duration::from_millis(500),
+            insecure: false,
         }
     }
 }
@@ -322,6 +330,11 @@ impl Cluster {
             expected: Vec::new(),
             passed: false,
         };
+        if !spec.insecure {
+            let ca = c.ca_dir();
+            c.run_bin(&["certs", "init-ca", "--dir", &ca.display().to_string()])?;
+            c.issue_cert("admin", "admin")?;
+        }
         for i in 0..spec.meta_nodes.max(1) {
             c.add_meta(i as u64 + 1, &site_of(i))?;
         }
@@ -343,7 +356,8 @@ impl Cluster {
                     "--heartbeat-interval".into(),
                     format!("{}ms", spec.heartbeat.as_millis()),
                 ];
-                let args = [args, spec.storage_flags.clone()].concat();
+                let tls = c.tls_args("storage", &format!("storage-{site}-{n}"))?;
+                let args = [args, tls, spec.storage_flags.clone()].concat();
                 let log = c.dir.path().join(format!("storage-{site}-{n}.log"));
                 let proc_ = Proc::spawn(&c.bin, args, data.clone(), log)?;
                 c.storage.push(StorageHandle { site: site.clone(), data, addr: String::new(), proc_ });
@@ -398,6 +412,7 @@ impl Cluster {
         if let Some(n) = self.spec.keep_logs {
             args.extend(["--keep-logs".into(), n.to_string()]);
         }
+        args.extend(self.tls_args("meta", &format!("meta-{id}"))?);
         args.extend(self.spec.meta_flags.iter().cloned());
         let log = self.dir.path().join(format!("meta-{id}.log"));
         let mut proc_ = Proc::spawn(&self.bin, args, data, log)?;
@@ -438,6 +453,69 @@ impl Cluster {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The test CA's directory (`ca.crt`, `ca.key`).
+    pub fn ca_dir(&self) -> PathBuf {
+        self.dir.path().join("tls").join("ca")
+    }
+
+    /// Where the certificates of the cluster's processes are.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.dir.path().join("tls")
+    }
+
+    /// Runs the coffer binary with no cluster environment; fails unless it
+    /// exits 0.
+    fn run_bin(&self, args: &[&str]) -> Result<()> {
+        let out = Command::new(&self.bin)
+            .args(args)
+            .env_remove("COFFER_INSECURE")
+            .output()
+            .with_context(|| format!("run coffer {args:?}"))?;
+        if !out.status.success() {
+            bail!("coffer {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// Issues a certificate with `role` and `name` (SANs 127.0.0.1 and
+    /// localhost) from the test CA into `tls_dir()`: its cert and key paths.
+    pub fn issue_cert(&self, role: &str, name: &str) -> Result<(PathBuf, PathBuf)> {
+        let out = self.tls_dir();
+        self.run_bin(&[
+            "certs",
+            "issue",
+            "--ca",
+            &self.ca_dir().display().to_string(),
+            "--role",
+            role,
+            "--name",
+            name,
+            "--dns",
+            "localhost",
+            "--ip",
+            "127.0.0.1",
+            "--out",
+            &out.display().to_string(),
+        ])?;
+        Ok((out.join(format!("{name}.crt")), out.join(format!("{name}.key"))))
+    }
+
+    /// The security flags of a node: its own new certificate, or `--insecure`.
+    fn tls_args(&self, role: &str, name: &str) -> Result<Vec<String>> {
+        if self.spec.insecure {
+            return Ok(vec!["--insecure".into()]);
+        }
+        let (cert, key) = self.issue_cert(role, name)?;
+        Ok(vec![
+            "--cacert".into(),
+            self.tls_dir().join("ca.crt").display().to_string(),
+            "--cert".into(),
+            cert.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+        ])
     }
 
     /// Every metadata endpoint, comma-separated.
@@ -492,6 +570,15 @@ impl Cluster {
             .env_remove("COFFER_PASSWORD_FILE")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if self.spec.insecure {
+            cmd.env("COFFER_INSECURE", "1");
+        } else {
+            let tls = self.tls_dir();
+            cmd.env_remove("COFFER_INSECURE")
+                .env("COFFER_CACERT", tls.join("ca.crt"))
+                .env("COFFER_CERT", tls.join("admin.crt"))
+                .env("COFFER_KEY", tls.join("admin.key"));
+        }
         cmd
     }
 
