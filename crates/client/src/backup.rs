@@ -61,7 +61,7 @@ pub struct BackupOptions {
     pub hold_until_ms: Option<u64>,
     pub progress: Option<ProgressFn>,
     /// The session lease to ask for (default an hour; the metadata plane
-    /// grants at least a second). It is renewed every third of it, and a
+    /// grants at least a second and at most a week). It is renewed every third of it, and a
     /// failed renewal aborts the backup before its snapshot is committed.
     pub session_lease: Option<Duration>,
 }
@@ -580,7 +580,8 @@ pub(crate) async fn begin_session(
     let req = pb::BeginSessionRequest {
         repo: repo.to_string(),
         session_id: session.0.to_vec(),
-        lease_ms: lease.as_millis() as u64,
+        // The metadata plane refuses a lease longer than its bound.
+        lease_ms: (lease.as_millis() as u64).min(coffer_proto::limits::MAX_LEASE_MS),
     };
     meta.call("BeginSession", |mut c| {
         let req = req.clone();

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coffer_placement::{Candidate, Policy};
+use coffer_proto::limits::{self, check_bytes, check_count};
 use coffer_proto::pb::catalog_server::Catalog;
 use coffer_proto::pb::{self};
 use coffer_proto::{ids_from_bytes, location_from_pb, location_to_pb, node_to_pb};
@@ -25,10 +26,12 @@ use crate::command::{Command, CommandResult, MAX_CHUNKS_PER_COMMAND};
 use crate::kv;
 use crate::node::{now_ms, MetaNode};
 
-/// At most this many chunk ids per lookup.
-const MAX_LOOKUP: usize = 10_000;
-/// Longest lease a backup session may ask for.
-const MAX_LEASE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Shortest lease a session gets (a request for less is raised to it).
+const MIN_LEASE: Duration = Duration::from_secs(1);
+/// Nodes one AllocatePack may exclude.
+const MAX_EXCLUDE: usize = 1_024;
+/// What a bad-shard reason may add to the leader's log.
+const MAX_REASON_BYTES: usize = 1_024;
 
 pub struct CatalogService {
     node: Arc<MetaNode>,
@@ -97,6 +100,7 @@ impl Catalog for CatalogService {
         if r.addr.is_empty() {
             return Err(Status::invalid_argument("addr is empty"));
         }
+        check_bytes("addr", r.addr.len(), limits::MAX_ADDR_BYTES)?;
         let node = NodeRecord {
             id: NodeId(r.id),
             site,
@@ -244,7 +248,14 @@ impl Catalog for CatalogService {
         let r = req.into_inner();
         let repo = repo_name("repo", r.repo)?;
         let id = session_id(&r.session_id)?;
-        let lease = Duration::from_millis(r.lease_ms).clamp(Duration::from_secs(1), MAX_LEASE);
+        if r.lease_ms > limits::MAX_LEASE_MS {
+            return Err(Status::invalid_argument(format!(
+                "lease_ms: {} ms is longer than the longest lease, {} ms",
+                r.lease_ms,
+                limits::MAX_LEASE_MS
+            )));
+        }
+        let lease = Duration::from_millis(r.lease_ms).max(MIN_LEASE);
         let started_ms = now_ms();
         let session = SessionRecord { id, repo, started_ms, lease_until_ms: started_ms + lease.as_millis() as u64 };
         let lease_until_ms = session.lease_until_ms;
@@ -267,12 +278,7 @@ impl Catalog for CatalogService {
     ) -> Result<Response<pb::LookupChunksResponse>, Status> {
         let r = req.into_inner();
         let repo = repo_name("repo", r.repo)?;
-        if r.chunk_ids.len() > MAX_LOOKUP {
-            return Err(Status::invalid_argument(format!(
-                "{} chunk ids in one lookup; at most {MAX_LOOKUP}",
-                r.chunk_ids.len()
-            )));
-        }
+        check_count("chunk_ids", r.chunk_ids.len(), limits::MAX_LOOKUP_IDS)?;
         let ids = ids_from_bytes("chunk_ids", &r.chunk_ids, ChunkId::from_slice)?;
         self.read_barrier().await?;
         let mut found = Vec::new();
@@ -296,6 +302,7 @@ impl Catalog for CatalogService {
     ) -> Result<Response<pb::AllocatePackResponse>, Status> {
         let r = req.into_inner();
         let repo = repo_name("repo", r.repo)?;
+        check_count("exclude", r.exclude.len(), MAX_EXCLUDE)?;
         self.read_barrier().await?;
         let record = self.repo(&repo)?;
         let params = record.params;
@@ -368,6 +375,7 @@ impl Catalog for CatalogService {
     ) -> Result<Response<pb::CommitPackResponse>, Status> {
         let r = req.into_inner();
         let session = session_id(&r.session_id)?;
+        check_count("chunks", r.chunks.len(), limits::MAX_COMMIT_CHUNKS)?;
         let pack = PackRecord::try_from(r.pack.ok_or_else(|| Status::invalid_argument("pack is missing"))?)?;
         let mut chunks = r.chunks.iter().map(location_from_pb).collect::<Result<Vec<_>, _>>()?;
         // Raft entries stay small: the pack goes with the first batch of its
@@ -418,10 +426,19 @@ impl Catalog for CatalogService {
     ) -> Result<Response<pb::ReportBadShardsResponse>, Status> {
         let r = req.into_inner();
         let node = NodeId(r.node);
+        check_count("shards", r.shards.len(), limits::MAX_BAD_SHARD_REPORTS)?;
+        // Every report is checked before the first one is written.
+        let mut reports = Vec::with_capacity(r.shards.len());
         for b in r.shards {
             let pack = PackId::from_slice(&b.pack_id).map_err(|e| Status::invalid_argument(format!("pack_id: {e}")))?;
-            let index = u8::try_from(b.index).map_err(|_| Status::invalid_argument("shard index out of range"))?;
-            tracing::warn!(%pack, index, %node, reason = %b.reason, "bad shard reported");
+            let index = u8::try_from(b.index)
+                .ok()
+                .filter(|i| u32::from(*i) < coffer_types::MAX_SHARDS)
+                .ok_or_else(|| Status::invalid_argument(format!("index: shard index {} out of range", b.index)))?;
+            reports.push((pack, index, truncated(b.reason, MAX_REASON_BYTES)));
+        }
+        for (pack, index, reason) in reports {
+            tracing::warn!(%pack, index, %node, reason = %reason, "bad shard reported");
             let cmd = Command::MarkBadShard { pack, index: coffer_types::ShardIndex(index), node, time_ms: now_ms() };
             match self.write(cmd).await {
                 // A pack that is gone, or a shard already moved: nothing to repair.
@@ -470,10 +487,9 @@ impl Catalog for CatalogService {
     }
 
     async fn get_packs(&self, req: Request<pb::GetPacksRequest>) -> Result<Response<pb::GetPacksResponse>, Status> {
-        let ids = ids_from_bytes("pack_ids", &req.into_inner().pack_ids, PackId::from_slice)?;
-        if ids.len() > MAX_LOOKUP {
-            return Err(Status::invalid_argument(format!("{} pack ids in one call; at most {MAX_LOOKUP}", ids.len())));
-        }
+        let raw = req.into_inner().pack_ids;
+        check_count("pack_ids", raw.len(), limits::MAX_GET_PACKS)?;
+        let ids = ids_from_bytes("pack_ids", &raw, PackId::from_slice)?;
         self.read_barrier().await?;
         let mut packs = Vec::new();
         let mut wanted = std::collections::BTreeSet::new();
@@ -498,17 +514,23 @@ fn reported_workers(id: NodeId, mut workers: Vec<pb::WorkerStatus>) -> Vec<pb::W
     for w in &mut workers {
         w.node = id.to_string();
         for text in [&mut w.name, &mut w.state, &mut w.last_error] {
-            if text.len() > MAX_TEXT {
-                let mut end = MAX_TEXT;
-                while !text.is_char_boundary(end) {
-                    end -= 1;
-                }
-                text.truncate(end);
-            }
+            *text = truncated(std::mem::take(text), MAX_TEXT);
         }
         if w.progress.len() > MAX_WORKERS {
             w.progress = w.progress.drain().take(MAX_WORKERS).collect();
         }
     }
     workers
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn truncated(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }

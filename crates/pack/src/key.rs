@@ -201,42 +201,61 @@ impl RepoKey {
     /// beyond the bounds above.
     pub fn unwrap(slot: &[u8], password: &[u8]) -> Result<RepoKey, PackError> {
         let bad = |reason: String| PackError::BadFormat { what: WHAT_SLOT, reason };
-        let mut take = Take::new(slot);
-        let magic = take.array::<4>().ok_or_else(|| bad(format!("{} bytes is too short", slot.len())))?;
-        if magic != SLOT_MAGIC {
-            return Err(bad("bad magic".into()));
-        }
-        let version = take.u8().ok_or_else(|| bad("truncated before the version".into()))?;
-        if version != SLOT_VERSION {
-            return Err(PackError::UnsupportedVersion { what: WHAT_SLOT, version });
-        }
-        if slot.len() != KEY_SLOT_LEN {
-            return Err(bad(format!("expected {KEY_SLOT_LEN} bytes, got {}", slot.len())));
-        }
-        let truncated = || bad("truncated".into());
-        let kdf = take.u8().ok_or_else(truncated)?;
-        if kdf != KDF_ARGON2ID {
-            return Err(bad(format!("unknown kdf id {kdf}")));
-        }
-        let params = KdfParams {
-            m_cost_kib: take.u32_le().ok_or_else(truncated)?,
-            t_cost: take.u32_le().ok_or_else(truncated)?,
-            p_cost: take.u32_le().ok_or_else(truncated)?,
-        };
-        let salt = take.array::<SALT_LEN>().ok_or_else(truncated)?;
-        let nonce = take.array::<NONCE_LEN>().ok_or_else(truncated)?;
-        let (header, body) = slot.split_at_checked(SLOT_HEADER_LEN).ok_or_else(truncated)?;
-
-        // The bounds are checked before argon2 runs, so a hostile slot never
-        // gets to allocate.
-        let wrapping = params.derive(password, salt).map_err(bad)?;
-        let mut sealed = body.to_vec();
+        let parsed = parse_slot(slot)?;
+        let wrapping = parsed.params.derive(password, parsed.salt).map_err(bad)?;
+        let mut sealed = parsed.body.to_vec();
         let master = aead_key(&wrapping)
-            .open_in_place(Nonce::assume_unique_for_key(*nonce), Aad::from(header), &mut sealed)
+            .open_in_place(Nonce::assume_unique_for_key(*parsed.nonce), Aad::from(parsed.header), &mut sealed)
             .map_err(|_| PackError::WrongPassword)?;
         let master: [u8; KEY_LEN] = (&*master).try_into().map_err(|_| bad("master key has the wrong length".into()))?;
         Ok(Self::from_master(master))
     }
+}
+
+/// A key slot's fields, checked, before any KDF work.
+pub(crate) struct ParsedSlot<'a> {
+    pub(crate) params: KdfParams,
+    salt: &'a [u8; SALT_LEN],
+    nonce: &'a [u8; NONCE_LEN],
+    /// The authenticated header and the sealed master key with its tag.
+    header: &'a [u8],
+    body: &'a [u8],
+}
+
+/// Parses a slot and checks its KDF parameters against the bounds, without
+/// running the KDF: everything a hostile slot can reach before a password
+/// is tried.
+pub(crate) fn parse_slot(slot: &[u8]) -> Result<ParsedSlot<'_>, PackError> {
+    let bad = |reason: String| PackError::BadFormat { what: WHAT_SLOT, reason };
+    let mut take = Take::new(slot);
+    let magic = take.array::<4>().ok_or_else(|| bad(format!("{} bytes is too short", slot.len())))?;
+    if magic != SLOT_MAGIC {
+        return Err(bad("bad magic".into()));
+    }
+    let version = take.u8().ok_or_else(|| bad("truncated before the version".into()))?;
+    if version != SLOT_VERSION {
+        return Err(PackError::UnsupportedVersion { what: WHAT_SLOT, version });
+    }
+    if slot.len() != KEY_SLOT_LEN {
+        return Err(bad(format!("expected {KEY_SLOT_LEN} bytes, got {}", slot.len())));
+    }
+    let truncated = || bad("truncated".into());
+    let kdf = take.u8().ok_or_else(truncated)?;
+    if kdf != KDF_ARGON2ID {
+        return Err(bad(format!("unknown kdf id {kdf}")));
+    }
+    let params = KdfParams {
+        m_cost_kib: take.u32_le().ok_or_else(truncated)?,
+        t_cost: take.u32_le().ok_or_else(truncated)?,
+        p_cost: take.u32_le().ok_or_else(truncated)?,
+    };
+    let salt = take.array::<SALT_LEN>().ok_or_else(truncated)?;
+    let nonce = take.array::<NONCE_LEN>().ok_or_else(truncated)?;
+    let (header, body) = slot.split_at_checked(SLOT_HEADER_LEN).ok_or_else(truncated)?;
+    // The bounds are checked before argon2 runs, so a hostile slot never
+    // gets to allocate.
+    params.to_argon2().map_err(bad)?;
+    Ok(ParsedSlot { params, salt, nonce, header, body })
 }
 
 /// An AES-256-GCM key. The length is fixed by the type, which is the only

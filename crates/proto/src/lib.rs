@@ -19,5 +19,10 @@ pub use convert::{
 /// The gRPC metadata key through which a follower names the leader.
 pub const LEADER_HINT_KEY: &str = "coffer-leader";
 
-/// Messages may carry a 1 MiB frame plus framing, or a large catalog answer.
+/// The largest message any coffer service takes or sends: a list answer
+/// (ListSnapshots, ListShards, ClusterStatus) of a large cluster. Every
+/// service has tighter limits below, sized to what its calls carry; this one
+/// bounds only the answers that are not paginated.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+pub mod limits;
