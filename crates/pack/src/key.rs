@@ -124,7 +124,7 @@ impl fmt::Debug for RepoKey {
 }
 
 impl RepoKey {
-    fn from_master(master: [u8; KEY_LEN]) -> Self {
+    pub(crate) fn from_master(master: [u8; KEY_LEN]) -> Self {
         Self {
             master,
             id_key: blake3::derive_key("coffer v1 chunk id", &master),

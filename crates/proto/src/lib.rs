@@ -11,6 +11,7 @@ pub mod pb {
 }
 
 mod convert;
+pub mod fuzzing;
 
 pub use convert::{
     ids_from_bytes, location_from_pb, location_to_pb, node_to_pb, params_from_pb, worker_to_pb, ProtoError,
