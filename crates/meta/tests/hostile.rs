@@ -158,7 +158,7 @@ async fn hostile_requests_are_refused_and_the_node_keeps_serving() {
         }),
     };
     refused("too many tags", c.commit_snapshot(snapshot(65, 1)).await, ia, &["snapshot.tags", "64"]);
-    refused("a huge path", c.commit_snapshot(snapshot(1, 100_000)).await, ia, &["snapshot.path", "4096"]);
+    refused("a huge path", c.commit_snapshot(snapshot(1, 100_000)).await, ia, &["snapshot.path", "65536"]);
 
     let report = pb::BadShardReport { pack_id: vec![1; 16], index: 0, reason: String::new() };
     refused(

@@ -32,7 +32,8 @@ pub const MAX_KEY_SLOTS: usize = 64;
 pub const MAX_KEY_SLOT_BYTES: usize = 4096;
 /// A snapshot's host, path, tags: text the catalog keeps for ever.
 pub const MAX_HOST_BYTES: usize = 255;
-pub const MAX_PATH_BYTES: usize = 4096;
+/// (The path is every backed-up path, comma-joined.)
+pub const MAX_PATH_BYTES: usize = 64 << 10;
 pub const MAX_TAGS: usize = 64;
 pub const MAX_TAG_BYTES: usize = 256;
 /// A node's or member's advertised address, and its site's name.
