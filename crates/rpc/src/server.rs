@@ -122,7 +122,7 @@ impl Server {
         let mut server = tonic::transport::Server::builder()
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
             .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
-            .timeout(self.deadline)
+            .timeout(self.deadline.max(timeouts::SERVER_CALL))
             .http2_keepalive_interval(Some(timeouts::KEEP_ALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(timeouts::KEEP_ALIVE_TIMEOUT))
             .tcp_keepalive(Some(timeouts::KEEP_ALIVE_INTERVAL));
