@@ -1,6 +1,6 @@
 //! What one message, one batch and one client-supplied value may be, per
-//! service. A peer that sends more gets RESOURCE_EXHAUSTED (message size,
-//! from tonic) or INVALID_ARGUMENT naming the field and the bound (the
+//! service. A peer that sends more gets OUT_OF_RANGE (message size, from
+//! tonic's length-prefix check) or INVALID_ARGUMENT naming the field and the bound (the
 //! checks at the service edges and in the pb → types conversions), before
 //! anything of the claimed size is allocated.
 //!
