@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build test lint fmt demo tools clean bench microbench
+.PHONY: all build test lint fmt demo tools clean bench microbench fuzz fuzz-tools fuzz-cmin
 
 all: build
 
@@ -46,6 +46,28 @@ bench:
 # Single-threaded throughput of the hot paths next to the crates they wrap.
 microbench:
 	$(CARGO) bench --locked -p coffer-bench
+
+# Fuzzing (nightly, libFuzzer through cargo-fuzz): each target of fuzz/
+# for FUZZ_S seconds, growing its corpus in fuzz/corpus/<target>/, which
+# `make test` replays on stable (tests/corpus.rs). A crash leaves its input
+# in fuzz/artifacts/<target>/ and stops the run. `make fuzz-cmin` minimises
+# the corpora before they are committed.
+FUZZ_S ?= 60
+FUZZ_TARGETS = shard_header shard_file blob key_slot refs tree raft_codec pb_conversions
+
+fuzz-tools:
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@cargo +nightly fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+
+fuzz: fuzz-tools
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus/$$t && \
+		echo "== fuzz $$t for $(FUZZ_S) s" && \
+		cargo +nightly fuzz run $$t fuzz/corpus/$$t -- -max_total_time=$(FUZZ_S) -rss_limit_mb=2048 -max_len=1048576 || exit 1; \
+	done
+
+fuzz-cmin: fuzz-tools
+	@for t in $(FUZZ_TARGETS); do cargo +nightly fuzz cmin $$t fuzz/corpus/$$t || exit 1; done
 
 clean:
 	$(CARGO) clean

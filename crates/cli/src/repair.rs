@@ -83,7 +83,7 @@ pub async fn scrub(g: &Global) -> Result<()> {
     for n in nodes.iter().filter(|n| n.state == "up") {
         let mut c = shard_client(&n.addr)?;
         let mut req = tonic::Request::new(pb::ScrubRequest {});
-        req.set_timeout(Duration::from_secs(3600));
+        req.set_timeout(coffer_rpc::timeouts::SCRUB);
         let r = c.scrub(req).await.map(|r| r.into_inner()).map_err(|s| s.message().to_string());
         rows.push((n.clone(), r));
     }

@@ -61,7 +61,7 @@ pub struct BackupOptions {
     pub hold_until_ms: Option<u64>,
     pub progress: Option<ProgressFn>,
     /// The session lease to ask for (default an hour; the metadata plane
-    /// grants at least a second). It is renewed every third of it, and a
+    /// grants at least a second and at most a week). It is renewed every third of it, and a
     /// failed renewal aborts the backup before its snapshot is committed.
     pub session_lease: Option<Duration>,
 }
@@ -186,6 +186,7 @@ impl Repository {
         opts: BackupOptions,
         producer: Producer,
     ) -> Result<BackupSummary, ClientError> {
+        check_record_text(&source, &opts.tags)?;
         let started = Instant::now();
         let start_ms = now_ms();
         // The session opens before the parent is chosen: garbage collection
@@ -570,6 +571,30 @@ impl coffer_worker::Worker for LeaseRenewal {
     }
 }
 
+/// The snapshot's text within what the catalog accepts, checked before
+/// anything is uploaded rather than refused at the commit.
+fn check_record_text(source: &Source, tags: &[String]) -> Result<(), ClientError> {
+    use coffer_proto::limits::{MAX_HOST_BYTES, MAX_PATH_BYTES, MAX_TAGS, MAX_TAG_BYTES};
+    let too_long = |what: &str, len: usize, max: usize| ClientError::BadSource {
+        reason: format!("the {what} is {len} bytes; the catalog keeps at most {max}"),
+    };
+    if source.host.len() > MAX_HOST_BYTES {
+        return Err(too_long("host name", source.host.len(), MAX_HOST_BYTES));
+    }
+    if source.path.len() > MAX_PATH_BYTES {
+        return Err(too_long("source path list", source.path.len(), MAX_PATH_BYTES));
+    }
+    if tags.len() > MAX_TAGS {
+        return Err(ClientError::BadSource {
+            reason: format!("{} tags; a snapshot keeps at most {MAX_TAGS}", tags.len()),
+        });
+    }
+    if let Some(t) = tags.iter().find(|t| t.len() > MAX_TAG_BYTES) {
+        return Err(too_long("tag", t.len(), MAX_TAG_BYTES));
+    }
+    Ok(())
+}
+
 /// Begins (or renews) `session` with a lease of `lease`.
 pub(crate) async fn begin_session(
     meta: &coffer_rpc::MetaClient,
@@ -580,7 +605,8 @@ pub(crate) async fn begin_session(
     let req = pb::BeginSessionRequest {
         repo: repo.to_string(),
         session_id: session.0.to_vec(),
-        lease_ms: lease.as_millis() as u64,
+        // The metadata plane refuses a lease longer than its bound.
+        lease_ms: (lease.as_millis() as u64).min(coffer_proto::limits::MAX_LEASE_MS),
     };
     meta.call("BeginSession", |mut c| {
         let req = req.clone();

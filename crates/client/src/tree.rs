@@ -233,6 +233,17 @@ impl Tree {
     }
 }
 
+/// The entry point of the `tree` fuzz target in `fuzz/` and of the replay
+/// of its corpus in `make test` (`tests/corpus.rs`): `Tree::decode` on
+/// arbitrary bytes, which must never panic, and whatever it accepts must
+/// encode back to the same bytes.
+pub fn fuzz_decode(data: &[u8]) {
+    if let Ok(tree) = Tree::decode(data) {
+        let again = tree.encode().unwrap_or_else(|e| panic!("a decoded tree does not encode: {e}"));
+        assert_eq!(again, data, "a decoded tree re-encodes to its bytes");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

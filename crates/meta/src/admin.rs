@@ -70,6 +70,8 @@ impl Admin for AdminService {
         if r.addr.is_empty() {
             return Err(Status::invalid_argument("addr is empty"));
         }
+        coffer_proto::limits::check_bytes("addr", r.addr.len(), coffer_proto::limits::MAX_ADDR_BYTES)?;
+        coffer_proto::limits::check_bytes("site", r.site.len(), coffer_proto::limits::MAX_SITE_BYTES)?;
         self.require_leader()?;
         let info = MetaNodeInfo { addr: r.addr.clone(), site: r.site.clone() };
         let membership = self.node.raft.metrics().borrow().membership_config.membership().clone();

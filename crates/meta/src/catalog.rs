@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coffer_placement::{Candidate, Policy};
+use coffer_proto::limits::{self, check_bytes, check_count};
 use coffer_proto::pb::catalog_server::Catalog;
 use coffer_proto::pb::{self};
 use coffer_proto::{ids_from_bytes, location_from_pb, location_to_pb, node_to_pb};
@@ -30,16 +31,17 @@ use crate::kv;
 use crate::liveness::Usage;
 use crate::node::{now_ms, MetaNode};
 use crate::MetaError;
+// The most key slots a repository may have, and the largest one: a
+// version-2 slot holding the most epochs the pack format allows is under
+// 10 KiB, so the record stays small enough for one Raft entry.
+use coffer_proto::limits::{MAX_KEY_SLOTS, MAX_KEY_SLOT_BYTES};
 
-/// At most this many chunk ids per lookup.
-const MAX_LOOKUP: usize = 10_000;
-/// The most key slots a repository may have, and the largest one. A
-/// version-2 slot holding the most epochs the pack format allows is under
-/// 10 KiB, so the record stays small enough for one Raft entry.
-const MAX_KEY_SLOTS: usize = 16;
-const MAX_KEY_SLOT_BYTES: usize = 16 * 1024;
-/// Longest lease a backup session may ask for.
-const MAX_LEASE: Duration = coffer_types::MAX_SESSION_LEASE;
+/// Shortest lease a session gets (a request for less is raised to it).
+const MIN_LEASE: Duration = Duration::from_secs(1);
+/// Nodes one AllocatePack may exclude.
+const MAX_EXCLUDE: usize = 1_024;
+/// What a bad-shard reason may add to the leader's log.
+const MAX_REASON_BYTES: usize = 1_024;
 
 pub struct CatalogService {
     node: Arc<MetaNode>,
@@ -115,6 +117,7 @@ impl Catalog for CatalogService {
         if r.addr.is_empty() {
             return Err(Status::invalid_argument("addr is empty"));
         }
+        check_bytes("addr", r.addr.len(), limits::MAX_ADDR_BYTES)?;
         let node = NodeRecord {
             id: NodeId(r.id),
             site,
@@ -278,7 +281,14 @@ impl Catalog for CatalogService {
         self.node.authorize(&req, Rpc::BeginSession, Some(&repo))?;
         let r = req.into_inner();
         let id = session_id(&r.session_id)?;
-        let lease = Duration::from_millis(r.lease_ms).clamp(Duration::from_secs(1), MAX_LEASE);
+        if r.lease_ms > limits::MAX_LEASE_MS {
+            return Err(Status::invalid_argument(format!(
+                "lease_ms: {} ms is longer than the longest lease, {} ms",
+                r.lease_ms,
+                limits::MAX_LEASE_MS
+            )));
+        }
+        let lease = Duration::from_millis(r.lease_ms).max(MIN_LEASE);
         let started_ms = now_ms();
         let session = SessionRecord { id, repo, started_ms, lease_until_ms: started_ms + lease.as_millis() as u64 };
         let lease_until_ms = session.lease_until_ms;
@@ -311,12 +321,7 @@ impl Catalog for CatalogService {
         let repo = repo_name("repo", req.get_ref().repo.clone())?;
         self.node.authorize(&req, Rpc::LookupChunks, Some(&repo))?;
         let r = req.into_inner();
-        if r.chunk_ids.len() > MAX_LOOKUP {
-            return Err(Status::invalid_argument(format!(
-                "{} chunk ids in one lookup; at most {MAX_LOOKUP}",
-                r.chunk_ids.len()
-            )));
-        }
+        check_count("chunk_ids", r.chunk_ids.len(), limits::MAX_LOOKUP_IDS)?;
         let ids = ids_from_bytes("chunk_ids", &r.chunk_ids, ChunkId::from_slice)?;
         self.read_barrier().await?;
         let mut found = Vec::new();
@@ -341,6 +346,7 @@ impl Catalog for CatalogService {
         let repo = repo_name("repo", req.get_ref().repo.clone())?;
         self.node.authorize(&req, Rpc::AllocatePack, Some(&repo))?;
         let r = req.into_inner();
+        check_count("exclude", r.exclude.len(), MAX_EXCLUDE)?;
         self.read_barrier().await?;
         let record = self.repo(&repo)?;
         let params = record.params;
@@ -415,6 +421,7 @@ impl Catalog for CatalogService {
         self.node.authorize(&req, Rpc::CommitPack, Some(&repo))?;
         let r = req.into_inner();
         let session = session_id(&r.session_id)?;
+        check_count("chunks", r.chunks.len(), limits::MAX_COMMIT_CHUNKS)?;
         let pack = PackRecord::try_from(r.pack.ok_or_else(|| Status::invalid_argument("pack is missing"))?)?;
         let mut chunks = r.chunks.iter().map(location_from_pb).collect::<Result<Vec<_>, _>>()?;
         // Raft entries stay small: the pack goes with the first batch of its
@@ -480,10 +487,19 @@ impl Catalog for CatalogService {
         self.node.authorize(&req, Rpc::ReportBadShards, None)?;
         let r = req.into_inner();
         let node = NodeId(r.node);
+        check_count("shards", r.shards.len(), limits::MAX_BAD_SHARD_REPORTS)?;
+        // Every report is checked before the first one is written.
+        let mut reports = Vec::with_capacity(r.shards.len());
         for b in r.shards {
             let pack = PackId::from_slice(&b.pack_id).map_err(|e| Status::invalid_argument(format!("pack_id: {e}")))?;
-            let index = u8::try_from(b.index).map_err(|_| Status::invalid_argument("shard index out of range"))?;
-            tracing::warn!(%pack, index, %node, reason = %b.reason, "bad shard reported");
+            let index = u8::try_from(b.index)
+                .ok()
+                .filter(|i| u32::from(*i) < coffer_types::MAX_SHARDS)
+                .ok_or_else(|| Status::invalid_argument(format!("index: shard index {} out of range", b.index)))?;
+            reports.push((pack, index, truncated(b.reason, MAX_REASON_BYTES)));
+        }
+        for (pack, index, reason) in reports {
+            tracing::warn!(%pack, index, %node, reason = %reason, "bad shard reported");
             let cmd = Command::MarkBadShard { pack, index: coffer_types::ShardIndex(index), node, time_ms: now_ms() };
             match self.write(cmd).await {
                 // A pack that is gone, or a shard already moved: nothing to repair.
@@ -536,10 +552,9 @@ impl Catalog for CatalogService {
     }
 
     async fn get_packs(&self, req: Request<pb::GetPacksRequest>) -> Result<Response<pb::GetPacksResponse>, Status> {
-        let ids = ids_from_bytes("pack_ids", &req.get_ref().pack_ids, PackId::from_slice)?;
-        if ids.len() > MAX_LOOKUP {
-            return Err(Status::invalid_argument(format!("{} pack ids in one call; at most {MAX_LOOKUP}", ids.len())));
-        }
+        let raw = &req.get_ref().pack_ids;
+        check_count("pack_ids", raw.len(), limits::MAX_GET_PACKS)?;
+        let ids = ids_from_bytes("pack_ids", raw, PackId::from_slice)?;
         let who = self.node.authenticate(&req, Rpc::GetPacks { data: false })?;
         self.read_barrier().await?;
         let mut packs = Vec::new();
@@ -684,19 +699,25 @@ fn reported_workers(id: NodeId, mut workers: Vec<pb::WorkerStatus>) -> Vec<pb::W
     for w in &mut workers {
         w.node = id.to_string();
         for text in [&mut w.name, &mut w.state, &mut w.last_error] {
-            if text.len() > MAX_TEXT {
-                let mut end = MAX_TEXT;
-                while !text.is_char_boundary(end) {
-                    end -= 1;
-                }
-                text.truncate(end);
-            }
+            *text = truncated(std::mem::take(text), MAX_TEXT);
         }
         if w.progress.len() > MAX_WORKERS {
             w.progress = w.progress.drain().take(MAX_WORKERS).collect();
         }
     }
     workers
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn truncated(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
 #[cfg(test)]

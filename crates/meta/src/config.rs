@@ -93,6 +93,15 @@ impl MetaConfig {
         if self.down_after < self.suspect_after {
             return Err(MetaError::Config("--down-after must not be shorter than --suspect-after".into()));
         }
+        // Storage nodes refuse a slower rebuild (it would stall their shared
+        // rate limiter), so every rebuild would fail.
+        let min = coffer_proto::limits::MIN_REBUILD_BANDWIDTH;
+        if self.repair.bandwidth != 0 && self.repair.bandwidth < min {
+            return Err(MetaError::Config(format!(
+                "--rebuild-bandwidth {} is below the slowest rebuild a storage node accepts, {min} bytes/s (0: unlimited)",
+                self.repair.bandwidth
+            )));
+        }
         Ok(())
     }
 
@@ -111,5 +120,22 @@ impl MetaConfig {
             ..Default::default()
         };
         c.validate().map_err(|e| MetaError::Config(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rebuild_bandwidth_storage_nodes_refuse_is_refused_at_start() {
+        let mut c = MetaConfig::new(MetaId(1), PathBuf::from("/nonexistent"), "127.0.0.1:1".into());
+        for ok in [0, coffer_proto::limits::MIN_REBUILD_BANDWIDTH, 100 << 20] {
+            c.repair.bandwidth = ok;
+            assert!(c.validate().is_ok(), "{ok}");
+        }
+        c.repair.bandwidth = 1000;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("--rebuild-bandwidth 1000"), "{e}");
     }
 }

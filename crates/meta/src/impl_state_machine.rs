@@ -40,7 +40,7 @@ const KEY_CURRENT_SNAPSHOT: &[u8] = b"current";
 
 /// A state-machine snapshot as it travels and rests: versioned key/values.
 #[derive(Serialize, Deserialize)]
-struct SnapshotBody {
+pub(crate) struct SnapshotBody {
     format: u32,
     schema: u32,
     pairs: Vec<(Vec<u8>, Vec<u8>)>,

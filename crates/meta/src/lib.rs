@@ -21,6 +21,7 @@ mod codec;
 pub mod command;
 mod config;
 mod error;
+pub mod fuzzing;
 mod gc;
 mod impl_log_store;
 mod impl_state_machine;

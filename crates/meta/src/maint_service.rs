@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use coffer_proto::limits::check_count;
 use coffer_proto::pb::maintenance_server::Maintenance;
 use coffer_proto::pb::{self};
 use coffer_proto::{ids_from_bytes, location_from_pb, location_to_pb};
@@ -65,12 +66,7 @@ impl Maintenance for MaintenanceService {
         let repo = repo_name(req.get_ref().repo.clone())?;
         let who = self.node.authorize(&req, Rpc::Forget, Some(&repo))?;
         let r = req.into_inner();
-        if r.snapshot_ids.len() > MAX_FORGET {
-            return Err(Status::invalid_argument(format!(
-                "{} snapshots in one forget; at most {MAX_FORGET}",
-                r.snapshot_ids.len()
-            )));
-        }
+        check_count("snapshot_ids", r.snapshot_ids.len(), MAX_FORGET)?;
         let snapshots = ids_from_bytes("snapshot_ids", &r.snapshot_ids, SnapshotId::from_slice)?;
         let count = snapshots.len() as u64;
         tracing::info!(%repo, count, "forget snapshots");
@@ -112,9 +108,8 @@ impl Maintenance for MaintenanceService {
         let repo = repo_name(req.get_ref().repo.clone())?;
         self.node.authorize(&req, Rpc::Condemn, Some(&repo))?;
         let r = req.into_inner();
-        if r.chunk_ids.len() > MAX_CHUNKS_PER_COMMAND || r.marked_from.len() > MAX_FORGET {
-            return Err(Status::invalid_argument("too many ids in one condemn"));
-        }
+        check_count("chunk_ids", r.chunk_ids.len(), MAX_CHUNKS_PER_COMMAND)?;
+        check_count("marked_from", r.marked_from.len(), MAX_FORGET)?;
         let chunks = ids_from_bytes("chunk_ids", &r.chunk_ids, ChunkId::from_slice)?;
         let marked_from = ids_from_bytes("marked_from", &r.marked_from, SnapshotId::from_slice)?;
         tracing::info!(%repo, chunks = chunks.len(), "condemn unreferenced chunks");
@@ -126,9 +121,7 @@ impl Maintenance for MaintenanceService {
         let repo = repo_name(req.get_ref().repo.clone())?;
         self.node.authorize(&req, Rpc::Sweep, Some(&repo))?;
         let r = req.into_inner();
-        if r.chunk_ids.len() > MAX_CHUNKS_PER_COMMAND {
-            return Err(Status::invalid_argument("too many chunk ids in one sweep"));
-        }
+        check_count("chunk_ids", r.chunk_ids.len(), MAX_CHUNKS_PER_COMMAND)?;
         let chunks = ids_from_bytes("chunk_ids", &r.chunk_ids, ChunkId::from_slice)?;
         self.write(Command::Sweep { repo, chunks }).await?;
         Ok(Response::new(pb::SweepResponse {}))
@@ -138,9 +131,7 @@ impl Maintenance for MaintenanceService {
         let repo = repo_name(req.get_ref().repo.clone())?;
         self.node.authorize(&req, Rpc::DropPacks, Some(&repo))?;
         let r = req.into_inner();
-        if r.pack_ids.len() > MAX_CHUNKS_PER_COMMAND {
-            return Err(Status::invalid_argument("too many pack ids in one call"));
-        }
+        check_count("pack_ids", r.pack_ids.len(), MAX_CHUNKS_PER_COMMAND)?;
         let packs = ids_from_bytes("pack_ids", &r.pack_ids, PackId::from_slice)?;
         self.write(Command::DropPacks { repo, packs: packs.clone() }).await?;
         // Applied on this leader: a record now absent was dropped (or never existed).
@@ -159,9 +150,7 @@ impl Maintenance for MaintenanceService {
         let repo = repo_name(req.get_ref().repo.clone())?;
         self.node.authorize(&req, Rpc::Relocate, Some(&repo))?;
         let r = req.into_inner();
-        if r.chunks.len() > MAX_CHUNKS_PER_COMMAND {
-            return Err(Status::invalid_argument("too many chunks in one relocation"));
-        }
+        check_count("chunks", r.chunks.len(), MAX_CHUNKS_PER_COMMAND)?;
         let from = PackId::from_slice(&r.from_pack).map_err(|e| Status::invalid_argument(format!("from_pack: {e}")))?;
         let chunks = r.chunks.iter().map(location_from_pb).collect::<Result<Vec<_>, _>>()?;
         self.write(Command::Relocate { repo, from, chunks }).await?;

@@ -181,7 +181,15 @@ impl MetaNode {
     /// `Rejected`, a follower answers `NotLeader` (which becomes a leader hint).
     pub(crate) async fn raft_write(&self, cmd: Command) -> Result<CommandResult, MetaError> {
         let command = cmd.name();
-        match self.raft.client_write(cmd).await {
+        let wait = coffer_rpc::timeouts::SERVER_RAFT_WAIT;
+        let Ok(written) = tokio::time::timeout(wait, self.raft.client_write(cmd)).await else {
+            tracing::warn!(command, "raft write not applied in time");
+            return Err(MetaError::RaftWrite {
+                command,
+                reason: format!("not applied within {wait:?} (it may still be; retrying is safe)"),
+            });
+        };
+        match written {
             Ok(resp) => match resp.data {
                 CommandResult::Rejected(why) => Err(MetaError::Rejected(why)),
                 other => Ok(other),
@@ -198,7 +206,11 @@ impl MetaNode {
 
     /// Makes the next reads linearizable, or sends the caller to the leader.
     pub(crate) async fn read_barrier(&self) -> Result<(), MetaError> {
-        match self.raft.ensure_linearizable().await {
+        let wait = coffer_rpc::timeouts::SERVER_RAFT_WAIT;
+        let Ok(checked) = tokio::time::timeout(wait, self.raft.ensure_linearizable()).await else {
+            return Err(MetaError::ReadBarrier { reason: format!("no quorum confirmed leadership within {wait:?}") });
+        };
+        match checked {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                 Err(MetaError::not_leader(f.leader_id, f.leader_node.map(|n| n.addr)))

@@ -168,6 +168,28 @@ impl RepoKey {
         }
         Ok(plaintext)
     }
+
+    /// A blob with the given flags byte and payload, sealed under the
+    /// current epoch's key with an all-zero salt: for the fuzz targets, which
+    /// need to reach what `open` does after authentication (flag checks,
+    /// decompression, the id check) with payloads `seal` would never make.
+    pub(crate) fn seal_raw(&self, id: &ChunkId, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let salt = [0u8; SALT_LEN];
+        let epoch = self.current_enc_key();
+        let header = encode_header(flags, epoch.epoch, &salt);
+        let mut sealed = payload.to_vec();
+        let Ok(tag) = aead_key(&blob_key(&epoch.key, &salt)).seal_in_place_separate_tag(
+            zero_nonce(),
+            Aad::from(aad(&header, id)),
+            &mut sealed,
+        ) else {
+            return Vec::new();
+        };
+        let mut blob = header.to_vec();
+        blob.extend_from_slice(&sealed);
+        blob.extend_from_slice(tag.as_ref());
+        blob
+    }
 }
 
 /// The key epoch a blob says it was sealed in, from its header alone (no

@@ -18,6 +18,7 @@
 mod blob;
 mod chunking;
 mod error;
+pub mod fuzzing;
 mod key;
 mod refs;
 mod slot;

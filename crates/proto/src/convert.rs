@@ -7,6 +7,7 @@ use coffer_types::{
     TypesError, MAX_SHARD_LEN,
 };
 
+use crate::limits::{self, check_bytes, check_count};
 use crate::pb;
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +72,7 @@ pub fn node_to_pb(n: &NodeRecord, state: &str) -> pb::Node {
 impl TryFrom<pb::Node> for NodeRecord {
     type Error = ProtoError;
     fn try_from(n: pb::Node) -> Result<Self, ProtoError> {
+        check_bytes("node.addr", n.addr.len(), limits::MAX_ADDR_BYTES)?;
         Ok(NodeRecord {
             id: NodeId(n.id),
             site: field("site", SiteId::new(n.site))?,
@@ -96,6 +98,10 @@ impl From<&RepoRecord> for pb::Repo {
 impl TryFrom<pb::Repo> for RepoRecord {
     type Error = ProtoError;
     fn try_from(r: pb::Repo) -> Result<Self, ProtoError> {
+        check_count("repo.key_slots", r.key_slots.len(), limits::MAX_KEY_SLOTS)?;
+        for slot in &r.key_slots {
+            check_bytes("repo.key_slots", slot.len(), limits::MAX_KEY_SLOT_BYTES)?;
+        }
         Ok(RepoRecord {
             name: field("repo.name", RepoName::new(r.name))?,
             params: params_from_pb(r.params)?,
@@ -159,6 +165,12 @@ impl TryFrom<pb::Pack> for PackRecord {
                 index: ShardIndex(i as u8),
                 node: NodeId(s.node),
                 checksum: field("shard.checksum", Hash32::from_slice(&s.checksum))?,
+            });
+        }
+        if p.pack_len > limits::MAX_PACK_LEN {
+            return Err(ProtoError::Bad {
+                field: "pack.pack_len",
+                reason: format!("{} bytes; at most {}", p.pack_len, limits::MAX_PACK_LEN),
             });
         }
         // Bounded, so that `k * shard_len` and every sum of shard bytes
@@ -254,6 +266,12 @@ impl From<&SnapshotRecord> for pb::Snapshot {
 impl TryFrom<pb::Snapshot> for SnapshotRecord {
     type Error = ProtoError;
     fn try_from(s: pb::Snapshot) -> Result<Self, ProtoError> {
+        check_bytes("snapshot.host", s.host.len(), limits::MAX_HOST_BYTES)?;
+        check_bytes("snapshot.path", s.path.len(), limits::MAX_PATH_BYTES)?;
+        check_count("snapshot.tags", s.tags.len(), limits::MAX_TAGS)?;
+        for tag in &s.tags {
+            check_bytes("snapshot.tags", tag.len(), limits::MAX_TAG_BYTES)?;
+        }
         Ok(SnapshotRecord {
             id: field("snapshot.id", SnapshotId::from_slice(&s.id))?,
             repo: field("snapshot.repo", RepoName::new(s.repo))?,

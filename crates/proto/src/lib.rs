@@ -11,6 +11,7 @@ pub mod pb {
 }
 
 mod convert;
+pub mod fuzzing;
 
 pub use convert::{
     ids_from_bytes, location_from_pb, location_to_pb, node_to_pb, params_from_pb, worker_to_pb, ProtoError,
@@ -19,5 +20,10 @@ pub use convert::{
 /// The gRPC metadata key through which a follower names the leader.
 pub const LEADER_HINT_KEY: &str = "coffer-leader";
 
-/// Messages may carry a 1 MiB frame plus framing, or a large catalog answer.
+/// The largest message any coffer service takes or sends: a list answer
+/// (ListSnapshots, ListShards, ClusterStatus) of a large cluster. Every
+/// service has tighter limits below, sized to what its calls carry; this one
+/// bounds only the answers that are not paginated.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+pub mod limits;

@@ -1,5 +1,5 @@
 //! Channels to peers, and the clients of every coffer service on them with
-//! coffer's message limits.
+//! that service's message limits (`coffer_proto::limits`).
 //!
 //! `ChannelConfig` is the one place a `tonic` endpoint is configured: the
 //! connect deadline, keep-alive, `TCP_NODELAY` and an optional deadline for
@@ -10,12 +10,12 @@
 
 use std::time::Duration;
 
+use coffer_proto::limits;
 use coffer_proto::pb::admin_client::AdminClient;
 use coffer_proto::pb::catalog_client::CatalogClient;
 use coffer_proto::pb::maintenance_client::MaintenanceClient;
 use coffer_proto::pb::raft_client::RaftClient;
 use coffer_proto::pb::shard_store_client::ShardStoreClient;
-use coffer_proto::MAX_MESSAGE_BYTES;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::identity::CertRole;
@@ -108,17 +108,20 @@ pub fn channel(addr: &str) -> Result<Channel, RpcError> {
 
 /// A catalog client on `ch`.
 pub fn catalog_client(ch: Channel) -> CatalogClient<Channel> {
-    CatalogClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
+    let l = limits::CATALOG;
+    CatalogClient::new(ch).max_decoding_message_size(l.response).max_encoding_message_size(l.request)
 }
 
 /// A maintenance (retention, collection) client on `ch`.
 pub fn maintenance_client(ch: Channel) -> MaintenanceClient<Channel> {
-    MaintenanceClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
+    let l = limits::MAINTENANCE;
+    MaintenanceClient::new(ch).max_decoding_message_size(l.response).max_encoding_message_size(l.request)
 }
 
 /// A membership and introspection client on `ch`.
 pub fn admin_client(ch: Channel) -> AdminClient<Channel> {
-    AdminClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES)
+    let l = limits::ADMIN;
+    AdminClient::new(ch).max_decoding_message_size(l.response).max_encoding_message_size(l.request)
 }
 
 /// A Raft transport client to the member at `addr`, talking with `security`.
@@ -128,7 +131,8 @@ pub fn raft_client(addr: &str, security: &Security) -> Result<RaftClient<Channel
         .peer_role(CertRole::Meta)
         .connect_timeout(timeouts::RAFT_CONNECT)
         .connect_lazy();
-    Ok(RaftClient::new(ch).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES))
+    let l = limits::RAFT;
+    Ok(RaftClient::new(ch).max_decoding_message_size(l.response).max_encoding_message_size(l.request))
 }
 
 /// A shard-store client for the storage node at `addr`, with the process
@@ -141,7 +145,6 @@ pub fn shard_client(addr: &str) -> Result<ShardStoreClient<Channel>, RpcError> {
 /// `security` (the node must present a storage certificate).
 pub fn shard_client_with(addr: &str, security: &Security) -> Result<ShardStoreClient<Channel>, RpcError> {
     let ch = ChannelConfig::new(addr)?.security(security.clone()).peer_role(CertRole::Storage).connect_lazy();
-    Ok(ShardStoreClient::new(ch)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    let l = limits::SHARD_STORE;
+    Ok(ShardStoreClient::new(ch).max_decoding_message_size(l.response).max_encoding_message_size(l.request))
 }

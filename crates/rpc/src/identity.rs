@@ -235,7 +235,6 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,5 @@
 //! The one way a coffer process serves gRPC: `Server::new()`, the services (`service`)
-//! it carries (each gets coffer's message limits when added), then
+//! it carries (each gets its message limits and call deadline when added), then
 //! `serve(listener, shutdown)`.
 //!
 //! Servers take a bound listener and a shutdown future, so that a caller
@@ -9,20 +9,21 @@
 //! (`crate::policy`) to every service of the cluster.
 
 use std::future::Future;
+use std::time::Duration;
 
+use coffer_proto::limits::{self, MessageLimits};
 use coffer_proto::pb::access_server::{Access, AccessServer};
 use coffer_proto::pb::admin_server::{Admin, AdminServer};
 use coffer_proto::pb::catalog_server::{Catalog, CatalogServer};
 use coffer_proto::pb::maintenance_server::{Maintenance, MaintenanceServer};
 use coffer_proto::pb::raft_server::{Raft, RaftServer};
 use coffer_proto::pb::shard_store_server::{ShardStore, ShardStoreServer};
-use coffer_proto::MAX_MESSAGE_BYTES;
 use tokio::net::TcpListener;
 use tonic::service::RoutesBuilder;
 
 use crate::policy::AuthorizeLayer;
 use crate::tls::{self, Security};
-use crate::RpcError;
+use crate::{timeouts, RpcError};
 
 /// HTTP/2 receive windows for servers that take bulk streams (shard puts).
 /// hyper's defaults (1 MiB per stream and per connection) are smaller than
@@ -36,31 +37,45 @@ const BULK_CONNECTION_WINDOW: u32 = 8 << 20;
 /// 16 KiB): a 1 MiB shard frame arrives in 4 HTTP/2 frames instead of 64.
 const BULK_MAX_FRAME: u32 = 256 << 10;
 
+/// HTTP/2 streams one client connection may have open at once, and calls
+/// of one connection that a server works on at once (the rest wait): a
+/// restoring agent keeps a few dozen reads in flight per node, a peer that
+/// opens thousands only queues.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+pub const CONCURRENCY_PER_CONNECTION: usize = 128;
+
 /// A generated coffer service that a `Server` can carry.
 pub trait RpcService {
-    /// Adds the service, with coffer's message limits, to `routes`.
+    /// Adds the service, with its message limits, to `routes`.
     fn add_to(self, routes: &mut RoutesBuilder);
+    /// The longest any call of the service may run on the server, whatever
+    /// deadline (or none) the caller sent.
+    fn call_deadline(&self) -> Duration;
 }
 
 macro_rules! rpc_service {
-    ($($server:ident: $service:ident),* $(,)?) => {
+    ($($server:ident: $service:ident, $limits:expr, $deadline:expr;)*) => {
         $(impl<T: $service> RpcService for $server<T> {
             fn add_to(self, routes: &mut RoutesBuilder) {
+                let limits: MessageLimits = $limits;
                 routes.add_service(
-                    self.max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES),
+                    self.max_decoding_message_size(limits.request).max_encoding_message_size(limits.response),
                 );
+            }
+            fn call_deadline(&self) -> Duration {
+                $deadline
             }
         })*
     };
 }
 
 rpc_service!(
-    CatalogServer: Catalog,
-    AdminServer: Admin,
-    RaftServer: Raft,
-    MaintenanceServer: Maintenance,
-    ShardStoreServer: ShardStore,
-    AccessServer: Access,
+    CatalogServer: Catalog, limits::CATALOG, timeouts::SERVER_CALL;
+    AdminServer: Admin, limits::ADMIN, timeouts::JOIN_CALL;
+    RaftServer: Raft, limits::RAFT, timeouts::SERVER_CALL;
+    MaintenanceServer: Maintenance, limits::MAINTENANCE, timeouts::SERVER_CALL;
+    ShardStoreServer: ShardStore, limits::SHARD_STORE, timeouts::SCRUB;
+    AccessServer: Access, limits::ADMIN, timeouts::SERVER_CALL;
 );
 
 /// A gRPC server being assembled.
@@ -68,17 +83,28 @@ pub struct Server {
     routes: RoutesBuilder,
     bulk: bool,
     security: Security,
+    /// The longest call deadline of the services added.
+    deadline: Duration,
 }
 
 impl Default for Server {
     fn default() -> Self {
-        Server { routes: RoutesBuilder::default(), bulk: false, security: tls::process_default() }
+        Server {
+            routes: RoutesBuilder::default(),
+            bulk: false,
+            security: tls::process_default(),
+            deadline: Duration::ZERO,
+        }
     }
 }
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server").field("bulk", &self.bulk).field("tls", &self.security.is_tls()).finish_non_exhaustive()
+        f.debug_struct("Server")
+            .field("bulk", &self.bulk)
+            .field("tls", &self.security.is_tls())
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
     }
 }
 
@@ -101,6 +127,7 @@ impl Server {
     }
 
     pub fn service(mut self, service: impl RpcService) -> Self {
+        self.deadline = self.deadline.max(service.call_deadline());
         service.add_to(&mut self.routes);
         self
     }
@@ -112,7 +139,18 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), RpcError> {
-        let mut server = tonic::transport::Server::builder().layer(AuthorizeLayer);
+        // Limits against peers that open streams and never finish them:
+        // bounded streams and work per connection, a deadline on every call
+        // (a caller's shorter grpc-timeout still wins), keep-alive pings that
+        // close connections to vanished peers.
+        let mut server = tonic::transport::Server::builder()
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .concurrency_limit_per_connection(CONCURRENCY_PER_CONNECTION)
+            .timeout(self.deadline.max(timeouts::SERVER_CALL))
+            .http2_keepalive_interval(Some(timeouts::KEEP_ALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(timeouts::KEEP_ALIVE_TIMEOUT))
+            .tcp_keepalive(Some(timeouts::KEEP_ALIVE_INTERVAL))
+            .layer(AuthorizeLayer);
         if self.bulk {
             server = server
                 .initial_stream_window_size(BULK_STREAM_WINDOW)

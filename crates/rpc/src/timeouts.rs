@@ -43,3 +43,18 @@ pub const SHARD_ADMIN: Duration = Duration::from_secs(10);
 /// One rebuild on its target node: k whole-shard reads under the rebuild
 /// bandwidth limit, reconstruction and an fsync.
 pub const REBUILD: Duration = Duration::from_secs(600);
+
+/// A scrub pass of a whole node, started by `coffer scrub`.
+pub const SCRUB: Duration = Duration::from_secs(3600);
+
+/// Server side: the longest a metadata call (catalog, maintenance, Raft)
+/// may run before the server gives up on it, whatever the caller asked.
+pub const SERVER_CALL: Duration = Duration::from_secs(120);
+/// Server side: a Raft write (propose, commit, apply) or a read barrier
+/// that has not completed within this is answered UNAVAILABLE, so that a
+/// request never waits on a stuck quorum for longer. Commands are
+/// idempotent, so the caller's retry is safe even if the write lands later.
+pub const SERVER_RAFT_WAIT: Duration = Duration::from_secs(30);
+/// Server side: the longest a shard put may wait for its client's next
+/// frame; a stream left idle longer is dropped with its temporary file.
+pub const SERVER_FRAME_IDLE: Duration = Duration::from_secs(30);

@@ -13,6 +13,7 @@
 //! plaintext or keys: shard bodies are opaque, already-encrypted bytes.
 
 pub mod error;
+pub mod fuzzing;
 pub mod node;
 pub mod orphans;
 pub mod repair;

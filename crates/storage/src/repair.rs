@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use coffer_erasure::Codec;
-use coffer_proto::pb;
+use coffer_proto::{limits, pb};
 use coffer_rpc::ShardFailure;
 use coffer_types::{ErasureParams, Hash32, PackId, ShardIndex};
 use tokio_stream::StreamExt;
@@ -71,12 +71,16 @@ impl RateLimiter {
     }
 }
 
-/// Reads a whole shard from the node at `addr`, within the rate limit.
+/// Reads a whole shard of `shard_len` bytes from the node at `addr`, within
+/// the rate limit. A source that sends more than `shard_len` is cut off at
+/// the first frame past it, so a rebuild holds at most k shard lengths
+/// (plus one frame) whatever its sources send.
 async fn fetch_shard(
     peers: &coffer_rpc::ShardPool,
     addr: &str,
     pack: PackId,
     index: ShardIndex,
+    shard_len: u64,
     limiter: &RateLimiter,
     bytes_per_s: u64,
 ) -> Result<Vec<u8>, ShardFailure> {
@@ -91,6 +95,10 @@ async fn fetch_shard(
     let mut body = Vec::new();
     while let Some(frame) = stream.next().await {
         let frame = frame.map_err(ShardFailure::status)?;
+        if body.len() as u64 + frame.data.len() as u64 > shard_len {
+            let detail = format!("sends more than the shard's {shard_len} bytes");
+            return Err(ShardFailure::Mismatch { detail });
+        }
         limiter.acquire(frame.data.len() as u64, bytes_per_s).await;
         body.extend_from_slice(&frame.data);
     }
@@ -121,7 +129,34 @@ pub async fn rebuild_shard(
     let index = ShardIndex(req.index as u8);
     let want = Hash32::from_slice(&req.checksum).map_err(|e| bad(format!("checksum: {e}")))?;
     if req.shard_len == 0 || req.shard_len > crate::shard_file::MAX_BODY_LEN {
-        return Err(bad(format!("shard length {} is out of range", req.shard_len)));
+        return Err(bad(format!(
+            "shard_len: {} is out of range (1 to {} bytes)",
+            req.shard_len,
+            crate::shard_file::MAX_BODY_LEN
+        )));
+    }
+    // A rebuild holds k shards at once: no more than the largest pack the
+    // catalog records (k shard lengths are the pack's length rounded up).
+    let k = params.k() as u64;
+    if req.shard_len.saturating_mul(k) > limits::MAX_PACK_LEN + k {
+        return Err(bad(format!(
+            "shard_len: {} bytes times k = {k} is more than the largest pack, {} bytes",
+            req.shard_len,
+            limits::MAX_PACK_LEN
+        )));
+    }
+    if req.bandwidth_bytes_per_s != 0 && req.bandwidth_bytes_per_s < limits::MIN_REBUILD_BANDWIDTH {
+        return Err(bad(format!(
+            "bandwidth_bytes_per_s: {} is below the slowest rebuild rate, {} bytes/s (0: unlimited)",
+            req.bandwidth_bytes_per_s,
+            limits::MIN_REBUILD_BANDWIDTH
+        )));
+    }
+    if req.sources.len() > limits::MAX_REBUILD_SOURCES {
+        return Err(bad(format!("sources: {} entries; at most {}", req.sources.len(), limits::MAX_REBUILD_SOURCES)));
+    }
+    if let Some(s) = req.sources.iter().find(|s| s.addr.len() > limits::MAX_ADDR_BYTES) {
+        return Err(bad(format!("sources.addr: {} bytes; at most {}", s.addr.len(), limits::MAX_ADDR_BYTES)));
     }
     // Already here and whole: nothing to do (a retried task).
     if let Ok(h) = store.stat(&pack, index) {
@@ -144,7 +179,17 @@ pub async fn rebuild_shard(
             continue;
         }
         let Ok(sum) = Hash32::from_slice(&src.checksum) else { continue };
-        match fetch_shard(peers, &src.addr, pack, ShardIndex(i as u8), limiter, req.bandwidth_bytes_per_s).await {
+        match fetch_shard(
+            peers,
+            &src.addr,
+            pack,
+            ShardIndex(i as u8),
+            req.shard_len,
+            limiter,
+            req.bandwidth_bytes_per_s,
+        )
+        .await
+        {
             Ok(body) => {
                 read += body.len() as u64;
                 if body.len() as u64 == req.shard_len && Hash32(*blake3::hash(&body).as_bytes()) == sum {

@@ -118,8 +118,13 @@ impl ShardService {
 
 /// The next message's payload, `None` at the end of the stream. A message
 /// without a payload is a protocol error.
+/// A client that sends nothing for `SERVER_FRAME_IDLE` is dropped.
 async fn next_message(stream: &mut Streaming<PutShardRequest>) -> Result<Option<Msg>, StorageError> {
-    match stream.message().await.map_err(StorageError::RequestStream)? {
+    let idle = coffer_rpc::timeouts::SERVER_FRAME_IDLE;
+    let Ok(next) = tokio::time::timeout(idle, stream.message()).await else {
+        return Err(bad_request(format!("no frame for {idle:?}: the put is abandoned")));
+    };
+    match next.map_err(StorageError::RequestStream)? {
         None => Ok(None),
         Some(PutShardRequest { msg: Some(msg) }) => Ok(Some(msg)),
         Some(PutShardRequest { msg: None }) => Err(bad_request("a message with neither header nor data")),

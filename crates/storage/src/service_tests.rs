@@ -161,10 +161,11 @@ async fn garbage_requests_get_the_right_code_and_the_node_keeps_serving() -> any
         ("data before header", vec![data_msg(&body), header_msg(good.clone())], Code::InvalidArgument),
         ("message without payload", vec![PutShardRequest { msg: None }], Code::InvalidArgument),
         (
+            // Within the service's message limit, beyond the frame limit.
             "oversize frame",
             {
                 let big = random_body(2 * MAX_FRAME_BYTES, 3);
-                framed(header(&pack, 0, &big), &big, 2 * MAX_FRAME_BYTES)
+                framed(header(&pack, 0, &big), &big, MAX_FRAME_BYTES + 8192)
             },
             Code::InvalidArgument,
         ),
@@ -217,6 +218,15 @@ async fn garbage_requests_get_the_right_code_and_the_node_keeps_serving() -> any
         assert_eq!(n.store.list()?, vec![], "{what}");
         assert_eq!(n.tmp_entries(), 0, "{what}");
     }
+
+    // A frame past the service's message limit, from a client that does not
+    // keep to it: refused by the transport before it is buffered.
+    let mut loose = ShardStoreClient::new(coffer_rpc::channel(&n.addr)?).max_encoding_message_size(64 << 20);
+    let big = random_body(2 * MAX_FRAME_BYTES, 3);
+    let err =
+        put(&mut loose, framed(header(&pack, 0, &big), &big, 2 * MAX_FRAME_BYTES)).await.expect_err("a 2 MiB frame");
+    assert!(matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted), "{err:?}");
+    assert_eq!(n.tmp_entries(), 0);
 
     // Still serving, and the shard that failed so often now goes in.
     assert_eq!(put(&mut n.client, framed(good.clone(), &body, 100_000)).await?, body.len() as u64);
@@ -394,4 +404,100 @@ async fn a_put_that_would_cross_the_reserve_is_resource_exhausted() -> anyhow::R
     put_one(pack).await.map_err(|f| anyhow::anyhow!("{f}"))?;
     assert_eq!(n.store.shard_count(), 1);
     n.shut_down().await
+}
+/// Hostile rebuild requests: values past their bounds get INVALID_ARGUMENT
+/// naming the field, before any source is read, and the node keeps serving.
+#[tokio::test]
+async fn hostile_rebuild_requests_are_refused_naming_the_field() -> anyhow::Result<()> {
+    let mut n = TestNode::start().await?;
+    let src = pb::ShardSource { index: 0, addr: "127.0.0.1:1".into(), checksum: vec![0; 32] };
+    let sane = pb::RebuildShardRequest {
+        pack_id: PackId::random().as_bytes().to_vec(),
+        index: 5,
+        k: 4,
+        m: 2,
+        shard_len: 1000,
+        checksum: vec![7; 32],
+        sources: vec![src.clone()],
+        bandwidth_bytes_per_s: 0,
+    };
+    let cases: Vec<(&str, pb::RebuildShardRequest, &str)> = vec![
+        ("absurd k", pb::RebuildShardRequest { k: u32::MAX, ..sane.clone() }, "k + m"),
+        ("a short pack id", pb::RebuildShardRequest { pack_id: vec![1; 3], ..sane.clone() }, "pack_id"),
+        ("a short checksum", pb::RebuildShardRequest { checksum: vec![1; 3], ..sane.clone() }, "checksum"),
+        ("an index outside the code", pb::RebuildShardRequest { index: 6, ..sane.clone() }, "shard index"),
+        ("a huge shard", pb::RebuildShardRequest { shard_len: u64::MAX, ..sane.clone() }, "shard_len"),
+        // Under the per-shard cap, but four of them are more than any pack.
+        ("k huge shards", pb::RebuildShardRequest { shard_len: 1 << 29, ..sane.clone() }, "shard_len"),
+        // It would stall every rebuild of the node behind a days-long reservation.
+        ("a trickle", pb::RebuildShardRequest { bandwidth_bytes_per_s: 1, ..sane.clone() }, "bandwidth_bytes_per_s"),
+        ("too many sources", pb::RebuildShardRequest { sources: vec![src.clone(); 65], ..sane.clone() }, "sources"),
+        (
+            "a huge source address",
+            pb::RebuildShardRequest {
+                sources: vec![pb::ShardSource { addr: "a".repeat(10_000), ..src.clone() }],
+                ..sane.clone()
+            },
+            "sources.addr",
+        ),
+    ];
+    for (what, req, field) in cases {
+        let err = n.client.rebuild_shard(req).await.expect_err(what);
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        assert!(err.message().contains(field), "{what}: {err:?} does not name {field}");
+    }
+    for index in [256u32, u32::MAX] {
+        let r = ShardRef { pack_id: vec![1; 16], index };
+        assert_eq!(n.client.stat_shard(r.clone()).await.unwrap_err().code(), Code::InvalidArgument);
+        assert_eq!(n.client.delete_shard(r).await.unwrap_err().code(), Code::InvalidArgument);
+    }
+    let past_end = GetShardRequest {
+        shard: Some(ShardRef { pack_id: vec![1; 16], index: 0 }),
+        offset: u64::MAX,
+        length: u64::MAX,
+    };
+    assert_eq!(n.client.get_shard(past_end).await.unwrap_err().code(), Code::NotFound);
+    let info = n.client.node_info(NodeInfoRequest {}).await?.into_inner();
+    assert_eq!((info.shard_count, info.rebuilds), (0, 0));
+    n.shut_down().await
+}
+
+/// A rebuild source that sends more than the shard's length is cut off at
+/// the first frame past it, rather than buffered whole.
+#[tokio::test]
+async fn a_rebuild_source_that_sends_too_much_is_cut_off() -> anyhow::Result<()> {
+    let mut source = TestNode::start().await?;
+    let target = TestNode::start().await?;
+    let pack = PackId::random();
+    let body = random_body(3 * MAX_FRAME_BYTES, 11);
+    put(&mut source.client, framed(header(&pack, 0, &body), &body, MAX_FRAME_BYTES)).await?;
+    let req = pb::RebuildShardRequest {
+        pack_id: pack.as_bytes().to_vec(),
+        index: 5,
+        k: 1,
+        m: 5,
+        shard_len: 1000,
+        checksum: vec![7; 32],
+        sources: vec![pb::ShardSource {
+            index: 0,
+            addr: source.addr.clone(),
+            checksum: blake3::hash(&body).as_bytes().to_vec(),
+        }],
+        bandwidth_bytes_per_s: 0,
+    };
+    let counters = crate::repair::Counters::default();
+    let peers = coffer_rpc::ShardPool::default();
+    let err =
+        crate::repair::rebuild_shard(&target.store, req, &crate::repair::RateLimiter::default(), &counters, &peers)
+            .await
+            .unwrap_err();
+    let StorageError::TooFewShards { failures, .. } = &err else { panic!("expected TooFewShards, got {err:?}") };
+    assert!(
+        matches!(&failures[..], [f] if matches!(&f.failure, ShardFailure::Mismatch { detail } if detail.contains("more than the shard's 1000 bytes"))),
+        "{failures:?}"
+    );
+    // Nothing of the oversized shard was counted as read.
+    assert_eq!(counters.rebuild_bytes_read.load(std::sync::atomic::Ordering::Relaxed), 0);
+    source.shut_down().await?;
+    target.shut_down().await
 }

@@ -660,7 +660,11 @@ fn read_header_from(
     read_exact_at(file, path, &mut fixed, 0)?
         .ok_or_else(|| damaged(format!("file of {actual} bytes is shorter than a shard header")))?;
     let (_, region_len) = shard_file::decode_fixed(&fixed).map_err(|e| damaged(e.to_string()))?;
-    // `decode_fixed` bounded the region by the format's caps.
+    // `decode_fixed` bounded the region by the format's caps, and the file
+    // must hold it before it is allocated.
+    if actual < region_len as u64 {
+        return Err(damaged(format!("file of {actual} bytes ends inside the block hash table")));
+    }
     let mut region = vec![0u8; region_len];
     read_exact_at(file, path, &mut region, 0)?
         .ok_or_else(|| damaged(format!("file of {actual} bytes ends inside the block hash table")))?;
@@ -672,6 +676,18 @@ fn read_header_from(
         return Err(StorageError::Truncated { pack: *pack, index, expected: header.file_len(), actual });
     }
     Ok((header, hashes, body_offset))
+}
+
+/// Opens the shard file at `path` the way `open_reader` does, for a shard
+/// whose id is whatever the file's own header says (for the fuzz targets,
+/// which have no store directory).
+pub(crate) fn open_reader_at(path: &Path) -> Result<ShardReader, StorageError> {
+    let file = File::open(path).map_err(io_err(path))?;
+    let mut fixed = [0u8; FIXED_HEADER_LEN];
+    read_exact_at(&file, path, &mut fixed, 0)?.ok_or_else(|| StorageError::BadHeader { reason: "short".into() })?;
+    let (claimed, _) = shard_file::decode_fixed(&fixed)?;
+    let (header, hashes, body_offset) = read_header_from(&file, path, &claimed.pack, claimed.index)?;
+    Ok(ShardReader { path: path.to_path_buf(), file, header, hashes, body_offset })
 }
 
 /// `read_exact_at` that reports a short file as `Ok(None)` instead of an
