@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use coffer_rpc::{ShardPool, ShardPut};
+use coffer_rpc::{Security, ShardPool, ShardPut, TlsPaths};
 use coffer_testkit::{wait_until, write_sample_tree, Cluster, ClusterSpec};
 use coffer_types::{Hash32, PackId, ShardIndex};
 
@@ -16,11 +16,15 @@ use crate::{backup, list, num, restore_and_compare};
 /// Puts shards of a pack id no catalog ever heard of on the nodes at
 /// `addrs`, as an upload that retried elsewhere leaves them. Returns the
 /// pack id.
-fn plant_orphans(addrs: &[String], body_len: usize) -> Result<PackId> {
+fn plant_orphans(c: &Cluster, addrs: &[String], body_len: usize) -> Result<PackId> {
+    // The cluster administrator's certificate, as `coffer` commands use.
+    let tls = c.tls_dir();
+    let security =
+        Security::tls(TlsPaths { ca: tls.join("ca.crt"), cert: tls.join("admin.crt"), key: tls.join("admin.key") })?;
     let pack = PackId::random();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
-        let pool = ShardPool::default();
+        let pool = ShardPool::with_security(security);
         for (i, addr) in addrs.iter().enumerate() {
             let body = vec![i as u8 + 1; body_len];
             let put = ShardPut {
@@ -58,7 +62,7 @@ fn orphan_shards_are_counted_in_status_then_collected_and_real_ones_kept() -> Re
 
         let addrs: Vec<String> = c.storage.iter().take(3).map(|s| s.addr.clone()).collect();
         let body_len = 300_000;
-        let orphan = plant_orphans(&addrs, body_len)?;
+        let orphan = plant_orphans(c, &addrs, body_len)?;
         ensure!(files_of(c, &orphan).len() == 3, "the planted shards are on disk");
 
         // Counted first (per node and in total) once older than the age...

@@ -457,7 +457,9 @@ pub(crate) fn judge(who: &Who, rpc: Rpc, need: Need, repo: Option<&RepoName>) ->
         (Who::ClusterAdmin { .. }, _) | (_, Need::Node) => Ok(()),
         (Who::Cert(CertRole::Meta), Need::Member) => Ok(()),
         (Who::Token(t), Need::Repo(g)) if repo == Some(&t.repo) && g.granted_by(t.role) => Ok(()),
-        (Who::Nobody, _) => Err(MetaError::Unauthenticated {
+        // An agent's certificate says who connects, not what it may do: a
+        // call without a token is unauthenticated, as with no certificate.
+        (Who::Nobody | Who::Cert(CertRole::Client), _) => Err(MetaError::Unauthenticated {
             what: rpc.name(),
             reason: format!(
                 "no token was presented; this call needs {} (pass --token, or set COFFER_TOKEN or COFFER_TOKEN_FILE)",

@@ -111,8 +111,8 @@ async fn hostile_requests_are_refused_and_the_node_keeps_serving() {
         }),
         min_shards: 0,
     };
-    refused("too many key slots", c.create_repo(repo(vec![vec![0; 100]; 65])).await, ia, &["repo.key_slots", "64"]);
-    refused("a huge key slot", c.create_repo(repo(vec![vec![0; 100_000]])).await, ia, &["repo.key_slots", "4096"]);
+    refused("too many key slots", c.create_repo(repo(vec![vec![0; 100]; 17])).await, ia, &["repo.key_slots", "16"]);
+    refused("a huge key slot", c.create_repo(repo(vec![vec![0; 100_000]])).await, ia, &["repo.key_slots", "16384"]);
     // A repository to aim the rest at.
     c.create_repo(repo(vec![vec![0; 100]])).await.expect("a sane repository");
 

@@ -334,6 +334,9 @@ impl Cluster {
             let ca = c.ca_dir();
             c.run_bin(&["certs", "init-ca", "--dir", &ca.display().to_string()])?;
             c.issue_cert("admin", "admin")?;
+            // An agent's certificate: `cli_as` runs with it, so that only
+            // the token it is given decides what it may do.
+            c.issue_cert("client", "agent")?;
         }
         for i in 0..spec.meta_nodes.max(1) {
             c.add_meta(i as u64 + 1, &site_of(i))?;
@@ -529,13 +532,20 @@ impl Cluster {
     }
 
     /// Runs `coffer ARGS` presenting `token` (none at all with `None`)
-    /// instead of the cluster admin token.
+    /// instead of the cluster admin token, and an agent's (`client`)
+    /// certificate instead of the administrator's.
     pub fn cli_as(&self, token: Option<&str>, args: &[&str]) -> Result<Output> {
         let mut cmd = self.command(args);
         match token {
             Some(t) => cmd.env("COFFER_TOKEN", t),
             None => cmd.env_remove("COFFER_TOKEN"),
         };
+        if !self.spec.insecure {
+            // Not the administrator's certificate, which would grant
+            // everything whatever the token.
+            let tls = self.tls_dir();
+            cmd.env("COFFER_CERT", tls.join("agent.crt")).env("COFFER_KEY", tls.join("agent.key"));
+        }
         self.output(cmd, args, None)
     }
 
