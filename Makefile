@@ -38,10 +38,12 @@ demo:
 # the other tools from Debian packages when missing). Writes target/bench/.
 BENCH_MIB ?= 1024
 BENCH_RUNS ?= 3
+# Extra options, e.g. BENCH_ARGS=--insecure for the cluster in plain text.
+BENCH_ARGS ?=
 
 bench:
 	$(CARGO) build --release --locked -p coffer-cli
-	python3 bench/run_bench.py --coffer target/release/coffer --mib $(BENCH_MIB) --runs $(BENCH_RUNS) --out target/bench
+	python3 bench/run_bench.py --coffer target/release/coffer --mib $(BENCH_MIB) --runs $(BENCH_RUNS) --out target/bench $(BENCH_ARGS)
 
 # Single-threaded throughput of the hot paths next to the crates they wrap.
 microbench:

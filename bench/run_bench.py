@@ -269,16 +269,19 @@ class Tool:
 class Coffer(Tool):
     name = "coffer"
 
-    def __init__(self, home, src, tmp, binary):
+    def __init__(self, home, src, tmp, binary, insecure=False):
         super().__init__(home, src, tmp)
         self.bin = binary
+        self.insecure = insecure
         self.data = os.path.join(home, "cluster")
         self.proc = None
         self.summaries = []
 
     def setup(self):
         self.log = open(os.path.join(self.home, "dev.log"), "w")
-        self.proc = subprocess.Popen([self.bin, "dev", "--data", self.data, "--listen", "127.0.0.1:0"],
+        # Mutual TLS on every hop unless --insecure (then plain text).
+        transport = ["--insecure"] if self.insecure else []
+        self.proc = subprocess.Popen([self.bin, "dev", "--data", self.data, "--listen", "127.0.0.1:0"] + transport,
                                      stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
         envfile = os.path.join(self.data, "env")
         deadline = time.monotonic() + 60
@@ -500,10 +503,10 @@ def contended_steps(result, share):
             if m["other_cpu_s"] > max(0.5, share * m["wall_s"] * cpus)]
 
 
-def make_tool(name, home, src, tmp, coffer_bin):
+def make_tool(name, home, src, tmp, coffer_bin, insecure=False):
     os.makedirs(home, exist_ok=True)
     if name == "coffer":
-        return Coffer(home, src, tmp, coffer_bin)
+        return Coffer(home, src, tmp, coffer_bin, insecure)
     return {"restic": Restic, "borg": Borg, "cp": Cp, "tar": Tar}[name](home, src, tmp)
 
 
@@ -793,6 +796,8 @@ def main():
     ap.add_argument("--work", default=None, help="work directory (default: a new one under $TMPDIR)")
     ap.add_argument("--tools", default=",".join(TOOLS))
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--insecure", action="store_true",
+                    help="run the coffer cluster in plain text (default: mutual TLS on every hop)")
     ap.add_argument("--quiet-wait", type=float, default=60.0,
                     help="before each step, wait up to this many seconds for the machine to go idle")
     ap.add_argument("--quiet-threshold", type=float, default=0.3,
@@ -854,7 +859,7 @@ def main():
                 for attempt in range(args.retries + 1):
                     home = os.path.join(work, "run%d-%s" % (i + 1, t))
                     log("run %d/%d: %s%s" % (i + 1, args.runs, t, " (retry %d)" % attempt if attempt else ""))
-                    tool = make_tool(t, home, src, tmp, coffer_bin)
+                    tool = make_tool(t, home, src, tmp, coffer_bin, args.insecure)
                     result = run_tool(tool, base, src, restore_dir, args.seed, caches, source_bytes)
                     for step, m in result["steps"].items():
                         log("  %-8s %7.2fs  %7.1f MiB/s  cpu %6.1fs  rss %5.0f MiB  bg %5.1fs" % (
@@ -892,6 +897,7 @@ def main():
                    "cache": cache_note, "cache_dropped": caches, "quiet": quiet, "installed_now": installed,
                    "source_bytes": source_bytes, "machine": machine_info(), "versions": versions,
                    "cluster": "coffer dev: 1 metadata node, 3 sites x 2 storage nodes, 4+2, one process",
+                   "transport": "plain text (--insecure)" if args.insecure else "mutual TLS (rustls, ring)",
                    "settings": {"restic": "repository v2 defaults (compression auto), local repo",
                                 "borg": "borg init -e repokey, default compression (lz4), local repo",
                                 "cp": "cp -a per backup (full copy each time)",
