@@ -69,6 +69,9 @@ tail -n1 "$WORK/b2.json" | json "'snapshot %s (%s): %.1f MiB scanned, %.2f MiB n
 
 step "a backup-only token: the agent backs up, it can neither restore nor forget"
 AGENT=$("$BIN" token create --role backup --name demo-agent 2>/dev/null)
+# The agent connects with a client certificate (the admin one in env would
+# make every call a cluster administrator's) and its token.
+export COFFER_CERT=$DATA/tls/agent.crt COFFER_KEY=$DATA/tls/agent.key
 COFFER_TOKEN=$AGENT "$BIN" backup "$WORK/src" --json | json "'backup with the agent token: snapshot %s' % d['snapshot_id'][:8]"
 set +e
 COFFER_TOKEN=$AGENT "$BIN" restore latest "$WORK/denied" 2>"$WORK/denied.err"
@@ -76,6 +79,7 @@ rc=$?
 set -e
 [ "$rc" = 12 ] || { cat "$WORK/denied.err"; echo "the backup token was not refused a restore (exit $rc)"; exit 1; }
 echo "restore with the agent token: refused, exit $rc"
+export COFFER_CERT=$DATA/tls/admin.crt COFFER_KEY=$DATA/tls/admin.key
 "$BIN" token list
 
 step "bytes stored per site"

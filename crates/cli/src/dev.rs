@@ -72,10 +72,10 @@ fn dev_tls(data: &Path, g: &Global) -> Result<DevTls> {
     if !dir.join(coffer_pki::CA_CERT).exists() {
         coffer_pki::init_ca(&dir).context("create the dev CA")?;
     }
-    let issue = |role: &str| -> Result<coffer_rpc::Security> {
+    let issue = |role: &str, name: &str| -> Result<coffer_rpc::Security> {
         let leaf = coffer_pki::Leaf {
             role: role.into(),
-            name: role.into(),
+            name: name.into(),
             dns: vec!["localhost".into()],
             ips: vec![std::net::Ipv4Addr::LOCALHOST.into(), std::net::Ipv6Addr::LOCALHOST.into()],
         };
@@ -84,7 +84,11 @@ fn dev_tls(data: &Path, g: &Global) -> Result<DevTls> {
         let paths = coffer_rpc::TlsPaths { ca: dir.join(coffer_pki::CA_CERT), cert, key };
         coffer_rpc::Security::tls(paths).with_context(|| format!("load the dev {role} certificate"))
     };
-    let (meta, storage, admin) = (issue("meta")?, issue("storage")?, issue("admin")?);
+    let (meta, storage, admin) = (issue("meta", "meta")?, issue("storage", "storage")?, issue("admin", "admin")?);
+    // An agent's certificate (`DIR/tls/agent.crt`), for trying what a
+    // repository token allows: with the admin certificate of `DIR/env`
+    // every call is a cluster administrator's, whatever the token.
+    issue("client", "agent")?;
     let env = format!(
         "export COFFER_CACERT={}\nexport COFFER_CERT={}\nexport COFFER_KEY={}\n",
         dir.join(coffer_pki::CA_CERT).display(),
