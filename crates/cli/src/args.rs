@@ -78,7 +78,8 @@ pub enum Command {
     Status,
     /// Forget snapshots by id, or by keep rules per source (--dry-run lists what would go and why).
     Forget(crate::snapcmds::ForgetArgs),
-    /// Hold a snapshot until TIME (YYYY-MM-DD[THH:MM:SSZ], +30d, or none to clear) so forget refuses it.
+    /// Hold a snapshot until TIME (YYYY-MM-DD[THH:MM:SSZ] or +30d) so forget refuses it; holds are write-once:
+    /// they can be extended, never shortened or lifted (none) before they end.
     Hold { snapshot: String, until: String },
     /// List the entries of a snapshot, or of one path inside it.
     Ls { snapshot: String, path: Option<PathBuf> },
