@@ -14,11 +14,12 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use coffer_proto::limits;
 use coffer_proto::pb::access_client::AccessClient;
 use coffer_proto::pb::admin_client::AdminClient;
 use coffer_proto::pb::catalog_client::CatalogClient;
 use coffer_proto::pb::maintenance_client::MaintenanceClient;
-use coffer_proto::{LEADER_HINT_KEY, MAX_MESSAGE_BYTES};
+use coffer_proto::LEADER_HINT_KEY;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -170,9 +171,8 @@ impl MetaClient {
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         self.call_channel(what, |ch| {
-            f(CatalogClient::new(ch)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES))
+            let l = limits::CATALOG;
+            f(CatalogClient::new(ch).max_decoding_message_size(l.response).max_encoding_message_size(l.request))
         })
         .await
     }
@@ -185,9 +185,8 @@ impl MetaClient {
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         self.call_channel(what, |ch| {
-            f(MaintenanceClient::new(ch)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES))
+            let l = limits::MAINTENANCE;
+            f(MaintenanceClient::new(ch).max_decoding_message_size(l.response).max_encoding_message_size(l.request))
         })
         .await
     }
@@ -199,9 +198,8 @@ impl MetaClient {
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         self.call_channel(what, |ch| {
-            f(AdminClient::new(ch)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES))
+            let l = limits::ADMIN;
+            f(AdminClient::new(ch).max_decoding_message_size(l.response).max_encoding_message_size(l.request))
         })
         .await
     }
@@ -213,9 +211,8 @@ impl MetaClient {
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         self.call_channel(what, |ch| {
-            f(AccessClient::new(ch)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES))
+            let l = limits::ADMIN;
+            f(AccessClient::new(ch).max_decoding_message_size(l.response).max_encoding_message_size(l.request))
         })
         .await
     }
