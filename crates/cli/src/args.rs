@@ -127,6 +127,13 @@ pub enum Command {
     /// Certificates for clusters without a PKI: a CA, and certificates with a coffer role.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Every source the agents protect (with --repo: that repository's), its RPO against its target, and
+    /// whether its agent still reports.
+    Sources {
+        /// Drop this source of --repo from the registry (an agent that still runs it reports it again).
+        #[arg(long, value_name = "NAME")]
+        remove: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
