@@ -74,11 +74,11 @@ pub(crate) fn replace_unplaced(
     Ok(true)
 }
 
+/// `repo`'s snapshots, from the index of snapshots by repository.
 fn snapshots_of(txn: &Txn<'_>, repo: &RepoName) -> Result<Vec<SnapshotRecord>, MetaError> {
     let mut out = Vec::new();
-    for v in txn.scan_prefix(kv::SNAPSHOT_PREFIX)?.values() {
-        let s: SnapshotRecord = kv::decode("snapshot", v)?;
-        if s.repo == *repo {
+    for id in crate::index::snapshots_of(txn, repo)? {
+        if let Some(s) = txn.get::<SnapshotRecord>("snapshot", &kv::snapshot_key(&id))? {
             out.push(s);
         }
     }
@@ -166,16 +166,13 @@ pub(crate) fn relocate(
 }
 
 pub(crate) fn drop_packs(txn: &mut Txn<'_>, repo: &RepoName, packs: &[PackId]) -> Result<CommandResult, MetaError> {
-    let mut live: HashSet<PackId> = snapshots_of(txn, repo)?.iter().map(|s| s.refs_pack).collect();
-    for v in txn.scan_prefix(&kv::chunk_prefix(repo))?.values() {
-        let loc: ChunkLocation = kv::decode("chunk", v)?;
-        live.insert(loc.pack);
-    }
+    // A pack is live while a chunk entry or a snapshot points at it; the
+    // index counts those, so this costs the packs named, not the catalog.
     let mut dropped = 0i64;
     for p in packs {
         let key = kv::pack_key(p);
         let Some(rec) = txn.get::<PackRecord>("pack", &key)? else { continue };
-        if rec.repo != *repo || live.contains(p) {
+        if rec.repo != *repo || crate::index::referenced(txn, p)? {
             continue;
         }
         txn.remove(key);

@@ -38,7 +38,7 @@ use crate::{LogStore, MetaConfig, MetaError, StateMachineStore};
 pub fn open_stores(dir: &Path) -> Result<(LogStore, StateMachineStore), MetaError> {
     std::fs::create_dir_all(dir).map_err(|source| MetaError::Io { path: dir.display().to_string(), source })?;
     let db = sled::Config::new().path(dir.join("raft.sled")).open()?;
-    Ok((LogStore::open(&db)?, StateMachineStore::open(&db)?))
+    Ok((LogStore::open(&db)?, StateMachineStore::open(&db, &dir.join("snapshots"))?))
 }
 
 /// How long `serve` waits for the workers to stop once shutdown began.
