@@ -310,10 +310,9 @@ fn main() {
             row.disk_bytes_per_chunk
         );
         rows.push(row);
+        // After every size, so that a run cut short still leaves its figures.
+        write_reports(&a, &rows, started.elapsed().as_secs_f64(), &load_before, &loadavg());
     }
-    let total_s = started.elapsed().as_secs_f64();
-    let load_after = loadavg();
-    write_reports(&a, &rows, total_s, &load_before, &load_after);
 }
 
 fn write_reports(a: &Args, rows: &[Row], total_s: f64, load_before: &str, load_after: &str) {
@@ -367,6 +366,9 @@ fn write_reports(a: &Args, rows: &[Row], total_s: f64, load_before: &str, load_a
 
     let mut md = std::fs::File::create(a.out.join("report.md")).expect("write report.md");
     let _ = writeln!(md, "# make scale: the catalog at {} chunks\n", a.chunks);
+    if rows.len() < 4 {
+        let _ = writeln!(md, "**Partial: {} of 4 sizes measured so far.**\n", rows.len());
+    }
     let _ = writeln!(
         md,
         "Built through `StateMachineStore::apply` on sled ({profile} build), 4+2 packs of ~16 MiB over 3 sites x 2 nodes. Run took {total_s:.0} s; load average {load_before} before, {load_after} after.\n"

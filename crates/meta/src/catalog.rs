@@ -735,7 +735,7 @@ mod tests {
         for id in 1..=20u8 {
             let repo = if id % 3 == 0 { other.clone() } else { mine.clone() };
             let s = snapshot(id, repo);
-            t.insert(kv::snapshot_key(&s.id), kv::encode(&s).unwrap()).unwrap();
+            crate::test_util::put(&t, kv::snapshot_key(&s.id), &s);
         }
         let want: Vec<SnapshotId> = (1..=20u8).filter(|i| i % 3 != 0).map(|i| SnapshotId([i; 16])).collect();
         for limit in [1, 2, 5, want.len(), 100] {

@@ -408,7 +408,7 @@ mod tests {
     use super::*;
     use crate::command::{Command, RepairWork};
     use crate::test_util::{begin, run, snapshot, tree};
-    use coffer_types::{ChunkId, ErasureParams, Hash32, PackKind, RepoRecord, ShardIndex, ShardRecord};
+    use coffer_types::{ChunkId, ErasureParams, Hash32, PackKind, RepoRecord, SessionId, ShardIndex, ShardRecord};
     use proptest::prelude::*;
 
     /// What the `ix/` keys hold, and what a full scan computes.
