@@ -73,6 +73,13 @@ fn rss(field: &str) -> u64 {
         * 1024
 }
 
+/// Where memory stands, on stderr (`SCALE_TRACE=1`).
+fn stage(what: &str) {
+    if std::env::var_os("SCALE_TRACE").is_some() {
+        eprintln!("scale: {what}: rss {} MiB, peak {} MiB", rss("VmRSS:") >> 20, rss("VmHWM:") >> 20);
+    }
+}
+
 /// Resets the peak RSS (VmHWM) to the current RSS.
 fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
@@ -90,7 +97,12 @@ fn du(path: &Path) -> u64 {
 }
 
 fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -187,15 +199,8 @@ async fn one_size(chunks: u64, work: &Path, check_digest: bool) -> Row {
                 checksum: Hash32(h(packs * 8 + i as u64, b"shard")),
             })
             .collect();
-        let pack = PackRecord {
-            id,
-            repo: repo.clone(),
-            kind: PackKind::Data,
-            params,
-            pack_len: offset,
-            shard_len,
-            shards,
-        };
+        let pack =
+            PackRecord { id, repo: repo.clone(), kind: PackKind::Data, params, pack_len: offset, shard_len, shards };
         batch.push(log.entry(Command::CommitPack { session, now_ms: 2, pack, chunks: list }));
         packs += 1;
         if batch.len() == ENTRIES_PER_APPLY {
@@ -231,6 +236,7 @@ async fn one_size(chunks: u64, work: &Path, check_digest: bool) -> Row {
     // Snapshot: built on the "leader", sent in 3 MiB chunks into the
     // follower's receiving file, installed there. Each side's peak RSS is
     // measured with the other side's store closed, as on two machines.
+    stage("applied");
     reset_peak();
     let t = Instant::now();
     let mut snap = sm.get_snapshot_builder().await.build_snapshot().await.expect("build a snapshot");
@@ -241,6 +247,7 @@ async fn one_size(chunks: u64, work: &Path, check_digest: bool) -> Row {
     drop(sm);
     drop(_log);
 
+    stage("built; leader closed");
     reset_peak();
     let (_flog, mut follower) = coffer_meta::open_stores(&dst).expect("open the follower");
     let t = Instant::now();
@@ -262,6 +269,7 @@ async fn one_size(chunks: u64, work: &Path, check_digest: bool) -> Row {
     row.snapshot_install_s = t.elapsed().as_secs_f64();
     row.snapshot_bytes = end;
     let install_peak = rss("VmHWM:");
+    stage("installed");
     row.snapshot_peak_rss_mib = build_peak.max(install_peak) as f64 / (1 << 20) as f64;
     if let Some(d) = source_digest {
         row.digests_match = Some(follower.digest().await.expect("digest") == d);

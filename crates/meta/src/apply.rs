@@ -182,7 +182,12 @@ pub fn apply(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, MetaError
         }
         Command::CloseIncident { node, time_ms } => {
             let open = crate::index::open_incident(txn, node)?;
-            let Some(mut record) = open.map(|id| txn.get::<IncidentRecord>("incident", &kv::incident_key(id))).transpose()?.flatten().filter(|i| i.open) else {
+            let Some(mut record) = open
+                .map(|id| txn.get::<IncidentRecord>("incident", &kv::incident_key(id)))
+                .transpose()?
+                .flatten()
+                .filter(|i| i.open)
+            else {
                 return Ok(CommandResult::AlreadyApplied);
             };
             record.open = false;

@@ -26,7 +26,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use coffer_placement::{satisfies, Policy};
-use coffer_types::{ChunkLocation, NodeId, NodeRecord, PackId, PackRecord, RepoName, SiteId, SnapshotId, SnapshotRecord};
+use coffer_types::{
+    ChunkLocation, NodeId, NodeRecord, PackId, PackRecord, RepoName, SiteId, SnapshotId, SnapshotRecord,
+};
 
 use crate::command::IncidentRecord;
 use crate::kv::{self, Txn};
@@ -69,7 +71,10 @@ fn be_u64(bytes: &[u8]) -> Option<u64> {
 /// Whether `pack` breaks the site rule, given the sites of the nodes it is
 /// on (a shard on a node without a record, or unplaced, has no site and
 /// does not count): the test the repair planner applies.
-fn breaks_site_rule(pack: &PackRecord, site_of: impl Fn(NodeId) -> Result<Option<SiteId>, MetaError>) -> Result<bool, MetaError> {
+fn breaks_site_rule(
+    pack: &PackRecord,
+    site_of: impl Fn(NodeId) -> Result<Option<SiteId>, MetaError>,
+) -> Result<bool, MetaError> {
     let mut placed = Vec::with_capacity(pack.shards.len());
     for s in &pack.shards {
         if let Some(site) = site_of(s.node)? {
@@ -274,7 +279,7 @@ pub(crate) fn rebuild(tree: &sled::Tree) -> Result<(), MetaError> {
         let (k, _) = item?;
         batch.remove(k);
         n += 1;
-        if n == 10_000 {
+        if n == 1_000 {
             tree.apply_batch(std::mem::take(&mut batch))?;
             n = 0;
         }
@@ -284,7 +289,7 @@ pub(crate) fn rebuild(tree: &sled::Tree) -> Result<(), MetaError> {
     expected(tree, |k, v| {
         batch.insert(k, v);
         n += 1;
-        if n == 10_000 {
+        if n == 1_000 {
             tree.apply_batch(std::mem::take(&mut batch))?;
             n = 0;
         }
@@ -348,11 +353,7 @@ pub(crate) fn referenced(txn: &Txn<'_>, pack: &PackId) -> Result<bool, MetaError
 /// The ids of `repo`'s snapshots, in id order.
 pub(crate) fn snapshots_of(txn: &Txn<'_>, repo: &RepoName) -> Result<Vec<SnapshotId>, MetaError> {
     let prefix = snapshot_repo_prefix(repo);
-    Ok(txn
-        .scan_prefix(&prefix)?
-        .keys()
-        .filter_map(|k| SnapshotId::from_slice(&k[prefix.len()..]).ok())
-        .collect())
+    Ok(txn.scan_prefix(&prefix)?.keys().filter_map(|k| SnapshotId::from_slice(&k[prefix.len()..]).ok()).collect())
 }
 
 /// Snapshot ids of `repo` after `after` (exclusive), at most `limit`, from
@@ -412,7 +413,9 @@ mod tests {
     use proptest::prelude::*;
 
     /// What the `ix/` keys hold, and what a full scan computes.
-    fn compare(t: &sled::Tree) -> (BTreeMap<Vec<u8>, Vec<u8>>, BTreeMap<Vec<u8>, Vec<u8>>) {
+    type Keys = BTreeMap<Vec<u8>, Vec<u8>>;
+
+    fn compare(t: &sled::Tree) -> (Keys, Keys) {
         let kept = t.scan_prefix(INDEX_PREFIX).map(|kv| kv.unwrap()).map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
         let mut scanned = BTreeMap::new();
         expected(t, |k, v| {
@@ -514,12 +517,9 @@ mod tests {
                 checksum: Hash32([0; 32]),
                 work: RepairWork::default(),
             },
-            Op::Bad { pack, index } => Command::MarkBadShard {
-                pack: pack_id(pack),
-                index: ShardIndex(index),
-                node: NodeId(1),
-                time_ms: clock,
-            },
+            Op::Bad { pack, index } => {
+                Command::MarkBadShard { pack: pack_id(pack), index: ShardIndex(index), node: NodeId(1), time_ms: clock }
+            }
             Op::Open { node } => {
                 Command::OpenIncident { node: NodeId(node as u64), last_seen_ms: 1, detected_ms: 2, shards_lost: 0 }
             }
@@ -534,10 +534,15 @@ mod tests {
             Op::Forget { id } => {
                 Command::Forget { repo: repo.clone(), snapshots: vec![SnapshotId([id; 16])], time_ms: clock }
             }
-            Op::Drop { packs } => Command::DropPacks { repo: repo.clone(), packs: packs.into_iter().map(pack_id).collect() },
-            Op::Condemn { chunk } => {
-                Command::Condemn { repo: repo.clone(), chunks: vec![ChunkId([chunk; 32])], marked_from: vec![], time_ms: clock }
+            Op::Drop { packs } => {
+                Command::DropPacks { repo: repo.clone(), packs: packs.into_iter().map(pack_id).collect() }
             }
+            Op::Condemn { chunk } => Command::Condemn {
+                repo: repo.clone(),
+                chunks: vec![ChunkId([chunk; 32])],
+                marked_from: vec![],
+                time_ms: clock,
+            },
             Op::Sweep { chunk } => Command::Sweep { repo: repo.clone(), chunks: vec![ChunkId([chunk; 32])] },
             Op::Drain { node, on } => {
                 Command::SetDrain { node: NodeId(node as u64), drain: on, decommission: false, time_ms: clock }
@@ -595,7 +600,12 @@ mod tests {
             cmds.push(command(&Op::Register { node, site }, &repo, session, 5));
         }
         cmds.push(Command::BeginSession {
-            session: coffer_types::SessionRecord { id: session, repo: repo.clone(), started_ms: 1, lease_until_ms: 1 << 40 },
+            session: coffer_types::SessionRecord {
+                id: session,
+                repo: repo.clone(),
+                started_ms: 1,
+                lease_until_ms: 1 << 40,
+            },
         });
         cmds.push(command(&Op::Pack { pack: 1, nodes: [1, 4, 0], chunks: vec![1, 2] }, &repo, session, 6));
         cmds.push(command(&Op::Move { pack: 1, index: 1, to: 3 }, &repo, session, 7));
@@ -607,6 +617,9 @@ mod tests {
         txn.commit().unwrap();
         let (kept, scanned) = compare(&t);
         assert_eq!(kept, scanned);
-        assert!(kept.keys().any(|k| k.starts_with(SITE_PREFIX)), "the pack breaks the site rule once node 3 moved site");
+        assert!(
+            kept.keys().any(|k| k.starts_with(SITE_PREFIX)),
+            "the pack breaks the site rule once node 3 moved site"
+        );
     }
 }

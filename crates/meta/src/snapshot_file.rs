@@ -136,7 +136,11 @@ impl<R: Read> Reader<R> {
         self.hash.update(&len);
         let vlen = u32::from_le_bytes(len);
         if klen > MAX_FIELD || vlen > MAX_FIELD {
-            return Err(bad(format!("snapshot record {}: a field of {} bytes is too large", self.count, klen.max(vlen))));
+            return Err(bad(format!(
+                "snapshot record {}: a field of {} bytes is too large",
+                self.count,
+                klen.max(vlen)
+            )));
         }
         let mut key = vec![0u8; klen as usize];
         let mut value = vec![0u8; vlen as usize];

@@ -1,7 +1,7 @@
 //! openraft's type configuration for coffer.
 
-use std::fmt;
 use serde::{Deserialize, Serialize};
+use std::fmt;
 
 use crate::command::{Command, CommandResult};
 
