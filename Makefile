@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build test lint fmt demo tools clean bench microbench fuzz fuzz-tools fuzz-cmin
+.PHONY: all build test lint fmt demo tools clean bench microbench fuzz fuzz-tools fuzz-cmin scale
 
 all: build
 
@@ -44,6 +44,14 @@ BENCH_ARGS ?=
 bench:
 	$(CARGO) build --release --locked -p coffer-cli
 	python3 bench/run_bench.py --coffer target/release/coffer --mib $(BENCH_MIB) --runs $(BENCH_RUNS) --out target/bench $(BENCH_ARGS)
+
+# The catalog at scale (not part of `make test`): SCALE_CHUNKS chunks built
+# through the real state machine at four sizes; writes target/scale/report.md
+# and report.json (see crates/meta/examples/scale.rs).
+SCALE_CHUNKS ?= 10000000
+
+scale:
+	$(CARGO) run --release --locked -p coffer-meta --example scale -- --chunks $(SCALE_CHUNKS) --out target/scale
 
 # Single-threaded throughput of the hot paths next to the crates they wrap.
 microbench:

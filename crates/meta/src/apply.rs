@@ -146,8 +146,8 @@ pub fn apply(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, MetaError
             if !txn.contains(&kv::node_key(node))? {
                 return Ok(CommandResult::AlreadyApplied);
             }
-            let packs = txn.scan::<PackRecord>("pack", kv::PACK_PREFIX)?;
-            let shards = packs.iter().flat_map(|p| p.shards.iter()).filter(|s| s.node == node).count() as u64;
+            // The index counts the node's shard entries: no scan of the packs.
+            let shards = crate::index::held_by(txn, node)?;
             if shards > 0 {
                 return Ok(CommandResult::Rejected(Rejection::NodeNotEmpty { node, shards }));
             }
@@ -158,8 +158,7 @@ pub fn apply(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, MetaError
             Ok(CommandResult::Ok)
         }
         Command::OpenIncident { node, last_seen_ms, detected_ms, shards_lost } => {
-            let open = txn.scan::<IncidentRecord>("incident", kv::INCIDENT_PREFIX)?;
-            if open.iter().any(|i| i.open && i.node == node) {
+            if crate::index::open_incident(txn, node)?.is_some() {
                 return Ok(CommandResult::AlreadyApplied);
             }
             let id: u64 = txn.get("counter", &kv::count_key("incidents"))?.unwrap_or(0) + 1;
@@ -182,8 +181,13 @@ pub fn apply(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, MetaError
             Ok(CommandResult::Ok)
         }
         Command::CloseIncident { node, time_ms } => {
-            let open = txn.scan::<IncidentRecord>("incident", kv::INCIDENT_PREFIX)?;
-            let Some(mut record) = open.into_iter().find(|i| i.open && i.node == node) else {
+            let open = crate::index::open_incident(txn, node)?;
+            let Some(mut record) = open
+                .map(|id| txn.get::<IncidentRecord>("incident", &kv::incident_key(id)))
+                .transpose()?
+                .flatten()
+                .filter(|i| i.open)
+            else {
                 return Ok(CommandResult::AlreadyApplied);
             };
             record.open = false;

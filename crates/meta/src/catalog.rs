@@ -175,25 +175,7 @@ impl Catalog for CatalogService {
         let views: Vec<pb::Node> = nodes.iter().map(|n| self.node_view(n)).collect();
         let up: std::collections::HashSet<u64> = views.iter().filter(|n| n.state == "up").map(|n| n.id).collect();
 
-        let mut health = pb::PackHealth::default();
-        for pack in kv::scan::<PackRecord>(self.tree(), "pack", kv::PACK_PREFIX).map_err(Status::from)? {
-            // An unplaced shard (node 0) is never up, so a short pack counts
-            // as degraded (or worse) like one whose nodes are down.
-            let available = pack.shards.iter().filter(|s| up.contains(&s.node.0)).count();
-            if pack.placed() < pack.params.total() {
-                health.short += 1;
-            }
-            let (k, total) = (pack.params.k(), pack.params.total());
-            if available == total {
-                health.healthy += 1;
-            } else if available < k {
-                health.lost += 1;
-            } else if available == k {
-                health.at_risk += 1;
-            } else {
-                health.degraded += 1;
-            }
-        }
+        let health = pack_health(self.tree(), &up).map_err(Status::from)?;
 
         let metrics = self.node.raft.metrics().borrow().clone();
         let members = self.node.members();
@@ -689,38 +671,59 @@ impl Catalog for CatalogService {
 
 /// At most `limit` snapshots of `repo` after `after` (exclusive) in id
 /// order, and the cursor of the next page if more follow. Reads only the
-/// keys from the cursor on.
+/// repository's index keys from the cursor on, and the page's records.
 fn snapshot_page(
     tree: &sled::Tree,
     repo: &RepoName,
     after: Option<&SnapshotId>,
     limit: usize,
 ) -> Result<(Vec<SnapshotRecord>, Option<SnapshotId>), MetaError> {
-    let start = match after {
-        None => kv::SNAPSHOT_PREFIX.to_vec(),
-        Some(id) => {
-            // The key right after `after`'s: its key with a zero byte appended.
-            let mut k = kv::snapshot_key(id);
-            k.push(0);
-            k
+    // The index of snapshots by repository: a page reads its own keys only,
+    // not the other repositories' snapshots.
+    let ids = crate::index::snapshot_ids_after(tree, repo, after, limit + 1)?;
+    let mut page: Vec<SnapshotRecord> = Vec::with_capacity(ids.len().min(limit));
+    for id in ids.iter().take(limit) {
+        if let Some(s) = kv::get::<SnapshotRecord>(tree, "snapshot", &kv::snapshot_key(id))? {
+            page.push(s);
         }
-    };
-    let mut page: Vec<SnapshotRecord> = Vec::new();
-    for item in tree.range(start..) {
-        let (k, v) = item?;
-        if !k.starts_with(kv::SNAPSHOT_PREFIX) {
-            break;
-        }
-        let s: SnapshotRecord = kv::decode("snapshot", &v)?;
-        if s.repo != *repo {
-            continue;
-        }
-        if page.len() == limit {
-            return Ok((page.clone(), page.last().map(|s| s.id)));
-        }
-        page.push(s);
     }
-    Ok((page, None))
+    let next = if ids.len() > limit { page.last().map(|s| s.id) } else { None };
+    Ok((page, next))
+}
+
+/// Pack health from the indexes: only packs with a shard entry on a node
+/// that is not up (down, unknown, or 0 for unplaced shards) can be short
+/// of an available shard, so those are read and the rest are healthy. The
+/// cost is the packs touched by what is down, not the catalog.
+pub(crate) fn pack_health(tree: &sled::Tree, up: &std::collections::HashSet<u64>) -> Result<pb::PackHealth, MetaError> {
+    let mut health = pb::PackHealth::default();
+    let mut affected = std::collections::BTreeSet::new();
+    for (node, count) in crate::index::held(tree)? {
+        if count > 0 && !up.contains(&node.0) {
+            affected.extend(crate::index::packs_on(tree, node)?);
+        }
+    }
+    for id in &affected {
+        let Some(pack) = kv::get::<PackRecord>(tree, "pack", &kv::pack_key(id))? else { continue };
+        // An unplaced shard (node 0) is never up, so a short pack counts
+        // as degraded (or worse) like one whose nodes are down.
+        let available = pack.shards.iter().filter(|s| up.contains(&s.node.0)).count();
+        if pack.placed() < pack.params.total() {
+            health.short += 1;
+        }
+        let (k, total) = (pack.params.k(), pack.params.total());
+        if available == total {
+            health.healthy += 1;
+        } else if available < k {
+            health.lost += 1;
+        } else if available == k {
+            health.at_risk += 1;
+        } else {
+            health.degraded += 1;
+        }
+    }
+    health.healthy += crate::index::pack_count(tree)?.saturating_sub(affected.len() as u64);
+    Ok(health)
 }
 
 /// Snapshots in one ListSnapshots page when the caller names no size, and
@@ -774,7 +777,7 @@ mod tests {
         for id in 1..=20u8 {
             let repo = if id % 3 == 0 { other.clone() } else { mine.clone() };
             let s = snapshot(id, repo);
-            t.insert(kv::snapshot_key(&s.id), kv::encode(&s).unwrap()).unwrap();
+            crate::test_util::put(&t, kv::snapshot_key(&s.id), &s);
         }
         let want: Vec<SnapshotId> = (1..=20u8).filter(|i| i % 3 != 0).map(|i| SnapshotId([i; 16])).collect();
         for limit in [1, 2, 5, want.len(), 100] {

@@ -16,7 +16,7 @@ use crate::impl_state_machine::SnapshotBody;
 use crate::types::{Entry, NodeId, TypeConfig};
 
 /// Every payload type of the Raft codec (RPC requests and replies, log
-/// entries, the vote, commands, snapshot bodies) on the same bytes; what
+/// entries, the vote, commands, snapshot bodies of format 1, snapshot files) on the same bytes; what
 /// decodes must encode and decode to the same value.
 pub fn raft_codec(data: &[u8]) {
     if let Ok(e) = decode::<Entry>("entry", data) {
@@ -38,4 +38,5 @@ pub fn raft_codec(data: &[u8]) {
     );
     let _ = decode::<openraft::Vote<NodeId>>("raft state", data);
     let _ = decode::<SnapshotBody>("snapshot", data);
+    let _ = crate::snapshot_file::verify(data);
 }

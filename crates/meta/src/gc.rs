@@ -74,11 +74,11 @@ pub(crate) fn replace_unplaced(
     Ok(true)
 }
 
+/// `repo`'s snapshots, from the index of snapshots by repository.
 fn snapshots_of(txn: &Txn<'_>, repo: &RepoName) -> Result<Vec<SnapshotRecord>, MetaError> {
     let mut out = Vec::new();
-    for v in txn.scan_prefix(kv::SNAPSHOT_PREFIX)?.values() {
-        let s: SnapshotRecord = kv::decode("snapshot", v)?;
-        if s.repo == *repo {
+    for id in crate::index::snapshots_of(txn, repo)? {
+        if let Some(s) = txn.get::<SnapshotRecord>("snapshot", &kv::snapshot_key(&id))? {
             out.push(s);
         }
     }
@@ -166,16 +166,13 @@ pub(crate) fn relocate(
 }
 
 pub(crate) fn drop_packs(txn: &mut Txn<'_>, repo: &RepoName, packs: &[PackId]) -> Result<CommandResult, MetaError> {
-    let mut live: HashSet<PackId> = snapshots_of(txn, repo)?.iter().map(|s| s.refs_pack).collect();
-    for v in txn.scan_prefix(&kv::chunk_prefix(repo))?.values() {
-        let loc: ChunkLocation = kv::decode("chunk", v)?;
-        live.insert(loc.pack);
-    }
+    // A pack is live while a chunk entry or a snapshot points at it; the
+    // index counts those, so this costs the packs named, not the catalog.
     let mut dropped = 0i64;
     for p in packs {
         let key = kv::pack_key(p);
         let Some(rec) = txn.get::<PackRecord>("pack", &key)? else { continue };
-        if rec.repo != *repo || live.contains(p) {
+        if rec.repo != *repo || crate::index::referenced(txn, p)? {
             continue;
         }
         txn.remove(key);
@@ -201,7 +198,7 @@ mod tests {
         let old = PackId([7; 16]);
         let loc = ChunkLocation { pack: old, offset: 0, len: 10 };
         for c in [dead, live] {
-            t.insert(kv::chunk_key(&repo, &c), kv::encode(&loc).unwrap()).unwrap();
+            crate::test_util::put(&t, kv::chunk_key(&repo, &c), &loc);
         }
         let rec = PackRecord {
             id: old,
@@ -212,7 +209,7 @@ mod tests {
             shard_len: 50,
             shards: vec![],
         };
-        t.insert(kv::pack_key(&old), kv::encode(&rec).unwrap()).unwrap();
+        crate::test_util::put(&t, kv::pack_key(&old), &rec);
 
         // A mark that missed a snapshot is refused.
         let stale = Command::Condemn {
@@ -224,7 +221,7 @@ mod tests {
         assert!(matches!(run(&t, stale), CommandResult::Rejected(Rejection::MarkOutdated { .. })));
         // An open session blocks condemnation; an expired one does not.
         let session = SessionRecord { id: SessionId([3; 16]), repo: repo.clone(), started_ms: 1, lease_until_ms: 20 };
-        t.insert(kv::session_key(&session.id), kv::encode(&session).unwrap()).unwrap();
+        crate::test_util::put(&t, kv::session_key(&session.id), &session);
         let cmd = |time_ms| Command::Condemn { repo: repo.clone(), chunks: vec![dead], marked_from: vec![], time_ms };
         assert!(matches!(run(&t, cmd(10)), CommandResult::Rejected(Rejection::BackupRunning { .. })));
         assert_eq!(run(&t, cmd(20)), CommandResult::Ok);
@@ -262,7 +259,7 @@ mod tests {
         let repo = RepoName::new("r").unwrap();
         let chunk = ChunkId([1; 32]);
         let gone = ChunkLocation { pack: PackId([7; 16]), offset: 0, len: 10 };
-        t.insert(kv::chunk_key(&repo, &chunk), kv::encode(&gone).unwrap()).unwrap();
+        crate::test_util::put(&t, kv::chunk_key(&repo, &chunk), &gone);
         let fresh = ChunkLocation { pack: PackId([8; 16]), offset: 5, len: 10 };
         let mut txn = Txn::new(&t);
         assert!(replace_unplaced(&mut txn, &repo, &chunk, &fresh).unwrap());

@@ -22,6 +22,7 @@
 //!   k/<repo name>                   u64: the version of its key slot set, once changed
 //!   h/<snapshot id>                 u64: the snapshot's hold (see `retention`)
 //!   a/<token id>                    TokenRecord (a repository token's hash and role; see `auth`)
+//!   ix/...                          secondary indexes, kept by `Txn` (see `index`)
 //! ```
 //!
 //! Values are bincode; the layout as a whole is versioned by `m/schema`.
@@ -35,7 +36,9 @@ use serde::Serialize;
 use crate::codec;
 use crate::error::MetaError;
 
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: the secondary indexes under `ix/` (see `index`); a store of schema 1
+/// gets them built once when it is opened.
+pub const SCHEMA_VERSION: u32 = 2;
 
 pub const KEY_APPLIED: &[u8] = b"m/applied";
 pub const KEY_MEMBERSHIP: &[u8] = b"m/membership";
@@ -156,14 +159,31 @@ pub fn scan<T: DeserializeOwned>(tree: &sled::Tree, what: &'static str, prefix: 
 }
 
 /// Buffered writes over the tree, read back before they are committed.
+///
+/// Every write of a record keeps the secondary indexes (`index::on_write`)
+/// in the same transaction. `remove` cannot fail, so an error of that
+/// upkeep is kept and returned by `commit`, which then writes nothing.
 pub struct Txn<'a> {
     tree: &'a sled::Tree,
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    failed: Option<MetaError>,
 }
 
 impl<'a> Txn<'a> {
     pub fn new(tree: &'a sled::Tree) -> Self {
-        Self { tree, pending: BTreeMap::new() }
+        Self { tree, pending: BTreeMap::new(), failed: None }
+    }
+
+    /// Writes `value` under `key` (None: removes it) and keeps the indexes.
+    fn write(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) -> Result<(), MetaError> {
+        let old = self.get_raw(&key)?;
+        self.pending.insert(key.clone(), value.clone());
+        crate::index::on_write(self, &key, old.as_deref(), value.as_deref())
+    }
+
+    /// Writes an index key (None: removes it); for `index` only.
+    pub(crate) fn put_index(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.pending.insert(key, value);
     }
 
     pub fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MetaError> {
@@ -188,12 +208,14 @@ impl<'a> Txn<'a> {
     }
 
     pub fn put<T: Serialize>(&mut self, key: Vec<u8>, v: &T) -> Result<(), MetaError> {
-        self.pending.insert(key, Some(encode(v)?));
-        Ok(())
+        let value = encode(v)?;
+        self.write(key, Some(value))
     }
 
     pub fn remove(&mut self, key: Vec<u8>) {
-        self.pending.insert(key, None);
+        if let Err(e) = self.write(key, None) {
+            self.failed.get_or_insert(e);
+        }
     }
 
     pub fn add_count(&mut self, what: &str, delta: i64) -> Result<(), MetaError> {
@@ -204,7 +226,10 @@ impl<'a> Txn<'a> {
     }
 
     /// Decoded values of every key under `prefix`, as the transaction sees
-    /// them: only valid for prefixes it has not written to.
+    /// them: only valid for prefixes it has not written to. Only for prefixes
+    /// that stay small (sessions, drains): `apply` reads catalog-sized ones
+    /// through `index`.
+    #[allow(dead_code)]
     pub fn scan<T: DeserializeOwned>(&self, what: &'static str, prefix: &[u8]) -> Result<Vec<T>, MetaError> {
         scan(self.tree, what, prefix)
     }
@@ -233,6 +258,9 @@ impl<'a> Txn<'a> {
 
     /// Applies every buffered write in one atomic sled batch.
     pub fn commit(self) -> Result<(), MetaError> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
         let mut batch = sled::Batch::default();
         for (k, v) in self.pending {
             match v {

@@ -25,14 +25,17 @@ pub mod fuzzing;
 mod gc;
 mod impl_log_store;
 mod impl_state_machine;
+mod index;
 mod kv;
 mod liveness;
 mod maint_service;
 mod network;
 mod node;
+pub mod probe;
 mod raft_service;
 pub mod repair;
 mod retention;
+mod snapshot_file;
 mod sources;
 #[cfg(test)]
 mod test_util;

@@ -34,11 +34,17 @@ use crate::raft_service::RaftService;
 use crate::types::Raft;
 use crate::{LogStore, MetaConfig, MetaError, StateMachineStore};
 
+/// sled's own cache of a metadata node.
+const SLED_CACHE_BYTES: u64 = 256 << 20;
+
 /// Opens (or creates) the sled database of a metadata node and its stores.
 pub fn open_stores(dir: &Path) -> Result<(LogStore, StateMachineStore), MetaError> {
     std::fs::create_dir_all(dir).map_err(|source| MetaError::Io { path: dir.display().to_string(), source })?;
-    let db = sled::Config::new().path(dir.join("raft.sled")).open()?;
-    Ok((LogStore::open(&db)?, StateMachineStore::open(&db)?))
+    // sled's page cache defaults to 1 GiB; a bounded cache keeps a node's
+    // memory flat as the catalog grows (reads past it go to the page cache
+    // of the kernel).
+    let db = sled::Config::new().path(dir.join("raft.sled")).cache_capacity(SLED_CACHE_BYTES).open()?;
+    Ok((LogStore::open(&db)?, StateMachineStore::open(&db, &dir.join("snapshots"))?))
 }
 
 /// How long `serve` waits for the workers to stop once shutdown began.

@@ -7,8 +7,8 @@
 //! rather than checks): an append or snapshot chunk without a committed
 //! leader vote, entries that are not consecutive after `prev_log_id` or
 //! claim a later leader than the sender's, a snapshot chunk at an offset
-//! past the bytes received so far (the snapshot is buffered in memory, so
-//! such an offset would allocate its size).
+//! past the bytes received so far (the snapshot is written to a file at
+//! that offset, so such an offset would make a sparse file of any size).
 
 use std::sync::Mutex;
 
@@ -39,11 +39,9 @@ impl RaftService {
     fn admit_chunk(&self, req: &InstallSnapshotRequest<TypeConfig>) -> Result<(), Status> {
         check_vote("vote", &req.vote, req.meta.last_log_id.as_ref().map(|l| &l.leader_id))?;
         let id = &req.meta.snapshot_id;
-        let end = req.offset.checked_add(req.data.len() as u64).filter(|end| *end <= MAX_SNAPSHOT_BYTES);
-        let Some(end) = end else {
-            return Err(Status::invalid_argument(format!(
-                "offset: a chunk ending past {MAX_SNAPSHOT_BYTES} bytes, the largest snapshot"
-            )));
+        // No bound but the disk: the snapshot goes to a file, a chunk at a time.
+        let Some(end) = req.offset.checked_add(req.data.len() as u64) else {
+            return Err(Status::invalid_argument(format!("offset: {} overflows with the chunk's length", req.offset)));
         };
         let mut receiving = self.receiving.lock().unwrap_or_else(|p| p.into_inner());
         let received = match &*receiving {
@@ -66,10 +64,6 @@ impl RaftService {
         Ok(())
     }
 }
-
-/// The largest snapshot a node takes in: far above any catalog this
-/// version keeps in one process's memory.
-const MAX_SNAPSHOT_BYTES: u64 = 16 << 30;
 
 /// A leader's vote: committed, and no older than the log ids it sends.
 fn check_vote(field: &str, vote: &Vote<NodeId>, newest: Option<&CommittedLeaderId<NodeId>>) -> Result<(), Status> {

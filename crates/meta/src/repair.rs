@@ -26,7 +26,7 @@ use coffer_proto::pb;
 use coffer_rpc::ShardPool;
 use coffer_types::{NodeId, NodeRecord, NodeState, PackId, PackRecord, ShardIndex, SiteId};
 
-use crate::command::{BadShardRecord, Command, CommandResult, IncidentRecord, RepairWork};
+use crate::command::{BadShardRecord, Command, CommandResult, RepairWork};
 use crate::kv;
 use crate::node::{now_ms, MetaNode};
 use crate::MetaError;
@@ -159,31 +159,17 @@ pub(crate) async fn tick_once(
 ) -> Result<(), MetaError> {
     let tree = n.sm.tree();
     let nodes: Vec<NodeRecord> = kv::scan(tree, "node", kv::NODE_PREFIX)?;
-    let packs: Vec<PackRecord> = kv::scan(tree, "pack", kv::PACK_PREFIX)?;
-    let incidents: Vec<IncidentRecord> = kv::scan(tree, "incident", kv::INCIDENT_PREFIX)?;
-    let mut bad: HashMap<(PackId, u8), BadShardRecord> = HashMap::new();
-    for item in tree.scan_prefix(kv::BAD_SHARD_PREFIX) {
-        let (k, v) = item?;
-        let (Some(pack), Some(&index)) = (k.get(2..18).and_then(|b| PackId::from_slice(b).ok()), k.get(18)) else {
-            continue;
-        };
-        if let Ok(rec) = kv::decode::<BadShardRecord>("bad shard", &v) {
-            bad.insert((pack, index), rec);
-        }
-    }
+    let bad = bad_shards(tree)?;
     let state: HashMap<NodeId, NodeState> = nodes.iter().map(|r| (r.id, n.liveness.state(r.id))).collect();
     let draining = kv::draining(tree)?;
     let by_id: HashMap<NodeId, &NodeRecord> = nodes.iter().map(|r| (r.id, r)).collect();
     let up = |id: &NodeId| state.get(id) == Some(&NodeState::Up);
 
     // Failure detection: every down node with shards gets an open incident.
-    let mut held: HashMap<NodeId, u64> = HashMap::new();
-    for p in &packs {
-        for s in &p.shards {
-            *held.entry(s.node).or_default() += 1;
-        }
-    }
-    let open: HashMap<NodeId, u64> = incidents.iter().filter(|i| i.open).map(|i| (i.node, i.id)).collect();
+    // Shard counts and open incidents come from the indexes `apply` keeps,
+    // so a tick reads what is wrong, not the catalog.
+    let held: HashMap<NodeId, u64> = crate::index::held(tree)?;
+    let open: HashMap<NodeId, u64> = crate::index::open_incidents(tree)?;
     for r in &nodes {
         if state.get(&r.id) == Some(&NodeState::Down) && !open.contains_key(&r.id) {
             let last_seen_ms = n
@@ -213,11 +199,7 @@ pub(crate) async fn tick_once(
             write(n, Command::CloseIncident { node: *node, time_ms: now_ms() }).await?;
         }
     }
-    let open: HashMap<NodeId, u64> = kv::scan::<IncidentRecord>(tree, "incident", kv::INCIDENT_PREFIX)?
-        .into_iter()
-        .filter(|i| i.open)
-        .map(|i| (i.node, i.id))
-        .collect();
+    let open: HashMap<NodeId, u64> = crate::index::open_incidents(tree)?;
 
     // A decommissioned node leaves once it holds nothing.
     for (node, d) in &draining {
@@ -244,6 +226,14 @@ pub(crate) async fn tick_once(
     // targets that keep failing; a bad shard is still rebuilt in place.
     let homes: Vec<Candidate> = candidates.iter().filter(|c| !n.repair.backing_off(c.node)).cloned().collect();
     let site_of = |id: &NodeId| by_id.get(id).map(|r| r.site.clone());
+    // The packs that can have work: a shard on a node that is down,
+    // draining or not in the map (node 0 holds the unplaced shards of short
+    // packs), a shard reported bad, or a placement breaking the site rule.
+    // Every other pack is whole and well placed, so it is not read.
+    let suspect = |node: &NodeId| {
+        state.get(node) == Some(&NodeState::Down) || draining.contains_key(node) || !by_id.contains_key(node)
+    };
+    let packs = packs_with_work(tree, &held, suspect, &bad)?;
     let mut tasks = Vec::new();
     let mut site_degraded = 0u64;
     for p in &packs {
@@ -353,6 +343,47 @@ pub(crate) async fn tick_once(
         }
     }
     Ok(())
+}
+
+/// Shards reported bad, by pack and index.
+pub(crate) fn bad_shards(tree: &sled::Tree) -> Result<HashMap<(PackId, u8), BadShardRecord>, MetaError> {
+    let mut bad = HashMap::new();
+    for item in tree.scan_prefix(kv::BAD_SHARD_PREFIX) {
+        let (k, v) = item?;
+        let (Some(pack), Some(&index)) = (k.get(2..18).and_then(|b| PackId::from_slice(b).ok()), k.get(18)) else {
+            continue;
+        };
+        if let Ok(rec) = kv::decode::<BadShardRecord>("bad shard", &v) {
+            bad.insert((pack, index), rec);
+        }
+    }
+    Ok(bad)
+}
+
+/// The packs a tick looks at: those with a shard on a `suspect` node (down,
+/// draining, not in the map, or 0 for unplaced shards), a shard in `bad`,
+/// or a placement breaking the site rule, read through the indexes.
+pub(crate) fn packs_with_work(
+    tree: &sled::Tree,
+    held: &HashMap<NodeId, u64>,
+    suspect: impl Fn(&NodeId) -> bool,
+    bad: &HashMap<(PackId, u8), BadShardRecord>,
+) -> Result<Vec<PackRecord>, MetaError> {
+    let mut ids: std::collections::BTreeSet<PackId> = std::collections::BTreeSet::new();
+    for (node, count) in held {
+        if *count > 0 && suspect(node) {
+            ids.extend(crate::index::packs_on(tree, *node)?);
+        }
+    }
+    ids.extend(bad.keys().map(|(p, _)| *p));
+    ids.extend(crate::index::site_broken(tree)?);
+    let mut packs: Vec<PackRecord> = Vec::with_capacity(ids.len());
+    for id in &ids {
+        if let Some(p) = kv::get::<PackRecord>(tree, "pack", &kv::pack_key(id))? {
+            packs.push(p);
+        }
+    }
+    Ok(packs)
 }
 
 /// The superfluous-copy sweep, on its own schedule: the catalog's nodes

@@ -132,7 +132,7 @@ mod tests {
     fn snap(t: &sled::Tree, id: u8) -> SnapshotId {
         let rec = snapshot(id, RepoName::new("r").unwrap());
         // Written directly: commit_snapshot's checks are tested in apply.
-        t.insert(kv::snapshot_key(&rec.id), kv::encode(&rec).unwrap()).unwrap();
+        crate::test_util::put(t, kv::snapshot_key(&rec.id), &rec);
         rec.id
     }
 

@@ -50,3 +50,11 @@ pub(crate) fn snapshot(id: u8, repo: RepoName) -> SnapshotRecord {
         refs_count: 1,
     }
 }
+
+/// Writes a record straight into the tree (no command), through `Txn` so
+/// that the secondary indexes are kept as any write keeps them.
+pub(crate) fn put<T: serde::Serialize>(t: &sled::Tree, key: Vec<u8>, value: &T) {
+    let mut txn = Txn::new(t);
+    txn.put(key, value).unwrap();
+    txn.commit().unwrap();
+}

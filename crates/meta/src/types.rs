@@ -1,9 +1,7 @@
 //! openraft's type configuration for coffer.
 
-use std::fmt;
-use std::io::Cursor;
-
 use serde::{Deserialize, Serialize};
+use std::fmt;
 
 use crate::command::{Command, CommandResult};
 
@@ -30,7 +28,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = MetaNodeInfo,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
