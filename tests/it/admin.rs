@@ -37,8 +37,11 @@ fn probes_follow_raft_and_metrics_parse() -> Result<()> {
         write_sample_tree(&src, 7, 1)?;
         backup(c, &src, &[])?;
 
-        let admins: Vec<String> =
-            c.meta.iter().map(|m| m.admin_addr().context("a metadata node reported no admin port")).collect::<Result<_>>()?;
+        let admins: Vec<String> = c
+            .meta
+            .iter()
+            .map(|m| m.admin_addr().context("a metadata node reported no admin port"))
+            .collect::<Result<_>>()?;
         for a in &admins {
             ensure!(http_get(a, "/livez")?.0 == 200, "{a}/livez");
             wait_until(&format!("{a}/readyz to answer 200"), Duration::from_secs(30), || {

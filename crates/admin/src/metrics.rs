@@ -130,10 +130,22 @@ impl Events {
 
     /// Registers every family (clones share the values) into `r`.
     fn register_into(&self, r: &mut Registry) {
-        r.register("coffer_grpc_requests", "gRPC requests served, by service, method and status code", self.grpc_requests.clone());
-        r.register("coffer_grpc_request_duration_seconds", "gRPC request latency on the server", self.grpc_duration.clone());
+        r.register(
+            "coffer_grpc_requests",
+            "gRPC requests served, by service, method and status code",
+            self.grpc_requests.clone(),
+        );
+        r.register(
+            "coffer_grpc_request_duration_seconds",
+            "gRPC request latency on the server",
+            self.grpc_duration.clone(),
+        );
         r.register("coffer_backup_bytes", "Plaintext bytes read by backups", self.backup_bytes.clone());
-        r.register("coffer_backup_stored_bytes", "Bytes of new blobs stored by backups", self.backup_stored_bytes.clone());
+        r.register(
+            "coffer_backup_stored_bytes",
+            "Bytes of new blobs stored by backups",
+            self.backup_stored_bytes.clone(),
+        );
         r.register("coffer_backup_chunks", "Chunks cut by backups, new and deduplicated", self.backup_chunks.clone());
         r.register("coffer_backup_duration_seconds", "Backup durations", self.backup_duration.clone());
         r.register(
@@ -275,7 +287,10 @@ mod tests {
                 .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
                 .map(|s| s.value.clone())
         };
-        assert!(matches!(value("coffer_raft_term", None), Some(prometheus_parse::Value::Gauge(v)) if v == 4.0), "{text}");
+        assert!(
+            matches!(value("coffer_raft_term", None), Some(prometheus_parse::Value::Gauge(v)) if v == 4.0),
+            "{text}"
+        );
         assert!(value("coffer_packs", Some(("health", "degraded"))).is_some(), "{text}");
         assert!(value("coffer_rebuild_written_bytes_total", None).is_some(), "{text}");
         assert!(value("coffer_build_info", Some(("role", "meta"))).is_some(), "{text}");

@@ -61,8 +61,10 @@ impl Reporter {
                     if bar.length() != Some(total) {
                         bar.set_length(total);
                         bar.set_style(
-                            ProgressStyle::with_template("{spinner} {elapsed_precise} [{wide_bar}] {percent}% {msg}, ETA {eta}")
-                                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                            ProgressStyle::with_template(
+                                "{spinner} {elapsed_precise} [{wide_bar}] {percent}% {msg}, ETA {eta}",
+                            )
+                            .unwrap_or_else(|_| ProgressStyle::default_bar()),
                         );
                     }
                     bar.set_position(step.bytes.min(total));

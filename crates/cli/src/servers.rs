@@ -5,9 +5,9 @@
 //! so a supervisor that asked for port 0 learns them.
 
 use anyhow::{Context, Result};
-use futures::FutureExt;
 use coffer_meta::MetaNode;
 use coffer_storage::StorageNode;
+use futures::FutureExt;
 
 use crate::args::{Global, MetaArgs, StorageArgs};
 

@@ -161,17 +161,37 @@ fn samples(node: &Arc<MetaNode>, dr: Option<&DrFigures>) -> Vec<Sample> {
     let me = node.config.id.0;
     let mut out = vec![
         Sample::gauge("coffer_raft_term", "The current Raft term", m.current_term as f64),
-        Sample::gauge("coffer_raft_leader", "The Raft id of the leader this node knows, 0 if none", m.current_leader.unwrap_or(0) as f64),
-        Sample::gauge("coffer_raft_is_leader", "1 if this node is the Raft leader", f64::from(u8::from(m.current_leader == Some(me)))),
-        Sample::gauge("coffer_raft_last_log_index", "The last log index this node holds", m.last_log_index.unwrap_or(0) as f64),
-        Sample::gauge("coffer_raft_applied_index", "The last log index applied to the state machine", m.last_applied.map(|l| l.index).unwrap_or(0) as f64),
+        Sample::gauge(
+            "coffer_raft_leader",
+            "The Raft id of the leader this node knows, 0 if none",
+            m.current_leader.unwrap_or(0) as f64,
+        ),
+        Sample::gauge(
+            "coffer_raft_is_leader",
+            "1 if this node is the Raft leader",
+            f64::from(u8::from(m.current_leader == Some(me))),
+        ),
+        Sample::gauge(
+            "coffer_raft_last_log_index",
+            "The last log index this node holds",
+            m.last_log_index.unwrap_or(0) as f64,
+        ),
+        Sample::gauge(
+            "coffer_raft_applied_index",
+            "The last log index applied to the state machine",
+            m.last_applied.map(|l| l.index).unwrap_or(0) as f64,
+        ),
         Sample::gauge(
             "coffer_raft_log_entries",
             "Log entries kept (not yet purged behind a snapshot)",
             m.last_log_index.unwrap_or(0).saturating_sub(m.purged.map(|l| l.index).unwrap_or(0)) as f64,
         ),
-        Sample::gauge("coffer_raft_members", "Raft members by role", m.membership_config.membership().voter_ids().count() as f64)
-            .label("role", "voter"),
+        Sample::gauge(
+            "coffer_raft_members",
+            "Raft members by role",
+            m.membership_config.membership().voter_ids().count() as f64,
+        )
+        .label("role", "voter"),
         Sample::gauge("coffer_meta_ready", "1 if /readyz would answer 200", f64::from(u8::from(ready(node).is_ok()))),
     ];
     if let Some(c) = commit_index(node) {
@@ -196,18 +216,42 @@ fn samples(node: &Arc<MetaNode>, dr: Option<&DrFigures>) -> Vec<Sample> {
         ("short", packs.short),
         ("site_degraded", status.site_degraded),
     ] {
-        out.push(Sample::gauge("coffer_packs", "Packs by health (short and site_degraded overlap the others)", n as f64).label("health", health));
+        out.push(
+            Sample::gauge("coffer_packs", "Packs by health (short and site_degraded overlap the others)", n as f64)
+                .label("health", health),
+        );
     }
     let r = status.rebuild.unwrap_or_default();
     out.push(Sample::gauge("coffer_rebuild_queue_shards", "Shards waiting to be rebuilt or moved", r.queued as f64));
     out.push(Sample::gauge("coffer_rebuild_in_flight_shards", "Shard rebuilds in flight", r.in_flight as f64));
-    out.push(Sample::gauge("coffer_rebuild_eta_seconds", "Seconds until the rebuild queue drains at the recent rate", r.eta_s));
-    out.push(Sample::counter("coffer_rebuild_done_total", "Shard rebuilds done since this node became leader", r.done as f64));
-    out.push(Sample::counter("coffer_rebuild_failed_total", "Shard rebuilds failed since this node became leader", r.failed as f64));
+    out.push(Sample::gauge(
+        "coffer_rebuild_eta_seconds",
+        "Seconds until the rebuild queue drains at the recent rate",
+        r.eta_s,
+    ));
+    out.push(Sample::counter(
+        "coffer_rebuild_done_total",
+        "Shard rebuilds done since this node became leader",
+        r.done as f64,
+    ));
+    out.push(Sample::counter(
+        "coffer_rebuild_failed_total",
+        "Shard rebuilds failed since this node became leader",
+        r.failed as f64,
+    ));
     if let Ok(incidents) = svc.incidents_view() {
-        let sum = |f: fn(&pb::Incident) -> u64| incidents.incidents.iter().map(f).fold(0u64, u64::saturating_add) as f64;
-        out.push(Sample::counter("coffer_rebuild_read_bytes_total", "Bytes read by rebuilds (all incidents)", sum(|i| i.bytes_read)));
-        out.push(Sample::counter("coffer_rebuild_written_bytes_total", "Bytes written by rebuilds (all incidents)", sum(|i| i.bytes_written)));
+        let sum =
+            |f: fn(&pb::Incident) -> u64| incidents.incidents.iter().map(f).fold(0u64, u64::saturating_add) as f64;
+        out.push(Sample::counter(
+            "coffer_rebuild_read_bytes_total",
+            "Bytes read by rebuilds (all incidents)",
+            sum(|i| i.bytes_read),
+        ));
+        out.push(Sample::counter(
+            "coffer_rebuild_written_bytes_total",
+            "Bytes written by rebuilds (all incidents)",
+            sum(|i| i.bytes_written),
+        ));
         out.push(Sample::counter(
             "coffer_rebuild_cross_site_bytes_total",
             "Bytes rebuilds moved between sites (all incidents)",
@@ -218,16 +262,22 @@ fn samples(node: &Arc<MetaNode>, dr: Option<&DrFigures>) -> Vec<Sample> {
     }
     for n in &status.nodes {
         let (id, site) = (n.id.to_string(), n.site.clone());
-        let node_sample = |name, help, v: u64| Sample::gauge(name, help, v as f64).label("node", id.clone()).label("site", site.clone());
+        let node_sample = |name, help, v: u64| {
+            Sample::gauge(name, help, v as f64).label("node", id.clone()).label("site", site.clone())
+        };
         out.push(node_sample("coffer_node_used_bytes", "Bytes of shard files on a storage node", n.used_bytes));
         out.push(node_sample("coffer_node_free_bytes", "Free bytes of a storage node's filesystem", n.free_bytes));
         out.push(node_sample("coffer_node_capacity_bytes", "Capacity a storage node announces", n.capacity_bytes));
         for state in ["up", "suspect", "down"] {
             out.push(
-                Sample::gauge("coffer_node_state", "1 for the state a storage node is in", f64::from(u8::from(n.state == state)))
-                    .label("node", id.clone())
-                    .label("site", site.clone())
-                    .label("state", state),
+                Sample::gauge(
+                    "coffer_node_state",
+                    "1 for the state a storage node is in",
+                    f64::from(u8::from(n.state == state)),
+                )
+                .label("node", id.clone())
+                .label("site", site.clone())
+                .label("state", state),
             );
         }
     }
@@ -235,14 +285,20 @@ fn samples(node: &Arc<MetaNode>, dr: Option<&DrFigures>) -> Vec<Sample> {
         worker_samples(&mut out, &w.node, &w.name, &w.state, &w.progress.clone().into_iter().collect(), w.errors);
         if w.name == "scrub" && w.last_run_ms > 0 && w.progress.get("passes").copied().unwrap_or(0) > 0 {
             out.push(
-                Sample::gauge("coffer_scrub_last_success_timestamp_seconds", "When a node's last scrub pass finished", w.last_run_ms as f64 / 1000.0)
-                    .label("node", w.node.clone()),
+                Sample::gauge(
+                    "coffer_scrub_last_success_timestamp_seconds",
+                    "When a node's last scrub pass finished",
+                    w.last_run_ms as f64 / 1000.0,
+                )
+                .label("node", w.node.clone()),
             );
         }
     }
     if let Some(dr) = dr {
         for f in dr() {
-            let s = |name, help, v: f64| Sample::gauge(name, help, v).label("repo", f.repo.clone()).label("source", f.source.clone());
+            let s = |name, help, v: f64| {
+                Sample::gauge(name, help, v).label("repo", f.repo.clone()).label("source", f.source.clone())
+            };
             out.push(s("coffer_dr_rpo_seconds", "Seconds since a source's newest snapshot", f.rpo_seconds));
             out.push(s("coffer_dr_rpo_target_seconds", "A source's RPO target", f.rpo_target_seconds));
             if let Some(v) = f.last_drill_timestamp_seconds {
@@ -276,7 +332,11 @@ fn worker_samples(
             .label("worker", name)
             .label("state", state),
     );
-    out.push(Sample::counter("coffer_worker_errors_total", "Failed steps of a background worker", errors as f64).label("node", node).label("worker", name));
+    out.push(
+        Sample::counter("coffer_worker_errors_total", "Failed steps of a background worker", errors as f64)
+            .label("node", node)
+            .label("worker", name),
+    );
     for (key, v) in progress {
         if key.ends_with("_ms") {
             continue;

@@ -168,7 +168,11 @@ pub fn render(node: &Arc<MetaNode>, dr: Option<&DrFigures>) -> Result<String, St
         );
         for n in nodes {
             let state = state_of(n);
-            let pct = if n.capacity_bytes > 0 { (n.used_bytes as f64 / n.capacity_bytes as f64 * 100.0).min(100.0) } else { 0.0 };
+            let pct = if n.capacity_bytes > 0 {
+                (n.used_bytes as f64 / n.capacity_bytes as f64 * 100.0).min(100.0)
+            } else {
+                0.0
+            };
             let _ = write!(
                 h,
                 "<tr data-node=\"{id}\" data-state=\"{state}\"><td>{id}<br><span class=\"mute\">{addr}</span>{drain}</td>\

@@ -92,7 +92,9 @@ mod tests {
         assert!(is_failure_line("coffer: error: start metadata node"));
         assert!(!is_failure_line("2026-12-01T09:33:07Z  WARN shard request refused error=ERROR in a field"));
         assert!(!is_failure_line("2026-12-01T09:33:07Z  INFO metadata node serving"));
-        assert!(is_failure_line(r#"{"timestamp":"t","level":"ERROR","fields":{"message":"m"},"target":"coffer_meta"}"#));
+        assert!(is_failure_line(
+            r#"{"timestamp":"t","level":"ERROR","fields":{"message":"m"},"target":"coffer_meta"}"#
+        ));
         assert!(!is_failure_line(r#"{"timestamp":"t","level":"WARN","fields":{"message":"level ERROR"}}"#));
     }
 
