@@ -112,7 +112,7 @@ pub fn render(node: &Arc<MetaNode>, dr: Option<&DrFigures>) -> Result<String, St
             _ => "degraded",
         }
     };
-    let packs = status.packs.clone().unwrap_or_default();
+    let packs = status.packs.unwrap_or_default();
     let sites_down = sites.values().filter(|n| site_state(n) == "down").count();
     let (verdict, class) = if !is_leader {
         ("this node is a follower: node states are known only to the leader".to_string(), "b-warn")
@@ -201,8 +201,9 @@ pub fn render(node: &Arc<MetaNode>, dr: Option<&DrFigures>) -> Result<String, St
     ] {
         let _ = write!(
             h,
-            "<tr data-health=\"{name}\" data-count=\"{n}\"><td class=\"s-{name}\">{label}</td><td>{n}</td></tr>",
-            label = format!("{} <span class=\"mute\">({what})</span>", name.replace('_', " ")),
+            "<tr data-health=\"{name}\" data-count=\"{n}\"><td class=\"s-{name}\">{label} \
+             <span class=\"mute\">({what})</span></td><td>{n}</td></tr>",
+            label = name.replace('_', " "),
         );
     }
     let _ = write!(
@@ -215,7 +216,7 @@ pub fn render(node: &Arc<MetaNode>, dr: Option<&DrFigures>) -> Result<String, St
     );
 
     // Rebuild queue.
-    let r = status.rebuild.clone().unwrap_or_default();
+    let r = status.rebuild.unwrap_or_default();
     let eta = if r.queued + r.in_flight == 0 {
         "nothing to do".to_string()
     } else if r.eta_s > 0.0 {
