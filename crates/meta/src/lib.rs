@@ -31,12 +31,14 @@ mod liveness;
 mod maint_service;
 mod network;
 mod node;
+pub mod observe;
 pub mod probe;
 mod raft_service;
 pub mod repair;
 mod retention;
 mod snapshot_file;
 mod sources;
+mod status_page;
 #[cfg(test)]
 mod test_util;
 mod tokens;
