@@ -8,6 +8,7 @@
 mod bad_input;
 mod dedup;
 mod degraded;
+mod dr;
 mod keys;
 mod meta_crash;
 mod raft;

@@ -26,10 +26,12 @@
 pub mod backup;
 pub mod browse;
 pub mod check;
+pub mod drill;
 mod error;
 mod fetch;
 pub mod gc;
 pub mod keys;
+pub mod plan;
 mod parent;
 mod pipeline;
 mod readahead;

@@ -236,6 +236,7 @@ pub fn apply(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, MetaError
             Ok(CommandResult::Ok)
         }
         Command::SetKeySlots { repo, expected_version, slots } => set_key_slots(txn, repo, expected_version, slots),
+        Command::RecordDr { record } => crate::dr::record(txn, record),
     }
 }
 

@@ -79,6 +79,9 @@ pub(crate) enum Rpc {
         all: bool,
     },
     RevokeToken,
+    // Catalog, disaster recovery (issue 14).
+    RecordDr,
+    ListDr,
 }
 
 /// What a repository token must be able to do for a call.
@@ -170,6 +173,11 @@ pub(crate) fn need(rpc: Rpc) -> Need {
         | Rpc::CreateToken
         | Rpc::ListTokens { all: false }
         | Rpc::RevokeToken => Need::Repo(Admin),
+        // An agent that may restore may record its own restores and drills;
+        // the report shows the whole repository's figures, which is its
+        // admin's (or the cluster administrator's) business.
+        Rpc::RecordDr => Need::Repo(Read),
+        Rpc::ListDr => Need::Repo(Admin),
     }
 }
 
@@ -213,6 +221,8 @@ impl Rpc {
             Rpc::ListTokens { all: false } => "ListTokens",
             Rpc::ListTokens { all: true } => "ListTokens(all)",
             Rpc::RevokeToken => "RevokeToken",
+            Rpc::RecordDr => "RecordDr",
+            Rpc::ListDr => "ListDr",
         }
     }
 
@@ -505,9 +515,15 @@ mod tests {
         let writes = [Rpc::BeginSession, Rpc::EndSession, Rpc::AllocatePack, Rpc::CommitPack, Rpc::CommitSnapshot];
         let shared =
             [Rpc::GetRepo, Rpc::LookupChunks, Rpc::ListSnapshots, Rpc::ListHolds, Rpc::GetPacks { data: false }];
-        let reads = [Rpc::GetPacks { data: true }, Rpc::ListChunks];
-        let admin_only =
-            [Rpc::Forget, Rpc::Hold { lift: true }, Rpc::CreateToken, Rpc::RevokeToken, Rpc::ListTokens { all: false }];
+        let reads = [Rpc::GetPacks { data: true }, Rpc::ListChunks, Rpc::RecordDr];
+        let admin_only = [
+            Rpc::Forget,
+            Rpc::Hold { lift: true },
+            Rpc::CreateToken,
+            Rpc::RevokeToken,
+            Rpc::ListTokens { all: false },
+            Rpc::ListDr,
+        ];
         let cluster = [
             Rpc::ClusterStatus,
             Rpc::CreateRepo,

@@ -183,6 +183,11 @@ pub enum Command {
         id: TokenId,
         time_ms: u64,
     },
+    /// Records a restore, drill or plan run (`coffer_types::dr`) under
+    /// `y/` (see `dr`); a repeat with the same content is `AlreadyApplied`.
+    RecordDr {
+        record: coffer_types::DrRecord,
+    },
 }
 
 impl Command {
@@ -213,6 +218,7 @@ impl Command {
             Command::HoldUntil { .. } => "hold_until",
             Command::CreateToken { .. } => "create_token",
             Command::RevokeToken { .. } => "revoke_token",
+            Command::RecordDr { .. } => "record_dr",
         }
     }
 }
@@ -324,6 +330,8 @@ pub enum Rejection {
     TokenExists(TokenId),
     #[error("token {0} does not exist")]
     UnknownToken(TokenId),
+    #[error("disaster-recovery record {0:016x} already exists with different content")]
+    DrRecordConflict(u64),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
