@@ -102,7 +102,7 @@ pub async fn drill(g: &Global, a: DrillArgs) -> Result<i32> {
         }
     }
     if let Some(path) = &a.plan {
-        let plan = plan::load(path).with_context(|| format!("read plan {}", path.display()))?;
+        let plan = load_plan(path)?;
         let scratch = tempfile::Builder::new().prefix("coffer-plan-drill-").tempdir().context("scratch directory")?;
         let repos = open_plan_repos(g, &plan).await?;
         let opts = RunOptions { before_ms: None, scratch: Some(scratch.path().to_path_buf()) };
@@ -143,6 +143,18 @@ pub async fn drill(g: &Global, a: DrillArgs) -> Result<i32> {
     Ok(if r.verified { 0 } else { 1 })
 }
 
+/// Reads and checks a plan file; an unreadable or invalid plan is a usage
+/// error (exit 2), like a bad flag.
+fn load_plan(path: &std::path::Path) -> Result<Plan> {
+    plan::load(path).map_err(|e| {
+        let msg = match e {
+            ClientError::BadSource { reason } => format!("{}: {reason}", path.display()),
+            other => format!("read plan: {other}"),
+        };
+        anyhow::Error::from(crate::config::UsageError(msg))
+    })
+}
+
 /// Opens every repository a plan restores from, with the global password.
 async fn open_plan_repos(g: &Global, plan: &Plan) -> Result<Repos> {
     let meta = meta_client(g)?;
@@ -171,10 +183,7 @@ pub async fn recover(g: &Global, a: RecoverArgs) -> Result<i32> {
         Some(t) => Some(parse_time(t).map_err(|e| crate::config::UsageError(format!("--before: {e:#}")))?),
         None => None,
     };
-    let plan = plan::load(&a.plan).map_err(|e| match e {
-        ClientError::BadSource { reason } => anyhow::Error::from(crate::config::UsageError(reason)),
-        other => anyhow::Error::from(other),
-    })?;
+    let plan = load_plan(&a.plan)?;
     let repos = open_plan_repos(g, &plan).await?;
     let opts = RunOptions { before_ms, scratch: None };
     let preview = plan::preview(&plan, &repos, &opts).await;
@@ -337,7 +346,8 @@ pub fn build_report(
         };
         let verified_ends: Vec<u64> = list.iter().filter(|s| !lost(s)).map(|s| s.end_ms).collect();
         let latest = list.last();
-        let (files, skipped, bytes) = latest.map_or((0, 0, 0), |s| (s.stats.files, s.stats.errors, s.stats.bytes_scanned));
+        let (files, skipped, bytes) =
+            latest.map_or((0, 0, 0), |s| (s.stats.files, s.stats.errors, s.stats.bytes_scanned));
         let rpo = figures::rpo_ms(now_ms, verified_ends.iter().copied().max());
         let worst = figures::worst_rpo_ms(&verified_ends, since_ms, now_ms);
         let last = drills.iter().filter(|d| d.source == source).max_by_key(|d| d.started_ms);
@@ -371,7 +381,8 @@ pub fn build_report(
     let incidents = incidents.map(|list| {
         list.iter()
             .map(|i| {
-                let t = figures::incident_times(i.last_seen_ms, i.detected_ms, i.rebuild_finished_ms, i.state == "open");
+                let t =
+                    figures::incident_times(i.last_seen_ms, i.detected_ms, i.rebuild_finished_ms, i.state == "open");
                 IncidentReport {
                     id: i.id,
                     node: format!("{:016x}", i.node),

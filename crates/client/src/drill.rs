@@ -19,7 +19,8 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use coffer_proto::pb;
-use coffer_types::{DrKind, DrRecord, SnapshotRecord, MAX_DR_FAILED_FILES};
+use coffer_types::dr::MAX_DR_FAILED_FILES;
+use coffer_types::{DrKind, DrRecord, SnapshotRecord};
 use rand::Rng;
 use serde::Serialize;
 use tokio::io::AsyncReadExt;

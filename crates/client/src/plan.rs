@@ -206,8 +206,7 @@ pub fn pick_snapshot<'a>(
         None | Some("") => match before_ms {
             Some(t) => newest(of_source.iter().copied().filter(|s| s.end_ms < t))
                 .ok_or_else(|| format!("no snapshot of {what} in {} ended before the given time", step.repo)),
-            None => newest(of_source.iter().copied())
-                .ok_or_else(|| format!("no snapshot of {what} in {}", step.repo)),
+            None => newest(of_source.iter().copied()).ok_or_else(|| format!("no snapshot of {what} in {}", step.repo)),
         },
         Some("latest") => {
             newest(of_source.iter().copied()).ok_or_else(|| format!("no snapshot of {what} in {}", step.repo))
@@ -310,8 +309,11 @@ fn target_env(plan: &Plan, opts: &RunOptions) -> Vec<(String, PathBuf)> {
         .iter()
         .filter_map(|s| match &s.action {
             Action::Restore(r) => {
-                let key: String =
-                    s.name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+                let key: String = s
+                    .name
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+                    .collect();
                 Some((format!("COFFER_TARGET_{key}"), target_of(s, r, opts)))
             }
             Action::Run(_) => None,

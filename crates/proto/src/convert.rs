@@ -2,9 +2,9 @@
 //! validates (`TryFrom`) and names the field that was wrong.
 
 use coffer_types::{
-    BackupKind, ChunkId, DrKind, DrRecord, StepRecord, ChunkLocation, ErasureParams, Hash32, NodeId, NodeRecord, PackId, PackKind, PackRecord,
-    RepoName, RepoRecord, ShardIndex, ShardRecord, SiteId, SnapshotId, SnapshotRecord, SnapshotStats, Source,
-    TypesError, MAX_SHARD_LEN,
+    BackupKind, ChunkId, ChunkLocation, DrKind, DrRecord, ErasureParams, Hash32, NodeId, NodeRecord, PackId, PackKind,
+    PackRecord, RepoName, RepoRecord, ShardIndex, ShardRecord, SiteId, SnapshotId, SnapshotRecord, SnapshotStats,
+    Source, StepRecord, TypesError, MAX_SHARD_LEN,
 };
 
 use crate::limits::{self, check_bytes, check_count};
