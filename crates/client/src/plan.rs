@@ -99,7 +99,7 @@ pub fn parse_timeout(s: &str) -> Option<Duration> {
         "d" => n.checked_mul(86_400)?,
         _ => return None,
     };
-    (secs > 0).then(|| Duration::from_secs(secs))
+    (secs > 0).then_some(Duration::from_secs(secs))
 }
 
 impl Plan {

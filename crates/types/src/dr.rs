@@ -130,7 +130,7 @@ impl DrRecord {
     /// or when nothing measurable was moved).
     pub fn throughput(&self) -> Option<f64> {
         (self.kind != DrKind::PlanRun && self.ok && self.bytes > 0 && self.duration_ms > 0)
-            .then(|| self.bytes as f64 * 1000.0 / self.duration_ms as f64)
+            .then_some(self.bytes as f64 * 1000.0 / self.duration_ms as f64)
     }
 }
 
