@@ -9,6 +9,7 @@ mod admin;
 mod bad_input;
 mod dedup;
 mod degraded;
+mod dr;
 mod keys;
 mod meta_crash;
 mod raft;

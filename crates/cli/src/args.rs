@@ -144,6 +144,13 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         remove: Option<String>,
     },
+    /// Restore drill: restore a source's latest (or the given) snapshot into scratch, verify it, time it,
+    /// record it (exit 0 verified, 1 not); --plan drills a whole recovery plan.
+    Drill(crate::dr::DrillArgs),
+    /// Run a recovery plan (plan.toml): restores and commands, dependencies in order, the rest in parallel.
+    Recover(crate::dr::RecoverArgs),
+    /// Disaster-recovery report: backup ratio, RPO, drills, restores, incidents and a verdict per source.
+    Report(crate::dr::ReportArgs),
 }
 
 #[derive(Subcommand, Debug)]

@@ -218,10 +218,18 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<()> {
     let snap = repo.find_snapshot(&a.snapshot).await.with_context(|| format!("find snapshot {:?}", a.snapshot))?;
     let target = if a.target == "-" { RestoreTarget::Stdout } else { RestoreTarget::Dir(PathBuf::from(&a.target)) };
     let to_stdout = target == RestoreTarget::Stdout;
-    let summary = repo
-        .restore(&snap, target, a.include.as_deref())
-        .await
-        .with_context(|| format!("restore snapshot {}", snap.id.short()))?;
+    let started_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let result = repo.restore(&snap, target, a.include.as_deref()).await;
+    // Every restore is recorded with its figures, failed or not, so that the
+    // RTO of a real recovery is measured (issue 14). A cluster that cannot
+    // take the record does not fail the restore.
+    let reason = result.as_ref().err().map(|e| format!("{e:#}")).unwrap_or_default();
+    let record = coffer_client::plan::restore_record(&repo, &snap, started_ms, result.as_ref().ok(), &reason);
+    if let Err(e) = repo.record_dr(&record).await {
+        tracing::warn!(error = %e, "could not record the restore in the catalog");
+    }
+    let summary = result.with_context(|| format!("restore snapshot {}", snap.id.short()))?;
     if to_stdout {
         // Stdout carries the data; the summary goes to stderr.
         if !summary.bad_shards.is_empty() {

@@ -12,6 +12,7 @@ mod args;
 mod commands;
 mod config;
 mod dev;
+mod dr;
 mod duration;
 mod keys;
 mod progress;
@@ -132,6 +133,9 @@ fn main() {
             }
             Command::Token(TokenCommand::List { all }) => tokens::list(&g, all).await.map(|_| 0),
             Command::Token(TokenCommand::Revoke { id }) => tokens::revoke(&g, &id).await.map(|_| 0),
+            Command::Drill(a) => dr::drill(&g, a).await,
+            Command::Recover(a) => dr::recover(&g, a).await,
+            Command::Report(a) => dr::report(&g, a).await.map(|_| 0),
         };
         match result {
             Ok(code) => code,

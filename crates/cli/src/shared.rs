@@ -130,7 +130,12 @@ pub fn parse_time(s: &str) -> Result<u64> {
     let mut secs = days_from_civil(y, m, d) * 86_400;
     if let Some(t) = time {
         let hms: Vec<&str> = t.split(':').collect();
-        let [h, mi, se] = hms.as_slice() else { bail!("{s:?}: expected HH:MM:SS") };
+        // Seconds may be left out: 2026-12-01T09:00Z.
+        let (h, mi, se) = match hms.as_slice() {
+            [h, mi, se] => (h, mi, *se),
+            [h, mi] => (h, mi, "0"),
+            _ => bail!("{s:?}: expected HH:MM[:SS]"),
+        };
         let (h, mi, se) = (num(h, "hour")?, num(mi, "minute")?, num(se, "second")?);
         if !(0..24).contains(&h) || !(0..60).contains(&mi) || !(0..61).contains(&se) {
             bail!("{s:?}: not a time of day");
@@ -155,6 +160,7 @@ mod tests {
         assert_eq!(parse_time("none").unwrap(), 0);
         assert_eq!(parse_time("2000-02-29").unwrap(), 951_782_400_000);
         assert_eq!(rfc3339(parse_time("2026-11-18T11:06:40Z").unwrap()), "2026-11-18T11:06:40Z");
+        assert_eq!(rfc3339(parse_time("2026-12-01T09:00Z").unwrap()), "2026-12-01T09:00:00Z");
         let soon = parse_time("+1d").unwrap();
         assert!(soon > now_ms() && soon <= now_ms() + 86_400_000);
         for bad in ["", "2026-13-01", "2026-11-18T11:06:40", "+5y", "tomorrow", "1960-01-01"] {

@@ -26,12 +26,14 @@
 pub mod backup;
 pub mod browse;
 pub mod check;
+pub mod drill;
 mod error;
 mod fetch;
 pub mod gc;
 pub mod keys;
 mod parent;
 mod pipeline;
+pub mod plan;
 mod readahead;
 pub mod repo;
 pub mod restore;

@@ -180,7 +180,7 @@ impl Repository {
 
 /// Lists the snapshots of `repo` a page at a time, validating every record;
 /// in time order (start, then end).
-pub(crate) async fn list_snapshots(meta: &MetaClient, repo: &RepoName) -> Result<Vec<SnapshotRecord>, ClientError> {
+pub async fn list_snapshots(meta: &MetaClient, repo: &RepoName) -> Result<Vec<SnapshotRecord>, ClientError> {
     let mut out = Vec::new();
     let mut token = Vec::new();
     loop {

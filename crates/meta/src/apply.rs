@@ -246,6 +246,7 @@ pub fn apply(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, MetaError
         Command::SetKeySlots { repo, expected_version, slots } => set_key_slots(txn, repo, expected_version, slots),
         Command::ReportSource { source, time_ms } => crate::sources::report(txn, source, time_ms),
         Command::RemoveSource { repo, name } => crate::sources::remove(txn, &repo, &name),
+        Command::RecordDr { record } => crate::dr::record(txn, record),
     }
 }
 

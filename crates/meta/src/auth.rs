@@ -86,6 +86,9 @@ pub(crate) enum Rpc {
         all: bool,
     },
     RemoveSource,
+    // Catalog, disaster recovery (issue 14).
+    RecordDr,
+    ListDr,
 }
 
 /// What a repository token must be able to do for a call.
@@ -183,6 +186,11 @@ pub(crate) fn need(rpc: Rpc) -> Need {
         | Rpc::ListTokens { all: false }
         | Rpc::RevokeToken
         | Rpc::RemoveSource => Need::Repo(Admin),
+        // An agent that may restore may record its own restores and drills;
+        // the report shows the whole repository's figures, which is its
+        // admin's (or the cluster administrator's) business.
+        Rpc::RecordDr => Need::Repo(Read),
+        Rpc::ListDr => Need::Repo(Admin),
     }
 }
 
@@ -230,6 +238,8 @@ impl Rpc {
             Rpc::ListSources { all: false } => "ListSources",
             Rpc::ListSources { all: true } => "ListSources(all)",
             Rpc::RemoveSource => "RemoveSource",
+            Rpc::RecordDr => "RecordDr",
+            Rpc::ListDr => "ListDr",
         }
     }
 
@@ -535,7 +545,7 @@ mod tests {
             Rpc::GetPacks { data: false },
             Rpc::ListSources { all: false },
         ];
-        let reads = [Rpc::GetPacks { data: true }, Rpc::ListChunks];
+        let reads = [Rpc::GetPacks { data: true }, Rpc::ListChunks, Rpc::RecordDr];
         let admin_only = [
             Rpc::Forget,
             Rpc::Hold { lift: true },
@@ -543,6 +553,7 @@ mod tests {
             Rpc::RevokeToken,
             Rpc::ListTokens { all: false },
             Rpc::RemoveSource,
+            Rpc::ListDr,
         ];
         let cluster = [
             Rpc::ClusterStatus,

@@ -677,6 +677,25 @@ impl Catalog for CatalogService {
         audit_ok(&who, Rpc::RemoveSource, Some(&repo), &format!("source {name}"));
         Ok(Response::new(pb::RemoveSourceResponse { removed }))
     }
+    async fn record_dr(&self, req: Request<pb::RecordDrRequest>) -> Result<Response<pb::RecordDrResponse>, Status> {
+        let repo = repo_name("record.repo", req.get_ref().record.as_ref().map(|r| r.repo.clone()).unwrap_or_default())?;
+        self.node.authorize(&req, Rpc::RecordDr, Some(&repo))?;
+        let raw = req.into_inner().record.ok_or_else(|| Status::invalid_argument("record is missing"))?;
+        let record = coffer_types::DrRecord::try_from(raw)?;
+        tracing::info!(repo = %repo, kind = record.kind.as_str(), source = %record.source, ok = record.ok, "dr record");
+        self.write(Command::RecordDr { record }).await?;
+        Ok(Response::new(pb::RecordDrResponse {}))
+    }
+
+    async fn list_dr(&self, req: Request<pb::ListDrRequest>) -> Result<Response<pb::ListDrResponse>, Status> {
+        let repo = repo_name("repo", req.get_ref().repo.clone())?;
+        self.node.authorize(&req, Rpc::ListDr, Some(&repo))?;
+        let since_ms = req.get_ref().since_ms;
+        self.read_barrier().await?;
+        self.repo(&repo)?;
+        let records = crate::dr::list(self.tree(), &repo, since_ms).map_err(Status::from)?;
+        Ok(Response::new(pb::ListDrResponse { records: records.iter().map(pb::DrRecord::from).collect() }))
+    }
 }
 
 /// At most `limit` snapshots of `repo` after `after` (exclusive) in id

@@ -194,6 +194,11 @@ pub enum Command {
         repo: RepoName,
         name: String,
     },
+    /// Records a restore, drill or plan run (`coffer_types::dr`) under
+    /// `y/` (see `dr`); a repeat with the same content is `AlreadyApplied`.
+    RecordDr {
+        record: coffer_types::DrRecord,
+    },
 }
 
 impl Command {
@@ -226,6 +231,7 @@ impl Command {
             Command::RevokeToken { .. } => "revoke_token",
             Command::ReportSource { .. } => "report_source",
             Command::RemoveSource { .. } => "remove_source",
+            Command::RecordDr { .. } => "record_dr",
         }
     }
 }
@@ -337,6 +343,8 @@ pub enum Rejection {
     TokenExists(TokenId),
     #[error("token {0} does not exist")]
     UnknownToken(TokenId),
+    #[error("disaster-recovery record {0:016x} already exists with different content")]
+    DrRecordConflict(u64),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

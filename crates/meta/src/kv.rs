@@ -23,6 +23,8 @@
 //!   h/<snapshot id>                 u64: the snapshot's hold (see `retention`)
 //!   a/<token id>                    TokenRecord (a repository token's hash and role; see `auth`)
 //!   ix/...                          secondary indexes, kept by `Txn` (see `index`)
+//!   y/<repo name> 0x00 <started_ms: u64 BE> <id: u64 BE>
+//!                                   DrRecord (a restore, drill or plan run; see `dr`)
 //! ```
 //!
 //! Values are bincode; the layout as a whole is versioned by `m/schema`.

@@ -20,6 +20,7 @@ mod catalog;
 mod codec;
 pub mod command;
 mod config;
+mod dr;
 mod error;
 pub mod fuzzing;
 mod gc;

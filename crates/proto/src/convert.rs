@@ -2,9 +2,9 @@
 //! validates (`TryFrom`) and names the field that was wrong.
 
 use coffer_types::{
-    BackupKind, ChunkId, ChunkLocation, ErasureParams, Hash32, NodeId, NodeRecord, PackId, PackKind, PackRecord,
-    RepoName, RepoRecord, ShardIndex, ShardRecord, SiteId, SnapshotId, SnapshotRecord, SnapshotStats, Source,
-    SourceRecord, SourceRun, TypesError, MAX_SHARD_LEN,
+    BackupKind, ChunkId, ChunkLocation, DrKind, DrRecord, ErasureParams, Hash32, NodeId, NodeRecord, PackId, PackKind,
+    PackRecord, RepoName, RepoRecord, ShardIndex, ShardRecord, SiteId, SnapshotId, SnapshotRecord, SnapshotStats,
+    Source, SourceRecord, SourceRun, StepRecord, TypesError, MAX_SHARD_LEN,
 };
 
 use crate::limits::{self, check_bytes, check_count};
@@ -290,6 +290,77 @@ impl TryFrom<pb::Snapshot> for SnapshotRecord {
             refs_pack: field("snapshot.refs_pack", PackId::from_slice(&s.refs_pack))?,
             refs_count: s.refs_count,
         })
+    }
+}
+
+impl From<&DrRecord> for pb::DrRecord {
+    fn from(r: &DrRecord) -> Self {
+        pb::DrRecord {
+            id: r.id,
+            kind: r.kind.as_str().to_string(),
+            repo: r.repo.to_string(),
+            source: r.source.clone(),
+            snapshot: r.snapshot.map(|s| s.as_bytes().to_vec()).unwrap_or_default(),
+            started_ms: r.started_ms,
+            duration_ms: r.duration_ms,
+            bytes: r.bytes,
+            files: r.files,
+            ok: r.ok,
+            reason: r.reason.clone(),
+            failed_files: r.failed_files.clone(),
+            failed_count: r.failed_count,
+            reconstructed: r.reconstructed,
+            bytes_read: r.bytes_read,
+            bytes_written: r.bytes_written,
+            bytes_cross_site: r.bytes_cross_site,
+            steps: r
+                .steps
+                .iter()
+                .map(|s| pb::DrStep {
+                    name: s.name.clone(),
+                    result: s.result.clone(),
+                    duration_ms: s.duration_ms,
+                    detail: s.detail.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A disaster-recovery record from the wire, within `coffer_types::dr`'s bounds.
+impl TryFrom<pb::DrRecord> for DrRecord {
+    type Error = ProtoError;
+    fn try_from(r: pb::DrRecord) -> Result<Self, ProtoError> {
+        let record = DrRecord {
+            id: r.id,
+            kind: field("record.kind", r.kind.parse::<DrKind>())?,
+            repo: field("record.repo", RepoName::new(r.repo))?,
+            source: r.source,
+            snapshot: if r.snapshot.is_empty() {
+                None
+            } else {
+                Some(field("record.snapshot", SnapshotId::from_slice(&r.snapshot))?)
+            },
+            started_ms: r.started_ms,
+            duration_ms: r.duration_ms,
+            bytes: r.bytes,
+            files: r.files,
+            ok: r.ok,
+            reason: r.reason,
+            failed_files: r.failed_files,
+            failed_count: r.failed_count,
+            reconstructed: r.reconstructed,
+            bytes_read: r.bytes_read,
+            bytes_written: r.bytes_written,
+            bytes_cross_site: r.bytes_cross_site,
+            steps: r
+                .steps
+                .into_iter()
+                .map(|s| StepRecord { name: s.name, result: s.result, duration_ms: s.duration_ms, detail: s.detail })
+                .collect(),
+        };
+        record.validate().map_err(|reason| ProtoError::Bad { field: "record", reason })?;
+        Ok(record)
     }
 }
 

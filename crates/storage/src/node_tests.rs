@@ -139,6 +139,20 @@ impl Catalog for FakeCatalog {
     ) -> Result<Response<coffer_proto::pb::SetKeySlotsResponse>, Status> {
         fake()
     }
+
+    async fn record_dr(
+        &self,
+        _: Request<coffer_proto::pb::RecordDrRequest>,
+    ) -> Result<Response<coffer_proto::pb::RecordDrResponse>, Status> {
+        fake()
+    }
+
+    async fn list_dr(
+        &self,
+        _: Request<coffer_proto::pb::ListDrRequest>,
+    ) -> Result<Response<coffer_proto::pb::ListDrResponse>, Status> {
+        fake()
+    }
 }
 
 /// Polls `cond` until it holds, failing the test after a generous deadline.

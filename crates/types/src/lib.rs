@@ -5,6 +5,7 @@
 //! explicit `random()` constructors, which callers use *outside* the Raft
 //! state machine so that ids arrive in commands (invariant 5).
 
+pub mod dr;
 mod error;
 mod ids;
 mod params;
@@ -13,6 +14,7 @@ mod source;
 pub mod time;
 mod token;
 
+pub use dr::{DrKind, DrRecord, Prices, StepRecord, Verdict};
 pub use error::TypesError;
 pub use ids::{ChunkId, Hash32, MetaId, NodeId, PackId, RepoName, SessionId, ShardIndex, SiteId, SnapshotId, TokenId};
 pub use params::{ErasureParams, MAX_FRAME_BYTES, MAX_SESSION_LEASE, MAX_SHARDS, MAX_SHARD_LEN};

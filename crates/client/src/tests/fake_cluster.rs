@@ -84,6 +84,14 @@ impl Catalog for Svc<FakeCatalog> {
         Err(Status::unimplemented("not used by the agent pipelines"))
     }
 
+    async fn record_dr(&self, _: Request<pb::RecordDrRequest>) -> Res<pb::RecordDrResponse> {
+        Err(Status::unimplemented("the fake catalog keeps no disaster-recovery records"))
+    }
+
+    async fn list_dr(&self, _: Request<pb::ListDrRequest>) -> Res<pb::ListDrResponse> {
+        Err(Status::unimplemented("the fake catalog keeps no disaster-recovery records"))
+    }
+
     async fn create_repo(&self, req: Request<pb::CreateRepoRequest>) -> Res<pb::CreateRepoResponse> {
         let repo = req.into_inner().repo.ok_or_else(|| Status::invalid_argument("no repo"))?;
         let mut st = self.st();

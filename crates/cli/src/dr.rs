@@ -1,0 +1,569 @@
+//! `coffer drill`, `coffer recover` and `coffer report`: the
+//! disaster-recovery commands (issue 14).
+//!
+//! The drill and the plan runner live in `coffer-client` (`drill`, `plan`)
+//! so that the agent daemon runs the same code on its schedule; this module
+//! parses the command line, prints, and maps the outcome onto exit codes
+//! (0 verified / succeeded, 1 not). The report is assembled by `build_report`,
+//! a pure function of the records (snapshots, disaster-recovery records,
+//! incidents) and a time, over the figures of `coffer_types::dr`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use coffer_client::drill::DrillOptions;
+use coffer_client::plan::{self, Plan, Repos, RunOptions};
+use coffer_client::{open_repo, ClientError};
+use coffer_proto::pb;
+use coffer_types::dr::{self as figures, source_key};
+use coffer_types::time::rfc3339;
+use coffer_types::{DrKind, DrRecord, SnapshotRecord};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::args::Global;
+use crate::shared::{human_bytes, meta_client, open, parse_time, password, repo_name};
+
+/// The report's default window for the worst RPO and the records shown.
+const DEFAULT_WINDOW_MS: u64 = 7 * 86_400_000;
+
+#[derive(Args, Debug)]
+pub struct DrillArgs {
+    /// A source (the agent's source name, or host:path) for its latest
+    /// snapshot, or a snapshot id (or unique prefix).
+    #[arg(required_unless_present = "plan", conflicts_with = "plan")]
+    pub what: Option<String>,
+    /// Restore into this directory and keep it (default: a temporary directory, removed afterwards).
+    #[arg(long)]
+    pub target: Option<PathBuf>,
+    /// Verify a random share of the files (0 < P <= 1), for very large sources.
+    #[arg(long)]
+    pub sample: Option<f64>,
+    /// A command run in the restored tree after verification (COFFER_DRILL_TARGET names it); it must exit 0.
+    #[arg(long)]
+    pub verify_command: Option<String>,
+    /// Run this recovery plan into scratch targets instead: the RTO of the whole service.
+    #[arg(long)]
+    pub plan: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct RecoverArgs {
+    /// The recovery plan (plan.toml).
+    #[arg(long)]
+    pub plan: PathBuf,
+    /// Restore steps without a snapshot take the newest snapshot that ended before TIME (YYYY-MM-DDTHH:MMZ).
+    #[arg(long)]
+    pub before: Option<String>,
+    /// Print what would be done (snapshots, bytes, estimated durations) and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// The window of the worst RPO and of the records listed (default: the last 7 days).
+    #[arg(long)]
+    pub since: Option<String>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The snapshot a drill argument names: a snapshot id or prefix, else the
+/// latest snapshot of the source of that name.
+fn pick_drill_snapshot(what: &str, snaps: &[SnapshotRecord]) -> Result<SnapshotRecord> {
+    let lower = what.to_lowercase();
+    let by_id: Vec<&SnapshotRecord> = if what.len() >= 4 && what.chars().all(|c| c.is_ascii_hexdigit()) {
+        snaps.iter().filter(|s| s.id.to_hex().starts_with(&lower)).collect()
+    } else {
+        vec![]
+    };
+    match by_id.as_slice() {
+        [one] => return Ok((*one).clone()),
+        [] => {}
+        _ => bail!("snapshot prefix {what:?} is ambiguous"),
+    }
+    snaps
+        .iter()
+        .filter(|s| source_key(s) == what)
+        .max_by_key(|s| (s.end_ms, s.id))
+        .cloned()
+        .with_context(|| format!("{what:?} is neither a snapshot nor a source with snapshots"))
+}
+
+pub async fn drill(g: &Global, a: DrillArgs) -> Result<i32> {
+    if let Some(p) = a.sample {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(crate::config::UsageError(format!("--sample {p}: must be in (0, 1]")).into());
+        }
+    }
+    if let Some(path) = &a.plan {
+        let plan = load_plan(path)?;
+        let scratch = tempfile::Builder::new().prefix("coffer-plan-drill-").tempdir().context("scratch directory")?;
+        let repos = open_plan_repos(g, &plan).await?;
+        let opts = RunOptions { before_ms: None, scratch: Some(scratch.path().to_path_buf()) };
+        let outcome = plan::run(&plan, &repos, &opts).await?;
+        print_outcome(g, &outcome);
+        return Ok(if outcome.result == "ok" { 0 } else { 1 });
+    }
+    let what = a.what.as_deref().unwrap_or_default();
+    let repo = open(g).await?;
+    let snaps = repo.snapshots().await.context("list snapshots")?;
+    let snap = pick_drill_snapshot(what, &snaps)?;
+    let opts = DrillOptions { target: a.target, sample: a.sample, verify_command: a.verify_command, record: true };
+    let r = repo.drill(&snap, &opts).await.with_context(|| format!("drill of snapshot {}", snap.id.short()))?;
+    if g.json {
+        println!("{}", serde_json::to_value(&r)?);
+    } else {
+        println!(
+            "drill of {} (snapshot {}): {} in {:.2}s: {} files, {} (checked {})",
+            r.source,
+            snap.id.short(),
+            if r.verified { "verified" } else { "FAILED" },
+            r.rto_s,
+            r.files,
+            human_bytes(r.bytes),
+            r.files_checked
+        );
+        println!(
+            "  restore {:.2}s, verify {:.2}s, command {:.2}s",
+            r.phases.restore_s, r.phases.verify_s, r.phases.command_s
+        );
+        if !r.reason.is_empty() {
+            println!("  reason: {}", r.reason);
+        }
+        for f in &r.failed_files {
+            println!("  failed: {f}");
+        }
+    }
+    Ok(if r.verified { 0 } else { 1 })
+}
+
+/// Reads and checks a plan file; an unreadable or invalid plan is a usage
+/// error (exit 2), like a bad flag.
+fn load_plan(path: &std::path::Path) -> Result<Plan> {
+    plan::load(path).map_err(|e| {
+        let msg = match e {
+            ClientError::BadSource { reason } => format!("{}: {reason}", path.display()),
+            other => format!("read plan: {other}"),
+        };
+        anyhow::Error::from(crate::config::UsageError(msg))
+    })
+}
+
+/// Opens every repository a plan restores from, with the global password.
+async fn open_plan_repos(g: &Global, plan: &Plan) -> Result<Repos> {
+    let meta = meta_client(g)?;
+    let pw = password(g)?;
+    let mut repos = BTreeMap::new();
+    for name in plan.repos() {
+        let r = open_repo(meta.clone(), &name, &pw).await.with_context(|| format!("open repository {name}"))?;
+        repos.insert(name, r);
+    }
+    Repos::load(repos).await.context("list the plan's snapshots")
+}
+
+fn print_outcome(g: &Global, o: &plan::PlanOutcome) {
+    if g.json {
+        println!("{}", serde_json::to_value(o).unwrap_or_default());
+        return;
+    }
+    println!("plan {}: {} in {:.2}s", o.plan, o.result, o.rto_s);
+    for s in &o.steps {
+        println!("  {:<20} {:<8} {:>8.2}s  {}", s.name, s.result, s.duration_s, s.detail);
+    }
+}
+
+pub async fn recover(g: &Global, a: RecoverArgs) -> Result<i32> {
+    let before_ms = match &a.before {
+        Some(t) => Some(parse_time(t).map_err(|e| crate::config::UsageError(format!("--before: {e:#}")))?),
+        None => None,
+    };
+    let plan = load_plan(&a.plan)?;
+    let repos = open_plan_repos(g, &plan).await?;
+    let opts = RunOptions { before_ms, scratch: None };
+    let preview = plan::preview(&plan, &repos, &opts).await;
+    if a.dry_run {
+        if g.json {
+            println!("{}", json!({ "plan": plan.name, "dry_run": true, "steps": preview }));
+        } else {
+            println!("plan {}: {} steps (dry run)", plan.name, preview.len());
+            for p in &preview {
+                let after = if p.after.is_empty() { String::new() } else { format!(" after {}", p.after.join(", ")) };
+                match p.action.as_str() {
+                    "restore" => println!(
+                        "  {}{after}: restore snapshot {} ({}) to {}{}{}",
+                        p.name,
+                        p.snapshot.as_deref().unwrap_or("-"),
+                        p.bytes.map(human_bytes).unwrap_or_default(),
+                        p.target.as_deref().unwrap_or_default(),
+                        p.estimate_s.map(|s| format!(", about {s:.1}s")).unwrap_or_default(),
+                        p.error.as_ref().map(|e| format!(" — {e}")).unwrap_or_default(),
+                    ),
+                    _ => println!("  {}{after}: run {:?}", p.name, p.command.as_deref().unwrap_or_default()),
+                }
+            }
+        }
+        return Ok(if preview.iter().any(|p| p.error.is_some()) { 1 } else { 0 });
+    }
+    if !g.json {
+        for p in &preview {
+            if let Some(s) = &p.snapshot {
+                println!("{}: snapshot {s}", p.name);
+            }
+        }
+    }
+    let outcome = plan::run(&plan, &repos, &opts).await?;
+    print_outcome(g, &outcome);
+    Ok(if outcome.result == "ok" { 0 } else { 1 })
+}
+
+/// The last drill of a source in the report.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LastDrill {
+    pub time: String,
+    pub time_ms: u64,
+    pub rto_s: f64,
+    pub verified: bool,
+    pub failed_files: Vec<String>,
+}
+
+/// One source's line of the report.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SourceReport {
+    pub repo: String,
+    pub source: String,
+    pub snapshots: usize,
+    pub files: u64,
+    pub files_skipped: u64,
+    pub bytes: u64,
+    pub backup_ratio: f64,
+    pub rpo_s: Option<f64>,
+    pub rpo_target_s: Option<f64>,
+    pub worst_rpo_s: Option<f64>,
+    pub last_drill: Option<LastDrill>,
+    pub verdict: String,
+}
+
+/// A restore, drill or plan run in the report.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RunReport {
+    pub kind: String,
+    pub source: String,
+    pub snapshot: Option<String>,
+    pub time: String,
+    pub rto_s: f64,
+    pub bytes: u64,
+    pub files: u64,
+    pub ok: bool,
+    pub reason: String,
+    pub reconstructed: bool,
+    pub steps: Vec<serde_json::Value>,
+}
+
+/// An incident in the report.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct IncidentReport {
+    pub id: u64,
+    pub node: String,
+    pub site: String,
+    pub state: String,
+    pub detect_s: f64,
+    pub recovery_time_s: Option<f64>,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub bytes_cross_site: u64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Report {
+    pub generated: String,
+    pub since: String,
+    pub sources: Vec<SourceReport>,
+    pub restores: Vec<RunReport>,
+    pub drills: Vec<RunReport>,
+    pub plan_runs: Vec<RunReport>,
+    /// None when the caller may not list incidents (a repository token).
+    pub incidents: Option<Vec<IncidentReport>>,
+}
+
+fn secs(ms: u64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+fn run_report(r: &DrRecord) -> RunReport {
+    RunReport {
+        kind: r.kind.as_str().into(),
+        source: r.source.clone(),
+        snapshot: r.snapshot.map(|s| s.to_hex()),
+        time: rfc3339(r.started_ms),
+        rto_s: r.rto_s(),
+        bytes: r.bytes,
+        files: r.files,
+        ok: r.ok,
+        reason: r.reason.clone(),
+        reconstructed: r.reconstructed,
+        steps: r
+            .steps
+            .iter()
+            .map(|s| json!({"name": s.name, "result": s.result, "duration_s": secs(s.duration_ms), "detail": s.detail}))
+            .collect(),
+    }
+}
+
+/// The report, from the records alone: a pure function of the repository's
+/// snapshots, its disaster-recovery records, the incidents, a time and the
+/// window. A snapshot counts as verified (for the RPO) unless the newest
+/// drill of it failed: a drill that could not restore it is the data loss
+/// the catalog knows of.
+pub fn build_report(
+    repo: &str,
+    snaps: &[SnapshotRecord],
+    records: &[DrRecord],
+    incidents: Option<&[pb::Incident]>,
+    now_ms: u64,
+    since_ms: u64,
+) -> Report {
+    let mut by_source: BTreeMap<String, Vec<&SnapshotRecord>> = BTreeMap::new();
+    for s in snaps {
+        by_source.entry(source_key(s)).or_default().push(s);
+    }
+    let drills: Vec<&DrRecord> = records.iter().filter(|r| r.kind == DrKind::Drill).collect();
+    // Drilled sources without snapshots still get a line (their snapshots
+    // may all have been forgotten).
+    for d in &drills {
+        by_source.entry(d.source.clone()).or_default();
+    }
+    let mut sources = Vec::new();
+    for (source, mut list) in by_source {
+        list.sort_by_key(|s| (s.end_ms, s.id));
+        let lost = |s: &SnapshotRecord| {
+            drills.iter().filter(|d| d.snapshot == Some(s.id)).max_by_key(|d| d.started_ms).is_some_and(|d| !d.ok)
+        };
+        let verified_ends: Vec<u64> = list.iter().filter(|s| !lost(s)).map(|s| s.end_ms).collect();
+        let latest = list.last();
+        let (files, skipped, bytes) =
+            latest.map_or((0, 0, 0), |s| (s.stats.files, s.stats.errors, s.stats.bytes_scanned));
+        let rpo = figures::rpo_ms(now_ms, verified_ends.iter().copied().max());
+        let worst = figures::worst_rpo_ms(&verified_ends, since_ms, now_ms);
+        let last = drills.iter().filter(|d| d.source == source).max_by_key(|d| d.started_ms);
+        // The RPO target comes from the agent's policy through the source
+        // registry, which this branch does not have yet: no target.
+        let target_ms: Option<u64> = None;
+        let verdict = figures::verdict(last.map(|d| d.ok), rpo, target_ms, skipped);
+        sources.push(SourceReport {
+            repo: repo.to_string(),
+            source,
+            snapshots: list.len(),
+            files,
+            files_skipped: skipped,
+            bytes,
+            backup_ratio: figures::backup_ratio(files, skipped),
+            rpo_s: rpo.map(secs),
+            rpo_target_s: target_ms.map(secs),
+            worst_rpo_s: worst.map(secs),
+            last_drill: last.map(|d| LastDrill {
+                time: rfc3339(d.started_ms),
+                time_ms: d.started_ms,
+                rto_s: d.rto_s(),
+                verified: d.ok,
+                failed_files: d.failed_files.clone(),
+            }),
+            verdict: verdict.as_str().to_string(),
+        });
+    }
+    let window: Vec<&DrRecord> = records.iter().filter(|r| r.started_ms >= since_ms).collect();
+    let of = |k: DrKind| window.iter().filter(|r| r.kind == k).map(|r| run_report(r)).collect::<Vec<_>>();
+    let incidents = incidents.map(|list| {
+        list.iter()
+            .map(|i| {
+                let t =
+                    figures::incident_times(i.last_seen_ms, i.detected_ms, i.rebuild_finished_ms, i.state == "open");
+                IncidentReport {
+                    id: i.id,
+                    node: format!("{:016x}", i.node),
+                    site: i.site.clone(),
+                    state: i.state.clone(),
+                    detect_s: secs(t.detect_ms),
+                    recovery_time_s: t.recovery_ms.map(secs),
+                    bytes_read: i.bytes_read,
+                    bytes_written: i.bytes_written,
+                    bytes_cross_site: i.bytes_cross_site,
+                }
+            })
+            .collect()
+    });
+    Report {
+        generated: rfc3339(now_ms),
+        since: rfc3339(since_ms),
+        sources,
+        restores: of(DrKind::Restore),
+        drills: of(DrKind::Drill),
+        plan_runs: of(DrKind::PlanRun),
+        incidents,
+    }
+}
+
+pub async fn report(g: &Global, a: ReportArgs) -> Result<()> {
+    let now = now_ms();
+    let since_ms = match &a.since {
+        Some(t) => parse_time(t).map_err(|e| crate::config::UsageError(format!("--since: {e:#}")))?,
+        None => now.saturating_sub(DEFAULT_WINDOW_MS),
+    };
+    let meta = meta_client(g)?;
+    let name = repo_name(g)?;
+    let snaps = coffer_client::repo::list_snapshots(&meta, &name).await.context("list snapshots")?;
+    let records = coffer_client::drill::list_dr(&meta, &name, 0).await.context("list disaster-recovery records")?;
+    // Incidents are the cluster administrator's; a repository admin's report
+    // goes without them.
+    let incidents = match meta
+        .call("list incidents", |mut c| async move { c.list_incidents(pb::ListIncidentsRequest {}).await })
+        .await
+    {
+        Ok(r) => Some(r.incidents),
+        Err(e) if e.code() == Some(tonic::Code::PermissionDenied) => None,
+        Err(e) => return Err(e).context("list incidents"),
+    };
+    let report = build_report(name.as_str(), &snaps, &records, incidents.as_deref(), now, since_ms);
+    if g.json {
+        println!("{}", serde_json::to_value(&report)?);
+        return Ok(());
+    }
+    println!("disaster-recovery report, {} (since {})", report.generated, report.since);
+    for s in &report.sources {
+        let opt = |v: Option<f64>| v.map(|x| format!("{x:.0}s")).unwrap_or_else(|| "-".into());
+        println!("{}/{}: {}", s.repo, s.source, s.verdict);
+        println!(
+            "  backup ratio {:.1}% ({} files, {} skipped, {}); RPO {} (target {}), worst {}",
+            s.backup_ratio * 100.0,
+            s.files,
+            s.files_skipped,
+            human_bytes(s.bytes),
+            opt(s.rpo_s),
+            opt(s.rpo_target_s),
+            opt(s.worst_rpo_s)
+        );
+        match &s.last_drill {
+            Some(d) => println!(
+                "  last drill {}: {} in {:.1}s",
+                d.time,
+                if d.verified { "verified" } else { "FAILED" },
+                d.rto_s
+            ),
+            None => println!("  never drilled"),
+        }
+    }
+    for (what, list) in [("restore", &report.restores), ("drill", &report.drills), ("plan run", &report.plan_runs)] {
+        for r in list {
+            println!(
+                "{what} {} {}: {} in {:.1}s, {}",
+                r.time,
+                r.source,
+                if r.ok { "ok" } else { "failed" },
+                r.rto_s,
+                human_bytes(r.bytes)
+            );
+        }
+    }
+    if let Some(list) = &report.incidents {
+        for i in list {
+            println!(
+                "incident {} ({}) node {} in {}: detected after {:.1}s, recovered {}; read {}, wrote {}, {} across sites",
+                i.id,
+                i.state,
+                i.node,
+                i.site,
+                i.detect_s,
+                i.recovery_time_s.map(|s| format!("after {s:.1}s")).unwrap_or_else(|| "not yet".into()),
+                human_bytes(i.bytes_read),
+                human_bytes(i.bytes_written),
+                human_bytes(i.bytes_cross_site)
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coffer_types::{BackupKind, ChunkId, PackId, RepoName, SnapshotId, SnapshotStats, Source};
+
+    fn snap(id: u8, end_ms: u64, tag: &str, errors: u64) -> SnapshotRecord {
+        SnapshotRecord {
+            id: SnapshotId([id; 16]),
+            repo: RepoName::new("r").unwrap(),
+            source: Source { host: "h".into(), path: "/p".into() },
+            kind: BackupKind::Full,
+            parent: None,
+            start_ms: end_ms.saturating_sub(10),
+            end_ms,
+            root: ChunkId([0; 32]),
+            stats: SnapshotStats { files: 9, errors, ..Default::default() },
+            tags: vec![format!("source:{tag}")],
+            refs_pack: PackId([0; 16]),
+            refs_count: 0,
+        }
+    }
+
+    fn drill(snapshot: u8, source: &str, started_ms: u64, ok: bool) -> DrRecord {
+        DrRecord {
+            id: started_ms,
+            kind: DrKind::Drill,
+            repo: RepoName::new("r").unwrap(),
+            source: source.into(),
+            snapshot: Some(SnapshotId([snapshot; 16])),
+            started_ms,
+            duration_ms: 2_000,
+            bytes: 10,
+            files: 9,
+            ok,
+            reason: String::new(),
+            failed_files: if ok { vec![] } else { vec!["a".into()] },
+            failed_count: u64::from(!ok),
+            reconstructed: false,
+            bytes_read: 0,
+            bytes_written: 0,
+            bytes_cross_site: 0,
+            steps: vec![],
+        }
+    }
+
+    #[test]
+    fn report_from_records() {
+        let h = 3_600_000;
+        let snaps = [snap(1, h, "db", 0), snap(2, 4 * h, "db", 0), snap(3, 5 * h, "db", 0), snap(4, h, "web", 2)];
+        // The newest db snapshot failed its drill: the RPO counts from the
+        // one before.
+        let records = [drill(3, "db", 5 * h + 10, false)];
+        let r = build_report("r", &snaps, &records, None, 6 * h, 0);
+        let db = &r.sources[0];
+        assert_eq!(db.source, "db");
+        assert_eq!(db.rpo_s, Some(secs(2 * h)));
+        assert_eq!(db.worst_rpo_s, Some(secs(3 * h)));
+        assert_eq!(db.verdict, "drill failing");
+        assert_eq!(db.last_drill.as_ref().unwrap().failed_files, vec!["a".to_string()]);
+        let web = &r.sources[1];
+        assert_eq!(web.verdict, "unprotected files");
+        assert!((web.backup_ratio - 9.0 / 11.0).abs() < 1e-9);
+        assert_eq!(r.drills.len(), 1);
+        // A later good drill of the same snapshot clears it.
+        let records = [drill(3, "db", 5 * h + 10, false), drill(3, "db", 5 * h + 20, true)];
+        let r = build_report("r", &snaps, &records, None, 6 * h, 0);
+        assert_eq!(r.sources[0].verdict, "ok");
+        assert_eq!(r.sources[0].rpo_s, Some(secs(h)));
+        assert_eq!(r.sources[1].verdict, "unprotected files");
+    }
+
+    #[test]
+    fn drill_argument() {
+        let snaps = [snap(0xab, 10, "db", 0), snap(0xcd, 20, "db", 0)];
+        assert_eq!(pick_drill_snapshot("db", &snaps).unwrap().id, SnapshotId([0xcd; 16]));
+        assert_eq!(pick_drill_snapshot("abab", &snaps).unwrap().id, SnapshotId([0xab; 16]));
+        assert!(pick_drill_snapshot("nope", &snaps).is_err());
+    }
+}
