@@ -127,6 +127,15 @@ pub enum Command {
     /// Certificates for clusters without a PKI: a CA, and certificates with a coffer role.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// GET an http:// URL (a daemon's admin port: /livez, /readyz) and exit 0 if it answers 200, else 1;
+    /// the health check of the container image, which has no shell or curl.
+    Probe {
+        /// http://HOST:PORT/PATH
+        url: String,
+        /// How long the whole exchange may take.
+        #[arg(long, default_value = "3s", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -14,6 +14,7 @@ mod config;
 mod dev;
 mod duration;
 mod keys;
+mod probe;
 mod repair;
 mod security;
 mod servers;
@@ -29,7 +30,7 @@ use args::{Cli, ClusterCommand, Command, KeyCommand, RepoCommand, TokenCommand};
 /// Whether a command talks to the cluster with the process's own
 /// certificate (the daemons and `coffer dev` choose theirs themselves).
 fn is_client_command(c: &Command) -> bool {
-    !matches!(c, Command::Dev(_) | Command::DevSite(_) | Command::Meta(_) | Command::Storage(_) | Command::Certs(_))
+    !matches!(c, Command::Dev(_) | Command::DevSite(_) | Command::Meta(_) | Command::Storage(_) | Command::Certs(_) | Command::Probe { .. })
 }
 
 fn init_tracing(server: bool) {
@@ -109,6 +110,7 @@ fn main() {
             }
             Command::Token(TokenCommand::List { all }) => tokens::list(&g, all).await.map(|_| 0),
             Command::Token(TokenCommand::Revoke { id }) => tokens::revoke(&g, &id).await.map(|_| 0),
+            Command::Probe { url, timeout } => probe::run(&url, timeout).await,
         };
         match result {
             Ok(code) => code,
