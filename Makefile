@@ -12,8 +12,9 @@ build:
 
 # Cluster tests run the real `coffer` binary: build it first, in the same
 # profile the tests use.
-test: helm-check
+test:
 	$(CARGO) build --locked -p coffer-cli
+	$(MAKE) helm-check COFFER_BIN=target/debug/coffer
 	$(CARGO) test --workspace --locked
 
 tools:
@@ -97,8 +98,11 @@ $(HELM_VENV)/.installed: deploy/helm/requirements.txt
 
 helm-tools: $(HELM_VENV)/.installed
 
+# With COFFER_BIN, the rendered config files are loaded by that binary too.
+COFFER_BIN ?=
+
 helm-check: helm-tools
-	$(HELM_VENV)/bin/python deploy/helm/check.py --venv $(HELM_VENV)
+	$(HELM_VENV)/bin/python deploy/helm/check.py --venv $(HELM_VENV) $(if $(COFFER_BIN),--coffer $(COFFER_BIN))
 
 clean:
 	$(CARGO) clean

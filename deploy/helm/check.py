@@ -14,7 +14,10 @@ from existing Secrets):
    version from 1.29 to 1.35 (kubernetes-validate); objects of CRDs
    (cert-manager Certificate, ServiceMonitor) have no bundled schema, so
    they get only the structural checks below;
-5. the chart's invariants are checked on the objects themselves: the
+5. with --coffer BIN, every config file of the ConfigMap is loaded by the
+   coffer binary itself (`coffer meta|storage --config F --print-config`),
+   which refuses unknown keys and bad values;
+6. the chart's invariants are checked on the objects themselves: the
    voters' StatefulSet (Parallel, spread over zones with DoNotSchedule, no
    preStop, ordinal -> config file), the headless Service publishing
    not-ready addresses, one pinned storage StatefulSet per site given its
@@ -214,9 +217,26 @@ def check_invariants(objs, values, where, checksum):
     check(bool(by_kind.get("ServiceMonitor")) == values["serviceMonitor"]["enabled"], where, "ServiceMonitor presence")
 
 
+def check_configs(objs, coffer, where):
+    """Loads every rendered daemon config file with the real binary."""
+    cm = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-config"))
+    with tempfile.TemporaryDirectory() as d:
+        for name, text in sorted(cm["data"].items()):
+            path = Path(d) / name
+            path.write_text(text)
+            daemon = "storage" if name.startswith("storage") else "meta"
+            extra = ["--site", "site-a"] if daemon == "storage" else []
+            env = {k: v for k, v in os.environ.items() if not k.startswith("COFFER_")}
+            r = subprocess.run(
+                [coffer, daemon, "--config", str(path), "--print-config", *extra], capture_output=True, text=True, env=env
+            )
+            check(r.returncode == 0, f"{where} {name}", f"`coffer {daemon} --config` refused it: {r.stderr.strip()}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--venv", required=True, help="the virtualenv holding check-jsonschema and yamllint")
+    ap.add_argument("--coffer", help="a coffer binary to load the rendered config files with")
     args = ap.parse_args()
 
     print(f"helm-check: Helm SDK {helm.helm_sdk_version()}, Kubernetes schemas {KUBE_VERSIONS[0]}..{KUBE_VERSIONS[-1]}")
@@ -266,6 +286,8 @@ def main():
                     except kubernetes_validate.SchemaNotFoundError:
                         fail(name, f"k8s {kv}: no schema for {kind}")
             check_invariants(objs, merged, where, checksum)
+            if args.coffer:
+                check_configs(objs, args.coffer, where)
             kinds = {}
             for o in objs:
                 kinds[o["kind"]] = kinds.get(o["kind"], 0) + 1
