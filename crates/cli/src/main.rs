@@ -30,7 +30,13 @@ use args::{Cli, ClusterCommand, Command, KeyCommand, RepoCommand, TokenCommand};
 /// Whether a command talks to the cluster with the process's own
 /// certificate (the daemons and `coffer dev` choose theirs themselves).
 fn is_client_command(c: &Command) -> bool {
-    !matches!(c, Command::Dev(_) | Command::DevSite(_) | Command::Meta(_) | Command::Storage(_) | Command::Certs(_) | Command::Probe { .. })
+    // `probe` speaks plain HTTP to an admin port and needs no certificate.
+    let plain_http = matches!(c, Command::Probe { .. });
+    !plain_http
+        && !matches!(
+            c,
+            Command::Dev(_) | Command::DevSite(_) | Command::Meta(_) | Command::Storage(_) | Command::Certs(_)
+        )
 }
 
 fn init_tracing(server: bool) {

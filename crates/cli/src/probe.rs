@@ -113,7 +113,8 @@ mod tests {
             Target { authority: "127.0.0.1:9090".into(), path: "/readyz".into() }
         );
         assert_eq!(parse("http://[::1]:9090").unwrap(), Target { authority: "[::1]:9090".into(), path: "/".into() });
-        for bad in ["https://a:1/", "a:1/readyz", "http://a/readyz", "http://[::1]/x", "http://:9/x", "http://a:1/x y"] {
+        for bad in ["https://a:1/", "a:1/readyz", "http://a/readyz", "http://[::1]/x", "http://:9/x", "http://a:1/x y"]
+        {
             let e = parse(bad).unwrap_err();
             assert!(e.0.contains(bad), "{e}");
         }
