@@ -33,7 +33,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-COMPOSE_FILE = HERE / "compose.yaml"
+COMPOSE_FILE = Path(os.environ.get("COFFER_COMPOSE_FILE", HERE / "compose.yaml"))
 PROJECT = os.environ.get("COMPOSE_PROJECT", "coffer-ct")
 IMAGE = os.environ.get("IMAGE", "coffer:dev")
 MIB = int(os.environ.get("COMPOSE_MIB", "48"))

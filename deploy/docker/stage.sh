@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stages the root file system of the coffer image (deploy/docker/Dockerfile)
-# into OUT/rootfs: the binary at /usr/local/bin/coffer, every shared library
+# into OUT/rootfs (and the empty data directory into OUT/data): the binary at /usr/local/bin/coffer, every shared library
 # `ldd` lists at the path the dynamic loader looks for it, and the files
 # that name the non-root user the image runs as. The image is `FROM
 # scratch`, so whatever the binary needs at run time must be here.
@@ -10,9 +10,13 @@ BIN=${1:?usage: stage.sh BIN OUT}
 OUT=${2:?usage: stage.sh BIN OUT}
 [ -x "$BIN" ] || { echo "stage.sh: $BIN is not an executable" >&2; exit 2; }
 
-rm -rf "$OUT/rootfs"
+rm -rf "$OUT/rootfs" "$OUT/data"
 ROOT=$OUT/rootfs
-mkdir -p "$ROOT/usr/local/bin" "$ROOT/etc" "$ROOT/tmp" "$ROOT/var/lib/coffer"
+mkdir -p "$ROOT/usr/local/bin" "$ROOT/etc" "$ROOT/tmp" "$ROOT/var/lib"
+# The data directory is copied apart (COPY --chown creates it owned by the
+# non-root user; a named volume mounted there inherits that ownership).
+mkdir -p "$OUT/data"
+touch "$OUT/data/.coffer-data"
 cp "$BIN" "$ROOT/usr/local/bin/coffer"
 
 # `ldd` prints "name => /path (addr)" for libraries and "/path (addr)" for
