@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build test lint fmt demo tools clean bench microbench fuzz fuzz-tools fuzz-cmin image compose-test helm-check helm-tools
+.PHONY: all build test chromium lint fmt demo tools clean bench microbench fuzz fuzz-tools fuzz-cmin image compose-test helm-check helm-tools
 
 all: build
 
@@ -11,11 +11,17 @@ build:
 	$(CARGO) build --workspace --locked
 
 # Cluster tests run the real `coffer` binary: build it first, in the same
-# profile the tests use.
-test:
+# profile the tests use. The status-page test drives headless Chromium,
+# installed from Debian's packages when missing (as root; else with sudo).
+test: chromium
 	$(CARGO) build --locked -p coffer-cli
 	$(MAKE) helm-check COFFER_BIN=target/debug/coffer
 	$(CARGO) test --workspace --locked
+
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
 tools:
 	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy

@@ -17,6 +17,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in files {
         println!("cargo:rerun-if-changed={root}/{f}");
     }
-    tonic_prost_build::configure().compile_protos(&files.map(|f| format!("{root}/{f}")), &[root.to_string()])?;
+    // The encoded descriptors, for gRPC server reflection (`pb::DESCRIPTORS`).
+    let descriptors = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("coffer_descriptors.bin");
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(descriptors)
+        .compile_protos(&files.map(|f| format!("{root}/{f}")), &[root.to_string()])?;
     Ok(())
 }

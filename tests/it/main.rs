@@ -5,6 +5,7 @@
 //! `ERROR` line), and reads JSON fields through `num`/`list`, which fail on
 //! a missing field instead of letting a bound pass vacuously.
 
+mod admin;
 mod bad_input;
 mod dedup;
 mod degraded;
@@ -15,6 +16,7 @@ mod rebuild;
 mod semantics;
 mod shutdown;
 mod site_loss;
+mod status_page;
 mod stdin;
 mod storage_space;
 mod tls;

@@ -53,6 +53,16 @@ pub struct Global {
     /// The private key of --cert (PEM).
     #[arg(long, env = "COFFER_KEY", global = true)]
     pub key: Option<PathBuf>,
+    /// Log lines as JSON or text (default: JSON for daemons whose stdout is not a terminal, else text).
+    #[arg(long, env = "COFFER_LOG_FORMAT", global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The shape of log lines (`--log-format`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
 }
 
 #[derive(Subcommand, Debug)]

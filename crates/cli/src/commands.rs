@@ -74,15 +74,18 @@ pub async fn backup(g: &Global, a: BackupArgs) -> Result<i32> {
     let repo = open(g).await?;
     let host = a.host.clone().unwrap_or_else(hostname);
     let json = g.json;
-    let progress: Option<coffer_client::ProgressFn> = if json {
-        Some(Arc::new(|p: &coffer_client::Progress| {
-            if let Ok(line) = serde_json::to_value(p) {
-                println!("{}", json!({"type": "progress", "progress": line}));
-            }
-        }))
-    } else {
-        None
-    };
+    // A bar on a terminal, status lines with --json (which also carry the
+    // pipeline's own counters under "progress", as before), else nothing.
+    let reporter = Arc::new(crate::progress::Reporter::new("backup", json));
+    let r = reporter.clone();
+    let progress: Option<coffer_client::ProgressFn> = Some(Arc::new(move |p: &coffer_client::Progress| {
+        let step =
+            crate::progress::Step { files: p.files, bytes: p.bytes_scanned, total_bytes: None, elapsed_s: p.elapsed_s };
+        let extra = serde_json::to_value(p).map(|v| json!({"type": "progress", "progress": v})).unwrap_or_default();
+        if !p.done {
+            r.update(&step, extra);
+        }
+    }));
     let hold_until_ms = a.hold_until.as_deref().map(parse_time).transpose().context("parse --hold-until")?;
     let mut opts = BackupOptions { kind, tags: a.tags.clone(), host, progress, hold_until_ms, ..Default::default() };
 
@@ -113,6 +116,7 @@ pub async fn backup(g: &Global, a: BackupArgs) -> Result<i32> {
         opts.paths = paths;
         repo.backup(opts).await.context("back up")?
     };
+    reporter.finish();
 
     if json {
         let mut v = serde_json::to_value(&summary)?;

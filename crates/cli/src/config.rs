@@ -174,6 +174,11 @@ pub struct MetaSettings {
     #[arg(skip)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<PathBuf>,
+    /// Plain-HTTP admin port (host:port): /livez, /readyz, /metrics, /health/cluster and the status page at /.
+    /// Off unless set; by convention 0.0.0.0:7401.
+    #[arg(long, env = "COFFER_ADMIN_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<String>,
 }
 
 /// `coffer storage`'s settings: flags, environment twins and file keys.
@@ -248,6 +253,11 @@ pub struct StorageSettings {
     #[arg(skip)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<PathBuf>,
+    /// Plain-HTTP admin port (host:port): /livez, /readyz, /metrics.
+    /// Off unless set; by convention 0.0.0.0:7501.
+    #[arg(long, env = "COFFER_ADMIN_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<String>,
 }
 
 /// The defaults table of `coffer meta`: every default, read from the one

@@ -15,6 +15,7 @@ mod dev;
 mod duration;
 mod keys;
 mod probe;
+mod progress;
 mod repair;
 mod security;
 mod servers;
@@ -39,12 +40,31 @@ fn is_client_command(c: &Command) -> bool {
         )
 }
 
-fn init_tracing(server: bool) {
+/// Installs the one tracing subscriber: `COFFER_LOG` filters (`RUST_LOG`
+/// syntax), `--log-format` chooses the shape. Daemons write JSON (one event
+/// per line, with its target, level and span fields) when stdout is not a
+/// terminal, as under a supervisor or in a container; one-shot commands
+/// write text to stderr unless asked for JSON, since a person reads them.
+fn init_tracing(server: bool, format: Option<args::LogFormat>) {
+    use std::io::IsTerminal;
     // Servers log at info; agent commands keep stderr quiet unless asked.
     let default = if server { "info" } else { "warn" };
     let filter = EnvFilter::try_from_env("COFFER_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let json = match format {
+        Some(f) => f == args::LogFormat::Json,
+        None => server && !std::io::stdout().is_terminal(),
+    };
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json {
+        fmt.json().with_target(true).with_current_span(true).with_span_list(true).try_init()
+    } else {
+        fmt.with_target(false).try_init()
+    };
+    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+        // The OpenTelemetry exporter is not built in (see ARCHITECTURE.md,
+        // "Observability"): say so rather than drop traces silently.
+        tracing::warn!("OTEL_EXPORTER_OTLP_ENDPOINT is set, but this build exports no OpenTelemetry traces");
+    }
 }
 
 /// Whether the metadata plane refused the call for want of a valid token or
@@ -62,7 +82,7 @@ fn refused(e: &anyhow::Error) -> bool {
 fn main() {
     let cli = Cli::parse();
     let server = matches!(cli.command, Command::Dev(_) | Command::Meta(_) | Command::Storage(_));
-    init_tracing(server);
+    init_tracing(server, cli.global.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -1,7 +1,11 @@
 //! `coffer meta` and `coffer storage`: long-running servers that stop
-//! cleanly on SIGINT or SIGTERM.
+//! cleanly on SIGINT or SIGTERM, each with its admin HTTP port
+//! (`--admin-listen`, `coffer_admin`) when asked for one. Both bound
+//! addresses are reported in the data directory (`addr`, `admin-addr`),
+//! so a supervisor that asked for port 0 learns them.
 
 use anyhow::{Context, Result};
+use futures::FutureExt;
 use coffer_meta::MetaNode;
 use coffer_storage::StorageNode;
 
@@ -43,13 +47,20 @@ pub async fn run_meta(a: MetaArgs, g: &Global) -> Result<()> {
     s.to_config("127.0.0.1:0")?;
     let listen = s.listen()?;
     let listener = bind(listen).await?;
+    let admin = bind_admin(s.admin_listen.as_deref()).await?;
     let config = s.to_config(&listener_addr(&listener, listen))?;
     let (id, advertise) = (config.id, config.advertise.clone());
     let data = config.data_dir.clone();
     let node = MetaNode::start(config).await.context("start metadata node")?;
+    let shutdown = shutdown_signal().boxed().shared();
+    if let Some(l) = admin {
+        report(&data, "admin-addr", &l)?;
+        tracing::info!(admin = %listener_addr(&l, ""), "admin port serving");
+        coffer_meta::observe::admin_server(node.clone(), None).spawn(l, shutdown.clone());
+    }
     report_addr(&data, &listener)?;
     tracing::info!(%id, %advertise, "metadata node serving");
-    node.serve(listener, shutdown_signal()).await.context("serve metadata node")
+    node.serve(listener, shutdown).await.context("serve metadata node")
 }
 
 pub async fn run_storage(a: StorageArgs, g: &Global) -> Result<()> {
@@ -62,20 +73,43 @@ pub async fn run_storage(a: StorageArgs, g: &Global) -> Result<()> {
     s.to_config("127.0.0.1:0")?;
     let listen = s.listen()?;
     let listener = bind(listen).await?;
+    let admin = bind_admin(s.admin_listen.as_deref()).await?;
     let config = s.to_config(&listener_addr(&listener, listen))?;
     let (advertise, site, data) = (config.advertise.clone(), config.site.clone(), config.data_dir.clone());
     let node = StorageNode::open(config).context("open storage node")?;
+    if let Some(l) = &admin {
+        report(&data, "admin-addr", l)?;
+        tracing::info!(admin = %listener_addr(l, ""), "admin port serving");
+    }
     report_addr(&data, &listener)?;
     tracing::info!(node = %node.id(), %advertise, %site, "storage node serving");
-    node.serve(listener, shutdown_signal()).await.context("serve storage node")
+    node.serve_with_admin(listener, admin, shutdown_signal()).await.context("serve storage node")
+}
+
+/// Binds the admin port if one is configured; a bad address is a usage
+/// error naming the key.
+async fn bind_admin(addr: Option<&str>) -> Result<Option<tokio::net::TcpListener>> {
+    let Some(addr) = addr else { return Ok(None) };
+    if addr.parse::<std::net::SocketAddr>().is_err() && !addr.contains(':') {
+        return Err(anyhow::Error::new(crate::config::UsageError(format!(
+            "`admin_listen`: {addr:?} is not host:port"
+        ))));
+    }
+    bind(addr).await.map(Some).context("bind the admin port (`admin_listen`)")
 }
 
 /// Writes the bound address to `DATA/addr` (through a rename, so a reader
 /// never sees half a line): with `--listen HOST:0` the kernel picks the
 /// port, which is race-free, and this is how a supervisor learns it.
 fn report_addr(data: &std::path::Path, l: &tokio::net::TcpListener) -> Result<()> {
+    report(data, "addr", l)
+}
+
+/// Writes the address `l` is bound to into `DATA/name`, atomically.
+fn report(data: &std::path::Path, name: &str, l: &tokio::net::TcpListener) -> Result<()> {
     let addr = l.local_addr().context("read the bound address")?;
-    let (tmp, path) = (data.join("addr.tmp"), data.join("addr"));
+    std::fs::create_dir_all(data).with_context(|| format!("create {}", data.display()))?;
+    let (tmp, path) = (data.join(format!("{name}.tmp")), data.join(name));
     std::fs::write(&tmp, format!("{addr}\n")).with_context(|| format!("write {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))
 }

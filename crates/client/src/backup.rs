@@ -161,7 +161,22 @@ impl Repository {
         paths.sort();
         let joined = paths.iter().map(|p| p.to_string_lossy().into_owned()).collect::<Vec<_>>().join(",");
         let source = Source { host: opts.host.clone(), path: joined };
-        self.run_backup(source, opts.clone(), Producer::Paths(opts.paths)).await
+        let done = self.run_backup(source, opts.clone(), Producer::Paths(opts.paths)).await;
+        self.record_backup(done)
+    }
+
+    /// Counts a finished backup in this process's metrics
+    /// (`coffer_backup_*{repo}`), which an agent daemon's admin port exports.
+    fn record_backup(&self, done: Result<BackupSummary, ClientError>) -> Result<BackupSummary, ClientError> {
+        let events = coffer_admin::metrics::events();
+        let repo = self.record.name.as_str();
+        match &done {
+            Ok(s) => {
+                events.backup_done(repo, s.bytes_read, s.bytes_stored, s.chunks_new + s.chunks_reused, s.duration_s)
+            }
+            Err(_) => events.backup_failed(repo),
+        }
+        done
     }
 
     /// Backs up one stream (standard input, a dump command's output) as a
@@ -177,7 +192,8 @@ impl Repository {
             .map_err(|why| ClientError::BadSource { reason: format!("stream name {name:?}: {why}") })?;
         let source = Source { host: opts.host.clone(), path: format!("stdin:{name}") };
         let producer = Producer::Stream { reader: Box::new(reader), name: name.as_bytes().to_vec() };
-        self.run_backup(source, opts, producer).await
+        let done = self.run_backup(source, opts, producer).await;
+        self.record_backup(done)
     }
 
     async fn run_backup(

@@ -92,6 +92,97 @@ impl CatalogService {
             .map_err(Status::from)?
             .ok_or_else(|| Status::not_found(format!("repository {name} does not exist")))
     }
+
+    /// What `ClusterStatus` answers, from this node's state machine and liveness table (the caller decides whether it must be the leader's, after a read barrier).
+    pub(crate) fn status_view(&self) -> Result<pb::ClusterStatusResponse, Status> {
+        let nodes = self.nodes()?;
+        let views: Vec<pb::Node> = nodes.iter().map(|n| self.node_view(n)).collect();
+        let up: std::collections::HashSet<u64> = views.iter().filter(|n| n.state == "up").map(|n| n.id).collect();
+
+        let mut health = pb::PackHealth::default();
+        for pack in kv::scan::<PackRecord>(self.tree(), "pack", kv::PACK_PREFIX).map_err(Status::from)? {
+            // An unplaced shard (node 0) is never up, so a short pack counts
+            // as degraded (or worse) like one whose nodes are down.
+            let available = pack.shards.iter().filter(|s| up.contains(&s.node.0)).count();
+            if pack.placed() < pack.params.total() {
+                health.short += 1;
+            }
+            let (k, total) = (pack.params.k(), pack.params.total());
+            if available == total {
+                health.healthy += 1;
+            } else if available < k {
+                health.lost += 1;
+            } else if available == k {
+                health.at_risk += 1;
+            } else {
+                health.degraded += 1;
+            }
+        }
+
+        let metrics = self.node.raft.metrics().borrow().clone();
+        let members = self.node.members();
+        let count = |what: &str| -> Result<u64, Status> {
+            Ok(kv::get::<u64>(self.tree(), "counter", &kv::count_key(what)).map_err(Status::from)?.unwrap_or(0))
+        };
+        Ok(pb::ClusterStatusResponse {
+            nodes: views.clone(),
+            packs: Some(health),
+            leader: metrics.current_leader.unwrap_or(0),
+            members,
+            term: metrics.current_term,
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
+            repos: count("repos")?,
+            snapshots: count("snapshots")?,
+            chunks: count("chunks")?,
+            rebuild: Some({
+                let r = self.node.repair.snapshot();
+                let workers = self.node.config.repair.parallelism.max(1) as f64;
+                pb::RebuildStatus {
+                    queued: r.queued,
+                    in_flight: r.in_flight,
+                    done: r.done,
+                    failed: r.failed,
+                    bytes_written: r.bytes_written,
+                    eta_s: (r.queued + r.in_flight) as f64 * r.secs_per_task / workers,
+                }
+            }),
+            site_degraded: self.node.repair.snapshot().site_degraded,
+            orphan_bytes: views.iter().map(|n| n.orphan_bytes).fold(0u64, u64::saturating_add),
+            workers: {
+                let me = self.node.worker_node_name();
+                let mut w: Vec<pb::WorkerStatus> =
+                    self.node.workers().iter().map(|s| coffer_proto::worker_to_pb(&me, s)).collect();
+                w.extend(self.node.liveness.workers());
+                w
+            },
+        })
+    }
+
+    /// What `ListIncidents` answers, from this node's state machine.
+    pub(crate) fn incidents_view(&self) -> Result<pb::ListIncidentsResponse, Status> {
+        let nodes = self.nodes()?;
+        let incidents = kv::scan::<crate::command::IncidentRecord>(self.tree(), "incident", kv::INCIDENT_PREFIX)
+            .map_err(Status::from)?
+            .into_iter()
+            .map(|i| pb::Incident {
+                id: i.id,
+                node: i.node.0,
+                site: nodes.iter().find(|n| n.id == i.node).map(|n| n.site.to_string()).unwrap_or_default(),
+                state: if i.open { "open" } else { "closed" }.to_string(),
+                last_seen_ms: i.last_seen_ms,
+                detected_ms: i.detected_ms,
+                rebuild_started_ms: i.rebuild_started_ms,
+                rebuild_finished_ms: i.rebuild_finished_ms,
+                shards_lost: i.shards_lost,
+                shards_rebuilt: i.shards_rebuilt,
+                bytes_read: i.bytes_read,
+                bytes_written: i.bytes_written,
+                bytes_cross_site: i.bytes_cross_site,
+            })
+            .collect();
+        Ok(pb::ListIncidentsResponse { incidents })
+    }
 }
 
 fn repo_name(field: &'static str, s: String) -> Result<RepoName, Status> {
@@ -171,68 +262,7 @@ impl Catalog for CatalogService {
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         self.node.authorize(&req, Rpc::ClusterStatus, None)?;
         self.read_barrier().await?;
-        let nodes = self.nodes()?;
-        let views: Vec<pb::Node> = nodes.iter().map(|n| self.node_view(n)).collect();
-        let up: std::collections::HashSet<u64> = views.iter().filter(|n| n.state == "up").map(|n| n.id).collect();
-
-        let mut health = pb::PackHealth::default();
-        for pack in kv::scan::<PackRecord>(self.tree(), "pack", kv::PACK_PREFIX).map_err(Status::from)? {
-            // An unplaced shard (node 0) is never up, so a short pack counts
-            // as degraded (or worse) like one whose nodes are down.
-            let available = pack.shards.iter().filter(|s| up.contains(&s.node.0)).count();
-            if pack.placed() < pack.params.total() {
-                health.short += 1;
-            }
-            let (k, total) = (pack.params.k(), pack.params.total());
-            if available == total {
-                health.healthy += 1;
-            } else if available < k {
-                health.lost += 1;
-            } else if available == k {
-                health.at_risk += 1;
-            } else {
-                health.degraded += 1;
-            }
-        }
-
-        let metrics = self.node.raft.metrics().borrow().clone();
-        let members = self.node.members();
-        let count = |what: &str| -> Result<u64, Status> {
-            Ok(kv::get::<u64>(self.tree(), "counter", &kv::count_key(what)).map_err(Status::from)?.unwrap_or(0))
-        };
-        Ok(Response::new(pb::ClusterStatusResponse {
-            nodes: views.clone(),
-            packs: Some(health),
-            leader: metrics.current_leader.unwrap_or(0),
-            members,
-            term: metrics.current_term,
-            last_log_index: metrics.last_log_index.unwrap_or(0),
-            applied_index: metrics.last_applied.map(|l| l.index).unwrap_or(0),
-            repos: count("repos")?,
-            snapshots: count("snapshots")?,
-            chunks: count("chunks")?,
-            rebuild: Some({
-                let r = self.node.repair.snapshot();
-                let workers = self.node.config.repair.parallelism.max(1) as f64;
-                pb::RebuildStatus {
-                    queued: r.queued,
-                    in_flight: r.in_flight,
-                    done: r.done,
-                    failed: r.failed,
-                    bytes_written: r.bytes_written,
-                    eta_s: (r.queued + r.in_flight) as f64 * r.secs_per_task / workers,
-                }
-            }),
-            site_degraded: self.node.repair.snapshot().site_degraded,
-            orphan_bytes: views.iter().map(|n| n.orphan_bytes).fold(0u64, u64::saturating_add),
-            workers: {
-                let me = self.node.worker_node_name();
-                let mut w: Vec<pb::WorkerStatus> =
-                    self.node.workers().iter().map(|s| coffer_proto::worker_to_pb(&me, s)).collect();
-                w.extend(self.node.liveness.workers());
-                w
-            },
-        }))
+        Ok(Response::new(self.status_view()?))
     }
 
     async fn create_repo(
@@ -528,27 +558,7 @@ impl Catalog for CatalogService {
     ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
         self.node.authorize(&req, Rpc::ListIncidents, None)?;
         self.read_barrier().await?;
-        let nodes = self.nodes()?;
-        let incidents = kv::scan::<crate::command::IncidentRecord>(self.tree(), "incident", kv::INCIDENT_PREFIX)
-            .map_err(Status::from)?
-            .into_iter()
-            .map(|i| pb::Incident {
-                id: i.id,
-                node: i.node.0,
-                site: nodes.iter().find(|n| n.id == i.node).map(|n| n.site.to_string()).unwrap_or_default(),
-                state: if i.open { "open" } else { "closed" }.to_string(),
-                last_seen_ms: i.last_seen_ms,
-                detected_ms: i.detected_ms,
-                rebuild_started_ms: i.rebuild_started_ms,
-                rebuild_finished_ms: i.rebuild_finished_ms,
-                shards_lost: i.shards_lost,
-                shards_rebuilt: i.shards_rebuilt,
-                bytes_read: i.bytes_read,
-                bytes_written: i.bytes_written,
-                bytes_cross_site: i.bytes_cross_site,
-            })
-            .collect();
-        Ok(Response::new(pb::ListIncidentsResponse { incidents }))
+        Ok(Response::new(self.incidents_view()?))
     }
 
     async fn get_packs(&self, req: Request<pb::GetPacksRequest>) -> Result<Response<pb::GetPacksResponse>, Status> {

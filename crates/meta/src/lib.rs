@@ -30,9 +30,11 @@ mod liveness;
 mod maint_service;
 mod network;
 mod node;
+pub mod observe;
 mod raft_service;
 pub mod repair;
 mod retention;
+mod status_page;
 #[cfg(test)]
 mod test_util;
 mod tokens;

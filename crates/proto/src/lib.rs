@@ -8,6 +8,10 @@
 #[allow(clippy::all, missing_docs)]
 pub mod pb {
     tonic::include_proto!("coffer.v1");
+
+    /// Every coffer service's encoded file descriptors, which gRPC server
+    /// reflection serves (so `grpcurl` can list and call the services).
+    pub const DESCRIPTORS: &[u8] = tonic::include_file_descriptor_set!("coffer_descriptors");
 }
 
 mod convert;

@@ -14,16 +14,18 @@
 //!   tls       ── Security { Insecure | Tls(files re-read on change) }, the process default
 //!   identity  ── Peer { role, name } from the SAN URI coffer://ROLE/NAME; peer(), cert_role(), require_role()
 //!   policy    ── which certificate roles may call which method (one table, applied by every server)
+//!   observe   ── per-call metrics (a tower layer), grpc.health.v1 and reflection on every server
 //! ```
 //!
-//! The crate depends only on `coffer-types`, `coffer-proto` and the gRPC
-//! stack: whoever uses it to reach the cluster gets no repository key code
+//! The crate depends only on `coffer-types`, `coffer-proto`, the gRPC
+//! stack and `coffer-admin`'s metric families: whoever uses it to reach the cluster gets no repository key code
 //! with it.
 
 mod channel;
 mod error;
 pub mod identity;
 mod meta_client;
+pub mod observe;
 pub mod policy;
 mod server;
 mod shards;

@@ -60,6 +60,17 @@ pub fn allowed(path: &str) -> Option<&'static [CertRole]> {
     })
 }
 
+/// The roles that may call the standard gRPC services every server
+/// carries: health checks and server reflection, open to every certificate
+/// of the cluster (they reveal whether a port serves, and the schema, which
+/// is public; a caller still needs a certificate the CA signed).
+pub fn allowed_standard(path: &str) -> Option<&'static [CertRole]> {
+    match path.trim_start_matches('/').split_once('/')?.0 {
+        "grpc.health.v1.Health" | "grpc.reflection.v1.ServerReflection" => Some(ANY),
+        _ => None,
+    }
+}
+
 /// Checks one request against the table.
 pub(crate) fn authorize(path: &str, conn: Option<&ConnInfo>) -> Result<(), Status> {
     let Some(conn) = conn else { return Ok(()) };
@@ -67,7 +78,7 @@ pub(crate) fn authorize(path: &str, conn: Option<&ConnInfo>) -> Result<(), Statu
         return Err(identity::plaintext_refusal());
     }
     let Some(peer) = &conn.peer else { return Ok(()) };
-    let Some(roles) = allowed(path) else {
+    let Some(roles) = allowed(path).or_else(|| allowed_standard(path)) else {
         return Err(Status::permission_denied(format!("{path}: no certificate role may call this method")));
     };
     identity::check(peer, roles, path.trim_start_matches('/'))
@@ -148,6 +159,9 @@ mod tests {
         assert!(ok("/coffer.v1.Access/CreateToken", Client));
         assert!(!ok("/coffer.v1.Access/CreateToken", Storage));
         assert!(!ok("/coffer.v1.Other/Call", Admin));
+        assert!(ok("/grpc.health.v1.Health/Check", Storage));
+        assert!(ok("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", Client));
+        assert!(!ok("/grpc.other.Service/Call", Admin));
         let err = authorize("/coffer.v1.Raft/Vote", Some(&conn(Storage))).unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
         assert!(err.message().contains("needs a meta certificate"), "{}", err.message());

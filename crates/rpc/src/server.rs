@@ -150,6 +150,7 @@ impl Server {
             .http2_keepalive_interval(Some(timeouts::KEEP_ALIVE_INTERVAL))
             .http2_keepalive_timeout(Some(timeouts::KEEP_ALIVE_TIMEOUT))
             .tcp_keepalive(Some(timeouts::KEEP_ALIVE_INTERVAL))
+            .layer(crate::observe::MetricsLayer)
             .layer(AuthorizeLayer);
         if self.bulk {
             server = server
@@ -157,9 +158,26 @@ impl Server {
                 .initial_connection_window_size(BULK_CONNECTION_WINDOW)
                 .max_frame_size(BULK_MAX_FRAME);
         }
+        // Every port also answers `grpc.health.v1` (SERVING while it
+        // serves) and server reflection, for grpcurl and health probes.
+        let mut routes = self.routes;
+        let (_health, health) = tonic_health::server::health_reporter();
+        routes.add_service(health);
+        match tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(coffer_proto::pb::DESCRIPTORS)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+        {
+            Ok(reflection) => {
+                routes.add_service(reflection);
+            }
+            // The descriptors are compiled in; a failure is a build bug,
+            // which must not stop the node from serving.
+            Err(e) => tracing::warn!(error = %e, "server reflection is off: cannot load the descriptors"),
+        }
         // TCP_NODELAY is set on every accepted connection (see `tls::incoming`).
         let incoming = tls::incoming(listener, self.security);
-        server.add_routes(self.routes.routes()).serve_with_incoming_shutdown(incoming, shutdown).await?;
+        server.add_routes(routes.routes()).serve_with_incoming_shutdown(incoming, shutdown).await?;
         Ok(())
     }
 }

@@ -15,6 +15,7 @@
 pub mod error;
 pub mod fuzzing;
 pub mod node;
+mod observe;
 pub mod orphans;
 pub mod repair;
 pub mod service;

@@ -236,6 +236,19 @@ impl StorageNode {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StorageError> {
+        self.serve_with_admin(listener, None, shutdown).await
+    }
+
+    /// `serve`, and the admin HTTP port (`coffer_admin`: `/livez`,
+    /// `/readyz`, `/metrics`) on `admin` if given, until `shutdown`.
+    pub async fn serve_with_admin(
+        self,
+        listener: TcpListener,
+        admin: Option<TcpListener>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StorageError> {
+        use futures::FutureExt;
+        let shutdown = shutdown.boxed().shared();
         // One heartbeat interval is the natural bound for one call's retries:
         // the loop tries again on its next tick anyway. The client's lazy
         // channels need the runtime, which is why it is built here.
@@ -281,6 +294,17 @@ impl StorageNode {
             beats: 0,
         });
 
+        let admin_task = admin.map(|l| {
+            crate::observe::admin_server(crate::observe::Observed {
+                id: self.id,
+                site: self.config.site.to_string(),
+                dir: self.config.data_dir.clone(),
+                store: self.store.clone(),
+                capacity_bytes: self.capacity_bytes,
+                board: runner.board(),
+            })
+            .spawn(l, shutdown.clone())
+        });
         tracing::info!(node = %self.id, listen = %local, "serving shards");
         let served = coffer_rpc::Server::new()
             .bulk()
@@ -292,6 +316,10 @@ impl StorageNode {
         // the node must not keep claiming to be alive either.
         if let Err(e) = runner.shutdown(SHUTDOWN_DEADLINE).await {
             tracing::warn!(node = %self.id, error = %e, "storage workers did not all stop in time");
+        }
+        if let Some(t) = admin_task {
+            // It stops on the same signal; a server that failed stops it too.
+            t.abort();
         }
         tracing::info!(node = %self.id, "shard server stopped");
         served.map_err(|e| StorageError::Serve(e.to_string()))

@@ -109,6 +109,7 @@ impl Proc {
         let child = Command::new(bin)
             .args(&self.args)
             .env("COFFER_LOG", node_log_filter())
+            .env("COFFER_LOG_FORMAT", std::env::var("COFFER_IT_LOG_FORMAT").unwrap_or_else(|_| "text".into()))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -189,6 +190,12 @@ impl Proc {
     }
 }
 
+/// The address in `DATA/admin-addr`, if the node wrote one.
+fn admin_addr(data: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(data.join("admin-addr")).ok()?;
+    Some(text.trim().to_string()).filter(|a| !a.is_empty())
+}
+
 /// Sends a signal with kill(1): the workspace forbids `unsafe`, and this is
 /// test tooling where a process spawn per signal costs nothing.
 fn send_signal(pid: u32, sig: i32) {
@@ -214,6 +221,12 @@ impl StorageHandle {
     /// die behind the harness's back (a crash, as opposed to a kill).
     pub fn pid(&self) -> Option<u32> {
         self.proc_.child.as_ref().map(|c| c.id())
+    }
+
+    /// The admin port's address, once the node has reported it (only with
+    /// `--admin-listen` among `ClusterSpec::storage_flags`).
+    pub fn admin_addr(&self) -> Option<String> {
+        admin_addr(&self.data)
     }
 
     /// The node id the node keeps in its data dir.
@@ -271,6 +284,12 @@ pub struct MetaHandle {
 impl MetaHandle {
     pub fn is_running(&self) -> bool {
         self.proc_.is_running()
+    }
+
+    /// The admin port's address, once the node has reported it (only with
+    /// `--admin-listen` among `ClusterSpec::meta_flags`).
+    pub fn admin_addr(&self) -> Option<String> {
+        admin_addr(&self.proc_.data)
     }
 }
 

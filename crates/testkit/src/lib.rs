@@ -10,15 +10,20 @@
 //! (an `Err`, a panic, or an `ERROR` line a node logged that the test did
 //! not declare with `expect_error`), the tail of every log is printed, and
 //! with `COFFER_IT_KEEP=1` the cluster's directory is kept. `COFFER_IT_LOG`
-//! sets the nodes' log filter.
+//! sets the nodes' log filter and `COFFER_IT_LOG_FORMAT` their log format
+//! (text unless set; the failure scan reads JSON lines too). A node given
+//! `--admin-listen 127.0.0.1:0` reports its admin port in
+//! `DATA/admin-addr` (`admin_addr()`); `http_get` asks it.
 
 mod cluster;
 mod fsutil;
+mod http;
 mod logs;
 mod wait;
 
 pub use cluster::{Cluster, ClusterSpec, MetaHandle, Output, StorageHandle};
 pub use fsutil::{dir_digest, write_sample_tree, TreeDigest};
+pub use http::http_get;
 pub use wait::wait_until;
 
 /// The password the harness gives every repository.

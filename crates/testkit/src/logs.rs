@@ -3,7 +3,8 @@
 //! and printing the logs when a test fails.
 //!
 //! Nodes log through `tracing`'s plain formatter
-//! (`<timestamp> <LEVEL> <message> <fields>`); the harness sets `NO_COLOR`,
+//! (`<timestamp> <LEVEL> <message> <fields>`) unless `COFFER_IT_LOG_FORMAT`
+//! asks for JSON lines, whose `"level":"ERROR"` is found too; the harness sets `NO_COLOR`,
 //! and escape sequences are stripped anyway so that a colour setting can
 //! never hide a line from the scan.
 
@@ -44,7 +45,10 @@ pub fn strip_ansi(line: &str) -> String {
 /// `ERROR` event, a panic, or the binary's own fatal error line.
 pub fn is_failure_line(line: &str) -> bool {
     let mut words = line.split_whitespace();
-    let level_is_error = words.next().is_some() && words.next() == Some("ERROR");
+    let text_error = words.next().is_some() && words.next() == Some("ERROR");
+    // A JSON line (`--log-format json`) names its level in a field.
+    let json_error = line.trim_start().starts_with('{') && line.contains("\"level\":\"ERROR\"");
+    let level_is_error = text_error || json_error;
     level_is_error || line.contains("panicked at") || line.starts_with("coffer: error:")
 }
 
@@ -88,6 +92,8 @@ mod tests {
         assert!(is_failure_line("coffer: error: start metadata node"));
         assert!(!is_failure_line("2026-12-01T09:33:07Z  WARN shard request refused error=ERROR in a field"));
         assert!(!is_failure_line("2026-12-01T09:33:07Z  INFO metadata node serving"));
+        assert!(is_failure_line(r#"{"timestamp":"t","level":"ERROR","fields":{"message":"m"},"target":"coffer_meta"}"#));
+        assert!(!is_failure_line(r#"{"timestamp":"t","level":"WARN","fields":{"message":"level ERROR"}}"#));
     }
 
     #[test]

@@ -110,6 +110,9 @@ impl Repository {
         // Damage found on the way is repaired by the cluster, whether or not
         // the restore as a whole succeeded.
         source.report_damage().await;
+        if let Ok(s) = &result {
+            coffer_admin::metrics::events().restore_done(self.record.name.as_str(), s.bytes, s.duration_s);
+        }
         result
     }
 }
