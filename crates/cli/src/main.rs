@@ -15,6 +15,7 @@ mod dev;
 mod dr;
 mod duration;
 mod keys;
+mod probe;
 mod progress;
 mod repair;
 mod security;
@@ -32,7 +33,13 @@ use args::{Cli, ClusterCommand, Command, KeyCommand, RepoCommand, TokenCommand};
 /// Whether a command talks to the cluster with the process's own
 /// certificate (the daemons and `coffer dev` choose theirs themselves).
 fn is_client_command(c: &Command) -> bool {
-    !matches!(c, Command::Dev(_) | Command::DevSite(_) | Command::Meta(_) | Command::Storage(_) | Command::Certs(_))
+    // `probe` speaks plain HTTP to an admin port and needs no certificate.
+    let plain_http = matches!(c, Command::Probe { .. });
+    !plain_http
+        && !matches!(
+            c,
+            Command::Dev(_) | Command::DevSite(_) | Command::Meta(_) | Command::Storage(_) | Command::Certs(_)
+        )
 }
 
 /// Installs the one tracing subscriber: `COFFER_LOG` filters (`RUST_LOG`
@@ -136,6 +143,7 @@ fn main() {
             Command::Drill(a) => dr::drill(&g, a).await,
             Command::Recover(a) => dr::recover(&g, a).await,
             Command::Report(a) => dr::report(&g, a).await.map(|_| 0),
+            Command::Probe { url, timeout } => probe::run(&url, timeout).await,
         };
         match result {
             Ok(code) => code,
