@@ -153,6 +153,27 @@ impl Catalog for FakeCatalog {
     ) -> Result<Response<coffer_proto::pb::ListDrResponse>, Status> {
         fake()
     }
+
+    async fn report_source(
+        &self,
+        _: Request<coffer_proto::pb::ReportSourceRequest>,
+    ) -> Result<Response<coffer_proto::pb::ReportSourceResponse>, Status> {
+        fake()
+    }
+
+    async fn list_sources(
+        &self,
+        _: Request<coffer_proto::pb::ListSourcesRequest>,
+    ) -> Result<Response<coffer_proto::pb::ListSourcesResponse>, Status> {
+        fake()
+    }
+
+    async fn remove_source(
+        &self,
+        _: Request<coffer_proto::pb::RemoveSourceRequest>,
+    ) -> Result<Response<coffer_proto::pb::RemoveSourceResponse>, Status> {
+        fake()
+    }
 }
 
 /// Polls `cond` until it holds, failing the test after a generous deadline.
