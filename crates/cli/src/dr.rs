@@ -319,11 +319,13 @@ fn run_report(r: &DrRecord) -> RunReport {
 /// snapshots, its disaster-recovery records, the incidents, a time and the
 /// window. A snapshot counts as verified (for the RPO) unless the newest
 /// drill of it failed: a drill that could not restore it is the data loss
-/// the catalog knows of.
+/// the catalog knows of. `targets` holds the RPO target of each source the
+/// source registry knows (by source name), from its agent's policy.
 pub fn build_report(
     repo: &str,
     snaps: &[SnapshotRecord],
     records: &[DrRecord],
+    targets: &BTreeMap<String, u64>,
     incidents: Option<&[pb::Incident]>,
     now_ms: u64,
     since_ms: u64,
@@ -352,8 +354,8 @@ pub fn build_report(
         let worst = figures::worst_rpo_ms(&verified_ends, since_ms, now_ms);
         let last = drills.iter().filter(|d| d.source == source).max_by_key(|d| d.started_ms);
         // The RPO target comes from the agent's policy through the source
-        // registry, which this branch does not have yet: no target.
-        let target_ms: Option<u64> = None;
+        // registry; 0 there means the policy sets none.
+        let target_ms: Option<u64> = targets.get(&source).copied().filter(|t| *t > 0);
         let verdict = figures::verdict(last.map(|d| d.ok), rpo, target_ms, skipped);
         sources.push(SourceReport {
             repo: repo.to_string(),
@@ -428,7 +430,16 @@ pub async fn report(g: &Global, a: ReportArgs) -> Result<()> {
         Err(e) if e.code() == Some(tonic::Code::PermissionDenied) => None,
         Err(e) => return Err(e).context("list incidents"),
     };
-    let report = build_report(name.as_str(), &snaps, &records, incidents.as_deref(), now, since_ms);
+    let registered = meta
+        .call("list sources", |mut c| {
+            let repo = name.to_string();
+            async move { c.list_sources(pb::ListSourcesRequest { repo }).await }
+        })
+        .await
+        .context("list sources")?;
+    let targets: BTreeMap<String, u64> =
+        registered.sources.into_iter().map(|s| (s.name, s.rpo_target_ms)).collect();
+    let report = build_report(name.as_str(), &snaps, &records, &targets, incidents.as_deref(), now, since_ms);
     if g.json {
         println!("{}", serde_json::to_value(&report)?);
         return Ok(());
@@ -540,7 +551,7 @@ mod tests {
         // The newest db snapshot failed its drill: the RPO counts from the
         // one before.
         let records = [drill(3, "db", 5 * h + 10, false)];
-        let r = build_report("r", &snaps, &records, None, 6 * h, 0);
+        let r = build_report("r", &snaps, &records, &BTreeMap::new(), None, 6 * h, 0);
         let db = &r.sources[0];
         assert_eq!(db.source, "db");
         assert_eq!(db.rpo_s, Some(secs(2 * h)));
@@ -553,10 +564,15 @@ mod tests {
         assert_eq!(r.drills.len(), 1);
         // A later good drill of the same snapshot clears it.
         let records = [drill(3, "db", 5 * h + 10, false), drill(3, "db", 5 * h + 20, true)];
-        let r = build_report("r", &snaps, &records, None, 6 * h, 0);
+        let r = build_report("r", &snaps, &records, &BTreeMap::new(), None, 6 * h, 0);
         assert_eq!(r.sources[0].verdict, "ok");
         assert_eq!(r.sources[0].rpo_s, Some(secs(h)));
         assert_eq!(r.sources[1].verdict, "unprotected files");
+        // With the registry's target of 30 min, an RPO of an hour is exceeded.
+        let targets = BTreeMap::from([("db".to_string(), h / 2)]);
+        let r = build_report("r", &snaps, &records, &targets, None, 6 * h, 0);
+        assert_eq!(r.sources[0].rpo_target_s, Some(secs(h / 2)));
+        assert_eq!(r.sources[0].verdict, "rpo exceeded");
     }
 
     #[test]
