@@ -437,8 +437,7 @@ pub async fn report(g: &Global, a: ReportArgs) -> Result<()> {
         })
         .await
         .context("list sources")?;
-    let targets: BTreeMap<String, u64> =
-        registered.sources.into_iter().map(|s| (s.name, s.rpo_target_ms)).collect();
+    let targets: BTreeMap<String, u64> = registered.sources.into_iter().map(|s| (s.name, s.rpo_target_ms)).collect();
     let report = build_report(name.as_str(), &snaps, &records, &targets, incidents.as_deref(), now, since_ms);
     if g.json {
         println!("{}", serde_json::to_value(&report)?);
