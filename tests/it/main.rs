@@ -5,6 +5,7 @@
 //! `ERROR` line), and reads JSON fields through `num`/`list`, which fail on
 //! a missing field instead of letting a bound pass vacuously.
 
+mod agent;
 mod bad_input;
 mod dedup;
 mod degraded;

@@ -8,6 +8,7 @@
 //! tracing subscriber.
 
 mod admin;
+mod agent;
 mod args;
 mod commands;
 mod config;
@@ -29,7 +30,15 @@ use args::{Cli, ClusterCommand, Command, KeyCommand, RepoCommand, TokenCommand};
 /// Whether a command talks to the cluster with the process's own
 /// certificate (the daemons and `coffer dev` choose theirs themselves).
 fn is_client_command(c: &Command) -> bool {
-    !matches!(c, Command::Dev(_) | Command::DevSite(_) | Command::Meta(_) | Command::Storage(_) | Command::Certs(_))
+    !matches!(
+        c,
+        Command::Dev(_)
+            | Command::DevSite(_)
+            | Command::Meta(_)
+            | Command::Storage(_)
+            | Command::Certs(_)
+            | Command::Agent(_)
+    )
 }
 
 fn init_tracing(server: bool) {
@@ -54,7 +63,8 @@ fn refused(e: &anyhow::Error) -> bool {
 
 fn main() {
     let cli = Cli::parse();
-    let server = matches!(cli.command, Command::Dev(_) | Command::Meta(_) | Command::Storage(_));
+    let server = matches!(cli.command, Command::Dev(_) | Command::Meta(_) | Command::Storage(_))
+        || matches!(&cli.command, Command::Agent(a) if a.command.is_none());
     init_tracing(server);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -109,6 +119,7 @@ fn main() {
             }
             Command::Token(TokenCommand::List { all }) => tokens::list(&g, all).await.map(|_| 0),
             Command::Token(TokenCommand::Revoke { id }) => tokens::revoke(&g, &id).await.map(|_| 0),
+            Command::Agent(a) => agent::run(&g, a).await,
         };
         match result {
             Ok(code) => code,

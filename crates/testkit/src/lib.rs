@@ -12,11 +12,13 @@
 //! with `COFFER_IT_KEEP=1` the cluster's directory is kept. `COFFER_IT_LOG`
 //! sets the nodes' log filter.
 
+mod agent;
 mod cluster;
 mod fsutil;
 mod logs;
 mod wait;
 
+pub use agent::AgentProc;
 pub use cluster::{Cluster, ClusterSpec, MetaHandle, Output, StorageHandle};
 pub use fsutil::{dir_digest, write_sample_tree, TreeDigest};
 pub use wait::wait_until;
