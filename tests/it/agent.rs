@@ -201,9 +201,9 @@ fn a_realtime_source_holds_its_recovery_point() -> Result<()> {
                 wal.display()
             ),
         )?;
-        // The segment starts with 8 MiB (several chunks), so that appends
+        // The segment starts with 16 MiB (several chunks), so that appends
         // show whether a run re-reads the file from the start.
-        let mut head = vec![0u8; 8 << 20];
+        let mut head = vec![0u8; 16 << 20];
         rand::RngCore::fill_bytes(&mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(13), &mut head);
         std::fs::write(&log, &head)?;
         let agent = AgentProc::start(c, &config, "rt")?;

@@ -131,7 +131,10 @@ pub enum What {
     Paths(Vec<PathBuf>),
     /// A shell command whose standard output is the backup, and the name of
     /// that file in the snapshot.
-    Command { command: String, name: String },
+    Command {
+        command: String,
+        name: String,
+    },
 }
 
 /// One validated `[[source]]`.
@@ -187,17 +190,22 @@ pub struct FileTls {
 }
 
 fn dur(file: &str, key: &str, s: &str) -> Result<Duration, ConfigError> {
-    parse_duration_ms(s)
-        .map(Duration::from_millis)
-        .map_err(|reason| ConfigError { file: file.into(), key: key.into(), reason })
+    parse_duration_ms(s).map(Duration::from_millis).map_err(|reason| ConfigError {
+        file: file.into(),
+        key: key.into(),
+        reason,
+    })
 }
 
 /// Reads and validates `path`; `host` is the agent's host name unless the
 /// file sets `host`.
 pub fn load(path: &Path, host: &str) -> Result<AgentConfig, ConfigError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError { file: file.clone(), key: "(file)".into(), reason: format!("cannot read: {e}") })?;
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: file.clone(),
+        key: "(file)".into(),
+        reason: format!("cannot read: {e}"),
+    })?;
     parse(&text, path, host)
 }
 
@@ -218,7 +226,9 @@ pub fn parse(text: &str, path: &Path, host: &str) -> Result<AgentConfig, ConfigE
     }
     let tz: Tz = match &raw.timezone {
         None => Tz::UTC,
-        Some(z) => z.parse().map_err(|_| err("timezone", format!("{z:?} is not a time zone name (e.g. UTC, Europe/Berlin)")))?,
+        Some(z) => z
+            .parse()
+            .map_err(|_| err("timezone", format!("{z:?} is not a time zone name (e.g. UTC, Europe/Berlin)")))?,
     };
     let jitter = dur(&file, "jitter", raw.jitter.as_deref().unwrap_or(DEFAULT_JITTER))?;
     let report_interval = dur(&file, "report_interval", raw.report_interval.as_deref().unwrap_or("10s"))?;
@@ -238,9 +248,7 @@ pub fn parse(text: &str, path: &Path, host: &str) -> Result<AgentConfig, ConfigE
     for (i, s) in raw.source.into_iter().enumerate() {
         let at = format!("source[{i}]");
         let key = |k: &str| format!("{at}.{k}");
-        if s.name.is_empty()
-            || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        {
+        if s.name.is_empty() || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
             return Err(err(&key("name"), format!("{:?}: use letters, digits, '-', '_' and '.'", s.name)));
         }
         if !names.insert(s.name.clone()) {
@@ -273,9 +281,11 @@ pub fn parse(text: &str, path: &Path, host: &str) -> Result<AgentConfig, ConfigE
         }
         let mut schedules = BTreeMap::new();
         if let Some(sc) = &s.schedule {
-            for (k, text) in
-                [(KindKey::Full, &sc.full), (KindKey::Differential, &sc.differential), (KindKey::Incremental, &sc.incremental)]
-            {
+            for (k, text) in [
+                (KindKey::Full, &sc.full),
+                (KindKey::Differential, &sc.differential),
+                (KindKey::Incremental, &sc.incremental),
+            ] {
                 let Some(text) = text else { continue };
                 let expr = Expr::parse(text).map_err(|e| err(&key(&format!("schedule.{k}")), e.to_string()))?;
                 let offset = jitter_offset(&host, &s.name, jitter.as_secs() as i64, &expr);
@@ -300,7 +310,10 @@ pub fn parse(text: &str, path: &Path, host: &str) -> Result<AgentConfig, ConfigE
             None => None,
         };
         if (on_change.is_some() || realtime.is_some()) && !matches!(what, What::Paths(_)) {
-            return Err(err(&key("on_change"), "watching needs paths; a command source is scheduled or triggered".into()));
+            return Err(err(
+                &key("on_change"),
+                "watching needs paths; a command source is scheduled or triggered".into(),
+            ));
         }
         if on_change.is_some() && realtime.is_some() {
             return Err(err(&key("realtime"), "a source is either on_change or realtime".into()));
@@ -318,7 +331,10 @@ pub fn parse(text: &str, path: &Path, host: &str) -> Result<AgentConfig, ConfigE
                     tags: k.tags,
                 };
                 if p.is_empty() {
-                    return Err(err(&key("keep"), "keeps nothing; give last, hourly, daily, weekly, monthly or yearly".into()));
+                    return Err(err(
+                        &key("keep"),
+                        "keeps nothing; give last, hourly, daily, weekly, monthly or yearly".into(),
+                    ));
                 }
                 Some(p)
             }
@@ -432,8 +448,9 @@ realtime = { max_lag = "5s" }
             assert_eq!(e.key, key, "{text}: {e}");
         }
         // An unknown key is refused, and the message names it.
-        let e = parse_str("endpoint = [\"a:1\"]\n[[source]]\nname = \"x\"\nrepo = \"r\"\ncommand = \"true\"\nschedul = {}")
-            .unwrap_err();
+        let e =
+            parse_str("endpoint = [\"a:1\"]\n[[source]]\nname = \"x\"\nrepo = \"r\"\ncommand = \"true\"\nschedul = {}")
+                .unwrap_err();
         assert!(e.to_string().contains("schedul"), "{e}");
     }
 }

@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 use coffer_types::BackupKind;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
@@ -86,8 +86,6 @@ async fn connection(stream: UnixStream, sources: Sources) {
         }
     }
 }
-
-use tokio::io::AsyncReadExt;
 
 async fn answer(line: &str, sources: &Sources) -> Value {
     let req: Request = match serde_json::from_str(line) {

@@ -164,7 +164,9 @@ struct SourceWorker {
 impl SourceWorker {
     fn save(&self) -> Result<(), String> {
         let st = lock(&self.shared.state).clone();
-        self.dir.save(&self.shared.config.name, &st).map_err(|e| format!("write the state of {}: {e}", self.shared.config.name))
+        self.dir
+            .save(&self.shared.config.name, &st)
+            .map_err(|e| format!("write the state of {}: {e}", self.shared.config.name))
     }
 
     /// At start: settles a run the previous process left in progress.
@@ -181,9 +183,11 @@ impl SourceWorker {
             st.in_progress.clone()
         };
         if let Some(p) = in_progress {
-            let committed = self.runner.committed_since(p.started_ms).await.map_err(|e| {
-                format!("source {name}: check whether the interrupted run committed: {e}")
-            })?;
+            let committed = self
+                .runner
+                .committed_since(p.started_ms)
+                .await
+                .map_err(|e| format!("source {name}: check whether the interrupted run committed: {e}"))?;
             let mut st = lock(&self.shared.state);
             st.in_progress = None;
             match committed {
@@ -362,6 +366,13 @@ impl Worker for SourceWorker {
             // (a failing dump, a hook), reported in status and the registry.
             Some(e) => tracing::warn!(source = %name, error = %e, "run failed"),
         }
+        // A watched source whose run failed is still dirty: it runs again
+        // after its debounce (or a quarter of max_lag), which is its retry
+        // pace. A scheduled one waits for its next slot, as cron would.
+        let watched = self.shared.config.on_change.is_some() || self.shared.config.realtime.is_some();
+        if rec.snapshot_id.is_none() && watched {
+            self.shared.changes.mark();
+        }
         for w in waiters {
             let _ = w.send(rec.clone());
         }
@@ -388,7 +399,8 @@ pub fn credentials(cfg: &AgentConfig, s: &SourceConfig, d: &Defaults) -> anyhow:
     use anyhow::Context;
     let password = match &s.password_file {
         Some(p) => {
-            let bytes = std::fs::read(p).with_context(|| format!("source {}: read password_file {}", s.name, p.display()))?;
+            let bytes =
+                std::fs::read(p).with_context(|| format!("source {}: read password_file {}", s.name, p.display()))?;
             bytes.strip_suffix(b"\n").unwrap_or(&bytes).to_vec()
         }
         None => d.password.clone().with_context(|| {
@@ -397,7 +409,8 @@ pub fn credentials(cfg: &AgentConfig, s: &SourceConfig, d: &Defaults) -> anyhow:
     };
     let token = match &s.token_file {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("source {}: read token_file {}", s.name, p.display()))?;
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("source {}: read token_file {}", s.name, p.display()))?;
             Some(text.lines().next().unwrap_or("").trim().to_string()).filter(|t| !t.is_empty())
         }
         None => d.token.clone(),
@@ -415,7 +428,11 @@ struct Generation {
     runner: coffer_worker::Runner,
 }
 
-fn start_generation(cfg: &AgentConfig, defaults: &Defaults, dir: &StateDir) -> anyhow::Result<(Generation, Vec<Arc<Shared>>)> {
+fn start_generation(
+    cfg: &AgentConfig,
+    defaults: &Defaults,
+    dir: &StateDir,
+) -> anyhow::Result<(Generation, Vec<Arc<Shared>>)> {
     use anyhow::Context;
     let runner = coffer_worker::Runner::new();
     let mut shared_all = Vec::new();

@@ -22,6 +22,7 @@ use coffer_client::backup::{BackupOptions, BackupSummary};
 use coffer_client::retention::plan_forget;
 use coffer_client::{open_repo, ClientError, MetaClient, Repository};
 use coffer_types::{BackupKind, SnapshotId};
+use tonic::Code as tonic_code;
 
 use crate::config::{SourceConfig, What};
 use crate::state::RunRecord;
@@ -65,8 +66,6 @@ fn now_ms() -> u64 {
 fn denied(e: &ClientError) -> bool {
     matches!(e, ClientError::Conn(r) if matches!(r.code(), Some(tonic_code::PermissionDenied | tonic_code::Unauthenticated)))
 }
-
-use tonic::Code as tonic_code;
 
 impl Runner {
     pub fn new(source: SourceConfig, host: String, creds: Credentials) -> Self {
@@ -114,7 +113,8 @@ impl Runner {
                 record.bytes_read = summary.bytes_read;
                 record.kind = summary.kind.as_str().to_string();
                 end = Some(summary.snapshot.end_ms);
-                let post = self.hook("post", self.source.post_hook.clone(), kind, Some(&summary.snapshot_id), true).await;
+                let post =
+                    self.hook("post", self.source.post_hook.clone(), kind, Some(&summary.snapshot_id), true).await;
                 match post {
                     Ok(()) => record.result = "ok".into(),
                     Err(e) => record.error = Some(e),

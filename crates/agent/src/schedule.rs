@@ -38,7 +38,9 @@ const SEARCH_DAYS: i64 = 366 * 29;
 pub enum Expr {
     /// Every `secs` seconds, aligned to the Unix epoch (so independent of
     /// when the agent started).
-    Every { secs: i64 },
+    Every {
+        secs: i64,
+    },
     Calendar(Calendar),
 }
 
@@ -117,11 +119,9 @@ impl Expr {
                 cron(&format!("{m} {h} * * {d}")).map_err(err)
             }
             [_, _, _, _, _] => cron(&lower).map_err(err),
-            _ => Err(err(
-                "expected `every 15m`, `hourly`, `daily HH:MM`, `weekly DAY HH:MM`, `DAY HH:MM`, \
+            _ => Err(err("expected `every 15m`, `hourly`, `daily HH:MM`, `weekly DAY HH:MM`, `DAY HH:MM`, \
                  `monthly D HH:MM` or a 5-field cron expression"
-                    .into(),
-            )),
+                .into())),
         }
     }
 }
@@ -406,14 +406,36 @@ mod tests {
 
     #[test]
     fn expressions_parse_or_name_the_problem() {
-        for ok in ["every 15m", "every 2s", "hourly", "daily 02:00", "sun 01:00", "weekly sat 03:00", "mon-fri 06:30",
-            "monthly 1 04:00", "*/5 * * * *", "0 3 * * 1-5", "30 2 1,15 jan-mar *", "0 0 * * 7"]
-        {
+        for ok in [
+            "every 15m",
+            "every 2s",
+            "hourly",
+            "daily 02:00",
+            "sun 01:00",
+            "weekly sat 03:00",
+            "mon-fri 06:30",
+            "monthly 1 04:00",
+            "*/5 * * * *",
+            "0 3 * * 1-5",
+            "30 2 1,15 jan-mar *",
+            "0 0 * * 7",
+        ] {
             Expr::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
-        for bad in ["", "every", "every 0s", "every 1500ms", "daily 25:00", "daily 2pm", "funday 01:00",
-            "61 * * * *", "* * * *", "*/0 * * * *", "5-1 * * * *", "every 10y"]
-        {
+        for bad in [
+            "",
+            "every",
+            "every 0s",
+            "every 1500ms",
+            "daily 25:00",
+            "daily 2pm",
+            "funday 01:00",
+            "61 * * * *",
+            "* * * *",
+            "*/0 * * * *",
+            "5-1 * * * *",
+            "every 10y",
+        ] {
             assert!(Expr::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(Expr::parse("0 0 * * 7"), Expr::parse("0 0 * * 0"));

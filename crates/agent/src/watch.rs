@@ -117,7 +117,8 @@ fn relevant(ev: &notify::Event, excludes: &Excludes) -> bool {
     ev.paths.iter().any(|p| {
         let excluded_here = p.file_name().is_some_and(|n| excludes.excludes(p, n, p.is_dir()));
         // An entry under an excluded directory is excluded too.
-        let under_excluded = p.ancestors().skip(1).any(|a| a.file_name().is_some_and(|n| excludes.excludes(a, n, true)));
+        let under_excluded =
+            p.ancestors().skip(1).any(|a| a.file_name().is_some_and(|n| excludes.excludes(a, n, true)));
         !excluded_here && !under_excluded
     })
 }

@@ -93,7 +93,10 @@ async fn status(g: &Global, cfg: &coffer_agent::AgentConfig) -> Result<()> {
     }
     let empty = Vec::new();
     let sources = v["sources"].as_array().unwrap_or(&empty);
-    println!("{:<20} {:<10} {:<8} {:<22} {:>10} {:>10} {:>6} {:>6}  next", "source", "mode", "result", "last run", "rpo", "target", "ok", "failed");
+    println!(
+        "{:<20} {:<10} {:<8} {:<22} {:>10} {:>10} {:>6} {:>6}  next",
+        "source", "mode", "result", "last run", "rpo", "target", "ok", "failed"
+    );
     for s in sources {
         let secs = |x: &Value| x.as_f64().map(|f| format!("{f:.0}s")).unwrap_or_else(|| "-".into());
         let last = &s["last_run"];
@@ -119,15 +122,24 @@ async fn status(g: &Global, cfg: &coffer_agent::AgentConfig) -> Result<()> {
     Ok(())
 }
 
-async fn trigger(g: &Global, cfg: &coffer_agent::AgentConfig, name: String, kind: Option<String>, wait: bool) -> Result<i32> {
+async fn trigger(
+    g: &Global,
+    cfg: &coffer_agent::AgentConfig,
+    name: String,
+    kind: Option<String>,
+    wait: bool,
+) -> Result<i32> {
     if let Some(k) = &kind {
         k.parse::<coffer_types::BackupKind>().map_err(|e| usage(format!("--kind {k:?}: {e}")))?;
     }
     if !cfg.sources.iter().any(|s| s.name == name) {
         return Err(usage(format!("no source {name:?} in {}", cfg.path.display())));
     }
-    let v = coffer_agent::control::request(&cfg.control, &json!({"op": "trigger", "source": name, "kind": kind, "wait": wait}))
-        .await?;
+    let v = coffer_agent::control::request(
+        &cfg.control,
+        &json!({"op": "trigger", "source": name, "kind": kind, "wait": wait}),
+    )
+    .await?;
     let failed = v.get("result").and_then(Value::as_str) != Some("ok");
     if let Some(e) = v.get("error").and_then(Value::as_str).filter(|_| v.get("result").is_none()) {
         bail!("the agent refused: {e}");

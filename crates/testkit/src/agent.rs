@@ -26,7 +26,8 @@ pub struct AgentProc {
 impl AgentProc {
     /// Starts `coffer agent --config CONFIG`, logging to `agent-NAME.log`.
     pub fn start(c: &Cluster, config: &Path, name: &str) -> Result<AgentProc> {
-        let mut a = AgentProc { config: config.to_path_buf(), log: c.dir().join(format!("agent-{name}.log")), child: None };
+        let mut a =
+            AgentProc { config: config.to_path_buf(), log: c.dir().join(format!("agent-{name}.log")), child: None };
         a.spawn(c)?;
         Ok(a)
     }
