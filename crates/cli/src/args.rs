@@ -130,6 +130,13 @@ pub enum Command {
     /// The agent daemon of `--config agent.toml` (scheduled, event-driven and real-time backups), or, with
     /// `status` / `trigger`, a request to the running one.
     Agent(crate::agent::AgentArgs),
+    /// Every source the agents protect (with --repo: that repository's), its RPO against its target, and
+    /// whether its agent still reports.
+    Sources {
+        /// Drop this source of --repo from the registry (an agent that still runs it reports it again).
+        #[arg(long, value_name = "NAME")]
+        remove: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -20,6 +20,7 @@ mod security;
 mod servers;
 mod shared;
 mod snapcmds;
+mod sources;
 mod tokens;
 
 use clap::Parser;
@@ -98,6 +99,8 @@ fn main() {
             Command::Gc { wait } => snapcmds::gc(&g, wait).await.map(|_| 0),
             Command::Check { read_data, subset } => snapcmds::check(&g, read_data, subset).await,
             Command::Incidents => repair::incidents(&g).await.map(|_| 0),
+            Command::Sources { remove: Some(name) } => sources::remove(&g, &name).await.map(|_| 0),
+            Command::Sources { remove: None } => sources::list(&g).await.map(|_| 0),
             Command::Drain { node, undo } => repair::drain(&g, &node, !undo, false).await.map(|_| 0),
             Command::Decommission { node } => repair::drain(&g, &node, true, true).await.map(|_| 0),
             Command::Scrub => repair::scrub(&g).await.map(|_| 0),

@@ -193,9 +193,13 @@ pub fn apply(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, MetaError
         }
         Command::CommitSnapshot { session, now_ms, snapshot } => {
             let now = log_clock(txn, now_ms)?;
+            let of_source = coffer_types::source_of_tags(&snapshot.tags).is_some().then(|| snapshot.clone());
             let result = commit_snapshot(txn, session, now, snapshot)?;
             if !matches!(result, CommandResult::Rejected(_)) {
                 txn.remove(kv::session_key(&session));
+            }
+            if let (CommandResult::Ok, Some(snapshot)) = (&result, of_source) {
+                crate::sources::snapshot_committed(txn, &snapshot)?;
             }
             Ok(result)
         }
@@ -236,6 +240,8 @@ pub fn apply(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, MetaError
             Ok(CommandResult::Ok)
         }
         Command::SetKeySlots { repo, expected_version, slots } => set_key_slots(txn, repo, expected_version, slots),
+        Command::ReportSource { source, time_ms } => crate::sources::report(txn, source, time_ms),
+        Command::RemoveSource { repo, name } => crate::sources::remove(txn, &repo, &name),
     }
 }
 
@@ -830,5 +836,33 @@ mod tests {
         // The rest of the record is untouched.
         let rec = kv::get::<RepoRecord>(&t, "repo", &kv::repo_key(&r.name)).unwrap().unwrap();
         assert_eq!((rec.params, rec.created_ms), (r.params, r.created_ms));
+    }
+
+    #[test]
+    fn a_tagged_snapshot_moves_its_sources_recovery_point() {
+        let t = tree();
+        let session = ready_to_snapshot(&t);
+        let source = coffer_types::SourceRecord {
+            repo: repo().name,
+            name: "db".into(),
+            host: "h".into(),
+            strategy: "scheduled".into(),
+            rpo_target_ms: 0,
+            report_interval_ms: 1000,
+            reported_ms: 0,
+            last_ok_end_ms: Some(1),
+            last_run: None,
+            next_run_ms: None,
+            runs_ok: 0,
+            runs_failed: 0,
+        };
+        assert_eq!(run(&t, Command::ReportSource { source, time_ms: 5 }), CommandResult::Ok);
+        let mut snap = snapshot(3, repo().name);
+        snap.tags = vec![coffer_types::source_tag("db")];
+        snap.end_ms = 42;
+        assert_eq!(run(&t, Command::CommitSnapshot { session, now_ms: 20, snapshot: snap }), CommandResult::Ok);
+        let got = crate::sources::list(&t, Some(&repo().name)).unwrap();
+        assert_eq!(got[0].last_ok_end_ms, Some(42), "the commit advanced the source without a report");
+        assert_eq!(got[0].reported_ms, 5, "a commit is not a report: staleness is the agent's");
     }
 }

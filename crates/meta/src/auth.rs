@@ -79,6 +79,13 @@ pub(crate) enum Rpc {
         all: bool,
     },
     RevokeToken,
+    // Catalog: the source registry.
+    ReportSource,
+    /// `all`: every repository's sources rather than one repository's.
+    ListSources {
+        all: bool,
+    },
+    RemoveSource,
 }
 
 /// What a repository token must be able to do for a call.
@@ -151,10 +158,14 @@ pub(crate) fn need(rpc: Rpc) -> Need {
         | Rpc::RemoveMember
         | Rpc::NodeMetrics
         | Rpc::CatalogDigest
-        | Rpc::ListTokens { all: true } => Need::Cluster,
-        Rpc::BeginSession | Rpc::EndSession | Rpc::AllocatePack | Rpc::CommitPack | Rpc::CommitSnapshot => {
-            Need::Repo(Write)
-        }
+        | Rpc::ListTokens { all: true }
+        | Rpc::ListSources { all: true } => Need::Cluster,
+        Rpc::BeginSession
+        | Rpc::EndSession
+        | Rpc::AllocatePack
+        | Rpc::CommitPack
+        | Rpc::CommitSnapshot
+        | Rpc::ReportSource => Need::Repo(Write),
         // Only ever longer (holds are write-once, see `retention`).
         Rpc::Hold { lift: false } => Need::Repo(Write),
         Rpc::GetRepo
@@ -162,6 +173,7 @@ pub(crate) fn need(rpc: Rpc) -> Need {
         | Rpc::LookupChunks
         | Rpc::ListSnapshots
         | Rpc::ListHolds
+        | Rpc::ListSources { all: false }
         | Rpc::GetPacks { data: false } => Need::Repo(Any),
         Rpc::GetPacks { data: true } | Rpc::ListChunks => Need::Repo(Read),
         Rpc::Forget
@@ -169,7 +181,8 @@ pub(crate) fn need(rpc: Rpc) -> Need {
         | Rpc::SetKeySlots
         | Rpc::CreateToken
         | Rpc::ListTokens { all: false }
-        | Rpc::RevokeToken => Need::Repo(Admin),
+        | Rpc::RevokeToken
+        | Rpc::RemoveSource => Need::Repo(Admin),
     }
 }
 
@@ -213,6 +226,10 @@ impl Rpc {
             Rpc::ListTokens { all: false } => "ListTokens",
             Rpc::ListTokens { all: true } => "ListTokens(all)",
             Rpc::RevokeToken => "RevokeToken",
+            Rpc::ReportSource => "ReportSource",
+            Rpc::ListSources { all: false } => "ListSources",
+            Rpc::ListSources { all: true } => "ListSources(all)",
+            Rpc::RemoveSource => "RemoveSource",
         }
     }
 
@@ -502,12 +519,31 @@ mod tests {
         let backup = token("a", TokenRole::Backup);
         let restore = token("a", TokenRole::Restore);
         let admin = token("a", TokenRole::Admin);
-        let writes = [Rpc::BeginSession, Rpc::EndSession, Rpc::AllocatePack, Rpc::CommitPack, Rpc::CommitSnapshot];
-        let shared =
-            [Rpc::GetRepo, Rpc::LookupChunks, Rpc::ListSnapshots, Rpc::ListHolds, Rpc::GetPacks { data: false }];
+        let writes = [
+            Rpc::BeginSession,
+            Rpc::EndSession,
+            Rpc::AllocatePack,
+            Rpc::CommitPack,
+            Rpc::CommitSnapshot,
+            Rpc::ReportSource,
+        ];
+        let shared = [
+            Rpc::GetRepo,
+            Rpc::LookupChunks,
+            Rpc::ListSnapshots,
+            Rpc::ListHolds,
+            Rpc::GetPacks { data: false },
+            Rpc::ListSources { all: false },
+        ];
         let reads = [Rpc::GetPacks { data: true }, Rpc::ListChunks];
-        let admin_only =
-            [Rpc::Forget, Rpc::Hold { lift: true }, Rpc::CreateToken, Rpc::RevokeToken, Rpc::ListTokens { all: false }];
+        let admin_only = [
+            Rpc::Forget,
+            Rpc::Hold { lift: true },
+            Rpc::CreateToken,
+            Rpc::RevokeToken,
+            Rpc::ListTokens { all: false },
+            Rpc::RemoveSource,
+        ];
         let cluster = [
             Rpc::ClusterStatus,
             Rpc::CreateRepo,
@@ -522,6 +558,7 @@ mod tests {
             Rpc::CatalogDigest,
             Rpc::Join,
             Rpc::ListTokens { all: true },
+            Rpc::ListSources { all: true },
         ];
         for rpc in writes.iter().chain(&shared).chain(&[Rpc::Hold { lift: false }]) {
             assert!(allowed(&backup, *rpc, "a"), "backup {rpc:?}");

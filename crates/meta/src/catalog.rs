@@ -643,6 +643,48 @@ impl Catalog for CatalogService {
         audit_ok(&who, Rpc::SetKeySlots, Some(&repo), &format!("{n_slots} slots, version {}", expected_version + 1));
         Ok(Response::new(pb::SetKeySlotsResponse { version: expected_version + 1 }))
     }
+
+    async fn report_source(
+        &self,
+        req: Request<pb::ReportSourceRequest>,
+    ) -> Result<Response<pb::ReportSourceResponse>, Status> {
+        let info = req.get_ref().source.clone().ok_or_else(|| Status::invalid_argument("source is missing"))?;
+        let source = coffer_types::SourceRecord::try_from(info)?;
+        self.node.authorize(&req, Rpc::ReportSource, Some(&source.repo))?;
+        self.write(Command::ReportSource { source, time_ms: now_ms() }).await?;
+        Ok(Response::new(pb::ReportSourceResponse {}))
+    }
+
+    async fn list_sources(
+        &self,
+        req: Request<pb::ListSourcesRequest>,
+    ) -> Result<Response<pb::ListSourcesResponse>, Status> {
+        let repo = match req.get_ref().repo.as_str() {
+            "" => None,
+            name => Some(repo_name("repo", name.to_string())?),
+        };
+        self.node.authorize(&req, Rpc::ListSources { all: repo.is_none() }, repo.as_ref())?;
+        self.read_barrier().await?;
+        let sources = crate::sources::list(self.tree(), repo.as_ref()).map_err(Status::from)?;
+        Ok(Response::new(pb::ListSourcesResponse {
+            sources: sources.iter().map(pb::SourceInfo::from).collect(),
+            now_ms: now_ms(),
+        }))
+    }
+
+    async fn remove_source(
+        &self,
+        req: Request<pb::RemoveSourceRequest>,
+    ) -> Result<Response<pb::RemoveSourceResponse>, Status> {
+        let repo = repo_name("repo", req.get_ref().repo.clone())?;
+        let name = req.get_ref().name.clone();
+        coffer_types::check_source_name(&name).map_err(|e| Status::invalid_argument(format!("name: {e}")))?;
+        let who = self.node.authorize(&req, Rpc::RemoveSource, Some(&repo))?;
+        let removed = self.write(Command::RemoveSource { repo: repo.clone(), name: name.clone() }).await?;
+        let removed = matches!(removed, CommandResult::Ok);
+        audit_ok(&who, Rpc::RemoveSource, Some(&repo), &format!("source {name}"));
+        Ok(Response::new(pb::RemoveSourceResponse { removed }))
+    }
 }
 
 /// At most `limit` snapshots of `repo` after `after` (exclusive) in id

@@ -6,7 +6,7 @@
 
 use coffer_types::{
     ChunkId, ChunkLocation, ErasureParams, Hash32, NodeId, NodeRecord, PackId, PackRecord, RepoName, RepoRecord,
-    SessionId, SessionRecord, ShardIndex, SnapshotId, SnapshotRecord, TokenId, TokenRecord,
+    SessionId, SessionRecord, ShardIndex, SnapshotId, SnapshotRecord, SourceRecord, TokenId, TokenRecord,
 };
 use serde::{Deserialize, Serialize};
 
@@ -183,6 +183,17 @@ pub enum Command {
         id: TokenId,
         time_ms: u64,
     },
+    /// What an agent says of one of its sources, stamped with the leader's
+    /// time (`time_ms`, which staleness is judged by); see `sources`.
+    ReportSource {
+        source: SourceRecord,
+        time_ms: u64,
+    },
+    /// Drops a source from the registry.
+    RemoveSource {
+        repo: RepoName,
+        name: String,
+    },
 }
 
 impl Command {
@@ -213,6 +224,8 @@ impl Command {
             Command::HoldUntil { .. } => "hold_until",
             Command::CreateToken { .. } => "create_token",
             Command::RevokeToken { .. } => "revoke_token",
+            Command::ReportSource { .. } => "report_source",
+            Command::RemoveSource { .. } => "remove_source",
         }
     }
 }

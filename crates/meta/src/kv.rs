@@ -120,6 +120,13 @@ pub fn draining(
 pub const INCIDENT_PREFIX: &[u8] = b"i/";
 pub const NODE_PREFIX: &[u8] = b"n/";
 pub const SNAPSHOT_PREFIX: &[u8] = b"s/";
+/// The source registry (`sources`): `o/<repo> 0x00 <source name>`.
+///
+/// Prefixes in use: `a/` tokens, `b/` bad shards, `c/` chunks, `d/` drains,
+/// `e/` sessions, `h/` holds, `i/` incidents, `k/` key-slot versions, `m/`
+/// metadata, `n/` nodes, `o/` sources, `p/` packs, `r/` repositories, `s/`
+/// snapshots, `w/` minimum shards, `x/` condemned chunks and retired nodes.
+pub const SOURCE_PREFIX: &[u8] = b"o/";
 pub const PACK_PREFIX: &[u8] = b"p/";
 
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, MetaError> {

@@ -33,6 +33,7 @@ mod node;
 mod raft_service;
 pub mod repair;
 mod retention;
+mod sources;
 #[cfg(test)]
 mod test_util;
 mod tokens;

@@ -4,7 +4,7 @@
 use coffer_types::{
     BackupKind, ChunkId, ChunkLocation, ErasureParams, Hash32, NodeId, NodeRecord, PackId, PackKind, PackRecord,
     RepoName, RepoRecord, ShardIndex, ShardRecord, SiteId, SnapshotId, SnapshotRecord, SnapshotStats, Source,
-    TypesError, MAX_SHARD_LEN,
+    SourceRecord, SourceRun, TypesError, MAX_SHARD_LEN,
 };
 
 use crate::limits::{self, check_bytes, check_count};
@@ -306,6 +306,77 @@ pub fn worker_to_pb(node: &str, s: &coffer_worker::WorkerStatus) -> pb::WorkerSt
         runs: s.runs,
         errors: s.errors,
         progress: s.progress.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+    }
+}
+
+impl From<&SourceRecord> for pb::SourceInfo {
+    fn from(s: &SourceRecord) -> Self {
+        pb::SourceInfo {
+            repo: s.repo.to_string(),
+            name: s.name.clone(),
+            host: s.host.clone(),
+            strategy: s.strategy.clone(),
+            rpo_target_ms: s.rpo_target_ms,
+            report_interval_ms: s.report_interval_ms,
+            reported_ms: s.reported_ms,
+            last_ok_end_ms: s.last_ok_end_ms.unwrap_or(0),
+            last_run: s.last_run.as_ref().map(|r| pb::SourceRun {
+                started_ms: r.started_ms,
+                finished_ms: r.finished_ms,
+                kind: r.kind.as_str().to_string(),
+                snapshot_id: r.snapshot.map(|id| id.0.to_vec()).unwrap_or_default(),
+                ok: r.ok,
+                error: r.error.clone(),
+                bytes: r.bytes,
+            }),
+            next_run_ms: s.next_run_ms.unwrap_or(0),
+            runs_ok: s.runs_ok,
+            runs_failed: s.runs_failed,
+        }
+    }
+}
+
+/// A report as an agent sends it; `reported_ms` is the leader's to set.
+impl TryFrom<pb::SourceInfo> for SourceRecord {
+    type Error = ProtoError;
+    fn try_from(s: pb::SourceInfo) -> Result<Self, ProtoError> {
+        field("source.name", coffer_types::check_source_name(&s.name))?;
+        check_bytes("source.host", s.host.len(), limits::MAX_HOST_BYTES)?;
+        check_bytes("source.strategy", s.strategy.len(), limits::MAX_SOURCE_STRATEGY_BYTES)?;
+        let last_run = match s.last_run {
+            None => None,
+            Some(r) => {
+                check_bytes("source.last_run.error", r.error.len(), limits::MAX_SOURCE_ERROR_BYTES)?;
+                Some(SourceRun {
+                    started_ms: r.started_ms,
+                    finished_ms: r.finished_ms,
+                    kind: field("source.last_run.kind", r.kind.parse::<BackupKind>())?,
+                    snapshot: if r.snapshot_id.is_empty() {
+                        None
+                    } else {
+                        Some(field("source.last_run.snapshot_id", SnapshotId::from_slice(&r.snapshot_id))?)
+                    },
+                    ok: r.ok,
+                    error: r.error,
+                    bytes: r.bytes,
+                })
+            }
+        };
+        let nonzero = |v: u64| (v != 0).then_some(v);
+        Ok(SourceRecord {
+            repo: field("source.repo", RepoName::new(s.repo))?,
+            name: s.name,
+            host: s.host,
+            strategy: s.strategy,
+            rpo_target_ms: s.rpo_target_ms,
+            report_interval_ms: s.report_interval_ms,
+            reported_ms: s.reported_ms,
+            last_ok_end_ms: nonzero(s.last_ok_end_ms),
+            last_run,
+            next_run_ms: nonzero(s.next_run_ms),
+            runs_ok: s.runs_ok,
+            runs_failed: s.runs_failed,
+        })
     }
 }
 

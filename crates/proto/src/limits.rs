@@ -101,6 +101,11 @@ pub fn check_bytes(field: &'static str, len: usize, max: usize) -> Result<(), cr
     Ok(())
 }
 
+/// A source registry report: its strategy text and the error of its last
+/// run (the agent cuts longer errors before reporting).
+pub const MAX_SOURCE_STRATEGY_BYTES: usize = 64;
+pub const MAX_SOURCE_ERROR_BYTES: usize = 4096;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,4 +17,6 @@ pub enum TypesError {
     BadSiteName { name: String, reason: &'static str },
     #[error("unknown {what} {value:?}")]
     UnknownEnum { what: &'static str, value: String },
+    #[error("invalid {what}: {why}")]
+    Invalid { what: &'static str, why: String },
 }

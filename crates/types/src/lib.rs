@@ -9,6 +9,7 @@ mod error;
 mod ids;
 mod params;
 mod records;
+mod source;
 pub mod time;
 mod token;
 
@@ -18,5 +19,9 @@ pub use params::{ErasureParams, MAX_FRAME_BYTES, MAX_SESSION_LEASE, MAX_SHARDS, 
 pub use records::{
     BackupKind, ChunkLocation, NodeRecord, NodeState, PackKind, PackRecord, RepoRecord, SessionRecord, ShardRecord,
     SnapshotRecord, SnapshotStats, Source,
+};
+pub use source::{
+    check_source_name, source_of_tags, source_tag, SourceRecord, SourceRun, MAX_SOURCE_NAME_BYTES,
+    STALE_AFTER_INTERVALS,
 };
 pub use token::{TokenRecord, TokenRole};
