@@ -1,10 +1,11 @@
 //! The daemon: one worker per source on a `coffer_worker::Runner`, the
-//! watches, the control socket, and reload on SIGHUP.
+//! registry reporter, the watches, the control socket, and reload on SIGHUP.
 //!
 //! ```text
 //!   schedule slots ─┐
 //!   triggers ───────┼──► source worker ──► run (hooks, backup, keep) ──► state file
 //!   watch events ───┘        one run at a time per source; a slot that fires meanwhile is skipped and counted
+//!   every run, every report_interval ──► reporter ──► Catalog.ReportSource (a failure is a warning, retried)
 //!   control socket ──► status (from every worker's shared view) / trigger (queued, optionally awaited)
 //! ```
 //!
@@ -13,6 +14,7 @@
 //! before it begins (see `state`); a trigger is never dropped (every queued
 //! trigger is answered by the next run that starts after it was queued).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -65,6 +67,12 @@ pub struct Shared {
     pub changes: Arc<ChangeMark>,
     running: Mutex<Option<(u64, String)>>,
     next_run_ms: Mutex<Option<u64>>,
+    /// The source's metadata client (its token reports it to the registry).
+    pub meta: Arc<MetaClient>,
+    /// A run finished and the registry has not been told yet.
+    report_owed: AtomicBool,
+    /// The generation's reporter (see `report`).
+    report_wake: Arc<Notify>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -91,7 +99,7 @@ impl Shared {
         let st = lock(&self.state).clone();
         let now = now_ms();
         let rpo_s = st.newest_ok_end_ms.map(|e| now.saturating_sub(e) as f64 / 1000.0);
-        let target = self.config.rpo.or(self.config.realtime).map(|d| d.as_secs_f64());
+        let target = crate::report::rpo_target(&self.config).map(|d| d.as_secs_f64());
         let last_run = st.last_run.as_ref().map(|r| {
             json!({
                 "time": rfc3339(r.time_ms),
@@ -131,6 +139,22 @@ impl Shared {
 
     pub fn state(&self) -> SourceState {
         lock(&self.state).clone()
+    }
+
+    /// When the agent will next run the source on its own, Unix ms.
+    pub fn next_run_ms(&self) -> Option<u64> {
+        *lock(&self.next_run_ms)
+    }
+
+    /// Marks the source as owing the registry a report, and wakes the reporter.
+    pub fn owe_report(&self) {
+        self.report_owed.store(true, Ordering::Release);
+        self.report_wake.notify_one();
+    }
+
+    /// Whether a report was owed (and clears it).
+    pub fn take_report_owed(&self) -> bool {
+        self.report_owed.swap(false, Ordering::AcqRel)
     }
 }
 
@@ -373,6 +397,9 @@ impl Worker for SourceWorker {
         if rec.snapshot_id.is_none() && watched {
             self.shared.changes.mark();
         }
+        // The registry hears of every run, whatever its outcome; a report
+        // that fails is the reporter's to retry, never this run's failure.
+        self.shared.owe_report();
         for w in waiters {
             let _ = w.send(rec.clone());
         }
@@ -435,6 +462,7 @@ fn start_generation(
 ) -> anyhow::Result<(Generation, Vec<Arc<Shared>>)> {
     use anyhow::Context;
     let runner = coffer_worker::Runner::new();
+    let report_wake = Arc::new(Notify::new());
     let mut shared_all = Vec::new();
     let mut workers = Vec::new();
     for s in &cfg.sources {
@@ -448,6 +476,9 @@ fn start_generation(
             changes: Arc::new(ChangeMark::default()),
             running: Mutex::new(None),
             next_run_ms: Mutex::new(None),
+            meta: creds.meta.clone(),
+            report_owed: AtomicBool::new(false),
+            report_wake: report_wake.clone(),
         });
         let watch = match (&s.what, s.on_change.is_some() || s.realtime.is_some()) {
             (What::Paths(paths), true) => Some(
@@ -470,6 +501,7 @@ fn start_generation(
     for w in workers {
         runner.spawn(w);
     }
+    runner.spawn(crate::report::Reporter::new(shared_all.clone(), cfg.host.clone(), cfg.report_interval, report_wake));
     Ok((Generation { runner }, shared_all))
 }
 

@@ -9,6 +9,7 @@
 //!                │           ├─ watch: inotify, debounced; rescan on overflow
 //!                │           ├─ run: pre hook, backup via coffer-client, post hook, keep rules
 //!                │           └─ state: STATE_DIR/sources/NAME.json, atomic, crash-settled
+//!                ├─► report: Catalog.ReportSource after every run and every report_interval
 //!                └─► control: Unix socket, JSON lines (status, trigger [kind] [wait])
 //! ```
 //!
@@ -21,6 +22,7 @@
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod state;
