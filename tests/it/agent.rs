@@ -30,6 +30,15 @@ fn snapshots_of(c: &Cluster, name: &str) -> Result<Vec<Value>> {
         .collect())
 }
 
+/// The entry of source `name` in `coffer sources --json`.
+fn registry_entry(c: &Cluster, name: &str) -> Result<Value> {
+    let all = c.cli(&["sources", "--json"])?.ok()?.json()?;
+    all["sources"]
+        .as_array()
+        .and_then(|l| l.iter().find(|e| e["name"] == name).cloned())
+        .with_context(|| format!("no source {name} in {all}"))
+}
+
 fn lines(path: &Path) -> usize {
     std::fs::read_to_string(path).map(|s| s.lines().count()).unwrap_or(0)
 }
@@ -50,6 +59,7 @@ fn the_agent_schedules_watches_triggers_and_survives_a_kill() -> Result<()> {
 endpoint = [{endpoint}]
 state_dir = "{state}"
 jitter = "0s"
+report_interval = "1s"
 
 [[source]]
 name = "ticks"
@@ -57,6 +67,7 @@ repo = "test"
 paths = ["{root}/ticks"]
 schedule = {{ incremental = "every 2s" }}
 keep = {{ last = 3 }}
+rpo = "1h"
 
 [[source]]
 name = "watched"
@@ -132,6 +143,24 @@ command = "echo started >> {starts}; sleep 3; echo slow-dump"
         assert!(list(&dumps[0], "tags")?.iter().any(|x| x == "db"), "{:?}", dumps[0]);
         assert!(!dumps[0]["host"].as_str().unwrap_or("").is_empty());
 
+        // The source registry heard of the run: `coffer sources` lists the
+        // source within its target, with the run and its snapshot.
+        let reg = wait_until("the dump run in the source registry", Duration::from_secs(20), || {
+            let s = registry_entry(c, "dump").ok()?;
+            (s["last_run"]["snapshot_id"] == id.as_str()).then_some(s)
+        })?;
+        assert_eq!(reg["last_run"]["result"], "ok", "{reg}");
+        assert_eq!(reg["last_run"]["kind"], "full", "{reg}");
+        assert_eq!(reg["within_target"], true, "{reg}");
+        assert_eq!(reg["strategy"], "triggered", "{reg}");
+        assert_eq!(reg["host"], dumps[0]["host"], "{reg}");
+        let ticks = registry_entry(c, "ticks")?;
+        assert_eq!(ticks["strategy"], "scheduled", "{ticks}");
+        assert_eq!(ticks["rpo_target_s"], 3600.0, "{ticks}");
+        assert_eq!(ticks["within_target"], true, "{ticks}");
+        assert_eq!(ticks["last_run"]["result"], "ok", "{ticks}");
+        assert!(ticks["next_run"].is_string(), "{ticks}");
+
         // A failing command makes no snapshot, exits 1 and is reported.
         let out = agent.cli(c, &["trigger", "broken", "--wait", "--json"])?;
         assert_eq!(out.code, 1, "{out:?}");
@@ -142,6 +171,14 @@ command = "echo started >> {starts}; sleep 3; echo slow-dump"
         let b = agent.source_status(c, "broken")?;
         assert_eq!(num(&b, "runs_failed")?, 1, "{b}");
         assert_eq!(b["last_run"]["result"], "failed", "{b}");
+        let reg = wait_until("the failed run in the source registry", Duration::from_secs(20), || {
+            let s = registry_entry(c, "broken").ok()?;
+            (s["runs_failed"] == 1).then_some(s)
+        })?;
+        assert_eq!(reg["last_run"]["result"], "failed", "{reg}");
+        assert!(reg["last_run"]["snapshot_id"].is_null(), "{reg}");
+        assert!(reg["last_run"]["error"].as_str().is_some_and(|e| e.contains("no snapshot")), "{reg}");
+        assert_eq!(reg["within_target"], false, "a source without a snapshot is never within target: {reg}");
 
         // SIGKILL in the middle of a run, then restart: the interrupted run
         // runs again once (no snapshot was committed by it), not twice.
@@ -166,6 +203,15 @@ command = "echo started >> {starts}; sleep 3; echo slow-dump"
         assert_eq!(snapshots_of(c, "slow")?.len(), 1);
         // The state survived the kill: the scheduled source kept its counters.
         assert!(ticks_before >= 5);
+
+        // An agent that dies stops reporting: after three report intervals
+        // (1 s each here) its sources are stale.
+        agent.kill();
+        let stale = wait_until("the killed agent's sources to go stale", Duration::from_secs(30), || {
+            let s = registry_entry(c, "ticks").ok()?;
+            (s["stale"] == true).then_some(s)
+        })?;
+        assert_eq!(stale["state"], "stale", "{stale}");
 
         // A bad configuration is refused with the key named, exit 2.
         let bad = c.dir().join("bad.toml");
