@@ -149,15 +149,15 @@ impl Worker for Reporter {
         let now = Instant::now();
         let mut next = now + self.interval;
         let mut any_failed = false;
-        for i in 0..self.sources.len() {
-            let s = self.sources[i].clone();
+        let sources = self.sources.clone();
+        for (i, s) in sources.iter().enumerate() {
             let owed = s.take_report_owed();
-            let due = self.last_ok[i].map_or(true, |t| now.duration_since(t) >= self.interval);
+            let due = self.last_ok[i].is_none_or(|t| now.duration_since(t) >= self.interval);
             if !owed && !due {
                 next = next.min(self.last_ok[i].map_or(now, |t| t + self.interval));
                 continue;
             }
-            match self.send(&s).await {
+            match self.send(s).await {
                 Ok(()) => {
                     self.sent += 1;
                     self.last_ok[i] = Some(Instant::now());

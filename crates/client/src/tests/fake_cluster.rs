@@ -244,6 +244,18 @@ impl Catalog for Svc<FakeCatalog> {
     async fn drain_node(&self, _: Request<pb::DrainNodeRequest>) -> Res<pb::DrainNodeResponse> {
         Err(Status::unimplemented("the fake catalog does not drain"))
     }
+
+    async fn report_source(&self, _: Request<pb::ReportSourceRequest>) -> Res<pb::ReportSourceResponse> {
+        Err(Status::unimplemented("the fake catalog has no source registry"))
+    }
+
+    async fn list_sources(&self, _: Request<pb::ListSourcesRequest>) -> Res<pb::ListSourcesResponse> {
+        Err(Status::unimplemented("the fake catalog has no source registry"))
+    }
+
+    async fn remove_source(&self, _: Request<pb::RemoveSourceRequest>) -> Res<pb::RemoveSourceResponse> {
+        Err(Status::unimplemented("the fake catalog has no source registry"))
+    }
 }
 
 /// A shard by pack id and index.
