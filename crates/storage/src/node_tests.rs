@@ -139,6 +139,15 @@ impl Catalog for FakeCatalog {
     ) -> Result<Response<coffer_proto::pb::SetKeySlotsResponse>, Status> {
         fake()
     }
+    async fn report_source(&self, _: Request<ReportSourceRequest>) -> Result<Response<ReportSourceResponse>, Status> {
+        fake()
+    }
+    async fn list_sources(&self, _: Request<ListSourcesRequest>) -> Result<Response<ListSourcesResponse>, Status> {
+        fake()
+    }
+    async fn remove_source(&self, _: Request<RemoveSourceRequest>) -> Result<Response<RemoveSourceResponse>, Status> {
+        fake()
+    }
 }
 
 /// Polls `cond` until it holds, failing the test after a generous deadline.
