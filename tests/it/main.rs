@@ -6,6 +6,7 @@
 //! a missing field instead of letting a bound pass vacuously.
 
 mod admin;
+mod agent;
 mod bad_input;
 mod dedup;
 mod degraded;

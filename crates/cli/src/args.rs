@@ -137,6 +137,9 @@ pub enum Command {
     /// Certificates for clusters without a PKI: a CA, and certificates with a coffer role.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// The agent daemon of `--config agent.toml` (scheduled, event-driven and real-time backups), or, with
+    /// `status` / `trigger`, a request to the running one.
+    Agent(crate::agent::AgentArgs),
     /// Every source the agents protect (with --repo: that repository's), its RPO against its target, and
     /// whether its agent still reports.
     Sources {

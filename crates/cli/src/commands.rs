@@ -180,6 +180,8 @@ pub fn snapshot_json(s: &SnapshotRecord) -> serde_json::Value {
         "time": rfc3339(s.start_ms),
         "end_time": rfc3339(s.end_ms),
         "tags": s.tags,
+        "start_ms": s.start_ms,
+        "end_ms": s.end_ms,
         "stats": {
             "files": s.stats.files,
             "dirs": s.stats.dirs,
@@ -372,7 +374,7 @@ pub async fn status(g: &Global) -> Result<()> {
     Ok(())
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .ok()

@@ -8,6 +8,7 @@
 //! tracing subscriber.
 
 mod admin;
+mod agent;
 mod args;
 mod commands;
 mod config;
@@ -38,7 +39,12 @@ fn is_client_command(c: &Command) -> bool {
     !plain_http
         && !matches!(
             c,
-            Command::Dev(_) | Command::DevSite(_) | Command::Meta(_) | Command::Storage(_) | Command::Certs(_)
+            Command::Dev(_)
+                | Command::DevSite(_)
+                | Command::Meta(_)
+                | Command::Storage(_)
+                | Command::Certs(_)
+                | Command::Agent(_)
         )
 }
 
@@ -83,7 +89,8 @@ fn refused(e: &anyhow::Error) -> bool {
 
 fn main() {
     let cli = Cli::parse();
-    let server = matches!(cli.command, Command::Dev(_) | Command::Meta(_) | Command::Storage(_));
+    let server = matches!(cli.command, Command::Dev(_) | Command::Meta(_) | Command::Storage(_))
+        || matches!(&cli.command, Command::Agent(a) if a.command.is_none());
     init_tracing(server, cli.global.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -144,6 +151,7 @@ fn main() {
             Command::Recover(a) => dr::recover(&g, a).await,
             Command::Report(a) => dr::report(&g, a).await.map(|_| 0),
             Command::Probe { url, timeout } => probe::run(&url, timeout).await,
+            Command::Agent(a) => agent::run(&g, a).await,
         };
         match result {
             Ok(code) => code,

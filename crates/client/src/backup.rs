@@ -20,6 +20,7 @@ use coffer_types::{BackupKind, ChunkId, PackKind, SessionId, SnapshotId, Snapsho
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::exclude::Excludes;
 use crate::fetch::ClusterSource;
 use crate::parent::ParentTrees;
 use crate::pipeline::{dedup_stage, packer_stage, seal_worker, ByteBudget, ChannelSink, StageCtx, PLAINTEXT_BUDGET};
@@ -64,6 +65,8 @@ pub struct BackupOptions {
     /// grants at least a second and at most a week). It is renewed every third of it, and a
     /// failed renewal aborts the backup before its snapshot is committed.
     pub session_lease: Option<Duration>,
+    /// Entries left out of a paths backup (patterns and marker files).
+    pub excludes: Excludes,
 }
 
 impl std::fmt::Debug for BackupOptions {
@@ -77,6 +80,7 @@ impl std::fmt::Debug for BackupOptions {
             .field("hold_until_ms", &self.hold_until_ms)
             .field("progress", &self.progress.is_some())
             .field("session_lease", &self.session_lease)
+            .field("excludes", &self.excludes)
             .finish()
     }
 }
@@ -122,6 +126,9 @@ pub struct BackupSummary {
     pub files_deleted: u64,
     /// Source entries that could not be read and are missing from the snapshot.
     pub errors: u64,
+    /// Of the changed files, those that only grew (same inode, longer): read
+    /// from their last chunk on, not from the start.
+    pub files_appended: u64,
     /// The first of those errors, one line each.
     pub error_messages: Vec<String>,
     pub duration_s: f64,
@@ -149,7 +156,7 @@ struct Plan<'a> {
 
 /// What the walker reads.
 enum Producer {
-    Paths(Vec<PathBuf>),
+    Paths(Vec<PathBuf>, Excludes),
     Stream { reader: Box<dyn Read + Send>, name: Vec<u8> },
 }
 
@@ -161,7 +168,8 @@ impl Repository {
         paths.sort();
         let joined = paths.iter().map(|p| p.to_string_lossy().into_owned()).collect::<Vec<_>>().join(",");
         let source = Source { host: opts.host.clone(), path: joined };
-        let done = self.run_backup(source, opts.clone(), Producer::Paths(opts.paths)).await;
+        let producer = Producer::Paths(opts.paths.clone(), opts.excludes.clone());
+        let done = self.run_backup(source, opts, producer).await;
         self.record_backup(done)
     }
 
@@ -310,6 +318,7 @@ impl Repository {
             files_unchanged: counters.files_unchanged.get(),
             files_deleted: counters.files_deleted.get(),
             errors: counters.errors.get(),
+            files_appended: counters.files_appended.get(),
             error_messages: errors,
             duration_s: started.elapsed().as_secs_f64(),
             stages: counters.stages(),
@@ -430,7 +439,9 @@ impl Repository {
                     walker = walker.read_everything();
                 }
                 let result = match producer {
-                    Producer::Paths(paths) => walker.with_read_ahead().walk_paths(&paths, parent_root),
+                    Producer::Paths(paths, excludes) => {
+                        walker.with_read_ahead().with_excludes(excludes).walk_paths(&paths, parent_root)
+                    }
                     Producer::Stream { reader, name } => walker.walk_stream(reader, &name, parent_root),
                 };
                 let _ = done_tx.send(result);

@@ -28,6 +28,7 @@ pub mod browse;
 pub mod check;
 pub mod drill;
 mod error;
+pub mod exclude;
 mod fetch;
 pub mod gc;
 pub mod keys;
@@ -52,6 +53,7 @@ pub use backup::{BackupOptions, BackupSummary, ProgressFn};
 /// The cluster connection an embedding application hands to `open_repo`.
 pub use coffer_rpc::{MetaClient, RpcError, ShardFailure};
 pub use error::ClientError;
+pub use exclude::Excludes;
 pub use pipeline::PACK_TARGET;
 pub use repo::{create_repo, open_repo, Repository};
 pub use restore::{restore_to_dir, restore_to_writer, BadShard, BlobSource, RestoreSummary, RestoreTarget};

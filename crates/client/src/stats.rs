@@ -79,6 +79,8 @@ pub(crate) struct Counters {
     pub files_changed: Count,
     pub files_unchanged: Count,
     pub files_deleted: Count,
+    /// Files that only grew since the parent: read from their last chunk on.
+    pub files_appended: Count,
     /// Reading the source and cutting it into chunks (one stage: the chunker
     /// pulls from the reader).
     pub read: StageCounter,

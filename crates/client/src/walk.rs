@@ -33,6 +33,7 @@ use std::time::Instant;
 use coffer_pack::{ChunkBuffer, Chunker, RepoKey};
 use coffer_types::ChunkId;
 
+use crate::exclude::Excludes;
 use crate::readahead::ReadAhead;
 use crate::stats::Counters;
 use crate::tree::{Node, NodeKind, Timestamp, Tree};
@@ -133,6 +134,8 @@ pub(crate) struct Walker<'a, S: BlobSink> {
     buffer: Option<ChunkBuffer>,
     /// Hints the kernel to fetch the next files while this one is chunked.
     read_ahead: Option<ReadAhead>,
+    /// Entries the walk leaves out (`exclude`): never read, never listed.
+    excludes: Excludes,
 }
 
 impl<'a, S: BlobSink> Walker<'a, S> {
@@ -147,6 +150,7 @@ impl<'a, S: BlobSink> Walker<'a, S> {
             errors: Vec::new(),
             buffer: None,
             read_ahead: None,
+            excludes: Excludes::default(),
         }
     }
 
@@ -154,6 +158,12 @@ impl<'a, S: BlobSink> Walker<'a, S> {
     /// each directory ahead of the walk (see `readahead`).
     pub fn with_read_ahead(mut self) -> Self {
         self.read_ahead = ReadAhead::start();
+        self
+    }
+
+    /// Leaves out the entries `excludes` names.
+    pub fn with_excludes(mut self, excludes: Excludes) -> Self {
+        self.excludes = excludes;
         self
     }
 
@@ -300,6 +310,14 @@ impl<'a, S: BlobSink> Walker<'a, S> {
         }
     }
 
+    /// Whether the entry `e` of directory `dir` is left out: by a pattern,
+    /// or because it is a directory holding a marker file.
+    fn excluded(&self, dir: &Path, e: &fs::DirEntry) -> bool {
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        let path = dir.join(e.file_name());
+        self.excludes.excludes(&path, &e.file_name(), is_dir) || (is_dir && self.excludes.marked(&path))
+    }
+
     /// The tree of directory `path`. The outer error aborts the walk; the
     /// inner one means this directory could not be listed.
     fn dir_tree(&mut self, path: &Path, parent_subtree: Option<ChunkId>) -> Result<io::Result<ChunkId>, WalkError> {
@@ -312,6 +330,7 @@ impl<'a, S: BlobSink> Walker<'a, S> {
         let mut names = Vec::new();
         for entry in listing {
             match entry {
+                Ok(e) if !self.excludes.is_empty() && self.excluded(path, &e) => {}
                 Ok(e) => names.push((e.file_name(), e.file_type().is_ok_and(|t| t.is_file()))),
                 Err(e) => self.record(path, format!("listing the directory: {e}")),
             }
@@ -427,13 +446,16 @@ impl<'a, S: BlobSink> Walker<'a, S> {
                 }
             }
         }
-        let file = match open_for_backup(path) {
+        let mut file = match open_for_backup(path) {
             Ok(f) => f,
             Err(e) => {
                 self.record(path, e);
                 return Ok(None);
             }
         };
+        if let Some(grown) = self.appended(path, &mut file, meta, previous)? {
+            return Ok(Some(grown));
+        }
         match self.read_content(file)? {
             Ok((content, lens, size)) => {
                 self.counters.files.add(1);
@@ -446,6 +468,64 @@ impl<'a, S: BlobSink> Walker<'a, S> {
                 self.record(path, reason);
                 Ok(None)
             }
+        }
+    }
+
+    /// An incremental of a file that only grew (an append-only log, a WAL
+    /// segment being written): same inode, at least the parent's size. Its
+    /// parent's chunks but the last are kept without reading them, and the
+    /// file is chunked again from the last chunk's start, a chunk boundary,
+    /// so content-defined chunking cuts exactly where a full read would.
+    /// The old last chunk is re-read first and must hash to the parent's id:
+    /// that checks the tail of the prefix, and a file rewritten in place
+    /// rather than appended to (the tail differs) is read whole instead.
+    /// `None` when the shortcut does not apply (the file is then read whole).
+    fn appended(
+        &mut self,
+        path: &Path,
+        file: &mut File,
+        meta: &Metadata,
+        previous: Option<&Node>,
+    ) -> Result<Option<FileContent>, WalkError> {
+        use std::io::{Seek, SeekFrom};
+        if self.parent.is_none() || !self.reuse {
+            return Ok(None);
+        }
+        let Some(Node { kind: NodeKind::File { content, lens }, size, inode, .. }) = previous else { return Ok(None) };
+        if *inode != meta.ino() || meta.len() < *size || content.len() < 2 || lens.len() != content.len() {
+            return Ok(None);
+        }
+        let keep = content.len() - 1;
+        let offset: u64 = lens[..keep].iter().map(|l| u64::from(*l)).sum();
+        let last_len = lens[keep] as usize;
+        let mut tail = vec![0u8; last_len];
+        let same_tail = file.seek(SeekFrom::Start(offset)).is_ok()
+            && file.read_exact(&mut tail).is_ok()
+            && self.key.chunk_id(&tail) == content[keep];
+        if file.seek(SeekFrom::Start(if same_tail { offset } else { 0 })).is_err() {
+            return Ok(None);
+        }
+        if !same_tail {
+            tracing::debug!(path = %path.display(), "a grown file's old tail changed; reading it whole");
+            return Ok(None);
+        }
+        match self.read_content(&mut *file)? {
+            Ok((more, more_lens, more_size)) => {
+                let mut all = content[..keep].to_vec();
+                all.extend(more);
+                let mut all_lens = lens[..keep].to_vec();
+                all_lens.extend(more_lens);
+                let total = offset + more_size;
+                self.counters.files.add(1);
+                self.counters.bytes_scanned.add(total);
+                self.counters.chunks_reused.add(keep as u64);
+                self.counters.files_appended.add(1);
+                self.refs.extend(all.iter().copied());
+                self.classify(previous, &all);
+                Ok(Some((all, all_lens, total)))
+            }
+            // Read again whole, where a failure is recorded as for any file.
+            Err(_) => Ok(file.seek(SeekFrom::Start(0)).ok().and(None)),
         }
     }
 

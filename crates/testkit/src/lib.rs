@@ -15,12 +15,14 @@
 //! `--admin-listen 127.0.0.1:0` reports its admin port in
 //! `DATA/admin-addr` (`admin_addr()`); `http_get` asks it.
 
+mod agent;
 mod cluster;
 mod fsutil;
 mod http;
 mod logs;
 mod wait;
 
+pub use agent::AgentProc;
 pub use cluster::{Cluster, ClusterSpec, MetaHandle, Output, StorageHandle};
 pub use fsutil::{dir_digest, write_sample_tree, TreeDigest};
 pub use http::http_get;

@@ -92,18 +92,6 @@ impl Catalog for Svc<FakeCatalog> {
         Err(Status::unimplemented("the fake catalog keeps no disaster-recovery records"))
     }
 
-    async fn report_source(&self, _: Request<pb::ReportSourceRequest>) -> Res<pb::ReportSourceResponse> {
-        Err(Status::unimplemented("the fake catalog keeps no source registry"))
-    }
-
-    async fn list_sources(&self, _: Request<pb::ListSourcesRequest>) -> Res<pb::ListSourcesResponse> {
-        Err(Status::unimplemented("the fake catalog keeps no source registry"))
-    }
-
-    async fn remove_source(&self, _: Request<pb::RemoveSourceRequest>) -> Res<pb::RemoveSourceResponse> {
-        Err(Status::unimplemented("the fake catalog keeps no source registry"))
-    }
-
     async fn create_repo(&self, req: Request<pb::CreateRepoRequest>) -> Res<pb::CreateRepoResponse> {
         let repo = req.into_inner().repo.ok_or_else(|| Status::invalid_argument("no repo"))?;
         let mut st = self.st();
@@ -263,6 +251,18 @@ impl Catalog for Svc<FakeCatalog> {
 
     async fn drain_node(&self, _: Request<pb::DrainNodeRequest>) -> Res<pb::DrainNodeResponse> {
         Err(Status::unimplemented("the fake catalog does not drain"))
+    }
+
+    async fn report_source(&self, _: Request<pb::ReportSourceRequest>) -> Res<pb::ReportSourceResponse> {
+        Err(Status::unimplemented("the fake catalog has no source registry"))
+    }
+
+    async fn list_sources(&self, _: Request<pb::ListSourcesRequest>) -> Res<pb::ListSourcesResponse> {
+        Err(Status::unimplemented("the fake catalog has no source registry"))
+    }
+
+    async fn remove_source(&self, _: Request<pb::RemoveSourceRequest>) -> Res<pb::RemoveSourceResponse> {
+        Err(Status::unimplemented("the fake catalog has no source registry"))
     }
 }
 

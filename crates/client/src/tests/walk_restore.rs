@@ -516,3 +516,68 @@ fn walks_count_new_changed_unchanged_and_deleted_files_against_the_parent() {
     let (_, c) = walk(&key, &store, paths, Some(full.root));
     assert_eq!(counts(&c), (0, 0, 3, 2));
 }
+
+#[tokio::test]
+async fn a_file_that_only_grew_is_read_from_its_last_chunk() {
+    use std::io::{Seek, SeekFrom, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let log = src.join("wal");
+    let head = noise(6 << 20, 21);
+    fs::write(&log, &head).unwrap();
+    let key = RepoKey::generate();
+    let store = Arc::new(MemStore::default());
+    let (first, _) = walk(&key, &store, std::slice::from_ref(&src), None);
+
+    // Appended to: only the old last chunk and the new bytes are read, and
+    // the chunks are the ones a whole read cuts.
+    let more = noise(300 << 10, 22);
+    fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(&more).unwrap();
+    let (second, counters) = walk(&key, &store, std::slice::from_ref(&src), Some(first.root));
+    let total = (head.len() + more.len()) as u64;
+    assert_eq!(counters.files_appended.get(), 1);
+    assert_eq!(counters.bytes_scanned.get(), total);
+    assert!(counters.bytes_read.get() < total, "read {} of {total}", counters.bytes_read.get());
+    assert!(counters.bytes_read.get() >= more.len() as u64);
+    let (whole, _) = walk(&key, &store, std::slice::from_ref(&src), None);
+    assert_eq!(second.refs, whole.refs, "appending cut other chunks than a whole read");
+
+    // Rewritten in place near its end and grown: the tail check fails and
+    // the file is read whole.
+    let mut f = fs::OpenOptions::new().write(true).open(&log).unwrap();
+    f.seek(SeekFrom::Start(total - 10)).unwrap();
+    f.write_all(b"overwrite!and grow").unwrap();
+    drop(f);
+    let (_, counters) = walk(&key, &store, std::slice::from_ref(&src), Some(second.root));
+    assert_eq!(counters.files_appended.get(), 0);
+    assert_eq!(counters.bytes_read.get(), counters.bytes_scanned.get());
+
+    let target = dir.path().join("restored");
+    let (third, _) = walk(&key, &store, std::slice::from_ref(&src), None);
+    restore_to_dir(store.clone(), SnapshotId::default(), third.root, &target, None).await.unwrap();
+    assert_eq!(describe(&target), describe(&src));
+}
+
+#[test]
+fn excluded_entries_are_left_out_of_the_walk() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir_all(src.join("cache")).unwrap();
+    fs::create_dir_all(src.join("keep")).unwrap();
+    fs::create_dir_all(src.join("marked")).unwrap();
+    fs::write(src.join("a.txt"), b"a").unwrap();
+    fs::write(src.join("b.tmp"), b"b").unwrap();
+    fs::write(src.join("cache/c"), b"c").unwrap();
+    fs::write(src.join("keep/d"), b"d").unwrap();
+    fs::write(src.join("marked/.nobackup"), b"").unwrap();
+    fs::write(src.join("marked/e"), b"e").unwrap();
+    let key = RepoKey::generate();
+    let store = Arc::new(MemStore::default());
+    let counters = Counters::default();
+    let ex = crate::Excludes::new(&["*.tmp".into(), "cache/".into()], &[".nobackup".into()], false).unwrap();
+    Walker::new(&key, MemSink(store.clone()), None, &counters).with_excludes(ex).walk_paths(&[src], None).unwrap();
+    // a.txt and keep/d only.
+    assert_eq!(counters.files.get(), 2);
+    assert_eq!(counters.bytes_read.get(), 2);
+}

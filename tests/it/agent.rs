@@ -1,0 +1,337 @@
+//! The agent daemon against a real cluster: scheduled incrementals, keep
+//! rules, a change under an `on_change` source, `trigger --wait`, a failing
+//! dump command, SIGKILL in the middle of a run and restart, and a
+//! real-time source's measured recovery point.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{ensure, Context, Result};
+use coffer_testkit::{wait_until, AgentProc, Cluster, ClusterSpec};
+use serde_json::Value;
+
+use crate::{list, num};
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The snapshots of the test repository tagged `source:NAME`.
+fn snapshots_of(c: &Cluster, name: &str) -> Result<Vec<Value>> {
+    let all = c.cli(&["snapshots", "--json"])?.ok()?.json()?;
+    let tag = format!("source:{name}");
+    Ok(all
+        .as_array()
+        .context("snapshots is not a list")?
+        .iter()
+        .filter(|s| s["tags"].as_array().is_some_and(|t| t.iter().any(|x| x == tag.as_str())))
+        .cloned()
+        .collect())
+}
+
+/// The entry of source `name` in `coffer sources --json`.
+fn registry_entry(c: &Cluster, name: &str) -> Result<Value> {
+    let all = c.cli(&["sources", "--json"])?.ok()?.json()?;
+    all["sources"]
+        .as_array()
+        .and_then(|l| l.iter().find(|e| e["name"] == name).cloned())
+        .with_context(|| format!("no source {name} in {all}"))
+}
+
+fn lines(path: &Path) -> usize {
+    std::fs::read_to_string(path).map(|s| s.lines().count()).unwrap_or(0)
+}
+
+#[test]
+fn the_agent_schedules_watches_triggers_and_survives_a_kill() -> Result<()> {
+    Cluster::run(ClusterSpec::default(), |c| {
+        let root = c.dir().join("agent-src");
+        for d in ["ticks", "watched"] {
+            std::fs::create_dir_all(root.join(d))?;
+        }
+        std::fs::write(root.join("ticks/a.txt"), b"tick tock")?;
+        std::fs::write(root.join("watched/old.txt"), b"already here")?;
+        let starts = root.join("slow-starts");
+        let config = c.dir().join("agent.toml");
+        let toml = format!(
+            r#"
+endpoint = [{endpoint}]
+state_dir = "{state}"
+jitter = "0s"
+report_interval = "1s"
+
+[[source]]
+name = "ticks"
+repo = "test"
+paths = ["{root}/ticks"]
+schedule = {{ incremental = "every 2s" }}
+keep = {{ last = 3 }}
+rpo = "1h"
+
+[[source]]
+name = "watched"
+repo = "test"
+paths = ["{root}/watched"]
+exclude = ["*.tmp"]
+on_change = {{ debounce = "1s" }}
+
+[[source]]
+name = "dump"
+repo = "test"
+command = "printf 'CREATE TABLE orders;'"
+tags = ["db"]
+
+[[source]]
+name = "broken"
+repo = "test"
+command = "echo partial; exit 3"
+
+[[source]]
+name = "slow"
+repo = "test"
+command = "echo started >> {starts}; sleep 3; echo slow-dump"
+"#,
+            endpoint = c.endpoint().split(',').map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", "),
+            state = c.dir().join("agent-state").display(),
+            root = root.display(),
+            starts = starts.display(),
+        );
+        std::fs::write(&config, toml)?;
+        let mut agent = AgentProc::start(c, &config, "main")?;
+        agent.wait_ready(c, Duration::from_secs(30))?;
+
+        // Scheduled incrementals every 2 s, thinned to the 3 newest by keep.
+        wait_until("five scheduled runs of ticks, thinned to three snapshots", Duration::from_secs(60), || {
+            let s = agent.source_status(c, "ticks").ok()?;
+            let snaps = snapshots_of(c, "ticks").ok()?;
+            (num(&s, "runs_ok").ok()? >= 5 && snaps.len() == 3).then_some(())
+        })?;
+        let ticks = agent.source_status(c, "ticks")?;
+        assert_eq!(ticks["last_run"]["result"], "ok", "{ticks}");
+        assert_eq!(ticks["last_run"]["kind"], "incremental", "{ticks}");
+        assert!(ticks["next_run"].is_string(), "{ticks}");
+        assert!(ticks["retention"].as_str().is_some_and(|r| r.starts_with("forgot")), "{ticks}");
+
+        // A file created under the on_change source is in a snapshot within
+        // the debounce and a few seconds; an excluded one never is.
+        std::fs::write(root.join("watched/skip.tmp"), b"scratch")?;
+        std::fs::write(root.join("watched/new.txt"), b"fresh")?;
+        let created = Instant::now();
+        let snap = wait_until("new.txt in a snapshot of watched", Duration::from_secs(15), || {
+            let s = agent.source_status(c, "watched").ok()?;
+            let id = s["newest_snapshot"].as_str()?.to_string();
+            let ls = c.cli(&["ls", &id, "--json"]).ok()?.ok().ok()?.json().ok()?;
+            ls.as_array()?.iter().any(|e| e["path"].as_str().is_some_and(|p| p.ends_with("new.txt"))).then_some(ls)
+        })?;
+        eprintln!("on_change: new.txt was in a snapshot {:.1}s after it was written", created.elapsed().as_secs_f64());
+        assert!(
+            !snap.as_array().unwrap().iter().any(|e| e["path"].as_str().is_some_and(|p| p.ends_with(".tmp"))),
+            "an excluded file was backed up: {snap}"
+        );
+
+        // trigger --wait returns the snapshot id, and the snapshot carries
+        // the source's tag, its own tags and the agent's host.
+        let out = agent.cli(c, &["trigger", "dump", "--kind", "full", "--wait", "--json"])?.ok()?;
+        let t = out.json()?;
+        assert_eq!(t["result"], "ok", "{t}");
+        let id = t["snapshot_id"].as_str().context("no snapshot_id")?.to_string();
+        let dumps = snapshots_of(c, "dump")?;
+        assert_eq!(dumps.len(), 1, "{dumps:?}");
+        assert_eq!(dumps[0]["id"], id.as_str());
+        assert_eq!(dumps[0]["kind"], "full");
+        assert!(list(&dumps[0], "tags")?.iter().any(|x| x == "db"), "{:?}", dumps[0]);
+        assert!(!dumps[0]["host"].as_str().unwrap_or("").is_empty());
+
+        // The source registry heard of the run: `coffer sources` lists the
+        // source within its target, with the run and its snapshot.
+        let reg = wait_until("the dump run in the source registry", Duration::from_secs(20), || {
+            let s = registry_entry(c, "dump").ok()?;
+            (s["last_run"]["snapshot_id"] == id.as_str()).then_some(s)
+        })?;
+        assert_eq!(reg["last_run"]["result"], "ok", "{reg}");
+        assert_eq!(reg["last_run"]["kind"], "full", "{reg}");
+        assert_eq!(reg["within_target"], true, "{reg}");
+        assert_eq!(reg["strategy"], "triggered", "{reg}");
+        assert_eq!(reg["host"], dumps[0]["host"], "{reg}");
+        let ticks = registry_entry(c, "ticks")?;
+        assert_eq!(ticks["strategy"], "scheduled", "{ticks}");
+        assert_eq!(ticks["rpo_target_s"], 3600.0, "{ticks}");
+        assert_eq!(ticks["within_target"], true, "{ticks}");
+        assert_eq!(ticks["last_run"]["result"], "ok", "{ticks}");
+        assert!(ticks["next_run"].is_string(), "{ticks}");
+
+        // A failing command makes no snapshot, exits 1 and is reported.
+        let out = agent.cli(c, &["trigger", "broken", "--wait", "--json"])?;
+        assert_eq!(out.code, 1, "{out:?}");
+        let t = out.json()?;
+        assert_eq!(t["result"], "failed", "{t}");
+        assert!(t["error"].as_str().is_some_and(|e| e.contains("no snapshot")), "{t}");
+        ensure!(snapshots_of(c, "broken")?.is_empty(), "a failed command left a snapshot");
+        let b = agent.source_status(c, "broken")?;
+        assert_eq!(num(&b, "runs_failed")?, 1, "{b}");
+        assert_eq!(b["last_run"]["result"], "failed", "{b}");
+        let reg = wait_until("the failed run in the source registry", Duration::from_secs(20), || {
+            let s = registry_entry(c, "broken").ok()?;
+            (s["runs_failed"] == 1).then_some(s)
+        })?;
+        assert_eq!(reg["last_run"]["result"], "failed", "{reg}");
+        assert!(reg["last_run"]["snapshot_id"].is_null(), "{reg}");
+        assert!(reg["last_run"]["error"].as_str().is_some_and(|e| e.contains("no snapshot")), "{reg}");
+        assert_eq!(reg["within_target"], false, "a source without a snapshot is never within target: {reg}");
+
+        // SIGKILL in the middle of a run, then restart: the interrupted run
+        // runs again once (no snapshot was committed by it), not twice.
+        agent.cli(c, &["trigger", "slow"])?.ok()?;
+        wait_until("the slow run to start", Duration::from_secs(20), || (lines(&starts) >= 1).then_some(()))?;
+        agent.kill();
+        agent.restart(c)?;
+        agent.wait_ready(c, Duration::from_secs(30))?;
+        let slow = wait_until("the interrupted run to be caught up", Duration::from_secs(30), || {
+            let s = agent.source_status(c, "slow").ok()?;
+            (num(&s, "runs_ok").ok()? == 1).then_some(s)
+        })?;
+        assert_eq!(num(&slow, "runs_failed")?, 1, "the interrupted run counts as failed: {slow}");
+        assert_eq!(num(&slow, "catch_ups")?, 1, "{slow}");
+        assert_eq!(lines(&starts), 2, "the command ran once before the kill and once after");
+        // Time passes (ticks keeps running) and nothing runs slow again.
+        let ticks_before = num(&agent.source_status(c, "ticks")?, "runs_ok")?;
+        wait_until("two more ticks after the restart", Duration::from_secs(30), || {
+            (num(&agent.source_status(c, "ticks").ok()?, "runs_ok").ok()? >= ticks_before + 2).then_some(())
+        })?;
+        assert_eq!(lines(&starts), 2, "the slow source ran again without reason");
+        assert_eq!(snapshots_of(c, "slow")?.len(), 1);
+        // The state survived the kill: the scheduled source kept its counters.
+        assert!(ticks_before >= 5);
+
+        // An agent that dies stops reporting: after three report intervals
+        // (1 s each here) its sources are stale.
+        agent.kill();
+        let stale = wait_until("the killed agent's sources to go stale", Duration::from_secs(30), || {
+            let s = registry_entry(c, "ticks").ok()?;
+            (s["stale"] == true).then_some(s)
+        })?;
+        assert_eq!(stale["state"], "stale", "{stale}");
+
+        // A bad configuration is refused with the key named, exit 2.
+        let bad = c.dir().join("bad.toml");
+        std::fs::write(&bad, "endpoint = [\"127.0.0.1:1\"]\n[[source]]\nname = \"x\"\nrepo = \"test\"\ncommand = \"true\"\nschedule = { full = \"someday\" }\n")?;
+        let out = c.cli(&["agent", "--config", &bad.display().to_string()])?;
+        assert_eq!(out.code, 2, "{out:?}");
+        assert!(out.stderr.contains("source[0].schedule.full"), "{}", out.stderr);
+        Ok(())
+    })
+}
+
+/// One append: when it was written and where the file ended after it.
+struct Append {
+    at_ms: u64,
+    end: u64,
+}
+
+#[test]
+fn a_realtime_source_holds_its_recovery_point() -> Result<()> {
+    Cluster::run(ClusterSpec::default(), |c| {
+        let max_lag = Duration::from_secs(5);
+        let wal = c.dir().join("wal");
+        std::fs::create_dir_all(&wal)?;
+        let log = wal.join("000000010000000000000001");
+        let config = c.dir().join("agent-rt.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "endpoint = [{}]\nstate_dir = \"{}\"\njitter = \"0s\"\n[[source]]\nname = \"wal\"\nrepo = \"test\"\n\
+                 paths = [\"{}\"]\nrealtime = {{ max_lag = \"5s\" }}\n",
+                c.endpoint().split(',').map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", "),
+                c.dir().join("agent-rt-state").display(),
+                wal.display()
+            ),
+        )?;
+        // The segment starts with 16 MiB (several chunks), so that appends
+        // show whether a run re-reads the file from the start.
+        let mut head = vec![0u8; 16 << 20];
+        rand::RngCore::fill_bytes(&mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(13), &mut head);
+        std::fs::write(&log, &head)?;
+        let agent = AgentProc::start(c, &config, "rt")?;
+        agent.wait_ready(c, Duration::from_secs(30))?;
+
+        // Append a record every 100 ms for 30 s, noting when each landed.
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let mut appends = Vec::new();
+        let mut end = head.len() as u64;
+        let started = Instant::now();
+        let mut i = 0u64;
+        while started.elapsed() < Duration::from_secs(30) {
+            let rec = format!("{i:08} {} {}\n", now_ms(), "x".repeat(200));
+            f.write_all(rec.as_bytes())?;
+            f.flush()?;
+            end += rec.len() as u64;
+            appends.push(Append { at_ms: now_ms(), end });
+            i += 1;
+            // The appender's pace is the test's subject: 100 ms between records.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let finished_ms = now_ms();
+        let final_size = end;
+        // Every byte reaches a committed snapshot within max_lag and a commit.
+        wait_until("the whole file in a committed snapshot", Duration::from_secs(20), || {
+            let s = agent.source_status(c, "wal").ok()?;
+            let id = s["newest_snapshot"].as_str()?.to_string();
+            let ls = c.cli(&["ls", &id, "--json"]).ok()?.ok().ok()?.json().ok()?;
+            let size = ls.as_array()?.iter().find(|e| e["kind"] == "file")?["size"].as_u64()?;
+            (size == final_size).then_some(())
+        })?;
+
+        // Each snapshot: when it started and committed, and how much of the
+        // file it holds (the source is that one file, so its bytes scanned).
+        let snaps = snapshots_of(c, "wal")?;
+        let mut commits: Vec<(u64, u64, u64)> = Vec::new();
+        for s in &snaps {
+            commits.push((num(s, "end_ms")?, num(s, "start_ms")?, num(s, "stats.bytes_scanned")?));
+        }
+        commits.sort();
+        let status = agent.source_status(c, "wal")?;
+        let commit_time = commits.iter().map(|(end, start, _)| end - start).max().unwrap_or(0);
+        eprintln!(
+            "realtime: {} snapshots for {} appends ({} bytes) in 30 s; longest run {commit_time} ms",
+            snaps.len(),
+            appends.len(),
+            final_size
+        );
+        // Sizes only grow: the snapshots hold ever longer prefixes.
+        ensure!(commits.windows(2).all(|w| w[0].2 <= w[1].2), "a later snapshot holds less: {commits:?}");
+
+        // The recovery point of each append: how long after it was written
+        // the first snapshot holding it committed. Every append written up
+        // to max_lag before the end must be in a snapshot.
+        let mut worst = 0u64;
+        let mut lags = Vec::new();
+        for a in appends.iter().filter(|a| a.at_ms + max_lag.as_millis() as u64 <= finished_ms) {
+            let Some((commit, _, _)) = commits.iter().find(|(_, _, size)| *size >= a.end) else {
+                anyhow::bail!("the append ending at byte {} is in no committed snapshot", a.end);
+            };
+            let lag = commit.saturating_sub(a.at_ms);
+            lags.push(lag);
+            worst = worst.max(lag);
+        }
+        lags.sort_unstable();
+        let bound = max_lag.as_millis() as u64 + commit_time;
+        eprintln!(
+            "realtime: RPO over {} appends: p50 {} ms, p99 {} ms, max {worst} ms (bound max_lag + commit = {bound} ms)",
+            lags.len(),
+            lags[lags.len() / 2],
+            lags[lags.len() * 99 / 100]
+        );
+        ensure!(worst <= bound, "RPO {worst} ms exceeds max_lag + commit time {bound} ms");
+        ensure!(num(&status, "runs_failed")? == 0, "{status}");
+        // Runs after the first read the grown file from its last chunk on,
+        // not from the start.
+        let read = num(&status, "last_run.bytes_read")?;
+        eprintln!("realtime: the last run read {read} of {final_size} bytes");
+        ensure!(read < final_size / 2, "the last run re-read {read} of {final_size} bytes");
+
+        // The newest snapshot restores byte for byte.
+        crate::restore_and_compare(c, status["newest_snapshot"].as_str().context("newest")?, &wal)?;
+        Ok(())
+    })
+}
