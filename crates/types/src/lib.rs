@@ -9,6 +9,7 @@ mod error;
 mod ids;
 mod params;
 mod records;
+pub mod refs;
 pub mod time;
 mod token;
 
