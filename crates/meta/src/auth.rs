@@ -79,6 +79,9 @@ pub(crate) enum Rpc {
         all: bool,
     },
     RevokeToken,
+    // Maintenance: the leader's garbage collector.
+    RunGc,
+    GcStatus,
 }
 
 /// What a repository token must be able to do for a call.
@@ -151,7 +154,9 @@ pub(crate) fn need(rpc: Rpc) -> Need {
         | Rpc::RemoveMember
         | Rpc::NodeMetrics
         | Rpc::CatalogDigest
-        | Rpc::ListTokens { all: true } => Need::Cluster,
+        | Rpc::ListTokens { all: true }
+        | Rpc::RunGc
+        | Rpc::GcStatus => Need::Cluster,
         Rpc::BeginSession | Rpc::EndSession | Rpc::AllocatePack | Rpc::CommitPack | Rpc::CommitSnapshot => {
             Need::Repo(Write)
         }
@@ -213,6 +218,8 @@ impl Rpc {
             Rpc::ListTokens { all: false } => "ListTokens",
             Rpc::ListTokens { all: true } => "ListTokens(all)",
             Rpc::RevokeToken => "RevokeToken",
+            Rpc::RunGc => "RunGc",
+            Rpc::GcStatus => "GcStatus",
         }
     }
 
@@ -522,6 +529,8 @@ mod tests {
             Rpc::CatalogDigest,
             Rpc::Join,
             Rpc::ListTokens { all: true },
+            Rpc::RunGc,
+            Rpc::GcStatus,
         ];
         for rpc in writes.iter().chain(&shared).chain(&[Rpc::Hold { lift: false }]) {
             assert!(allowed(&backup, *rpc, "a"), "backup {rpc:?}");

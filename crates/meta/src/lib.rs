@@ -17,6 +17,7 @@ mod admin;
 mod apply;
 mod auth;
 mod catalog;
+mod collector;
 mod codec;
 pub mod command;
 mod config;
