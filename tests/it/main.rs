@@ -8,6 +8,7 @@
 mod bad_input;
 mod dedup;
 mod degraded;
+mod gc_live;
 mod keys;
 mod meta_crash;
 mod raft;

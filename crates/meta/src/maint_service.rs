@@ -245,7 +245,8 @@ pub(crate) fn gc_status(node: &MetaNode) -> Result<pb::GcStatus, MetaError> {
             repos_waiting: r.repos_waiting,
             error: r.error,
         }),
-        rounds_open: node.gc.rounds_open.load(Relaxed),
+        // From the catalog, so that it is right mid-run and on any leader.
+        rounds_open: node.sm.tree().scan_prefix(b"gr/").count() as u64,
         running: node.gc.running.load(Relaxed),
         interval_ms: node.config.gc_interval.map_or(0, |d| d.as_millis() as u64),
     })
