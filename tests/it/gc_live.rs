@@ -126,3 +126,67 @@ done"#,
         Ok(())
     })
 }
+
+/// A leader killed while its collector waits, mid-round, for a backup that
+/// was running at condemnation: the next leader finishes the run from the
+/// catalog (the open round, the run asked for), and `coffer gc --wait`,
+/// started before the kill, reports it.
+#[test]
+fn a_new_leader_finishes_the_gc_run_the_old_one_began() -> Result<()> {
+    Cluster::run(ClusterSpec { meta_nodes: 3, ..ClusterSpec::default() }, |c| {
+        // Garbage: a snapshot of 8 MB of its own, forgotten.
+        let garbage = c.dir().join("garbage.bin");
+        std::fs::write(
+            &garbage,
+            (0..8_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect::<Vec<_>>(),
+        )?;
+        let cat = format!("cat {}", garbage.display());
+        let out = c.cli(&["backup", "--stdin-from-command", &cat, "--stdin-name", "g.bin", "--json"])?.ok()?.json()?;
+        let forgotten = out["snapshot_id"].as_str().context("snapshot_id")?.to_string();
+        c.cli(&["forget", &forgotten])?.ok()?;
+
+        // A backup whose session stays open until released, so the run
+        // condemns and then waits for it.
+        let (started, release) = (c.dir().join("started"), c.dir().join("release"));
+        let slow = format!(
+            "echo small && touch {} && for i in $(seq 1200); do [ -e {} ] && exit 0; sleep 0.1; done; exit 1",
+            started.display(),
+            release.display()
+        );
+        let mut running = c
+            .command(&[
+                "backup",
+                "--stdin-from-command",
+                &slow,
+                "--stdin-name",
+                "s.txt",
+                "--retry-for",
+                "60s",
+                "--json",
+            ])
+            .spawn()?;
+        wait_until("the slow backup to open its session", Duration::from_secs(60), || started.exists().then_some(()))?;
+        let collector = c.command(&["gc", "--wait", "180s", "--json"]).spawn()?;
+        wait_until("the collector to condemn beside the open session", Duration::from_secs(60), || {
+            let s = c.cli(&["status", "--json"]).ok()?.json().ok()?;
+            (s["gc"]["rounds_open"].as_u64()? >= 1).then_some(())
+        })?;
+        let old = c.leader_index().context("a leader")?;
+        let old_id = c.meta[old].id;
+        c.kill_meta(old);
+        c.expect_lost_voter();
+        std::fs::write(&release, b"")?;
+        let done = collector.wait_with_output()?;
+        ensure!(done.status.success(), "gc --wait failed: {}", String::from_utf8_lossy(&done.stderr));
+        let gc: Value = serde_json::from_slice(&done.stdout)?;
+        eprintln!("gc across a leader change: {gc}");
+        ensure!(num(&gc, "bytes_freed")? >= 8_000_000, "{gc}");
+        let status = c.cli(&["status", "--json"])?.ok()?.json()?;
+        ensure!(num(&status, "gc.last.by")? != old_id, "the killed leader {old_id} cannot have finished it: {status}");
+        ensure!(num(&status, "gc.rounds_open")? == 0, "{status}");
+        let _ = running.wait()?;
+        let check = c.cli(&["check", "--json"])?;
+        ensure!(check.code == 0, "{check:?}");
+        Ok(())
+    })
+}

@@ -190,9 +190,7 @@ pub async fn gc(g: &Global, wait: Option<std::time::Duration>) -> Result<()> {
         Some(_) => Some(repo_name(g)?),
         None => None,
     };
-    let s = coffer_client::gc::collect_garbage(&meta, repo.as_ref(), wait)
-        .await
-        .context("collect garbage")?;
+    let s = coffer_client::gc::collect_garbage(&meta, repo.as_ref(), wait).await.context("collect garbage")?;
     if g.json {
         println!("{}", serde_json::to_value(&s)?);
         return Ok(());
@@ -213,7 +211,10 @@ pub async fn gc(g: &Global, wait: Option<std::time::Duration>) -> Result<()> {
         println!("{} packs hold both live and dead chunks and were kept whole", s.packs_partly_dead);
     }
     if s.repos_waiting > 0 {
-        println!("{} repositories wait for backups that were running at condemnation; a later run sweeps them", s.repos_waiting);
+        println!(
+            "{} repositories wait for backups that were running at condemnation; a later run sweeps them",
+            s.repos_waiting
+        );
     }
     if s.shards_not_deleted > 0 {
         println!("{} shards could not be deleted (node unreachable); they are orphans now", s.shards_not_deleted);

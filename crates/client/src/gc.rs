@@ -75,9 +75,7 @@ pub struct GcSummary {
 
 /// Asks the leader for a collector run; returns the run's number.
 pub async fn request_run(meta: &MetaClient) -> Result<u64, ClientError> {
-    let resp = meta
-        .call_maintenance("RunGc", |mut c| async move { c.run_gc(pb::RunGcRequest {}).await })
-        .await?;
+    let resp = meta.call_maintenance("RunGc", |mut c| async move { c.run_gc(pb::RunGcRequest {}).await }).await?;
     Ok(resp.run)
 }
 

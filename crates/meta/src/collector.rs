@@ -284,8 +284,7 @@ async fn sweep(
         }
         rec.marks += 1;
         let condemned = gc::condemned_chunks(tree, repo)?;
-        let (spare, doomed): (Vec<ChunkId>, Vec<ChunkId>) =
-            condemned.into_iter().partition(|c| referenced.contains(c));
+        let (spare, doomed): (Vec<ChunkId>, Vec<ChunkId>) = condemned.into_iter().partition(|c| referenced.contains(c));
         let mut commands: Vec<(Vec<ChunkId>, Vec<ChunkId>)> =
             spare.chunks(MAX_CHUNKS_PER_COMMAND).map(|c| (Vec::new(), c.to_vec())).collect();
         commands.extend(doomed.chunks(MAX_CHUNKS_PER_COMMAND).map(|c| (c.to_vec(), Vec::new())));

@@ -364,7 +364,9 @@ pub enum Rejection {
     UnknownToken(TokenId),
     #[error("repository {repo}: backup session {session} was open when chunks were condemned and still is; the sweep waits for it to end")]
     CondemnedUnderSession { repo: RepoName, session: SessionId },
-    #[error("repository {repo}: the re-mark reached snapshot commit {remarked_through}, the sweep needs at least {needed}")]
+    #[error(
+        "repository {repo}: the re-mark reached snapshot commit {remarked_through}, the sweep needs at least {needed}"
+    )]
     RemarkBehind { repo: RepoName, remarked_through: u64, needed: u64 },
     #[error("repository {repo}: commit sequence {cited} is ahead of the repository's {current}")]
     CommitSeqAhead { repo: RepoName, cited: u64, current: u64 },

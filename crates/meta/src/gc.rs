@@ -330,8 +330,7 @@ pub(crate) fn commit_log(txn: &Txn<'_>, repo: &RepoName, after: u64) -> Result<V
     let prefix = kv::commit_log_prefix(repo);
     let mut out = Vec::new();
     for (k, v) in txn.scan_prefix(&prefix)? {
-        let Some(seq) = k.get(prefix.len()..).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes)
-        else {
+        let Some(seq) = k.get(prefix.len()..).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes) else {
             return Err(MetaError::Codec { what: "commit log key", reason: "not a sequence number".into() });
         };
         if seq > after {
@@ -397,7 +396,11 @@ pub(crate) fn gc_condemn(
 ) -> Result<CommandResult, MetaError> {
     let current = txn.get::<u64>("commit sequence", &kv::commit_seq_key(repo))?.unwrap_or(0);
     if marked_seq > current {
-        return Ok(CommandResult::Rejected(Rejection::CommitSeqAhead { repo: repo.clone(), cited: marked_seq, current }));
+        return Ok(CommandResult::Rejected(Rejection::CommitSeqAhead {
+            repo: repo.clone(),
+            cited: marked_seq,
+            current,
+        }));
     }
     // Every snapshot is either marked or committed after the mark (so
     // re-marked before any sweep); the collector may have marked more.
@@ -408,8 +411,7 @@ pub(crate) fn gc_condemn(
     }
     let round_key = kv::gc_round_key(repo);
     let before = txn.get::<GcRound>("gc round", &round_key)?;
-    let mut round =
-        before.clone().unwrap_or(GcRound { marked_seq, sessions: Vec::new(), floor: 0, started_ms: now });
+    let mut round = before.clone().unwrap_or(GcRound { marked_seq, sessions: Vec::new(), floor: 0, started_ms: now });
     round.marked_seq = round.marked_seq.min(marked_seq);
     round.floor = round.floor.max(current);
     for v in txn.scan_prefix(b"e/")?.values() {
@@ -646,8 +648,12 @@ mod tests {
 
         fn begin(&mut self, id: u8, lease_ms: u64) -> SessionId {
             let now = self.tick();
-            let session =
-                SessionRecord { id: SessionId([id; 16]), repo: self.repo.clone(), started_ms: now, lease_until_ms: now + lease_ms };
+            let session = SessionRecord {
+                id: SessionId([id; 16]),
+                repo: self.repo.clone(),
+                started_ms: now,
+                lease_until_ms: now + lease_ms,
+            };
             assert_eq!(run(&self.t, Command::BeginSession { session }), CommandResult::Ok);
             SessionId([id; 16])
         }
@@ -675,9 +681,12 @@ mod tests {
             let entries = chunks
                 .iter()
                 .enumerate()
-                .map(|(i, c)| (ChunkId([*c; 32]), ChunkLocation { pack: PackId([pack; 16]), offset: i as u64 * 10, len: 10 }))
+                .map(|(i, c)| {
+                    (ChunkId([*c; 32]), ChunkLocation { pack: PackId([pack; 16]), offset: i as u64 * 10, len: 10 })
+                })
                 .collect();
-            let cmd = Command::CommitPack { session, now_ms: now, pack: self.pack(pack, PackKind::Data), chunks: entries };
+            let cmd =
+                Command::CommitPack { session, now_ms: now, pack: self.pack(pack, PackKind::Data), chunks: entries };
             assert_eq!(run(&self.t, cmd), CommandResult::Ok);
         }
 
@@ -685,13 +694,17 @@ mod tests {
         /// stored) and reference list pack `refs`; returns its commit number.
         fn commit(&mut self, session: SessionId, id: u8, root: u8, refs: u8) -> u64 {
             let now = self.tick();
-            let cmd = Command::CommitPack { session, now_ms: now, pack: self.pack(refs, PackKind::Refs), chunks: vec![] };
+            let cmd =
+                Command::CommitPack { session, now_ms: now, pack: self.pack(refs, PackKind::Refs), chunks: vec![] };
             assert_eq!(run(&self.t, cmd), CommandResult::Ok);
             let mut snap = snapshot(id, self.repo.clone());
             snap.root = ChunkId([root; 32]);
             snap.refs_pack = PackId([refs; 16]);
             let now = self.tick();
-            assert_eq!(run(&self.t, Command::CommitSnapshot { session, now_ms: now, snapshot: snap }), CommandResult::Ok);
+            assert_eq!(
+                run(&self.t, Command::CommitSnapshot { session, now_ms: now, snapshot: snap }),
+                CommandResult::Ok
+            );
             commit_seq(&self.t, &self.repo).unwrap()
         }
 
@@ -753,14 +766,20 @@ mod tests {
         let b = w.begin(3, 100_000);
         // ... but A does, whatever the re-mark claims.
         let r = w.sweep(&[2, 3], &[], seq1);
-        assert!(matches!(r, CommandResult::Rejected(Rejection::CondemnedUnderSession { session, .. }) if session == a), "{r:?}");
+        assert!(
+            matches!(r, CommandResult::Rejected(Rejection::CondemnedUnderSession { session, .. }) if session == a),
+            "{r:?}"
+        );
         // A commits snapshot 2 referencing chunk 2 (root) and 3: the floor rises to its number.
         let seq2 = w.commit(a, 2, 2, 61);
         assert_eq!(round_of(&w.t, &w.repo).unwrap().unwrap().floor, seq2);
         // A sweep that did not re-mark snapshot 2 is refused; so is one that
         // claims a commit that has not happened.
         let r = w.sweep(&[2, 3], &[], seq1);
-        assert!(matches!(r, CommandResult::Rejected(Rejection::RemarkBehind { needed, .. }) if needed == seq2), "{r:?}");
+        assert!(
+            matches!(r, CommandResult::Rejected(Rejection::RemarkBehind { needed, .. }) if needed == seq2),
+            "{r:?}"
+        );
         let r = w.sweep(&[], &[2, 3], seq2 + 1);
         assert!(matches!(r, CommandResult::Rejected(Rejection::CommitSeqAhead { .. })), "{r:?}");
         assert!(w.indexed(2) && w.indexed(3) && w.condemned(2));
@@ -783,7 +802,10 @@ mod tests {
         let seq1 = w.commit(s0, 1, 1, 60);
         let a = w.begin(2, 50);
         assert_eq!(w.condemn(&[2, 4], &[1], seq1), CommandResult::Ok);
-        assert!(matches!(w.sweep(&[2, 4], &[], seq1), CommandResult::Rejected(Rejection::CondemnedUnderSession { .. })));
+        assert!(matches!(
+            w.sweep(&[2, 4], &[], seq1),
+            CommandResult::Rejected(Rejection::CondemnedUnderSession { .. })
+        ));
         // A lapses on the log clock (another command carries a later time);
         // it can never commit now, so the sweep may go on.
         w.clock += 100;

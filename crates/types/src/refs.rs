@@ -95,4 +95,3 @@ pub fn decode_refs(bytes: &[u8]) -> Result<Vec<ChunkId>, RefsError> {
     }
     Ok(out)
 }
-
