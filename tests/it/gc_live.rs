@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use rand::{RngCore, SeedableRng};
 use coffer_testkit::{wait_until, Cluster, ClusterSpec};
 use serde_json::Value;
 
@@ -136,10 +137,12 @@ fn a_new_leader_finishes_the_gc_run_the_old_one_began() -> Result<()> {
     Cluster::run(ClusterSpec { meta_nodes: 3, ..ClusterSpec::default() }, |c| {
         // Garbage: a snapshot of 8 MB of its own, forgotten.
         let garbage = c.dir().join("garbage.bin");
-        std::fs::write(
-            &garbage,
-            (0..8_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect::<Vec<_>>(),
-        )?;
+        // Random bytes: neither deduplication nor compression may shrink it
+        // (a multiplicative sequence of bytes repeats every 2 MiB and
+        // compresses to a few kilobytes).
+        let mut bytes = vec![0u8; 8_000_000];
+        rand::rngs::StdRng::seed_from_u64(13).fill_bytes(&mut bytes);
+        std::fs::write(&garbage, &bytes)?;
         let cat = format!("cat {}", garbage.display());
         let out = c.cli(&["backup", "--stdin-from-command", &cat, "--stdin-name", "g.bin", "--json"])?.ok()?.json()?;
         let forgotten = out["snapshot_id"].as_str().context("snapshot_id")?.to_string();
