@@ -27,6 +27,10 @@ fn committed(out: &Path) -> Result<Vec<(u64, String)>> {
     let mut found = Vec::new();
     for e in std::fs::read_dir(out)? {
         let path = e?.path();
+        // `<n>.err` and `<n>.done` share the stem; only summaries count.
+        if path.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
         let Some(n) = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse::<u64>().ok()) else { continue };
         // A summary is written whole only once the backup exits.
         if !path.with_extension("done").exists() {
