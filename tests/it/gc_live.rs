@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use rand::{RngCore, SeedableRng};
 use coffer_testkit::{wait_until, Cluster, ClusterSpec};
+use rand::{RngCore, SeedableRng};
 use serde_json::Value;
 
 use crate::{num, restore_and_compare};
