@@ -372,11 +372,18 @@ fn gc_and_backups_sharing_forgotten_chunks_interleave_safely() -> Result<()> {
         ensure!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
         let line = String::from_utf8_lossy(&done.stdout).lines().last().unwrap_or_default().to_string();
         let second: serde_json::Value = serde_json::from_str(&line)?;
-        ensure!(u(&second, "bytes_new")? < 1 << 20, "the second backup should have deduplicated: {second}");
+        // It deduplicated against the forgotten chunks it looked up before
+        // the condemnation. The chunks it looked up after (at least the
+        // last one, which the chunker cuts only at the end of the stream,
+        // after the release) were condemned by then, so absent: it stored
+        // them again, which revived them. The design promises no more.
+        eprintln!("gc beside a deduplicating backup: {gc}; the backup: {second}");
+        let reused = u(&second, "chunks_reused")?;
+        ensure!(reused >= 1 && u(&second, "bytes_new")? < 20 << 20, "the second backup deduplicated nothing: {second}");
         // The chunks the backup deduplicated against were condemned, then
         // spared by the re-mark of its snapshot, not swept.
         ensure!(u(&gc, "marks")? >= 2 && u(&gc, "chunks_swept")? < 5, "gc did not wait for the backup: {gc}");
-        ensure!(u(&gc, "chunks_spared")? >= 1, "the re-mark spared nothing: {gc}");
+        ensure!(u(&gc, "chunks_spared")? >= reused, "the re-mark spared fewer than the {reused} reused chunks: {gc}");
         let restored = c.command(&["restore", &id(&second), "-"]).output()?;
         ensure!(restored.status.success() && restored.stdout == std::fs::read(&shared)?, "second snapshot differs");
 
