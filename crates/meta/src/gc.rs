@@ -20,8 +20,9 @@
 //!   committed after that sequence. It opens (or widens) the repository's
 //!   *round*: the earliest mark, every session open at any of its
 //!   condemnations, and a floor, the sequence at its latest condemnation.
-//!   Sessions begun afterwards look condemned chunks up as absent and
-//!   upload them again; their pack commit revives them.
+//!   Every lookup afterwards, a recorded session's too, finds condemned
+//!   chunks absent, so backups upload them again; their pack commit
+//!   revives them.
 //! - A commit by a session the round recorded raises the floor to its own
 //!   number: such a session may have deduplicated against a chunk before it
 //!   was condemned.
