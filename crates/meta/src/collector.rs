@@ -340,10 +340,10 @@ async fn drop_dead_packs(
     for p in &packs {
         match live_bytes.get(&p.id) {
             None if !named.contains(&p.id) => candidates.push(p.id),
-            Some(live) if p.kind == PackKind::Data => {
-                if 1.0 - *live as f64 / p.pack_len.max(1) as f64 >= REWRITE_DEAD_SHARE {
-                    rec.packs_partly_dead += 1;
-                }
+            Some(live)
+                if p.kind == PackKind::Data && 1.0 - *live as f64 / p.pack_len.max(1) as f64 >= REWRITE_DEAD_SHARE =>
+            {
+                rec.packs_partly_dead += 1;
             }
             _ => {}
         }
