@@ -11,6 +11,7 @@ mod bad_input;
 mod dedup;
 mod degraded;
 mod dr;
+mod gc_live;
 mod keys;
 mod meta_crash;
 mod raft;

@@ -292,12 +292,12 @@ fn forget_then_gc_frees_space_and_kept_snapshots_restore() -> Result<()> {
         let kept = id(&backup(c, &src, &[])?);
 
         // Nothing is garbage while both snapshots live.
-        let idle = c.cli(&["gc", "--json"])?.ok()?.json()?;
+        let idle = c.cli(&["gc", "--wait", "--json"])?.ok()?.json()?;
         ensure!(u(&idle, "chunks_swept")? == 0 && u(&idle, "bytes_freed")? == 0, "{idle}");
 
         let before = stored_bytes(c);
         c.cli(&["forget", &old])?.ok()?;
-        let gc = c.cli(&["gc", "--json"])?.ok()?.json()?;
+        let gc = c.cli(&["gc", "--wait", "--json"])?.ok()?.json()?;
         let after = stored_bytes(c);
         eprintln!("gc: {gc}; shard bytes on the nodes {before} -> {after}");
         ensure!(u(&gc, "bytes_freed")? >= 16 << 20, "{gc}");
@@ -313,7 +313,7 @@ fn forget_then_gc_frees_space_and_kept_snapshots_restore() -> Result<()> {
         let check = c.cli(&["check", "--read-data", "--json"])?;
         ensure!(check.code == 0, "{check:?}");
         // Collecting again finds nothing more.
-        let again = c.cli(&["gc", "--json"])?.ok()?.json()?;
+        let again = c.cli(&["gc", "--wait", "--json"])?.ok()?.json()?;
         ensure!(u(&again, "chunks_swept")? == 0 && u(&again, "packs_dropped")? == 0, "{again}");
         Ok(())
     })
@@ -351,25 +351,17 @@ fn gc_and_backups_sharing_forgotten_chunks_interleave_safely() -> Result<()> {
         })?;
         let mut collector =
             c.command(&["gc", "--wait", "60s", "--json"]).env("COFFER_LOG", "info").env("NO_COLOR", "1").spawn()?;
-        let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
         let stderr = collector.stderr.take().context("piped stderr")?;
         let reader = std::thread::spawn(move || {
             use std::io::BufRead;
-            let mut all = Vec::new();
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = lines_tx.send(line.clone());
-                all.push(line);
-            }
-            all
+            std::io::BufReader::new(stderr).lines().map_while(Result::ok).collect::<Vec<_>>()
         });
-        // Released only once gc has found the session open and waits.
-        loop {
-            match lines_rx.recv_timeout(std::time::Duration::from_secs(60)) {
-                Ok(line) if line.contains("garbage collection waits") => break,
-                Ok(_) => {}
-                Err(e) => anyhow::bail!("gc never waited for the open backup session ({e})"),
-            }
-        }
+        // Released only once the leader's collector has condemned beside the
+        // open session and waits for it to end (the round stays open).
+        coffer_testkit::wait_until("gc to condemn beside the open backup", std::time::Duration::from_secs(60), || {
+            let s = c.cli(&["status", "--json"]).ok()?.json().ok()?;
+            (s["gc"]["rounds_open"].as_u64()? >= 1).then_some(())
+        })?;
         std::fs::write(&release, b"")?;
         let collected = collector.wait_with_output()?;
         let gc_log = reader.join().map_err(|_| anyhow::anyhow!("gc's stderr reader panicked"))?.join("\n");
@@ -380,15 +372,25 @@ fn gc_and_backups_sharing_forgotten_chunks_interleave_safely() -> Result<()> {
         ensure!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
         let line = String::from_utf8_lossy(&done.stdout).lines().last().unwrap_or_default().to_string();
         let second: serde_json::Value = serde_json::from_str(&line)?;
-        ensure!(u(&second, "bytes_new")? < 1 << 20, "the second backup should have deduplicated: {second}");
+        // It deduplicated against the forgotten chunks it looked up before
+        // the condemnation. The chunks it looked up after (at least the
+        // last one, which the chunker cuts only at the end of the stream,
+        // after the release) were condemned by then, so absent: it stored
+        // them again, which revived them. The design promises no more.
+        eprintln!("gc beside a deduplicating backup: {gc}; the backup: {second}");
+        let reused = u(&second, "chunks_reused")?;
+        ensure!(reused >= 1 && u(&second, "bytes_new")? < 20 << 20, "the second backup deduplicated nothing: {second}");
+        // The chunks the backup deduplicated against were condemned, then
+        // spared by the re-mark of its snapshot, not swept.
         ensure!(u(&gc, "marks")? >= 2 && u(&gc, "chunks_swept")? < 5, "gc did not wait for the backup: {gc}");
+        ensure!(u(&gc, "chunks_spared")? >= reused, "the re-mark spared fewer than the {reused} reused chunks: {gc}");
         let restored = c.command(&["restore", &id(&second), "-"]).output()?;
         ensure!(restored.status.success() && restored.stdout == std::fs::read(&shared)?, "second snapshot differs");
 
         // gc first, then a backup of the same content: it uploads it again and
         // restores.
         c.cli(&["forget", &id(&second)])?.ok()?;
-        let gc2 = c.cli(&["gc", "--json"])?.ok()?.json()?;
+        let gc2 = c.cli(&["gc", "--wait", "--json"])?.ok()?.json()?;
         ensure!(u(&gc2, "bytes_freed")? > 0, "{gc2}");
         let out = c.cli(&["backup", "--stdin-from-command", &stream(""), "--stdin-name", "s.bin", "--json"])?.ok()?;
         let third = out.json()?;

@@ -95,11 +95,12 @@ pub enum Command {
     Ls { snapshot: String, path: Option<PathBuf> },
     /// What changed between two snapshots (+ added, - removed, M modified).
     Diff { older: String, newer: String },
-    /// Reclaim the space of chunks no snapshot references (needs no password).
+    /// Ask the metadata leader to reclaim the space of chunks no snapshot references (needs no password).
     Gc {
-        /// How long to wait for a moment when no backup of the repository runs.
-        #[arg(long, default_value = "10m", value_parser = parse_duration)]
-        wait: std::time::Duration,
+        /// Wait (at most DUR, default 10m) for the run to finish and print what it reclaimed; with a
+        /// repository, also rewrite its mostly dead packs.
+        #[arg(long, num_args = 0..=1, default_missing_value = "10m", value_parser = parse_duration)]
+        wait: Option<std::time::Duration>,
     },
     /// Verify the catalog and shard presence; --read-data also reads, decodes and authenticates the data.
     Check {

@@ -299,6 +299,17 @@ pub async fn status(g: &Global) -> Result<()> {
                 "queued": r.queued, "in_flight": r.in_flight, "done": r.done, "failed": r.failed,
                 "bytes_written": r.bytes_written, "eta_s": r.eta_s,
             })),
+            "gc": s.gc.as_ref().map(|g| json!({
+                "requested": g.requested, "running": g.running, "rounds_open": g.rounds_open,
+                "interval_s": g.interval_ms / 1000,
+                "last": g.last.as_ref().map(|l| json!({
+                    "run": l.run, "started": rfc3339(l.started_ms), "finished": rfc3339(l.finished_ms), "by": l.by,
+                    "chunks_condemned": l.chunks_condemned, "chunks_swept": l.chunks_swept,
+                    "chunks_spared": l.chunks_spared, "packs_dropped": l.packs_dropped,
+                    "bytes_freed": l.bytes_freed, "repos_waiting": l.repos_waiting,
+                    "error": (!l.error.is_empty()).then(|| l.error.clone()),
+                })),
+            })),
             "workers": s.workers.iter().map(|w| {
                 let opt = |ms: u64| (ms > 0).then(|| rfc3339(ms));
                 json!({
@@ -363,6 +374,21 @@ pub async fn status(g: &Global) -> Result<()> {
         );
     }
     println!("catalog: {} repositories, {} snapshots, {} chunks", s.repos, s.snapshots, s.chunks);
+    if let Some(g) = &s.gc {
+        let state = if g.running { "running" } else { "idle" };
+        match &g.last {
+            Some(l) => println!(
+                "gc: {state}, last run {} finished {}: swept {} chunks, dropped {} packs, freed {}{}",
+                l.run,
+                rfc3339(l.finished_ms),
+                l.chunks_swept,
+                l.packs_dropped,
+                human_bytes(l.bytes_freed),
+                if g.rounds_open > 0 { format!("; {} rounds wait for backups", g.rounds_open) } else { String::new() }
+            ),
+            None => println!("gc: {state}, no run yet"),
+        }
+    }
     if !s.workers.is_empty() {
         println!("workers:");
         for w in &s.workers {

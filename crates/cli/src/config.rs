@@ -174,11 +174,23 @@ pub struct MetaSettings {
     #[arg(skip)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<PathBuf>,
+    /// Time between the leader's garbage-collection runs (0 or off: only runs asked for with `coffer gc`).
+    #[arg(long, env = "COFFER_GC_INTERVAL", value_parser = parse_interval)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gc_interval: Option<Dur>,
     /// Plain-HTTP admin port (host:port): /livez, /readyz, /metrics, /health/cluster and the status page at /.
     /// Off unless set; by convention 0.0.0.0:7401.
     #[arg(long, env = "COFFER_ADMIN_LISTEN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_listen: Option<String>,
+}
+
+/// A duration, or `off` for none (stored as 0).
+fn parse_interval(s: &str) -> Result<Dur, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Dur(std::time::Duration::ZERO));
+    }
+    s.parse()
 }
 
 /// `coffer storage`'s settings: flags, environment twins and file keys.
@@ -275,6 +287,7 @@ pub fn meta_defaults() -> MetaSettings {
         down_after: Some(Dur(c.down_after)),
         rebuild_bandwidth: Some(c.repair.bandwidth),
         rebuild_parallelism: Some(c.repair.parallelism),
+        gc_interval: Some(Dur(c.gc_interval.unwrap_or_default())),
         ..MetaSettings::default()
     }
 }
@@ -403,6 +416,9 @@ impl MetaSettings {
         }
         if let Some(v) = self.rebuild_parallelism {
             c.repair.parallelism = v.max(1);
+        }
+        if let Some(Dur(v)) = self.gc_interval {
+            c.gc_interval = (!v.is_zero()).then_some(v);
         }
         if let Some(path) = &self.admin_token_file {
             c.admin_token =

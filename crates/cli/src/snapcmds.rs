@@ -171,14 +171,26 @@ pub async fn diff(g: &Global, older: String, newer: String) -> Result<()> {
     Ok(())
 }
 
-/// Collects garbage with only the endpoint and the repository name: no
-/// password, because the cluster needs no key to do it.
-pub async fn gc(g: &Global, wait: std::time::Duration) -> Result<()> {
+/// Asks the metadata leader's collector for a run, with only the endpoint
+/// (and, for pack rewrites, the repository name): no password, because the
+/// cluster needs no key to do it. With `--wait`, waits for it and prints
+/// what it reclaimed.
+pub async fn gc(g: &Global, wait: Option<std::time::Duration>) -> Result<()> {
     let meta = meta_client(g)?;
-    let repo = repo_name(g)?;
-    let s = coffer_client::gc::collect_garbage(&meta, &repo, wait)
-        .await
-        .with_context(|| format!("collect the garbage of {repo}"))?;
+    let Some(wait) = wait else {
+        let run = coffer_client::gc::request_run(&meta).await.context("ask for a garbage collection run")?;
+        if g.json {
+            println!("{}", serde_json::json!({ "run": run }));
+        } else {
+            println!("garbage collection run {run} asked for; `coffer status` shows its progress");
+        }
+        return Ok(());
+    };
+    let repo = match &g.repo {
+        Some(_) => Some(repo_name(g)?),
+        None => None,
+    };
+    let s = coffer_client::gc::collect_garbage(&meta, repo.as_ref(), wait).await.context("collect garbage")?;
     if g.json {
         println!("{}", serde_json::to_value(&s)?);
         return Ok(());
@@ -192,11 +204,23 @@ pub async fn gc(g: &Global, wait: std::time::Duration) -> Result<()> {
         s.packs_dropped,
         human_bytes(s.bytes_freed)
     );
+    if s.packs_rewritten > 0 {
+        println!("rewrote {} mostly dead packs ({} written)", s.packs_rewritten, human_bytes(s.bytes_written));
+    }
     if s.packs_partly_dead > 0 {
         println!("{} packs hold both live and dead chunks and were kept whole", s.packs_partly_dead);
     }
+    if s.repos_waiting > 0 {
+        println!(
+            "{} repositories wait for backups that were running at condemnation; a later run sweeps them",
+            s.repos_waiting
+        );
+    }
     if s.shards_not_deleted > 0 {
         println!("{} shards could not be deleted (node unreachable); they are orphans now", s.shards_not_deleted);
+    }
+    for e in &s.errors {
+        println!("not collected: {e}");
     }
     Ok(())
 }

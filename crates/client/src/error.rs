@@ -94,6 +94,8 @@ pub enum ClientError {
     /// propagated as a panic.
     #[error("internal task {task} failed: {reason}")]
     Task { task: &'static str, reason: String },
+    #[error("garbage collection run {run} did not finish within {wait:?}; it goes on on the metadata leader")]
+    GcNotDone { run: u64, wait: std::time::Duration },
 }
 
 impl ClientError {

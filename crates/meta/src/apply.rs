@@ -247,6 +247,16 @@ pub fn apply(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, MetaError
         Command::ReportSource { source, time_ms } => crate::sources::report(txn, source, time_ms),
         Command::RemoveSource { repo, name } => crate::sources::remove(txn, &repo, &name),
         Command::RecordDr { record } => crate::dr::record(txn, record),
+        Command::GcCondemn { repo, chunks, marked_from, marked_seq, time_ms } => {
+            let now = log_clock(txn, time_ms)?;
+            crate::gc::gc_condemn(txn, &repo, &chunks, &marked_from, marked_seq, now)
+        }
+        Command::GcSweep { repo, sweep, spare, remarked_through, time_ms } => {
+            let now = log_clock(txn, time_ms)?;
+            crate::gc::gc_sweep(txn, &repo, &sweep, &spare, remarked_through, now)
+        }
+        Command::GcRequest { time_ms } => crate::gc::request_run(txn, time_ms),
+        Command::GcRunDone { run } => crate::gc::run_done(txn, run),
     }
 }
 
@@ -377,6 +387,9 @@ fn commit_pack(
         return Ok(CommandResult::Rejected(why));
     }
     index_chunks(txn, &pack, &chunks)?;
+    // Garbage collection keeps a pack whose session is still open: its
+    // reference list or further `IndexChunks` may yet point into it.
+    txn.put(kv::pack_session_key(&pack.id), &session)?;
     txn.put(key, &pack)?;
     txn.add_count("packs", 1)?;
     Ok(CommandResult::Ok)
@@ -515,6 +528,7 @@ fn commit_snapshot(
             }))
         }
     }
+    crate::gc::on_snapshot_committed(txn, &session, &snapshot)?;
     txn.put(key, &snapshot)?;
     txn.add_count("snapshots", 1)?;
     Ok(CommandResult::Ok)

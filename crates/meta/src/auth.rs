@@ -89,6 +89,9 @@ pub(crate) enum Rpc {
     // Catalog, disaster recovery (issue 14).
     RecordDr,
     ListDr,
+    // Maintenance: the leader's garbage collector.
+    RunGc,
+    GcStatus,
 }
 
 /// What a repository token must be able to do for a call.
@@ -162,7 +165,9 @@ pub(crate) fn need(rpc: Rpc) -> Need {
         | Rpc::NodeMetrics
         | Rpc::CatalogDigest
         | Rpc::ListTokens { all: true }
-        | Rpc::ListSources { all: true } => Need::Cluster,
+        | Rpc::ListSources { all: true }
+        | Rpc::RunGc
+        | Rpc::GcStatus => Need::Cluster,
         Rpc::BeginSession
         | Rpc::EndSession
         | Rpc::AllocatePack
@@ -240,6 +245,8 @@ impl Rpc {
             Rpc::RemoveSource => "RemoveSource",
             Rpc::RecordDr => "RecordDr",
             Rpc::ListDr => "ListDr",
+            Rpc::RunGc => "RunGc",
+            Rpc::GcStatus => "GcStatus",
         }
     }
 
@@ -570,6 +577,8 @@ mod tests {
             Rpc::Join,
             Rpc::ListTokens { all: true },
             Rpc::ListSources { all: true },
+            Rpc::RunGc,
+            Rpc::GcStatus,
         ];
         for rpc in writes.iter().chain(&shared).chain(&[Rpc::Hold { lift: false }]) {
             assert!(allowed(&backup, *rpc, "a"), "backup {rpc:?}");

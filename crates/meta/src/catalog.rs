@@ -131,6 +131,7 @@ impl CatalogService {
             }),
             site_degraded: self.node.repair.snapshot().site_degraded,
             orphan_bytes: views.iter().map(|n| n.orphan_bytes).fold(0u64, u64::saturating_add),
+            gc: Some(crate::maint_service::gc_status(&self.node)?),
             workers: {
                 let me = self.node.worker_node_name();
                 let mut w: Vec<pb::WorkerStatus> =

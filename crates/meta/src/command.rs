@@ -199,6 +199,40 @@ pub enum Command {
     RecordDr {
         record: coffer_types::DrRecord,
     },
+    /// Condemns unreferenced chunks while backups may run (see `gc`): at
+    /// most `MAX_CHUNKS_PER_COMMAND`. The collector marked from
+    /// `marked_from`, every snapshot that existed when the repository's
+    /// commit sequence was `marked_seq`. Opens (or widens) the repository's
+    /// round, which records the sessions open at `time_ms` (the leader's,
+    /// advancing the log clock).
+    GcCondemn {
+        repo: RepoName,
+        chunks: Vec<ChunkId>,
+        marked_from: Vec<SnapshotId>,
+        marked_seq: u64,
+        time_ms: u64,
+    },
+    /// Ends condemnations of the repository's round: lifts `spare` (chunks a
+    /// snapshot committed since the mark references) and removes the entries
+    /// of `sweep` still condemned; at most `MAX_CHUNKS_PER_COMMAND` in all.
+    /// Refused unless every session the round recorded has ended at
+    /// `time_ms` and the collector re-marked from every snapshot committed
+    /// up to `remarked_through`, which must cover the round's floor.
+    GcSweep {
+        repo: RepoName,
+        sweep: Vec<ChunkId>,
+        spare: Vec<ChunkId>,
+        remarked_through: u64,
+        time_ms: u64,
+    },
+    /// `coffer gc`: asks the leader's collector for a run.
+    GcRequest {
+        time_ms: u64,
+    },
+    /// The collector finished a run; `run.run` is the request it answers.
+    GcRunDone {
+        run: crate::gc::GcRunRecord,
+    },
 }
 
 impl Command {
@@ -232,6 +266,10 @@ impl Command {
             Command::ReportSource { .. } => "report_source",
             Command::RemoveSource { .. } => "remove_source",
             Command::RecordDr { .. } => "record_dr",
+            Command::GcCondemn { .. } => "gc_condemn",
+            Command::GcSweep { .. } => "gc_sweep",
+            Command::GcRequest { .. } => "gc_request",
+            Command::GcRunDone { .. } => "gc_run_done",
         }
     }
 }
@@ -345,6 +383,18 @@ pub enum Rejection {
     UnknownToken(TokenId),
     #[error("disaster-recovery record {0:016x} already exists with different content")]
     DrRecordConflict(u64),
+    #[error("repository {repo}: backup session {session} was open when chunks were condemned and still is; the sweep waits for it to end")]
+    CondemnedUnderSession { repo: RepoName, session: SessionId },
+    #[error(
+        "repository {repo}: the re-mark reached snapshot commit {remarked_through}, the sweep needs at least {needed}"
+    )]
+    RemarkBehind { repo: RepoName, remarked_through: u64, needed: u64 },
+    #[error("repository {repo}: commit sequence {cited} is ahead of the repository's {current}")]
+    CommitSeqAhead { repo: RepoName, cited: u64, current: u64 },
+    #[error("repository {repo}: no garbage-collection round is open")]
+    NoGcRound { repo: RepoName },
+    #[error("repository {repo}: a garbage-collection round is open; this older command would bypass its rules")]
+    GcRoundOpen { repo: RepoName },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

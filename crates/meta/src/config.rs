@@ -46,7 +46,15 @@ pub struct MetaConfig {
     /// Transport security for everything this node serves and calls (Raft,
     /// joins, shard calls): the process default unless set.
     pub security: coffer_rpc::Security,
+    /// Time between the leader's garbage-collection runs (`--gc-interval`,
+    /// `gc_interval`); `None`: only runs asked for with `coffer gc`.
+    pub gc_interval: Option<Duration>,
 }
+
+/// Garbage collection runs hourly unless configured otherwise: often enough
+/// that forgotten snapshots free their space the same day, rarely enough
+/// that reading every reference list stays a small share of the leader's work.
+pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(3600);
 
 impl MetaConfig {
     pub fn new(id: MetaId, data_dir: PathBuf, advertise: String) -> Self {
@@ -67,6 +75,7 @@ impl MetaConfig {
             repair: crate::repair::RepairConfig::default(),
             admin_token: None,
             security: coffer_rpc::tls::process_default(),
+            gc_interval: Some(DEFAULT_GC_INTERVAL),
         }
     }
 

@@ -61,6 +61,10 @@ pub enum MetaError {
     /// `from` (another rebuild or a move came first).
     #[error("move {pack}.{index} from node {from} to node {to}: {why}")]
     MoveRefused { pack: PackId, index: ShardIndex, from: NodeId, to: NodeId, why: Rejection },
+    /// The collector could not read a reference list, so it collects
+    /// nothing of that repository (a lost id would delete a live chunk).
+    #[error("the reference list pack {pack} is unreadable ({reason}); nothing can be collected safely")]
+    GcUnreadable { pack: PackId, reason: String },
 }
 
 impl MetaError {
@@ -96,7 +100,8 @@ impl MetaError {
             | MetaError::Bootstrap { .. }
             | MetaError::Serve(_)
             | MetaError::RebuildFailed { .. }
-            | MetaError::MoveRefused { .. } => Code::Internal,
+            | MetaError::MoveRefused { .. }
+            | MetaError::GcUnreadable { .. } => Code::Internal,
         }
     }
 }

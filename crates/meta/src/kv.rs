@@ -25,6 +25,11 @@
 //!   ix/...                          secondary indexes, kept by `Txn` (see `index`)
 //!   y/<repo name> 0x00 <started_ms: u64 BE> <id: u64 BE>
 //!                                   DrRecord (a restore, drill or plan run; see `dr`)
+//!   gq/<repo name>                  u64: the repository's snapshot commit sequence (see `gc`)
+//!   gl/<repo name> 0x00 <seq: u64 BE>  CommitLogEntry: the snapshot committed at that sequence
+//!   gr/<repo name>                  GcRound: the pending garbage-collection round
+//!   gp/<pack id>                    SessionId: the session that committed the pack
+//!   m/gc                            GcState: runs asked for and the last one finished
 //! ```
 //!
 //! Values are bincode; the layout as a whole is versioned by `m/schema`.
@@ -106,6 +111,31 @@ pub fn key_slots_version_key(name: &RepoName) -> Vec<u8> {
 pub fn retired_key(node: NodeId) -> Vec<u8> {
     [b"x/".as_slice(), &node.0.to_be_bytes()].concat()
 }
+
+/// A repository's snapshot commit sequence (absent: 0).
+pub fn commit_seq_key(repo: &RepoName) -> Vec<u8> {
+    [b"gq/".as_slice(), repo.as_str().as_bytes()].concat()
+}
+
+pub fn commit_log_prefix(repo: &RepoName) -> Vec<u8> {
+    [b"gl/".as_slice(), repo.as_str().as_bytes(), &[0]].concat()
+}
+
+pub fn commit_log_key(repo: &RepoName, seq: u64) -> Vec<u8> {
+    [commit_log_prefix(repo).as_slice(), &seq.to_be_bytes()].concat()
+}
+
+pub fn gc_round_key(repo: &RepoName) -> Vec<u8> {
+    [b"gr/".as_slice(), repo.as_str().as_bytes()].concat()
+}
+
+/// The session a pack was committed in, beside its record (whose layout
+/// stays fixed).
+pub fn pack_session_key(pack: &PackId) -> Vec<u8> {
+    [b"gp/".as_slice(), pack.as_bytes()].concat()
+}
+
+pub const KEY_GC: &[u8] = b"m/gc";
 
 pub const BAD_SHARD_PREFIX: &[u8] = b"b/";
 pub const DRAIN_PREFIX: &[u8] = b"d/";
@@ -251,6 +281,22 @@ impl<'a> Txn<'a> {
             };
         }
         Ok(out)
+    }
+
+    /// Whether any key under `prefix` exists as this transaction sees it,
+    /// without reading the whole range.
+    pub fn any_under(&self, prefix: &[u8]) -> Result<bool, MetaError> {
+        let pending = self.pending.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix));
+        if pending.clone().any(|(_, v)| v.is_some()) {
+            return Ok(true);
+        }
+        for kv in self.tree.scan_prefix(prefix) {
+            let (k, _) = kv?;
+            if !matches!(self.pending.get(k.as_ref()), Some(None)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The keys this transaction will write or remove.

@@ -18,6 +18,7 @@ mod apply;
 mod auth;
 mod catalog;
 mod codec;
+mod collector;
 pub mod command;
 mod config;
 mod dr;

@@ -157,6 +157,22 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(pb::RelocateResponse {}))
     }
 
+    async fn run_gc(&self, req: Request<pb::RunGcRequest>) -> Result<Response<pb::RunGcResponse>, Status> {
+        let who = self.node.authorize(&req, Rpc::RunGc, None)?;
+        self.node.require_leader()?;
+        self.write(Command::GcRequest { time_ms: now_ms() }).await?;
+        // Applied on this leader: the counter now includes this request.
+        let run = crate::gc::gc_state(self.node.sm.tree())?.requested;
+        audit_ok(&who, Rpc::RunGc, None, &format!("garbage collection run {run} asked for"));
+        Ok(Response::new(pb::RunGcResponse { run }))
+    }
+
+    async fn gc_status(&self, req: Request<pb::GcStatusRequest>) -> Result<Response<pb::GcStatus>, Status> {
+        self.node.authorize(&req, Rpc::GcStatus, None)?;
+        self.read_barrier().await?;
+        Ok(Response::new(gc_status(&self.node)?))
+    }
+
     async fn list_chunks(
         &self,
         req: Request<pb::ListChunksRequest>,
@@ -200,4 +216,38 @@ impl Maintenance for MaintenanceService {
         };
         Ok(Response::new(pb::ListChunksResponse { chunks, more, next }))
     }
+}
+
+/// The collector's state as `GcStatus` and `ClusterStatus` report it.
+pub(crate) fn gc_status(node: &MetaNode) -> Result<pb::GcStatus, MetaError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let state = crate::gc::gc_state(node.sm.tree())?;
+    Ok(pb::GcStatus {
+        requested: state.requested,
+        last: state.last.map(|r| pb::GcRun {
+            run: r.run,
+            started_ms: r.started_ms,
+            finished_ms: r.finished_ms,
+            by: r.by,
+            snapshots: r.snapshots,
+            chunks_indexed: r.chunks_indexed,
+            chunks_live: r.chunks_live,
+            chunks_condemned: r.chunks_condemned,
+            chunks_swept: r.chunks_swept,
+            chunks_spared: r.chunks_spared,
+            packs_dropped: r.packs_dropped,
+            bytes_freed: r.bytes_freed,
+            shards_not_deleted: r.shards_not_deleted,
+            packs_partly_dead: r.packs_partly_dead,
+            packs_rewritten: r.packs_rewritten,
+            bytes_written: r.bytes_written,
+            marks: r.marks,
+            repos_waiting: r.repos_waiting,
+            error: r.error,
+        }),
+        // From the catalog, so that it is right mid-run and on any leader.
+        rounds_open: node.sm.tree().scan_prefix(b"gr/").count() as u64,
+        running: node.gc.running.load(Relaxed),
+        interval_ms: node.config.gc_interval.map_or(0, |d| d.as_millis() as u64),
+    })
 }

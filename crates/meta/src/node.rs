@@ -57,6 +57,7 @@ pub struct MetaNode {
     pub(crate) sm: StateMachineStore,
     pub(crate) liveness: Liveness,
     pub(crate) repair: crate::repair::RepairState,
+    pub(crate) gc: crate::collector::GcShared,
 }
 
 impl std::fmt::Debug for MetaNode {
@@ -107,6 +108,7 @@ impl MetaNode {
             sm,
             repair,
             runner: coffer_worker::Runner::new(),
+            gc: crate::collector::GcShared::default(),
         });
         let mut join = None;
         if let Some(via) = node.config.join.clone() {

@@ -7,6 +7,7 @@
 //!   planner ──every repair.tick, leader only──► repair::tick_once ──RebuildJob──► rebuild-executor
 //!   rebuild-executor ── one task per job in its JoinSet (dropped, so aborted, with the worker)
 //!   superfluous-sweep ──every SWEEP_EVERY ticks, leader only──► repair::sweep_once
+//!   gc ──every gc_interval, on request (`RunGc`) or with a round open, leader only──► collector::run
 //!   join ── asks the cluster to add this node, then done
 //! ```
 //!
@@ -236,6 +237,11 @@ pub(crate) fn spawn_all(node: &Arc<MetaNode>, join: Option<String>) {
     r.spawn(Planner { node: weak.clone(), jobs: jobs_tx, tick, ticks: 0 });
     r.spawn(RebuildExecutor { node: weak.clone(), jobs: jobs_rx, running: JoinSet::new(), next: None });
     r.spawn(Sweep::new(weak.clone(), tick));
+    r.spawn(crate::collector::Collector {
+        node: weak.clone(),
+        interval: node.config.gc_interval,
+        pool: coffer_rpc::ShardPool::with_security(node.config.security.clone()),
+    });
     if let Some(via) = join {
         r.spawn(Join { node: weak, via });
     }

@@ -1,86 +1,36 @@
 //! Reference lists: the sorted, deduplicated chunk ids one snapshot
-//! references. They are stored unencrypted, as system objects, so that the
-//! cluster can collect garbage without any repository key; they hold ids
-//! only, never content.
-//!
-//! ```text
-//!   "CFRF" | version u8 | count u64 LE | count × id [32], strictly ascending | BLAKE3 of all before [32]
-//! ```
-//!
-//! The invariant kept here: a decoded list is exactly what was encoded,
-//! strictly ascending, or an error. Garbage collection must never act on a
-//! list that lost or gained an id, since a lost id means a live chunk is
-//! deleted.
+//! references, stored unencrypted so that the cluster can collect garbage
+//! without any repository key. The format and its codec live in
+//! `coffer_types::refs` (key-free, so the metadata plane reads lists without
+//! linking key code); this module maps its errors into `PackError`.
 
+use coffer_types::refs::RefsError;
 use coffer_types::ChunkId;
 
-use crate::wire::Take;
 use crate::PackError;
 
+#[cfg(test)]
 const REFS_MAGIC: &[u8; 4] = b"CFRF";
+#[cfg(test)]
 const REFS_VERSION: u8 = 1;
+#[cfg(test)]
 const HEADER_LEN: usize = 4 + 1 + 8;
+#[cfg(test)]
 const CHECKSUM_LEN: usize = 32;
 const WHAT: &str = "reference list";
 
 /// Encodes the ids as a reference list, sorting and deduplicating a copy.
 pub fn encode_refs(ids: &[ChunkId]) -> Vec<u8> {
-    let mut sorted = ids.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    let mut out = Vec::with_capacity(HEADER_LEN + sorted.len() * ChunkId::LEN + CHECKSUM_LEN);
-    out.extend_from_slice(REFS_MAGIC);
-    out.push(REFS_VERSION);
-    out.extend_from_slice(&(sorted.len() as u64).to_le_bytes());
-    for id in &sorted {
-        out.extend_from_slice(id.as_bytes());
-    }
-    let checksum = blake3::hash(&out);
-    out.extend_from_slice(checksum.as_bytes());
-    out
+    coffer_types::refs::encode_refs(ids)
 }
 
 /// Decodes a reference list, checking its magic, version, length, checksum
 /// and order.
 pub fn decode_refs(bytes: &[u8]) -> Result<Vec<ChunkId>, PackError> {
-    let bad = |reason: String| PackError::BadFormat { what: WHAT, reason };
-    let mut take = Take::new(bytes);
-    let magic = take.array::<4>().ok_or_else(|| bad(format!("{} bytes is too short", bytes.len())))?;
-    if magic != REFS_MAGIC {
-        return Err(bad("bad magic".into()));
-    }
-    let version = take.u8().ok_or_else(|| bad("truncated before the version".into()))?;
-    if version != REFS_VERSION {
-        return Err(PackError::UnsupportedVersion { what: WHAT, version });
-    }
-    let count = take.u64_le().ok_or_else(|| bad("truncated before the count".into()))?;
-    // The length is checked against the count before anything is allocated,
-    // so a corrupted count cannot ask for memory the input does not back.
-    let expected = count
-        .checked_mul(ChunkId::LEN as u64)
-        .and_then(|ids| ids.checked_add((HEADER_LEN + CHECKSUM_LEN) as u64))
-        .ok_or_else(|| bad(format!("count {count} is impossible")))?;
-    if expected != bytes.len() as u64 {
-        return Err(bad(format!("count {count} needs {expected} bytes, got {}", bytes.len())));
-    }
-    let (covered, checksum) = bytes.split_last_chunk::<CHECKSUM_LEN>().ok_or_else(|| bad("no checksum".into()))?;
-    if blake3::hash(covered) != *checksum {
-        return Err(bad("checksum mismatch".into()));
-    }
-
-    let mut ids = Take::new(covered.get(HEADER_LEN..).ok_or_else(|| bad("truncated header".into()))?);
-    let mut out: Vec<ChunkId> = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
-    while let Some(id) = ids.array::<{ ChunkId::LEN }>() {
-        let id = ChunkId(*id);
-        if out.last().is_some_and(|prev| *prev >= id) {
-            return Err(bad(format!("ids out of order at position {}", out.len())));
-        }
-        out.push(id);
-    }
-    if out.len() as u64 != count {
-        return Err(bad(format!("holds {} ids, declares {count}", out.len())));
-    }
-    Ok(out)
+    coffer_types::refs::decode_refs(bytes).map_err(|e| match e {
+        RefsError::BadFormat { reason } => PackError::BadFormat { what: WHAT, reason },
+        RefsError::UnsupportedVersion { version } => PackError::UnsupportedVersion { what: WHAT, version },
+    })
 }
 
 #[cfg(test)]

@@ -48,6 +48,7 @@ pub fn allowed(path: &str) -> Option<&'static [CertRole]> {
         // Garbage collection is the cluster administrator's; retention
         // (forget, holds) and listing chunks for `check` belong to clients.
         ("Maintenance", "Condemn" | "Sweep" | "DropPacks" | "Relocate") => ADMIN,
+        ("Maintenance", "RunGc" | "GcStatus") => ADMIN,
         ("Maintenance", _) => CLIENTS,
         // Repository tokens: people and agents (the token table decides).
         ("Access", _) => CLIENTS,

@@ -10,6 +10,7 @@ mod error;
 mod ids;
 mod params;
 mod records;
+pub mod refs;
 mod source;
 pub mod time;
 mod token;
