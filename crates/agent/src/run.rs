@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use coffer_client::backup::{BackupOptions, BackupSummary};
 use coffer_client::retention::plan_forget;
-use coffer_client::{open_repo, ClientError, MetaClient, Repository};
+use coffer_client::{open_repo, ClientError, CommandOutput, MetaClient, Repository};
 use coffer_types::{BackupKind, SnapshotId};
 use tonic::Code as tonic_code;
 
@@ -157,17 +157,8 @@ impl Runner {
                 repo.backup(opts).await.map_err(|e| format!("back up: {e}"))
             }
             What::Command { command, name } => {
-                let mut child = std::process::Command::new("sh")
-                    .arg("-c")
-                    .arg(&command)
-                    .env("COFFER_SOURCE", &source_name)
-                    .env("COFFER_KIND", kind.as_str())
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .spawn()
-                    .map_err(|e| format!("run {command:?}: {e}"))?;
-                let stdout = child.stdout.take().ok_or_else(|| format!("no stdout from {command:?}"))?;
-                let reader = CommandOutput { child, stdout, command: command.clone(), finished: false };
+                let env = [("COFFER_SOURCE", source_name.as_str()), ("COFFER_KIND", kind.as_str())];
+                let reader = CommandOutput::spawn(&command, &env).map_err(|e| format!("run {command:?}: {e}"))?;
                 repo.backup_stream(reader, &name, opts)
                     .await
                     .map_err(|e| format!("back up the output of {command:?}; no snapshot was recorded: {e}"))
@@ -240,42 +231,6 @@ impl Runner {
                 tracing::warn!(source = %name, error = %e, "keep rules failed; retried after the next run");
                 format!("failed: {e}")
             }
-        }
-    }
-}
-
-/// Reads a command's stdout; at its end, fails unless the command
-/// succeeded, so that a failed dump never becomes a snapshot.
-struct CommandOutput {
-    child: std::process::Child,
-    stdout: std::process::ChildStdout,
-    command: String,
-    finished: bool,
-}
-
-impl std::io::Read for CommandOutput {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.finished {
-            return Ok(0);
-        }
-        let n = self.stdout.read(buf)?;
-        if n == 0 {
-            self.finished = true;
-            let status = self.child.wait()?;
-            if !status.success() {
-                return Err(std::io::Error::other(format!("command {:?} failed: {status}", self.command)));
-            }
-        }
-        Ok(n)
-    }
-}
-
-impl Drop for CommandOutput {
-    fn drop(&mut self) {
-        // A backup that stopped early must not leave the dump running.
-        if !self.finished {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 }

@@ -3,15 +3,14 @@
 //! Human output goes to stdout as short tables; `--json` prints one JSON
 //! object (or JSON lines for backup progress) and nothing else on stdout.
 
-use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Stdio};
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use coffer_client::backup::{BackupOptions, BackupSummary};
 use coffer_client::repo::create_repo_with;
 use coffer_client::restore::RestoreTarget;
+use coffer_client::CommandOutput;
 use coffer_proto::pb;
 use coffer_types::{BackupKind, ErasureParams, RepoName, SnapshotRecord};
 use serde_json::json;
@@ -43,32 +42,6 @@ pub async fn repo_create(g: &Global, name: String, k: u32, m: u32, min_shards: O
     Ok(())
 }
 
-/// Reads a command's stdout; at its end, fails unless the command succeeded,
-/// so that a failed dump never becomes a snapshot.
-struct CommandOutput {
-    child: Child,
-    stdout: ChildStdout,
-    command: String,
-    finished: bool,
-}
-
-impl Read for CommandOutput {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.finished {
-            return Ok(0);
-        }
-        let n = self.stdout.read(buf)?;
-        if n == 0 {
-            self.finished = true;
-            let status = self.child.wait()?;
-            if !status.success() {
-                return Err(std::io::Error::other(format!("command {:?} failed: {status}", self.command)));
-            }
-        }
-        Ok(n)
-    }
-}
-
 pub async fn backup(g: &Global, a: BackupArgs) -> Result<i32> {
     let kind: BackupKind = a.kind.parse().context("parse --kind")?;
     let repo = open(g).await?;
@@ -91,15 +64,7 @@ pub async fn backup(g: &Global, a: BackupArgs) -> Result<i32> {
 
     let summary: BackupSummary = if let Some(cmd) = &a.stdin_from_command {
         let name = a.stdin_name.clone().unwrap_or_else(|| "stdin".to_string());
-        let mut child = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(cmd)
-            .stdout(Stdio::piped())
-            .stdin(Stdio::null())
-            .spawn()
-            .with_context(|| format!("run {cmd:?}"))?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout from {cmd:?}"))?;
-        let reader = CommandOutput { child, stdout, command: cmd.clone(), finished: false };
+        let reader = CommandOutput::spawn(cmd, &[]).with_context(|| format!("run {cmd:?}"))?;
         repo.backup_stream(reader, &name, opts)
             .await
             .with_context(|| format!("back up the output of {cmd:?}; no snapshot was recorded"))?

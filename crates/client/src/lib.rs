@@ -26,6 +26,7 @@
 pub mod backup;
 pub mod browse;
 pub mod check;
+mod command;
 pub mod drill;
 mod error;
 pub mod exclude;
@@ -52,6 +53,7 @@ mod tests;
 pub use backup::{BackupOptions, BackupSummary, ProgressFn};
 /// The cluster connection an embedding application hands to `open_repo`.
 pub use coffer_rpc::{MetaClient, RpcError, ShardFailure};
+pub use command::CommandOutput;
 pub use error::ClientError;
 pub use exclude::Excludes;
 pub use pipeline::PACK_TARGET;

@@ -147,6 +147,13 @@ pub(crate) fn sweep(txn: &mut Txn<'_>, repo: &RepoName, chunks: &[ChunkId]) -> R
     if txn.contains(&kv::gc_round_key(repo))? {
         return Ok(CommandResult::Rejected(Rejection::GcRoundOpen { repo: repo.clone() }));
     }
+    let removed = sweep_condemned(txn, repo, chunks)?;
+    Ok(if removed == 0 { CommandResult::AlreadyApplied } else { CommandResult::Ok })
+}
+
+/// Removes the index entries of those of `chunks` that are still
+/// condemned, with their markers, and counts them out; returns how many.
+fn sweep_condemned(txn: &mut Txn<'_>, repo: &RepoName, chunks: &[ChunkId]) -> Result<i64, MetaError> {
     let mut removed = 0i64;
     for c in chunks {
         let key = condemn_key(repo, c);
@@ -157,7 +164,7 @@ pub(crate) fn sweep(txn: &mut Txn<'_>, repo: &RepoName, chunks: &[ChunkId]) -> R
         }
     }
     txn.add_count("chunks", -removed)?;
-    Ok(if removed == 0 { CommandResult::AlreadyApplied } else { CommandResult::Ok })
+    Ok(removed)
 }
 
 pub(crate) fn relocate(
@@ -478,16 +485,7 @@ pub(crate) fn gc_sweep(
             changed += 1;
         }
     }
-    let mut removed = 0i64;
-    for c in sweep {
-        let key = condemn_key(repo, c);
-        if txn.contains(&key)? {
-            txn.remove(key);
-            txn.remove(kv::chunk_key(repo, c));
-            removed += 1;
-        }
-    }
-    txn.add_count("chunks", -removed)?;
+    let removed = sweep_condemned(txn, repo, sweep)?;
     // The round ends with its last condemned chunk; the commits it re-marked
     // need not be logged any more (a later round marks what still exists).
     if !any_condemned(txn, repo)? {
