@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build test chromium lint fmt demo tools clean bench microbench fuzz fuzz-tools fuzz-cmin image compose-test helm-check helm-tools scale
+.PHONY: all build test chromium lint fmt demo tools clean bench microbench fuzz fuzz-tools fuzz-cmin image compose-test helm-check helm-tools scale rpo
 
 all: build
 
@@ -51,6 +51,20 @@ BENCH_ARGS ?=
 bench:
 	$(CARGO) build --release --locked -p coffer-cli
 	python3 bench/run_bench.py --coffer target/release/coffer --mib $(BENCH_MIB) --runs $(BENCH_RUNS) --out target/bench $(BENCH_ARGS)
+
+# The real-time recovery point (not part of `make test`): a local cluster,
+# an agent with one `realtime = { max_lag = RPO_MAX_LAG }` source, appends at
+# RPO_MBPS MB/s for RPO_MINUTES; reports p50/p99/max RPO, the catalog's growth
+# per snapshot and the machine's load in target/rpo/report.md and report.json
+# (see scripts/rpo.py). The debug binary unless RPO_BIN says otherwise.
+RPO_MINUTES ?= 10
+RPO_MBPS ?= 10
+RPO_MAX_LAG ?= 5s
+RPO_BIN ?= target/debug/coffer
+
+rpo:
+	$(CARGO) build --locked -p coffer-cli
+	python3 scripts/rpo.py --coffer $(RPO_BIN) --minutes $(RPO_MINUTES) --mbps $(RPO_MBPS) --max-lag $(RPO_MAX_LAG) --out target/rpo
 
 # The catalog at scale (not part of `make test`): SCALE_CHUNKS chunks built
 # through the real state machine at four sizes; writes target/scale/report.md

@@ -335,3 +335,168 @@ fn a_realtime_source_holds_its_recovery_point() -> Result<()> {
         Ok(())
     })
 }
+
+/// The value of the sample `name` whose labels include `labels`.
+fn metric(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape.samples.iter().find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(v))).and_then(
+        |s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        },
+    )
+}
+
+fn agent_config(c: &Cluster, state: &Path, sources: &str) -> String {
+    format!(
+        "endpoint = [{}]\nstate_dir = \"{}\"\njitter = \"0s\"\nreport_interval = \"1s\"\nadmin_listen = \"127.0.0.1:0\"\n{sources}",
+        c.endpoint().split(',').map(|e| format!("\"{e}\"")).collect::<Vec<_>>().join(", "),
+        state.display(),
+    )
+}
+
+fn sighup(agent: &AgentProc) -> Result<()> {
+    let pid = agent.pid().context("the agent is not running")?;
+    let st = std::process::Command::new("kill").args(["-HUP", &pid.to_string()]).status()?;
+    ensure!(st.success(), "kill -HUP {pid}: {st}");
+    Ok(())
+}
+
+#[test]
+fn the_agent_drills_times_out_hooks_serves_metrics_and_reloads() -> Result<()> {
+    Cluster::run(ClusterSpec::default(), |c| {
+        let root = c.dir().join("ops-src");
+        std::fs::create_dir_all(root.join("docs/sub"))?;
+        std::fs::write(root.join("docs/a.txt"), b"the first document")?;
+        std::fs::write(root.join("docs/sub/b.txt"), vec![7u8; 300_000])?;
+        let state = c.dir().join("agent-ops-state");
+        let config = c.dir().join("agent-ops.toml");
+        let hung_child = root.join("hung.pid");
+        let sources = format!(
+            r#"
+[[source]]
+name = "docs"
+repo = "test"
+paths = ["{root}/docs"]
+schedule = {{ incremental = "every 2s" }}
+drill = "every 2s"
+rpo = "1h"
+
+[[source]]
+name = "hung"
+repo = "test"
+command = "printf never"
+pre_hook = "sleep 120 & echo $! > {hung}; wait"
+hook_timeout = "1s"
+"#,
+            root = root.display(),
+            hung = hung_child.display(),
+        );
+        std::fs::write(&config, agent_config(c, &state, &sources))?;
+        let mut agent = AgentProc::start(c, &config, "ops")?;
+        agent.wait_ready(c, Duration::from_secs(30))?;
+
+        // The admin port: its address in STATE_DIR/admin-addr, live, and
+        // ready once the control socket serves.
+        let admin = wait_until("the agent's admin-addr", Duration::from_secs(20), || {
+            std::fs::read_to_string(state.join("admin-addr")).ok().map(|s| s.trim().to_string())
+        })?;
+        ensure!(coffer_testkit::http_get(&admin, "/livez")?.0 == 200, "/livez");
+        wait_until("/readyz 200", Duration::from_secs(20), || {
+            coffer_testkit::http_get(&admin, "/readyz").ok().filter(|(code, _)| *code == 200)
+        })?;
+
+        // The scheduled drill restores the newest snapshot, verifies it and
+        // records it: the status shows it and `coffer report` has it as the
+        // source's last drill.
+        let docs = wait_until("a verified scheduled drill of docs", Duration::from_secs(90), || {
+            let s = agent.source_status(c, "docs").ok()?;
+            (s["last_drill"]["verified"] == true && num(&s, "drills_ok").ok()? >= 1).then_some(s)
+        })?;
+        assert!(docs["last_drill"]["rto_s"].as_f64().is_some_and(|r| r > 0.0), "{docs}");
+        assert!(docs["last_drill"]["snapshot_id"].is_string(), "{docs}");
+        assert!(docs["next_drill"].is_string(), "{docs}");
+        assert_eq!(num(&docs, "drills_failed")?, 0, "{docs}");
+        let report = c.cli(&["report", "--json"])?.ok()?.json()?;
+        let line = list(&report, "sources")?
+            .iter()
+            .find(|s| s["source"] == "docs")
+            .cloned()
+            .with_context(|| format!("no docs in {report}"))?;
+        assert_eq!(line["last_drill"]["verified"], true, "{line}");
+        assert!(line["last_drill"]["rto_s"].as_f64().is_some_and(|r| r > 0.0), "{line}");
+
+        // A hook that outlives hook_timeout: its process group is killed,
+        // the run fails with an error that names the timeout, no snapshot.
+        let started = Instant::now();
+        let out = agent.cli(c, &["trigger", "hung", "--wait", "--json"])?;
+        assert_eq!(out.code, 1, "{out:?}");
+        let t = out.json()?;
+        assert_eq!(t["result"], "failed", "{t}");
+        assert!(t["error"].as_str().is_some_and(|e| e.contains("hook_timeout")), "{t}");
+        ensure!(started.elapsed() < Duration::from_secs(60), "the hung hook held the run for {:?}", started.elapsed());
+        ensure!(snapshots_of(c, "hung")?.is_empty(), "a run whose pre hook timed out made a snapshot");
+        let child: u32 = std::fs::read_to_string(&hung_child)?.trim().parse()?;
+        wait_until("the hook's child to be killed", Duration::from_secs(10), || {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            (stat.is_empty() || state.starts_with('Z')).then_some(())
+        })?;
+
+        // /metrics parses, and holds the per-source figures.
+        let (code, text) = coffer_testkit::http_get(&admin, "/metrics")?;
+        ensure!(code == 200, "/metrics: {code}");
+        let scrape =
+            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).context("parse /metrics")?;
+        let docs_l = [("source", "docs")];
+        let want = |name: &str, labels: &[(&str, &str)]| {
+            metric(&scrape, name, labels).with_context(|| format!("no {name}{labels:?} in:\n{text}"))
+        };
+        ensure!(want("coffer_build_info", &[("role", "agent")])? == 1.0);
+        ensure!(want("coffer_agent_runs_total", &[("source", "docs"), ("result", "ok")])? >= 1.0, "{text}");
+        ensure!(want("coffer_agent_runs_total", &[("source", "hung"), ("result", "failed")])? == 1.0, "{text}");
+        ensure!(want("coffer_agent_runs_total", &[("source", "hung"), ("result", "ok")])? == 0.0, "{text}");
+        ensure!(want("coffer_agent_last_run_success", &[("source", "hung")])? == 0.0, "{text}");
+        ensure!(want("coffer_agent_rpo_target_seconds", &docs_l)? == 3600.0, "{text}");
+        let rpo = want("coffer_agent_rpo_seconds", &docs_l)?;
+        ensure!((0.0..3600.0).contains(&rpo), "rpo {rpo}");
+        ensure!(want("coffer_agent_last_run_duration_seconds", &docs_l)? > 0.0, "{text}");
+        ensure!(want("coffer_agent_last_run_bytes", &docs_l)? >= 300_000.0, "{text}");
+        let last_ok = want("coffer_backup_last_success_timestamp_seconds", &docs_l)?;
+        ensure!((now_ms() as f64 / 1000.0 - last_ok).abs() < 3600.0, "last success {last_ok}");
+        ensure!(want("coffer_agent_drills_total", &[("source", "docs"), ("result", "verified")])? >= 1.0, "{text}");
+        ensure!(want("coffer_agent_last_drill_verified", &docs_l)? == 1.0, "{text}");
+        ensure!(want("coffer_agent_last_drill_rto_seconds", &docs_l)? > 0.0, "{text}");
+
+        // SIGHUP: a changed file takes effect (a new source appears and
+        // runs), the counters of the kept sources carry over.
+        let added = format!("{sources}\n[[source]]\nname = \"added\"\nrepo = \"test\"\ncommand = \"printf added\"\n");
+        std::fs::write(&config, agent_config(c, &state, &added))?;
+        sighup(&agent)?;
+        wait_until("the reloaded configuration's new source", Duration::from_secs(60), || {
+            agent.source_status(c, "added").ok().map(|_| ())
+        })?;
+        let t = agent.cli(c, &["trigger", "added", "--wait", "--json"])?.ok()?.json()?;
+        assert_eq!(t["result"], "ok", "{t}");
+        assert!(num(&agent.source_status(c, "docs")?, "drills_ok")? >= 1);
+
+        // A bad file is refused with an error line naming the key, and the
+        // running configuration stays: every source still there and running.
+        c.expect_error("reload refused");
+        std::fs::write(&config, agent_config(c, &state, &format!("{added}schedule = {{ full = \"someday\" }}\n")))?;
+        sighup(&agent)?;
+        let log = wait_until("the refused reload in the agent's log", Duration::from_secs(30), || {
+            let log = std::fs::read_to_string(agent.log()).ok()?;
+            log.lines().find(|l| l.contains("reload refused")).map(str::to_string)
+        })?;
+        assert!(log.contains("ERROR") && log.contains("source[2].schedule.full"), "{log}");
+        ensure!(agent.is_running(), "a bad file stopped the agent");
+        let before = num(&agent.source_status(c, "docs")?, "runs_ok")?;
+        wait_until("docs to keep running after the refused reload", Duration::from_secs(30), || {
+            (num(&agent.source_status(c, "docs").ok()?, "runs_ok").ok()? >= before + 2).then_some(())
+        })?;
+        agent.source_status(c, "added")?;
+        Ok(())
+    })
+}

@@ -26,6 +26,10 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/coffer-agent";
 pub const DEFAULT_JITTER: &str = "30s";
 /// The default debounce of `on_change`.
 pub const DEFAULT_DEBOUNCE: &str = "10s";
+/// The default `hook_timeout`: long enough for a database to checkpoint or
+/// a snapshot of a volume to settle, short enough that a hung hook does not
+/// hold the source's runs for a day.
+pub const DEFAULT_HOOK_TIMEOUT: &str = "10m";
 
 /// A configuration error, naming the key.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -47,6 +51,8 @@ struct FileConfig {
     jitter: Option<String>,
     /// How often the agent writes its sources' records into the catalog.
     report_interval: Option<String>,
+    /// The admin HTTP port (`/livez`, `/readyz`, `/metrics`), host:port.
+    admin_listen: Option<String>,
     insecure: Option<bool>,
     cacert: Option<PathBuf>,
     cert: Option<PathBuf>,
@@ -77,11 +83,17 @@ struct FileSource {
     realtime: Option<FileRealtime>,
     rpo: Option<String>,
     keep: Option<FileKeep>,
-    /// Restore drills (issue 13's contract key; its meaning belongs to the
-    /// DR work). Accepted and kept as given.
-    drill: Option<toml::Table>,
+    /// Restore drills on a schedule (issue 13's contract key): a calendar
+    /// expression (`drill = "weekly sat 03:00"`), or a table with the
+    /// expression under `schedule` and the drill's options
+    /// (`{ schedule = "...", sample = 0.1, verify_command = "..." }`).
+    /// Parsed by hand from the TOML value, so that an error names the key.
+    drill: Option<toml::Value>,
     pre_hook: Option<String>,
     post_hook: Option<String>,
+    /// How long a pre or post hook may run before its process group is
+    /// killed and the run fails.
+    hook_timeout: Option<String>,
     password_file: Option<PathBuf>,
     token_file: Option<PathBuf>,
 }
@@ -137,6 +149,16 @@ pub enum What {
     },
 }
 
+/// A source's scheduled restore drill.
+#[derive(Clone, Debug)]
+pub struct DrillConfig {
+    pub schedule: Schedule,
+    /// Verify only this share (0 < p <= 1) of the files.
+    pub sample: Option<f64>,
+    /// A command run in the restored tree; the drill fails unless it exits 0.
+    pub verify_command: Option<String>,
+}
+
 /// One validated `[[source]]`.
 #[derive(Clone, Debug)]
 pub struct SourceConfig {
@@ -151,9 +173,10 @@ pub struct SourceConfig {
     pub realtime: Option<Duration>,
     pub rpo: Option<Duration>,
     pub keep: Option<KeepPolicy>,
-    pub drill: Option<toml::Table>,
+    pub drill: Option<DrillConfig>,
     pub pre_hook: Option<String>,
     pub post_hook: Option<String>,
+    pub hook_timeout: Duration,
     pub password_file: Option<PathBuf>,
     pub token_file: Option<PathBuf>,
 }
@@ -176,6 +199,8 @@ pub struct AgentConfig {
     pub host: String,
     pub tz: Tz,
     pub report_interval: Duration,
+    /// The admin HTTP port's address (`--admin-listen` overrides it).
+    pub admin_listen: Option<String>,
     pub tls: FileTls,
     pub sources: Vec<SourceConfig>,
 }
@@ -234,6 +259,11 @@ pub fn parse(text: &str, path: &Path, host: &str) -> Result<AgentConfig, ConfigE
     let report_interval = dur(&file, "report_interval", raw.report_interval.as_deref().unwrap_or("10s"))?;
     if report_interval < Duration::from_secs(1) {
         return Err(err("report_interval", "must be at least 1s".into()));
+    }
+    if let Some(a) = &raw.admin_listen {
+        if a.parse::<std::net::SocketAddr>().is_err() && !a.contains(':') {
+            return Err(err("admin_listen", format!("{a:?} is not host:port")));
+        }
     }
     let state_dir = raw.state_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
     let base = path.parent().unwrap_or(Path::new("."));
@@ -345,6 +375,14 @@ pub fn parse(text: &str, path: &Path, host: &str) -> Result<AgentConfig, ConfigE
                 return Err(err(&key("tags"), format!("{t:?}: tags are non-empty and `source:` is the agent's own")));
             }
         }
+        let drill = match &s.drill {
+            None => None,
+            Some(v) => Some(drill_config(v, &host, &s.name, jitter, tz).map_err(|(k, reason)| err(&key(&k), reason))?),
+        };
+        let hook_timeout = dur(&file, &key("hook_timeout"), s.hook_timeout.as_deref().unwrap_or(DEFAULT_HOOK_TIMEOUT))?;
+        if hook_timeout.is_zero() {
+            return Err(err(&key("hook_timeout"), "must be longer than 0".into()));
+        }
         sources.push(SourceConfig {
             name: s.name,
             repo,
@@ -356,9 +394,10 @@ pub fn parse(text: &str, path: &Path, host: &str) -> Result<AgentConfig, ConfigE
             realtime,
             rpo,
             keep,
-            drill: s.drill,
+            drill,
             pre_hook: s.pre_hook,
             post_hook: s.post_hook,
+            hook_timeout,
             password_file: s.password_file,
             token_file: s.token_file,
         });
@@ -371,9 +410,61 @@ pub fn parse(text: &str, path: &Path, host: &str) -> Result<AgentConfig, ConfigE
         host,
         tz,
         report_interval,
+        admin_listen: raw.admin_listen,
         tls: FileTls { insecure: raw.insecure, cacert: raw.cacert, cert: raw.cert, key: raw.key },
         sources,
     })
+}
+
+/// Validates `drill`: a schedule expression, or a table of `schedule`,
+/// `sample` and `verify_command`. An error is `(key under the source,
+/// reason)`.
+fn drill_config(
+    v: &toml::Value,
+    host: &str,
+    source: &str,
+    jitter: Duration,
+    tz: Tz,
+) -> Result<DrillConfig, (String, String)> {
+    let (text, sample, verify_command) = match v {
+        toml::Value::String(s) => (s.clone(), None, None),
+        toml::Value::Table(t) => {
+            if let Some(k) = t.keys().find(|k| !matches!(k.as_str(), "schedule" | "sample" | "verify_command")) {
+                return Err((format!("drill.{k}"), "unknown key (schedule, sample, verify_command)".into()));
+            }
+            let text = match t.get("schedule") {
+                Some(toml::Value::String(s)) => s.clone(),
+                Some(_) => {
+                    return Err(("drill.schedule".into(), "must be a string such as \"weekly sat 03:00\"".into()))
+                }
+                None => return Err(("drill.schedule".into(), "is missing (when is the drill run?)".into())),
+            };
+            let sample = match t.get("sample") {
+                None => None,
+                Some(toml::Value::Float(p)) if *p > 0.0 && *p <= 1.0 => Some(*p),
+                Some(toml::Value::Integer(1)) => Some(1.0),
+                Some(other) => return Err(("drill.sample".into(), format!("{other}: a share in (0, 1]"))),
+            };
+            let verify_command = match t.get("verify_command") {
+                None => None,
+                Some(toml::Value::String(c)) if !c.trim().is_empty() => Some(c.clone()),
+                Some(_) => return Err(("drill.verify_command".into(), "must be a non-empty command".into())),
+            };
+            (text, sample, verify_command)
+        }
+        other => {
+            return Err((
+                "drill".into(),
+                format!("{other}: give a schedule (\"weekly sat 03:00\") or a table with `schedule`"),
+            ))
+        }
+    };
+    let at = if matches!(v, toml::Value::Table(_)) { "drill.schedule" } else { "drill" };
+    let expr = Expr::parse(&text).map_err(|e| (at.to_string(), e.to_string()))?;
+    // Its own jitter: a source's drill does not land on the second its
+    // backups start.
+    let offset = jitter_offset(host, &format!("{source}\0drill"), jitter.as_secs() as i64, &expr);
+    Ok(DrillConfig { schedule: Schedule { expr, tz, offset }, sample, verify_command })
 }
 
 #[cfg(test)]
@@ -452,5 +543,40 @@ realtime = { max_lag = "5s" }
             parse_str("endpoint = [\"a:1\"]\n[[source]]\nname = \"x\"\nrepo = \"r\"\ncommand = \"true\"\nschedul = {}")
                 .unwrap_err();
         assert!(e.to_string().contains("schedul"), "{e}");
+    }
+
+    #[test]
+    fn drills_hook_timeouts_and_the_admin_port_load_or_name_the_key() {
+        let base = "endpoint = [\"a:1\"]\nadmin_listen = \"127.0.0.1:0\"\n[[source]]\nname = \"x\"\nrepo = \"r\"\ncommand = \"true\"\n";
+        let c = parse_str(&format!("{base}drill = \"weekly sat 03:00\"\n")).unwrap();
+        assert_eq!(c.admin_listen.as_deref(), Some("127.0.0.1:0"));
+        let d = c.sources[0].drill.as_ref().unwrap();
+        assert!(matches!(d.schedule.expr, Expr::Calendar(_)));
+        assert_eq!((d.sample, d.verify_command.as_deref()), (None, None));
+        assert_eq!(c.sources[0].hook_timeout, Duration::from_secs(600));
+        let c = parse_str(&format!(
+            "{base}hook_timeout = \"30s\"\ndrill = {{ schedule = \"every 2s\", sample = 0.5, verify_command = \"test -e x\" }}\n"
+        ))
+        .unwrap();
+        let d = c.sources[0].drill.as_ref().unwrap();
+        assert_eq!(d.schedule.expr, Expr::Every { secs: 2 });
+        assert_eq!(d.sample, Some(0.5));
+        assert_eq!(d.verify_command.as_deref(), Some("test -e x"));
+        assert_eq!(c.sources[0].hook_timeout, Duration::from_secs(30));
+        for (extra, key) in [
+            ("drill = \"someday\"", "source[0].drill"),
+            ("drill = 3", "source[0].drill"),
+            ("drill = { sample = 0.5 }", "source[0].drill.schedule"),
+            ("drill = { schedule = \"daily 25:00\" }", "source[0].drill.schedule"),
+            ("drill = { schedule = \"daily 02:00\", sample = 1.5 }", "source[0].drill.sample"),
+            ("drill = { schedule = \"daily 02:00\", verfy_command = \"x\" }", "source[0].drill.verfy_command"),
+            ("hook_timeout = \"0s\"", "source[0].hook_timeout"),
+            ("hook_timeout = \"soon\"", "source[0].hook_timeout"),
+        ] {
+            let e = parse_str(&format!("{base}{extra}\n")).unwrap_err();
+            assert_eq!(e.key, key, "{extra}: {e}");
+        }
+        let e = parse_str("endpoint = [\"a:1\"]\nadmin_listen = \"nowhere\"\n").unwrap_err();
+        assert_eq!(e.key, "admin_listen", "{e}");
     }
 }

@@ -67,6 +67,8 @@ pub struct Shared {
     pub changes: Arc<ChangeMark>,
     running: Mutex<Option<(u64, String)>>,
     next_run_ms: Mutex<Option<u64>>,
+    /// When the drill schedule next fires, Unix ms.
+    next_drill_ms: Mutex<Option<u64>>,
     /// The source's metadata client (its token reports it to the registry).
     pub meta: Arc<MetaClient>,
     /// A run finished and the registry has not been told yet.
@@ -84,6 +86,24 @@ pub fn now_ms() -> u64 {
 }
 
 impl Shared {
+    /// A source as the daemon starts it: its configuration, the state read
+    /// from its file, its metadata client, and the reporter's wake-up.
+    pub fn new(config: SourceConfig, state: SourceState, meta: Arc<MetaClient>, report_wake: Arc<Notify>) -> Shared {
+        Shared {
+            config,
+            state: Mutex::new(state),
+            triggers: Mutex::new(Vec::new()),
+            wake: Arc::new(Notify::new()),
+            changes: Arc::new(ChangeMark::default()),
+            running: Mutex::new(None),
+            next_run_ms: Mutex::new(None),
+            next_drill_ms: Mutex::new(None),
+            meta,
+            report_owed: AtomicBool::new(false),
+            report_wake,
+        }
+    }
+
     /// Queues a trigger; with `wait`, the receiver gets the run's record.
     pub fn trigger(&self, kind: Option<BackupKind>, wait: bool) -> Option<oneshot::Receiver<RunRecord>> {
         let (tx, rx) = oneshot::channel();
@@ -132,6 +152,17 @@ impl Shared {
             "running": running.as_ref().map(|(since, kind)| json!({"since": rfc3339(*since), "kind": kind})),
             "newest_snapshot": st.newest_snapshot,
             "retention": st.retention,
+            "last_drill": st.last_drill.as_ref().map(|d| json!({
+                "time": rfc3339(d.time_ms),
+                "snapshot_id": d.snapshot_id,
+                "verified": d.verified,
+                "rto_s": d.rto_s,
+                "files_checked": d.files_checked,
+                "reason": d.reason,
+            })),
+            "next_drill": lock(&self.next_drill_ms).map(rfc3339),
+            "drills_ok": st.drills_ok,
+            "drills_failed": st.drills_failed,
             "events": self.changes.events.load(std::sync::atomic::Ordering::Relaxed),
             "rescans": self.changes.rescans.load(std::sync::atomic::Ordering::Relaxed),
         })
@@ -144,6 +175,16 @@ impl Shared {
     /// When the agent will next run the source on its own, Unix ms.
     pub fn next_run_ms(&self) -> Option<u64> {
         *lock(&self.next_run_ms)
+    }
+
+    /// Whether a backup or drill of the source is going on.
+    pub fn is_running(&self) -> bool {
+        lock(&self.running).is_some()
+    }
+
+    /// Triggers queued and not yet answered by a run.
+    pub fn queued_triggers(&self) -> usize {
+        lock(&self.triggers).len()
     }
 
     /// Marks the source as owing the registry a report, and wakes the reporter.
@@ -203,6 +244,9 @@ impl SourceWorker {
             // not fire for the past.
             for k in self.shared.config.schedules.keys() {
                 st.slots.entry(*k).or_insert(now_s);
+            }
+            if self.shared.config.drill.is_some() {
+                st.drill_slot.get_or_insert(now_s);
             }
             st.in_progress.clone()
         };
@@ -318,28 +362,15 @@ impl SourceWorker {
         reasons.dedup();
         kind.map(|k| (k, reasons.join("+"), waiters))
     }
-}
 
-fn max_kind(a: BackupKind, b: BackupKind) -> BackupKind {
-    KindKey::of(a).max(KindKey::of(b)).kind()
-}
-
-impl Worker for SourceWorker {
-    type Error = String;
-
-    fn name(&self) -> String {
-        format!("source:{}", self.shared.config.name)
-    }
-
-    async fn work(&mut self, _stop: &StopSignal) -> Result<WorkerState, String> {
-        if !self.recovered {
-            self.recover().await?;
-            self.recovered = true;
-        }
-        let Some((kind, reason, waiters)) = self.decide() else {
-            self.save()?;
-            return Ok(WorkerState::Idle);
-        };
+    /// Runs one backup of the source and records it (state, registry,
+    /// waiters).
+    async fn run_backup(
+        &mut self,
+        kind: BackupKind,
+        reason: String,
+        waiters: Vec<oneshot::Sender<RunRecord>>,
+    ) -> Result<(), String> {
         let name = self.shared.config.name.clone();
         let started_ms = now_ms();
         {
@@ -402,6 +433,97 @@ impl Worker for SourceWorker {
         self.shared.owe_report();
         for w in waiters {
             let _ = w.send(rec.clone());
+        }
+        Ok(())
+    }
+
+    /// Whether the drill schedule fired since its last slot (consuming the
+    /// slot); also moves the worker's wake-up to the next drill.
+    fn drill_due(&mut self) -> bool {
+        let Some(d) = &self.shared.config.drill else { return false };
+        let now_s = (now_ms() / 1000) as i64;
+        let fired = {
+            let mut st = lock(&self.shared.state);
+            let since = st.drill_slot.unwrap_or(now_s);
+            let fired = d.schedule.fired(since, now_s);
+            if let Some(slot) = fired {
+                st.drill_slot = Some(slot);
+            }
+            fired
+        };
+        let next = d.schedule.next_fire(now_s);
+        *lock(&self.shared.next_drill_ms) = next.map(|n| n as u64 * 1000);
+        if let Some(n) = next {
+            let at = Instant::now() + Duration::from_millis((n * 1000 - now_ms() as i64).max(0) as u64);
+            self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+        }
+        fired.is_some()
+    }
+
+    /// Runs the scheduled drill of the source's newest snapshot and records
+    /// its outcome.
+    async fn run_drill(&mut self) -> Result<(), String> {
+        let Some(cfg) = self.shared.config.drill.clone() else { return Ok(()) };
+        let name = self.shared.config.name.clone();
+        *lock(&self.shared.running) = Some((now_ms(), "drill".to_string()));
+        tracing::info!(source = %name, "drill starts");
+        let outcome = self.runner.drill(&cfg).await;
+        *lock(&self.shared.running) = None;
+        let Some(d) = outcome else {
+            tracing::info!(source = %name, "drill skipped: the source has no snapshot yet");
+            return Ok(());
+        };
+        if d.verified {
+            tracing::info!(source = %name, snapshot = ?d.snapshot_id, rto_s = d.rto_s, "drill verified");
+        } else {
+            // A warning, like a failed backup: the source's problem, shown
+            // in status, the metrics and `coffer report`.
+            tracing::warn!(source = %name, snapshot = ?d.snapshot_id, reason = %d.reason, "drill failed");
+        }
+        {
+            let mut st = lock(&self.shared.state);
+            if d.verified {
+                st.drills_ok += 1;
+            } else {
+                st.drills_failed += 1;
+            }
+            st.last_drill = Some(d);
+        }
+        self.save()
+    }
+}
+
+fn max_kind(a: BackupKind, b: BackupKind) -> BackupKind {
+    KindKey::of(a).max(KindKey::of(b)).kind()
+}
+
+impl Worker for SourceWorker {
+    type Error = String;
+
+    fn name(&self) -> String {
+        format!("source:{}", self.shared.config.name)
+    }
+
+    async fn work(&mut self, _stop: &StopSignal) -> Result<WorkerState, String> {
+        if !self.recovered {
+            self.recover().await?;
+            self.recovered = true;
+        }
+        let backup = self.decide();
+        let drill = self.drill_due();
+        if backup.is_none() && !drill {
+            self.save()?;
+            return Ok(WorkerState::Idle);
+        }
+        // One after the other in this one worker: a drill never runs at the
+        // same time as a backup of its source, and when both are due the
+        // drill restores the snapshot the backup just made.
+        if let Some((kind, reason, waiters)) = backup {
+            self.run_backup(kind, reason, waiters).await?;
+        }
+        if drill {
+            self.save()?;
+            self.run_drill().await?;
         }
         Ok(WorkerState::Busy)
     }
@@ -468,18 +590,7 @@ fn start_generation(
     for s in &cfg.sources {
         let creds = credentials(cfg, s, defaults)?;
         let state = dir.load(&s.name).with_context(|| format!("read the state of source {}", s.name))?;
-        let shared = Arc::new(Shared {
-            config: s.clone(),
-            state: Mutex::new(state),
-            triggers: Mutex::new(Vec::new()),
-            wake: Arc::new(Notify::new()),
-            changes: Arc::new(ChangeMark::default()),
-            running: Mutex::new(None),
-            next_run_ms: Mutex::new(None),
-            meta: creds.meta.clone(),
-            report_owed: AtomicBool::new(false),
-            report_wake: report_wake.clone(),
-        });
+        let shared = Arc::new(Shared::new(s.clone(), state, creds.meta.clone(), report_wake.clone()));
         let watch = match (&s.what, s.on_change.is_some() || s.realtime.is_some()) {
             (What::Paths(paths), true) => Some(
                 watch::start(&s.name, paths, s.excludes.clone(), shared.changes.clone(), shared.wake.clone())
@@ -506,8 +617,15 @@ fn start_generation(
 }
 
 /// Runs the agent until SIGTERM or SIGINT; SIGHUP reloads the file (a bad
-/// file is logged and the running configuration kept).
-pub async fn run(cfg: AgentConfig, defaults: Defaults, reload_host: String) -> anyhow::Result<()> {
+/// file is logged and the running configuration kept). With `admin`, the
+/// admin HTTP port is served on it (see `observe`) and its address written
+/// to `STATE_DIR/admin-addr`, so a supervisor that asked for port 0 learns it.
+pub async fn run(
+    cfg: AgentConfig,
+    defaults: Defaults,
+    reload_host: String,
+    admin: Option<tokio::net::TcpListener>,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     use tokio::signal::unix::{signal, SignalKind};
     std::fs::create_dir_all(&cfg.state_dir).with_context(|| format!("create state_dir {}", cfg.state_dir.display()))?;
@@ -519,6 +637,19 @@ pub async fn run(cfg: AgentConfig, defaults: Defaults, reload_host: String) -> a
     let (mut gen, shared) = start_generation(&cfg, &defaults, &dir)?;
     let sources: Sources = Arc::new(RwLock::new(shared));
     let control = crate::control::serve(&cfg.control, sources.clone()).await?;
+    let (admin_stop, admin_stopped) = oneshot::channel::<()>();
+    let admin_task = match admin {
+        Some(l) => {
+            let addr = l.local_addr().context("read the admin port's address")?;
+            write_addr(&cfg.state_dir, "admin-addr", &addr.to_string())?;
+            tracing::info!(admin = %addr, "admin port serving");
+            let server = crate::observe::admin_server(sources.clone(), cfg.control.clone());
+            Some(server.spawn(l, async move {
+                let _ = admin_stopped.await;
+            }))
+        }
+        None => None,
+    };
     tracing::info!(
         sources = cfg.sources.len(),
         control = %cfg.control.display(),
@@ -532,13 +663,18 @@ pub async fn run(cfg: AgentConfig, defaults: Defaults, reload_host: String) -> a
                 match crate::config::load(&current.path, &reload_host) {
                     Err(e) => tracing::error!("reload refused, the running configuration stays: {e}"),
                     Ok(new) => {
-                        if new.control != current.control || new.state_dir != current.state_dir {
-                            tracing::warn!("control and state_dir changes take effect at the next start");
+                        if new.control != current.control || new.state_dir != current.state_dir || new.admin_listen != current.admin_listen {
+                            tracing::warn!("control, state_dir and admin_listen changes take effect at the next start");
                         }
                         if let Err(e) = gen.runner.shutdown(SHUTDOWN_DEADLINE).await {
                             tracing::warn!("reload: {e}");
                         }
-                        let new = AgentConfig { control: current.control.clone(), state_dir: current.state_dir.clone(), ..new };
+                        let new = AgentConfig {
+                            control: current.control.clone(),
+                            state_dir: current.state_dir.clone(),
+                            admin_listen: current.admin_listen.clone(),
+                            ..new
+                        };
                         match start_generation(&new, &defaults, &dir) {
                             Ok((g, shared)) => {
                                 gen = g;
@@ -561,12 +697,25 @@ pub async fn run(cfg: AgentConfig, defaults: Defaults, reload_host: String) -> a
         }
     }
     tracing::info!("agent stopping");
+    let _ = admin_stop.send(());
+    if let Some(t) = admin_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
     control.abort();
     if let Err(e) = gen.runner.shutdown(SHUTDOWN_DEADLINE).await {
         tracing::warn!("{e}");
     }
     let _ = std::fs::remove_file(&current.control);
     Ok(())
+}
+
+/// Writes `value` to `dir/name` through a rename (a reader never sees half
+/// a line).
+fn write_addr(dir: &std::path::Path, name: &str, value: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let (tmp, path) = (dir.join(format!(".{name}.tmp")), dir.join(name));
+    std::fs::write(&tmp, format!("{value}\n")).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))
 }
 
 /// The whole `agent status --json` object.

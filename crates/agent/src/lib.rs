@@ -7,10 +7,11 @@
 //!   config ──► daemon ──► one worker per source (coffer_worker::Runner)
 //!                │           ├─ schedule: pure fire-time arithmetic (zones, jitter, catch-up, kinds)
 //!                │           ├─ watch: inotify, debounced; rescan on overflow
-//!                │           ├─ run: pre hook, backup via coffer-client, post hook, keep rules
+//!                │           ├─ run: pre hook, backup via coffer-client, post hook, keep rules, drills
 //!                │           └─ state: STATE_DIR/sources/NAME.json, atomic, crash-settled
 //!                ├─► report: Catalog.ReportSource after every run and every report_interval
-//!                └─► control: Unix socket, JSON lines (status, trigger [kind] [wait])
+//!                ├─► control: Unix socket, JSON lines (status, trigger [kind] [wait])
+//!                └─► observe: the admin port (/livez, /readyz, /metrics per source)
 //! ```
 //!
 //! The invariants: never two runs of one source at once; every snapshot
@@ -22,6 +23,7 @@
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod observe;
 pub mod report;
 pub mod run;
 pub mod schedule;

@@ -257,4 +257,44 @@ mod tests {
         assert_eq!(run.kind, BackupKind::Full);
         assert_eq!(run.error.len(), MAX_ERROR_BYTES);
     }
+
+    #[tokio::test]
+    async fn an_unreachable_registry_is_retried_soon_and_the_run_stays_recorded() {
+        // Nothing listens on port 1: every report fails at once.
+        let text = "endpoint = [\"127.0.0.1:1\"]\nreport_interval = \"60s\"\n\
+            [[source]]\nname = \"db\"\nrepo = \"r\"\ncommand = \"true\"\n";
+        let cfg = crate::config::parse(text, std::path::Path::new("agent.toml"), "host-1").unwrap();
+        let meta = coffer_client::MetaClient::new(&cfg.endpoint, Duration::from_millis(200)).unwrap();
+        let st = SourceState {
+            runs_ok: 1,
+            newest_ok_end_ms: Some(2_000),
+            last_run: Some(RunRecord {
+                time_ms: 1_000,
+                end_ms: 2_000,
+                kind: "full".into(),
+                result: "ok".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let wake = Arc::new(Notify::new());
+        let shared = Arc::new(Shared::new(cfg.sources[0].clone(), st.clone(), Arc::new(meta), wake.clone()));
+        // A run just finished: the source owes the registry a report.
+        shared.owe_report();
+        let mut r = Reporter::new(vec![shared.clone()], cfg.host.clone(), cfg.report_interval, wake);
+        let stop = coffer_worker::Runner::new().stop_signal();
+        for attempt in 1..=2u64 {
+            let before = Instant::now();
+            assert!(matches!(r.work(&stop).await, Ok(WorkerState::Idle)), "a failed report is not the worker's error");
+            assert_eq!(r.progress(), vec![("sent", 0), ("failed", attempt)]);
+            // Still owed, and the next turn comes within a second or two,
+            // not a whole report_interval later.
+            assert!(shared.take_report_owed(), "the failed report is no longer owed");
+            shared.owe_report();
+            let next = r.next_at.unwrap();
+            assert!(next <= Instant::now() + Duration::from_secs(2) && next >= before, "{next:?}");
+            // The run stays recorded locally, whatever the registry says.
+            assert_eq!(shared.state(), st);
+        }
+    }
 }

@@ -16,16 +16,17 @@
 
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use coffer_client::backup::{BackupOptions, BackupSummary};
+use coffer_client::drill::DrillOptions;
 use coffer_client::retention::plan_forget;
 use coffer_client::{open_repo, ClientError, CommandOutput, MetaClient, Repository};
 use coffer_types::{BackupKind, SnapshotId};
 use tonic::Code as tonic_code;
 
-use crate::config::{SourceConfig, What};
-use crate::state::RunRecord;
+use crate::config::{DrillConfig, SourceConfig, What};
+use crate::state::{DrillRun, RunRecord};
 
 /// The credentials a source uses, resolved at start (files read then).
 #[derive(Clone)]
@@ -60,6 +61,43 @@ pub struct Finished {
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Runs `cmd` through `sh -c` in a process group of its own, for at most
+/// `timeout`. On expiry the whole group is killed (a hook's `pg_ctl`,
+/// `sleep` or `ssh` children too, not only the shell) and the hook fails
+/// with an error that names the timeout; no child of it outlives the run.
+pub async fn run_hook(phase: &str, cmd: &str, env: &[(&str, &str)], timeout: Duration) -> Result<(), String> {
+    let mut c = tokio::process::Command::new("sh");
+    c.arg("-c").arg(cmd).envs(env.iter().copied()).stdin(Stdio::null()).process_group(0).kill_on_drop(true);
+    let mut child = c.spawn().map_err(|e| format!("{phase} hook {cmd:?}: cannot run: {e}"))?;
+    let group = child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32));
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => Err(format!("{phase} hook {cmd:?} failed: {status}")),
+        Ok(Err(e)) => Err(format!("{phase} hook {cmd:?}: cannot wait for it: {e}")),
+        Err(_) => {
+            if let Some(pgid) = group {
+                // The group may be gone already (the shell exited just now);
+                // the error would only say so.
+                let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+            }
+            let _ = child.kill().await;
+            Err(format!(
+                "{phase} hook {cmd:?} did not finish within {} (hook_timeout); its process group was killed",
+                humantime_secs(timeout)
+            ))
+        }
+    }
+}
+
+/// `timeout` as `1.5s` / `600s`, the way the configuration writes it.
+fn humantime_secs(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{:.3}s", d.as_secs_f64())
+    }
 }
 
 /// Whether the metadata plane refused for want of permission.
@@ -166,8 +204,8 @@ impl Runner {
         }
     }
 
-    /// Runs a hook through `sh -c` with the run's context in the
-    /// environment; a non-zero exit is the hook's verdict.
+    /// Runs a hook with the run's context in the environment (see
+    /// [`run_hook`]); a non-zero exit is the hook's verdict.
     async fn hook(
         &self,
         phase: &str,
@@ -177,21 +215,55 @@ impl Runner {
         ok: bool,
     ) -> Result<(), String> {
         let Some(cmd) = hook else { return Ok(()) };
-        let mut c = tokio::process::Command::new("sh");
-        c.arg("-c")
-            .arg(&cmd)
-            .env("COFFER_SOURCE", &self.source.name)
-            .env("COFFER_KIND", kind.as_str())
-            .env("COFFER_PHASE", phase)
-            .env("COFFER_RESULT", if ok { "ok" } else { "failed" })
-            .env("COFFER_SNAPSHOT_ID", snapshot.unwrap_or(""))
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        let status = c.status().await.map_err(|e| format!("{phase} hook {cmd:?}: cannot run: {e}"))?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(format!("{phase} hook {cmd:?} failed: {status}"))
+        let env = [
+            ("COFFER_SOURCE", self.source.name.as_str()),
+            ("COFFER_KIND", kind.as_str()),
+            ("COFFER_PHASE", phase),
+            ("COFFER_RESULT", if ok { "ok" } else { "failed" }),
+            ("COFFER_SNAPSHOT_ID", snapshot.unwrap_or("")),
+        ];
+        run_hook(phase, &cmd, &env, self.source.hook_timeout).await
+    }
+
+    /// Drills the source's newest snapshot with the library's drill (the
+    /// one `coffer drill` runs), which records the outcome in the catalog
+    /// (`RecordDr`), so `coffer report` shows it as the source's last drill.
+    /// `None` when the source has no snapshot yet (nothing to drill). A
+    /// drill that cannot run at all (the catalog unreachable) is a failed
+    /// drill whose reason says so.
+    pub async fn drill(&mut self, cfg: &DrillConfig) -> Option<DrillRun> {
+        let time_ms = now_ms();
+        let tag = self.source.source_tag();
+        let result = async {
+            let repo = self.repo().await?;
+            let snaps = repo.snapshots().await?;
+            let Some(snap) = snaps.into_iter().filter(|s| s.tags.contains(&tag)).max_by_key(|s| (s.end_ms, s.id))
+            else {
+                return Ok(None);
+            };
+            let opts = DrillOptions {
+                target: None,
+                sample: cfg.sample,
+                verify_command: cfg.verify_command.clone(),
+                record: true,
+            };
+            repo.drill(&snap, &opts).await.map(Some)
+        }
+        .await;
+        match result {
+            Ok(None) => None,
+            Ok(Some(r)) => Some(DrillRun {
+                time_ms,
+                snapshot_id: Some(r.snapshot_id),
+                verified: r.verified,
+                rto_s: r.rto_s,
+                files_checked: r.files_checked,
+                reason: r.reason,
+            }),
+            Err(e) => {
+                self.repo = None;
+                Some(DrillRun { time_ms, reason: format!("the drill could not run: {e}"), ..Default::default() })
+            }
         }
     }
 
@@ -232,5 +304,43 @@ impl Runner {
                 format!("failed: {e}")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_hook_past_its_timeout_fails_and_its_whole_group_is_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("child.pid");
+        // The shell starts a grandchild that would outlive a kill of the
+        // shell alone, notes its pid, and waits for it.
+        let cmd = format!("sleep 60 & echo $! > {}; wait", pid_file.display());
+        let started = Instant::now();
+        let e = run_hook("pre", &cmd, &[], Duration::from_millis(500)).await.unwrap_err();
+        assert!(e.contains("did not finish within 0.500s (hook_timeout)"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(30), "the hook was not stopped at its timeout");
+        let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        // The grandchild is gone (or a zombie about to be reaped by init).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'));
+            if !alive {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the hook's child {pid} survived the timeout");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hook_within_its_timeout_gives_its_verdict_and_sees_the_context() {
+        let env = [("COFFER_PHASE", "pre")];
+        run_hook("pre", "test \"$COFFER_PHASE\" = pre", &env, Duration::from_secs(30)).await.unwrap();
+        let e = run_hook("post", "exit 4", &env, Duration::from_secs(30)).await.unwrap_err();
+        assert!(e.contains("post hook \"exit 4\" failed") && e.contains('4'), "{e}");
     }
 }

@@ -41,6 +41,22 @@ pub struct RunRecord {
     pub reason: String,
 }
 
+/// The outcome of a scheduled restore drill.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DrillRun {
+    /// Start, Unix ms.
+    pub time_ms: u64,
+    /// The snapshot drilled (the source's newest at the time).
+    pub snapshot_id: Option<String>,
+    /// Every checked file matched and the verification command passed.
+    pub verified: bool,
+    /// The measured recovery time: restore, verification and command.
+    pub rto_s: f64,
+    pub files_checked: u64,
+    /// Why not verified (or why the drill could not run).
+    pub reason: String,
+}
+
 /// A run that was started and has not been recorded as finished.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InProgress {
@@ -71,6 +87,18 @@ pub struct SourceState {
     pub catch_ups: u64,
     /// The last retention outcome (`forgot N`, or why it was skipped).
     pub retention: Option<String>,
+    /// The drill schedule's slot (Unix seconds) last consumed. A drill is
+    /// not marked in progress: one cut short by a stop is not run again,
+    /// the next slot drills anew.
+    #[serde(default)]
+    pub drill_slot: Option<i64>,
+    #[serde(default)]
+    pub last_drill: Option<DrillRun>,
+    #[serde(default)]
+    pub drills_ok: u64,
+    /// Drills that did not verify, or could not run.
+    #[serde(default)]
+    pub drills_failed: u64,
 }
 
 impl serde::Serialize for KindKey {
@@ -145,6 +173,8 @@ mod tests {
         s.slots.insert(KindKey::Full, 1_800_000_000);
         s.in_progress = Some(InProgress { started_ms: 5, kind: "full".into(), reason: "schedule".into() });
         s.runs_ok = 3;
+        s.drill_slot = Some(1_800_000_100);
+        s.last_drill = Some(DrillRun { time_ms: 7, verified: true, rto_s: 1.5, ..Default::default() });
         sd.save("a", &s).unwrap();
         assert_eq!(sd.load("a").unwrap(), s);
         fs::write(dir.path().join("sources/b.json"), b"{not json").unwrap();

@@ -23,6 +23,10 @@ pub struct AgentArgs {
     /// The agent's configuration (agent.toml).
     #[arg(long, global = true)]
     pub config: Option<PathBuf>,
+    /// Serve the admin HTTP port (/livez, /readyz, /metrics) on ADDR (host:port; overrides the file's
+    /// `admin_listen`; port 0 picks one, written to STATE_DIR/admin-addr).
+    #[arg(long)]
+    pub admin_listen: Option<String>,
     #[command(subcommand)]
     pub command: Option<AgentCommand>,
 }
@@ -52,13 +56,13 @@ pub async fn run(g: &Global, a: AgentArgs) -> Result<i32> {
     let host = crate::commands::hostname();
     let cfg = coffer_agent::load(&path, &host).map_err(|e| usage(e.to_string()))?;
     match a.command {
-        None => daemon(g, cfg, host).await.map(|()| 0),
+        None => daemon(g, cfg, host, a.admin_listen).await.map(|()| 0),
         Some(AgentCommand::Status) => status(g, &cfg).await.map(|()| 0),
         Some(AgentCommand::Trigger { name, kind, wait }) => trigger(g, &cfg, name, kind, wait).await,
     }
 }
 
-async fn daemon(g: &Global, cfg: coffer_agent::AgentConfig, host: String) -> Result<()> {
+async fn daemon(g: &Global, cfg: coffer_agent::AgentConfig, host: String, admin_listen: Option<String>) -> Result<()> {
     let file = FileTls {
         insecure: cfg.tls.insecure,
         cacert: cfg.tls.cacert.clone(),
@@ -79,7 +83,16 @@ async fn daemon(g: &Global, cfg: coffer_agent::AgentConfig, host: String) -> Res
     for s in &cfg.sources {
         coffer_agent::daemon::credentials(&cfg, s, &defaults).map_err(|e| usage(format!("{e:#}")))?;
     }
-    coffer_agent::run_daemon(cfg, defaults, host).await
+    let admin = match admin_listen.or_else(|| cfg.admin_listen.clone()) {
+        None => None,
+        Some(addr) => {
+            if addr.parse::<std::net::SocketAddr>().is_err() && !addr.contains(':') {
+                return Err(usage(format!("--admin-listen / `admin_listen`: {addr:?} is not host:port")));
+            }
+            Some(crate::servers::bind(&addr).await.context("bind the agent's admin port (`admin_listen`)")?)
+        }
+    };
+    coffer_agent::run_daemon(cfg, defaults, host, admin).await
 }
 
 async fn status(g: &Global, cfg: &coffer_agent::AgentConfig) -> Result<()> {
@@ -117,6 +130,19 @@ async fn status(g: &Global, cfg: &coffer_agent::AgentConfig) -> Result<()> {
         }
         if let Some(r) = s["retention"].as_str() {
             println!("  retention: {r}");
+        }
+        let drill = &s["last_drill"];
+        if drill.is_object() {
+            println!(
+                "  last drill: {} {} rto {}{}",
+                drill["time"].as_str().unwrap_or("?"),
+                if drill["verified"] == true { "verified" } else { "FAILED" },
+                drill["rto_s"].as_f64().map(|f| format!("{f:.1}s")).unwrap_or_else(|| "-".into()),
+                drill["reason"].as_str().filter(|r| !r.is_empty()).map(|r| format!(" ({r})")).unwrap_or_default(),
+            );
+        }
+        if s["drills_ok"].as_u64().unwrap_or(0) + s["drills_failed"].as_u64().unwrap_or(0) > 0 {
+            println!("  drills: {} verified, {} failed", s["drills_ok"], s["drills_failed"]);
         }
     }
     Ok(())
