@@ -166,6 +166,12 @@ def main():
 
         meta_dir = os.path.join(data, "meta")
 
+        def packs():
+            s = c.json("status") or {}
+            # `short` counts packs that are also in one of the others.
+            p = s.get("packs", {})
+            return sum(p.get(k, 0) for k in ("healthy", "degraded", "at_risk", "lost"))
+
         def snapshots():
             s = c.json("snapshots") or []
             return [x for x in s if "source:wal" in x.get("tags", [])]
@@ -175,6 +181,7 @@ def main():
         time.sleep(2)
         base_snaps = len(snapshots())
         base_meta = du(meta_dir)
+        base_packs = packs()
 
         # The appender: one record every 100 ms.
         per_tick = int(a.mbps * 1e6 / 10)
@@ -222,6 +229,7 @@ def main():
         snaps = sorted(snapshots(), key=lambda s: s["start_ms"])
         status = c.json("agent", "status", "--config", config)
         after_meta = du(meta_dir)
+        after_packs = packs()
         load_after = uptime()
     finally:
         stop_all()
@@ -278,16 +286,19 @@ def main():
             "max": max((s["end_ms"] - s["start_ms"] for s in during), default=None),
         },
         "per_snapshot": {
-            "bytes_read": mean("bytes_read"),
             "bytes_new": mean("bytes_new"),
-            "chunks_new": mean("chunks_new"),
-            "chunks_reused": mean("chunks_reused"),
+            "bytes_stored": mean("bytes_stored"),
+            "bytes_scanned": mean("bytes_scanned"),
+            "last_run_bytes_read": (src.get("last_run") or {}).get("bytes_read"),
         },
         "catalog": {
             "meta_dir_bytes_before": base_meta,
             "meta_dir_bytes_after": after_meta,
             "snapshots_committed": new_snaps,
             "growth_bytes_per_snapshot": (after_meta - base_meta) / new_snaps if new_snaps else None,
+            "packs_before": base_packs,
+            "packs_after": after_packs,
+            "packs_per_snapshot": (after_packs - base_packs) / new_snaps if new_snaps else None,
         },
         "agent": {"runs_ok": src.get("runs_ok"), "runs_failed": src.get("runs_failed")},
         "uptime_before": load_before,
@@ -315,12 +326,13 @@ Appends in no committed snapshot: {unprotected}. Snapshots committed: {len(durin
 (a run took {report['run_ms']['mean'] or 0:.0f} ms on average, {report['run_ms']['max']} ms at most);
 agent runs ok {src.get('runs_ok')}, failed {src.get('runs_failed')}.
 
-Per snapshot: {ps['bytes_read'] / 1e6:.2f} MB read, {ps['bytes_new'] / 1e6:.2f} MB new,
-{ps['chunks_new']:.1f} new chunks, {ps['chunks_reused']:.1f} reused.
+Per snapshot (mean): {ps['bytes_scanned'] / 1e6:.2f} MB in the source, {ps['bytes_new'] / 1e6:.3f} MB new,
+{ps['bytes_stored'] / 1e6:.3f} MB stored; the last run read {ps['last_run_bytes_read']} bytes of the source.
 
 Catalog (metadata node's directory, sled state machine and Raft log):
 {cat['meta_dir_bytes_before']} -> {cat['meta_dir_bytes_after']} bytes over {cat['snapshots_committed']} snapshots,
-{(cat['growth_bytes_per_snapshot'] or 0) / 1024:.1f} KiB per snapshot.
+{(cat['growth_bytes_per_snapshot'] or 0) / 1024:.1f} KiB per snapshot; packs {cat['packs_before']} -> {cat['packs_after']},
+{cat['packs_per_snapshot'] or 0:.2f} packs (each a pack record, k+m shard files) per snapshot.
 """
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(md)
