@@ -254,10 +254,12 @@ def main():
     newest_start = []
     for e, s in by_end:
         newest_start.append(max(s, newest_start[-1]) if newest_start else s)
-    t = int(started * 1000)
+    # Nothing is at risk before the first append: the window starts there.
+    first_ms = int(started * 1000)
+    t = first_ms
     while t <= last_append_ms:
         i = bisect.bisect_right(end_keys, t)
-        exposure.append(t - (newest_start[i - 1] if i else int(started * 1000)))
+        exposure.append(t - max(newest_start[i - 1] if i else first_ms, first_ms))
         t += 100
     exposure.sort()
 
