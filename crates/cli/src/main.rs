@@ -49,10 +49,13 @@ fn is_client_command(c: &Command) -> bool {
 }
 
 /// Installs the one tracing subscriber: `COFFER_LOG` filters (`RUST_LOG`
-/// syntax), `--log-format` chooses the shape. Daemons write JSON (one event
-/// per line, with its target, level and span fields) when stdout is not a
-/// terminal, as under a supervisor or in a container; one-shot commands
-/// write text to stderr unless asked for JSON, since a person reads them.
+/// syntax), `--log-format` chooses the shape. Every command writes its log
+/// to stderr, as JSON (one event per line, with its target, level and span
+/// fields) when stdout is not a terminal (under a supervisor, in a
+/// container, in cron or a pipeline, where a program reads it) and as text
+/// on a terminal, where a person does: the contract, for daemons
+/// and one-shot commands alike. A command's own output (results, `--json`
+/// documents, errors it prints) is not log and keeps its shape.
 fn init_tracing(server: bool, format: Option<args::LogFormat>) {
     use std::io::IsTerminal;
     // Servers log at info; agent commands keep stderr quiet unless asked.
@@ -60,7 +63,7 @@ fn init_tracing(server: bool, format: Option<args::LogFormat>) {
     let filter = EnvFilter::try_from_env("COFFER_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let json = match format {
         Some(f) => f == args::LogFormat::Json,
-        None => server && !std::io::stdout().is_terminal(),
+        None => !std::io::stdout().is_terminal(),
     };
     let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = if json {
