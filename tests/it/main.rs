@@ -14,6 +14,7 @@ mod dr;
 mod gc_live;
 mod keys;
 mod meta_crash;
+mod otel;
 mod progress;
 mod raft;
 mod rebuild;
