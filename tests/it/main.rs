@@ -14,6 +14,8 @@ mod dr;
 mod gc_live;
 mod keys;
 mod meta_crash;
+mod otel;
+mod progress;
 mod raft;
 mod rebuild;
 mod semantics;

@@ -53,7 +53,7 @@ pub struct Global {
     /// The private key of --cert (PEM).
     #[arg(long, env = "COFFER_KEY", global = true)]
     pub key: Option<PathBuf>,
-    /// Log lines as JSON or text (default: JSON for daemons whose stdout is not a terminal, else text).
+    /// Log lines (on stderr) as JSON or text (default: JSON when stdout is not a terminal, else text).
     #[arg(long, env = "COFFER_LOG_FORMAT", global = true, value_enum)]
     pub log_format: Option<LogFormat>,
 }

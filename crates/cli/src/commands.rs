@@ -52,8 +52,13 @@ pub async fn backup(g: &Global, a: BackupArgs) -> Result<i32> {
     let reporter = Arc::new(crate::progress::Reporter::new("backup", json));
     let r = reporter.clone();
     let progress: Option<coffer_client::ProgressFn> = Some(Arc::new(move |p: &coffer_client::Progress| {
-        let step =
-            crate::progress::Step { files: p.files, bytes: p.bytes_scanned, total_bytes: None, elapsed_s: p.elapsed_s };
+        let step = crate::progress::Step {
+            unit: "files",
+            files: p.files,
+            bytes: p.bytes_scanned,
+            total_bytes: None,
+            elapsed_s: p.elapsed_s,
+        };
         let extra = serde_json::to_value(p).map(|v| json!({"type": "progress", "progress": v})).unwrap_or_default();
         if !p.done {
             r.update(&step, extra);
@@ -181,13 +186,18 @@ pub async fn snapshots(g: &Global) -> Result<()> {
 }
 
 pub async fn restore(g: &Global, a: RestoreArgs) -> Result<()> {
-    let repo = open(g).await?;
+    let work = Arc::new(coffer_client::Work::default());
+    let repo = open(g).await?.with_progress(work.clone());
     let snap = repo.find_snapshot(&a.snapshot).await.with_context(|| format!("find snapshot {:?}", a.snapshot))?;
     let target = if a.target == "-" { RestoreTarget::Stdout } else { RestoreTarget::Dir(PathBuf::from(&a.target)) };
     let to_stdout = target == RestoreTarget::Stdout;
     let started_ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    // Status lines share stdout with the JSON summary, so not when stdout
+    // carries the restored file itself.
+    let watch = crate::progress::watch("restore", g.json && !to_stdout, work);
     let result = repo.restore(&snap, target, a.include.as_deref()).await;
+    watch.finish();
     // Every restore is recorded with its figures, failed or not, so that the
     // RTO of a real recovery is measured (issue 14). A cluster that cannot
     // take the record does not fail the restore.
@@ -206,7 +216,12 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<()> {
         return Ok(());
     }
     if g.json {
-        println!("{}", serde_json::to_value(&summary)?);
+        let mut v = serde_json::to_value(&summary)?;
+        if let Some(o) = v.as_object_mut() {
+            // The last line after the status lines, in restic's convention.
+            o.insert("message_type".into(), json!("summary"));
+        }
+        println!("{v}");
     } else {
         println!(
             "restored snapshot {} to {}: {} files, {} dirs, {} symlinks, {} in {:.2}s",

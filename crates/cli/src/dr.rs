@@ -104,18 +104,26 @@ pub async fn drill(g: &Global, a: DrillArgs) -> Result<i32> {
     if let Some(path) = &a.plan {
         let plan = load_plan(path)?;
         let scratch = tempfile::Builder::new().prefix("coffer-plan-drill-").tempdir().context("scratch directory")?;
-        let repos = open_plan_repos(g, &plan).await?;
+        let work = std::sync::Arc::new(coffer_client::Work::default());
+        let repos = open_plan_repos(g, &plan, &work).await?;
         let opts = RunOptions { before_ms: None, scratch: Some(scratch.path().to_path_buf()) };
-        let outcome = plan::run(&plan, &repos, &opts).await?;
+        let watch = crate::progress::watch("drill", g.json, work);
+        let outcome = plan::run(&plan, &repos, &opts).await;
+        watch.finish();
+        let outcome = outcome?;
         print_outcome(g, &outcome);
         return Ok(if outcome.result == "ok" { 0 } else { 1 });
     }
     let what = a.what.as_deref().unwrap_or_default();
-    let repo = open(g).await?;
+    let work = std::sync::Arc::new(coffer_client::Work::default());
+    let repo = open(g).await?.with_progress(work.clone());
     let snaps = repo.snapshots().await.context("list snapshots")?;
     let snap = pick_drill_snapshot(what, &snaps)?;
     let opts = DrillOptions { target: a.target, sample: a.sample, verify_command: a.verify_command, record: true };
-    let r = repo.drill(&snap, &opts).await.with_context(|| format!("drill of snapshot {}", snap.id.short()))?;
+    let watch = crate::progress::watch("drill", g.json, work);
+    let r = repo.drill(&snap, &opts).await;
+    watch.finish();
+    let r = r.with_context(|| format!("drill of snapshot {}", snap.id.short()))?;
     if g.json {
         println!("{}", serde_json::to_value(&r)?);
     } else {
@@ -155,14 +163,15 @@ fn load_plan(path: &std::path::Path) -> Result<Plan> {
     })
 }
 
-/// Opens every repository a plan restores from, with the global password.
-async fn open_plan_repos(g: &Global, plan: &Plan) -> Result<Repos> {
+/// Opens every repository a plan restores from, with the global password,
+/// each counting its progress into `work`.
+async fn open_plan_repos(g: &Global, plan: &Plan, work: &std::sync::Arc<coffer_client::Work>) -> Result<Repos> {
     let meta = meta_client(g)?;
     let pw = password(g)?;
     let mut repos = BTreeMap::new();
     for name in plan.repos() {
         let r = open_repo(meta.clone(), &name, &pw).await.with_context(|| format!("open repository {name}"))?;
-        repos.insert(name, r);
+        repos.insert(name, r.with_progress(work.clone()));
     }
     Repos::load(repos).await.context("list the plan's snapshots")
 }
@@ -184,7 +193,8 @@ pub async fn recover(g: &Global, a: RecoverArgs) -> Result<i32> {
         None => None,
     };
     let plan = load_plan(&a.plan)?;
-    let repos = open_plan_repos(g, &plan).await?;
+    let work = std::sync::Arc::new(coffer_client::Work::default());
+    let repos = open_plan_repos(g, &plan, &work).await?;
     let opts = RunOptions { before_ms, scratch: None };
     let preview = plan::preview(&plan, &repos, &opts).await;
     if a.dry_run {
@@ -217,7 +227,10 @@ pub async fn recover(g: &Global, a: RecoverArgs) -> Result<i32> {
             }
         }
     }
-    let outcome = plan::run(&plan, &repos, &opts).await?;
+    let watch = crate::progress::watch("recover", g.json, work);
+    let outcome = plan::run(&plan, &repos, &opts).await;
+    watch.finish();
+    let outcome = outcome?;
     print_outcome(g, &outcome);
     Ok(if outcome.result == "ok" { 0 } else { 1 })
 }

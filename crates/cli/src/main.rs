@@ -16,6 +16,7 @@ mod dev;
 mod dr;
 mod duration;
 mod keys;
+mod otel;
 mod probe;
 mod progress;
 mod repair;
@@ -49,30 +50,48 @@ fn is_client_command(c: &Command) -> bool {
 }
 
 /// Installs the one tracing subscriber: `COFFER_LOG` filters (`RUST_LOG`
-/// syntax), `--log-format` chooses the shape. Daemons write JSON (one event
-/// per line, with its target, level and span fields) when stdout is not a
-/// terminal, as under a supervisor or in a container; one-shot commands
-/// write text to stderr unless asked for JSON, since a person reads them.
-fn init_tracing(server: bool, format: Option<args::LogFormat>) {
+/// syntax), `--log-format` chooses the shape. Every command writes its log
+/// to stderr, as JSON (one event per line, with its target, level and span
+/// fields) when stdout is not a terminal (under a supervisor, in a
+/// container, in cron or a pipeline, where a program reads it) and as text
+/// on a terminal, where a person does: the contract, for daemons
+/// and one-shot commands alike. A command's own output (results, `--json`
+/// documents, errors it prints) is not log and keeps its shape.
+///
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, the spans also go to that OTLP
+/// collector (`otel`); the returned pipeline must be shut down at the end
+/// to flush them. Runs inside the tokio runtime, which the exporter needs.
+fn init_tracing(server: bool, format: Option<args::LogFormat>) -> Option<otel::Otel> {
     use std::io::IsTerminal;
-    // Servers log at info; agent commands keep stderr quiet unless asked.
+    use tracing_subscriber::prelude::*;
+    // Servers log at info; other commands keep stderr quiet unless asked.
     let default = if server { "info" } else { "warn" };
     let filter = EnvFilter::try_from_env("COFFER_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let json = match format {
         Some(f) => f == args::LogFormat::Json,
-        None => server && !std::io::stdout().is_terminal(),
+        None => !std::io::stdout().is_terminal(),
     };
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json {
-        fmt.json().with_target(true).with_current_span(true).with_span_list(true).try_init()
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt: Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync> = if json {
+        fmt.json().with_target(true).with_current_span(true).with_span_list(true).boxed()
     } else {
-        fmt.with_target(false).try_init()
+        fmt.with_target(false).boxed()
     };
-    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
-        // The OpenTelemetry exporter is not built in (see ARCHITECTURE.md,
-        // "Observability"): say so rather than drop traces silently.
-        tracing::warn!("OTEL_EXPORTER_OTLP_ENDPOINT is set, but this build exports no OpenTelemetry traces");
+    let (otel, otel_error) = if otel::wanted() {
+        match otel::Otel::start() {
+            Ok(o) => (Some(o), None),
+            Err(e) => (None, Some(e)),
+        }
+    } else {
+        (None, None)
+    };
+    let layer = otel.as_ref().map(|o| o.layer());
+    let _ = tracing_subscriber::registry().with(fmt).with(layer).with(filter).try_init();
+    if let Some(e) = otel_error {
+        // Traces are an aid: a process that cannot export them still runs.
+        tracing::warn!(error = %e, "OpenTelemetry traces are not exported");
     }
+    otel
 }
 
 /// Whether the metadata plane refused the call for want of a valid token or
@@ -91,13 +110,17 @@ fn main() {
     let cli = Cli::parse();
     let server = matches!(cli.command, Command::Dev(_) | Command::Meta(_) | Command::Storage(_))
         || matches!(&cli.command, Command::Agent(a) if a.command.is_none());
-    init_tracing(server, cli.global.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("coffer: cannot start the async runtime: {e}");
             std::process::exit(1);
         }
+    };
+    // The trace exporter's channel and batch worker live on the runtime.
+    let otel = {
+        let _in_runtime = runtime.enter();
+        init_tracing(server, cli.global.log_format)
     };
     let code = runtime.block_on(async move {
         let g = cli.global;
@@ -171,6 +194,10 @@ fn main() {
             }
         }
     });
+    // Spans still batched are flushed while the runtime still runs.
+    if let Some(o) = otel {
+        o.shutdown();
+    }
     // Do not wait for lingering background tasks (retrying connections).
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     std::process::exit(code);

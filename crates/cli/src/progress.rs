@@ -1,6 +1,7 @@
 //! Progress for people and for programs, one reporter for every long
-//! command (backup today; restore, `check --read-data`, drill and recover
-//! can take it as they gain progress callbacks):
+//! command: backup (from its pipeline's callback), and restore, `check
+//! --read-data`, drill and recover, which read the `coffer_client::Work`
+//! counters installed on their repositories ([`watch`]):
 //!
 //! - stderr is a terminal and `--json` is off: an indicatif line on stderr
 //!   with files, bytes, throughput and, when the total is known, a bar and
@@ -12,6 +13,7 @@
 //! - otherwise (a pipe, a log file, cron): nothing.
 
 use std::io::IsTerminal;
+use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -20,6 +22,8 @@ use serde_json::{json, Value};
 /// One report: what the command has done so far.
 #[derive(Debug, Clone, Default)]
 pub struct Step {
+    /// What `files` counts: "files" or "packs" (JSON: `<unit>_done`).
+    pub unit: &'static str,
     pub files: u64,
     pub bytes: u64,
     /// The bytes the command will have handled at the end, if known.
@@ -51,8 +55,9 @@ impl Reporter {
         if let Some(bar) = &self.bar {
             let rate = if step.elapsed_s > 0.0 { step.bytes as f64 / step.elapsed_s } else { 0.0 };
             let msg = format!(
-                "{} files, {} ({}/s)",
+                "{} {}, {} ({}/s)",
                 step.files,
+                step.unit,
                 indicatif::HumanBytes(step.bytes),
                 indicatif::HumanBytes(rate as u64)
             );
@@ -81,7 +86,7 @@ impl Reporter {
                 "message_type": "status",
                 "action": self.action,
                 "seconds_elapsed": step.elapsed_s,
-                "files_done": step.files,
+                format!("{}_done", step.unit): step.files,
                 "bytes_done": step.bytes,
             });
             if let (Some(total), Some(o)) = (step.total_bytes, line.as_object_mut()) {
@@ -102,5 +107,66 @@ impl Reporter {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+/// How often [`watch`] reports.
+const EVERY: Duration = Duration::from_millis(250);
+
+/// Reports `work` through a [`Reporter`] every [`EVERY`] until the returned
+/// guard is finished (or dropped). Nothing is reported before the first
+/// period has passed, so a command that ends at once prints no status.
+pub fn watch(action: &'static str, json: bool, work: Arc<coffer_client::Work>) -> Watch {
+    let reporter = Arc::new(Reporter::new(action, json));
+    // Neither a bar nor JSON lines: nothing to do.
+    if reporter.bar.is_none() && !json {
+        return Watch { reporter, task: None };
+    }
+    let r = reporter.clone();
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + EVERY, EVERY);
+        loop {
+            tick.tick().await;
+            let s = work.status();
+            let step = Step {
+                unit: s.unit.as_str(),
+                files: s.items,
+                bytes: s.bytes,
+                total_bytes: s.total_bytes,
+                elapsed_s: s.elapsed_s,
+            };
+            let mut extra = json!({ "phase": s.phase });
+            if let (Some(total), Some(o)) = (s.total_items, extra.as_object_mut()) {
+                o.insert(format!("total_{}", s.unit.as_str()), json!(total));
+            }
+            r.update(&step, extra);
+        }
+    });
+    Watch { reporter, task: Some(task) }
+}
+
+/// A running [`watch`].
+pub struct Watch {
+    reporter: Arc<Reporter>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Watch {
+    /// Stops reporting and clears the bar, before the command's summary.
+    pub fn finish(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        self.reporter.finish();
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

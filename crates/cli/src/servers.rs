@@ -56,7 +56,7 @@ pub async fn run_meta(a: MetaArgs, g: &Global) -> Result<()> {
     if let Some(l) = admin {
         report(&data, "admin-addr", &l)?;
         tracing::info!(admin = %listener_addr(&l, ""), "admin port serving");
-        coffer_meta::observe::admin_server(node.clone(), None).spawn(l, shutdown.clone());
+        coffer_meta::observe::admin_server(node.clone()).spawn(l, shutdown.clone());
     }
     report_addr(&data, &listener)?;
     tracing::info!(%id, %advertise, "metadata node serving");

@@ -232,9 +232,19 @@ pub async fn check(g: &Global, read_data: bool, subset: f64) -> Result<i32> {
     if !(0.0..=100.0).contains(&subset) || subset.is_nan() {
         bail!("--subset must be a percentage between 0 and 100");
     }
-    let repo = open(g).await?;
+    let mut repo = open(g).await?;
+    // Reading the data is the long check: it gets a bar or status lines.
+    let watch = read_data.then(|| {
+        let work = std::sync::Arc::new(coffer_client::Work::default());
+        repo = repo.clone().with_progress(work.clone());
+        crate::progress::watch("check", g.json, work)
+    });
     let opts = coffer_client::check::CheckOptions { read_data, subset_percent: subset };
-    let report = repo.check(&opts).await.context("check the repository")?;
+    let report = repo.check(&opts).await.context("check the repository");
+    if let Some(w) = watch {
+        w.finish();
+    }
+    let report = report?;
     let code = if report.data_intact() { 0 } else { EXIT_CHECK_FAILED };
     if g.json {
         println!("{}", serde_json::to_value(&report)?);

@@ -110,6 +110,17 @@ impl Repository {
         report.packs = pack_ids.len() as u64;
         let packs = placed_packs(self.meta(), &pack_ids).await?;
         let pool = ShardPool::default();
+        // Progress counts the packs read whole (every reference list, and
+        // with read_data the chosen data packs) and their shard bytes.
+        let work = self.progress.as_deref();
+        let reads = |p: &&Placed| {
+            p.record.kind == PackKind::Refs || (opts.read_data && chosen(&p.record.id, opts.subset_percent))
+        };
+        if let Some(w) = work {
+            let to_read: Vec<&Placed> = packs.values().filter(reads).collect();
+            let bytes = to_read.iter().map(|p| shard_bytes(&p.record)).fold(0u64, u64::saturating_add);
+            w.begin("read packs", crate::work::Unit::Packs, Some(to_read.len() as u64), Some(bytes));
+        }
 
         // Chunks that cannot be read back, and packs whose loss was recorded.
         let mut lost_chunks: HashSet<ChunkId> = HashSet::new();
@@ -145,6 +156,7 @@ impl Repository {
                 continue;
             };
             let read = read_pack(&pool, p).await;
+            counted(work, p);
             note(&mut report, p, &read);
             match read.bytes.as_deref().map(decode_refs) {
                 Some(Ok(ids)) => {
@@ -179,6 +191,7 @@ impl Repository {
             let chunks = by_pack.get(&p.record.id).map(Vec::as_slice).unwrap_or_default();
             if opts.read_data && chosen(&p.record.id, opts.subset_percent) {
                 let read = read_pack(&pool, p).await;
+                counted(work, p);
                 report.packs_read += 1;
                 note(&mut report, p, &read);
                 match read.bytes {
@@ -233,6 +246,17 @@ impl Repository {
         report.affected_snapshots = affected.iter().map(|s| s.to_hex()).collect();
         Ok(report)
     }
+}
+
+/// The shard bytes reading `p` whole fetches.
+fn shard_bytes(p: &PackRecord) -> u64 {
+    p.shard_len.saturating_mul(p.shards.len() as u64)
+}
+
+/// Counts a pack read whole into the progress.
+fn counted(work: Option<&crate::work::Work>, p: &Placed) {
+    crate::work::add_item(work);
+    crate::work::add_bytes(work, shard_bytes(&p.record));
 }
 
 /// The whole chunk index of a repository (no key needed).

@@ -132,9 +132,16 @@ impl Repository {
         };
         let source = Arc::new(ClusterSource::new(self.meta.clone(), self.record.name.clone(), self.key.clone()));
         let restore_failed = !reason.is_empty();
+        let work = self.progress.as_deref();
+        if let Some(w) = work {
+            let bytes = checked.iter().map(|e| e.size).fold(0u64, u64::saturating_add);
+            w.begin("verify", crate::work::Unit::Files, Some(checked.len() as u64), Some(bytes));
+        }
         let mut failed = Vec::new();
         for e in &checked {
             let on_disk = target.join(&e.path);
+            crate::work::add_item(work);
+            crate::work::add_bytes(work, e.size);
             if self.file_matches(&on_disk, e).await {
                 continue;
             }

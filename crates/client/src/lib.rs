@@ -46,6 +46,7 @@ mod stats;
 pub mod tree;
 mod upload;
 mod walk;
+pub mod work;
 
 #[cfg(test)]
 mod tests;
@@ -61,3 +62,4 @@ pub use repo::{create_repo, open_repo, Repository};
 pub use restore::{restore_to_dir, restore_to_writer, BadShard, BlobSource, RestoreSummary, RestoreTarget};
 pub use select::{parent_for, select_snapshot, LATEST};
 pub use stats::{Progress, StageTime, Stages};
+pub use work::{Unit, Work, WorkStatus};

@@ -90,7 +90,7 @@ pub async fn open_repo(meta: Arc<MetaClient>, name: &RepoName, password: &[u8]) 
     let record = get_repo(&meta, name).await?;
     let slots = record.key_slots.clone();
     let (key, _) = unwrap_slots(name, slots, password).await?;
-    Ok(Repository { meta, record, key: Arc::new(key) })
+    Ok(Repository { meta, record, key: Arc::new(key), progress: None })
 }
 
 /// Unwraps the keyring from whichever of `slots` `password` opens, off the
@@ -132,13 +132,23 @@ pub struct Repository {
     pub(crate) meta: Arc<MetaClient>,
     pub(crate) record: RepoRecord,
     pub(crate) key: Arc<RepoKey>,
+    /// Where restores, checks and drills on this repository count their
+    /// progress (`work`), if anywhere.
+    pub(crate) progress: Option<Arc<crate::work::Work>>,
 }
 
 impl Repository {
     /// Assembles a repository from parts already fetched and unwrapped, for
     /// embedders that keep the key themselves.
     pub fn from_parts(meta: Arc<MetaClient>, record: RepoRecord, key: RepoKey) -> Self {
-        Repository { meta, record, key: Arc::new(key) }
+        Repository { meta, record, key: Arc::new(key), progress: None }
+    }
+
+    /// This repository with `work` counting the progress of its restores,
+    /// checks and drills (see `work`).
+    pub fn with_progress(mut self, work: Arc<crate::work::Work>) -> Self {
+        self.progress = Some(work);
+        self
     }
 
     pub fn name(&self) -> &RepoName {

@@ -826,4 +826,53 @@ mod tests {
             assert_eq!(pages, want.len().div_ceil(limit), "no empty last page (limit {limit})");
         }
     }
+
+    /// What a scrape and `ClusterStatus` report of pack health comes from
+    /// the indexes (`held`, `packs_on`, the pack count) and reads only the
+    /// packs on nodes that are not up; it must equal a classification of
+    /// every pack record, whatever is down.
+    #[test]
+    fn pack_health_from_the_indexes_equals_a_full_scan() {
+        use coffer_types::{ErasureParams, Hash32, PackKind, ShardIndex, ShardRecord};
+        let t = crate::test_util::tree();
+        let params = ErasureParams::new(2, 2).unwrap();
+        // Twelve packs of 2+2 over five nodes; pack 9 is short (one shard unplaced).
+        let mut packs = Vec::new();
+        for p in 0..12u8 {
+            let shards = (0..4u8)
+                .map(|i| {
+                    let node = if p == 9 && i == 3 { NodeId::UNPLACED } else { NodeId(u64::from((p + i) % 5 + 1)) };
+                    ShardRecord { index: ShardIndex(i), node, checksum: Hash32([0; 32]) }
+                })
+                .collect();
+            let pack = PackRecord {
+                id: PackId([p + 1; 16]),
+                repo: RepoName::new("r").unwrap(),
+                kind: PackKind::Data,
+                params,
+                pack_len: 10,
+                shard_len: 5,
+                shards,
+            };
+            crate::test_util::put(&t, kv::pack_key(&pack.id), &pack);
+            packs.push(pack);
+        }
+        for down in [vec![], vec![2u64], vec![2, 3], vec![1, 2, 3], vec![1, 2, 3, 4, 5]] {
+            let up: std::collections::HashSet<u64> = (1..=5u64).filter(|n| !down.contains(n)).collect();
+            let mut want = pb::PackHealth::default();
+            for p in &packs {
+                let available = p.shards.iter().filter(|s| up.contains(&s.node.0)).count();
+                if p.placed() < 4 {
+                    want.short += 1;
+                }
+                match available {
+                    4 => want.healthy += 1,
+                    0 | 1 => want.lost += 1,
+                    2 => want.at_risk += 1,
+                    _ => want.degraded += 1,
+                }
+            }
+            assert_eq!(pack_health(&t, &up).unwrap(), want, "down {down:?}");
+        }
+    }
 }

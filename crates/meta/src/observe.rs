@@ -14,19 +14,26 @@
 //!   liveness table. Only the leader has live node states: a follower's
 //!   page and node gauges say so instead of guessing.
 //!
-//! The disaster-recovery figures per source (RPO against target, last
-//! drill, backup ratio) come from issue 14's work; a node gets them through
-//! [`DrFigures`], and until something provides them the page says they are
-//! not available and no `coffer_dr_*` series is exported.
+//! The disaster-recovery figures per source ([`dr_figures`]: RPO against
+//! target, last drill, backup ratio) are computed here from the replicated
+//! records, the source registry (`o/`), the snapshots of the registered
+//! sources' repositories and the disaster-recovery records (`y/`), with the
+//! functions of `coffer_types::dr` that `coffer report` uses, so a gauge
+//! and the report give the same number for the same records. The sources
+//! are those of the registry: it is what holds an RPO target.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use coffer_admin::{AdminServer, Reply, Sample};
 use coffer_proto::pb;
+use coffer_types::dr::{self as figures, source_key};
+use coffer_types::{DrKind, RepoName, SnapshotRecord};
 
 use crate::catalog::CatalogService;
-use crate::node::MetaNode;
+use crate::error::MetaError;
+use crate::kv;
+use crate::node::{now_ms, MetaNode};
 
 /// The longest a leader may go without a quorum's acknowledgement and still
 /// call itself ready, in election timeouts (the longest one).
@@ -38,24 +45,74 @@ const HEALTH_DEADLINE: Duration = Duration::from_secs(2);
 /// How often the status page reloads itself, in seconds.
 pub(crate) const PAGE_REFRESH_S: u32 = 5;
 
-/// One source's disaster-recovery figures (issue 14).
+/// One source's disaster-recovery figures (issue 14), in seconds.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SourceFigures {
     pub repo: String,
     pub source: String,
-    /// Seconds since the newest snapshot, and the target.
-    pub rpo_seconds: f64,
-    pub rpo_target_seconds: f64,
+    /// Seconds since the end of the source's newest snapshot; `None` before
+    /// the first one.
+    pub rpo_seconds: Option<f64>,
+    /// The target of the source's policy; `None` when it sets none.
+    pub rpo_target_seconds: Option<f64>,
     /// When the last drill finished (Unix seconds), its RTO and whether it passed.
     pub last_drill_timestamp_seconds: Option<f64>,
     pub last_drill_rto_seconds: Option<f64>,
     pub last_drill_ok: Option<bool>,
-    /// Stored bytes over source bytes of the newest backup.
+    /// When the last drill that passed finished (Unix seconds).
+    pub last_drill_success_timestamp_seconds: Option<f64>,
+    /// The share of the source's files its newest snapshot protects.
     pub backup_ratio: Option<f64>,
 }
 
-/// A provider of the figures per source.
-pub type DrFigures = Arc<dyn Fn() -> Vec<SourceFigures> + Send + Sync>;
+fn secs(ms: u64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+/// The figures of every registered source at `now_ms`, from the records
+/// alone. The RPO counts from the registry's newest snapshot end (what
+/// `coffer sources` shows against the target; a failed drill of that
+/// snapshot shows in the drill figures); the backup ratio is that of the
+/// source's newest snapshot; the last drill is the newest drill record of
+/// the source. Costs the snapshots and disaster-recovery records of the
+/// repositories that have registered sources.
+pub fn dr_figures(tree: &sled::Tree, now_ms: u64) -> Result<Vec<SourceFigures>, MetaError> {
+    let registered = crate::sources::list(tree, None)?;
+    let mut out = Vec::with_capacity(registered.len());
+    let mut repo_cache: Option<(RepoName, Vec<SnapshotRecord>, Vec<coffer_types::DrRecord>)> = None;
+    for src in registered {
+        // The registry is in key order, so one repository's sources are
+        // adjacent and its records are read once.
+        if repo_cache.as_ref().is_none_or(|(r, _, _)| *r != src.repo) {
+            let mut snaps = Vec::new();
+            for id in crate::index::snapshot_ids_after(tree, &src.repo, None, usize::MAX)? {
+                if let Some(s) = kv::get::<SnapshotRecord>(tree, "snapshot", &kv::snapshot_key(&id))? {
+                    snaps.push(s);
+                }
+            }
+            let records = crate::dr::list(tree, &src.repo, 0)?;
+            repo_cache = Some((src.repo.clone(), snaps, records));
+        }
+        let Some((_, snaps, records)) = repo_cache.as_ref() else { continue };
+        let newest = snaps.iter().filter(|s| source_key(s) == src.name).max_by_key(|s| (s.end_ms, s.id));
+        let drills = || records.iter().filter(|r| r.kind == DrKind::Drill && r.source == src.name);
+        let last = drills().max_by_key(|d| (d.started_ms, d.id));
+        let last_ok = drills().filter(|d| d.ok).max_by_key(|d| (d.started_ms, d.id));
+        let finished = |d: &coffer_types::DrRecord| secs(d.started_ms.saturating_add(d.duration_ms));
+        out.push(SourceFigures {
+            repo: src.repo.to_string(),
+            source: src.name.clone(),
+            rpo_seconds: figures::rpo_ms(now_ms, src.last_ok_end_ms).map(secs),
+            rpo_target_seconds: (src.rpo_target_ms > 0).then(|| secs(src.rpo_target_ms)),
+            last_drill_timestamp_seconds: last.map(finished),
+            last_drill_rto_seconds: last.map(|d| d.rto_s()),
+            last_drill_ok: last.map(|d| d.ok),
+            last_drill_success_timestamp_seconds: last_ok.map(finished),
+            backup_ratio: newest.map(|s| figures::backup_ratio(s.stats.files, s.stats.errors)),
+        });
+    }
+    Ok(out)
+}
 
 /// Whether this node can serve (see the module documentation).
 pub fn ready(node: &MetaNode) -> Result<(), String> {
@@ -96,11 +153,9 @@ pub async fn cluster_healthy(node: &MetaNode) -> Result<String, String> {
     }
 }
 
-/// The admin server of a metadata node, with `dr` as the source of the
-/// disaster-recovery figures if there is one.
-pub fn admin_server(node: Arc<MetaNode>, dr: Option<DrFigures>) -> AdminServer {
+/// The admin server of a metadata node.
+pub fn admin_server(node: Arc<MetaNode>) -> AdminServer {
     let (n1, n2, n3, n4) = (node.clone(), node.clone(), node.clone(), node);
-    let dr2 = dr.clone();
     AdminServer::new("meta")
         .readiness(move || {
             let n = n1.clone();
@@ -116,13 +171,13 @@ pub fn admin_server(node: Arc<MetaNode>, dr: Option<DrFigures>) -> AdminServer {
             }
         })
         .scrape(move || {
-            let (n, dr) = (n3.clone(), dr.clone());
-            async move { samples(&n, dr.as_ref()) }
+            let n = n3.clone();
+            async move { samples(&n) }
         })
         .page("/", move || {
-            let (n, dr) = (n4.clone(), dr2.clone());
+            let n = n4.clone();
             async move {
-                match crate::status_page::render(&n, dr.as_ref()) {
+                match crate::status_page::render(&n) {
                     Ok(html) => Reply::html(200, html),
                     Err(e) => Reply::text(500, format!("cannot read the catalog: {e}\n")),
                 }
@@ -156,7 +211,7 @@ fn commit_index(node: &MetaNode) -> Option<u64> {
 }
 
 /// Every scrape-time sample of a metadata node.
-fn samples(node: &Arc<MetaNode>, dr: Option<&DrFigures>) -> Vec<Sample> {
+fn samples(node: &Arc<MetaNode>) -> Vec<Sample> {
     let m = node.raft.metrics().borrow().clone();
     let me = node.config.id.0;
     let mut out = vec![
@@ -294,28 +349,47 @@ fn samples(node: &Arc<MetaNode>, dr: Option<&DrFigures>) -> Vec<Sample> {
             );
         }
     }
-    if let Some(dr) = dr {
-        for f in dr() {
-            let s = |name, help, v: f64| {
-                Sample::gauge(name, help, v).label("repo", f.repo.clone()).label("source", f.source.clone())
-            };
-            out.push(s("coffer_dr_rpo_seconds", "Seconds since a source's newest snapshot", f.rpo_seconds));
-            out.push(s("coffer_dr_rpo_target_seconds", "A source's RPO target", f.rpo_target_seconds));
-            if let Some(v) = f.last_drill_timestamp_seconds {
-                out.push(s("coffer_drill_last_success_timestamp_seconds", "When a source's last drill finished", v));
-            }
-            if let Some(v) = f.last_drill_rto_seconds {
-                out.push(s("coffer_dr_last_drill_rto_seconds", "The RTO a source's last drill measured", v));
-            }
-            if let Some(ok) = f.last_drill_ok {
-                out.push(s("coffer_dr_last_drill_ok", "1 if a source's last drill passed", f64::from(u8::from(ok))));
-            }
-            if let Some(v) = f.backup_ratio {
-                out.push(s("coffer_dr_backup_ratio", "Stored bytes over source bytes of the newest backup", v));
-            }
-        }
+    match dr_figures(node.sm.tree(), now_ms()) {
+        Ok(list) => dr_samples(&mut out, &list),
+        Err(e) => tracing::warn!(error = %e, "cannot compute the disaster-recovery figures for /metrics"),
     }
     out
+}
+
+/// The gauges of the disaster-recovery figures, one series per source; a
+/// figure a source does not have yet (no snapshot, no drill) is left out
+/// rather than given a made-up value.
+fn dr_samples(out: &mut Vec<Sample>, list: &[SourceFigures]) {
+    for f in list {
+        let s = |name, help, v: f64| {
+            Sample::gauge(name, help, v).label("repo", f.repo.clone()).label("source", f.source.clone())
+        };
+        if let Some(v) = f.rpo_seconds {
+            out.push(s("coffer_dr_rpo_seconds", "Seconds since the end of a source's newest snapshot", v));
+        }
+        if let Some(v) = f.rpo_target_seconds {
+            out.push(s("coffer_dr_rpo_target_seconds", "A source's RPO target", v));
+        }
+        if let Some(v) = f.last_drill_timestamp_seconds {
+            out.push(s("coffer_dr_last_drill_timestamp_seconds", "When a source's last drill finished", v));
+        }
+        if let Some(v) = f.last_drill_success_timestamp_seconds {
+            out.push(s(
+                "coffer_drill_last_success_timestamp_seconds",
+                "When a source's last passing drill finished",
+                v,
+            ));
+        }
+        if let Some(v) = f.last_drill_rto_seconds {
+            out.push(s("coffer_dr_last_drill_rto_seconds", "The RTO a source's last drill measured", v));
+        }
+        if let Some(ok) = f.last_drill_ok {
+            out.push(s("coffer_dr_last_drill_ok", "1 if a source's last drill passed", f64::from(u8::from(ok))));
+        }
+        if let Some(v) = f.backup_ratio {
+            out.push(s("coffer_dr_backup_ratio", "Share of a source's files its newest snapshot protects", v));
+        }
+    }
 }
 
 fn worker_samples(
@@ -347,5 +421,107 @@ fn worker_samples(
                 .label("worker", name)
                 .label("key", key.clone()),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Command, CommandResult};
+    use crate::test_util::{put, run, snapshot, tree};
+    use coffer_types::{DrRecord, ErasureParams, RepoRecord, SnapshotId, SourceRecord};
+
+    fn drill(id: u64, started_ms: u64, ok: bool) -> DrRecord {
+        DrRecord {
+            id,
+            kind: DrKind::Drill,
+            repo: RepoName::new("r").unwrap(),
+            source: "db".into(),
+            snapshot: None,
+            started_ms,
+            duration_ms: 2_000,
+            bytes: 1,
+            files: 1,
+            ok,
+            reason: String::new(),
+            failed_files: vec![],
+            failed_count: 0,
+            reconstructed: false,
+            bytes_read: 0,
+            bytes_written: 0,
+            bytes_cross_site: 0,
+            steps: vec![],
+        }
+    }
+
+    #[test]
+    fn figures_per_registered_source_from_the_records() {
+        let t = tree();
+        let repo = RepoName::new("r").unwrap();
+        let created = RepoRecord {
+            name: repo.clone(),
+            params: ErasureParams::new(2, 1).unwrap(),
+            key_slots: vec![vec![1]],
+            created_ms: 1,
+        };
+        assert_eq!(run(&t, Command::CreateRepo { repo: created }), CommandResult::Ok);
+        let source = |name: &str, target_ms: u64, end: Option<u64>| SourceRecord {
+            repo: repo.clone(),
+            name: name.into(),
+            host: "h".into(),
+            strategy: "scheduled".into(),
+            rpo_target_ms: target_ms,
+            report_interval_ms: 1_000,
+            reported_ms: 0,
+            last_ok_end_ms: end,
+            last_run: None,
+            next_run_ms: None,
+            runs_ok: 0,
+            runs_failed: 0,
+        };
+        for s in [source("db", 60_000, Some(40_000)), source("idle", 0, None)] {
+            assert_eq!(run(&t, Command::ReportSource { source: s, time_ms: 1 }), CommandResult::Ok);
+        }
+        // Two snapshots of the source: the newest one's stats make the
+        // ratio. A snapshot of another source does not count.
+        for (id, end, files, errors, tag) in
+            [(1u8, 10_000, 10, 0, "source:db"), (2, 40_000, 9, 1, "source:db"), (3, 50_000, 1, 1, "source:other")]
+        {
+            let mut s = snapshot(id, repo.clone());
+            s.end_ms = end;
+            s.stats.files = files;
+            s.stats.errors = errors;
+            s.tags = vec![tag.into()];
+            put(&t, kv::snapshot_key(&SnapshotId([id; 16])), &s);
+        }
+        for (id, started, ok) in [(1, 20_000, true), (2, 30_000, false)] {
+            assert_eq!(run(&t, Command::RecordDr { record: drill(id, started, ok) }), CommandResult::Ok);
+        }
+
+        let got = dr_figures(&t, 100_000).unwrap();
+        assert_eq!(got.len(), 2, "{got:?}");
+        let db = &got[0];
+        assert_eq!((db.repo.as_str(), db.source.as_str()), ("r", "db"));
+        assert_eq!(db.rpo_seconds, Some(60.0));
+        assert_eq!(db.rpo_target_seconds, Some(60.0));
+        assert_eq!(db.backup_ratio, Some(0.9));
+        // The last drill failed; the last passing one is older.
+        assert_eq!(db.last_drill_ok, Some(false));
+        assert_eq!(db.last_drill_timestamp_seconds, Some(32.0));
+        assert_eq!(db.last_drill_rto_seconds, Some(2.0));
+        assert_eq!(db.last_drill_success_timestamp_seconds, Some(22.0));
+        // The RPO grows with the clock.
+        assert_eq!(dr_figures(&t, 160_000).unwrap()[0].rpo_seconds, Some(120.0));
+
+        let idle = &got[1];
+        assert_eq!(idle.source, "idle");
+        assert_eq!((idle.rpo_seconds, idle.rpo_target_seconds, idle.backup_ratio), (None, None, None));
+        assert_eq!((idle.last_drill_ok, idle.last_drill_success_timestamp_seconds), (None, None));
+
+        let mut out = Vec::new();
+        dr_samples(&mut out, &got);
+        let names: Vec<&str> = out.iter().map(|s| s.name).collect();
+        assert_eq!(names.iter().filter(|n| **n == "coffer_dr_rpo_seconds").count(), 1, "{names:?}");
+        assert!(names.contains(&"coffer_drill_last_success_timestamp_seconds"), "{names:?}");
     }
 }

@@ -5,10 +5,10 @@
 //!
 //! It shows the cluster by site (nodes with state and used/capacity), pack
 //! health and site redundancy, the rebuild queue with its ETA, open
-//! incidents, the Raft members, and per source the RPO against target and
-//! the last drill when a provider of those figures is installed. Every
-//! value comes from the same views as `coffer status` and `coffer
-//! incidents`. Only the leader knows which storage nodes are up; a
+//! incidents, the Raft members, and per registered source the RPO against
+//! target and the last drill. Every value comes from the same views as
+//! `coffer status` and `coffer incidents`, and the source figures from
+//! `observe::dr_figures`, as the `coffer_dr_*` gauges. Only the leader knows which storage nodes are up; a
 //! follower says so and shows node states as unknown.
 //!
 //! Elements carry `data-*` attributes (`data-site`, `data-state`,
@@ -24,7 +24,6 @@ use tonic::Status;
 
 use crate::catalog::CatalogService;
 use crate::node::{now_ms, MetaNode};
-use crate::observe::DrFigures;
 
 const STYLE: &str = "\
 :root{color-scheme:light dark;--ok:#2e7d32;--warn:#ef6c00;--bad:#c62828;--mute:#777}\
@@ -88,7 +87,7 @@ fn ago(ms: u64) -> String {
 }
 
 /// The page, from this node's view of the catalog.
-pub fn render(node: &Arc<MetaNode>, dr: Option<&DrFigures>) -> Result<String, Status> {
+pub fn render(node: &Arc<MetaNode>) -> Result<String, Status> {
     let svc = CatalogService::new(node.clone());
     let status = svc.status_view()?;
     let incidents = svc.incidents_view()?;
@@ -299,21 +298,22 @@ pub fn render(node: &Arc<MetaNode>, dr: Option<&DrFigures>) -> Result<String, St
 
     // Sources: RPO and drills.
     let _ = write!(h, "<h2>Sources</h2>");
-    let figures = dr.map(|f| f()).unwrap_or_default();
-    if dr.is_none() {
-        let _ = write!(
-            h,
-            "<p class=\"mute\" id=\"sources-unavailable\">RPO and drill figures per source are not available in this build.</p>"
-        );
-    } else if figures.is_empty() {
-        let _ = write!(h, "<p class=\"mute\">No source has a recovery objective yet.</p>");
+    let figures = crate::observe::dr_figures(node.sm.tree(), now_ms()).map_err(Status::from)?;
+    if figures.is_empty() {
+        let _ = write!(h, "<p class=\"mute\" id=\"sources-none\">No agent has registered a source yet.</p>");
     } else {
         let _ = write!(
             h,
             "<div class=\"wrap\"><table><tr><th>source</th><th>RPO / target</th><th>last drill</th><th>backup ratio</th></tr>"
         );
         for f in figures {
-            let late = f.rpo_target_seconds > 0.0 && f.rpo_seconds > f.rpo_target_seconds;
+            // A source without a snapshot has no recovery point at all,
+            // which is as late as it gets.
+            let late = match (f.rpo_seconds, f.rpo_target_seconds) {
+                (None, _) => true,
+                (Some(r), Some(t)) => r > t,
+                (Some(_), None) => false,
+            };
             let drill = match (f.last_drill_timestamp_seconds, f.last_drill_ok) {
                 (Some(t), ok) => format!(
                     "{} {}{}",
@@ -329,13 +329,20 @@ pub fn render(node: &Arc<MetaNode>, dr: Option<&DrFigures>) -> Result<String, St
             };
             let _ = write!(
                 h,
-                "<tr data-source=\"{src}\"><td>{repo}: {src}</td><td class=\"{cls}\">{rpo} / {target}</td><td>{drill}</td><td>{ratio}</td></tr>",
+                "<tr data-source=\"{src}\" data-rpo=\"{state}\" data-drill=\"{drill_state}\"><td>{repo}: {src}</td>\
+                 <td class=\"{cls}\">{rpo} / {target}</td><td>{drill}</td><td>{ratio}</td></tr>",
                 src = esc(&f.source),
                 repo = esc(&f.repo),
+                state = if late { "late" } else { "ok" },
+                drill_state = match f.last_drill_ok {
+                    Some(true) => "passed",
+                    Some(false) => "failed",
+                    None => "never",
+                },
                 cls = if late { "s-lost" } else { "s-ok" },
-                rpo = duration(f.rpo_seconds),
-                target = duration(f.rpo_target_seconds),
-                ratio = f.backup_ratio.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into()),
+                rpo = f.rpo_seconds.map(duration).unwrap_or_else(|| "no snapshot".into()),
+                target = f.rpo_target_seconds.map(duration).unwrap_or_else(|| "none".into()),
+                ratio = f.backup_ratio.map(|r| format!("{:.1}%", r * 100.0)).unwrap_or_else(|| "-".into()),
             );
         }
         let _ = write!(h, "</table></div>");

@@ -1,7 +1,9 @@
 //! What every gRPC server adds besides coffer's services: a tower layer
 //! that counts each call and times it (`coffer_grpc_requests_total`,
-//! `coffer_grpc_request_duration_seconds`, by service and method), the
-//! standard `grpc.health.v1` service, and server reflection.
+//! `coffer_grpc_request_duration_seconds`, by service and method) and runs
+//! it in a `grpc` span (service, method, code: what a JSON log line and an
+//! OpenTelemetry trace show of the call), the standard `grpc.health.v1`
+//! service, and server reflection.
 //!
 //! The code of a call is read from the response headers: tonic sends an
 //! error of a unary call, and any refusal, as a trailers-only response
@@ -14,6 +16,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use tonic::body::Body;
+use tracing::Instrument;
 
 /// The layer that records every call.
 #[derive(Debug, Clone, Copy, Default)]
@@ -69,16 +72,31 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let (service, method) = split(req.uri().path());
         let started = Instant::now();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let res = fut.await;
-            let code = match &res {
-                Ok(r) => code_name(r.headers().get("grpc-status")),
-                Err(_) => "Unknown".to_string(),
-            };
-            coffer_admin::metrics::events().grpc_call(&service, &method, &code, started.elapsed().as_secs_f64());
-            res
-        })
+        // `otel.name` names the span in a trace as OpenTelemetry's RPC
+        // conventions do; the other fields are those conventions' keys.
+        let span = tracing::info_span!(
+            "grpc",
+            otel.name = %format_args!("{service}/{method}"),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            rpc.grpc.status_code = tracing::field::Empty,
+        );
+        let fut = span.in_scope(|| self.inner.call(req));
+        Box::pin(
+            async move {
+                let res = fut.await;
+                let code = match &res {
+                    Ok(r) => code_name(r.headers().get("grpc-status")),
+                    Err(_) => "Unknown".to_string(),
+                };
+                tracing::Span::current().record("rpc.grpc.status_code", code.as_str());
+                coffer_admin::metrics::events().grpc_call(&service, &method, &code, started.elapsed().as_secs_f64());
+                res
+            }
+            .instrument(span),
+        )
     }
 }
 

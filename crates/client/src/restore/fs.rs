@@ -25,7 +25,8 @@ pub(super) const WRITEBACK_MIN: usize = 256 << 10;
 pub(super) const MAX_OPEN_FILES: usize = 256;
 
 /// Writes a blob at every place the wave has for it; closes and stamps the
-/// files it completes. Returns the bytes written.
+/// files it completes, counting them and the bytes into `work`. Returns the
+/// bytes written.
 pub(super) fn write_blob(
     files: &[FileSlot],
     dests: &HashMap<ChunkId, Vec<Dest>>,
@@ -33,6 +34,7 @@ pub(super) fn write_blob(
     data: &[u8],
     counters: &RestoreCounters,
     open: &AtomicUsize,
+    work: Option<&crate::work::Work>,
 ) -> Result<u64, ClientError> {
     let Some(places) = dests.get(&id) else {
         return Err(ClientError::task("restore", format!("the source delivered chunk {id}, which was not asked")));
@@ -66,8 +68,10 @@ pub(super) fn write_blob(
         st.remaining = st.remaining.saturating_sub(1);
         st.written += data.len() as u64;
         written += data.len() as u64;
+        crate::work::add_bytes(work, data.len() as u64);
         if st.remaining == 0 {
             counters.metadata.time(0, || finish_file(slot, file, open))?;
+            crate::work::add_item(work);
         } else if open.load(Ordering::Relaxed) > MAX_OPEN_FILES {
             drop(file);
             open.fetch_sub(1, Ordering::Relaxed);

@@ -100,11 +100,29 @@ impl Repository {
         include: Option<&Path>,
     ) -> Result<RestoreSummary, ClientError> {
         let source = Arc::new(ClusterSource::new(self.meta.clone(), self.record.name.clone(), self.key.clone()));
+        let work = self.progress.as_deref();
+        if let Some(w) = work {
+            // The snapshot's own figures size a whole restore; a path
+            // inside it has no known size until it is walked.
+            let (files, bytes) = match include {
+                None => (Some(snap.stats.files), Some(snap.stats.bytes_scanned)),
+                Some(_) => (None, None),
+            };
+            w.begin("restore", crate::work::Unit::Files, files, bytes);
+        }
         let result = match target {
-            RestoreTarget::Dir(dir) => restore_to_dir(source.clone(), snap.id, snap.root, &dir, include).await,
+            RestoreTarget::Dir(dir) => {
+                restore_into_dir(source.clone(), snap.id, snap.root, &dir, include, self.progress.clone()).await
+            }
             RestoreTarget::Stdout => {
                 let mut out = tokio::io::stdout();
-                restore_to_writer(source.clone(), snap.id, snap.root, include, &mut out).await
+                let r = restore_to_writer(source.clone(), snap.id, snap.root, include, &mut out).await;
+                // The stream is counted whole once written.
+                if let Ok(s) = &r {
+                    crate::work::add_bytes(work, s.bytes);
+                    crate::work::add_item(work);
+                }
+                r
             }
         };
         // Damage found on the way is repaired by the cluster, whether or not
@@ -134,6 +152,18 @@ pub async fn restore_to_dir<S: BlobSource>(
     target: &Path,
     include: Option<&Path>,
 ) -> Result<RestoreSummary, ClientError> {
+    restore_into_dir(source, snapshot, root, target, include, None).await
+}
+
+/// `restore_to_dir`, counting files and bytes into `work` as they land.
+pub(crate) async fn restore_into_dir<S: BlobSource>(
+    source: Arc<S>,
+    snapshot: SnapshotId,
+    root: ChunkId,
+    target: &Path,
+    include: Option<&Path>,
+    work: Option<Arc<crate::work::Work>>,
+) -> Result<RestoreSummary, ClientError> {
     let started = Instant::now();
     match tokio::fs::symlink_metadata(target).await {
         Ok(m) if !m.is_dir() => {
@@ -153,6 +183,7 @@ pub async fn restore_to_dir<S: BlobSource>(
         dir_meta: Vec::new(),
         wave: Wave::default(),
         open_files: Arc::default(),
+        work,
     };
     match start {
         Start::Root(tree) => run.walk(target.to_path_buf(), tree).await?,
@@ -186,6 +217,8 @@ struct DirRestore<S: BlobSource> {
     wave: Wave,
     /// Restored files currently open, across the tasks of a wave.
     open_files: Arc<AtomicUsize>,
+    /// Where files and bytes are counted as they complete.
+    work: Option<Arc<crate::work::Work>>,
 }
 
 impl<S: BlobSource> DirRestore<S> {
@@ -282,6 +315,7 @@ impl<S: BlobSource> DirRestore<S> {
         let empty: Vec<usize> = (0..files.len()).filter(|&i| lock(&files[i].state).remaining == 0).collect();
         if !empty.is_empty() {
             let (files, counters, open) = (files.clone(), self.counters.clone(), self.open_files.clone());
+            let work = self.work.clone();
             blocking("create empty files", move || {
                 for i in empty {
                     let slot = &files[i];
@@ -289,6 +323,7 @@ impl<S: BlobSource> DirRestore<S> {
                     let file = counters.metadata.time(0, || open_slot(slot, &mut st))?;
                     open.fetch_add(1, Ordering::Relaxed);
                     counters.metadata.time(0, || finish_file(slot, file, &open))?;
+                    crate::work::add_item(work.as_deref());
                 }
                 Ok(())
             })
@@ -301,8 +336,9 @@ impl<S: BlobSource> DirRestore<S> {
             .map(|batch| {
                 let (files, dests, counters, open, written) =
                     (files.clone(), dests.clone(), self.counters.clone(), self.open_files.clone(), written.clone());
+                let work = self.work.clone();
                 let deliver: Deliver = Box::new(move |id, data| {
-                    let n = write_blob(&files, &dests, id, &data, &counters, &open)?;
+                    let n = write_blob(&files, &dests, id, &data, &counters, &open, work.as_deref())?;
                     written.fetch_add(n, Ordering::Relaxed);
                     Ok(())
                 });
