@@ -204,6 +204,73 @@ pub(crate) fn relocate(
     Ok(if moved == 0 { CommandResult::AlreadyApplied } else { CommandResult::Ok })
 }
 
+/// `GcRewrite`: records the copy of `from`'s live blobs and moves the
+/// entries that still lie in `from` to it, in one step, so no entry ever
+/// points at a pack that is not wholly stored. The old pack is left to
+/// `DropPacks`, which drops it once nothing points into it.
+pub(crate) fn rewrite(
+    txn: &mut Txn<'_>,
+    repo: &RepoName,
+    from: PackId,
+    pack: PackRecord,
+    chunks: &[(ChunkId, ChunkLocation)],
+) -> Result<CommandResult, MetaError> {
+    let Some(record) = txn.get::<coffer_types::RepoRecord>("repo", &kv::repo_key(repo))? else {
+        return Ok(CommandResult::Rejected(Rejection::UnknownRepo(repo.clone())));
+    };
+    let key = kv::pack_key(&pack.id);
+    if let Some(existing) = txn.get::<PackRecord>("pack", &key)? {
+        return Ok(if existing == pack {
+            CommandResult::AlreadyApplied
+        } else {
+            CommandResult::Rejected(Rejection::PackConflict(pack.id))
+        });
+    }
+    let source = txn.get::<PackRecord>("pack", &kv::pack_key(&from))?;
+    if pack.repo != *repo
+        || pack.kind != coffer_types::PackKind::Data
+        || source.is_none_or(|s| s.repo != *repo || s.kind != coffer_types::PackKind::Data)
+    {
+        return Ok(CommandResult::Rejected(Rejection::RewriteSource { repo: repo.clone(), from, pack: pack.id }));
+    }
+    if chunks.len() > crate::command::MAX_CHUNKS_PER_COMMAND {
+        return Ok(CommandResult::Rejected(Rejection::TooManyChunks {
+            got: chunks.len(),
+            max: crate::command::MAX_CHUNKS_PER_COMMAND,
+        }));
+    }
+    let needed = crate::apply::min_shards(|k| txn.get::<u32>("min shards", k), &record)?;
+    let placed = pack.placed();
+    if placed < needed {
+        return Ok(CommandResult::Rejected(Rejection::TooFewShards { pack: pack.id, placed, min_shards: needed }));
+    }
+    for shard in pack.shards.iter().filter(|s| s.is_placed()) {
+        if !txn.contains(&kv::node_key(shard.node))? {
+            return Ok(CommandResult::Rejected(Rejection::PackOnUnknownNode {
+                pack: pack.id,
+                index: shard.index.0,
+                node: shard.node,
+            }));
+        }
+    }
+    if let Some(why) = crate::apply::check_chunks(&pack, chunks) {
+        return Ok(CommandResult::Rejected(why));
+    }
+    // Only entries still in `from` move: one swept, revived elsewhere or
+    // condemned since the copy was made keeps what it has (a condemned
+    // entry stays with the old pack, which then waits for the sweep).
+    for (chunk, loc) in chunks {
+        let ckey = kv::chunk_key(repo, chunk);
+        let Some(current) = txn.get::<ChunkLocation>("chunk", &ckey)? else { continue };
+        if current.pack == from && current.len == loc.len && !txn.contains(&condemn_key(repo, chunk))? {
+            txn.put(ckey, loc)?;
+        }
+    }
+    txn.put(key, &pack)?;
+    txn.add_count("packs", 1)?;
+    Ok(CommandResult::Ok)
+}
+
 pub(crate) fn drop_packs(txn: &mut Txn<'_>, repo: &RepoName, packs: &[PackId]) -> Result<CommandResult, MetaError> {
     // A pack is live while a chunk entry or a snapshot points at it (the
     // index counts those, so this costs the packs named, not the catalog),
@@ -413,6 +480,55 @@ pub(crate) fn gc_condemn(
     if snapshots_of(txn, repo)?.iter().any(|s| !marked.contains(&s.id) && !after.contains(&s.id)) {
         return Ok(CommandResult::Rejected(Rejection::MarkOutdated { repo: repo.clone() }));
     }
+    open_round(txn, repo, chunks, marked_seq, current, now)
+}
+
+/// `GcCondemn` citing the mark by its commit sequence alone (see
+/// `Command::GcCondemnAt`): the marked set is derived, not carried.
+pub(crate) fn gc_condemn_at(
+    txn: &mut Txn<'_>,
+    repo: &RepoName,
+    chunks: &[ChunkId],
+    marked_seq: u64,
+    marked_count: u64,
+    now: u64,
+) -> Result<CommandResult, MetaError> {
+    let current = txn.get::<u64>("commit sequence", &kv::commit_seq_key(repo))?.unwrap_or(0);
+    if marked_seq > current {
+        return Ok(CommandResult::Rejected(Rejection::CommitSeqAhead {
+            repo: repo.clone(),
+            cited: marked_seq,
+            current,
+        }));
+    }
+    // A snapshot not committed after the mark existed when the collector
+    // read the snapshots (it read the sequence first, and a snapshot once
+    // forgotten never comes back), so the mark covered it. The derived set
+    // can only shrink by forgets since; one larger than what was marked
+    // means a mark taken from an older state, which must not condemn.
+    let after: HashSet<SnapshotId> = commit_log(txn, repo, marked_seq)?.into_iter().map(|(_, e)| e.snapshot).collect();
+    let found = crate::index::snapshots_of(txn, repo)?.iter().filter(|s| !after.contains(s)).count() as u64;
+    if found > marked_count {
+        return Ok(CommandResult::Rejected(Rejection::MarkIncomplete {
+            repo: repo.clone(),
+            marked_seq,
+            marked: marked_count,
+            found,
+        }));
+    }
+    open_round(txn, repo, chunks, marked_seq, current, now)
+}
+
+/// Opens or widens the repository's round and condemns `chunks` (those
+/// still indexed), once the mark has been checked.
+fn open_round(
+    txn: &mut Txn<'_>,
+    repo: &RepoName,
+    chunks: &[ChunkId],
+    marked_seq: u64,
+    current: u64,
+    now: u64,
+) -> Result<CommandResult, MetaError> {
     let round_key = kv::gc_round_key(repo);
     let before = txn.get::<GcRound>("gc round", &round_key)?;
     let mut round = before.clone().unwrap_or(GcRound { marked_seq, sessions: Vec::new(), floor: 0, started_ms: now });
