@@ -1032,4 +1032,81 @@ mod tests {
         let got: ChunkLocation = kv::get(&w.t, "chunk", &kv::chunk_key(&w.repo, &ChunkId([2; 32]))).unwrap().unwrap();
         assert_eq!(got.pack, PackId([54; 16]));
     }
+
+    #[test]
+    fn a_condemnation_citing_only_its_sequence_checks_the_size_of_the_mark() {
+        let mut w = World::new();
+        let s0 = w.begin(1, 1_000);
+        w.store(s0, 50, &[1, 2]);
+        let seq1 = w.commit(s0, 1, 1, 60);
+        let at = |w: &mut World, marked_seq, marked_count| {
+            let time_ms = w.tick();
+            run(
+                &w.t,
+                Command::GcCondemnAt {
+                    repo: w.repo.clone(),
+                    chunks: vec![ChunkId([2; 32])],
+                    marked_seq,
+                    marked_count,
+                    time_ms,
+                },
+            )
+        };
+        // Snapshot 1 predates the mark: a mark of no snapshot missed it.
+        let r = at(&mut w, seq1, 0);
+        assert!(matches!(r, CommandResult::Rejected(Rejection::MarkIncomplete { found: 1, marked: 0, .. })), "{r:?}");
+        assert!(!w.condemned(2));
+        assert!(matches!(at(&mut w, seq1 + 1, 1), CommandResult::Rejected(Rejection::CommitSeqAhead { .. })));
+        // Marked at sequence 0, snapshot 1 is committed after the mark.
+        assert_eq!(at(&mut w, 0, 0), CommandResult::Ok);
+        assert!(w.condemned(2));
+        let round = round_of(&w.t, &w.repo).unwrap().unwrap();
+        assert_eq!((round.marked_seq, round.floor), (0, seq1));
+        assert_eq!(w.sweep(&[], &[2], seq1), CommandResult::Ok);
+        // A mark of one snapshot at sequence 1 is complete.
+        assert_eq!(at(&mut w, seq1, 1), CommandResult::Ok);
+        assert!(w.condemned(2));
+    }
+
+    #[test]
+    fn a_rewrite_moves_only_entries_still_in_the_old_pack_and_then_it_drops() {
+        let mut w = World::new();
+        let s0 = w.begin(1, 1_000);
+        w.store(s0, 50, &[1, 2, 3]);
+        w.commit(s0, 1, 1, 60);
+        assert_eq!(run(&w.t, Command::EndSession { id: s0 }), CommandResult::Ok);
+        let at = |chunk: u8, pack: u8, offset: u64, len: u32| {
+            (ChunkId([chunk; 32]), ChunkLocation { pack: PackId([pack; 16]), offset, len })
+        };
+        let rewrite = |w: &mut World, from: u8, pack: u8, chunks: Vec<(ChunkId, ChunkLocation)>| Command::GcRewrite {
+            repo: w.repo.clone(),
+            from: PackId([from; 16]),
+            pack: w.pack(pack, PackKind::Data),
+            chunks,
+            time_ms: w.tick(),
+        };
+        // Chunk 2 is named with a length that is not its entry's: it stays.
+        let cmd = rewrite(&mut w, 50, 70, vec![at(1, 70, 0, 10), at(2, 70, 10, 9), at(3, 70, 19, 10)]);
+        assert_eq!(run(&w.t, cmd.clone()), CommandResult::Ok);
+        assert_eq!(run(&w.t, cmd), CommandResult::AlreadyApplied);
+        let loc = |w: &World, c: u8| -> ChunkLocation {
+            kv::get(&w.t, "chunk", &kv::chunk_key(&w.repo, &ChunkId([c; 32]))).unwrap().unwrap()
+        };
+        assert_eq!(loc(&w, 1), at(1, 70, 0, 10).1);
+        assert_eq!(loc(&w, 3), at(3, 70, 19, 10).1);
+        assert_eq!(loc(&w, 2).pack, PackId([50; 16]));
+        // The old pack stays while chunk 2 points into it.
+        let drop = Command::DropPacks { repo: w.repo.clone(), packs: vec![PackId([50; 16])] };
+        assert_eq!(run(&w.t, drop.clone()), CommandResult::AlreadyApplied);
+        let cmd = rewrite(&mut w, 50, 71, vec![at(2, 71, 0, 10)]);
+        assert_eq!(run(&w.t, cmd), CommandResult::Ok);
+        assert_eq!(run(&w.t, drop), CommandResult::Ok);
+        // A retry from the dropped pack is refused, and moves nothing.
+        let late = rewrite(&mut w, 50, 72, vec![at(1, 72, 0, 10)]);
+        assert!(matches!(run(&w.t, late), CommandResult::Rejected(Rejection::RewriteSource { .. })));
+        assert_eq!(loc(&w, 1).pack, PackId([70; 16]));
+        // A copy whose entries lie outside it is refused.
+        let out = rewrite(&mut w, 70, 73, vec![at(1, 73, 995, 10)]);
+        assert!(matches!(run(&w.t, out), CommandResult::Rejected(Rejection::ChunkOutOfRange { .. })));
+    }
 }
