@@ -275,6 +275,7 @@ pub async fn status(g: &Global) -> Result<()> {
                     "chunks_spared": l.chunks_spared, "packs_dropped": l.packs_dropped,
                     "bytes_freed": l.bytes_freed, "repos_waiting": l.repos_waiting,
                     "packs_rewritten": l.packs_rewritten, "bytes_written": l.bytes_written,
+                    "packs_partly_dead": l.packs_partly_dead,
                     "error": (!l.error.is_empty()).then(|| l.error.clone()),
                 })),
             })),
