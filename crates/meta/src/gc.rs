@@ -17,7 +17,11 @@
 //!   never dropped, so the collector can always read what it must re-mark.
 //! - `GcCondemn` cites the sequence its mark was taken at; it is refused
 //!   unless every snapshot of the repository is one it marked from or one
-//!   committed after that sequence. It opens (or widens) the repository's
+//!   committed after that sequence. `GcCondemnAt`, which the collector
+//!   sends now, carries only the sequence and how many snapshots were
+//!   marked, so its size does not grow with the catalog: the marked set is
+//!   derived (every snapshot not logged after the sequence existed when the
+//!   collector read the snapshots) and refused if larger than the count. It opens (or widens) the repository's
 //!   *round*: the earliest mark, every session open at any of its
 //!   condemnations, and a floor, the sequence at its latest condemnation.
 //!   Every lookup afterwards, a recorded session's too, finds condemned
@@ -40,6 +44,10 @@
 //!   reference list, and that were not committed by a session still open
 //!   (whose reference list or further `IndexChunks` may still point into
 //!   it).
+//!
+//! - `GcRewrite` records a copy of a pack's live blobs, wholly stored,
+//!   and moves to it only the entries still in the old pack with the same
+//!   length, in one step; the old pack then goes only by `DropPacks`.
 //!
 //! The older `Condemn` (only with no session open and a current mark) and
 //! `Sweep` commands are still applied for logs that carry them; `Sweep` is
