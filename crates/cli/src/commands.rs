@@ -282,11 +282,15 @@ pub async fn status(g: &Global) -> Result<()> {
             "gc": s.gc.as_ref().map(|g| json!({
                 "requested": g.requested, "running": g.running, "rounds_open": g.rounds_open,
                 "interval_s": g.interval_ms / 1000,
+                "rewrite_pending": g.rewrite_pending, "packs_rewritten": g.packs_rewritten,
+                "bytes_rewritten": g.bytes_rewritten,
                 "last": g.last.as_ref().map(|l| json!({
                     "run": l.run, "started": rfc3339(l.started_ms), "finished": rfc3339(l.finished_ms), "by": l.by,
                     "chunks_condemned": l.chunks_condemned, "chunks_swept": l.chunks_swept,
                     "chunks_spared": l.chunks_spared, "packs_dropped": l.packs_dropped,
                     "bytes_freed": l.bytes_freed, "repos_waiting": l.repos_waiting,
+                    "packs_rewritten": l.packs_rewritten, "bytes_written": l.bytes_written,
+                    "packs_partly_dead": l.packs_partly_dead,
                     "error": (!l.error.is_empty()).then(|| l.error.clone()),
                 })),
             })),
@@ -367,6 +371,14 @@ pub async fn status(g: &Global) -> Result<()> {
                 if g.rounds_open > 0 { format!("; {} rounds wait for backups", g.rounds_open) } else { String::new() }
             ),
             None => println!("gc: {state}, no run yet"),
+        }
+        if g.rewrite_pending > 0 || g.packs_rewritten > 0 {
+            println!(
+                "gc rewrites: {} mostly dead packs pending, {} rewritten ({} written) by this leader",
+                g.rewrite_pending,
+                g.packs_rewritten,
+                human_bytes(g.bytes_rewritten)
+            );
         }
     }
     if !s.workers.is_empty() {

@@ -178,6 +178,10 @@ pub struct MetaSettings {
     #[arg(long, env = "COFFER_GC_INTERVAL", value_parser = parse_interval)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gc_interval: Option<Dur>,
+    /// Shard bytes per second the leader's collector writes when it rewrites mostly dead packs.
+    #[arg(long, env = "COFFER_GC_REWRITE_BANDWIDTH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gc_rewrite_bandwidth: Option<u64>,
     /// Plain-HTTP admin port (host:port): /livez, /readyz, /metrics, /health/cluster and the status page at /.
     /// Off unless set; by convention 0.0.0.0:7401.
     #[arg(long, env = "COFFER_ADMIN_LISTEN")]
@@ -288,6 +292,7 @@ pub fn meta_defaults() -> MetaSettings {
         rebuild_bandwidth: Some(c.repair.bandwidth),
         rebuild_parallelism: Some(c.repair.parallelism),
         gc_interval: Some(Dur(c.gc_interval.unwrap_or_default())),
+        gc_rewrite_bandwidth: Some(c.gc_rewrite_bandwidth),
         ..MetaSettings::default()
     }
 }
@@ -419,6 +424,9 @@ impl MetaSettings {
         }
         if let Some(Dur(v)) = self.gc_interval {
             c.gc_interval = (!v.is_zero()).then_some(v);
+        }
+        if let Some(v) = self.gc_rewrite_bandwidth {
+            c.gc_rewrite_bandwidth = v;
         }
         if let Some(path) = &self.admin_token_file {
             c.admin_token =

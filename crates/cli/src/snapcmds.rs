@@ -14,7 +14,7 @@ use coffer_types::SnapshotId;
 use serde_json::json;
 
 use crate::args::Global;
-use crate::shared::{human_bytes, meta_client, open, parse_time, repo_name};
+use crate::shared::{human_bytes, meta_client, open, parse_time};
 use coffer_types::time::rfc3339;
 
 #[derive(Args, Debug)]
@@ -171,9 +171,9 @@ pub async fn diff(g: &Global, older: String, newer: String) -> Result<()> {
     Ok(())
 }
 
-/// Asks the metadata leader's collector for a run, with only the endpoint
-/// (and, for pack rewrites, the repository name): no password, because the
-/// cluster needs no key to do it. With `--wait`, waits for it and prints
+/// Asks the metadata leader's collector for a run, with only the endpoint:
+/// no password and no repository, because the cluster needs no key to do
+/// it, pack rewrites included. With `--wait`, waits for it and prints
 /// what it reclaimed.
 pub async fn gc(g: &Global, wait: Option<std::time::Duration>) -> Result<()> {
     let meta = meta_client(g)?;
@@ -186,11 +186,7 @@ pub async fn gc(g: &Global, wait: Option<std::time::Duration>) -> Result<()> {
         }
         return Ok(());
     };
-    let repo = match &g.repo {
-        Some(_) => Some(repo_name(g)?),
-        None => None,
-    };
-    let s = coffer_client::gc::collect_garbage(&meta, repo.as_ref(), wait).await.context("collect garbage")?;
+    let s = coffer_client::gc::collect_garbage(&meta, wait).await.context("collect garbage")?;
     if g.json {
         println!("{}", serde_json::to_value(&s)?);
         return Ok(());

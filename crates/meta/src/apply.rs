@@ -257,6 +257,14 @@ pub fn apply(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, MetaError
         }
         Command::GcRequest { time_ms } => crate::gc::request_run(txn, time_ms),
         Command::GcRunDone { run } => crate::gc::run_done(txn, run),
+        Command::GcCondemnAt { repo, chunks, marked_seq, marked_count, time_ms } => {
+            let now = log_clock(txn, time_ms)?;
+            crate::gc::gc_condemn_at(txn, &repo, &chunks, marked_seq, marked_count, now)
+        }
+        Command::GcRewrite { repo, from, pack, chunks, time_ms } => {
+            log_clock(txn, time_ms)?;
+            crate::gc::rewrite(txn, &repo, from, pack, &chunks)
+        }
     }
 }
 
@@ -455,7 +463,7 @@ fn move_shard(
 }
 
 /// Every entry must point into `pack`, within its bytes.
-fn check_chunks(pack: &PackRecord, chunks: &[(coffer_types::ChunkId, ChunkLocation)]) -> Option<Rejection> {
+pub(crate) fn check_chunks(pack: &PackRecord, chunks: &[(coffer_types::ChunkId, ChunkLocation)]) -> Option<Rejection> {
     for (chunk, loc) in chunks {
         if loc.pack != pack.id {
             return Some(Rejection::ChunkOutsidePack { chunk: *chunk, pack: loc.pack });

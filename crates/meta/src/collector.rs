@@ -32,6 +32,7 @@ use crate::command::{Command, Rejection, MAX_CHUNKS_PER_COMMAND};
 use crate::gc::{self, GcRunRecord};
 use crate::kv;
 use crate::node::{now_ms, MetaNode};
+use crate::rewrite::{mostly_dead, Throttle};
 use crate::MetaError;
 
 /// How often the worker looks at the catalog for work (a request, the
@@ -40,8 +41,6 @@ const POLL: Duration = Duration::from_millis(500);
 /// How long one run waits for the sessions that were open at condemnation
 /// to end before it leaves the round to the next run.
 const SESSION_WAIT: Duration = Duration::from_secs(120);
-/// A partly dead pack counts as mostly dead from this dead share of bytes on.
-const REWRITE_DEAD_SHARE: f64 = 0.5;
 
 /// What the node's services read of the collector (status, `RunGc`).
 #[derive(Debug, Default)]
@@ -52,6 +51,12 @@ pub struct GcShared {
     pub bytes_freed: AtomicU64,
     pub packs_dropped: AtomicU64,
     pub rounds_open: AtomicU64,
+    /// Mostly dead packs rewritten by this node's runs, and the shard
+    /// bytes their copies took.
+    pub packs_rewritten: AtomicU64,
+    pub bytes_rewritten: AtomicU64,
+    /// Mostly dead packs the current run still has to rewrite.
+    pub rewrite_pending: AtomicU64,
 }
 
 pub(crate) struct Collector {
@@ -59,6 +64,8 @@ pub(crate) struct Collector {
     /// Time between scheduled runs; `None`: only runs asked for.
     pub interval: Option<Duration>,
     pub pool: ShardPool,
+    /// Shard bytes a second for pack rewrites.
+    pub rewrite_bandwidth: u64,
 }
 
 impl Worker for Collector {
@@ -84,8 +91,9 @@ impl Worker for Collector {
             return Ok(WorkerState::Idle);
         }
         n.gc.running.store(true, Relaxed);
-        let record = run(&n, &self.pool, state.requested, stop).await;
+        let record = run(&n, &self.pool, state.requested, self.rewrite_bandwidth, stop).await;
         n.gc.running.store(false, Relaxed);
+        n.gc.rewrite_pending.store(0, Relaxed);
         let record = record?;
         n.gc.runs.fetch_add(1, Relaxed);
         n.gc.chunks_swept.fetch_add(record.chunks_swept, Relaxed);
@@ -96,6 +104,7 @@ impl Worker for Collector {
             swept = record.chunks_swept,
             spared = record.chunks_spared,
             packs_dropped = record.packs_dropped,
+            packs_rewritten = record.packs_rewritten,
             bytes_freed = record.bytes_freed,
             waiting = record.repos_waiting,
             "garbage collection run done"
@@ -115,6 +124,9 @@ impl Worker for Collector {
             ("chunks_swept", n.gc.chunks_swept.load(Relaxed)),
             ("packs_dropped", n.gc.packs_dropped.load(Relaxed)),
             ("bytes_freed", n.gc.bytes_freed.load(Relaxed)),
+            ("packs_rewritten", n.gc.packs_rewritten.load(Relaxed)),
+            ("bytes_rewritten", n.gc.bytes_rewritten.load(Relaxed)),
+            ("rewrite_pending", n.gc.rewrite_pending.load(Relaxed)),
         ]
     }
     fn backoff(&self) -> coffer_worker::Backoff {
@@ -144,13 +156,20 @@ fn open_rounds(n: &MetaNode) -> Result<Vec<RepoName>, MetaError> {
 
 /// One run over every repository. A repository that fails is reported in
 /// the record and the others still run; leadership lost fails the run.
-async fn run(n: &Arc<MetaNode>, pool: &ShardPool, requested: u64, stop: &StopSignal) -> Result<GcRunRecord, MetaError> {
+async fn run(
+    n: &Arc<MetaNode>,
+    pool: &ShardPool,
+    requested: u64,
+    rewrite_bandwidth: u64,
+    stop: &StopSignal,
+) -> Result<GcRunRecord, MetaError> {
     let mut rec = GcRunRecord { run: requested, started_ms: now_ms(), by: n.config.id.0, ..Default::default() };
+    let mut throttle = Throttle::new(rewrite_bandwidth);
     for repo in repos(n)? {
         if stop.is_stopped() {
             return Err(MetaError::Raft("stopping".into()));
         }
-        match collect(n, pool, &repo, &mut rec, stop).await {
+        match collect(n, pool, &repo, &mut rec, &mut throttle, stop).await {
             Ok(()) => {}
             Err(e @ (MetaError::NotLeader { .. } | MetaError::RaftWrite { .. } | MetaError::ReadBarrier { .. })) => {
                 return Err(e)
@@ -199,6 +218,7 @@ async fn collect(
     pool: &ShardPool,
     repo: &RepoName,
     rec: &mut GcRunRecord,
+    throttle: &mut Throttle,
     stop: &StopSignal,
 ) -> Result<(), MetaError> {
     let tree = n.sm.tree();
@@ -221,13 +241,14 @@ async fn collect(
         rec.chunks_indexed += index.len() as u64;
         rec.chunks_live += index.keys().filter(|c| live.contains(*c)).count() as u64;
         if !dead.is_empty() || !condemned.is_empty() {
-            let marked_from: Vec<_> = snaps.iter().map(|s| s.id).collect();
+            // The mark is cited by its sequence and size, so the entry does
+            // not grow with the catalog; apply derives the marked set.
             for chunks in batches(&dead) {
-                let cmd = Command::GcCondemn {
+                let cmd = Command::GcCondemnAt {
                     repo: repo.clone(),
                     chunks,
-                    marked_from: marked_from.clone(),
                     marked_seq,
+                    marked_count: snaps.len() as u64,
                     time_ms: now_ms(),
                 };
                 n.raft_write(cmd).await?;
@@ -240,6 +261,12 @@ async fn collect(
             rec.repos_waiting += 1;
             return Ok(());
         }
+    }
+    // Nothing is condemned now (the round is over), so every entry is live:
+    // copy the live blobs out of mostly dead packs before dropping packs,
+    // so the old ones go in this same run.
+    if gc::round_of(tree, repo)?.is_none() {
+        crate::rewrite::rewrite_mostly_dead(n, pool, repo, rec, throttle, stop).await?;
     }
     drop_dead_packs(n, pool, repo, rec).await
 }
@@ -340,9 +367,7 @@ async fn drop_dead_packs(
     for p in &packs {
         match live_bytes.get(&p.id) {
             None if !named.contains(&p.id) => candidates.push(p.id),
-            Some(live)
-                if p.kind == PackKind::Data && 1.0 - *live as f64 / p.pack_len.max(1) as f64 >= REWRITE_DEAD_SHARE =>
-            {
+            Some(live) if p.kind == PackKind::Data && mostly_dead(p.pack_len, *live) => {
                 rec.packs_partly_dead += 1;
             }
             _ => {}
@@ -380,16 +405,24 @@ async fn drop_dead_packs(
     Ok(())
 }
 
-/// Reads a reference-list pack (its data shards, or any k of its shards
-/// when one fails) and decodes it.
+/// Reads a reference-list pack and decodes it.
 async fn read_refs(n: &MetaNode, pool: &ShardPool, pack: &PackId) -> Result<Vec<ChunkId>, MetaError> {
-    let tree = n.sm.tree();
     let unreadable = |reason: String| MetaError::GcUnreadable { pack: *pack, reason };
-    let Some(rec) = kv::get::<PackRecord>(tree, "pack", &kv::pack_key(pack))? else {
+    let Some(rec) = kv::get::<PackRecord>(n.sm.tree(), "pack", &kv::pack_key(pack))? else {
         return Err(unreadable("its pack record is missing".into()));
     };
-    let nodes: HashMap<_, NodeRecord> =
-        kv::scan::<NodeRecord>(tree, "node", kv::NODE_PREFIX)?.into_iter().map(|r| (r.id, r)).collect();
+    let bytes = read_pack(n, pool, &rec).await.map_err(unreadable)?;
+    coffer_types::refs::decode_refs(&bytes).map_err(|e| unreadable(e.to_string()))
+}
+
+/// Reads a whole pack (its data shards, or any k of its shards when one
+/// fails, each checked against its checksum); the error says why not.
+pub(crate) async fn read_pack(n: &MetaNode, pool: &ShardPool, rec: &PackRecord) -> Result<Vec<u8>, String> {
+    let nodes: HashMap<_, NodeRecord> = kv::scan::<NodeRecord>(n.sm.tree(), "node", kv::NODE_PREFIX)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|r| (r.id, r))
+        .collect();
     let mut shards: Vec<Option<Vec<u8>>> = vec![None; rec.params.total()];
     let mut bad = Vec::new();
     let mut good = 0;
@@ -410,10 +443,9 @@ async fn read_refs(n: &MetaNode, pool: &ShardPool, pack: &PackId) -> Result<Vec<
         }
     }
     if good < rec.params.k() {
-        return Err(unreadable(format!("{good} of {} shards readable: {}", rec.params.k(), bad.join("; "))));
+        return Err(format!("{good} of {} shards readable: {}", rec.params.k(), bad.join("; ")));
     }
-    let codec = Codec::new(rec.params).map_err(|e| unreadable(e.to_string()))?;
-    codec.reconstruct_data(&mut shards).map_err(|e| unreadable(e.to_string()))?;
-    let bytes = codec.join(&shards, rec.pack_len).map_err(|e| unreadable(e.to_string()))?;
-    coffer_types::refs::decode_refs(&bytes).map_err(|e| unreadable(e.to_string()))
+    let codec = Codec::new(rec.params).map_err(|e| e.to_string())?;
+    codec.reconstruct_data(&mut shards).map_err(|e| e.to_string())?;
+    codec.join(&shards, rec.pack_len).map_err(|e| e.to_string())
 }

@@ -233,6 +233,32 @@ pub enum Command {
     GcRunDone {
         run: crate::gc::GcRunRecord,
     },
+    /// `GcCondemn` whose size does not grow with the catalog: the mark is
+    /// cited by its commit sequence alone. The collector marked from every
+    /// snapshot that existed at a state whose commit sequence was at least
+    /// `marked_seq`, `marked_count` of them; apply derives that set (every
+    /// snapshot not committed after `marked_seq`) and refuses the mark if
+    /// the set is larger than what was marked.
+    GcCondemnAt {
+        repo: RepoName,
+        chunks: Vec<ChunkId>,
+        marked_seq: u64,
+        marked_count: u64,
+        time_ms: u64,
+    },
+    /// The collector copied the live blobs of pack `from` (still encrypted)
+    /// into `pack`, whose every shard is stored: records `pack` and points
+    /// each of `chunks` whose entry still lies in `from`, with the same
+    /// length, at its copy, in one entry (at most `MAX_CHUNKS_PER_COMMAND`,
+    /// so a rewritten pack holds at most that many blobs). `time_ms` is the
+    /// leader's, advancing the log clock.
+    GcRewrite {
+        repo: RepoName,
+        from: PackId,
+        pack: PackRecord,
+        chunks: Vec<(ChunkId, ChunkLocation)>,
+        time_ms: u64,
+    },
 }
 
 impl Command {
@@ -270,6 +296,8 @@ impl Command {
             Command::GcSweep { .. } => "gc_sweep",
             Command::GcRequest { .. } => "gc_request",
             Command::GcRunDone { .. } => "gc_run_done",
+            Command::GcCondemnAt { .. } => "gc_condemn_at",
+            Command::GcRewrite { .. } => "gc_rewrite",
         }
     }
 }
@@ -395,6 +423,12 @@ pub enum Rejection {
     NoGcRound { repo: RepoName },
     #[error("repository {repo}: a garbage-collection round is open; this older command would bypass its rules")]
     GcRoundOpen { repo: RepoName },
+    #[error("repository {repo}: {found} snapshots predate the mark at commit {marked_seq}, but only {marked} were marked; mark again")]
+    MarkIncomplete { repo: RepoName, marked_seq: u64, marked: u64, found: u64 },
+    #[error("pack {pack} is rewritten from pack {from}, which is not a data pack of repository {repo}")]
+    RewriteSource { repo: RepoName, from: PackId, pack: PackId },
+    #[error("{got} chunk entries in one command, at most {max} allowed")]
+    TooManyChunks { got: usize, max: usize },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

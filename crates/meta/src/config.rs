@@ -49,7 +49,14 @@ pub struct MetaConfig {
     /// Time between the leader's garbage-collection runs (`--gc-interval`,
     /// `gc_interval`); `None`: only runs asked for with `coffer gc`.
     pub gc_interval: Option<Duration>,
+    /// Shard bytes per second the collector writes when it rewrites mostly
+    /// dead packs (`--gc-rewrite-bandwidth`, `gc_rewrite_bandwidth`).
+    pub gc_rewrite_bandwidth: u64,
 }
+
+/// Pack rewrites share the storage nodes with backups and rebuilds: a
+/// fraction of a node's disk bandwidth, so they never crowd either out.
+pub const DEFAULT_GC_REWRITE_BANDWIDTH: u64 = 64 << 20;
 
 /// Garbage collection runs hourly unless configured otherwise: often enough
 /// that forgotten snapshots free their space the same day, rarely enough
@@ -76,6 +83,7 @@ impl MetaConfig {
             admin_token: None,
             security: coffer_rpc::tls::process_default(),
             gc_interval: Some(DEFAULT_GC_INTERVAL),
+            gc_rewrite_bandwidth: DEFAULT_GC_REWRITE_BANDWIDTH,
         }
     }
 
@@ -95,6 +103,9 @@ impl MetaConfig {
         }
         if self.init && self.join.is_some() {
             return Err(MetaError::Config("--init and --join exclude each other".into()));
+        }
+        if self.gc_rewrite_bandwidth == 0 {
+            return Err(MetaError::Config("--gc-rewrite-bandwidth must be at least 1 byte per second".into()));
         }
         if self.snapshot_every == 0 {
             return Err(MetaError::Config("--snapshot-every must be at least 1".into()));

@@ -65,6 +65,10 @@ pub enum MetaError {
     /// nothing of that repository (a lost id would delete a live chunk).
     #[error("the reference list pack {pack} is unreadable ({reason}); nothing can be collected safely")]
     GcUnreadable { pack: PackId, reason: String },
+    /// The collector could not store the copy of a mostly dead pack; the
+    /// pack is kept whole and the copy's shards are orphans.
+    #[error("rewriting pack {pack}: {reason}; it is kept whole")]
+    GcRewrite { pack: PackId, reason: String },
 }
 
 impl MetaError {
@@ -101,7 +105,8 @@ impl MetaError {
             | MetaError::Serve(_)
             | MetaError::RebuildFailed { .. }
             | MetaError::MoveRefused { .. }
-            | MetaError::GcUnreadable { .. } => Code::Internal,
+            | MetaError::GcUnreadable { .. }
+            | MetaError::GcRewrite { .. } => Code::Internal,
         }
     }
 }

@@ -17,7 +17,11 @@
 //!   never dropped, so the collector can always read what it must re-mark.
 //! - `GcCondemn` cites the sequence its mark was taken at; it is refused
 //!   unless every snapshot of the repository is one it marked from or one
-//!   committed after that sequence. It opens (or widens) the repository's
+//!   committed after that sequence. `GcCondemnAt`, which the collector
+//!   sends now, carries only the sequence and how many snapshots were
+//!   marked, so its size does not grow with the catalog: the marked set is
+//!   derived (every snapshot not logged after the sequence existed when the
+//!   collector read the snapshots) and refused if larger than the count. It opens (or widens) the repository's
 //!   *round*: the earliest mark, every session open at any of its
 //!   condemnations, and a floor, the sequence at its latest condemnation.
 //!   Every lookup afterwards, a recorded session's too, finds condemned
@@ -40,6 +44,10 @@
 //!   reference list, and that were not committed by a session still open
 //!   (whose reference list or further `IndexChunks` may still point into
 //!   it).
+//!
+//! - `GcRewrite` records a copy of a pack's live blobs, wholly stored,
+//!   and moves to it only the entries still in the old pack with the same
+//!   length, in one step; the old pack then goes only by `DropPacks`.
 //!
 //! The older `Condemn` (only with no session open and a current mark) and
 //! `Sweep` commands are still applied for logs that carry them; `Sweep` is
@@ -202,6 +210,73 @@ pub(crate) fn relocate(
         }
     }
     Ok(if moved == 0 { CommandResult::AlreadyApplied } else { CommandResult::Ok })
+}
+
+/// `GcRewrite`: records the copy of `from`'s live blobs and moves the
+/// entries that still lie in `from` to it, in one step, so no entry ever
+/// points at a pack that is not wholly stored. The old pack is left to
+/// `DropPacks`, which drops it once nothing points into it.
+pub(crate) fn rewrite(
+    txn: &mut Txn<'_>,
+    repo: &RepoName,
+    from: PackId,
+    pack: PackRecord,
+    chunks: &[(ChunkId, ChunkLocation)],
+) -> Result<CommandResult, MetaError> {
+    let Some(record) = txn.get::<coffer_types::RepoRecord>("repo", &kv::repo_key(repo))? else {
+        return Ok(CommandResult::Rejected(Rejection::UnknownRepo(repo.clone())));
+    };
+    let key = kv::pack_key(&pack.id);
+    if let Some(existing) = txn.get::<PackRecord>("pack", &key)? {
+        return Ok(if existing == pack {
+            CommandResult::AlreadyApplied
+        } else {
+            CommandResult::Rejected(Rejection::PackConflict(pack.id))
+        });
+    }
+    let source = txn.get::<PackRecord>("pack", &kv::pack_key(&from))?;
+    if pack.repo != *repo
+        || pack.kind != coffer_types::PackKind::Data
+        || source.is_none_or(|s| s.repo != *repo || s.kind != coffer_types::PackKind::Data)
+    {
+        return Ok(CommandResult::Rejected(Rejection::RewriteSource { repo: repo.clone(), from, pack: pack.id }));
+    }
+    if chunks.len() > crate::command::MAX_CHUNKS_PER_COMMAND {
+        return Ok(CommandResult::Rejected(Rejection::TooManyChunks {
+            got: chunks.len(),
+            max: crate::command::MAX_CHUNKS_PER_COMMAND,
+        }));
+    }
+    let needed = crate::apply::min_shards(|k| txn.get::<u32>("min shards", k), &record)?;
+    let placed = pack.placed();
+    if placed < needed {
+        return Ok(CommandResult::Rejected(Rejection::TooFewShards { pack: pack.id, placed, min_shards: needed }));
+    }
+    for shard in pack.shards.iter().filter(|s| s.is_placed()) {
+        if !txn.contains(&kv::node_key(shard.node))? {
+            return Ok(CommandResult::Rejected(Rejection::PackOnUnknownNode {
+                pack: pack.id,
+                index: shard.index.0,
+                node: shard.node,
+            }));
+        }
+    }
+    if let Some(why) = crate::apply::check_chunks(&pack, chunks) {
+        return Ok(CommandResult::Rejected(why));
+    }
+    // Only entries still in `from` move: one swept, revived elsewhere or
+    // condemned since the copy was made keeps what it has (a condemned
+    // entry stays with the old pack, which then waits for the sweep).
+    for (chunk, loc) in chunks {
+        let ckey = kv::chunk_key(repo, chunk);
+        let Some(current) = txn.get::<ChunkLocation>("chunk", &ckey)? else { continue };
+        if current.pack == from && current.len == loc.len && !txn.contains(&condemn_key(repo, chunk))? {
+            txn.put(ckey, loc)?;
+        }
+    }
+    txn.put(key, &pack)?;
+    txn.add_count("packs", 1)?;
+    Ok(CommandResult::Ok)
 }
 
 pub(crate) fn drop_packs(txn: &mut Txn<'_>, repo: &RepoName, packs: &[PackId]) -> Result<CommandResult, MetaError> {
@@ -413,6 +488,55 @@ pub(crate) fn gc_condemn(
     if snapshots_of(txn, repo)?.iter().any(|s| !marked.contains(&s.id) && !after.contains(&s.id)) {
         return Ok(CommandResult::Rejected(Rejection::MarkOutdated { repo: repo.clone() }));
     }
+    open_round(txn, repo, chunks, marked_seq, current, now)
+}
+
+/// `GcCondemn` citing the mark by its commit sequence alone (see
+/// `Command::GcCondemnAt`): the marked set is derived, not carried.
+pub(crate) fn gc_condemn_at(
+    txn: &mut Txn<'_>,
+    repo: &RepoName,
+    chunks: &[ChunkId],
+    marked_seq: u64,
+    marked_count: u64,
+    now: u64,
+) -> Result<CommandResult, MetaError> {
+    let current = txn.get::<u64>("commit sequence", &kv::commit_seq_key(repo))?.unwrap_or(0);
+    if marked_seq > current {
+        return Ok(CommandResult::Rejected(Rejection::CommitSeqAhead {
+            repo: repo.clone(),
+            cited: marked_seq,
+            current,
+        }));
+    }
+    // A snapshot not committed after the mark existed when the collector
+    // read the snapshots (it read the sequence first, and a snapshot once
+    // forgotten never comes back), so the mark covered it. The derived set
+    // can only shrink by forgets since; one larger than what was marked
+    // means a mark taken from an older state, which must not condemn.
+    let after: HashSet<SnapshotId> = commit_log(txn, repo, marked_seq)?.into_iter().map(|(_, e)| e.snapshot).collect();
+    let found = crate::index::snapshots_of(txn, repo)?.iter().filter(|s| !after.contains(s)).count() as u64;
+    if found > marked_count {
+        return Ok(CommandResult::Rejected(Rejection::MarkIncomplete {
+            repo: repo.clone(),
+            marked_seq,
+            marked: marked_count,
+            found,
+        }));
+    }
+    open_round(txn, repo, chunks, marked_seq, current, now)
+}
+
+/// Opens or widens the repository's round and condemns `chunks` (those
+/// still indexed), once the mark has been checked.
+fn open_round(
+    txn: &mut Txn<'_>,
+    repo: &RepoName,
+    chunks: &[ChunkId],
+    marked_seq: u64,
+    current: u64,
+    now: u64,
+) -> Result<CommandResult, MetaError> {
     let round_key = kv::gc_round_key(repo);
     let before = txn.get::<GcRound>("gc round", &round_key)?;
     let mut round = before.clone().unwrap_or(GcRound { marked_seq, sessions: Vec::new(), floor: 0, started_ms: now });
@@ -915,5 +1039,83 @@ mod tests {
         assert_eq!(w.sweep(&[2], &[], seq1), CommandResult::Ok);
         let got: ChunkLocation = kv::get(&w.t, "chunk", &kv::chunk_key(&w.repo, &ChunkId([2; 32]))).unwrap().unwrap();
         assert_eq!(got.pack, PackId([54; 16]));
+    }
+
+    #[test]
+    fn a_condemnation_citing_only_its_sequence_checks_the_size_of_the_mark() {
+        let mut w = World::new();
+        let s0 = w.begin(1, 1_000);
+        w.store(s0, 50, &[1, 2]);
+        let seq1 = w.commit(s0, 1, 1, 60);
+        let at = |w: &mut World, marked_seq, marked_count| {
+            let time_ms = w.tick();
+            run(
+                &w.t,
+                Command::GcCondemnAt {
+                    repo: w.repo.clone(),
+                    chunks: vec![ChunkId([2; 32])],
+                    marked_seq,
+                    marked_count,
+                    time_ms,
+                },
+            )
+        };
+        // Snapshot 1 predates the mark: a mark of no snapshot missed it.
+        let r = at(&mut w, seq1, 0);
+        assert!(matches!(r, CommandResult::Rejected(Rejection::MarkIncomplete { found: 1, marked: 0, .. })), "{r:?}");
+        assert!(!w.condemned(2));
+        assert!(matches!(at(&mut w, seq1 + 1, 1), CommandResult::Rejected(Rejection::CommitSeqAhead { .. })));
+        // Marked at sequence 0, snapshot 1 is committed after the mark.
+        assert_eq!(at(&mut w, 0, 0), CommandResult::Ok);
+        assert!(w.condemned(2));
+        let round = round_of(&w.t, &w.repo).unwrap().unwrap();
+        assert_eq!((round.marked_seq, round.floor), (0, seq1));
+        assert_eq!(w.sweep(&[], &[2], seq1), CommandResult::Ok);
+        // A mark of one snapshot at sequence 1 is complete.
+        assert_eq!(at(&mut w, seq1, 1), CommandResult::Ok);
+        assert!(w.condemned(2));
+    }
+
+    #[test]
+    fn a_rewrite_moves_only_entries_still_in_the_old_pack_and_then_it_drops() {
+        let mut w = World::new();
+        let s0 = w.begin(1, 1_000);
+        w.store(s0, 50, &[1, 2, 3]);
+        w.commit(s0, 1, 1, 60);
+        // The commit ended the session, so nothing keeps pack 50 but its entries.
+        assert_eq!(run(&w.t, Command::EndSession { id: s0 }), CommandResult::AlreadyApplied);
+        let at = |chunk: u8, pack: u8, offset: u64, len: u32| {
+            (ChunkId([chunk; 32]), ChunkLocation { pack: PackId([pack; 16]), offset, len })
+        };
+        let rewrite = |w: &mut World, from: u8, pack: u8, chunks: Vec<(ChunkId, ChunkLocation)>| Command::GcRewrite {
+            repo: w.repo.clone(),
+            from: PackId([from; 16]),
+            pack: w.pack(pack, PackKind::Data),
+            chunks,
+            time_ms: w.tick(),
+        };
+        // Chunk 2 is named with a length that is not its entry's: it stays.
+        let cmd = rewrite(&mut w, 50, 70, vec![at(1, 70, 0, 10), at(2, 70, 10, 9), at(3, 70, 19, 10)]);
+        assert_eq!(run(&w.t, cmd.clone()), CommandResult::Ok);
+        assert_eq!(run(&w.t, cmd), CommandResult::AlreadyApplied);
+        let loc = |w: &World, c: u8| -> ChunkLocation {
+            kv::get(&w.t, "chunk", &kv::chunk_key(&w.repo, &ChunkId([c; 32]))).unwrap().unwrap()
+        };
+        assert_eq!(loc(&w, 1), at(1, 70, 0, 10).1);
+        assert_eq!(loc(&w, 3), at(3, 70, 19, 10).1);
+        assert_eq!(loc(&w, 2).pack, PackId([50; 16]));
+        // The old pack stays while chunk 2 points into it.
+        let drop = Command::DropPacks { repo: w.repo.clone(), packs: vec![PackId([50; 16])] };
+        assert_eq!(run(&w.t, drop.clone()), CommandResult::AlreadyApplied);
+        let cmd = rewrite(&mut w, 50, 71, vec![at(2, 71, 0, 10)]);
+        assert_eq!(run(&w.t, cmd), CommandResult::Ok);
+        assert_eq!(run(&w.t, drop), CommandResult::Ok);
+        // A retry from the dropped pack is refused, and moves nothing.
+        let late = rewrite(&mut w, 50, 72, vec![at(1, 72, 0, 10)]);
+        assert!(matches!(run(&w.t, late), CommandResult::Rejected(Rejection::RewriteSource { .. })));
+        assert_eq!(loc(&w, 1).pack, PackId([70; 16]));
+        // A copy whose entries lie outside it is refused.
+        let out = rewrite(&mut w, 70, 73, vec![at(1, 73, 995, 10)]);
+        assert!(matches!(run(&w.t, out), CommandResult::Rejected(Rejection::ChunkOutOfRange { .. })));
     }
 }

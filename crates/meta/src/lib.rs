@@ -38,6 +38,7 @@ pub mod probe;
 mod raft_service;
 pub mod repair;
 mod retention;
+mod rewrite;
 mod snapshot_file;
 mod sources;
 mod status_page;

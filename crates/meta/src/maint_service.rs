@@ -249,5 +249,8 @@ pub(crate) fn gc_status(node: &MetaNode) -> Result<pb::GcStatus, MetaError> {
         rounds_open: node.sm.tree().scan_prefix(b"gr/").count() as u64,
         running: node.gc.running.load(Relaxed),
         interval_ms: node.config.gc_interval.map_or(0, |d| d.as_millis() as u64),
+        rewrite_pending: node.gc.rewrite_pending.load(Relaxed),
+        packs_rewritten: node.gc.packs_rewritten.load(Relaxed),
+        bytes_rewritten: node.gc.bytes_rewritten.load(Relaxed),
     })
 }

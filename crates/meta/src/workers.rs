@@ -241,6 +241,7 @@ pub(crate) fn spawn_all(node: &Arc<MetaNode>, join: Option<String>) {
         node: weak.clone(),
         interval: node.config.gc_interval,
         pool: coffer_rpc::ShardPool::with_security(node.config.security.clone()),
+        rewrite_bandwidth: node.config.gc_rewrite_bandwidth,
     });
     if let Some(via) = join {
         r.spawn(Join { node: weak, via });
