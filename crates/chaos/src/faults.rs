@@ -138,10 +138,13 @@ impl Fault {
                 i.voters.insert(*site);
             }
             Fault::AsymmetricCut { from, .. } => {
-                // Each side still reaches the third site; the sending side
-                // is the one whose traffic is lost.
+                // A TCP exchange needs both directions: the two sites lose
+                // each other, and a leader in either one sees the other's
+                // storage nodes fall silent. Counted as the site that sends
+                // into the void, with nothing else on storage at the same time.
                 i.sites.insert(*from);
                 i.voters.insert(*from);
+                i.all_storage = true;
             }
             Fault::IsolateVoter { voter }
             | Fault::Kill { node: NodeRef::Meta(voter) }
@@ -183,7 +186,12 @@ pub fn tolerated(impacts: &[Impact], storage_sites: &[usize], m: usize) -> bool 
             nodes.insert(n);
         }
     }
-    if impacts.iter().any(|i| i.all_storage) && !nodes.is_empty() {
+    let exclusive = impacts.iter().filter(|i| i.all_storage).count();
+    let others = impacts
+        .iter()
+        .filter(|i| !i.all_storage && (!i.storage.is_empty() || !i.sites.is_empty() || i.shards > 0))
+        .count();
+    if exclusive > 1 || (exclusive == 1 && others > 0) {
         return false;
     }
     // Damaged shards may sit on any node of any site: they count against

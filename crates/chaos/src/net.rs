@@ -5,7 +5,7 @@
 //! ```text
 //!   site 0: m1 s-0-0 s-0-1 ...   site 1: ...   site 2: ...   clients: cl
 //!       \    |    /                  |              |            |
-//!        [ br0 10.213.1.1 ]   [ br1 10.213.2.1 ]  [ br2 .3.1 ] [ br9 .9.1 ]
+//!        [ br0 10.213.1.1 ]   [ br1 10.213.2.1 ]  [ br2 .3.1 ] [ br8 .9.1 ]
 //!                   core namespace (ip_forward, FORWARD filters)
 //! ```
 //!

@@ -206,6 +206,10 @@ mod tests {
         assert!(tolerated(std::slice::from_ref(&shards), &sites, 2));
         assert!(!tolerated(&[shards, kill(3)], &sites, 2));
         assert!(!tolerated(&[imp(Fault::IsolateLeaderFromStorage), kill(3)], &sites, 2));
+        let cut = imp(Fault::AsymmetricCut { from: 0, to: 1 });
+        assert!(tolerated(std::slice::from_ref(&cut), &sites, 2));
+        assert!(!tolerated(&[cut.clone(), kill(0)], &sites, 2));
+        assert!(!tolerated(&[cut, imp(Fault::IsolateLeaderFromStorage)], &sites, 2));
         assert!(tolerated(&[imp(Fault::ClockSkew { storage: 1, offset_s: 3600 }), part(1)], &sites, 2));
     }
 }
