@@ -63,6 +63,9 @@ pub struct ScheduleReport {
     /// Where the logs were kept, when they were.
     pub kept: Option<PathBuf>,
     pub seconds: f64,
+    /// When the schedule's clock started (Unix ms), to read the events'
+    /// times against the nodes' log timestamps.
+    pub clock_started_unix_ms: u64,
 }
 
 impl ScheduleReport {
@@ -133,7 +136,10 @@ impl Report {
             ));
         }
         for r in self.schedules.iter().filter(|r| !r.findings.is_empty()) {
-            md.push_str(&format!("\n## Schedule {} (seed {})\n\n", r.schedule.index, r.schedule.seed));
+            md.push_str(&format!(
+                "\n## Schedule {} (seed {}; clock started at Unix ms {})\n\n",
+                r.schedule.index, r.schedule.seed, r.clock_started_unix_ms
+            ));
             for e in &r.schedule.events {
                 md.push_str(&format!("- at {} ms for {} ms: {:?}\n", e.at_ms, e.duration_ms, e.fault));
             }
@@ -229,6 +235,7 @@ pub fn run_schedule(s: &Schedule, opts: &RunOptions, netem: &mut bool) -> Result
     *netem = faults::netem_available(&c);
     let sh = Shared::new();
     let views = Mutex::new(LeaderViews::default());
+    let t0_unix = Mutex::new(0u64);
     let mut injected: BTreeMap<String, u64> = BTreeMap::new();
     let mut not_injected = Vec::new();
     let mut damaged = Vec::new();
@@ -258,6 +265,7 @@ pub fn run_schedule(s: &Schedule, opts: &RunOptions, netem: &mut bool) -> Result
         pending.reverse();
         let mut active: Vec<(u64, Active)> = Vec::new();
         let t0 = Instant::now();
+        *t0_unix.lock().unwrap_or_else(|p| p.into_inner()) = unix_ms();
         loop {
             let now = t0.elapsed().as_millis() as u64;
             let mut c = cluster.lock().unwrap_or_else(|p| p.into_inner());
@@ -341,6 +349,7 @@ pub fn run_schedule(s: &Schedule, opts: &RunOptions, netem: &mut bool) -> Result
         findings,
         kept: None,
         seconds: started.elapsed().as_secs_f64(),
+        clock_started_unix_ms: t0_unix.into_inner().unwrap_or_else(|p| p.into_inner()),
     };
     drop(rec);
     drop(c);
@@ -353,6 +362,10 @@ pub fn run_schedule(s: &Schedule, opts: &RunOptions, netem: &mut bool) -> Result
         report.kept = Some(dest);
     }
     Ok(report)
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn copy_logs(from: &Path, to: &Path) -> Result<()> {
