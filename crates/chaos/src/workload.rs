@@ -131,6 +131,8 @@ pub struct Agent {
     tree: PathBuf,
     streams: PathBuf,
     ops: u64,
+    /// The storage node this agent set draining, until it undoes it.
+    draining: Option<String>,
 }
 
 impl Agent {
@@ -141,7 +143,7 @@ impl Agent {
         let streams = dir.join(format!("agent-{index}/streams"));
         std::fs::create_dir_all(&tree)?;
         std::fs::create_dir_all(&streams)?;
-        let mut a = Agent { index, rng, tree, streams, ops: 0 };
+        let mut a = Agent { index, rng, tree, streams, ops: 0, draining: None };
         for i in 0..6 {
             a.write_file(&format!("f{i}"))?;
         }
@@ -194,8 +196,9 @@ impl Agent {
                 45..=57 => self.backup_stream(c, sh),
                 58..=72 => list(c, sh, self.index).map(|_| ()),
                 73..=85 => self.restore_one(c, sh),
-                86..=95 => self.forget_one(c, sh),
-                _ => self.gc(c, sh),
+                86..=94 => self.forget_one(c, sh),
+                95..=97 => self.gc(c, sh),
+                _ => self.drain(c, sh),
             };
             if let Err(e) = result {
                 // The harness's own failure (a file it could not write):
@@ -203,6 +206,48 @@ impl Agent {
                 sh.lock().other_refused.push(sh.refusal("agent", &format!("{e:#}")));
             }
         }
+        // A drain left running would move shards during the checks.
+        if let Some(node) = self.draining.take() {
+            if let Ok(out) = c.cli(&["drain", &node, "--undo"], CALL_TIMEOUT) {
+                if out.code != 0 {
+                    sh.lock().other_refused.push(sh.refusal(&format!("drain {node} --undo"), &out.stderr));
+                }
+            }
+        }
+    }
+
+    /// Starts draining a storage node, or stops the drain this agent began:
+    /// shards move while faults run, and redundancy must never drop.
+    fn drain(&mut self, c: &Cli, sh: &Shared) -> Result<()> {
+        let (args, next) = match self.draining.take() {
+            Some(node) => (vec!["drain".to_string(), node, "--undo".into()], None),
+            None => {
+                let Ok(status) = c.status() else { return Ok(()) };
+                let ids: Vec<String> = status["nodes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|n| n["id"].as_str().map(String::from))
+                    .collect();
+                if ids.is_empty() {
+                    return Ok(());
+                }
+                let node = ids[self.rng.gen_range(0..ids.len())].clone();
+                (vec!["drain".to_string(), node.clone()], Some(node))
+            }
+        };
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = c.cli(&argv, CALL_TIMEOUT)?;
+        if out.code == 0 {
+            self.draining = next;
+        } else {
+            sh.lock().other_refused.push(sh.refusal(&args.join(" "), &out.stderr));
+            // An undo that failed is tried again at the next chance.
+            if next.is_none() {
+                self.draining = args.get(1).cloned();
+            }
+        }
+        Ok(())
     }
 
     fn tag(&self) -> String {
