@@ -252,8 +252,11 @@ pub fn expected_patterns(damaged: &[std::path::PathBuf]) -> Vec<String> {
 }
 
 /// Crashes and panics are safety findings; other `ERROR` lines that match
-/// none of `expected` are log findings (one per distinct message).
-pub fn logs(c: &mut ChaosCluster, expected: &[String], out: &mut Vec<Finding>) {
+/// none of `expected` are log findings (one per distinct message), and so
+/// is every orphan shard collected by a node whose clock was skewed
+/// (`skewed`: their log file names): the collector judges age on the
+/// node's own clock, so each such deletion is listed for inspection.
+pub fn logs(c: &mut ChaosCluster, expected: &[String], skewed: &[String], out: &mut Vec<Finding>) {
     for crash in c.crashed() {
         safety(out, crash);
     }
@@ -264,6 +267,13 @@ pub fn logs(c: &mut ChaosCluster, expected: &[String], out: &mut Vec<Finding>) {
         for line in text.lines().map(coffer_testkit::strip_ansi) {
             if line.contains("panicked at") {
                 safety(out, format!("{name}: {line}"));
+                continue;
+            }
+            if skewed.contains(&name) && line.contains("collected an orphan shard") {
+                out.push(Finding {
+                    severity: Severity::Log,
+                    what: format!("orphan collected under a skewed clock: {name}: {line}"),
+                });
                 continue;
             }
             if !coffer_testkit::is_failure_line(&line) || expected.iter().any(|e| line.contains(e.as_str())) {

@@ -276,6 +276,10 @@ impl ChaosCluster {
                     &endpoints,
                     "--heartbeat-interval",
                     "500ms",
+                    // Orphan collection runs during the schedule (it judges
+                    // a shard's age on the node's own clock).
+                    "--orphan-interval",
+                    "5s",
                 ]
                 .iter()
                 .map(|s| s.to_string())

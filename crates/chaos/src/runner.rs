@@ -329,7 +329,12 @@ pub fn run_schedule(s: &Schedule, opts: &RunOptions, netem: &mut bool) -> Result
     views.lock().unwrap_or_else(|p| p.into_inner()).check(&mut findings);
     drop(rec);
     checks::availability(&sh, &mut findings);
-    checks::logs(&mut c, &checks::expected_patterns(&damaged), &mut findings);
+    let skewed: Vec<String> = s
+        .skewable()
+        .iter()
+        .filter_map(|i| c.storage[*i].log.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    checks::logs(&mut c, &checks::expected_patterns(&damaged), &skewed, &mut findings);
     let rec = sh.record.lock().unwrap_or_else(|p| p.into_inner());
     let keep = opts.keep || findings.iter().any(|f| f.severity == Severity::Safety);
     let report = ScheduleReport {

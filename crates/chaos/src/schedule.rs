@@ -150,7 +150,14 @@ fn draw_fault(rng: &mut ChaCha8Rng, s: &Schedule, opts: &GenOptions) -> Fault {
         12 => Fault::DiskFill { storage: rng.gen_range(0..storage) },
         _ => {
             let hours = rng.gen_range(1..=48i64) * 3_600;
-            Fault::ClockSkew { storage: rng.gen_range(0..storage), offset_s: if rng.gen() { hours } else { -hours } }
+            // Now and then past the orphan age (the longest lease and a
+            // day), where a node's own clock would call fresh shards old.
+            let offset_s = match rng.gen_range(0..10) {
+                0..=2 => rng.gen_range(9..=10i64) * 86_400,
+                3..=6 => hours,
+                _ => -hours,
+            };
+            Fault::ClockSkew { storage: rng.gen_range(0..storage), offset_s }
         }
     }
 }
