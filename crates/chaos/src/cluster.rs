@@ -380,7 +380,12 @@ impl ChaosCluster {
         let p = self.proc_mut(n);
         p.kill();
         p.start(&bin)?;
-        p.wait_addr(Duration::from_secs(60))
+        let started = p.wait_addr(Duration::from_secs(60));
+        if started.is_err() {
+            // Reaped here, so that a refused start is not taken for a crash.
+            p.kill();
+        }
+        started
     }
 
     /// A handle that runs CLI calls against this cluster, for threads that
