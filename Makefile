@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build test chromium lint fmt demo tools clean bench microbench fuzz fuzz-tools fuzz-cmin image compose-test helm-check helm-tools scale rpo
+.PHONY: all build test chromium chaos chaos-tools lint fmt demo tools clean bench microbench fuzz fuzz-tools fuzz-cmin image compose-test helm-check helm-tools scale rpo
 
 all: build
 
@@ -13,15 +13,36 @@ build:
 # Cluster tests run the real `coffer` binary: build it first, in the same
 # profile the tests use. The status-page test drives headless Chromium,
 # installed from Debian's packages when missing (as root; else with sudo).
-test: chromium
+# The chaos smoke (crates/chaos/tests/smoke.rs) needs ip, iptables, tc and
+# libfaketime, installed the same way; as root it must run, not skip.
+test: chromium chaos-tools
 	$(CARGO) build --locked -p coffer-cli
 	$(MAKE) helm-check COFFER_BIN=target/debug/coffer
-	$(CARGO) test --workspace --locked
+	COFFER_CHAOS_REQUIRE=$$( [ "$$(id -u)" = 0 ] && echo 1 || echo 0 ) $(CARGO) test --workspace --locked
 
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+chaos-tools:
+	@{ command -v ip && command -v iptables && command -v tc && ls /usr/lib/*/faketime/libfaketime.so.1; } >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq iproute2 iptables faketime; }
+
+# The chaos suite (crates/chaos, needs root): CHAOS_SCHEDULES schedules
+# drawn from CHAOS_SEED, each CHAOS_MINUTES long on a fresh cluster of
+# real processes in network namespaces, with faults between sites, on
+# processes, disks and clocks. Writes target/chaos/report-SEED.{md,json}
+# (and the logs of every schedule with a safety finding); exits 1 on a
+# safety or availability finding.
+CHAOS_SEED ?= 1
+CHAOS_SCHEDULES ?= 10
+CHAOS_MINUTES ?= 2
+
+chaos: chaos-tools
+	$(CARGO) build --locked -p coffer-cli -p coffer-chaos
+	COFFER_BIN=target/debug/coffer target/debug/coffer-chaos --seed $(CHAOS_SEED) --schedules $(CHAOS_SCHEDULES) --minutes $(CHAOS_MINUTES) --out target/chaos
 
 tools:
 	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy

@@ -26,6 +26,7 @@ pub use agent::AgentProc;
 pub use cluster::{Cluster, ClusterSpec, MetaHandle, Output, StorageHandle};
 pub use fsutil::{dir_digest, write_sample_tree, TreeDigest};
 pub use http::http_get;
+pub use logs::{is_failure_line, log_files, strip_ansi};
 pub use wait::wait_until;
 
 /// The password the harness gives every repository.

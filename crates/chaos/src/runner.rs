@@ -1,0 +1,402 @@
+//! Runs schedules: a fresh cluster for each, the workload's agents and a
+//! leader watcher on threads, the faults injected and healed on the
+//! schedule's clock by this thread, everything healed at the end, then the
+//! checks; and the report of a whole run (schedules, faults by kind,
+//! snapshots checked, bytes compared, findings), written as JSON and
+//! Markdown.
+//!
+//! Every failing schedule is printed with its seed and its events, so that
+//! `make chaos CHAOS_SEED=S` runs it again.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::checks::{self, Finding, LeaderViews, Severity};
+use crate::cluster::{ChaosCluster, Cli, ClusterShape, NodeRef};
+use crate::faults::{self, Active};
+use crate::linear::Verdict;
+use crate::schedule::{generate, GenOptions, Schedule};
+use crate::workload::{self, Agent, Shared};
+
+/// Agents backing up at once.
+const AGENTS: usize = 2;
+
+/// Options of a run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub seed: u64,
+    pub schedules: usize,
+    pub duration: Duration,
+    /// The `coffer` binary.
+    pub bin: PathBuf,
+    /// Where the report goes (`target/chaos`).
+    pub out: PathBuf,
+    /// Keep each schedule's directory (logs, data) instead of removing it.
+    pub keep: bool,
+}
+
+/// What one schedule did and found.
+#[derive(Debug, Serialize)]
+pub struct ScheduleReport {
+    pub schedule: Schedule,
+    /// Faults injected, by kind (an injection that failed is not counted).
+    pub injected: BTreeMap<String, u64>,
+    /// Injections that could not be made (no leader known, say), with why.
+    pub not_injected: Vec<String>,
+    pub backups: u64,
+    pub backups_refused: u64,
+    pub restores_during_run: u64,
+    pub restores_refused: u64,
+    pub snapshots_checked: u64,
+    pub bytes_compared: u64,
+    pub history_ops: usize,
+    pub linearizability: Option<Verdict>,
+    pub leader_samples: u64,
+    pub orphan_bytes: Option<u64>,
+    pub findings: Vec<Finding>,
+    /// Where the logs were kept, when they were.
+    pub kept: Option<PathBuf>,
+    pub seconds: f64,
+    /// When the schedule's clock started (Unix ms), to read the events'
+    /// times against the nodes' log timestamps.
+    pub clock_started_unix_ms: u64,
+}
+
+impl ScheduleReport {
+    pub fn has(&self, s: Severity) -> bool {
+        self.findings.iter().any(|f| f.severity == s)
+    }
+}
+
+/// A whole run's report.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub seed: u64,
+    pub minutes: f64,
+    pub schedules: Vec<ScheduleReport>,
+    pub faults_by_kind: BTreeMap<String, u64>,
+    pub snapshots_checked: u64,
+    pub bytes_compared: u64,
+    pub backups: u64,
+    pub backups_refused: u64,
+    pub netem: bool,
+}
+
+impl Report {
+    pub fn findings(&self, s: Severity) -> usize {
+        self.schedules.iter().map(|r| r.findings.iter().filter(|f| f.severity == s).count()).sum()
+    }
+
+    /// The report as Markdown.
+    pub fn markdown(&self) -> String {
+        let mut md = format!(
+            "# Chaos run, seed {}\n\n{} schedules of {:.1} min. Latency faults use {}.\n\n",
+            self.seed,
+            self.schedules.len(),
+            self.minutes,
+            if self.netem { "netem" } else { "a tbf slow link (this kernel has no netem)" }
+        );
+        md.push_str(&format!(
+            "- backups: {} ({} refused, {:.1}%)\n- acknowledged snapshots restored and compared after healing: {}\n- bytes compared: {}\n- findings: {} safety, {} availability, {} log\n\n",
+            self.backups,
+            self.backups_refused,
+            100.0 * self.backups_refused as f64 / self.backups.max(1) as f64,
+            self.snapshots_checked,
+            self.bytes_compared,
+            self.findings(Severity::Safety),
+            self.findings(Severity::Availability),
+            self.findings(Severity::Log),
+        ));
+        md.push_str("## Faults injected, by kind\n\n| kind | count |\n|---|---|\n");
+        for (k, n) in &self.faults_by_kind {
+            md.push_str(&format!("| {k} | {n} |\n"));
+        }
+        md.push_str("\n## Schedules\n\n| # | nodes/site | faults | backups | refused | checked | bytes | linearizable | findings (S/A/L) |\n|---|---|---|---|---|---|---|---|---|\n");
+        for r in &self.schedules {
+            let count = |s| r.findings.iter().filter(|f| f.severity == s).count();
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {:?} | {}/{}/{} |\n",
+                r.schedule.index,
+                r.schedule.nodes_per_site,
+                r.injected.values().sum::<u64>(),
+                r.backups,
+                r.backups_refused,
+                r.snapshots_checked,
+                r.bytes_compared,
+                r.linearizability,
+                count(Severity::Safety),
+                count(Severity::Availability),
+                count(Severity::Log),
+            ));
+        }
+        for r in self.schedules.iter().filter(|r| !r.findings.is_empty()) {
+            md.push_str(&format!(
+                "\n## Schedule {} (seed {}; clock started at Unix ms {})\n\n",
+                r.schedule.index, r.schedule.seed, r.clock_started_unix_ms
+            ));
+            for e in &r.schedule.events {
+                md.push_str(&format!("- at {} ms for {} ms: {:?}\n", e.at_ms, e.duration_ms, e.fault));
+            }
+            md.push('\n');
+            for f in &r.findings {
+                md.push_str(&format!("- **{:?}**: {}\n", f.severity, f.what));
+            }
+        }
+        md
+    }
+}
+
+/// Runs every schedule of `opts` and writes the report under `opts.out`.
+pub fn run(opts: &RunOptions) -> Result<Report> {
+    if let Some(why) = crate::net::unsupported_reason() {
+        bail!("SKIPPED: {why}");
+    }
+    crate::net::clean_leftovers();
+    std::fs::create_dir_all(&opts.out).with_context(|| format!("create {}", opts.out.display()))?;
+    let gen = GenOptions { duration: opts.duration, clock_faults: crate::cluster::find_faketime().is_some() };
+    let mut report = Report {
+        seed: opts.seed,
+        minutes: opts.duration.as_secs_f64() / 60.0,
+        schedules: Vec::new(),
+        faults_by_kind: BTreeMap::new(),
+        snapshots_checked: 0,
+        bytes_compared: 0,
+        backups: 0,
+        backups_refused: 0,
+        netem: false,
+    };
+    for i in 0..opts.schedules {
+        let schedule = generate(opts.seed, i, &gen);
+        eprintln!(
+            "chaos: schedule {i} of seed {} ({} events, {} nodes per site)",
+            opts.seed,
+            schedule.events.len(),
+            schedule.nodes_per_site
+        );
+        let r = run_schedule(&schedule, opts, &mut report.netem).with_context(|| {
+            format!("schedule {i} of seed {}: {}", opts.seed, serde_json::to_string(&schedule).unwrap_or_default())
+        })?;
+        for (k, n) in &r.injected {
+            *report.faults_by_kind.entry(k.clone()).or_default() += n;
+        }
+        report.snapshots_checked += r.snapshots_checked;
+        report.bytes_compared += r.bytes_compared;
+        report.backups += r.backups;
+        report.backups_refused += r.backups_refused;
+        if !r.findings.is_empty() {
+            eprintln!(
+                "chaos: schedule {i} of seed {} has findings; its schedule:\n{}",
+                opts.seed,
+                serde_json::to_string_pretty(&r.schedule)?
+            );
+            for f in &r.findings {
+                eprintln!("  {:?}: {}", f.severity, f.what);
+            }
+        }
+        report.schedules.push(r);
+        write_report(&report, &opts.out)?;
+    }
+    Ok(report)
+}
+
+fn write_report(report: &Report, out: &Path) -> Result<()> {
+    let base = out.join(format!("report-{}", report.seed));
+    std::fs::write(base.with_extension("json"), serde_json::to_string_pretty(report)?)?;
+    std::fs::write(base.with_extension("md"), report.markdown())?;
+    Ok(())
+}
+
+/// Samples every member's view about once a second until stopped.
+fn watch_leaders(c: &Cli, sh: &Shared, views: &Mutex<LeaderViews>) {
+    while !sh.stop.load(Ordering::SeqCst) {
+        if let Some(m) = c.members() {
+            views.lock().unwrap_or_else(|p| p.into_inner()).record(&m);
+        }
+        std::thread::sleep(Duration::from_millis(700));
+    }
+}
+
+/// Runs one schedule on a fresh cluster.
+pub fn run_schedule(s: &Schedule, opts: &RunOptions, netem: &mut bool) -> Result<ScheduleReport> {
+    let started = Instant::now();
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("coffer-chaos-{}-{}-", std::process::id(), s.index))
+        .tempdir()
+        .context("create the schedule's directory")?;
+    let shape =
+        ClusterShape { sites: s.sites, nodes_per_site: s.nodes_per_site, disk_mib: 384, skewable: s.skewable() };
+    let c = ChaosCluster::start(dir.path(), &opts.bin, shape)?;
+    *netem = faults::netem_available(&c);
+    let sh = Shared::new();
+    let views = Mutex::new(LeaderViews::default());
+    let t0_unix = Mutex::new(0u64);
+    let mut injected: BTreeMap<String, u64> = BTreeMap::new();
+    let mut not_injected = Vec::new();
+    let mut damaged = Vec::new();
+    let mut findings = Vec::new();
+
+    // The agents and the watcher borrow the cluster for reads while this
+    // thread injects faults through a second, mutable handle: the process
+    // table is behind a mutex so that both can use it.
+    let cluster = Arc::new(Mutex::new(c));
+    let agents: Vec<Agent> =
+        (0..AGENTS).map(|a| Agent::new(dir.path(), s.seed ^ s.index as u64, a)).collect::<Result<_>>()?;
+    let reader = {
+        let g = cluster.lock().unwrap_or_else(|p| p.into_inner());
+        g.reader()
+    };
+    std::thread::scope(|scope| -> Result<()> {
+        for a in agents {
+            let (sh, reader) = (sh.clone(), &reader);
+            scope.spawn(move || a.run(reader, &sh));
+        }
+        {
+            let (sh, reader, views) = (sh.clone(), &reader, &views);
+            scope.spawn(move || watch_leaders(reader, &sh, views));
+        }
+        // The schedule's clock: inject and heal at their times.
+        let mut pending: Vec<_> = s.events.iter().enumerate().collect();
+        pending.reverse();
+        let mut active: Vec<(u64, Active)> = Vec::new();
+        let t0 = Instant::now();
+        *t0_unix.lock().unwrap_or_else(|p| p.into_inner()) = unix_ms();
+        loop {
+            let now = t0.elapsed().as_millis() as u64;
+            let mut c = cluster.lock().unwrap_or_else(|p| p.into_inner());
+            // Heal what is due first, so that a fault injected at the same
+            // moment is judged against the faults that remain.
+            let mut k = 0;
+            while k < active.len() {
+                if active[k].0 <= now {
+                    let (_, mut a) = active.remove(k);
+                    if let Err(e) = faults::heal(&mut c, &mut a) {
+                        // A node that refuses to start (on a disk another
+                        // fault still fills, say) says why and exits; it is
+                        // started again after the schedule, where the
+                        // checks judge whether it came back.
+                        let what = format!("heal {:?}: {e:#}", a.fault);
+                        findings.push(Finding { severity: Severity::Availability, what });
+                    }
+                } else {
+                    k += 1;
+                }
+            }
+            while pending.last().is_some_and(|(_, e)| e.at_ms <= now) {
+                let Some((id, e)) = pending.pop() else { break };
+                match faults::inject(&mut c, &e.fault, id, s.m) {
+                    Ok(a) => {
+                        *injected.entry(e.fault.kind().to_string()).or_default() += 1;
+                        damaged.extend(a.damaged.iter().cloned());
+                        active.push((e.end_ms(), a));
+                    }
+                    Err(err) => not_injected.push(format!("{:?}: {err:#}", e.fault)),
+                }
+            }
+            let names: Vec<String> = active.iter().map(|(_, a)| format!("{:?} on {:?}", a.fault, a.node)).collect();
+            *sh.active.lock().unwrap_or_else(|p| p.into_inner()) = names;
+            drop(c);
+            if now >= s.duration_ms && active.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        sh.stop.store(true, Ordering::SeqCst);
+        Ok(())
+    })?;
+
+    let mut c = Arc::try_unwrap(cluster)
+        .ok()
+        .context("the cluster is still shared")?
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
+    // Whatever happened: no rule, no qdisc, every process running.
+    faults::heal_network(&c);
+    for i in 0..c.meta.len() {
+        ensure_running(&mut c, NodeRef::Meta(i), &mut findings);
+    }
+    for i in 0..c.storage.len() {
+        ensure_running(&mut c, NodeRef::Storage(i), &mut findings);
+    }
+    let status = checks::recovered(&c, &mut findings);
+    checks::read_data_clean(&c, &mut findings);
+    checks::replicas_agree(&c, &mut findings);
+    let listed = workload::list(&c.reader(), &sh, AGENTS)?.unwrap_or_default();
+    let rec = sh.record.lock().unwrap_or_else(|p| p.into_inner());
+    let (checked, bytes) = checks::restores(&c, &rec, &listed, &mut findings);
+    let verdict = checks::linearizable(&rec, &mut findings);
+    views.lock().unwrap_or_else(|p| p.into_inner()).check(&mut findings);
+    drop(rec);
+    checks::availability(&sh, &mut findings);
+    let skewed: Vec<String> = s
+        .skewable()
+        .iter()
+        .filter_map(|i| c.storage[*i].log.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    checks::logs(&mut c, &checks::expected_patterns(&damaged), &skewed, &mut findings);
+    let rec = sh.record.lock().unwrap_or_else(|p| p.into_inner());
+    let keep = opts.keep || findings.iter().any(|f| f.severity == Severity::Safety);
+    let report = ScheduleReport {
+        schedule: s.clone(),
+        injected,
+        not_injected,
+        backups: rec.backups,
+        backups_refused: rec.backups_refused.len() as u64,
+        restores_during_run: rec.restores,
+        restores_refused: rec.restores_refused.len() as u64,
+        snapshots_checked: checked,
+        bytes_compared: bytes + rec.bytes_compared,
+        history_ops: rec.history.len(),
+        linearizability: Some(verdict),
+        leader_samples: views.lock().unwrap_or_else(|p| p.into_inner()).samples,
+        orphan_bytes: status.as_ref().and_then(|s| s["orphan_bytes"].as_u64()),
+        findings,
+        kept: None,
+        seconds: started.elapsed().as_secs_f64(),
+        clock_started_unix_ms: t0_unix.into_inner().unwrap_or_else(|p| p.into_inner()),
+    };
+    drop(rec);
+    drop(c);
+    let mut report = report;
+    if keep {
+        // The logs of a schedule with findings outlive the run.
+        let dest = opts.out.join(format!("seed-{}-schedule-{}", s.seed, s.index));
+        let _ = std::fs::remove_dir_all(&dest);
+        copy_logs(dir.path(), &dest)?;
+        report.kept = Some(dest);
+    }
+    Ok(report)
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn copy_logs(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for log in coffer_testkit::log_files(from) {
+        if let Some(name) = log.file_name() {
+            std::fs::copy(&log, to.join(name))?;
+        }
+    }
+    Ok(())
+}
+
+fn ensure_running(c: &mut ChaosCluster, n: NodeRef, findings: &mut Vec<Finding>) {
+    let p = c.proc_mut(n);
+    if let Some(status) = p.exited() {
+        findings
+            .push(Finding { severity: Severity::Safety, what: format!("{} exited by itself ({status})", p.host.role) });
+    }
+    p.resume();
+    if !c.proc_ref(n).is_running() || c.proc_mut(n).exited().is_some() {
+        if let Err(e) = c.restart(n) {
+            findings.push(Finding { severity: Severity::Safety, what: format!("restart {n:?} after healing: {e:#}") });
+        }
+    }
+}
