@@ -424,10 +424,39 @@ async fn sweep_superfluous(
             }
         };
         n.repair.sweep_nodes_listed.fetch_add(1, Relaxed);
-        for s in list {
-            let (Ok(pack), Ok(index)) = (PackId::from_slice(&s.pack_id), u8::try_from(s.index)) else { continue };
-            let Some(owner) = placed.get(&(pack, index)) else { continue };
-            if is_superfluous(n.sm.tree(), &n.repair.in_flight, r.id, pack, index, *owner) {
+        let maybe: Vec<(PackId, u8, NodeId)> = list
+            .iter()
+            .filter_map(|s| {
+                let (Ok(pack), Ok(index)) = (PackId::from_slice(&s.pack_id), u8::try_from(s.index)) else {
+                    return None;
+                };
+                placed.get(&(pack, index)).filter(|owner| **owner != r.id).map(|owner| (pack, index, *owner))
+            })
+            .collect();
+        if maybe.is_empty() {
+            continue;
+        }
+        // Deleting is decided on a state machine that is known to be
+        // current: a quorum confirms this node still leads and everything
+        // committed so far is applied here. Without it, a leader restarted
+        // after a SIGKILL (openraft brings it back as leader of its old,
+        // committed term until it hears of a newer one) swept with a stale
+        // catalog and deleted copies that the newer leader had just placed
+        // (found by the chaos suite). Leader leases keep another leader from
+        // being elected for an election timeout after the confirmation, so
+        // it is renewed whenever deleting has taken longer than a fraction
+        // of one.
+        let confirm_every = n.config.election_timeout.0 / 4;
+        let mut confirmed: Option<std::time::Instant> = None;
+        for (pack, index, owner) in maybe {
+            if confirmed.is_none_or(|t| t.elapsed() > confirm_every) {
+                if let Err(e) = n.read_barrier().await {
+                    tracing::info!(error = %e, "the sweep stops: leadership not confirmed");
+                    return Ok(());
+                }
+                confirmed = Some(std::time::Instant::now());
+            }
+            if is_superfluous(n.sm.tree(), &n.repair.in_flight, r.id, pack, index, owner) {
                 tracing::info!(%pack, index, node = %r.id, "deleting a superfluous shard");
                 delete_copy(n, r.id, pack, ShardIndex(index)).await;
             }
