@@ -47,6 +47,10 @@ pub struct DrillArgs {
     /// Run this recovery plan into scratch targets instead: the RTO of the whole service.
     #[arg(long)]
     pub plan: Option<PathBuf>,
+    /// The site this client runs in: shard bytes read from other sites count as cross-site
+    /// (default: the site most bytes came from).
+    #[arg(long, env = "COFFER_SITE")]
+    pub site: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -60,6 +64,10 @@ pub struct RecoverArgs {
     /// Print what would be done (snapshots, bytes, estimated durations) and stop.
     #[arg(long)]
     pub dry_run: bool,
+    /// The site this client runs in: shard bytes read from other sites count as cross-site
+    /// (default: the site most bytes came from).
+    #[arg(long, env = "COFFER_SITE")]
+    pub site: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -104,14 +112,14 @@ pub async fn drill(g: &Global, a: DrillArgs) -> Result<i32> {
     if let Some(path) = &a.plan {
         let plan = load_plan(path)?;
         let scratch = tempfile::Builder::new().prefix("coffer-plan-drill-").tempdir().context("scratch directory")?;
-        let repos = open_plan_repos(g, &plan).await?;
+        let repos = open_plan_repos(g, &plan, a.site.as_deref()).await?;
         let opts = RunOptions { before_ms: None, scratch: Some(scratch.path().to_path_buf()) };
         let outcome = plan::run(&plan, &repos, &opts).await?;
         print_outcome(g, &outcome);
         return Ok(if outcome.result == "ok" { 0 } else { 1 });
     }
     let what = a.what.as_deref().unwrap_or_default();
-    let repo = open(g).await?;
+    let repo = open(g).await?.with_site(a.site.clone());
     let snaps = repo.snapshots().await.context("list snapshots")?;
     let snap = pick_drill_snapshot(what, &snaps)?;
     let opts = DrillOptions { target: a.target, sample: a.sample, verify_command: a.verify_command, record: true };
@@ -156,13 +164,13 @@ fn load_plan(path: &std::path::Path) -> Result<Plan> {
 }
 
 /// Opens every repository a plan restores from, with the global password.
-async fn open_plan_repos(g: &Global, plan: &Plan) -> Result<Repos> {
+async fn open_plan_repos(g: &Global, plan: &Plan, site: Option<&str>) -> Result<Repos> {
     let meta = meta_client(g)?;
     let pw = password(g)?;
     let mut repos = BTreeMap::new();
     for name in plan.repos() {
         let r = open_repo(meta.clone(), &name, &pw).await.with_context(|| format!("open repository {name}"))?;
-        repos.insert(name, r);
+        repos.insert(name, r.with_site(site.map(str::to_string)));
     }
     Repos::load(repos).await.context("list the plan's snapshots")
 }
@@ -184,7 +192,7 @@ pub async fn recover(g: &Global, a: RecoverArgs) -> Result<i32> {
         None => None,
     };
     let plan = load_plan(&a.plan)?;
-    let repos = open_plan_repos(g, &plan).await?;
+    let repos = open_plan_repos(g, &plan, a.site.as_deref()).await?;
     let opts = RunOptions { before_ms, scratch: None };
     let preview = plan::preview(&plan, &repos, &opts).await;
     if a.dry_run {

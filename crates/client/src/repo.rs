@@ -90,7 +90,7 @@ pub async fn open_repo(meta: Arc<MetaClient>, name: &RepoName, password: &[u8]) 
     let record = get_repo(&meta, name).await?;
     let slots = record.key_slots.clone();
     let (key, _) = unwrap_slots(name, slots, password).await?;
-    Ok(Repository { meta, record, key: Arc::new(key) })
+    Ok(Repository { meta, record, key: Arc::new(key), site: None })
 }
 
 /// Unwraps the keyring from whichever of `slots` `password` opens, off the
@@ -132,13 +132,23 @@ pub struct Repository {
     pub(crate) meta: Arc<MetaClient>,
     pub(crate) record: RepoRecord,
     pub(crate) key: Arc<RepoKey>,
+    /// The site this client runs in, if known: restores count the shard
+    /// bytes they read from other sites (`RestoreSummary.bytes_cross_site`).
+    pub(crate) site: Option<String>,
 }
 
 impl Repository {
     /// Assembles a repository from parts already fetched and unwrapped, for
     /// embedders that keep the key themselves.
     pub fn from_parts(meta: Arc<MetaClient>, record: RepoRecord, key: RepoKey) -> Self {
-        Repository { meta, record, key: Arc::new(key) }
+        Repository { meta, record, key: Arc::new(key), site: None }
+    }
+
+    /// Names the site this client runs in (`--site`, `COFFER_SITE`); unset,
+    /// a restore counts as in the site it read the most from.
+    pub fn with_site(mut self, site: Option<String>) -> Self {
+        self.site = site;
+        self
     }
 
     pub fn name(&self) -> &RepoName {

@@ -195,6 +195,14 @@ pub fn apply(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, MetaError
             txn.put(kv::incident_key(record.id), &record)?;
             Ok(CommandResult::Ok)
         }
+        Command::CommitSnapshotCovered { session, now_ms, snapshot, coverage } => {
+            let id = snapshot.id;
+            let result = apply(txn, Command::CommitSnapshot { session, now_ms, snapshot })?;
+            if result == CommandResult::Ok {
+                txn.put(kv::coverage_key(&id), &coverage)?;
+            }
+            Ok(result)
+        }
         Command::CommitSnapshot { session, now_ms, snapshot } => {
             let now = log_clock(txn, now_ms)?;
             let of_source = coffer_types::source_of_tags(&snapshot.tags).is_some().then(|| snapshot.clone());

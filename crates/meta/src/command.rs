@@ -233,6 +233,15 @@ pub enum Command {
     GcRunDone {
         run: crate::gc::GcRunRecord,
     },
+    /// `CommitSnapshot` with the snapshot's coverage (issue 14), which the
+    /// snapshot record's fixed layout cannot carry: applied as
+    /// `CommitSnapshot`, and on success the coverage is kept under `v/`.
+    CommitSnapshotCovered {
+        session: SessionId,
+        now_ms: u64,
+        snapshot: SnapshotRecord,
+        coverage: coffer_types::CoverageRecord,
+    },
 }
 
 impl Command {
@@ -266,6 +275,7 @@ impl Command {
             Command::ReportSource { .. } => "report_source",
             Command::RemoveSource { .. } => "remove_source",
             Command::RecordDr { .. } => "record_dr",
+            Command::CommitSnapshotCovered { .. } => "commit_snapshot",
             Command::GcCondemn { .. } => "gc_condemn",
             Command::GcSweep { .. } => "gc_sweep",
             Command::GcRequest { .. } => "gc_request",

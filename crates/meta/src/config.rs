@@ -49,6 +49,49 @@ pub struct MetaConfig {
     /// Time between the leader's garbage-collection runs (`--gc-interval`,
     /// `gc_interval`); `None`: only runs asked for with `coffer gc`.
     pub gc_interval: Option<Duration>,
+    /// Prices for the recovery-cost figure of `coffer report` (issue 14),
+    /// answered with the disaster-recovery records (`ListDr`) so that every
+    /// reader computes costs with the cluster's prices, not its own.
+    pub prices: PriceConfig,
+}
+
+/// The cluster's prices, in one currency unit; unset ones count as 0, and
+/// with none set the report shows no cost. Set them alike on every metadata
+/// node: the leader's answer is the one readers get.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PriceConfig {
+    pub per_gib_read: Option<f64>,
+    pub per_gib_written: Option<f64>,
+    pub per_gib_cross_site: Option<f64>,
+    pub per_node_hour: Option<f64>,
+}
+
+impl PriceConfig {
+    fn all(&self) -> [(&'static str, Option<f64>); 4] {
+        [
+            ("price_per_gib_read", self.per_gib_read),
+            ("price_per_gib_written", self.per_gib_written),
+            ("price_per_gib_cross_site", self.per_gib_cross_site),
+            ("price_per_node_hour", self.per_node_hour),
+        ]
+    }
+
+    /// Whether any price is set.
+    pub fn is_set(&self) -> bool {
+        self.all().iter().any(|(_, v)| v.is_some())
+    }
+
+    /// Every price must be a finite number of at least 0.
+    pub fn validate(&self) -> Result<(), MetaError> {
+        for (key, v) in self.all() {
+            if let Some(v) = v {
+                if !v.is_finite() || v < 0.0 {
+                    return Err(MetaError::Config(format!("`{key}` {v}: a price must be a finite number >= 0")));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Garbage collection runs hourly unless configured otherwise: often enough
@@ -76,6 +119,7 @@ impl MetaConfig {
             admin_token: None,
             security: coffer_rpc::tls::process_default(),
             gc_interval: Some(DEFAULT_GC_INTERVAL),
+            prices: PriceConfig::default(),
         }
     }
 
@@ -99,6 +143,7 @@ impl MetaConfig {
         if self.snapshot_every == 0 {
             return Err(MetaError::Config("--snapshot-every must be at least 1".into()));
         }
+        self.prices.validate()?;
         if self.down_after < self.suspect_after {
             return Err(MetaError::Config("--down-after must not be shorter than --suspect-after".into()));
         }
