@@ -256,6 +256,8 @@ pub struct SourceReport {
     pub repo: String,
     pub source: String,
     pub snapshots: usize,
+    /// Snapshots that do not count for the RPO: hit by data loss.
+    pub snapshots_lost: usize,
     /// Files and bytes the newest snapshot protects.
     pub files: u64,
     /// Entries the newest backup left out, for any reason (`skipped` says
@@ -387,6 +389,9 @@ pub struct ReportInputs<'a> {
     pub incidents: Option<&'a [pb::Incident]>,
     pub status: Option<&'a pb::ClusterStatusResponse>,
     pub prices: Option<Prices>,
+    /// Snapshots that reference a pack lost now (see
+    /// `coffer_client::drill::snapshots_hit_by_loss`).
+    pub hit_by_loss: std::collections::BTreeSet<coffer_types::SnapshotId>,
 }
 
 /// The cost of a recovery that kept one node busy (the client's host for
@@ -458,9 +463,10 @@ fn run_report(r: &DrRecord, prices: Option<&Prices>, rpo_at: Option<u64>) -> Run
 /// The report, from the records alone: a pure function of the repository's
 /// snapshots, its disaster-recovery records, what `inputs` holds (RPO
 /// targets by source name from the agents' policies, incidents, the
-/// cluster's status and prices), a time and the window. A snapshot counts
-/// as verified (for the RPO) unless the newest drill of it failed: a drill
-/// that could not restore it is the data loss the catalog knows of.
+/// cluster's status and prices), a time and the window. A committed snapshot
+/// counts as verified (for the RPO) unless it is hit by data loss: it
+/// references a pack that is lost now, or the newest drill of it failed (a
+/// drill that could not restore it is data loss the catalog knows of).
 pub fn build_report(
     repo: &str,
     snaps: &[SnapshotRecord],
@@ -481,7 +487,8 @@ pub fn build_report(
         by_source.entry(d.source.clone()).or_default();
     }
     let lost = |s: &SnapshotRecord| {
-        drills.iter().filter(|d| d.snapshot == Some(s.id)).max_by_key(|d| d.started_ms).is_some_and(|d| !d.ok)
+        inputs.hit_by_loss.contains(&s.id)
+            || drills.iter().filter(|d| d.snapshot == Some(s.id)).max_by_key(|d| d.started_ms).is_some_and(|d| !d.ok)
     };
     // The end times of each source's verified snapshots, for the RPO at any
     // moment.
@@ -526,6 +533,7 @@ pub fn build_report(
             repo: repo.to_string(),
             source,
             snapshots: list.len(),
+            snapshots_lost: list.len() - verified_ends.len(),
             files,
             files_skipped: skipped,
             bytes,
@@ -673,11 +681,15 @@ pub async fn report(g: &Global, a: ReportArgs) -> Result<()> {
         })
         .await
         .context("list sources")?;
+    let hit_by_loss = coffer_client::drill::snapshots_hit_by_loss(&meta, &name, &snaps, &listing.lost_packs)
+        .await
+        .context("find the snapshots hit by data loss")?;
     let inputs = ReportInputs {
         targets: registered.sources.into_iter().map(|s| (s.name, s.rpo_target_ms)).collect(),
         incidents: incidents.as_deref(),
         status: status.as_ref(),
         prices: listing.prices,
+        hit_by_loss,
     };
     let report = build_report(name.as_str(), &snaps, &listing.records, &inputs, now, since_ms);
     if g.json {
@@ -854,6 +866,131 @@ mod tests {
         let r = build_report("r", &snaps, &records, &inputs, 6 * h, 0);
         assert_eq!(r.sources[0].rpo_target_s, Some(secs(h / 2)));
         assert_eq!(r.sources[0].verdict, "rpo exceeded");
+    }
+
+    fn coverage(unreadable: u64, excluded: u64) -> coffer_types::Coverage {
+        coffer_types::Coverage {
+            files_total: 10 + unreadable + excluded,
+            bytes_total: 1_000 + 100 * (unreadable + excluded),
+            files_protected: 10,
+            bytes_protected: 1_000,
+            skipped_unreadable: unreadable,
+            skipped_excluded: excluded,
+            skipped_vanished: 0,
+            examples: vec![coffer_types::SkippedEntry {
+                path: "/p/x".into(),
+                reason: coffer_types::SkipReason::Unreadable,
+            }],
+            command_exit: None,
+        }
+    }
+
+    #[test]
+    fn backup_ratio_from_coverage_and_only_unprotected_skips_taint_the_verdict() {
+        let h = 3_600_000;
+        let mut a = snap(1, h, "a", 0);
+        a.stats.coverage = Some(coverage(0, 2));
+        let mut b = snap(2, h, "b", 1);
+        b.stats.coverage = Some(coverage(1, 0));
+        let records = [drill(1, "a", h + 1, true), drill(2, "b", h + 1, true)];
+        let r = build_report("r", &[a, b], &records, &ReportInputs::default(), h + 10, 0);
+        let (a, b) = (&r.sources[0], &r.sources[1]);
+        // Excluded entries are not protected (the ratio says so) but were
+        // left out on purpose: the verdict stays ok.
+        assert_eq!((a.files_skipped, a.skipped.excluded, a.verdict.as_str()), (2, 2, "ok"));
+        assert!((a.backup_ratio - 1_000.0 / 1_200.0).abs() < 1e-9);
+        assert!((a.backup_ratio_files - 10.0 / 12.0).abs() < 1e-9);
+        assert_eq!((a.files_total, a.bytes_total), (Some(12), Some(1_200)));
+        assert_eq!((b.files_skipped, b.skipped.unreadable, b.verdict.as_str()), (1, 1, "unprotected files"));
+        assert!(b.backup_ratio < 1.0);
+        assert_eq!(b.skipped.examples[0]["reason"], "unreadable");
+    }
+
+    #[test]
+    fn a_snapshot_hit_by_data_loss_does_not_count_for_the_rpo() {
+        let h = 3_600_000;
+        let snaps = [snap(1, h, "db", 0), snap(2, 2 * h, "db", 0)];
+        let inputs = ReportInputs { hit_by_loss: [SnapshotId([2; 16])].into(), ..Default::default() };
+        let r = build_report("r", &snaps, &[], &inputs, 3 * h, 0);
+        assert_eq!(r.sources[0].rpo_s, Some(secs(2 * h)));
+        assert_eq!(r.sources[0].snapshots_lost, 1);
+        // Every snapshot lost: no RPO at all, which is over any target.
+        let inputs =
+            ReportInputs { hit_by_loss: [SnapshotId([1; 16]), SnapshotId([2; 16])].into(), ..Default::default() };
+        let r = build_report("r", &snaps, &[], &inputs, 3 * h, 0);
+        assert_eq!((r.sources[0].rpo_s, r.sources[0].verdict.as_str()), (None, "rpo exceeded"));
+    }
+
+    #[test]
+    fn costs_follow_the_formula_and_failed_drills_are_incidents() {
+        let h = 3_600_000;
+        let prices =
+            Prices { per_byte_read: 0.5, per_byte_written: 0.25, per_byte_cross_site: 2.0, per_node_hour: 3.0 };
+        let snaps = [snap(1, h, "db", 0)];
+        let mut restore = drill(1, "db", 2 * h, true);
+        restore.kind = DrKind::Restore;
+        (restore.bytes_read, restore.bytes_written, restore.bytes_cross_site, restore.duration_ms) =
+            (100, 40, 8, h / 2);
+        let failed = drill(1, "db", 3 * h, false);
+        let fixed = drill(1, "db", 4 * h, true);
+        let incident = pb::Incident {
+            id: 7,
+            node: 9,
+            site: "site-a".into(),
+            state: "closed".into(),
+            last_seen_ms: 2 * h,
+            detected_ms: 2 * h + 10_000,
+            rebuild_finished_ms: 2 * h + 60_000,
+            bytes_read: 1_000,
+            bytes_written: 500,
+            bytes_cross_site: 200,
+            ..Default::default()
+        };
+        let incidents = [incident];
+        let inputs = ReportInputs { prices: Some(prices), incidents: Some(&incidents), ..Default::default() };
+        let records = [restore, failed.clone(), fixed];
+        let r = build_report("r", &snaps, &records, &inputs, 5 * h, 0);
+        let want = 100.0 * 0.5 + 40.0 * 0.25 + 8.0 * 2.0 + 0.5 * 3.0;
+        assert_eq!(r.restores[0].cost, Some(want));
+        assert_eq!(r.restores[0].rpo_at_failure_s, Some(secs(h)));
+        let node = r.incidents.iter().find(|i| i.kind == "node").unwrap();
+        let want = 1_000.0 * 0.5 + 500.0 * 0.25 + 200.0 * 2.0 + 60_000.0 / 3_600_000.0 * 3.0;
+        assert!((node.cost.unwrap() - want).abs() < 1e-9);
+        assert_eq!(node.rpo_at_failure_s, Some(secs(h)));
+        let drill_incident = r.incidents.iter().find(|i| i.kind == "drill").unwrap();
+        assert_eq!((drill_incident.id, drill_incident.source.as_str()), (failed.id, "db"));
+        assert_eq!(drill_incident.time, rfc3339(3 * h));
+        // Closed by the verified drill an hour later, which took 2 s.
+        assert_eq!(drill_incident.state, "closed");
+        assert_eq!(drill_incident.recovery_time_s, Some(secs(h + 2_000)));
+        // Without prices there is no cost figure.
+        let r = build_report("r", &snaps, &records, &ReportInputs::default(), 5 * h, 0);
+        assert_eq!(r.restores[0].cost, None);
+        assert_eq!(r.incidents.len(), 1, "the failed drill without cluster incidents: {:?}", r.incidents);
+        assert!(!r.cluster_incidents);
+    }
+
+    #[test]
+    fn cluster_section_counts_sites_and_names_the_redundancy() {
+        let node =
+            |id, site: &str, state: &str| pb::Node { id, site: site.into(), state: state.into(), ..Default::default() };
+        let mut s = pb::ClusterStatusResponse {
+            nodes: vec![node(1, "a", "up"), node(2, "a", "up"), node(3, "b", "up"), node(4, "b", "down")],
+            packs: Some(pb::PackHealth { healthy: 3, degraded: 1, ..Default::default() }),
+            ..Default::default()
+        };
+        let c = cluster_report(&s);
+        assert_eq!(
+            c.sites,
+            vec![SiteReport { site: "a".into(), nodes: 2, up: 2 }, SiteReport { site: "b".into(), nodes: 2, up: 1 }]
+        );
+        assert_eq!((c.packs.healthy, c.packs.degraded, c.redundancy.as_str()), (3, 1, "degraded"));
+        s.site_degraded = 2;
+        assert_eq!(cluster_report(&s).redundancy, "site-degraded");
+        s.packs = Some(pb::PackHealth { lost: 1, ..Default::default() });
+        assert_eq!(cluster_report(&s).redundancy, "data lost");
+        s = pb::ClusterStatusResponse { nodes: vec![node(1, "a", "up")], ..Default::default() };
+        assert_eq!(cluster_report(&s).redundancy, "full");
     }
 
     #[test]

@@ -291,6 +291,8 @@ pub struct DrListing {
     pub records: Vec<DrRecord>,
     /// `None` when the cluster sets no price.
     pub prices: Option<coffer_types::Prices>,
+    /// Packs of the repository lost now (fewer than k shards on nodes up).
+    pub lost_packs: Vec<coffer_types::PackId>,
 }
 
 /// The disaster-recovery records of `repo` since `since_ms` (needs the
@@ -327,6 +329,8 @@ pub async fn list_dr_all(
             );
         }
         out.prices = resp.prices.as_ref().map(coffer_proto::prices_from_pb);
+        out.lost_packs = coffer_proto::ids_from_bytes("lost_packs", &resp.lost_packs, coffer_types::PackId::from_slice)
+            .map_err(|e| ClientError::BadResponse { what: "ListDr", reason: e.to_string() })?;
         if resp.next.is_empty() {
             return Ok(out);
         }
@@ -335,6 +339,43 @@ pub async fn list_dr_all(
         }
         page_token = resp.next;
     }
+}
+
+/// The snapshots among `snaps` hit by data loss: those whose reference
+/// list names a chunk in one of the `lost` packs, or whose reference list
+/// itself cannot be read. Reads the chunk index and the reference lists
+/// (no key needed), and nothing when no pack is lost.
+pub async fn snapshots_hit_by_loss(
+    meta: &coffer_rpc::MetaClient,
+    repo: &coffer_types::RepoName,
+    snaps: &[SnapshotRecord],
+    lost: &[coffer_types::PackId],
+) -> Result<std::collections::BTreeSet<coffer_types::SnapshotId>, ClientError> {
+    let mut hit = std::collections::BTreeSet::new();
+    if lost.is_empty() {
+        return Ok(hit);
+    }
+    let lost: std::collections::HashSet<coffer_types::PackId> = lost.iter().copied().collect();
+    let index = crate::check::chunk_index(meta, repo).await?;
+    let refs_packs: std::collections::BTreeSet<coffer_types::PackId> = snaps.iter().map(|s| s.refs_pack).collect();
+    let placed = crate::check::placed_packs(meta, &refs_packs).await?;
+    let pool = coffer_rpc::ShardPool::default();
+    for s in snaps {
+        let refs = match placed.get(&s.refs_pack) {
+            Some(p) if !lost.contains(&s.refs_pack) => {
+                crate::check::read_pack(&pool, p).await.bytes.and_then(|b| coffer_pack::decode_refs(&b).ok())
+            }
+            _ => None,
+        };
+        let Some(refs) = refs else {
+            hit.insert(s.id);
+            continue;
+        };
+        if refs.iter().any(|c| index.get(c).is_some_and(|l| lost.contains(&l.pack))) {
+            hit.insert(s.id);
+        }
+    }
+    Ok(hit)
 }
 
 /// Keeps a text within the record's bounds, on a character boundary.

@@ -722,6 +722,10 @@ impl Catalog for CatalogService {
         self.repo(&repo)?;
         let (records, next) =
             crate::dr::page(self.tree(), &repo, r.since_ms, after.as_ref(), limit).map_err(Status::from)?;
+        let nodes = self.nodes()?;
+        let up: std::collections::HashSet<u64> =
+            nodes.iter().map(|n| self.node_view(n)).filter(|n| n.state == "up").map(|n| n.id).collect();
+        let lost = lost_packs(self.tree(), &up, &repo).map_err(Status::from)?;
         let p = &self.node.config.prices;
         let prices = p.is_set().then(|| pb::DrPrices {
             per_gib_read: p.per_gib_read.unwrap_or(0.0),
@@ -733,6 +737,7 @@ impl Catalog for CatalogService {
             records: records.iter().map(pb::DrRecord::from).collect(),
             next: next.map(|c| c.to_vec()).unwrap_or_default(),
             prices,
+            lost_packs: lost.iter().map(|p| p.as_bytes().to_vec()).collect(),
         }))
     }
 }
@@ -794,6 +799,31 @@ pub(crate) fn pack_health(tree: &sled::Tree, up: &std::collections::HashSet<u64>
     }
     health.healthy += crate::index::pack_count(tree)?.saturating_sub(affected.len() as u64);
     Ok(health)
+}
+
+/// The packs of `repo` with fewer than k shards on nodes that are `up`:
+/// lost until those nodes return. Like `pack_health`, only packs with a
+/// shard on a node that is not up are read.
+pub(crate) fn lost_packs(
+    tree: &sled::Tree,
+    up: &std::collections::HashSet<u64>,
+    repo: &RepoName,
+) -> Result<Vec<PackId>, MetaError> {
+    let mut affected = std::collections::BTreeSet::new();
+    for (node, count) in crate::index::held(tree)? {
+        if count > 0 && !up.contains(&node.0) {
+            affected.extend(crate::index::packs_on(tree, node)?);
+        }
+    }
+    let mut lost = Vec::new();
+    for id in affected {
+        let Some(pack) = kv::get::<PackRecord>(tree, "pack", &kv::pack_key(&id))? else { continue };
+        let available = pack.shards.iter().filter(|s| up.contains(&s.node.0)).count();
+        if pack.repo == *repo && available < pack.params.k() {
+            lost.push(id);
+        }
+    }
+    Ok(lost)
 }
 
 /// Snapshots in one ListSnapshots page when the caller names no size, and
