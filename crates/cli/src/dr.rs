@@ -75,6 +75,9 @@ pub struct ReportArgs {
     /// The window of the worst RPO and of the records listed (default: the last 7 days).
     #[arg(long)]
     pub since: Option<String>,
+    /// Records per ListDr page (0: the server's default); the pages are read to the end either way.
+    #[arg(long, default_value_t = 0, hide = true)]
+    pub page_size: u32,
 }
 
 fn now_ms() -> u64 {
@@ -655,7 +658,7 @@ pub async fn report(g: &Global, a: ReportArgs) -> Result<()> {
     let meta = meta_client(g)?;
     let name = repo_name(g)?;
     let snaps = coffer_client::repo::list_snapshots(&meta, &name).await.context("list snapshots")?;
-    let listing = coffer_client::drill::list_dr_all(&meta, &name, 0).await.context("list disaster-recovery records")?;
+    let listing = coffer_client::drill::list_dr_all(&meta, &name, 0, a.page_size).await.context("list disaster-recovery records")?;
     // Incidents and the cluster's status are the cluster administrator's; a
     // repository admin's report goes without them.
     let incidents = match meta

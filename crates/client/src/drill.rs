@@ -302,20 +302,22 @@ pub async fn list_dr(
     repo: &coffer_types::RepoName,
     since_ms: u64,
 ) -> Result<Vec<DrRecord>, ClientError> {
-    Ok(list_dr_all(meta, repo, since_ms).await?.records)
+    Ok(list_dr_all(meta, repo, since_ms, 0).await?.records)
 }
 
-/// Like `list_dr`, with the cluster's prices: reads page after page until
-/// the server says there is no more.
+/// Like `list_dr`, with the cluster's prices and lost packs: reads page
+/// after page (of `page_size` records; 0: the server's default) until the
+/// server says there is no more.
 pub async fn list_dr_all(
     meta: &coffer_rpc::MetaClient,
     repo: &coffer_types::RepoName,
     since_ms: u64,
+    page_size: u32,
 ) -> Result<DrListing, ClientError> {
     let mut out = DrListing::default();
     let mut page_token = Vec::new();
     loop {
-        let req = pb::ListDrRequest { repo: repo.to_string(), since_ms, page_size: 0, page_token };
+        let req = pb::ListDrRequest { repo: repo.to_string(), since_ms, page_size, page_token };
         let resp = meta
             .call("list dr", |mut c| {
                 let req = req.clone();
