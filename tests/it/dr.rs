@@ -319,7 +319,8 @@ fn coverage_costs_cross_site_bytes_and_pages() -> Result<()> {
         let out = c.cli(&["backup", &src_arg, "/proc/self/mem", "--tag", "source:files", "--json"])?;
         ensure!(out.code == 3, "a backup with an unreadable file exits 3: {} {}", out.stdout, out.stderr);
         let files_snap = out.json()?["snapshot_id"].as_str().context("summary without snapshot_id")?.to_string();
-        let out = c.cli(&["backup", "--stdin-from-command", "echo dump", "--stdin-name", "dump", "--tag", "source:dump"])?;
+        let out =
+            c.cli(&["backup", "--stdin-from-command", "echo dump", "--stdin-name", "dump", "--tag", "source:dump"])?;
         out.ok()?;
 
         let r = report(c)?;

@@ -658,7 +658,9 @@ pub async fn report(g: &Global, a: ReportArgs) -> Result<()> {
     let meta = meta_client(g)?;
     let name = repo_name(g)?;
     let snaps = coffer_client::repo::list_snapshots(&meta, &name).await.context("list snapshots")?;
-    let listing = coffer_client::drill::list_dr_all(&meta, &name, 0, a.page_size).await.context("list disaster-recovery records")?;
+    let listing = coffer_client::drill::list_dr_all(&meta, &name, 0, a.page_size)
+        .await
+        .context("list disaster-recovery records")?;
     // Incidents and the cluster's status are the cluster administrator's; a
     // repository admin's report goes without them.
     let incidents = match meta

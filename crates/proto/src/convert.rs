@@ -601,4 +601,51 @@ mod tests {
         bad_id.id = vec![1];
         assert!(PackRecord::try_from(bad_id).is_err());
     }
+
+    #[test]
+    fn coverage_round_trips_and_bad_coverage_is_refused() {
+        let c = Coverage {
+            files_total: 12,
+            bytes_total: 1_200,
+            files_protected: 10,
+            bytes_protected: 1_000,
+            skipped_unreadable: 1,
+            skipped_excluded: 1,
+            skipped_vanished: 0,
+            examples: vec![SkippedEntry { path: "/a".into(), reason: SkipReason::Excluded }],
+            command_exit: Some(0),
+        };
+        let wire = pb::SnapshotCoverage::from(&c);
+        assert_eq!(Coverage::try_from(wire.clone()).unwrap(), c);
+        let stats = SnapshotStats { files: 10, coverage: Some(c), ..Default::default() };
+        assert_eq!(SnapshotStats::try_from(pb::SnapshotStats::from(&stats)).unwrap(), stats);
+        // Old writers send no coverage: it stays unknown.
+        let old = pb::SnapshotStats { files: 3, ..Default::default() };
+        assert_eq!(SnapshotStats::try_from(old).unwrap().coverage, None);
+
+        let mut bad = wire.clone();
+        bad.examples[0].reason = "lost".into();
+        assert!(Coverage::try_from(bad).unwrap_err().to_string().contains("reason"));
+        let mut bad = wire.clone();
+        bad.examples = vec![bad.examples[0].clone(); coffer_types::MAX_SKIPPED_EXAMPLES + 1];
+        assert!(Coverage::try_from(bad).is_err());
+        let mut bad = wire;
+        bad.files_protected = bad.files_total + 1;
+        assert!(Coverage::try_from(bad).is_err());
+    }
+
+    #[test]
+    fn prices_are_per_byte_from_per_gib() {
+        let p = prices_from_pb(&pb::DrPrices {
+            per_gib_read: 1.0,
+            per_gib_written: 2.0,
+            per_gib_cross_site: 4.0,
+            per_node_hour: 3.0,
+        });
+        let gib = (1u64 << 30) as f64;
+        assert_eq!(p.per_byte_read * gib, 1.0);
+        assert_eq!(p.per_byte_written * gib, 2.0);
+        assert_eq!(p.per_byte_cross_site * gib, 4.0);
+        assert_eq!(p.per_node_hour, 3.0);
+    }
 }
