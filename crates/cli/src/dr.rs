@@ -404,7 +404,7 @@ fn cost(prices: Option<&Prices>, read: u64, written: u64, cross_site: u64, durat
 }
 
 fn cluster_report(s: &pb::ClusterStatusResponse) -> ClusterReport {
-    let h = s.packs.clone().unwrap_or_default();
+    let h = s.packs.unwrap_or_default();
     let mut sites: BTreeMap<String, SiteReport> = BTreeMap::new();
     for n in &s.nodes {
         let e = sites.entry(n.site.clone()).or_insert(SiteReport { site: n.site.clone(), nodes: 0, up: 0 });
