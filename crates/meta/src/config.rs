@@ -192,4 +192,17 @@ mod tests {
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("--rebuild-bandwidth 1000"), "{e}");
     }
+
+    #[test]
+    fn prices_must_be_finite_and_not_negative() {
+        let mut c = MetaConfig::new(MetaId(1), PathBuf::from("/nonexistent"), "127.0.0.1:1".into());
+        assert!(!c.prices.is_set() && c.validate().is_ok());
+        c.prices.per_gib_read = Some(0.02);
+        assert!(c.prices.is_set() && c.validate().is_ok());
+        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+            c.prices.per_node_hour = Some(bad);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("price_per_node_hour"), "{e}");
+        }
+    }
 }

@@ -166,7 +166,8 @@ pub const SNAPSHOT_PREFIX: &[u8] = b"s/";
 /// Prefixes in use: `a/` tokens, `b/` bad shards, `c/` chunks, `d/` drains,
 /// `e/` sessions, `h/` holds, `i/` incidents, `k/` key-slot versions, `m/`
 /// metadata, `n/` nodes, `o/` sources, `p/` packs, `r/` repositories, `s/`
-/// snapshots, `w/` minimum shards, `x/` condemned chunks and retired nodes.
+/// snapshots, `v/` snapshot coverage, `w/` minimum shards, `x/` condemned
+/// chunks and retired nodes, `y/` disaster-recovery records.
 pub const SOURCE_PREFIX: &[u8] = b"o/";
 pub const PACK_PREFIX: &[u8] = b"p/";
 
