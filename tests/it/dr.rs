@@ -3,7 +3,10 @@
 //! snapshot needs is beyond repair; recovery plans with dependencies, a dry
 //! run and recorded step durations; `--before`; an RPO that grows with the
 //! clock and a worst RPO that later good backups do not erase; records that
-//! survive a leader change.
+//! survive a leader change; the backup ratio of a source with an unreadable
+//! file; costs from the cluster's prices; cross-site bytes of a restore;
+//! paged record listings; an RPO that does not count snapshots hit by data
+//! loss.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -98,9 +101,18 @@ fn a_drill_verifies_and_records_and_fails_naming_the_files_when_a_pack_is_lost()
             let f = f.as_str().context("a file name")?;
             ensure!(src.join(f).is_file(), "{f} is not a file of the source");
         }
-        let line = source_line(&report(c)?, "db")?;
+        let r = report(c)?;
+        let line = source_line(&r, "db")?;
         ensure!(line["verdict"] == "drill failing", "report: {line}");
         ensure!(line["last_drill"]["verified"] == false, "report: {line}");
+        // The failed drill is an incident of its own, with its time and reason.
+        let incident = list(&r, "incidents")?
+            .iter()
+            .find(|i| i["kind"] == "drill")
+            .with_context(|| format!("no drill incident in {r}"))?;
+        ensure!(incident["source"] == "db" && incident["state"] == "open", "incident: {incident}");
+        ensure!(incident["time"] == line["last_drill"]["time"], "incident time: {incident} / {line}");
+        ensure!(!incident["reason"].as_str().unwrap_or_default().is_empty(), "incident without reason: {incident}");
         Ok(())
     })
 }
@@ -283,6 +295,100 @@ fn dr_records_survive_a_leader_change() -> Result<()> {
             ensure!(after[key] == before[key], "{key} changed with the leader: {before} / {after}");
         }
         ensure!(source_line(&after, "files")?["last_drill"]["verified"] == true, "report: {after}");
+        Ok(())
+    })
+}
+
+/// The cluster's prices, per GiB and per node-hour, as the test sets them.
+const PRICES: [(&str, f64); 4] = [
+    ("--price-per-gib-read", 2.0),
+    ("--price-per-gib-written", 3.0),
+    ("--price-per-gib-cross-site", 5.0),
+    ("--price-per-node-hour", 7.0),
+];
+
+#[test]
+fn coverage_costs_cross_site_bytes_and_pages() -> Result<()> {
+    let meta_flags = PRICES.iter().flat_map(|(k, v)| [k.to_string(), v.to_string()]).collect();
+    let spec = ClusterSpec { meta_flags, ..ClusterSpec::default() };
+    Cluster::run(spec, |c| {
+        // A file root cannot read either: reading /proc/self/mem at offset 0
+        // fails with EIO. The backup finishes with exit 3 and says so.
+        let src = source(c, "files", 147)?;
+        let src_arg = src.display().to_string();
+        let out = c.cli(&["backup", &src_arg, "/proc/self/mem", "--tag", "source:files", "--json"])?;
+        ensure!(out.code == 3, "a backup with an unreadable file exits 3: {} {}", out.stdout, out.stderr);
+        let files_snap = out.json()?["snapshot_id"].as_str().context("summary without snapshot_id")?.to_string();
+        let out =
+            c.cli(&["backup", "--stdin-from-command", "echo dump", "--stdin-name", "dump", "--tag", "source:dump"])?;
+        out.ok()?;
+
+        let r = report(c)?;
+        let files = source_line(&r, "files")?;
+        ensure!(crate::num(&files, "files_skipped")? == 1, "files_skipped: {files}");
+        ensure!(crate::num(&files, "skipped.unreadable")? == 1, "skipped: {files}");
+        ensure!(f64_at(&files, "backup_ratio_files")? < 1.0, "the file ratio counts the unreadable file: {files}");
+        ensure!(f64_at(&files, "backup_ratio")? <= 1.0, "backup ratio: {files}");
+        ensure!(files["verdict"] == "unprotected files", "verdict: {files}");
+        let example = &list(&files, "skipped.examples")?[0];
+        ensure!(example["path"] == "/proc/self/mem" && example["reason"] == "unreadable", "example: {files}");
+        let dump = source_line(&r, "dump")?;
+        ensure!(dump["command_exit"] == 0 && f64_at(&dump, "backup_ratio")? == 1.0, "command source: {dump}");
+        ensure!(dump["verdict"] == "never drilled", "command source: {dump}");
+        ensure!(r["prices"]["per_node_hour"] == 7.0, "the cluster's prices reach the report: {r}");
+
+        c.cli(&["drill", "dump", "--json"])?.ok()?;
+        // One site stopped: a reader in site-a reads shards from site-b.
+        c.kill_storage_site("site-c");
+        let target = c.dir().join("restored");
+        let out = c.cli(&["restore", &files_snap, &target.display().to_string(), "--site", "site-a"])?;
+        out.ok()?;
+
+        let r = report(c)?;
+        let restore = &list(&r, "restores")?[0];
+        ensure!(crate::num(restore, "bytes_cross_site")? > 0, "no cross-site bytes with site-c stopped: {restore}");
+        let gib = (1u64 << 30) as f64;
+        let want = crate::num(restore, "bytes_read")? as f64 * 2.0 / gib
+            + crate::num(restore, "bytes_written")? as f64 * 3.0 / gib
+            + crate::num(restore, "bytes_cross_site")? as f64 * 5.0 / gib
+            + f64_at(restore, "rto_s")? / 3600.0 * 7.0;
+        let cost = f64_at(restore, "cost")?;
+        ensure!((cost - want).abs() <= want * 1e-6, "restore cost {cost}, the formula gives {want}: {restore}");
+        ensure!(f64_at(&list(&r, "drills")?[0], "cost")? > 0.0, "a drill has a cost: {r}");
+        ensure!(restore["rpo_at_failure_s"].is_number(), "the RPO at the time of the restore: {restore}");
+
+        // The same records, one per page.
+        let paged = c.cli(&["report", "--json", "--page-size", "1"])?.ok()?.json()?;
+        for key in ["restores", "drills"] {
+            ensure!(paged[key] == r[key], "{key} differ when paged: {paged} / {r}");
+        }
+        Ok(())
+    })
+}
+
+#[test]
+fn the_rpo_does_not_count_snapshots_hit_by_data_loss() -> Result<()> {
+    let spec = ClusterSpec { down_after: Duration::from_secs(3), ..ClusterSpec::default() };
+    Cluster::run(spec, |c| {
+        let dir = source(c, "ledger", 148)?;
+        backup_source(c, &dir, "ledger")?;
+        let line = source_line(&report(c)?, "ledger")?;
+        ensure!(line["rpo_s"].is_number() && line["snapshots_lost"] == 0, "report: {line}");
+
+        // Three of six nodes down: more than m = 2 shards of every pack.
+        let victims: Vec<usize> = (0..c.storage.len()).filter(|&i| c.storage[i].site != "site-a").take(3).collect();
+        ensure!(victims.len() == 3, "three nodes outside site-a");
+        for i in victims {
+            c.kill_storage(i);
+        }
+        let r = wait_until("the packs to count as lost", Duration::from_secs(60), || {
+            let r = report(c).ok()?;
+            (r["cluster"]["packs"]["lost"].as_u64() > Some(0)).then_some(r)
+        })?;
+        let line = source_line(&r, "ledger")?;
+        ensure!(line["snapshots_lost"] == 1, "the snapshot references a lost pack: {line}");
+        ensure!(line["rpo_s"].is_null() && line["verdict"] == "rpo exceeded", "no verified snapshot: {line}");
+        ensure!(r["cluster"]["redundancy"] == "data lost", "cluster: {}", r["cluster"]);
         Ok(())
     })
 }

@@ -197,6 +197,7 @@ impl Runner {
             What::Command { command, name } => {
                 let env = [("COFFER_SOURCE", source_name.as_str()), ("COFFER_KIND", kind.as_str())];
                 let reader = CommandOutput::spawn(&command, &env).map_err(|e| format!("run {command:?}: {e}"))?;
+                let opts = BackupOptions { command: Some(command.clone()), ..opts };
                 repo.backup_stream(reader, &name, opts)
                     .await
                     .map_err(|e| format!("back up the output of {command:?}; no snapshot was recorded: {e}"))

@@ -377,4 +377,8 @@ pub struct RestoreArgs {
     /// Restore only this path inside the snapshot.
     #[arg(long)]
     pub include: Option<PathBuf>,
+    /// The site this client runs in: shard bytes read from other sites count as cross-site
+    /// (default: the site most bytes came from).
+    #[arg(long, env = "COFFER_SITE")]
+    pub site: Option<String>,
 }

@@ -70,6 +70,7 @@ pub async fn backup(g: &Global, a: BackupArgs) -> Result<i32> {
     let summary: BackupSummary = if let Some(cmd) = &a.stdin_from_command {
         let name = a.stdin_name.clone().unwrap_or_else(|| "stdin".to_string());
         let reader = CommandOutput::spawn(cmd, &[]).with_context(|| format!("run {cmd:?}"))?;
+        opts.command = Some(cmd.clone());
         repo.backup_stream(reader, &name, opts)
             .await
             .with_context(|| format!("back up the output of {cmd:?}; no snapshot was recorded"))?
@@ -187,7 +188,7 @@ pub async fn snapshots(g: &Global) -> Result<()> {
 
 pub async fn restore(g: &Global, a: RestoreArgs) -> Result<()> {
     let work = Arc::new(coffer_client::Work::default());
-    let repo = open(g).await?.with_progress(work.clone());
+    let repo = open(g).await?.with_progress(work.clone()).with_site(a.site.clone());
     let snap = repo.find_snapshot(&a.snapshot).await.with_context(|| format!("find snapshot {:?}", a.snapshot))?;
     let target = if a.target == "-" { RestoreTarget::Stdout } else { RestoreTarget::Dir(PathBuf::from(&a.target)) };
     let to_stdout = target == RestoreTarget::Stdout;

@@ -182,6 +182,22 @@ pub struct MetaSettings {
     #[arg(long, env = "COFFER_GC_REWRITE_BANDWIDTH")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gc_rewrite_bandwidth: Option<u64>,
+    /// Price of reading one GiB, for the recovery cost in `coffer report` (optional; one currency unit).
+    #[arg(long, env = "COFFER_PRICE_PER_GIB_READ")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price_per_gib_read: Option<f64>,
+    /// Price of writing one GiB, for the recovery cost.
+    #[arg(long, env = "COFFER_PRICE_PER_GIB_WRITTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price_per_gib_written: Option<f64>,
+    /// Price of sending one GiB between sites, for the recovery cost.
+    #[arg(long, env = "COFFER_PRICE_PER_GIB_CROSS_SITE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price_per_gib_cross_site: Option<f64>,
+    /// Price of one node-hour, for the recovery cost.
+    #[arg(long, env = "COFFER_PRICE_PER_NODE_HOUR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price_per_node_hour: Option<f64>,
     /// Plain-HTTP admin port (host:port): /livez, /readyz, /metrics, /health/cluster and the status page at /.
     /// Off unless set; by convention 0.0.0.0:7401.
     #[arg(long, env = "COFFER_ADMIN_LISTEN")]
@@ -428,6 +444,12 @@ impl MetaSettings {
         if let Some(v) = self.gc_rewrite_bandwidth {
             c.gc_rewrite_bandwidth = v;
         }
+        c.prices = coffer_meta::PriceConfig {
+            per_gib_read: self.price_per_gib_read,
+            per_gib_written: self.price_per_gib_written,
+            per_gib_cross_site: self.price_per_gib_cross_site,
+            per_node_hour: self.price_per_node_hour,
+        };
         if let Some(path) = &self.admin_token_file {
             c.admin_token =
                 Some(coffer_meta::AdminToken::from_file(path).map_err(|e| usage(format!("`admin_token_file`: {e}")))?);

@@ -67,6 +67,10 @@ pub struct BackupOptions {
     pub session_lease: Option<Duration>,
     /// Entries left out of a paths backup (patterns and marker files).
     pub excludes: Excludes,
+    /// The command whose output a stream backup reads (`--stdin-from-command`,
+    /// an agent's command source); the snapshot's coverage records that its
+    /// source was a command, which exited 0 (a failed one leaves no snapshot).
+    pub command: Option<String>,
 }
 
 impl std::fmt::Debug for BackupOptions {
@@ -81,6 +85,7 @@ impl std::fmt::Debug for BackupOptions {
             .field("progress", &self.progress.is_some())
             .field("session_lease", &self.session_lease)
             .field("excludes", &self.excludes)
+            .field("command", &self.command)
             .finish()
     }
 }
@@ -152,6 +157,25 @@ struct Plan<'a> {
     opts: &'a BackupOptions,
     start_ms: u64,
     lease: &'a LeaseLost,
+}
+
+/// What the source held against what the snapshot protects, from the
+/// walk's counts: every regular file read or reused is protected, every
+/// entry skipped (a directory counts as one) is not.
+fn coverage(c: &Counters, examples: Vec<coffer_types::SkippedEntry>, command: bool) -> coffer_types::Coverage {
+    let (unreadable, excluded, vanished) =
+        (c.skipped_unreadable.get(), c.skipped_excluded.get(), c.skipped_vanished.get());
+    coffer_types::Coverage {
+        files_total: c.files.get() + unreadable + excluded + vanished,
+        bytes_total: c.bytes_scanned.get() + c.bytes_skipped.get(),
+        files_protected: c.files.get(),
+        bytes_protected: c.bytes_scanned.get(),
+        skipped_unreadable: unreadable,
+        skipped_excluded: excluded,
+        skipped_vanished: vanished,
+        examples,
+        command_exit: command.then_some(0),
+    }
 }
 
 /// What the walker reads.
@@ -363,6 +387,7 @@ impl Repository {
             chunks_new: counters.chunks_new.get(),
             chunks_reused: counters.chunks_reused.get(),
             errors: counters.errors.get(),
+            coverage: Some(coverage(counters, walk.skipped.clone(), opts.command.is_some())),
         };
         let record = SnapshotRecord {
             id: SnapshotId::random(),

@@ -105,13 +105,14 @@ impl Repository {
             }
         };
         let mut reason = String::new();
-        let (bytes, files, reconstructed) = match self.restore(snap, RestoreTarget::Dir(target.clone()), None).await {
-            Ok(s) => (s.bytes, s.files, s.degraded_packs > 0),
-            Err(e) => {
-                reason = format!("restore failed: {e}");
-                (0, 0, true)
-            }
-        };
+        let (bytes, files, reconstructed, (shard_bytes, cross_site)) =
+            match self.restore(snap, RestoreTarget::Dir(target.clone()), None).await {
+                Ok(s) => (s.bytes, s.files, s.degraded_packs > 0, (s.bytes_shards_read, s.bytes_cross_site)),
+                Err(e) => {
+                    reason = format!("restore failed: {e}");
+                    (0, 0, true, (0, 0))
+                }
+            };
         let restore_s = started.elapsed().as_secs_f64();
 
         let verify_started = Instant::now();
@@ -211,9 +212,9 @@ impl Repository {
                 failed_files: report.failed_files.iter().take(MAX_DR_FAILED_FILES).map(|f| truncate(f)).collect(),
                 failed_count: report.failed_files.len() as u64,
                 reconstructed,
-                bytes_read: report.bytes,
+                bytes_read: shard_bytes.max(report.bytes),
                 bytes_written: report.bytes,
-                bytes_cross_site: 0,
+                bytes_cross_site: cross_site,
                 steps: vec![],
             };
             self.record_dr(&record).await?;
@@ -289,6 +290,18 @@ impl Repository {
     }
 }
 
+/// Every disaster-recovery record of a repository in a window, and the
+/// cluster's prices for their cost.
+#[derive(Clone, Debug, Default)]
+pub struct DrListing {
+    /// Oldest first.
+    pub records: Vec<DrRecord>,
+    /// `None` when the cluster sets no price.
+    pub prices: Option<coffer_types::Prices>,
+    /// Packs of the repository lost now (fewer than k shards on nodes up).
+    pub lost_packs: Vec<coffer_types::PackId>,
+}
+
 /// The disaster-recovery records of `repo` since `since_ms` (needs the
 /// repository's admin token or the cluster administrator; no key).
 pub async fn list_dr(
@@ -296,17 +309,82 @@ pub async fn list_dr(
     repo: &coffer_types::RepoName,
     since_ms: u64,
 ) -> Result<Vec<DrRecord>, ClientError> {
-    let req = pb::ListDrRequest { repo: repo.to_string(), since_ms };
-    let resp = meta
-        .call("list dr", |mut c| {
-            let req = req.clone();
-            async move { c.list_dr(req).await }
-        })
-        .await?;
-    resp.records
-        .into_iter()
-        .map(|r| DrRecord::try_from(r).map_err(|e| ClientError::BadResponse { what: "ListDr", reason: e.to_string() }))
-        .collect()
+    Ok(list_dr_all(meta, repo, since_ms, 0).await?.records)
+}
+
+/// Like `list_dr`, with the cluster's prices and lost packs: reads page
+/// after page (of `page_size` records; 0: the server's default) until the
+/// server says there is no more.
+pub async fn list_dr_all(
+    meta: &coffer_rpc::MetaClient,
+    repo: &coffer_types::RepoName,
+    since_ms: u64,
+    page_size: u32,
+) -> Result<DrListing, ClientError> {
+    let mut out = DrListing::default();
+    let mut page_token = Vec::new();
+    loop {
+        let req = pb::ListDrRequest { repo: repo.to_string(), since_ms, page_size, page_token };
+        let resp = meta
+            .call("list dr", |mut c| {
+                let req = req.clone();
+                async move { c.list_dr(req).await }
+            })
+            .await?;
+        for r in resp.records {
+            out.records.push(
+                DrRecord::try_from(r)
+                    .map_err(|e| ClientError::BadResponse { what: "ListDr", reason: e.to_string() })?,
+            );
+        }
+        out.prices = resp.prices.as_ref().map(coffer_proto::prices_from_pb);
+        out.lost_packs = coffer_proto::ids_from_bytes("lost_packs", &resp.lost_packs, coffer_types::PackId::from_slice)
+            .map_err(|e| ClientError::BadResponse { what: "ListDr", reason: e.to_string() })?;
+        if resp.next.is_empty() {
+            return Ok(out);
+        }
+        if resp.next == req.page_token {
+            return Err(ClientError::BadResponse { what: "ListDr", reason: "the page cursor did not move".into() });
+        }
+        page_token = resp.next;
+    }
+}
+
+/// The snapshots among `snaps` hit by data loss: those whose reference
+/// list names a chunk in one of the `lost` packs, or whose reference list
+/// itself cannot be read. Reads the chunk index and the reference lists
+/// (no key needed), and nothing when no pack is lost.
+pub async fn snapshots_hit_by_loss(
+    meta: &coffer_rpc::MetaClient,
+    repo: &coffer_types::RepoName,
+    snaps: &[SnapshotRecord],
+    lost: &[coffer_types::PackId],
+) -> Result<std::collections::BTreeSet<coffer_types::SnapshotId>, ClientError> {
+    let mut hit = std::collections::BTreeSet::new();
+    if lost.is_empty() {
+        return Ok(hit);
+    }
+    let lost: std::collections::HashSet<coffer_types::PackId> = lost.iter().copied().collect();
+    let index = crate::check::chunk_index(meta, repo).await?;
+    let refs_packs: std::collections::BTreeSet<coffer_types::PackId> = snaps.iter().map(|s| s.refs_pack).collect();
+    let placed = crate::check::placed_packs(meta, &refs_packs).await?;
+    let pool = coffer_rpc::ShardPool::default();
+    for s in snaps {
+        let refs = match placed.get(&s.refs_pack) {
+            Some(p) if !lost.contains(&s.refs_pack) => {
+                crate::check::read_pack(&pool, p).await.bytes.and_then(|b| coffer_pack::decode_refs(&b).ok())
+            }
+            _ => None,
+        };
+        let Some(refs) = refs else {
+            hit.insert(s.id);
+            continue;
+        };
+        if refs.iter().any(|c| index.get(c).is_some_and(|l| lost.contains(&l.pack))) {
+            hit.insert(s.id);
+        }
+    }
+    Ok(hit)
 }
 
 /// Keeps a text within the record's bounds, on a character boundary.

@@ -472,9 +472,9 @@ pub fn restore_record(
         failed_files: vec![],
         failed_count: 0,
         reconstructed: summary.is_some_and(|s| s.degraded_packs > 0),
-        bytes_read: summary.map_or(0, |s| s.bytes),
+        bytes_read: summary.map_or(0, |s| s.bytes_shards_read.max(s.bytes)),
         bytes_written: summary.map_or(0, |s| s.bytes),
-        bytes_cross_site: 0,
+        bytes_cross_site: summary.map_or(0, |s| s.bytes_cross_site),
         steps: vec![],
     }
 }

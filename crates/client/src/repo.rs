@@ -90,7 +90,7 @@ pub async fn open_repo(meta: Arc<MetaClient>, name: &RepoName, password: &[u8]) 
     let record = get_repo(&meta, name).await?;
     let slots = record.key_slots.clone();
     let (key, _) = unwrap_slots(name, slots, password).await?;
-    Ok(Repository { meta, record, key: Arc::new(key), progress: None })
+    Ok(Repository { meta, record, key: Arc::new(key), progress: None, site: None })
 }
 
 /// Unwraps the keyring from whichever of `slots` `password` opens, off the
@@ -135,19 +135,29 @@ pub struct Repository {
     /// Where restores, checks and drills on this repository count their
     /// progress (`work`), if anywhere.
     pub(crate) progress: Option<Arc<crate::work::Work>>,
+    /// The site this client runs in, if known: restores count the shard
+    /// bytes they read from other sites (`RestoreSummary.bytes_cross_site`).
+    pub(crate) site: Option<String>,
 }
 
 impl Repository {
     /// Assembles a repository from parts already fetched and unwrapped, for
     /// embedders that keep the key themselves.
     pub fn from_parts(meta: Arc<MetaClient>, record: RepoRecord, key: RepoKey) -> Self {
-        Repository { meta, record, key: Arc::new(key), progress: None }
+        Repository { meta, record, key: Arc::new(key), progress: None, site: None }
     }
 
     /// This repository with `work` counting the progress of its restores,
     /// checks and drills (see `work`).
     pub fn with_progress(mut self, work: Arc<crate::work::Work>) -> Self {
         self.progress = Some(work);
+        self
+    }
+
+    /// Names the site this client runs in (`--site`, `COFFER_SITE`); unset,
+    /// a restore counts as in the site it read the most from.
+    pub fn with_site(mut self, site: Option<String>) -> Self {
+        self.site = site;
         self
     }
 

@@ -72,6 +72,12 @@ pub(crate) struct Counters {
     /// Packs committed with fewer than k + m shards placed (too few nodes up).
     pub packs_short: Count,
     pub errors: Count,
+    /// Entries the walk left out, by why (see `coffer_types::Coverage`),
+    /// and their listed bytes.
+    pub skipped_unreadable: Count,
+    pub skipped_excluded: Count,
+    pub skipped_vanished: Count,
+    pub bytes_skipped: Count,
     /// Files compared with the parent snapshot (by path): absent from it,
     /// present with other content, present with the same content, and
     /// present in it but gone now.

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use coffer_pack::{ChunkBuffer, Chunker, RepoKey};
-use coffer_types::ChunkId;
+use coffer_types::{ChunkId, SkipReason, SkippedEntry, MAX_SKIPPED_EXAMPLES, MAX_SKIPPED_PATH};
 
 use crate::exclude::Excludes;
 use crate::readahead::ReadAhead;
@@ -41,6 +41,16 @@ use crate::ClientError;
 
 /// How many error messages a summary keeps; the count is always exact.
 pub(crate) const MAX_ERROR_MESSAGES: usize = 1000;
+
+/// Why an entry whose listing, open or read failed with `e` was skipped: an
+/// entry gone since it was listed vanished, anything else is unreadable.
+fn io_reason(e: &io::Error) -> SkipReason {
+    if e.kind() == io::ErrorKind::NotFound {
+        SkipReason::Vanished
+    } else {
+        SkipReason::Unreadable
+    }
+}
 
 /// What a blob holds, which decides the pack it goes to.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -114,6 +124,9 @@ pub(crate) struct WalkOutput {
     pub root: ChunkId,
     pub refs: Vec<ChunkId>,
     pub errors: Vec<String>,
+    /// Examples of the entries left out, with why (at most
+    /// `MAX_SKIPPED_EXAMPLES`; the counts are in `Counters`).
+    pub skipped: Vec<SkippedEntry>,
 }
 
 /// The walker's state for one backup.
@@ -129,6 +142,7 @@ pub(crate) struct Walker<'a, S: BlobSink> {
     counters: &'a Counters,
     refs: RefList,
     errors: Vec<String>,
+    skipped: Vec<SkippedEntry>,
     /// The chunker's read buffer, passed from file to file; `None` only
     /// while a file is being read.
     buffer: Option<ChunkBuffer>,
@@ -148,6 +162,7 @@ impl<'a, S: BlobSink> Walker<'a, S> {
             counters,
             refs: RefList::default(),
             errors: Vec::new(),
+            skipped: Vec::new(),
             buffer: None,
             read_ahead: None,
             excludes: Excludes::default(),
@@ -212,15 +227,40 @@ impl<'a, S: BlobSink> Walker<'a, S> {
     }
 
     fn finish(self, root: ChunkId) -> WalkOutput {
-        WalkOutput { root, refs: self.refs.finish(), errors: self.errors }
+        WalkOutput { root, refs: self.refs.finish(), errors: self.errors, skipped: self.skipped }
     }
 
-    fn record(&mut self, path: &Path, what: impl std::fmt::Display) {
+    /// Records an entry that could not be read: an error of the backup, and
+    /// an entry the snapshot leaves unprotected. `size` is its listed size,
+    /// 0 when unknown.
+    fn record(&mut self, path: &Path, reason: SkipReason, size: u64, what: impl std::fmt::Display) {
         self.counters.errors.add(1);
         let msg = format!("{}: {what}", path.display());
         tracing::warn!("{msg}");
         if self.errors.len() < MAX_ERROR_MESSAGES {
             self.errors.push(msg);
+        }
+        self.skipped(path, reason, size);
+    }
+
+    /// Counts an entry left out, and keeps the first ones as examples.
+    fn skipped(&mut self, path: &Path, reason: SkipReason, size: u64) {
+        match reason {
+            SkipReason::Unreadable => self.counters.skipped_unreadable.add(1),
+            SkipReason::Excluded => self.counters.skipped_excluded.add(1),
+            SkipReason::Vanished => self.counters.skipped_vanished.add(1),
+        }
+        self.counters.bytes_skipped.add(size);
+        if self.skipped.len() < MAX_SKIPPED_EXAMPLES {
+            let mut path = path.to_string_lossy().into_owned();
+            if path.len() > MAX_SKIPPED_PATH {
+                let mut end = MAX_SKIPPED_PATH;
+                while !path.is_char_boundary(end) {
+                    end -= 1;
+                }
+                path.truncate(end);
+            }
+            self.skipped.push(SkippedEntry { path, reason });
         }
     }
 
@@ -243,7 +283,7 @@ impl<'a, S: BlobSink> Walker<'a, S> {
             let meta = match fs::symlink_metadata(path) {
                 Ok(m) => m,
                 Err(e) => {
-                    self.record(path, e);
+                    self.record(path, io_reason(&e), 0, e);
                     continue;
                 }
             };
@@ -330,9 +370,14 @@ impl<'a, S: BlobSink> Walker<'a, S> {
         let mut names = Vec::new();
         for entry in listing {
             match entry {
-                Ok(e) if !self.excludes.is_empty() && self.excluded(path, &e) => {}
+                Ok(e) if !self.excludes.is_empty() && self.excluded(path, &e) => {
+                    // The size of an excluded file counts against the ratio; an
+                    // excluded directory's content is never walked.
+                    let size = e.metadata().ok().filter(|m| m.is_file()).map_or(0, |m| m.len());
+                    self.skipped(&path.join(e.file_name()), SkipReason::Excluded, size);
+                }
                 Ok(e) => names.push((e.file_name(), e.file_type().is_ok_and(|t| t.is_file()))),
-                Err(e) => self.record(path, format!("listing the directory: {e}")),
+                Err(e) => self.record(path, SkipReason::Unreadable, 0, format!("listing the directory: {e}")),
             }
         }
         names.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
@@ -346,7 +391,7 @@ impl<'a, S: BlobSink> Walker<'a, S> {
             let meta = match fs::symlink_metadata(&child) {
                 Ok(m) => m,
                 Err(e) => {
-                    self.record(&child, e);
+                    self.record(&child, io_reason(&e), 0, e);
                     continue;
                 }
             };
@@ -389,7 +434,7 @@ impl<'a, S: BlobSink> Walker<'a, S> {
                     NodeKind::Dir { subtree }
                 }
                 Err(e) => {
-                    self.record(path, e);
+                    self.record(path, io_reason(&e), 0, e);
                     return Ok(None);
                 }
             }
@@ -400,7 +445,7 @@ impl<'a, S: BlobSink> Walker<'a, S> {
                     NodeKind::Symlink { target: target.as_os_str().as_bytes().to_vec() }
                 }
                 Err(e) => {
-                    self.record(path, e);
+                    self.record(path, io_reason(&e), 0, e);
                     return Ok(None);
                 }
             }
@@ -449,7 +494,7 @@ impl<'a, S: BlobSink> Walker<'a, S> {
         let mut file = match open_for_backup(path) {
             Ok(f) => f,
             Err(e) => {
-                self.record(path, e);
+                self.record(path, io_reason(&e), meta.len(), e);
                 return Ok(None);
             }
         };
@@ -465,7 +510,7 @@ impl<'a, S: BlobSink> Walker<'a, S> {
                 Ok(Some((content, lens, size)))
             }
             Err(reason) => {
-                self.record(path, reason);
+                self.record(path, SkipReason::Unreadable, meta.len(), reason);
                 Ok(None)
             }
         }

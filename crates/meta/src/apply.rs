@@ -195,6 +195,14 @@ pub fn apply(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, MetaError
             txn.put(kv::incident_key(record.id), &record)?;
             Ok(CommandResult::Ok)
         }
+        Command::CommitSnapshotCovered { session, now_ms, snapshot, coverage } => {
+            let id = snapshot.id;
+            let result = apply(txn, Command::CommitSnapshot { session, now_ms, snapshot })?;
+            if result == CommandResult::Ok {
+                txn.put(kv::coverage_key(&id), &coverage)?;
+            }
+            Ok(result)
+        }
         Command::CommitSnapshot { session, now_ms, snapshot } => {
             let now = log_clock(txn, now_ms)?;
             let of_source = coffer_types::source_of_tags(&snapshot.tags).is_some().then(|| snapshot.clone());
@@ -891,5 +899,50 @@ mod tests {
         let got = crate::sources::list(&t, Some(&repo().name)).unwrap();
         assert_eq!(got[0].last_ok_end_ms, Some(42), "the commit advanced the source without a report");
         assert_eq!(got[0].reported_ms, 5, "a commit is not a report: staleness is the agent's");
+    }
+
+    #[test]
+    fn coverage_is_kept_beside_the_snapshot_and_forgotten_with_it() {
+        let t = tree();
+        let session = ready_to_snapshot(&t);
+        let snap = snapshot(3, repo().name);
+        let coverage =
+            coffer_types::Coverage { files_total: 5, files_protected: 4, skipped_vanished: 1, ..Default::default() };
+        let cmd = |snapshot| Command::CommitSnapshotCovered {
+            session,
+            now_ms: 20,
+            snapshot,
+            coverage: coffer_types::CoverageRecord::V1(coverage.clone()),
+        };
+        assert_eq!(run(&t, cmd(snap.clone())), CommandResult::Ok);
+        let key = kv::coverage_key(&snap.id);
+        let kept: coffer_types::CoverageRecord = kv::get(&t, "coverage", &key).unwrap().unwrap();
+        assert_eq!(kept.into_coverage(), coverage);
+        // The record's own layout is unchanged: a snapshot with coverage
+        // encodes as one without, so records written before still decode.
+        let mut with = snap.clone();
+        with.stats.coverage = Some(coverage.clone());
+        assert_eq!(kv::encode(&with).unwrap(), kv::encode(&snap).unwrap());
+        let back: SnapshotRecord = kv::get(&t, "snapshot", &kv::snapshot_key(&snap.id)).unwrap().unwrap();
+        assert_eq!(back, snap);
+        let forget = Command::Forget { repo: repo().name, snapshots: vec![snap.id], time_ms: 30 };
+        assert_eq!(run(&t, forget), CommandResult::Ok);
+        assert!(t.get(&key).unwrap().is_none(), "the coverage outlived its snapshot");
+    }
+
+    #[test]
+    fn a_refused_covered_commit_keeps_no_coverage() {
+        let t = tree();
+        run(&t, Command::CreateRepo { repo: repo() });
+        let session = begin(&t, &repo().name, 0, 1000);
+        let snap = snapshot(3, repo().name);
+        let cmd = Command::CommitSnapshotCovered {
+            session,
+            now_ms: 2,
+            snapshot: snap.clone(),
+            coverage: coffer_types::CoverageRecord::V1(Default::default()),
+        };
+        assert!(matches!(run(&t, cmd), CommandResult::Rejected(Rejection::RootNotIndexed { .. })));
+        assert!(t.get(kv::coverage_key(&snap.id)).unwrap().is_none());
     }
 }

@@ -459,10 +459,21 @@ impl Catalog for CatalogService {
         self.node.authorize(&req, Rpc::CommitSnapshot, Some(&repo))?;
         let r = req.into_inner();
         let session = session_id(&r.session_id)?;
-        let snapshot =
+        let mut snapshot =
             SnapshotRecord::try_from(r.snapshot.ok_or_else(|| Status::invalid_argument("snapshot is missing"))?)?;
         tracing::info!(snapshot = %snapshot.id, repo = %snapshot.repo, "commit snapshot");
-        self.write(Command::CommitSnapshot { session, now_ms: now_ms(), snapshot }).await?;
+        // The coverage travels beside the record (whose layout is fixed), so
+        // that a retried commit compares equal to the stored record.
+        let cmd = match snapshot.stats.coverage.take() {
+            Some(c) => Command::CommitSnapshotCovered {
+                session,
+                now_ms: now_ms(),
+                snapshot,
+                coverage: coffer_types::CoverageRecord::V1(c),
+            },
+            None => Command::CommitSnapshot { session, now_ms: now_ms(), snapshot },
+        };
+        self.write(cmd).await?;
         Ok(Response::new(pb::CommitSnapshotResponse {}))
     }
 
@@ -691,11 +702,43 @@ impl Catalog for CatalogService {
     async fn list_dr(&self, req: Request<pb::ListDrRequest>) -> Result<Response<pb::ListDrResponse>, Status> {
         let repo = repo_name("repo", req.get_ref().repo.clone())?;
         self.node.authorize(&req, Rpc::ListDr, Some(&repo))?;
-        let since_ms = req.get_ref().since_ms;
+        let r = req.into_inner();
+        let limit = match r.page_size {
+            0 => crate::dr::DEFAULT_PAGE,
+            n => (n as usize).min(crate::dr::MAX_PAGE),
+        };
+        let after: Option<[u8; crate::dr::CURSOR_LEN]> = if r.page_token.is_empty() {
+            None
+        } else {
+            Some(r.page_token.as_slice().try_into().map_err(|_| {
+                Status::invalid_argument(format!(
+                    "page_token: {} bytes, a cursor has {}",
+                    r.page_token.len(),
+                    crate::dr::CURSOR_LEN
+                ))
+            })?)
+        };
         self.read_barrier().await?;
         self.repo(&repo)?;
-        let records = crate::dr::list(self.tree(), &repo, since_ms).map_err(Status::from)?;
-        Ok(Response::new(pb::ListDrResponse { records: records.iter().map(pb::DrRecord::from).collect() }))
+        let (records, next) =
+            crate::dr::page(self.tree(), &repo, r.since_ms, after.as_ref(), limit).map_err(Status::from)?;
+        let nodes = self.nodes()?;
+        let up: std::collections::HashSet<u64> =
+            nodes.iter().map(|n| self.node_view(n)).filter(|n| n.state == "up").map(|n| n.id).collect();
+        let lost = lost_packs(self.tree(), &up, &repo).map_err(Status::from)?;
+        let p = &self.node.config.prices;
+        let prices = p.is_set().then(|| pb::DrPrices {
+            per_gib_read: p.per_gib_read.unwrap_or(0.0),
+            per_gib_written: p.per_gib_written.unwrap_or(0.0),
+            per_gib_cross_site: p.per_gib_cross_site.unwrap_or(0.0),
+            per_node_hour: p.per_node_hour.unwrap_or(0.0),
+        });
+        Ok(Response::new(pb::ListDrResponse {
+            records: records.iter().map(pb::DrRecord::from).collect(),
+            next: next.map(|c| c.to_vec()).unwrap_or_default(),
+            prices,
+            lost_packs: lost.iter().map(|p| p.as_bytes().to_vec()).collect(),
+        }))
     }
 }
 
@@ -713,7 +756,9 @@ fn snapshot_page(
     let ids = crate::index::snapshot_ids_after(tree, repo, after, limit + 1)?;
     let mut page: Vec<SnapshotRecord> = Vec::with_capacity(ids.len().min(limit));
     for id in ids.iter().take(limit) {
-        if let Some(s) = kv::get::<SnapshotRecord>(tree, "snapshot", &kv::snapshot_key(id))? {
+        if let Some(mut s) = kv::get::<SnapshotRecord>(tree, "snapshot", &kv::snapshot_key(id))? {
+            s.stats.coverage = kv::get::<coffer_types::CoverageRecord>(tree, "coverage", &kv::coverage_key(id))?
+                .map(coffer_types::CoverageRecord::into_coverage);
             page.push(s);
         }
     }
@@ -754,6 +799,31 @@ pub(crate) fn pack_health(tree: &sled::Tree, up: &std::collections::HashSet<u64>
     }
     health.healthy += crate::index::pack_count(tree)?.saturating_sub(affected.len() as u64);
     Ok(health)
+}
+
+/// The packs of `repo` with fewer than k shards on nodes that are `up`:
+/// lost until those nodes return. Like `pack_health`, only packs with a
+/// shard on a node that is not up are read.
+pub(crate) fn lost_packs(
+    tree: &sled::Tree,
+    up: &std::collections::HashSet<u64>,
+    repo: &RepoName,
+) -> Result<Vec<PackId>, MetaError> {
+    let mut affected = std::collections::BTreeSet::new();
+    for (node, count) in crate::index::held(tree)? {
+        if count > 0 && !up.contains(&node.0) {
+            affected.extend(crate::index::packs_on(tree, node)?);
+        }
+    }
+    let mut lost = Vec::new();
+    for id in affected {
+        let Some(pack) = kv::get::<PackRecord>(tree, "pack", &kv::pack_key(&id))? else { continue };
+        let available = pack.shards.iter().filter(|s| up.contains(&s.node.0)).count();
+        if pack.repo == *repo && available < pack.params.k() {
+            lost.push(id);
+        }
+    }
+    Ok(lost)
 }
 
 /// Snapshots in one ListSnapshots page when the caller names no size, and

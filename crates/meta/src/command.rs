@@ -259,6 +259,15 @@ pub enum Command {
         chunks: Vec<(ChunkId, ChunkLocation)>,
         time_ms: u64,
     },
+    /// `CommitSnapshot` with the snapshot's coverage (issue 14), which the
+    /// snapshot record's fixed layout cannot carry: applied as
+    /// `CommitSnapshot`, and on success the coverage is kept under `v/`.
+    CommitSnapshotCovered {
+        session: SessionId,
+        now_ms: u64,
+        snapshot: SnapshotRecord,
+        coverage: coffer_types::CoverageRecord,
+    },
 }
 
 impl Command {
@@ -292,6 +301,7 @@ impl Command {
             Command::ReportSource { .. } => "report_source",
             Command::RemoveSource { .. } => "remove_source",
             Command::RecordDr { .. } => "record_dr",
+            Command::CommitSnapshotCovered { .. } => "commit_snapshot",
             Command::GcCondemn { .. } => "gc_condemn",
             Command::GcSweep { .. } => "gc_sweep",
             Command::GcRequest { .. } => "gc_request",

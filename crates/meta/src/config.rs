@@ -52,6 +52,49 @@ pub struct MetaConfig {
     /// Shard bytes per second the collector writes when it rewrites mostly
     /// dead packs (`--gc-rewrite-bandwidth`, `gc_rewrite_bandwidth`).
     pub gc_rewrite_bandwidth: u64,
+    /// Prices for the recovery-cost figure of `coffer report` (issue 14),
+    /// answered with the disaster-recovery records (`ListDr`) so that every
+    /// reader computes costs with the cluster's prices, not its own.
+    pub prices: PriceConfig,
+}
+
+/// The cluster's prices, in one currency unit; unset ones count as 0, and
+/// with none set the report shows no cost. Set them alike on every metadata
+/// node: the leader's answer is the one readers get.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PriceConfig {
+    pub per_gib_read: Option<f64>,
+    pub per_gib_written: Option<f64>,
+    pub per_gib_cross_site: Option<f64>,
+    pub per_node_hour: Option<f64>,
+}
+
+impl PriceConfig {
+    fn all(&self) -> [(&'static str, Option<f64>); 4] {
+        [
+            ("price_per_gib_read", self.per_gib_read),
+            ("price_per_gib_written", self.per_gib_written),
+            ("price_per_gib_cross_site", self.per_gib_cross_site),
+            ("price_per_node_hour", self.per_node_hour),
+        ]
+    }
+
+    /// Whether any price is set.
+    pub fn is_set(&self) -> bool {
+        self.all().iter().any(|(_, v)| v.is_some())
+    }
+
+    /// Every price must be a finite number of at least 0.
+    pub fn validate(&self) -> Result<(), MetaError> {
+        for (key, v) in self.all() {
+            if let Some(v) = v {
+                if !v.is_finite() || v < 0.0 {
+                    return Err(MetaError::Config(format!("`{key}` {v}: a price must be a finite number >= 0")));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Pack rewrites share the storage nodes with backups and rebuilds: a
@@ -84,6 +127,7 @@ impl MetaConfig {
             security: coffer_rpc::tls::process_default(),
             gc_interval: Some(DEFAULT_GC_INTERVAL),
             gc_rewrite_bandwidth: DEFAULT_GC_REWRITE_BANDWIDTH,
+            prices: PriceConfig::default(),
         }
     }
 
@@ -110,6 +154,7 @@ impl MetaConfig {
         if self.snapshot_every == 0 {
             return Err(MetaError::Config("--snapshot-every must be at least 1".into()));
         }
+        self.prices.validate()?;
         if self.down_after < self.suspect_after {
             return Err(MetaError::Config("--down-after must not be shorter than --suspect-after".into()));
         }
@@ -157,5 +202,18 @@ mod tests {
         c.repair.bandwidth = 1000;
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("--rebuild-bandwidth 1000"), "{e}");
+    }
+
+    #[test]
+    fn prices_must_be_finite_and_not_negative() {
+        let mut c = MetaConfig::new(MetaId(1), PathBuf::from("/nonexistent"), "127.0.0.1:1".into());
+        assert!(!c.prices.is_set() && c.validate().is_ok());
+        c.prices.per_gib_read = Some(0.02);
+        assert!(c.prices.is_set() && c.validate().is_ok());
+        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+            c.prices.per_node_hour = Some(bad);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("price_per_node_hour"), "{e}");
+        }
     }
 }

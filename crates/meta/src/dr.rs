@@ -1,7 +1,8 @@
 //! Disaster-recovery records in the state machine: every restore, drill and
 //! plan run an agent reports (`Command::RecordDr`), kept under
 //! `y/<repo> 0x00 <started_ms BE> <id BE>` so that one repository's records
-//! scan in time order and a window (`since`) starts at a key.
+//! scan in time order, a window (`since`) starts at a key, and a page
+//! cursor is the tail of the last key served.
 //!
 //! Invariant: a record is written once. A retry of the same record (same
 //! key, same content) is `AlreadyApplied`; another record under the same key
@@ -14,9 +15,15 @@ use crate::command::{CommandResult, Rejection};
 use crate::error::MetaError;
 use crate::kv::{self, Txn};
 
-/// The most records one `ListDr` answer carries: the newest ones win, and a
-/// report over a longer history narrows it with `since`.
-pub(crate) const MAX_LIST: usize = 10_000;
+/// Records one `ListDr` page carries unless the caller asks for fewer, and
+/// the most it may ask for: a report over a long history reads page after
+/// page, and no answer grows past the message limit.
+pub(crate) const DEFAULT_PAGE: usize = 1_000;
+pub(crate) const MAX_PAGE: usize = 5_000;
+
+/// A page cursor: the started time and id of the last record of the page
+/// before, the tail of its key.
+pub(crate) const CURSOR_LEN: usize = 16;
 
 fn prefix(repo: &RepoName) -> Vec<u8> {
     [b"y/".as_slice(), repo.as_str().as_bytes(), &[0]].concat()
@@ -43,11 +50,24 @@ pub(crate) fn record(txn: &mut Txn<'_>, record: DrRecord) -> Result<CommandResul
     Ok(CommandResult::Ok)
 }
 
-/// The records of `repo` started at or after `since_ms`, oldest first; at
-/// most the newest `MAX_LIST`.
-pub(crate) fn list(tree: &sled::Tree, repo: &RepoName, since_ms: u64) -> Result<Vec<DrRecord>, MetaError> {
+/// At most `limit` records of `repo` started at or after `since_ms`, oldest
+/// first, after the record `after` names (a cursor, see `CURSOR_LEN`), and
+/// the cursor of the next page if more follow.
+pub(crate) fn page(
+    tree: &sled::Tree,
+    repo: &RepoName,
+    since_ms: u64,
+    after: Option<&[u8; CURSOR_LEN]>,
+    limit: usize,
+) -> Result<(Vec<DrRecord>, Option<[u8; CURSOR_LEN]>), MetaError> {
     let p = prefix(repo);
-    let start = [p.as_slice(), &since_ms.to_be_bytes()].concat();
+    let from_since = [p.as_slice(), &since_ms.to_be_bytes()].concat();
+    // The key right after the cursor's: the cursor followed by a 0 byte.
+    let from_cursor = after.map(|c| [p.as_slice(), c.as_slice(), &[0]].concat());
+    let start = match from_cursor {
+        Some(c) if c > from_since => c,
+        _ => from_since,
+    };
     // The prefix ends in 0x00, so the repository's keys end before the same
     // prefix ending in 0x01.
     let mut end = p.clone();
@@ -55,12 +75,35 @@ pub(crate) fn list(tree: &sled::Tree, repo: &RepoName, since_ms: u64) -> Result<
         *last = 1;
     }
     let mut out = Vec::new();
-    for kv in tree.range(start..end).rev() {
+    let mut last = None;
+    for kv in tree.range(start..end) {
+        let (k, v) = kv?;
+        if out.len() == limit {
+            // Another record follows: the next page starts after this one's last.
+            return Ok((out, last));
+        }
+        out.push(kv::decode::<DrRecord>("dr record", &v)?);
+        let tail: [u8; CURSOR_LEN] = k[p.len()..]
+            .try_into()
+            .map_err(|_| MetaError::Codec { what: "dr record key", reason: format!("{} bytes", k.len()) })?;
+        last = Some(tail);
+    }
+    Ok((out, None))
+}
+
+/// The newest `limit` records of `repo`, oldest first: what the leader's
+/// gauges read on every scrape (a source's last drill is among its newest
+/// records), so a scrape costs the same however long the history grows.
+pub(crate) fn newest(tree: &sled::Tree, repo: &RepoName, limit: usize) -> Result<Vec<DrRecord>, MetaError> {
+    let p = prefix(repo);
+    let mut end = p.clone();
+    if let Some(last) = end.last_mut() {
+        *last = 1;
+    }
+    let mut out = Vec::new();
+    for kv in tree.range(p..end).rev().take(limit) {
         let (_, v) = kv?;
         out.push(kv::decode::<DrRecord>("dr record", &v)?);
-        if out.len() == MAX_LIST {
-            break;
-        }
     }
     out.reverse();
     Ok(out)
@@ -121,10 +164,46 @@ mod tests {
         let mut changed = rec(&r, 10, 1);
         changed.ok = false;
         assert_eq!(record(&mut txn, changed).unwrap(), CommandResult::Rejected(Rejection::DrRecordConflict(1)));
-        let ids: Vec<u64> = list(&tree, &r, 0).unwrap().iter().map(|x| x.id).collect();
-        assert_eq!(ids, [1, 2, 3]);
-        let ids: Vec<u64> = list(&tree, &r, 15).unwrap().iter().map(|x| x.id).collect();
-        assert_eq!(ids, [2, 3]);
-        assert_eq!(list(&tree, &other, 0).unwrap().len(), 1);
+        let ids = |since, limit| -> Vec<u64> {
+            page(&tree, &r, since, None, limit).unwrap().0.iter().map(|x| x.id).collect()
+        };
+        assert_eq!(ids(0, 100), [1, 2, 3]);
+        assert_eq!(ids(15, 100), [2, 3]);
+        assert_eq!(page(&tree, &other, 0, None, 100).unwrap().0.len(), 1);
+    }
+
+    #[test]
+    fn pages_follow_the_cursor_to_the_end() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("t").unwrap();
+        let r = RepoName::new("r").unwrap();
+        let mut txn = Txn::new(&tree);
+        let repo =
+            RepoRecord { name: r.clone(), params: ErasureParams::new(3, 2).unwrap(), key_slots: vec![], created_ms: 0 };
+        txn.put(kv::repo_key(&r), &repo).unwrap();
+        // Two records share a start time: the id breaks the tie.
+        for (t, id) in [(10, 1), (20, 2), (20, 3), (30, 4), (40, 5)] {
+            assert_eq!(record(&mut txn, rec(&r, t, id)).unwrap(), CommandResult::Ok);
+        }
+        txn.commit().unwrap();
+        for (since, limit, want) in
+            [(0, 2, vec![1, 2, 3, 4, 5]), (15, 2, vec![2, 3, 4, 5]), (0, 5, vec![1, 2, 3, 4, 5])]
+        {
+            let mut got = Vec::new();
+            let mut cursor = None;
+            let mut pages = 0;
+            loop {
+                let (recs, next) = page(&tree, &r, since, cursor.as_ref(), limit).unwrap();
+                assert!(recs.len() <= limit);
+                got.extend(recs.iter().map(|x| x.id));
+                pages += 1;
+                match next {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            assert_eq!(got, want, "since {since}, pages of {limit}");
+            assert_eq!(pages, want.len().div_ceil(limit), "no empty last page");
+        }
     }
 }

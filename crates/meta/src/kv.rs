@@ -11,6 +11,7 @@
 //!   n/<node id: u64 BE>             NodeRecord
 //!   r/<repo name>                   RepoRecord
 //!   s/<snapshot id>                 SnapshotRecord
+//!   v/<snapshot id>                 CoverageRecord: the snapshot's backup-ratio inputs (see `dr`)
 //!   c/<repo name> 0x00 <chunk id>   ChunkLocation
 //!   p/<pack id>                     PackRecord
 //!   e/<session id>                  SessionRecord
@@ -62,6 +63,11 @@ pub fn node_key(id: NodeId) -> Vec<u8> {
 
 pub fn repo_key(name: &RepoName) -> Vec<u8> {
     [b"r/".as_slice(), name.as_str().as_bytes()].concat()
+}
+
+/// Where a snapshot's coverage is kept, beside its record (whose layout is fixed).
+pub fn coverage_key(id: &SnapshotId) -> Vec<u8> {
+    [b"v/".as_slice(), id.as_bytes()].concat()
 }
 
 pub fn snapshot_key(id: &SnapshotId) -> Vec<u8> {
@@ -160,7 +166,8 @@ pub const SNAPSHOT_PREFIX: &[u8] = b"s/";
 /// Prefixes in use: `a/` tokens, `b/` bad shards, `c/` chunks, `d/` drains,
 /// `e/` sessions, `h/` holds, `i/` incidents, `k/` key-slot versions, `m/`
 /// metadata, `n/` nodes, `o/` sources, `p/` packs, `r/` repositories, `s/`
-/// snapshots, `w/` minimum shards, `x/` condemned chunks and retired nodes.
+/// snapshots, `v/` snapshot coverage, `w/` minimum shards, `x/` condemned
+/// chunks and retired nodes, `y/` disaster-recovery records.
 pub const SOURCE_PREFIX: &[u8] = b"o/";
 pub const PACK_PREFIX: &[u8] = b"p/";
 

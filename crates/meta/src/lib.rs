@@ -49,7 +49,7 @@ pub mod types;
 mod workers;
 
 pub use auth::AdminToken;
-pub use config::MetaConfig;
+pub use config::{MetaConfig, PriceConfig};
 pub use error::MetaError;
 pub use impl_log_store::LogStore;
 pub use impl_state_machine::StateMachineStore;

@@ -35,6 +35,10 @@ use crate::error::MetaError;
 use crate::kv;
 use crate::node::{now_ms, MetaNode};
 
+/// The newest disaster-recovery records of a repository a scrape reads for
+/// its sources' last drills (as many as `coffer report` read before paging).
+const DR_RECORDS_READ: usize = 10_000;
+
 /// The longest a leader may go without a quorum's acknowledgement and still
 /// call itself ready, in election timeouts (the longest one).
 const QUORUM_SILENCE_ELECTIONS: u32 = 2;
@@ -90,7 +94,7 @@ pub fn dr_figures(tree: &sled::Tree, now_ms: u64) -> Result<Vec<SourceFigures>, 
                     snaps.push(s);
                 }
             }
-            let records = crate::dr::list(tree, &src.repo, 0)?;
+            let records = crate::dr::newest(tree, &src.repo, DR_RECORDS_READ)?;
             repo_cache = Some((src.repo.clone(), snaps, records));
         }
         let Some((_, snaps, records)) = repo_cache.as_ref() else { continue };

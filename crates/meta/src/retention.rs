@@ -60,6 +60,7 @@ pub(crate) fn forget(
     }
     for id in &present {
         txn.remove(kv::snapshot_key(id));
+        txn.remove(kv::coverage_key(id));
         txn.remove(hold_key(id));
     }
     txn.add_count("snapshots", -(present.len() as i64))?;

@@ -2,9 +2,9 @@
 //! validates (`TryFrom`) and names the field that was wrong.
 
 use coffer_types::{
-    BackupKind, ChunkId, ChunkLocation, DrKind, DrRecord, ErasureParams, Hash32, NodeId, NodeRecord, PackId, PackKind,
-    PackRecord, RepoName, RepoRecord, ShardIndex, ShardRecord, SiteId, SnapshotId, SnapshotRecord, SnapshotStats,
-    Source, SourceRecord, SourceRun, StepRecord, TypesError, MAX_SHARD_LEN,
+    BackupKind, ChunkId, ChunkLocation, Coverage, DrKind, DrRecord, ErasureParams, Hash32, NodeId, NodeRecord, PackId,
+    PackKind, PackRecord, Prices, RepoName, RepoRecord, ShardIndex, ShardRecord, SiteId, SkipReason, SkippedEntry,
+    SnapshotId, SnapshotRecord, SnapshotStats, Source, SourceRecord, SourceRun, StepRecord, TypesError, MAX_SHARD_LEN,
 };
 
 use crate::limits::{self, check_bytes, check_count};
@@ -223,13 +223,15 @@ impl From<&SnapshotStats> for pb::SnapshotStats {
             chunks_new: s.chunks_new,
             chunks_reused: s.chunks_reused,
             errors: s.errors,
+            coverage: s.coverage.as_ref().map(pb::SnapshotCoverage::from),
         }
     }
 }
 
-impl From<pb::SnapshotStats> for SnapshotStats {
-    fn from(s: pb::SnapshotStats) -> Self {
-        SnapshotStats {
+impl TryFrom<pb::SnapshotStats> for SnapshotStats {
+    type Error = ProtoError;
+    fn try_from(s: pb::SnapshotStats) -> Result<Self, ProtoError> {
+        Ok(SnapshotStats {
             files: s.files,
             dirs: s.dirs,
             bytes_scanned: s.bytes_scanned,
@@ -239,7 +241,64 @@ impl From<pb::SnapshotStats> for SnapshotStats {
             chunks_new: s.chunks_new,
             chunks_reused: s.chunks_reused,
             errors: s.errors,
+            coverage: s.coverage.map(Coverage::try_from).transpose()?,
+        })
+    }
+}
+
+impl From<&Coverage> for pb::SnapshotCoverage {
+    fn from(c: &Coverage) -> Self {
+        pb::SnapshotCoverage {
+            files_total: c.files_total,
+            bytes_total: c.bytes_total,
+            files_protected: c.files_protected,
+            bytes_protected: c.bytes_protected,
+            skipped_unreadable: c.skipped_unreadable,
+            skipped_excluded: c.skipped_excluded,
+            skipped_vanished: c.skipped_vanished,
+            examples: c
+                .examples
+                .iter()
+                .map(|e| pb::SkippedEntry { path: e.path.clone(), reason: e.reason.as_str().to_string() })
+                .collect(),
+            command_exit: c.command_exit,
         }
+    }
+}
+
+/// A snapshot's coverage from the wire, within `Coverage::validate`'s bounds.
+impl TryFrom<pb::SnapshotCoverage> for Coverage {
+    type Error = ProtoError;
+    fn try_from(c: pb::SnapshotCoverage) -> Result<Self, ProtoError> {
+        let mut examples = Vec::with_capacity(c.examples.len().min(coffer_types::MAX_SKIPPED_EXAMPLES + 1));
+        for e in c.examples {
+            let reason = field("stats.coverage.examples.reason", e.reason.parse::<SkipReason>())?;
+            examples.push(SkippedEntry { path: e.path, reason });
+        }
+        let coverage = Coverage {
+            files_total: c.files_total,
+            bytes_total: c.bytes_total,
+            files_protected: c.files_protected,
+            bytes_protected: c.bytes_protected,
+            skipped_unreadable: c.skipped_unreadable,
+            skipped_excluded: c.skipped_excluded,
+            skipped_vanished: c.skipped_vanished,
+            examples,
+            command_exit: c.command_exit,
+        };
+        coverage.validate().map_err(|reason| ProtoError::Bad { field: "stats.coverage", reason })?;
+        Ok(coverage)
+    }
+}
+
+/// The cluster's prices on the wire are per GiB; the figures are per byte.
+pub fn prices_from_pb(p: &pb::DrPrices) -> Prices {
+    const GIB: f64 = (1u64 << 30) as f64;
+    Prices {
+        per_byte_read: p.per_gib_read / GIB,
+        per_byte_written: p.per_gib_written / GIB,
+        per_byte_cross_site: p.per_gib_cross_site / GIB,
+        per_node_hour: p.per_node_hour,
     }
 }
 
@@ -285,7 +344,7 @@ impl TryFrom<pb::Snapshot> for SnapshotRecord {
             start_ms: s.start_ms,
             end_ms: s.end_ms,
             root: field("snapshot.root", ChunkId::from_slice(&s.root))?,
-            stats: s.stats.map(Into::into).unwrap_or_default(),
+            stats: s.stats.map(SnapshotStats::try_from).transpose()?.unwrap_or_default(),
             tags: s.tags,
             refs_pack: field("snapshot.refs_pack", PackId::from_slice(&s.refs_pack))?,
             refs_count: s.refs_count,
@@ -541,5 +600,52 @@ mod tests {
         let mut bad_id = wire;
         bad_id.id = vec![1];
         assert!(PackRecord::try_from(bad_id).is_err());
+    }
+
+    #[test]
+    fn coverage_round_trips_and_bad_coverage_is_refused() {
+        let c = Coverage {
+            files_total: 12,
+            bytes_total: 1_200,
+            files_protected: 10,
+            bytes_protected: 1_000,
+            skipped_unreadable: 1,
+            skipped_excluded: 1,
+            skipped_vanished: 0,
+            examples: vec![SkippedEntry { path: "/a".into(), reason: SkipReason::Excluded }],
+            command_exit: Some(0),
+        };
+        let wire = pb::SnapshotCoverage::from(&c);
+        assert_eq!(Coverage::try_from(wire.clone()).unwrap(), c);
+        let stats = SnapshotStats { files: 10, coverage: Some(c), ..Default::default() };
+        assert_eq!(SnapshotStats::try_from(pb::SnapshotStats::from(&stats)).unwrap(), stats);
+        // Old writers send no coverage: it stays unknown.
+        let old = pb::SnapshotStats { files: 3, ..Default::default() };
+        assert_eq!(SnapshotStats::try_from(old).unwrap().coverage, None);
+
+        let mut bad = wire.clone();
+        bad.examples[0].reason = "lost".into();
+        assert!(Coverage::try_from(bad).unwrap_err().to_string().contains("reason"));
+        let mut bad = wire.clone();
+        bad.examples = vec![bad.examples[0].clone(); coffer_types::MAX_SKIPPED_EXAMPLES + 1];
+        assert!(Coverage::try_from(bad).is_err());
+        let mut bad = wire;
+        bad.files_protected = bad.files_total + 1;
+        assert!(Coverage::try_from(bad).is_err());
+    }
+
+    #[test]
+    fn prices_are_per_byte_from_per_gib() {
+        let p = prices_from_pb(&pb::DrPrices {
+            per_gib_read: 1.0,
+            per_gib_written: 2.0,
+            per_gib_cross_site: 4.0,
+            per_node_hour: 3.0,
+        });
+        let gib = (1u64 << 30) as f64;
+        assert_eq!(p.per_byte_read * gib, 1.0);
+        assert_eq!(p.per_byte_written * gib, 2.0);
+        assert_eq!(p.per_byte_cross_site * gib, 4.0);
+        assert_eq!(p.per_node_hour, 3.0);
     }
 }

@@ -18,7 +18,8 @@ mod convert;
 pub mod fuzzing;
 
 pub use convert::{
-    ids_from_bytes, location_from_pb, location_to_pb, node_to_pb, params_from_pb, worker_to_pb, ProtoError,
+    ids_from_bytes, location_from_pb, location_to_pb, node_to_pb, params_from_pb, prices_from_pb, worker_to_pb,
+    ProtoError,
 };
 
 /// The gRPC metadata key through which a follower names the leader.

@@ -157,6 +157,17 @@ pub fn backup_ratio(files_protected: u64, files_skipped: u64) -> f64 {
     }
 }
 
+/// Backup ratio from a snapshot's coverage: what it protects over what the
+/// source held, in bytes or in files (`Coverage`). A source that held
+/// nothing is fully protected.
+pub fn coverage_ratio(protected: u64, total: u64) -> f64 {
+    if total == 0 {
+        1.0
+    } else {
+        protected.min(total) as f64 / total as f64
+    }
+}
+
 /// Current RPO: the data written since the newest verified snapshot ended is
 /// what a failure now would lose. None when there is no verified snapshot.
 pub fn rpo_ms(now_ms: u64, newest_verified_end_ms: Option<u64>) -> Option<u64> {
@@ -319,6 +330,15 @@ mod tests {
         assert_eq!(backup_ratio(0, 0), 1.0);
         assert_eq!(backup_ratio(3, 1), 0.75);
         assert_eq!(backup_ratio(0, 5), 0.0);
+    }
+
+    #[test]
+    fn coverage_ratio_of_bytes_or_files() {
+        assert_eq!(coverage_ratio(0, 0), 1.0);
+        assert_eq!(coverage_ratio(750, 1_000), 0.75);
+        assert_eq!(coverage_ratio(0, 1_000), 0.0);
+        // A record that claims more than the total is capped, never above 1.
+        assert_eq!(coverage_ratio(2_000, 1_000), 1.0);
     }
 
     #[test]

@@ -20,8 +20,9 @@ pub use error::TypesError;
 pub use ids::{ChunkId, Hash32, MetaId, NodeId, PackId, RepoName, SessionId, ShardIndex, SiteId, SnapshotId, TokenId};
 pub use params::{ErasureParams, MAX_FRAME_BYTES, MAX_SESSION_LEASE, MAX_SHARDS, MAX_SHARD_LEN};
 pub use records::{
-    BackupKind, ChunkLocation, NodeRecord, NodeState, PackKind, PackRecord, RepoRecord, SessionRecord, ShardRecord,
-    SnapshotRecord, SnapshotStats, Source,
+    BackupKind, ChunkLocation, Coverage, CoverageRecord, NodeRecord, NodeState, PackKind, PackRecord, RepoRecord,
+    SessionRecord, ShardRecord, SkipReason, SkippedEntry, SnapshotRecord, SnapshotStats, Source, MAX_SKIPPED_EXAMPLES,
+    MAX_SKIPPED_PATH,
 };
 pub use source::{
     check_source_name, source_of_tags, source_tag, SourceRecord, SourceRun, MAX_SOURCE_NAME_BYTES,

@@ -167,6 +167,124 @@ pub struct SnapshotStats {
     pub chunks_new: u64,
     pub chunks_reused: u64,
     pub errors: u64,
+    /// What the source held against what the snapshot protects (issue 14).
+    /// Not part of this record's bincode layout, which is fixed: the
+    /// catalog keeps it beside the snapshot (`CoverageRecord` under its own
+    /// key) and fills it in on every read. `None` for snapshots made before
+    /// it was measured.
+    #[serde(skip)]
+    pub coverage: Option<Coverage>,
+}
+
+/// The most example paths a snapshot's coverage keeps per backup.
+pub const MAX_SKIPPED_EXAMPLES: usize = 20;
+/// The longest example path kept (longer ones are cut on a character boundary).
+pub const MAX_SKIPPED_PATH: usize = 1_024;
+
+/// Why the walk left an entry out.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Debug, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum SkipReason {
+    /// It was there but could not be listed, opened or read.
+    Unreadable,
+    /// An exclude pattern or marker file left it out.
+    Excluded,
+    /// It was listed but gone by the time it was read.
+    Vanished,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Unreadable => "unreadable",
+            SkipReason::Excluded => "excluded",
+            SkipReason::Vanished => "vanished",
+        }
+    }
+}
+
+impl std::str::FromStr for SkipReason {
+    type Err = crate::TypesError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "unreadable" => Ok(SkipReason::Unreadable),
+            "excluded" => Ok(SkipReason::Excluded),
+            "vanished" => Ok(SkipReason::Vanished),
+            _ => Err(crate::TypesError::UnknownEnum { what: "skip reason", value: s.to_string() }),
+        }
+    }
+}
+
+/// One entry the walk left out, as an example for the report.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub struct SkippedEntry {
+    pub path: String,
+    pub reason: SkipReason,
+}
+
+/// The source at the time of the backup against what the snapshot holds:
+/// the backup ratio's inputs. Totals count protected and skipped entries;
+/// the bytes of a skipped entry are its size as listed (0 when not even
+/// that could be read, and for an excluded directory, whose content is
+/// never walked).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug, Default)]
+pub struct Coverage {
+    pub files_total: u64,
+    pub bytes_total: u64,
+    pub files_protected: u64,
+    pub bytes_protected: u64,
+    pub skipped_unreadable: u64,
+    pub skipped_excluded: u64,
+    pub skipped_vanished: u64,
+    /// At most `MAX_SKIPPED_EXAMPLES`, in walk order.
+    pub examples: Vec<SkippedEntry>,
+    /// For a command source (`--stdin-from-command`, an agent's `command`):
+    /// the command's exit code. A command that fails leaves no snapshot, so
+    /// a recorded one is 0; the field says the source was a command.
+    pub command_exit: Option<i32>,
+}
+
+impl Coverage {
+    /// Entries skipped for any reason.
+    pub fn files_skipped(&self) -> u64 {
+        self.skipped_unreadable.saturating_add(self.skipped_excluded).saturating_add(self.skipped_vanished)
+    }
+
+    /// Entries skipped for a reason other than an exclude: data the owner
+    /// meant to protect and did not.
+    pub fn files_unprotected(&self) -> u64 {
+        self.skipped_unreadable.saturating_add(self.skipped_vanished)
+    }
+
+    /// Checks the bounds a record from the wire must keep.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.examples.len() > MAX_SKIPPED_EXAMPLES {
+            return Err(format!("examples: {} entries, at most {MAX_SKIPPED_EXAMPLES}", self.examples.len()));
+        }
+        if self.examples.iter().any(|e| e.path.len() > MAX_SKIPPED_PATH) {
+            return Err(format!("examples: a path over {MAX_SKIPPED_PATH} bytes"));
+        }
+        if self.files_protected > self.files_total || self.bytes_protected > self.bytes_total {
+            return Err("more protected than the source held".into());
+        }
+        Ok(())
+    }
+}
+
+/// How the catalog stores a snapshot's `Coverage`: the enum's tag is the
+/// layout version, so a later layout is a new variant and old values still
+/// decode.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Debug)]
+pub enum CoverageRecord {
+    V1(Coverage),
+}
+
+impl CoverageRecord {
+    pub fn into_coverage(self) -> Coverage {
+        match self {
+            CoverageRecord::V1(c) => c,
+        }
+    }
 }
 
 /// A committed backup. It restores on its own: `root` names a complete tree.

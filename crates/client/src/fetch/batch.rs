@@ -68,6 +68,7 @@ impl ClusterSource {
             }
         };
         counters.read.add(read_started.elapsed(), span.len() as u64);
+        self.count_read(&node.site, span.len());
         let key = self.key.clone();
         let ranges: Vec<(ChunkId, usize, usize)> =
             batch.iter().zip(&pieces).map(|(id, (_, r))| (*id, (r.offset - start) as usize, r.len as usize)).collect();

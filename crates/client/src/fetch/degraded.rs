@@ -65,6 +65,9 @@ impl ClusterSource {
                         Some(addr) => self.shards.get(addr, pack, ShardIndex(i as u8), 0, None).await,
                         None => Err(ShardFailure::NoAddress { detail: String::new() }),
                     };
+                    if let Ok(b) = &body {
+                        self.count_read(&node.site, b.len());
+                    }
                     (i, node.id, body)
                 });
             }

@@ -70,6 +70,7 @@ impl ClusterSource {
                             addr: n.map(|n| n.addr.clone()).filter(|a| !a.is_empty()),
                             // An unplaced shard reads like one on a down node.
                             down: !s.is_placed() || n.is_some_and(|n| n.state == "down"),
+                            site: n.map(|n| n.site.clone()).unwrap_or_default(),
                         }
                     })
                     .collect();

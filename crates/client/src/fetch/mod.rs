@@ -62,6 +62,8 @@ struct NodeRef {
     id: NodeId,
     addr: Option<String>,
     down: bool,
+    /// Its site, for the bytes a restore reads across sites.
+    site: String,
 }
 
 /// A pack record with where each of its shards is.
@@ -92,6 +94,10 @@ pub(crate) struct ClusterSource {
     packs: Mutex<HashMap<PackId, Arc<PackInfo>>>,
     rebuilt: Mutex<RebuiltCache>,
     health: Mutex<Health>,
+    /// The reader's site, if known (see `with_site`).
+    site: Option<String>,
+    /// Shard bytes read, by the site of the node they came from.
+    read_by_site: Mutex<HashMap<String, u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -109,7 +115,35 @@ impl ClusterSource {
             packs: Mutex::default(),
             rebuilt: Mutex::default(),
             health: Mutex::default(),
+            site: None,
+            read_by_site: Mutex::default(),
         }
+    }
+
+    /// Names the reader's own site (`--site`, `COFFER_SITE`): shard bytes
+    /// read from nodes elsewhere count as sent across sites.
+    pub fn with_site(mut self, site: Option<String>) -> Self {
+        self.site = site;
+        self
+    }
+
+    /// Counts `bytes` of shard data read from a node of `site`.
+    fn count_read(&self, site: &str, bytes: usize) {
+        *lock(&self.read_by_site).entry(site.to_string()).or_default() += bytes as u64;
+    }
+
+    /// Shard bytes read so far, and how many of them crossed sites: those
+    /// read from nodes outside the reader's site. A reader that does not
+    /// know its site counts as in the site it read the most from, so the
+    /// figure is a lower bound then.
+    pub fn bytes_by_site(&self) -> (u64, u64) {
+        let by_site = lock(&self.read_by_site);
+        let total: u64 = by_site.values().sum();
+        let local = match &self.site {
+            Some(s) => by_site.get(s).copied().unwrap_or(0),
+            None => by_site.values().copied().max().unwrap_or(0),
+        };
+        (total, total - local)
     }
 
     fn bad_shard(&self, pack: PackId, index: ShardIndex, node: Option<NodeId>, failure: ShardFailure) {
@@ -181,10 +215,13 @@ impl ClusterSource {
                 .addr
                 .as_deref()
                 .ok_or_else(|| (piece.index, Some(node.id), ShardFailure::NoAddress { detail: String::new() }))?;
-            self.shards
+            let got = self
+                .shards
                 .get(addr, rec.id, piece.index, piece.offset, Some(piece.len))
                 .await
-                .map_err(|e| (piece.index, Some(node.id), e))
+                .map_err(|e| (piece.index, Some(node.id), e))?;
+            self.count_read(&node.site, got.len());
+            Ok(got)
         });
         let mut results = futures::future::join_all(reads).await;
         if let [Ok(_)] = results.as_slice() {

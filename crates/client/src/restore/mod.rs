@@ -88,6 +88,11 @@ pub struct RestoreSummary {
     pub bad_shards: Vec<BadShard>,
     pub duration_s: f64,
     pub stages: RestoreStages,
+    /// Shard bytes read from storage nodes (trees and data, healthy or for
+    /// reconstruction), and those of them read from nodes outside the
+    /// reader's site (see `Repository::with_site`).
+    pub bytes_shards_read: u64,
+    pub bytes_cross_site: u64,
 }
 
 impl Repository {
@@ -99,7 +104,10 @@ impl Repository {
         target: RestoreTarget,
         include: Option<&Path>,
     ) -> Result<RestoreSummary, ClientError> {
-        let source = Arc::new(ClusterSource::new(self.meta.clone(), self.record.name.clone(), self.key.clone()));
+        let source = Arc::new(
+            ClusterSource::new(self.meta.clone(), self.record.name.clone(), self.key.clone())
+                .with_site(self.site.clone()),
+        );
         let work = self.progress.as_deref();
         if let Some(w) = work {
             // The snapshot's own figures size a whole restore; a path
@@ -110,7 +118,7 @@ impl Repository {
             };
             w.begin("restore", crate::work::Unit::Files, files, bytes);
         }
-        let result = match target {
+        let mut result = match target {
             RestoreTarget::Dir(dir) => {
                 restore_into_dir(source.clone(), snap.id, snap.root, &dir, include, self.progress.clone()).await
             }
@@ -128,7 +136,8 @@ impl Repository {
         // Damage found on the way is repaired by the cluster, whether or not
         // the restore as a whole succeeded.
         source.report_damage().await;
-        if let Ok(s) = &result {
+        if let Ok(s) = &mut result {
+            (s.bytes_shards_read, s.bytes_cross_site) = source.bytes_by_site();
             coffer_admin::metrics::events().restore_done(self.record.name.as_str(), s.bytes, s.duration_s);
         }
         result
@@ -389,6 +398,7 @@ impl<S: BlobSource> DirRestore<S> {
             bad_shards,
             duration_s: started.elapsed().as_secs_f64(),
             stages: self.counters.stages(),
+            ..RestoreSummary::default()
         })
     }
 }

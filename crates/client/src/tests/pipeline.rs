@@ -285,3 +285,34 @@ async fn a_backup_whose_lease_renewal_fails_aborts_without_a_snapshot() {
     assert!(st.snapshots.is_empty(), "no snapshot is committed");
     assert!(st.sessions.is_empty(), "the aborted backup ended its session");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coverage_counts_what_the_walk_left_out_and_why() {
+    let (_cluster, repo) = setup(2, 1, 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_source(&src);
+    fs::write(src.join("debug.log"), vec![7u8; 1000]).unwrap();
+    let mut o = opts(&src, BackupKind::Full);
+    // Root reads every file but this one: /proc/self/mem fails with EIO at
+    // offset 0.
+    o.paths.push("/proc/self/mem".into());
+    o.excludes = crate::exclude::Excludes::new(&["*.log".to_string()], &[], false).unwrap();
+    let s = repo.backup(o).await.unwrap();
+    let c = s.snapshot.stats.coverage.clone().expect("a new snapshot carries its coverage");
+    assert_eq!((c.skipped_unreadable, c.skipped_excluded, c.skipped_vanished), (1, 1, 0), "{c:?}");
+    assert_eq!(c.files_protected, s.files);
+    assert_eq!(c.files_total, s.files + 2);
+    // The excluded file's 1000 bytes count in what the source held.
+    assert_eq!(c.bytes_total, c.bytes_protected + 1000);
+    assert_eq!(c.command_exit, None);
+    let reasons: Vec<(String, coffer_types::SkipReason)> =
+        c.examples.iter().map(|e| (e.path.clone(), e.reason)).collect();
+    assert!(reasons.contains(&("/proc/self/mem".into(), coffer_types::SkipReason::Unreadable)), "{reasons:?}");
+    assert!(reasons.iter().any(|(p, r)| p.ends_with("debug.log") && *r == coffer_types::SkipReason::Excluded));
+
+    let o = BackupOptions { command: Some("true".into()), ..opts(Path::new("/"), BackupKind::Full) };
+    let s = repo.backup_stream(std::io::Cursor::new(b"dump".to_vec()), "db.dump", o).await.unwrap();
+    let c = s.snapshot.stats.coverage.clone().unwrap();
+    assert_eq!((c.command_exit, c.files_total, c.files_protected, c.bytes_total), (Some(0), 1, 1, 4));
+}
