@@ -319,6 +319,105 @@ fn forget_then_gc_frees_space_and_kept_snapshots_restore() -> Result<()> {
     })
 }
 
+/// A stdin backup of `content` whose stream stays open, after the content,
+/// until `release` exists (two minutes at most, then the backup fails);
+/// `started` exists once the content was written.
+fn held_backup(
+    c: &Cluster,
+    content: &Path,
+    name: &str,
+) -> Result<(std::process::Child, std::path::PathBuf, std::path::PathBuf)> {
+    let started = c.dir().join(format!("{name}.started"));
+    let release = c.dir().join(format!("{name}.release"));
+    let stream = format!(
+        "cat {} && touch {} && for i in $(seq 1200); do [ -e {} ] && exit 0; sleep 0.1; done; exit 1",
+        content.display(),
+        started.display(),
+        release.display()
+    );
+    let child = c.command(&["backup", "--stdin-from-command", &stream, "--stdin-name", name, "--json"]).spawn()?;
+    coffer_testkit::wait_until(
+        &format!("backup {name} to read its stream"),
+        std::time::Duration::from_secs(60),
+        || started.exists().then_some(()),
+    )?;
+    Ok((child, started, release))
+}
+
+/// A snapshot that commits while chunks it references are condemned (it
+/// deduplicated against them before the condemnation) restores at once, not
+/// only once the round's re-mark lifted the mark: readers see condemned
+/// chunks, only deduplication does not. The round is held open by a second
+/// session that the condemnation recorded, so the window is as long as the
+/// test wants. Before readers saw condemned chunks, the restore below failed
+/// with "chunk … is not in the chunk index" (and so did `dr::` drills right
+/// after a backup, whenever the hourly run began beside it).
+#[test]
+fn a_snapshot_committed_over_condemned_chunks_restores_while_the_round_is_open() -> Result<()> {
+    Cluster::run(ClusterSpec::default(), |c| {
+        let shared = c.dir().join("shared.bin");
+        random_file(&shared, 13, 20 << 20)?;
+        let out = c
+            .cli(&[
+                "backup",
+                "--stdin-from-command",
+                &format!("cat {}", shared.display()),
+                "--stdin-name",
+                "a",
+                "--json",
+            ])?
+            .ok()?;
+        c.cli(&["forget", &id(&out.json()?)])?.ok()?;
+
+        // A deduplicates against the forgotten chunks; B only keeps a
+        // session open. gc condemns beside both and waits for them.
+        let (a, _, release_a) = held_backup(c, &shared, "a")?;
+        let tiny = c.dir().join("tiny.bin");
+        random_file(&tiny, 14, 4096)?;
+        let (b, _, release_b) = held_backup(c, &tiny, "b")?;
+        c.cli(&["gc"])?.ok()?;
+        coffer_testkit::wait_until(
+            "gc to condemn beside the open backups",
+            std::time::Duration::from_secs(60),
+            || {
+                let s = c.cli(&["status", "--json"]).ok()?.json().ok()?;
+                (s["gc"]["rounds_open"].as_u64()? >= 1).then_some(())
+            },
+        )?;
+        std::fs::write(&release_a, b"")?;
+        let done = a.wait_with_output()?;
+        ensure!(done.status.success(), "backup a: {}", String::from_utf8_lossy(&done.stderr));
+        let line = String::from_utf8_lossy(&done.stdout).lines().last().unwrap_or_default().to_string();
+        let snap: serde_json::Value = serde_json::from_str(&line)?;
+        ensure!(
+            u(&snap, "chunks_reused")? >= 1,
+            "backup a deduplicated nothing, so nothing it holds was condemned: {snap}"
+        );
+        let status = c.cli(&["status", "--json"])?.ok()?.json()?;
+        ensure!(u(&status["gc"], "rounds_open")? >= 1, "the round closed before the restore: {status}");
+
+        let restored = c.command(&["restore", &id(&snap), "-"]).output()?;
+        ensure!(
+            restored.status.success(),
+            "a committed snapshot does not restore while its chunks are condemned: {}",
+            String::from_utf8_lossy(&restored.stderr)
+        );
+        ensure!(restored.stdout == std::fs::read(&shared)?, "restored bytes differ");
+
+        // The round ends once B does; the snapshot still restores after it.
+        std::fs::write(&release_b, b"")?;
+        let done = b.wait_with_output()?;
+        ensure!(done.status.success(), "backup b: {}", String::from_utf8_lossy(&done.stderr));
+        coffer_testkit::wait_until("the round to end", std::time::Duration::from_secs(120), || {
+            let s = c.cli(&["status", "--json"]).ok()?.json().ok()?;
+            (s["gc"]["rounds_open"].as_u64()? == 0).then_some(())
+        })?;
+        let restored = c.command(&["restore", &id(&snap), "-"]).output()?;
+        ensure!(restored.status.success() && restored.stdout == std::fs::read(&shared)?, "restore after the round");
+        Ok(())
+    })
+}
+
 #[test]
 fn gc_and_backups_sharing_forgotten_chunks_interleave_safely() -> Result<()> {
     Cluster::run(ClusterSpec::default(), |c| {

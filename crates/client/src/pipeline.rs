@@ -292,6 +292,8 @@ async fn lookup(writer: &PackWriter, ids: Vec<ChunkId>) -> Result<HashMap<ChunkI
     let req = pb::LookupChunksRequest {
         repo: writer.repo.to_string(),
         chunk_ids: ids.iter().map(|id| id.0.to_vec()).collect(),
+        // Deduplication: a condemned chunk is absent, so it is stored again.
+        include_condemned: false,
     };
     let resp = writer
         .meta

@@ -339,8 +339,11 @@ impl Catalog for CatalogService {
         self.read_barrier().await?;
         let mut found = Vec::new();
         for id in &ids {
-            // Condemned chunks count as absent, so that backups store them again.
-            if crate::gc::is_condemned(self.tree(), &repo, id).map_err(Status::from)? {
+            // Condemned chunks count as absent for deduplication, so that
+            // backups store them again; readers still find them (a snapshot
+            // committed while a chunk it references is condemned restores
+            // at once, not only after the sweep's re-mark lifted the mark).
+            if !r.include_condemned && crate::gc::is_condemned(self.tree(), &repo, id).map_err(Status::from)? {
                 continue;
             }
             if let Some(loc) =

@@ -119,14 +119,19 @@ async fn hostile_requests_are_refused_and_the_node_keeps_serving() {
     let ids = |n: usize, len: usize| vec![vec![3u8; len]; n];
     refused(
         "a lookup of too many ids",
-        c.lookup_chunks(pb::LookupChunksRequest { repo: "r".into(), chunk_ids: ids(limits::MAX_LOOKUP_IDS + 1, 32) })
-            .await,
+        c.lookup_chunks(pb::LookupChunksRequest {
+            repo: "r".into(),
+            chunk_ids: ids(limits::MAX_LOOKUP_IDS + 1, 32),
+            include_condemned: false,
+        })
+        .await,
         ia,
         &["chunk_ids", "10000"],
     );
     refused(
         "a chunk id of the wrong length",
-        c.lookup_chunks(pb::LookupChunksRequest { repo: "r".into(), chunk_ids: ids(1, 31) }).await,
+        c.lookup_chunks(pb::LookupChunksRequest { repo: "r".into(), chunk_ids: ids(1, 31), include_condemned: false })
+            .await,
         ia,
         &["chunk_ids"],
     );

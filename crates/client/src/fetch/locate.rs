@@ -17,6 +17,9 @@ impl ClusterSource {
             let req = pb::LookupChunksRequest {
                 repo: self.repo.to_string(),
                 chunk_ids: batch.iter().map(|id| id.0.to_vec()).collect(),
+                // Reading a committed snapshot: its chunks are there even
+                // while condemned (see the request's documentation).
+                include_condemned: true,
             };
             let resp = self
                 .meta
