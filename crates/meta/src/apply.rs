@@ -383,21 +383,8 @@ fn commit_pack(
     if let Some(why) = session_refusal(txn, session, &pack.repo, now)? {
         return Ok(CommandResult::Rejected(why));
     }
-    // A short pack (some shards unplaced) is accepted down to the
-    // repository's minimum; the repair planner writes the rest.
-    let needed = min_shards(|k| txn.get::<u32>("min shards", k), &repo)?;
-    let placed = pack.placed();
-    if placed < needed {
-        return Ok(CommandResult::Rejected(Rejection::TooFewShards { pack: pack.id, placed, min_shards: needed }));
-    }
-    for shard in pack.shards.iter().filter(|s| s.is_placed()) {
-        if !txn.contains(&kv::node_key(shard.node))? {
-            return Ok(CommandResult::Rejected(Rejection::PackOnUnknownNode {
-                pack: pack.id,
-                index: shard.index.0,
-                node: shard.node,
-            }));
-        }
+    if let Some(why) = placement_refusal(txn, &repo, &pack)? {
+        return Ok(CommandResult::Rejected(why));
     }
     if let Some(why) = check_chunks(&pack, &chunks) {
         return Ok(CommandResult::Rejected(why));
@@ -409,6 +396,28 @@ fn commit_pack(
     txn.put(key, &pack)?;
     txn.add_count("packs", 1)?;
     Ok(CommandResult::Ok)
+}
+
+/// Why a new pack's placement cannot be recorded, if it cannot: fewer
+/// shards placed than the repository's minimum (a short pack is accepted
+/// down to it, the repair planner writes the rest), or a shard on a node
+/// the catalog does not know.
+pub(crate) fn placement_refusal(
+    txn: &Txn<'_>,
+    repo: &RepoRecord,
+    pack: &PackRecord,
+) -> Result<Option<Rejection>, MetaError> {
+    let needed = min_shards(|k| txn.get::<u32>("min shards", k), repo)?;
+    let placed = pack.placed();
+    if placed < needed {
+        return Ok(Some(Rejection::TooFewShards { pack: pack.id, placed, min_shards: needed }));
+    }
+    for shard in pack.shards.iter().filter(|s| s.is_placed()) {
+        if !txn.contains(&kv::node_key(shard.node))? {
+            return Ok(Some(Rejection::PackOnUnknownNode { pack: pack.id, index: shard.index.0, node: shard.node }));
+        }
+    }
+    Ok(None)
 }
 
 /// Moves (or repairs in place) one shard, once its new copy is verified.

@@ -374,15 +374,7 @@ impl Catalog for CatalogService {
             .iter()
             .filter(|n| !r.exclude.contains(&n.id.0) && self.node.liveness.state(n.id) == NodeState::Up)
             .filter(|n| !draining.contains_key(&n.id))
-            .map(|n| {
-                let free_bytes = self
-                    .node
-                    .liveness
-                    .get(n.id)
-                    .map(|s| s.placeable_bytes())
-                    .unwrap_or_else(|| n.capacity_bytes.saturating_sub(n.used_bytes));
-                Candidate { node: n.id, site: n.site.clone(), free_bytes }
-            })
+            .map(|n| self.node.placement_candidate(n))
             .collect();
         let pack_id = PackId::random();
         let policy = Policy::new(params);

@@ -247,19 +247,8 @@ pub(crate) fn rewrite(
             max: crate::command::MAX_CHUNKS_PER_COMMAND,
         }));
     }
-    let needed = crate::apply::min_shards(|k| txn.get::<u32>("min shards", k), &record)?;
-    let placed = pack.placed();
-    if placed < needed {
-        return Ok(CommandResult::Rejected(Rejection::TooFewShards { pack: pack.id, placed, min_shards: needed }));
-    }
-    for shard in pack.shards.iter().filter(|s| s.is_placed()) {
-        if !txn.contains(&kv::node_key(shard.node))? {
-            return Ok(CommandResult::Rejected(Rejection::PackOnUnknownNode {
-                pack: pack.id,
-                index: shard.index.0,
-                node: shard.node,
-            }));
-        }
+    if let Some(why) = crate::apply::placement_refusal(txn, &record, &pack)? {
+        return Ok(CommandResult::Rejected(why));
     }
     if let Some(why) = crate::apply::check_chunks(&pack, chunks) {
         return Ok(CommandResult::Rejected(why));

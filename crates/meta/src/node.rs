@@ -71,6 +71,18 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl MetaNode {
+    /// `r` as placement sees it: the bytes it can still take are its last
+    /// heartbeat's free space above its reserve, or, before any heartbeat
+    /// since this node took office, its recorded capacity less its use.
+    pub(crate) fn placement_candidate(&self, r: &coffer_types::NodeRecord) -> coffer_placement::Candidate {
+        let free_bytes = self
+            .liveness
+            .get(r.id)
+            .map(|s| s.placeable_bytes())
+            .unwrap_or_else(|| r.capacity_bytes.saturating_sub(r.used_bytes));
+        coffer_placement::Candidate { node: r.id, site: r.site.clone(), free_bytes }
+    }
+
     pub async fn start(config: MetaConfig) -> Result<Arc<Self>, MetaError> {
         config.validate()?;
         if config.admin_token.is_none() {

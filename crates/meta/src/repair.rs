@@ -210,18 +210,8 @@ pub(crate) async fn tick_once(
     }
 
     // The queue.
-    let candidates: Vec<Candidate> = nodes
-        .iter()
-        .filter(|r| up(&r.id) && !draining.contains_key(&r.id))
-        .map(|r| {
-            let free_bytes = n
-                .liveness
-                .get(r.id)
-                .map(|s| s.placeable_bytes())
-                .unwrap_or_else(|| r.capacity_bytes.saturating_sub(r.used_bytes));
-            Candidate { node: r.id, site: r.site.clone(), free_bytes }
-        })
-        .collect();
+    let candidates: Vec<Candidate> =
+        nodes.iter().filter(|r| up(&r.id) && !draining.contains_key(&r.id)).map(|r| n.placement_candidate(r)).collect();
     // New homes avoid full nodes (free_bytes 0, skipped by placement) and
     // targets that keep failing; a bad shard is still rebuilt in place.
     let homes: Vec<Candidate> = candidates.iter().filter(|c| !n.repair.backing_off(c.node)).cloned().collect();

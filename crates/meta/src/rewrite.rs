@@ -200,15 +200,7 @@ async fn store(
     let candidates: Vec<Candidate> = nodes
         .iter()
         .filter(|r| n.liveness.state(r.id) == NodeState::Up && !draining.contains_key(&r.id))
-        .map(|r| Candidate {
-            node: r.id,
-            site: r.site.clone(),
-            free_bytes: n
-                .liveness
-                .get(r.id)
-                .map(|s| s.placeable_bytes())
-                .unwrap_or_else(|| r.capacity_bytes.saturating_sub(r.used_bytes)),
-        })
+        .map(|r| n.placement_candidate(r))
         .collect();
     let policy = Policy::new(params);
     // No short copies: a rewrite can wait for the nodes to come back.
