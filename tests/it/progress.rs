@@ -37,6 +37,9 @@ fn sh_quote(s: &[u8]) -> String {
     format!("'{}'", String::from_utf8_lossy(s).replace('\'', r"'\''"))
 }
 
+/// The report rate the restores below ask for.
+const FPS: &str = "COFFER_PROGRESS_FPS";
+
 #[test]
 fn restore_reports_status_lines_and_draws_a_bar_only_on_a_terminal() -> Result<()> {
     Cluster::run(ClusterSpec::default(), |c| {
@@ -46,9 +49,17 @@ fn restore_reports_status_lines_and_draws_a_bar_only_on_a_terminal() -> Result<(
         let snap = backup(c, &src, &[])?["snapshot_id"].as_str().context("no snapshot id")?.to_string();
         let want = dir_digest(&src)?;
 
-        // --json: status lines, then the summary as the last line.
+        // --json: status lines, then the summary as the last line. Reports
+        // every 5 ms (COFFER_PROGRESS_FPS), so that even a fast machine's
+        // restore of this tree (0.2 s seen) outlives several periods.
         let t1 = c.dir().join("out-json");
-        let out = c.cli(&["restore", &snap, &t1.display().to_string(), "--json"])?.ok()?;
+        let out = c.command(&["restore", &snap, &t1.display().to_string(), "--json"]).env(FPS, "200").output()?;
+        let out = coffer_testkit::Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+        .ok()?;
         let lines = json_lines(&out.stdout)?;
         let (summary, status) = lines.split_last().context("restore --json printed nothing")?;
         ensure!(summary["message_type"] == "summary" && summary["snapshot_id"] == snap.as_str(), "{}", out.stdout);
@@ -94,7 +105,8 @@ fn restore_reports_status_lines_and_draws_a_bar_only_on_a_terminal() -> Result<(
         // both streams on the terminal; the window is given a size, which
         // a terminal without a parent one lacks).
         let t3 = c.dir().join("out-tty");
-        let cmd = c.command(&["restore", &snap, &t3.display().to_string()]);
+        let mut cmd = c.command(&["restore", &snap, &t3.display().to_string()]);
+        cmd.env(FPS, "200");
         let line = std::iter::once(cmd.get_program())
             .chain(cmd.get_args())
             .map(|a| sh_quote(a.as_bytes()))

@@ -113,9 +113,21 @@ impl Reporter {
 /// How often [`watch`] reports.
 const EVERY: Duration = Duration::from_millis(250);
 
-/// Reports `work` through a [`Reporter`] every [`EVERY`] until the returned
-/// guard is finished (or dropped). Nothing is reported before the first
-/// period has passed, so a command that ends at once prints no status.
+/// The report period: [`EVERY`], or `1 / COFFER_PROGRESS_FPS` seconds when
+/// that variable holds a rate between 0.01 and 1000 per second (restic's
+/// `RESTIC_PROGRESS_FPS`: slower for a log file, faster for a test that
+/// wants a status line from a short restore). Anything else is ignored.
+fn period() -> Duration {
+    std::env::var("COFFER_PROGRESS_FPS")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|fps| (0.01..=1000.0).contains(fps))
+        .map_or(EVERY, |fps| Duration::from_secs_f64(1.0 / fps))
+}
+
+/// Reports `work` through a [`Reporter`] every [`period`] until the
+/// returned guard is finished (or dropped). Nothing is reported before the
+/// first period has passed, so a command that ends at once prints no status.
 pub fn watch(action: &'static str, json: bool, work: Arc<coffer_client::Work>) -> Watch {
     let reporter = Arc::new(Reporter::new(action, json));
     // Neither a bar nor JSON lines: nothing to do.
@@ -124,7 +136,8 @@ pub fn watch(action: &'static str, json: bool, work: Arc<coffer_client::Work>) -
     }
     let r = reporter.clone();
     let task = tokio::spawn(async move {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + EVERY, EVERY);
+        let every = period();
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tick.tick().await;
             let s = work.status();
