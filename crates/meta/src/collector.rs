@@ -66,6 +66,10 @@ pub(crate) struct Collector {
     pub pool: ShardPool,
     /// Shard bytes a second for pack rewrites.
     pub rewrite_bandwidth: u64,
+    /// When this node's collector started (ms since the epoch): a cluster
+    /// that never collected counts its first interval from here, so a
+    /// fresh cluster does not collect at once, beside its first backups.
+    pub since_ms: u64,
 }
 
 impl Worker for Collector {
@@ -84,7 +88,7 @@ impl Worker for Collector {
         n.gc.rounds_open.store(rounds.len() as u64, Relaxed);
         let asked = state.last.as_ref().is_none_or(|l| l.run < state.requested) && state.requested > 0;
         let scheduled = self.interval.is_some_and(|every| {
-            let last = state.last.as_ref().map_or(0, |l| l.finished_ms);
+            let last = state.last.as_ref().map_or(self.since_ms, |l| l.finished_ms);
             now_ms().saturating_sub(last) >= every.as_millis() as u64
         });
         if !(asked || scheduled || !rounds.is_empty()) {

@@ -242,6 +242,7 @@ pub(crate) fn spawn_all(node: &Arc<MetaNode>, join: Option<String>) {
         interval: node.config.gc_interval,
         pool: coffer_rpc::ShardPool::with_security(node.config.security.clone()),
         rewrite_bandwidth: node.config.gc_rewrite_bandwidth,
+        since_ms: crate::node::now_ms(),
     });
     if let Some(via) = join {
         r.spawn(Join { node: weak, via });
