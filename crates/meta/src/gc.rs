@@ -454,6 +454,17 @@ pub(crate) fn on_snapshot_committed(
     Ok(())
 }
 
+/// The repository's current commit sequence, or the refusal of a mark
+/// that cites a sequence past it (a mark from a state this one never had).
+fn commit_seq_at_least(txn: &Txn<'_>, repo: &RepoName, marked_seq: u64) -> Result<Result<u64, Rejection>, MetaError> {
+    let current = txn.get::<u64>("commit sequence", &kv::commit_seq_key(repo))?.unwrap_or(0);
+    Ok(if marked_seq > current {
+        Err(Rejection::CommitSeqAhead { repo: repo.clone(), cited: marked_seq, current })
+    } else {
+        Ok(current)
+    })
+}
+
 pub(crate) fn gc_condemn(
     txn: &mut Txn<'_>,
     repo: &RepoName,
@@ -462,14 +473,10 @@ pub(crate) fn gc_condemn(
     marked_seq: u64,
     now: u64,
 ) -> Result<CommandResult, MetaError> {
-    let current = txn.get::<u64>("commit sequence", &kv::commit_seq_key(repo))?.unwrap_or(0);
-    if marked_seq > current {
-        return Ok(CommandResult::Rejected(Rejection::CommitSeqAhead {
-            repo: repo.clone(),
-            cited: marked_seq,
-            current,
-        }));
-    }
+    let current = match commit_seq_at_least(txn, repo, marked_seq)? {
+        Ok(current) => current,
+        Err(why) => return Ok(CommandResult::Rejected(why)),
+    };
     // Every snapshot is either marked or committed after the mark (so
     // re-marked before any sweep); the collector may have marked more.
     let after: HashSet<SnapshotId> = commit_log(txn, repo, marked_seq)?.into_iter().map(|(_, e)| e.snapshot).collect();
@@ -490,14 +497,10 @@ pub(crate) fn gc_condemn_at(
     marked_count: u64,
     now: u64,
 ) -> Result<CommandResult, MetaError> {
-    let current = txn.get::<u64>("commit sequence", &kv::commit_seq_key(repo))?.unwrap_or(0);
-    if marked_seq > current {
-        return Ok(CommandResult::Rejected(Rejection::CommitSeqAhead {
-            repo: repo.clone(),
-            cited: marked_seq,
-            current,
-        }));
-    }
+    let current = match commit_seq_at_least(txn, repo, marked_seq)? {
+        Ok(current) => current,
+        Err(why) => return Ok(CommandResult::Rejected(why)),
+    };
     // A snapshot not committed after the mark existed when the collector
     // read the snapshots (it read the sequence first, and a snapshot once
     // forgotten never comes back), so the mark covered it. The derived set
