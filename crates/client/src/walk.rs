@@ -146,6 +146,9 @@ pub(crate) struct Walker<'a, S: BlobSink> {
     /// The chunker's read buffer, passed from file to file; `None` only
     /// while a file is being read.
     buffer: Option<ChunkBuffer>,
+    /// Where a grown file's kept chunks are read back to be checked, reused
+    /// from file to file.
+    verify_buffer: Vec<u8>,
     /// Hints the kernel to fetch the next files while this one is chunked.
     read_ahead: Option<ReadAhead>,
     /// Entries the walk leaves out (`exclude`): never read, never listed.
@@ -164,6 +167,7 @@ impl<'a, S: BlobSink> Walker<'a, S> {
             errors: Vec::new(),
             skipped: Vec::new(),
             buffer: None,
+            verify_buffer: Vec::new(),
             read_ahead: None,
             excludes: Excludes::default(),
         }
@@ -518,13 +522,18 @@ impl<'a, S: BlobSink> Walker<'a, S> {
 
     /// An incremental of a file that only grew (an append-only log, a WAL
     /// segment being written): same inode, at least the parent's size. Its
-    /// parent's chunks but the last are kept without reading them, and the
-    /// file is chunked again from the last chunk's start, a chunk boundary,
-    /// so content-defined chunking cuts exactly where a full read would.
-    /// The old last chunk is re-read first and must hash to the parent's id:
-    /// that checks the tail of the prefix, and a file rewritten in place
-    /// rather than appended to (the tail differs) is read whole instead.
-    /// `None` when the shortcut does not apply (the file is then read whole).
+    /// parent's chunks but the last are kept, and the file is chunked again
+    /// from the last chunk's start, a chunk boundary, so content-defined
+    /// chunking cuts exactly where a full read would.
+    ///
+    /// Every kept chunk is read and must hash to the parent's id first: a
+    /// changed mtime says nothing about where a file changed, and a file
+    /// edited in place (same size, same last chunk, new bytes in the middle)
+    /// would otherwise keep its old middle, so the backup would silently
+    /// lose the edit. The check costs a read and a hash of the prefix; what
+    /// the shortcut saves is cutting, looking up and queueing its chunks.
+    /// A file whose prefix differs is read whole instead. `None` when the
+    /// shortcut does not apply (the file is then read whole).
     fn appended(
         &mut self,
         path: &Path,
@@ -542,16 +551,12 @@ impl<'a, S: BlobSink> Walker<'a, S> {
         }
         let keep = content.len() - 1;
         let offset: u64 = lens[..keep].iter().map(|l| u64::from(*l)).sum();
-        let last_len = lens[keep] as usize;
-        let mut tail = vec![0u8; last_len];
-        let same_tail = file.seek(SeekFrom::Start(offset)).is_ok()
-            && file.read_exact(&mut tail).is_ok()
-            && self.key.chunk_id(&tail) == content[keep];
-        if file.seek(SeekFrom::Start(if same_tail { offset } else { 0 })).is_err() {
+        let same_prefix = self.prefix_matches(file, &content[..=keep], &lens[..=keep]);
+        if file.seek(SeekFrom::Start(if same_prefix { offset } else { 0 })).is_err() {
             return Ok(None);
         }
-        if !same_tail {
-            tracing::debug!(path = %path.display(), "a grown file's old tail changed; reading it whole");
+        if !same_prefix {
+            tracing::debug!(path = %path.display(), "a grown file's old content changed; reading it whole");
             return Ok(None);
         }
         match self.read_content(&mut *file)? {
@@ -572,6 +577,35 @@ impl<'a, S: BlobSink> Walker<'a, S> {
             // Read again whole, where a failure is recorded as for any file.
             Err(_) => Ok(file.seek(SeekFrom::Start(0)).ok().and(None)),
         }
+    }
+
+    /// Whether `file`, read from its start, holds exactly the chunks `ids`
+    /// of lengths `lens`, one after the other. A read error or a short file
+    /// counts as a difference, so the caller reads the file whole.
+    fn prefix_matches(&mut self, file: &mut File, ids: &[ChunkId], lens: &[u32]) -> bool {
+        use std::io::{Seek, SeekFrom};
+        if file.seek(SeekFrom::Start(0)).is_err() {
+            return false;
+        }
+        let mut buf = std::mem::take(&mut self.verify_buffer);
+        let mut same = true;
+        for (id, len) in ids.iter().zip(lens) {
+            let len = *len as usize;
+            buf.resize(len, 0);
+            let start = Instant::now();
+            if file.read_exact(&mut buf[..len]).is_err() {
+                same = false;
+                break;
+            }
+            self.counters.read.add(start.elapsed(), len as u64);
+            self.counters.bytes_read.add(len as u64);
+            if self.counters.hash.time(len as u64, || self.key.chunk_id(&buf[..len])) != *id {
+                same = false;
+                break;
+            }
+        }
+        self.verify_buffer = buf;
+        same
     }
 
     /// Chunks, hashes and hands on everything `reader` yields. The inner
