@@ -182,6 +182,10 @@ pub struct MetaSettings {
     #[arg(long, env = "COFFER_GC_REWRITE_BANDWIDTH")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gc_rewrite_bandwidth: Option<u64>,
+    /// MiB of sled page cache of the catalog store (resident memory is a multiple of it; see `make scale`).
+    #[arg(long, env = "COFFER_STORE_CACHE_MIB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_cache_mib: Option<u64>,
     /// Price of reading one GiB, for the recovery cost in `coffer report` (optional; one currency unit).
     #[arg(long, env = "COFFER_PRICE_PER_GIB_READ")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -309,6 +313,7 @@ pub fn meta_defaults() -> MetaSettings {
         rebuild_parallelism: Some(c.repair.parallelism),
         gc_interval: Some(Dur(c.gc_interval.unwrap_or_default())),
         gc_rewrite_bandwidth: Some(c.gc_rewrite_bandwidth),
+        store_cache_mib: Some(c.store_cache_bytes >> 20),
         ..MetaSettings::default()
     }
 }
@@ -443,6 +448,9 @@ impl MetaSettings {
         }
         if let Some(v) = self.gc_rewrite_bandwidth {
             c.gc_rewrite_bandwidth = v;
+        }
+        if let Some(v) = self.store_cache_mib {
+            c.store_cache_bytes = v.saturating_mul(1 << 20);
         }
         c.prices = coffer_meta::PriceConfig {
             per_gib_read: self.price_per_gib_read,
