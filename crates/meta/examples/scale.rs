@@ -192,6 +192,10 @@ async fn one_size(chunks: u64, work: &Path, check_digest: bool, cache_bytes: u64
     // fewer than the 1,000 entries of one batch), applied 64 entries a call.
     let started = Instant::now();
     let (mut made, mut packs) = (0u64, 0u64);
+    // A progress line every twentieth of the catalog: the apply rate as the
+    // tree grows and the memory it holds, also from a run cut short.
+    let step = (chunks / 20).max(1);
+    let (mut next_report, mut last_made, mut last_t) = (step, 0u64, Instant::now());
     let mut batch = Vec::with_capacity(ENTRIES_PER_APPLY);
     while made < chunks {
         let id = PackId(h(packs, b"pack")[..16].try_into().unwrap());
@@ -220,6 +224,15 @@ async fn one_size(chunks: u64, work: &Path, check_digest: bool, cache_bytes: u64
         packs += 1;
         if batch.len() == ENTRIES_PER_APPLY {
             sm.apply(std::mem::take(&mut batch)).await.expect("apply");
+            if made >= next_report && chunks >= 1_000_000 {
+                eprintln!(
+                    "scale: applying {chunks}: {made} chunks in, {:.0} chunks/s since the last line, rss {} MiB, load {}",
+                    (made - last_made) as f64 / last_t.elapsed().as_secs_f64(),
+                    rss("VmRSS:") >> 20,
+                    loadavg()
+                );
+                (next_report, last_made, last_t) = (next_report + step, made, Instant::now());
+            }
         }
     }
     if !batch.is_empty() {
