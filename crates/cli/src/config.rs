@@ -577,6 +577,18 @@ mod tests {
     }
 
     #[test]
+    fn the_store_cache_is_set_in_mib_and_a_tiny_one_is_refused() {
+        let f = file("id = 3\ndata = \"/d\"\nlisten = \"127.0.0.1:7400\"\nstore_cache_mib = 64\n");
+        let cli = MetaCli::try_parse_from(["x"]).unwrap();
+        let s = effective(&meta_defaults(), Some(f.path()), &cli.s).unwrap();
+        assert_eq!(s.to_config("127.0.0.1:7400").unwrap().store_cache_bytes, 64 << 20);
+        let cli = MetaCli::try_parse_from(["x", "--store-cache-mib", "1"]).unwrap();
+        let s = effective(&meta_defaults(), Some(f.path()), &cli.s).unwrap();
+        let e = s.to_config("127.0.0.1:7400").unwrap_err().to_string();
+        assert!(e.contains("--store-cache-mib"), "{e}");
+    }
+
+    #[test]
     fn the_environment_overrides_the_file() {
         // Only this test sets COFFER_SCRUB_RATE, and no other test here
         // depends on the scrub rate.
