@@ -422,9 +422,10 @@ fn write_reports(a: &Args, rows: &[Row], total_s: f64, load_before: &str, load_a
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
     let mut json = String::new();
     json.push_str(&format!(
-        "{{\n  \"scale_chunks\": {},\n  \"store_cache_mib\": {},\n  \"profile\": \"{profile}\",\n  \"total_s\": {total_s:.1},\n  \"loadavg_before\": \"{load_before}\",\n  \"loadavg_after\": \"{load_after}\",\n  \"sizes\": [\n",
+        "{{\n  \"scale_chunks\": {},\n  \"store_cache_mib\": {},\n  \"complete\": {},\n  \"profile\": \"{profile}\",\n  \"total_s\": {total_s:.1},\n  \"loadavg_before\": \"{load_before}\",\n  \"loadavg_after\": \"{load_after}\",\n  \"sizes\": [\n",
         a.chunks,
-        a.cache_bytes >> 20
+        a.cache_bytes >> 20,
+        rows.len() == 4
     ));
     for (i, r) in rows.iter().enumerate() {
         json.push_str(&format!(
@@ -457,7 +458,11 @@ fn write_reports(a: &Args, rows: &[Row], total_s: f64, load_before: &str, load_a
     let mut md = std::fs::File::create(a.out.join("report.md")).expect("write report.md");
     let _ = writeln!(md, "# make scale: the catalog at {} chunks\n", a.chunks);
     if rows.len() < 4 {
-        let _ = writeln!(md, "**Partial: {} of 4 sizes measured so far.**\n", rows.len());
+        let _ = writeln!(
+            md,
+            "**Partial: {} of 4 sizes measured so far; the targets below are judged at the largest size measured.**\n",
+            rows.len()
+        );
     }
     let _ = writeln!(
         md,
