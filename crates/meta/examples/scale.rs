@@ -289,16 +289,22 @@ async fn one_size(chunks: u64, work: &Path, check_digest: bool, cache_bytes: u64
         .find(|p| p.extension().is_some_and(|x| x == "snap"))
         .expect("the built snapshot file");
     row.snapshot_bytes = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-    let out = std::process::Command::new(std::env::current_exe().expect("this executable"))
-        .arg("--install")
-        .arg(&file)
-        .arg(&meta_path)
-        .arg(&dst)
-        .arg((cache_bytes >> 20).to_string())
-        .arg(if check_digest { "digest" } else { "-" })
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .expect("run the follower");
+    let out = std::process::Command::new(
+        // `/proc/self/exe` still names this executable if a rebuild
+        // replaced its file during the run (`current_exe` would not).
+        Some(PathBuf::from("/proc/self/exe"))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| std::env::current_exe().expect("this executable")),
+    )
+    .arg("--install")
+    .arg(&file)
+    .arg(&meta_path)
+    .arg(&dst)
+    .arg((cache_bytes >> 20).to_string())
+    .arg(if check_digest { "digest" } else { "-" })
+    .stderr(std::process::Stdio::inherit())
+    .output()
+    .expect("run the follower");
     assert!(out.status.success(), "the follower failed: {}", out.status);
     let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let fields: Vec<&str> = line.split_whitespace().collect();
