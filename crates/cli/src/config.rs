@@ -182,6 +182,10 @@ pub struct MetaSettings {
     #[arg(long, env = "COFFER_GC_REWRITE_BANDWIDTH")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gc_rewrite_bandwidth: Option<u64>,
+    /// MiB of sled page cache of the catalog store (resident memory is a multiple of it; see `make scale`).
+    #[arg(long, env = "COFFER_STORE_CACHE_MIB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_cache_mib: Option<u64>,
     /// Price of reading one GiB, for the recovery cost in `coffer report` (optional; one currency unit).
     #[arg(long, env = "COFFER_PRICE_PER_GIB_READ")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -309,6 +313,7 @@ pub fn meta_defaults() -> MetaSettings {
         rebuild_parallelism: Some(c.repair.parallelism),
         gc_interval: Some(Dur(c.gc_interval.unwrap_or_default())),
         gc_rewrite_bandwidth: Some(c.gc_rewrite_bandwidth),
+        store_cache_mib: Some(c.store_cache_bytes >> 20),
         ..MetaSettings::default()
     }
 }
@@ -444,6 +449,9 @@ impl MetaSettings {
         if let Some(v) = self.gc_rewrite_bandwidth {
             c.gc_rewrite_bandwidth = v;
         }
+        if let Some(v) = self.store_cache_mib {
+            c.store_cache_bytes = v.saturating_mul(1 << 20);
+        }
         c.prices = coffer_meta::PriceConfig {
             per_gib_read: self.price_per_gib_read,
             per_gib_written: self.price_per_gib_written,
@@ -566,6 +574,18 @@ mod tests {
         let c = s.to_config("127.0.0.1:7400").unwrap();
         assert_eq!((c.id, c.down_after), (MetaId(3), Duration::from_secs(90)));
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/coffer"));
+    }
+
+    #[test]
+    fn the_store_cache_is_set_in_mib_and_a_tiny_one_is_refused() {
+        let f = file("id = 3\ndata = \"/d\"\nlisten = \"127.0.0.1:7400\"\nstore_cache_mib = 64\n");
+        let cli = MetaCli::try_parse_from(["x"]).unwrap();
+        let s = effective(&meta_defaults(), Some(f.path()), &cli.s).unwrap();
+        assert_eq!(s.to_config("127.0.0.1:7400").unwrap().store_cache_bytes, 64 << 20);
+        let cli = MetaCli::try_parse_from(["x", "--store-cache-mib", "1"]).unwrap();
+        let s = effective(&meta_defaults(), Some(f.path()), &cli.s).unwrap();
+        let e = s.to_config("127.0.0.1:7400").unwrap_err().to_string();
+        assert!(e.contains("--store-cache-mib"), "{e}");
     }
 
     #[test]

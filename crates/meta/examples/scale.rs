@@ -4,7 +4,8 @@
 //! and measures at each what grows with the catalog and what must not:
 //! apply throughput, the leader's idle repair tick and `ClusterStatus`
 //! (through `coffer_meta::probe`, the functions the duties call), a Raft
-//! snapshot built, sent in 3 MiB chunks and installed (time and peak RSS),
+//! snapshot built, sent in 3 MiB chunks and installed by a follower in a
+//! second process, as on a second machine (time and each side's peak RSS),
 //! a metadata node reopening its store, and sled's bytes per chunk.
 //! Writes `OUT/report.json` (`sizes`: one object per size) and
 //! `OUT/report.md`.
@@ -35,15 +36,21 @@ const PROBE_RUNS: usize = 25;
 struct Args {
     chunks: u64,
     out: PathBuf,
+    /// sled's page cache, as a metadata node configures it.
+    cache_bytes: u64,
 }
 
 fn usage(why: &str) -> ! {
-    eprintln!("scale: {why}\nusage: scale [--chunks N] [--out DIR]");
+    eprintln!("scale: {why}\nusage: scale [--chunks N] [--out DIR] [--cache-mib MIB]");
     std::process::exit(2)
 }
 
 fn args() -> Args {
-    let mut a = Args { chunks: 10_000_000, out: PathBuf::from("target/scale") };
+    let mut a = Args {
+        chunks: 10_000_000,
+        out: PathBuf::from("target/scale"),
+        cache_bytes: coffer_meta::DEFAULT_STORE_CACHE_BYTES,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
@@ -56,6 +63,14 @@ fn args() -> Args {
                     .unwrap_or_else(|| usage(&format!("--chunks: {value:?} is not a number of at least 1000")))
             }
             "--out" => a.out = PathBuf::from(value),
+            "--cache-mib" => {
+                a.cache_bytes = value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n >= 8)
+                    .unwrap_or_else(|| usage(&format!("--cache-mib: {value:?} is not a number of at least 8")))
+                    << 20
+            }
             other => usage(&format!("unknown flag {other}")),
         }
     }
@@ -144,11 +159,11 @@ struct Row {
     digests_match: Option<bool>,
 }
 
-async fn one_size(chunks: u64, work: &Path, check_digest: bool) -> Row {
+async fn one_size(chunks: u64, work: &Path, check_digest: bool, cache_bytes: u64) -> Row {
     let _ = std::fs::remove_dir_all(work);
     let src = work.join("leader");
     let dst = work.join("follower");
-    let (_log, mut sm) = coffer_meta::open_stores(&src).expect("open the store");
+    let (_log, mut sm) = coffer_meta::open_stores_with_cache(&src, cache_bytes).expect("open the store");
     let mut log = Log { next: 0 };
     let repo = RepoName::new("scale").unwrap();
     let params = ErasureParams::new(4, 2).unwrap();
@@ -177,6 +192,10 @@ async fn one_size(chunks: u64, work: &Path, check_digest: bool) -> Row {
     // fewer than the 1,000 entries of one batch), applied 64 entries a call.
     let started = Instant::now();
     let (mut made, mut packs) = (0u64, 0u64);
+    // A progress line every twentieth of the catalog: the apply rate as the
+    // tree grows and the memory it holds, also from a run cut short.
+    let step = (chunks / 20).max(1);
+    let (mut next_report, mut last_made, mut last_t) = (step, 0u64, Instant::now());
     let mut batch = Vec::with_capacity(ENTRIES_PER_APPLY);
     while made < chunks {
         let id = PackId(h(packs, b"pack")[..16].try_into().unwrap());
@@ -205,6 +224,15 @@ async fn one_size(chunks: u64, work: &Path, check_digest: bool) -> Row {
         packs += 1;
         if batch.len() == ENTRIES_PER_APPLY {
             sm.apply(std::mem::take(&mut batch)).await.expect("apply");
+            if made >= next_report && chunks >= 1_000_000 {
+                eprintln!(
+                    "scale: applying {chunks}: {made} chunks in, {:.0} chunks/s since the last line, rss {} MiB, load {}",
+                    (made - last_made) as f64 / last_t.elapsed().as_secs_f64(),
+                    rss("VmRSS:") >> 20,
+                    loadavg()
+                );
+                (next_report, last_made, last_t) = (next_report + step, made, Instant::now());
+            }
         }
     }
     if !batch.is_empty() {
@@ -239,48 +267,59 @@ async fn one_size(chunks: u64, work: &Path, check_digest: bool) -> Row {
     stage("applied");
     reset_peak();
     let t = Instant::now();
-    let mut snap = sm.get_snapshot_builder().await.build_snapshot().await.expect("build a snapshot");
+    let snap = sm.get_snapshot_builder().await.build_snapshot().await.expect("build a snapshot");
     row.snapshot_build_s = t.elapsed().as_secs_f64();
     let build_peak = rss("VmHWM:");
     let source_digest = if check_digest { Some(sm.digest().await.expect("digest")) } else { None };
     drop(tree);
     drop(sm);
     drop(_log);
+    drop(snap.snapshot);
 
+    // The follower is another process, as it is another machine: what the
+    // leader's store left in this process's heap does not count in its RSS.
     stage("built; leader closed");
-    reset_peak();
-    let (_flog, mut follower) = coffer_meta::open_stores(&dst).expect("open the follower");
-    let t = Instant::now();
-    let mut receiving = follower.begin_receiving_snapshot().await.expect("begin receiving");
-    let end = snap.snapshot.seek(std::io::SeekFrom::End(0)).await.unwrap();
-    snap.snapshot.seek(std::io::SeekFrom::Start(0)).await.unwrap();
-    let mut buf = vec![0u8; TRANSFER_CHUNK];
-    let mut offset = 0u64;
-    while offset < end {
-        let n = snap.snapshot.read(&mut buf).await.unwrap();
-        assert!(n > 0, "the snapshot file ended early");
-        receiving.seek(std::io::SeekFrom::Start(offset)).await.unwrap();
-        receiving.write_all(&buf[..n]).await.unwrap();
-        offset += n as u64;
-    }
-    receiving.shutdown().await.unwrap();
-    drop(buf);
-    follower.install_snapshot(&snap.meta, receiving).await.expect("install the snapshot");
-    row.snapshot_install_s = t.elapsed().as_secs_f64();
-    row.snapshot_bytes = end;
-    let install_peak = rss("VmHWM:");
-    stage("installed");
+    let meta_path = work.join("snapshot-meta.bin");
+    std::fs::write(&meta_path, bincode::serialize(&snap.meta).expect("encode the snapshot meta"))
+        .expect("write the snapshot meta");
+    let file = std::fs::read_dir(src.join("snapshots"))
+        .expect("the snapshot directory")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "snap"))
+        .expect("the built snapshot file");
+    row.snapshot_bytes = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    let out = std::process::Command::new(
+        // `/proc/self/exe` still names this executable if a rebuild
+        // replaced its file during the run (`current_exe` would not).
+        Some(PathBuf::from("/proc/self/exe"))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| std::env::current_exe().expect("this executable")),
+    )
+    .arg("--install")
+    .arg(&file)
+    .arg(&meta_path)
+    .arg(&dst)
+    .arg((cache_bytes >> 20).to_string())
+    .arg(if check_digest { "digest" } else { "-" })
+    .stderr(std::process::Stdio::inherit())
+    .output()
+    .expect("run the follower");
+    assert!(out.status.success(), "the follower failed: {}", out.status);
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let [install_s, install_peak, digest] = fields[..] else { panic!("the follower answered {line:?}") };
+    row.snapshot_install_s = install_s.parse().expect("install seconds");
+    let install_peak: u64 = install_peak.parse().expect("install peak");
     row.snapshot_peak_rss_mib = build_peak.max(install_peak) as f64 / (1 << 20) as f64;
-    if let Some(d) = source_digest {
-        row.digests_match = Some(follower.digest().await.expect("digest") == d);
+    if let Some((applied, n, hash)) = source_digest {
+        row.digests_match = Some(digest == format!("{applied}-{n}-{}", hex::encode(hash)));
     }
-    drop(follower);
-    drop(_flog);
 
     // Restart: the metadata node reopens its store and openraft reads its
     // applied state and current snapshot.
     let t = Instant::now();
-    let (_log, mut sm) = coffer_meta::open_stores(&src).expect("reopen the store");
+    let (_log, mut sm) = coffer_meta::open_stores_with_cache(&src, cache_bytes).expect("reopen the store");
     let (applied, _) = sm.applied_state().await.expect("applied state");
     let current = sm.get_current_snapshot().await.expect("current snapshot");
     row.restart_s = t.elapsed().as_secs_f64();
@@ -294,7 +333,55 @@ async fn one_size(chunks: u64, work: &Path, check_digest: bool) -> Row {
     row
 }
 
+/// The follower's side (`--install FILE META DIR CACHE_MIB digest|-`):
+/// receives the snapshot file in transfer-sized chunks into a fresh store,
+/// installs it, and prints `install_s peak_rss_bytes digest` (or `-`).
+fn follower(argv: &[String]) {
+    let [file, meta, dir, cache_mib, digest] = argv else { usage("--install needs FILE META DIR CACHE_MIB DIGEST") };
+    let cache_bytes = cache_mib.parse::<u64>().unwrap_or_else(|_| usage("--install: CACHE_MIB")) << 20;
+    let meta: coffer_meta::types::SnapshotMeta =
+        bincode::deserialize(&std::fs::read(meta).expect("read the snapshot meta")).expect("decode the meta");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        reset_peak();
+        let (_flog, mut follower) =
+            coffer_meta::open_stores_with_cache(Path::new(dir), cache_bytes).expect("open the follower");
+        let t = Instant::now();
+        let mut snapshot = tokio::fs::File::open(file).await.expect("open the snapshot file");
+        let mut receiving = follower.begin_receiving_snapshot().await.expect("begin receiving");
+        let mut buf = vec![0u8; TRANSFER_CHUNK];
+        let mut offset = 0u64;
+        loop {
+            let n = snapshot.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            receiving.seek(std::io::SeekFrom::Start(offset)).await.unwrap();
+            receiving.write_all(&buf[..n]).await.unwrap();
+            offset += n as u64;
+        }
+        receiving.shutdown().await.unwrap();
+        drop(buf);
+        follower.install_snapshot(&meta, receiving).await.expect("install the snapshot");
+        let install_s = t.elapsed().as_secs_f64();
+        let peak = rss("VmHWM:");
+        stage("installed");
+        let digest = if digest == "digest" {
+            let (applied, n, hash) = follower.digest().await.expect("digest");
+            format!("{applied}-{n}-{}", hex::encode(hash))
+        } else {
+            "-".to_string()
+        };
+        println!("{install_s} {peak} {digest}");
+    });
+}
+
 fn main() {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("--install") {
+        follower(&argv[1..]);
+        return;
+    }
     let a = args();
     std::fs::create_dir_all(&a.out).unwrap_or_else(|e| usage(&format!("--out {}: {e}", a.out.display())));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -304,7 +391,7 @@ fn main() {
     for div in [1000, 100, 10, 1] {
         let n = (a.chunks / div).max(1000);
         let t = Instant::now();
-        let row = rt.block_on(one_size(n, &a.out.join("work"), div != 1));
+        let row = rt.block_on(one_size(n, &a.out.join("work"), div != 1, a.cache_bytes));
         eprintln!(
             "scale: {n} chunks in {:.0} s: {:.0} chunks/s applied, idle tick {:.3} ms, status {:.3} ms, snapshot {:.1} s + {:.1} s, peak {:.0} MiB, restart {:.2} s, {:.0} B/chunk",
             t.elapsed().as_secs_f64(),
@@ -341,8 +428,10 @@ fn write_reports(a: &Args, rows: &[Row], total_s: f64, load_before: &str, load_a
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
     let mut json = String::new();
     json.push_str(&format!(
-        "{{\n  \"scale_chunks\": {},\n  \"profile\": \"{profile}\",\n  \"total_s\": {total_s:.1},\n  \"loadavg_before\": \"{load_before}\",\n  \"loadavg_after\": \"{load_after}\",\n  \"sizes\": [\n",
-        a.chunks
+        "{{\n  \"scale_chunks\": {},\n  \"store_cache_mib\": {},\n  \"complete\": {},\n  \"profile\": \"{profile}\",\n  \"total_s\": {total_s:.1},\n  \"loadavg_before\": \"{load_before}\",\n  \"loadavg_after\": \"{load_after}\",\n  \"sizes\": [\n",
+        a.chunks,
+        a.cache_bytes >> 20,
+        rows.len() == 4
     ));
     for (i, r) in rows.iter().enumerate() {
         json.push_str(&format!(
@@ -375,11 +464,16 @@ fn write_reports(a: &Args, rows: &[Row], total_s: f64, load_before: &str, load_a
     let mut md = std::fs::File::create(a.out.join("report.md")).expect("write report.md");
     let _ = writeln!(md, "# make scale: the catalog at {} chunks\n", a.chunks);
     if rows.len() < 4 {
-        let _ = writeln!(md, "**Partial: {} of 4 sizes measured so far.**\n", rows.len());
+        let _ = writeln!(
+            md,
+            "**Partial: {} of 4 sizes measured so far; the targets below are judged at the largest size measured.**\n",
+            rows.len()
+        );
     }
     let _ = writeln!(
         md,
-        "Built through `StateMachineStore::apply` on sled ({profile} build), 4+2 packs of ~16 MiB over 3 sites x 2 nodes. Run took {total_s:.0} s; load average {load_before} before, {load_after} after.\n"
+        "Built through `StateMachineStore::apply` on sled ({profile} build, {} MiB page cache), 4+2 packs of ~16 MiB over 3 sites x 2 nodes. Run took {total_s:.0} s; load average {load_before} before, {load_after} after.\n",
+        a.cache_bytes >> 20
     );
     let _ = writeln!(md, "| chunks | packs | apply_chunks_per_s | idle_tick_ms | status_ms | snapshot_build_s | snapshot_install_s | snapshot_peak_rss_mib | restart_s | disk_bytes_per_chunk | snapshot MiB | digests match |");
     let _ = writeln!(md, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|");

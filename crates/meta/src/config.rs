@@ -56,6 +56,11 @@ pub struct MetaConfig {
     /// answered with the disaster-recovery records (`ListDr`) so that every
     /// reader computes costs with the cluster's prices, not its own.
     pub prices: PriceConfig,
+    /// Bytes of sled's page cache (`--store-cache-mib`, `store_cache_mib`).
+    /// sled's resident memory is a multiple of it (its page table and the
+    /// allocator's slack come on top), so it bounds a node's memory only
+    /// roughly; `make scale` measures the whole.
+    pub store_cache_bytes: u64,
 }
 
 /// The cluster's prices, in one currency unit; unset ones count as 0, and
@@ -104,6 +109,14 @@ pub const DEFAULT_GC_REWRITE_BANDWIDTH: u64 = 64 << 20;
 /// Garbage collection runs hourly unless configured otherwise: often enough
 /// that forgotten snapshots free their space the same day, rarely enough
 /// that reading every reference list stays a small share of the leader's work.
+/// sled's page cache of a metadata node: small next to sled's own default
+/// (1 GiB), because sled's resident memory is several times its cache
+/// (`make scale`); reads past it are served from the kernel's page cache.
+pub const DEFAULT_STORE_CACHE_BYTES: u64 = 128 << 20;
+
+/// Below this sled would evict the tree's upper levels on every walk.
+pub const MIN_STORE_CACHE_BYTES: u64 = 8 << 20;
+
 pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(3600);
 
 impl MetaConfig {
@@ -128,6 +141,7 @@ impl MetaConfig {
             gc_interval: Some(DEFAULT_GC_INTERVAL),
             gc_rewrite_bandwidth: DEFAULT_GC_REWRITE_BANDWIDTH,
             prices: PriceConfig::default(),
+            store_cache_bytes: DEFAULT_STORE_CACHE_BYTES,
         }
     }
 
@@ -150,6 +164,12 @@ impl MetaConfig {
         }
         if self.gc_rewrite_bandwidth == 0 {
             return Err(MetaError::Config("--gc-rewrite-bandwidth must be at least 1 byte per second".into()));
+        }
+        if self.store_cache_bytes < MIN_STORE_CACHE_BYTES {
+            return Err(MetaError::Config(format!(
+                "--store-cache-mib must be at least {} MiB",
+                MIN_STORE_CACHE_BYTES >> 20
+            )));
         }
         if self.snapshot_every == 0 {
             return Err(MetaError::Config("--snapshot-every must be at least 1".into()));

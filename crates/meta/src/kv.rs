@@ -35,7 +35,8 @@
 //!
 //! Values are bincode; the layout as a whole is versioned by `m/schema`.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 
 use coffer_types::{ChunkId, NodeId, PackId, RepoName, SessionId, ShardIndex, SnapshotId};
 use serde::de::DeserializeOwned;
@@ -205,12 +206,21 @@ pub fn scan<T: DeserializeOwned>(tree: &sled::Tree, what: &'static str, prefix: 
 pub struct Txn<'a> {
     tree: &'a sled::Tree,
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// What the tree held at each key this transaction has read: a command
+    /// reads a key several times (a new chunk's entry is looked up by the
+    /// condemned-copy check, the deduplication check and the index upkeep
+    /// of its write), and on a catalog larger than sled's cache each read of
+    /// the tree is a walk to a leaf that is rarely cached (chunk ids are
+    /// uniformly spread). The tree does not change under a transaction
+    /// (apply holds the state machine's write lock), so the first answer
+    /// stays true; bounded by the keys one apply call touches.
+    read: RefCell<HashMap<Vec<u8>, Option<sled::IVec>>>,
     failed: Option<MetaError>,
 }
 
 impl<'a> Txn<'a> {
     pub fn new(tree: &'a sled::Tree) -> Self {
-        Self { tree, pending: BTreeMap::new(), failed: None }
+        Self { tree, pending: BTreeMap::new(), read: RefCell::new(HashMap::new()), failed: None }
     }
 
     /// Writes `value` under `key` (None: removes it) and keeps the indexes.
@@ -229,7 +239,17 @@ impl<'a> Txn<'a> {
         if let Some(v) = self.pending.get(key) {
             return Ok(v.clone());
         }
-        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
+        Ok(self.stored(key)?.map(|v| v.to_vec()))
+    }
+
+    /// The tree's value at `key`, read once per transaction.
+    fn stored(&self, key: &[u8]) -> Result<Option<sled::IVec>, MetaError> {
+        if let Some(v) = self.read.borrow().get(key) {
+            return Ok(v.clone());
+        }
+        let v = self.tree.get(key)?;
+        self.read.borrow_mut().insert(key.to_vec(), v.clone());
+        Ok(v)
     }
 
     pub fn get<T: DeserializeOwned>(&self, what: &'static str, key: &[u8]) -> Result<Option<T>, MetaError> {
@@ -243,7 +263,7 @@ impl<'a> Txn<'a> {
         if let Some(v) = self.pending.get(key) {
             return Ok(v.is_some());
         }
-        Ok(self.tree.contains_key(key)?)
+        Ok(self.stored(key)?.is_some())
     }
 
     pub fn put<T: Serialize>(&mut self, key: Vec<u8>, v: &T) -> Result<(), MetaError> {

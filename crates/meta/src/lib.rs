@@ -49,8 +49,8 @@ pub mod types;
 mod workers;
 
 pub use auth::AdminToken;
-pub use config::{MetaConfig, PriceConfig};
+pub use config::{MetaConfig, PriceConfig, DEFAULT_STORE_CACHE_BYTES};
 pub use error::MetaError;
 pub use impl_log_store::LogStore;
 pub use impl_state_machine::StateMachineStore;
-pub use node::{open_stores, MetaNode, SHUTDOWN_DEADLINE};
+pub use node::{open_stores, open_stores_with_cache, MetaNode, SHUTDOWN_DEADLINE};

@@ -34,16 +34,20 @@ use crate::raft_service::RaftService;
 use crate::types::Raft;
 use crate::{LogStore, MetaConfig, MetaError, StateMachineStore};
 
-/// sled's own cache of a metadata node.
-const SLED_CACHE_BYTES: u64 = 256 << 20;
-
-/// Opens (or creates) the sled database of a metadata node and its stores.
+/// Opens (or creates) the sled database of a metadata node and its stores,
+/// with the default page cache (`open_stores_with_cache`).
 pub fn open_stores(dir: &Path) -> Result<(LogStore, StateMachineStore), MetaError> {
+    open_stores_with_cache(dir, crate::config::DEFAULT_STORE_CACHE_BYTES)
+}
+
+/// Opens (or creates) the sled database of a metadata node and its stores,
+/// with `cache_bytes` of sled page cache.
+pub fn open_stores_with_cache(dir: &Path, cache_bytes: u64) -> Result<(LogStore, StateMachineStore), MetaError> {
     std::fs::create_dir_all(dir).map_err(|source| MetaError::Io { path: dir.display().to_string(), source })?;
     // sled's page cache defaults to 1 GiB; a bounded cache keeps a node's
-    // memory flat as the catalog grows (reads past it go to the page cache
-    // of the kernel).
-    let db = sled::Config::new().path(dir.join("raft.sled")).cache_capacity(SLED_CACHE_BYTES).open()?;
+    // memory flatter as the catalog grows (reads past it go to the page
+    // cache of the kernel).
+    let db = sled::Config::new().path(dir.join("raft.sled")).cache_capacity(cache_bytes).open()?;
     Ok((LogStore::open(&db)?, StateMachineStore::open(&db, &dir.join("snapshots"))?))
 }
 
@@ -90,7 +94,7 @@ impl MetaNode {
                 "no cluster admin token (--admin-token-file): only an admin certificate can administer this cluster"
             );
         }
-        let (log, sm) = open_stores(&config.data_dir)?;
+        let (log, sm) = open_stores_with_cache(&config.data_dir, config.store_cache_bytes)?;
         let raft = Raft::new(
             config.id.0,
             Arc::new(config.raft_config()?),
