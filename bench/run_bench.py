@@ -1551,24 +1551,26 @@ def render(report):
             if r is None:
                 continue
             if "error" in r:
-                rows.append([i + 1, t, "error: " + r["error"].splitlines()[0][:80]] + [""] * 5)
+                rows.append([i + 1, t, "error: " + r["error"].splitlines()[0][:80]] + [""] * 7)
                 continue
             st = r["steps"]
             row = [i + 1, t + (" *" if r.get("contended_steps") else "")]
-            for step in STEPS:
+            for step in STEPS + ["restore_degraded"]:
                 m = st.get(step)
                 row.append("%.2f s / %.1f CPU / %.0f MiB / bg %.1f" % (
                     m["wall_s"], m["cpu_s"], m["rss_mib"], m.get("other_cpu_s", 0.0)) if m else "-")
             row.append(fmt(r.get("stored", {}).get("bytes", 0) / MIB, "%.1f"))
+            row.append(fmt(r.get("growth_bytes") and r["growth_bytes"] / MIB, "%.2f"))
             row.append(fmt(r["extra"].get("cluster_peak_rss_mib"), "%.0f"))
-            row.append("yes" if r.get("verified") else "NO")
+            row.append(("yes" if r.get("verified") else "NO") +
+                       ("" if "verified_degraded" not in r else " / " + ("yes" if r["verified_degraded"] else "NO")))
             rows.append(row)
     lines.append("Each step: wall time / client CPU / client peak RSS / bg = CPU-seconds the rest of the machine "
                  "used during the step (other users' processes, and kernel threads such as writeback working for "
                  "the tool; for coffer, excluding the cluster process).")
     lines.append("")
-    lines.append(table(["run", "tool", "first backup", "second backup", "restore", "stored MiB",
-                        "cluster RSS MiB", "verified"], rows))
+    lines.append(table(["run", "tool", "first backup", "second backup", "restore", "restore, site stopped",
+                        "stored MiB", "growth MiB", "cluster RSS MiB", "verified (healthy / site stopped)"], rows))
     lines.append("")
     lines.append("Versions: " + "; ".join("%s: %s" % kv for kv in cfg["versions"].items()) + ".")
     lines.append("")
@@ -1752,6 +1754,8 @@ def main():
                          "a combined verdict in OUT/verdict.md (also BENCH_SEEDS)")
     ap.add_argument("--combine", nargs="+", metavar="REPORT_JSON",
                     help="only write OUT/verdict.{md,json} from these reports")
+    ap.add_argument("--render", metavar="REPORT_JSON",
+                    help="only write report.md again from a report.json (into its directory)")
     ap.add_argument("--skip", default=os.environ.get("BENCH_SKIP", ""),
                     help="extra rows to leave out, comma-separated: growth, degraded, parallel, rebuild")
     ap.add_argument("--rebuild-timeout", type=int, default=1800,
@@ -1773,6 +1777,12 @@ def main():
     args = ap.parse_args()
     out_dir = os.path.abspath(args.out)
     os.makedirs(out_dir, exist_ok=True)
+    if args.render:
+        with open(args.render) as f:
+            report = json.load(f)
+        with open(os.path.join(os.path.dirname(os.path.abspath(args.render)), "report.md"), "w") as f:
+            f.write(render(report))
+        return
     if args.combine:
         reports = []
         for path in args.combine:
