@@ -1472,6 +1472,28 @@ def render(report):
                 "yes" if e["verified"] else "NO"]
         rows.append(row)
     lines.append(table(headers, rows))
+    lines.append("")
+    lines.append("The spread (min-max over runs) of the other medians above:")
+    lines.append("")
+    rows = []
+    for t in cfg["tools"]:
+        e = med.get(t)
+        if not e or not e["runs_ok"]:
+            continue
+        sp = e.get("spread", {})
+        row = [t]
+        for step in STEPS:
+            s = sp.get(step, {})
+            cpu = fmt_spread(s.get("cpu_s"), "%.1f", "-").strip(" ()")
+            if s.get("cluster_cpu_s"):
+                cpu += " (+%s)" % fmt_spread(s["cluster_cpu_s"], "%.1f").strip(" ()")
+            row += [fmt_spread(s.get("mib_s"), "%.1f", "-").strip(" ()"), cpu,
+                    fmt_spread(s.get("rss_mib"), "%.0f", "-").strip(" ()")]
+        st = sp.get("stored_bytes")
+        row.append(fmt_spread([v / MIB for v in st] if st else None, "%.1f", "-").strip(" ()"))
+        rows.append(row)
+    lines.append(table(["tool"] + ["%s %s" % (STEP_TITLES[step], k) for step in STEPS for k in
+                                   ("MiB/s", "CPU s", "RSS MiB")] + ["stored MiB"], rows))
     c = med.get("coffer")
     if c and c["runs_ok"]:
         lines.append("")
