@@ -1367,8 +1367,8 @@ def render_extras(report):
         lines.append("")
         lines.append("## Rebuild of one lost storage node")
         lines.append("")
-        lines.append("A 3 x 3 cluster with the day-0 tree; the directory of site-c's fullest node wiped while its site was stopped, "
-                     "the site started again (the node returns empty under a new id). MB/s = the incident's bytes "
+        lines.append("A 3 x 3 cluster with the day-0 tree; the directory of site-c's fullest node wiped while its "
+                     "site was stopped, the site started again (the node returns empty under a new id). MB/s = the incident's bytes "
                      "written / its rebuild time; detection (60 s without heartbeats in `coffer dev`) is not in "
                      "it. Disk = %s written and fsynced by Python on the same disk in the same run. %d run(s) "
                      "failed." % (fmt((report["config"].get("disk_probe_bytes") or 0) / 1e6, "%.0f MB"),
