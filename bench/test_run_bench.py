@@ -214,6 +214,15 @@ class Targets(unittest.TestCase):
         self.assertAlmostEqual(deg["value"], 5.0)
         self.assertTrue(t[(17, "rebuild of one lost node >= 50% of the disk's sequential write speed")]["met"])
 
+    def test_a_restore_that_differs_fails_every_target(self):
+        self.assertTrue(self.targets()[(17, "first backup >= 2.5x the faster of restic and borg")]["met"])
+        self.runs[1]["coffer"]["verified_degraded"] = False
+        t = self.targets()
+        self.assertFalse(t[(17, "first backup >= 2.5x the faster of restic and borg")]["met"])
+        self.assertFalse(t[(17, "every coffer restore identical to the source (healthy and with a site stopped)")]
+                         ["met"])
+        self.assertFalse(any(row["met"] for row in t.values()))
+
     def test_a_failed_peer_leaves_the_other(self):
         for r in self.runs:
             r["restic"] = {"error": "boom", "steps": {}, "extra": {}}
