@@ -1255,7 +1255,7 @@ def combine_verdicts(reports):
                              "unit": t["unit"], "datasets": {}}
                 order.append(key)
             rows[key]["datasets"][label] = {"value": t["value"], "spread": t.get("spread"), "met": t["met"],
-                                            "against": t["against"]}
+                                            "against": t["against"], "note": t.get("note")}
     labels = [label for label, _ in reports]
     out = []
     for key in order:
@@ -1416,7 +1416,8 @@ def render_verdict(combined, reports):
         for label in labels:
             d = r["datasets"].get(label)
             row.append("missing" if d is None else fmt(d["value"], "%.2f") + fmt_spread(d.get("spread")) +
-                       ("" if d["met"] is None else " " + ("ok" if d["met"] else "NO")))
+                       ("" if d["met"] is None else " " + ("ok" if d["met"] else "NO")) +
+                       (" (restore differed)" if d.get("note") else ""))
         row.append(verdict_word(r["met"]))
         rows.append(row)
     lines.append(table(["issue", "target", "required"] + labels + ["verdict"], rows))
