@@ -2,8 +2,14 @@
 """Deterministic, seeded e-commerce dataset for `make bench`.
 
 Usage:
-    gen_dataset.py SEED SIZE_MIB OUT_DIR     write the "day 0" tree into OUT_DIR
-    gen_dataset.py --mutate DIR [SEED]       apply the "next day" changes to DIR in place
+    gen_dataset.py [--edge] SEED SIZE_MIB OUT_DIR   write the "day 0" tree into OUT_DIR
+    gen_dataset.py --mutate DIR [SEED]              apply the "next day" changes to DIR in place
+
+`--edge` (or BENCH_EDGE=1 in the environment) adds the edge cases under
+edge/, beyond SIZE_MIB: a file of 150 MB of random bytes, a 64 MiB sparse
+file, 0-byte files, symlinks (relative, absolute, dangling, to a directory,
+to a symlink) and a directory chain 100 levels deep. `--mutate` changes them
+too when edge/ exists.
 
 The same seed and size always give the same bytes (file contents, names and
 layout; not timestamps). Every part draws from its own `random.Random`
@@ -19,13 +25,20 @@ Day 0, by share of SIZE_MIB:
      5%  etc/, templates/    thousands of small config and text files, 1-8 KiB
 plus one symlink and one empty directory.
 
+The parts of the tree (which paths are the dump-heavy and the image-heavy
+parts of the incremental growth measurement) are named once, in PARTS and
+part_of(), which bench/run_bench.py imports.
+
 The next day (`--mutate`), also seeded, changes what a shop changes:
     - new orders and order items inserted at a dozen places in the middle of
       their tables (the dump is clustered by customer), a few more appended,
       and a few order statuses rewritten in place;
     - a few images re-encoded (same size, new bytes) and a few new ones;
     - a new day of access logs and an error log;
-    - about 2% of the small files edited, 1% deleted, 0.5% added.
+    - about 2% of the small files edited, 1% deleted, 0.5% added;
+    - with the edge cases: 1 MiB rewritten in the middle of the random file,
+      4 KiB written into a hole of the sparse file, the deepest file edited,
+      one more empty file and one more symlink.
 The mutation is meant to be applied once to a fresh copy of day 0.
 """
 import math
@@ -63,6 +76,26 @@ WORDS = ("order product price stock warehouse shipping carrier invoice refund cu
          "template banner footer header locale translation size colour material weight").split()
 
 DAY0_EPOCH = 1763942400  # 2025-11-24T00:00:00Z: the dump's "today".
+
+# The parts of the tree, by top-level directory: the dump-heavy part (the SQL
+# dump), the image-heavy part (product images) and the edge cases; the rest
+# (logs, small files) is "other". The growth measurement backs up the
+# directories of GROWTH_PARTS separately, and the ideal growth is summed per
+# part with part_of().
+PARTS = {"dump": "db", "image": "media", "edge": "edge"}
+GROWTH_PARTS = ("dump", "image")
+EDGE_RANDOM_BYTES = 150 * 1000 * 1000
+EDGE_SPARSE_BYTES = 64 * MIB
+EDGE_DEPTH = 100
+
+
+def part_of(rel):
+    """The part a path relative to the dataset's root belongs to."""
+    top = rel.replace(os.sep, "/").split("/", 1)[0]
+    for name, d in PARTS.items():
+        if top == d:
+            return name
+    return "other"
 
 
 def rng_for(seed, part):
@@ -263,7 +296,7 @@ def write_small(seed, root, budget):
         i += 1
 
 
-def generate(seed, size_mib, out):
+def generate(seed, size_mib, out, edge=False):
     total = size_mib * MIB
     for d in ["db", "media/products", "logs", "etc", "templates", "empty/dir"]:
         os.makedirs(os.path.join(out, d), exist_ok=True)
@@ -274,6 +307,65 @@ def generate(seed, size_mib, out):
     link = os.path.join(out, "db", "latest.sql")
     if not os.path.lexists(link):
         os.symlink("shop.sql", link)
+    if edge:
+        write_edge(seed, out)
+
+
+# ---------------------------------------------------------------- edge cases
+
+def deep_dir(root):
+    return os.path.join(root, "edge", "deep", *("d%02d" % i for i in range(EDGE_DEPTH)))
+
+
+def write_edge(seed, root):
+    """The edge cases, beyond the size budget (see the module's doc)."""
+    rng = rng_for(seed, "edge")
+    edge = os.path.join(root, "edge")
+    os.makedirs(edge, exist_ok=True)
+    with open(os.path.join(edge, "random-150MB.bin"), "wb") as f:
+        left = EDGE_RANDOM_BYTES
+        while left > 0:
+            n = min(left, 8 * MIB)
+            f.write(rng.randbytes(n))
+            left -= n
+    # A sparse file: holes with a few written blocks, at the start, in the
+    # middle and at the very end.
+    with open(os.path.join(edge, "sparse-64MiB.img"), "wb") as f:
+        f.truncate(EDGE_SPARSE_BYTES)
+        for at in (0, 16 * MIB + 12345, EDGE_SPARSE_BYTES - 4096):
+            f.seek(at)
+            f.write(rng.randbytes(4096))
+    empty = os.path.join(edge, "empty")
+    os.makedirs(os.path.join(empty, "dir-with-only-empty-files"), exist_ok=True)
+    for p in ("zero.bin", "zero.txt", "dir-with-only-empty-files/a", "dir-with-only-empty-files/b"):
+        open(os.path.join(empty, p), "wb").close()
+    deep = deep_dir(root)
+    os.makedirs(deep, exist_ok=True)
+    with open(os.path.join(deep, "leaf.txt"), "w") as f:
+        f.write("the bottom of a %d-level directory chain (seed %s)\n" % (EDGE_DEPTH, seed))
+    open(os.path.join(deep, "empty-leaf"), "wb").close()
+    links = os.path.join(edge, "links")
+    os.makedirs(links, exist_ok=True)
+    for name, target in (("relative", "../random-150MB.bin"), ("absolute", "/etc/hostname"),
+                         ("dangling", "does-not-exist"), ("to-dir", "../deep"), ("to-link", "relative"),
+                         ("to-empty", "../empty/zero.txt")):
+        p = os.path.join(links, name)
+        if not os.path.lexists(p):
+            os.symlink(target, p)
+
+
+def mutate_edge(rng, root):
+    edge = os.path.join(root, "edge")
+    with open(os.path.join(edge, "random-150MB.bin"), "r+b") as f:
+        f.seek(EDGE_RANDOM_BYTES // 2)
+        f.write(rng.randbytes(MIB))
+    with open(os.path.join(edge, "sparse-64MiB.img"), "r+b") as f:
+        f.seek(32 * MIB)
+        f.write(rng.randbytes(4096))
+    with open(os.path.join(deep_dir(root), "leaf.txt"), "a") as f:
+        f.write("edited the next day\n")
+    open(os.path.join(edge, "empty", "new-empty"), "wb").close()
+    os.symlink("../empty/new-empty", os.path.join(edge, "links", "new-link"))
 
 
 # ---------------------------------------------------------------- next day
@@ -404,6 +496,8 @@ def mutate(seed, root):
     mutate_images(rng, os.path.join(root, "media", "products"))
     mutate_logs(rng, os.path.join(root, "logs"))
     mutate_small(rng, root)
+    if os.path.isdir(os.path.join(root, "edge")):
+        mutate_edge(rng_for(seed, "next-day-edge"), root)
 
 
 def usage():
@@ -411,7 +505,15 @@ def usage():
     sys.exit(2)
 
 
+def edge_from_env():
+    return os.environ.get("BENCH_EDGE", "") not in ("", "0")
+
+
 def main(argv):
+    edge = edge_from_env()
+    if "--edge" in argv:
+        argv = [a for a in argv if a != "--edge"]
+        edge = True
     if len(argv) >= 2 and argv[1] == "--mutate":
         if len(argv) not in (3, 4):
             usage()
@@ -421,7 +523,7 @@ def main(argv):
             size = int(argv[2])
         except ValueError:
             usage()
-        generate(argv[1], size, argv[3])
+        generate(argv[1], size, argv[3], edge)
     else:
         usage()
 
