@@ -143,7 +143,7 @@ mod tests {
     #[test]
     fn a_full_put_frame_fits_the_shard_limit() {
         let frame =
-            pb::PutShardRequest { msg: Some(pb::put_shard_request::Msg::Data(vec![0; MAX_FRAME_BYTES + 4096])) };
+            pb::PutShardRequest { msg: Some(pb::put_shard_request::Msg::Data(vec![0; MAX_FRAME_BYTES + 4096].into())) };
         assert!(frame.encoded_len() <= SHARD_STORE.request);
     }
 }

@@ -150,12 +150,13 @@ impl ShardPool {
             checksum: put.checksum.0.to_vec(),
         };
         let frames = body.len().div_ceil(MAX_FRAME_BYTES);
-        // Frames are copied out of the shared body one at a time as the
-        // stream is polled, so a put never holds a second copy of its shard.
+        // Each frame is a slice of the shared body, not a copy: the only
+        // copy a frame's bytes see on their way out is into tonic's encode
+        // buffer.
         let data = futures::stream::iter(0..frames).map(move |i| {
             let start = i * MAX_FRAME_BYTES;
             let end = (start + MAX_FRAME_BYTES).min(body.len());
-            pb::PutShardRequest { msg: Some(Msg::Data(body.slice(start..end).to_vec())) }
+            pb::PutShardRequest { msg: Some(Msg::Data(body.slice(start..end))) }
         });
         let stream =
             futures::stream::once(async move { pb::PutShardRequest { msg: Some(Msg::Header(header)) } }).chain(data);

@@ -82,7 +82,7 @@ fn header_msg(h: pb::ShardHeader) -> PutShardRequest {
 }
 
 fn data_msg(d: &[u8]) -> PutShardRequest {
-    PutShardRequest { msg: Some(Msg::Data(d.to_vec())) }
+    PutShardRequest { msg: Some(Msg::Data(bytes::Bytes::copy_from_slice(d))) }
 }
 
 fn framed(h: pb::ShardHeader, body: &[u8], frame: usize) -> Vec<PutShardRequest> {

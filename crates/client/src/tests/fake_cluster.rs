@@ -357,8 +357,10 @@ impl ShardStore for Svc<FakeNode> {
         let start = req.offset as usize;
         let end = if req.length == 0 { body.len() } else { start.saturating_add(req.length as usize) };
         let range = body.get(start..end).ok_or_else(|| Status::out_of_range("range"))?;
-        let frames: Vec<Result<pb::ShardFrame, Status>> =
-            range.chunks(MAX_FRAME_BYTES).map(|c| Ok(pb::ShardFrame { data: c.to_vec() })).collect();
+        let frames: Vec<Result<pb::ShardFrame, Status>> = range
+            .chunks(MAX_FRAME_BYTES)
+            .map(|c| Ok(pb::ShardFrame { data: bytes::Bytes::copy_from_slice(c) }))
+            .collect();
         Ok(Response::new(Box::pin(futures::stream::iter(frames))))
     }
 
