@@ -56,6 +56,9 @@ pub struct MetaConfig {
     /// answered with the disaster-recovery records (`ListDr`) so that every
     /// reader computes costs with the cluster's prices, not its own.
     pub prices: PriceConfig,
+    /// Test failpoints armed through `DATA/failpoint` (`crate::failpoint`);
+    /// off in production, set only by `COFFER_FAILPOINTS=1`.
+    pub failpoints: bool,
 }
 
 /// The cluster's prices, in one currency unit; unset ones count as 0, and
@@ -128,6 +131,7 @@ impl MetaConfig {
             gc_interval: Some(DEFAULT_GC_INTERVAL),
             gc_rewrite_bandwidth: DEFAULT_GC_REWRITE_BANDWIDTH,
             prices: PriceConfig::default(),
+            failpoints: false,
         }
     }
 
