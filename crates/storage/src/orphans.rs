@@ -64,16 +64,19 @@ pub(crate) struct Suspect {
     pub since: Instant,
 }
 
+/// A shard by its pack and index.
+type ShardKey = (PackId, ShardIndex);
+
 /// Judges one pass's orphans against the previous pass's: returns the
 /// suspects to keep (each timed from its first finding) and the shards to
 /// delete, those unknown in the previous pass too and for at least
 /// `min_age` by `now`.
 pub(crate) fn judge(
-    previous: &BTreeMap<(PackId, ShardIndex), Suspect>,
-    found: BTreeMap<(PackId, ShardIndex), u64>,
+    previous: &BTreeMap<ShardKey, Suspect>,
+    found: BTreeMap<ShardKey, u64>,
     now: Instant,
     min_age: Duration,
-) -> (BTreeMap<(PackId, ShardIndex), Suspect>, Vec<((PackId, ShardIndex), u64)>) {
+) -> (BTreeMap<ShardKey, Suspect>, Vec<(ShardKey, u64)>) {
     let mut kept = BTreeMap::new();
     let mut delete = Vec::new();
     for (key, len) in found {
