@@ -11,6 +11,7 @@ mod bad_input;
 mod dedup;
 mod degraded;
 mod dr;
+mod elections;
 mod gc_live;
 mod keys;
 mod meta_crash;

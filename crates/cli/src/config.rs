@@ -263,8 +263,9 @@ pub struct StorageSettings {
     #[arg(long, env = "COFFER_RESERVE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reserve: Option<String>,
-    /// Age past which a shard of a pack the catalog does not know is
-    /// collected (default: the longest session lease and a day).
+    /// How long the catalog must not have known a shard's pack (timed on the
+    /// node's monotonic clock from the pass that first found it unknown)
+    /// before the shard is collected (default: the longest session lease and a day).
     #[arg(long, env = "COFFER_ORPHAN_AGE", value_parser = parse_dur)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub orphan_age: Option<Dur>,

@@ -48,7 +48,14 @@ pub async fn run_meta(a: MetaArgs, g: &Global) -> Result<()> {
     let listen = s.listen()?;
     let listener = bind(listen).await?;
     let admin = bind_admin(s.admin_listen.as_deref()).await?;
-    let config = s.to_config(&listener_addr(&listener, listen))?;
+    let mut config = s.to_config(&listener_addr(&listener, listen))?;
+    // Test failpoints (`coffer_meta::failpoint`): cluster tests arm them to
+    // stop a leader at a chosen moment; deliberately not a flag or a
+    // configuration key, so that no deployment turns them on by accident.
+    config.failpoints = std::env::var("COFFER_FAILPOINTS").is_ok_and(|v| v == "1");
+    if config.failpoints {
+        tracing::warn!("test failpoints are enabled (COFFER_FAILPOINTS=1)");
+    }
     let (id, advertise) = (config.id, config.advertise.clone());
     let data = config.data_dir.clone();
     let node = MetaNode::start(config).await.context("start metadata node")?;

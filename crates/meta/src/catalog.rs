@@ -209,6 +209,11 @@ impl Catalog for CatalogService {
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
         self.node.authorize(&req, Rpc::Heartbeat, None)?;
         let r = req.into_inner();
+        if self.node.failpoints.holding(crate::failpoint::HOLD_FRESH_LEADER)
+            || self.node.failpoints.holding(crate::failpoint::HOLD_NO_HEARTBEATS)
+        {
+            return Err(Status::unavailable("failpoint: this node takes no heartbeat now"));
+        }
         // Liveness is the leader's to track.
         self.read_barrier().await?;
         let id = NodeId(r.id);
@@ -306,6 +311,7 @@ impl Catalog for CatalogService {
         let session = SessionRecord { id, repo, started_ms, lease_until_ms: started_ms + lease.as_millis() as u64 };
         let lease_until_ms = session.lease_until_ms;
         self.write(Command::BeginSession { session }).await?;
+        self.node.failpoints.hang(crate::failpoint::BEGIN_SESSION_APPLIED).await;
         Ok(Response::new(pb::BeginSessionResponse { lease_until_ms }))
     }
 
@@ -370,12 +376,33 @@ impl Catalog for CatalogService {
             .map_err(Status::from)?;
         let nodes = self.nodes()?;
         let draining = kv::draining(self.tree()).map_err(Status::from)?;
-        let candidates: Vec<Candidate> = nodes
-            .iter()
-            .filter(|n| !r.exclude.contains(&n.id.0) && self.node.liveness.state(n.id) == NodeState::Up)
-            .filter(|n| !draining.contains_key(&n.id))
-            .map(|n| self.node.placement_candidate(n))
-            .collect();
+        let eligible = |n: &&NodeRecord, state: NodeState| {
+            !r.exclude.contains(&n.id.0) && !draining.contains_key(&n.id) && self.node.liveness.state(n.id) == state
+        };
+        let mut candidates: Vec<Candidate> =
+            nodes.iter().filter(|n| eligible(n, NodeState::Up)).map(|n| self.node.placement_candidate(n)).collect();
+        // Too few nodes up to place even a short pack: take the suspect ones
+        // too (not heard from lately, not yet given up on). That is what a
+        // leader cut off from the storage nodes but not from the voters
+        // sees of every node, while the agents may well reach them; the
+        // puts are the real test, and a failed one is re-placed by the
+        // agent without that node. Down nodes stay out.
+        if candidates.len() < min_shards {
+            let suspect: Vec<Candidate> = nodes
+                .iter()
+                .filter(|n| eligible(n, NodeState::Suspect))
+                .map(|n| self.node.placement_candidate(n))
+                .collect();
+            if !suspect.is_empty() {
+                tracing::warn!(
+                    up = candidates.len(),
+                    suspect = suspect.len(),
+                    min_shards,
+                    "too few storage nodes heard from lately; placing on suspect ones too"
+                );
+                candidates.extend(suspect);
+            }
+        }
         let pack_id = PackId::random();
         let policy = Policy::new(params);
         // The site rule first; if a site is gone and the rule cannot be met,
@@ -442,6 +469,7 @@ impl Catalog for CatalogService {
         for batch in rest.chunks(MAX_CHUNKS_PER_COMMAND) {
             self.write(Command::IndexChunks { repo: repo.clone(), pack: pack_id, chunks: batch.to_vec() }).await?;
         }
+        self.node.failpoints.hang(crate::failpoint::COMMIT_PACK_APPLIED).await;
         Ok(Response::new(pb::CommitPackResponse {}))
     }
 
@@ -469,6 +497,7 @@ impl Catalog for CatalogService {
             None => Command::CommitSnapshot { session, now_ms: now_ms(), snapshot },
         };
         self.write(cmd).await?;
+        self.node.failpoints.hang(crate::failpoint::COMMIT_SNAPSHOT_APPLIED).await;
         Ok(Response::new(pb::CommitSnapshotResponse {}))
     }
 

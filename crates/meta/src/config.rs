@@ -61,6 +61,9 @@ pub struct MetaConfig {
     /// allocator's slack come on top), so it bounds a node's memory only
     /// roughly; `make scale` measures the whole.
     pub store_cache_bytes: u64,
+    /// Test failpoints armed through `DATA/failpoint` (`crate::failpoint`);
+    /// off in production, set only by `COFFER_FAILPOINTS=1`.
+    pub failpoints: bool,
 }
 
 /// The cluster's prices, in one currency unit; unset ones count as 0, and
@@ -142,6 +145,7 @@ impl MetaConfig {
             gc_rewrite_bandwidth: DEFAULT_GC_REWRITE_BANDWIDTH,
             prices: PriceConfig::default(),
             store_cache_bytes: DEFAULT_STORE_CACHE_BYTES,
+            failpoints: false,
         }
     }
 

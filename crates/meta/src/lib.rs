@@ -23,6 +23,7 @@ pub mod command;
 mod config;
 mod dr;
 mod error;
+pub mod failpoint;
 pub mod fuzzing;
 mod gc;
 mod impl_log_store;

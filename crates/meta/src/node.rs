@@ -62,6 +62,7 @@ pub struct MetaNode {
     pub(crate) liveness: Liveness,
     pub(crate) repair: crate::repair::RepairState,
     pub(crate) gc: crate::collector::GcShared,
+    pub(crate) failpoints: crate::failpoint::Failpoints,
 }
 
 impl std::fmt::Debug for MetaNode {
@@ -117,8 +118,10 @@ impl MetaNode {
             }
         }
         let repair = crate::repair::RepairState::with_security(config.security.clone());
+        let failpoints = crate::failpoint::Failpoints::new(config.failpoints.then_some(config.data_dir.as_path()));
         let node = Arc::new(Self {
             liveness: Liveness::new(config.suspect_after, config.down_after),
+            failpoints,
             config,
             raft,
             sm,
@@ -228,6 +231,23 @@ impl MetaNode {
         }
     }
 
+    /// Runs the leader-change hook if this node leads its current term;
+    /// returns that term. Idempotent per term (`Liveness::took_office`).
+    pub(crate) fn took_office_if_leading(&self) -> Option<u64> {
+        let (leader, term) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.current_leader, m.current_term)
+        };
+        if leader != Some(self.config.id.0) {
+            return None;
+        }
+        if self.liveness.took_office(term) {
+            tracing::info!(id = %self.config.id, term, "became leader; every storage node counts as seen now");
+        }
+        Some(term)
+    }
+
     /// Makes the next reads linearizable, or sends the caller to the leader.
     pub(crate) async fn read_barrier(&self) -> Result<(), MetaError> {
         let wait = coffer_rpc::timeouts::SERVER_RAFT_WAIT;
@@ -235,7 +255,17 @@ impl MetaNode {
             return Err(MetaError::ReadBarrier { reason: format!("no quorum confirmed leadership within {wait:?}") });
         };
         match checked {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                // Everything behind a read barrier may judge storage
+                // liveness (placement, status, heartbeats), so a node that
+                // has just taken office resets liveness here, not only when
+                // its workers get round to it: until then its table is that
+                // of its last term (or of its start), and a pack allocated
+                // in between saw most nodes down ("4 needed, 3 available"
+                // right after leader changes, found by the chaos suite).
+                self.took_office_if_leading();
+                Ok(())
+            }
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                 Err(MetaError::not_leader(f.leader_id, f.leader_node.map(|n| n.addr)))
             }

@@ -26,20 +26,15 @@ use crate::node::MetaNode;
 use crate::repair::{self, RebuildJob, SWEEP_EVERY};
 
 /// If this node leads, the term it leads in, after running the leader-change
-/// hook for that term.
+/// hook for that term (unless a test holds it back, as a worker not yet
+/// scheduled would).
 fn leading_term(n: &MetaNode) -> Option<u64> {
-    let (leader, term) = {
+    if n.failpoints.holding(crate::failpoint::HOLD_FRESH_LEADER) {
         let m = n.raft.metrics();
         let m = m.borrow();
-        (m.current_leader, m.current_term)
-    };
-    if leader != Some(n.config.id.0) {
-        return None;
+        return (m.current_leader == Some(n.config.id.0)).then_some(m.current_term);
     }
-    if n.liveness.took_office(term) {
-        tracing::info!(id = %n.config.id, term, "became leader; every storage node counts as seen now");
-    }
-    Some(term)
+    n.took_office_if_leading()
 }
 
 /// Runs the leader-change hook as soon as Raft reports a new term led by

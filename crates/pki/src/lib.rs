@@ -85,8 +85,16 @@ pub fn check_name(name: &str) -> Result<(), PkiError> {
     }
 }
 
+/// How long before its issue a certificate is already valid. A node whose
+/// clock runs behind the issuer's would otherwise refuse every peer's
+/// certificate as not yet valid (the chaos suite found a node 2 days behind
+/// cut off from its cluster); a week covers a clock that was never set
+/// right, and a certificate that is valid early reveals nothing (its key
+/// did not exist before it was issued).
+pub const BACKDATE: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+
 fn validity(params: &mut CertificateParams, days: i64) {
-    let start = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let start = std::time::SystemTime::now() - BACKDATE;
     let end = std::time::SystemTime::now() + std::time::Duration::from_secs(days as u64 * 86_400);
     params.not_before = start.into();
     params.not_after = end.into();

@@ -48,14 +48,33 @@ struct Current {
 /// Whether a failed call may be tried again, on another member. Besides
 /// UNAVAILABLE (no leader here, connection refused) that is a call that ran
 /// out of time: the member may be stalled, and every catalog write is
-/// idempotent, so sending it again elsewhere doubles nothing.
-fn retryable(status: &Status) -> bool {
+/// idempotent, so sending it again elsewhere doubles nothing. The same goes
+/// for a call whose connection broke under it (a leader killed while it
+/// served the call): the write may or may not have been applied, exactly as
+/// after a timeout, and the retry is answered by the next leader.
+pub(crate) fn retryable(status: &Status) -> bool {
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded => true,
         // tonic reports its own client-side timeout as CANCELLED.
-        Code::Cancelled => status.message().contains("Timeout expired"),
+        Code::Cancelled => status.message().contains("Timeout expired") || transport_failure(status),
+        Code::Unknown | Code::Internal => transport_failure(status),
         _ => false,
     }
+}
+
+/// Whether `status` was made on this side from a failed connection rather
+/// than answered by the server: tonic then keeps the transport error as
+/// the status's source ("transport error", code UNKNOWN), or names an
+/// HTTP/2 failure of the connection. A server's own answer has no source.
+fn transport_failure(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<tonic::transport::Error>() || e.is::<std::io::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    status.code() == Code::Internal && status.message().starts_with("h2 protocol error")
 }
 
 /// A catalog client over every metadata endpoint, following the leader.

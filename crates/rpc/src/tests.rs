@@ -21,12 +21,19 @@ use crate::{MetaClient, RpcError, Server};
 struct FakeAdmin {
     leader: Option<String>,
     joins: Arc<AtomicU32>,
+    /// A member that dies while it serves the call: it cuts its
+    /// connections (through `proxy`) and never answers.
+    dies: Option<Arc<tokio::sync::Notify>>,
 }
 
 #[tonic::async_trait]
 impl Admin for FakeAdmin {
     async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
         self.joins.fetch_add(1, Ordering::SeqCst);
+        if let Some(cut) = &self.dies {
+            cut.notify_waiters();
+            std::future::pending::<()>().await;
+        }
         match &self.leader {
             Some(leader) => {
                 let mut s = Status::unavailable("not the leader");
@@ -80,8 +87,9 @@ fn join_req() -> pb::JoinRequest {
 async fn follows_the_leader_hint_to_an_unlisted_member() {
     let leader_joins = Arc::new(AtomicU32::new(0));
     let follower_joins = Arc::new(AtomicU32::new(0));
-    let (leader, _l) = serve(FakeAdmin { leader: None, joins: leader_joins.clone() }).await;
-    let (follower, _f) = serve(FakeAdmin { leader: Some(leader.clone()), joins: follower_joins.clone() }).await;
+    let (leader, _l) = serve(FakeAdmin { leader: None, joins: leader_joins.clone(), dies: None }).await;
+    let (follower, _f) =
+        serve(FakeAdmin { leader: Some(leader.clone()), joins: follower_joins.clone(), dies: None }).await;
 
     // Only the follower is known; the leader is reached through its hint.
     let client = MetaClient::new(&[follower], Duration::from_secs(5)).expect("client");
@@ -98,6 +106,51 @@ async fn follows_the_leader_hint_to_an_unlisted_member() {
     client.call_admin("join", |mut c| async move { c.join(join_req()).await }).await.expect("second join");
     assert_eq!(follower_joins.load(Ordering::SeqCst), 1);
     assert_eq!(leader_joins.load(Ordering::SeqCst), 2);
+}
+
+/// A TCP proxy to `target` that drops every connection it carries when
+/// `cut` is notified, as the death of the process behind it would.
+async fn proxy(target: String, cut: Arc<tokio::sync::Notify>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr").to_string();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let (target, cut) = (target.clone(), cut.clone());
+            tokio::spawn(async move {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else { return };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    _ = cut.notified() => {}
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_call_whose_member_dies_under_it_is_retried_on_the_next_member() {
+    let cut = Arc::new(tokio::sync::Notify::new());
+    let dying_joins = Arc::new(AtomicU32::new(0));
+    let leader_joins = Arc::new(AtomicU32::new(0));
+    let (dying, _d) = serve(FakeAdmin { leader: None, joins: dying_joins.clone(), dies: Some(cut.clone()) }).await;
+    let dying = proxy(dying, cut).await;
+    let (leader, _l) = serve(FakeAdmin { leader: None, joins: leader_joins.clone(), dies: None }).await;
+    let client = MetaClient::new(&[dying, leader], Duration::from_secs(5)).expect("client");
+    let resp = client
+        .call_admin("join", |mut c| async move { c.join(join_req()).await })
+        .await
+        .expect("the call goes on to the next member when its connection breaks");
+    assert_eq!(resp.members.len(), 1);
+    assert_eq!(dying_joins.load(Ordering::SeqCst), 1, "the dying member got the call first");
+    assert_eq!(leader_joins.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn answers_of_a_server_are_not_taken_for_broken_connections() {
+    assert!(!crate::meta_client::retryable(&Status::unknown("transport error")));
+    assert!(!crate::meta_client::retryable(&Status::failed_precondition("no")));
+    assert!(crate::meta_client::retryable(&Status::unavailable("no leader")));
 }
 
 #[tokio::test]

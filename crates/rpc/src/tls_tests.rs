@@ -184,3 +184,35 @@ async fn a_certificate_replaced_on_disk_is_served_without_a_restart() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A node whose clock is days behind the one that issued the certificates
+/// (the chaos suite sets clocks 2 days back) still accepts its peers': the
+/// certificates `coffer certs` makes are valid from `coffer_pki::BACKDATE`
+/// before they were issued. Past that margin a clock is refused.
+#[test]
+fn certificates_are_accepted_by_a_clock_days_behind() {
+    use rustls::client::danger::ServerCertVerifier;
+    use rustls_pki_types::{ServerName, UnixTime};
+    let ca = coffer_pki::new_ca("coffer test CA").expect("CA");
+    let pem = coffer_pki::issue(&ca, &leaf("meta", "meta-1")).expect("leaf");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in crate::tls::certs_from_pem(ca.cert.as_bytes()).expect("CA PEM") {
+        roots.add(c).expect("root");
+    }
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .expect("verifier");
+    let chain = crate::tls::certs_from_pem(pem.cert.as_bytes()).expect("leaf PEM");
+    let name = ServerName::try_from("localhost").expect("name");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
+    let at = |behind: Duration| UnixTime::since_unix_epoch(now - behind);
+    let day = Duration::from_secs(86_400);
+    verifier.verify_server_cert(&chain[0], &[], &name, &[], at(Duration::ZERO)).expect("valid now");
+    verifier.verify_server_cert(&chain[0], &[], &name, &[], at(2 * day)).expect("valid for a clock 2 days behind");
+    let margin = coffer_pki::BACKDATE;
+    let refused = verifier.verify_server_cert(&chain[0], &[], &name, &[], at(margin + day));
+    assert!(refused.is_err(), "a clock further behind than the margin is refused");
+}

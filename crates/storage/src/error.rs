@@ -69,9 +69,13 @@ pub enum StorageError {
     /// A request broke the streaming protocol (frame order or size).
     #[error("bad request: {reason}")]
     BadRequest { reason: String },
-    /// The sled inventory failed.
+    /// The sled inventory failed (and could not be reopened).
     #[error("inventory: {0}")]
     Inventory(#[from] sled::Error),
+    /// The inventory was closed by a reopen that failed meanwhile; the next
+    /// call tries to reopen it again.
+    #[error("inventory: closed after a failure; retry")]
+    InventoryClosed,
     /// The node's identity file exists but cannot be used. It is never
     /// replaced silently: a new id would orphan every shard the catalog
     /// places on this node.
@@ -113,6 +117,18 @@ impl StorageError {
     /// Wraps an I/O error with the path it happened on.
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         StorageError::Io { path: path.into(), source }
+    }
+
+    /// True when the node's filesystem is full (a put crossing the reserve,
+    /// or a write of a file or of the inventory that the disk refused).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StorageError::DiskFull { .. } => true,
+            StorageError::Io { source, .. } | StorageError::Inventory(sled::Error::Io(source)) => {
+                source.kind() == std::io::ErrorKind::StorageFull
+            }
+            _ => false,
+        }
     }
 
     /// True when the error means stored data is damaged (as opposed to bad

@@ -66,8 +66,9 @@ pub struct StorageConfig {
     /// Space kept free on the filesystem; `None`: `DEFAULT_RESERVE_BYTES`,
     /// or `DEFAULT_RESERVE_PERCENT` of a filesystem too small for it.
     pub reserve: Option<Reserve>,
-    /// A shard of a pack the catalog does not know is collected once it is
-    /// older than this (default: the longest session lease and a day).
+    /// A shard of a pack the catalog does not know is collected once the
+    /// catalog has not known it for this long, on the node's monotonic
+    /// clock (default: the longest session lease and a day).
     pub orphan_age: Duration,
     /// Time between two orphan passes (None: no orphan collection).
     pub orphan_interval: Option<Duration>,

@@ -201,8 +201,9 @@ pub fn status_code(e: &StorageError) -> Code {
         }
         StorageError::NotFound { .. } => Code::NotFound,
         StorageError::RangeOutOfBounds { .. } => Code::OutOfRange,
-        StorageError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => Code::ResourceExhausted,
+        e if e.is_disk_full() => Code::ResourceExhausted,
         StorageError::DiskFull { .. } => Code::ResourceExhausted,
+        StorageError::InventoryClosed => Code::Unavailable,
         StorageError::Meta(_) => Code::Unavailable,
         // Not a fault of this node, nor a transient one of the call: the
         // leader tries again with the sources it finds on a later tick.

@@ -53,6 +53,9 @@ pub struct ClusterSpec {
     pub election_timeout: Duration,
     /// Plain text (`--insecure`) instead of mutual TLS.
     pub insecure: bool,
+    /// Metadata nodes run with `COFFER_FAILPOINTS=1`, so that the test can
+    /// arm a failpoint (`Cluster::arm_failpoint`) on one of them.
+    pub failpoints: bool,
 }
 
 impl Default for ClusterSpec {
@@ -71,12 +74,15 @@ impl Default for ClusterSpec {
             raft_heartbeat: Duration::from_millis(100),
             election_timeout: Duration::from_millis(500),
             insecure: false,
+            failpoints: false,
         }
     }
 }
 
 struct Proc {
     args: Vec<String>,
+    /// Environment variables of every start.
+    env: Vec<(String, String)>,
     data: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -91,7 +97,7 @@ fn node_log_filter() -> String {
 
 impl Proc {
     fn spawn(bin: &Path, args: Vec<String>, data: PathBuf, log: PathBuf) -> Result<Self> {
-        let mut p = Proc { args, data, log, child: None };
+        let mut p = Proc { args, env: Vec::new(), data, log, child: None };
         p.start(bin)?;
         Ok(p)
     }
@@ -111,6 +117,7 @@ impl Proc {
             .env("COFFER_LOG", node_log_filter())
             .env("COFFER_LOG_FORMAT", std::env::var("COFFER_IT_LOG_FORMAT").unwrap_or_else(|_| "text".into()))
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -437,7 +444,11 @@ impl Cluster {
         args.extend(self.tls_args("meta", &format!("meta-{id}"))?);
         args.extend(self.spec.meta_flags.iter().cloned());
         let log = self.dir.path().join(format!("meta-{id}.log"));
-        let mut proc_ = Proc::spawn(&self.bin, args, data, log)?;
+        let mut proc_ = Proc { args, env: Vec::new(), data, log, child: None };
+        if self.spec.failpoints {
+            proc_.env.push(("COFFER_FAILPOINTS".into(), "1".into()));
+        }
+        proc_.start(&self.bin)?;
         let addr = proc_.wait_addr()?;
         // Its Raft peers know it by this address: every restart reuses it.
         proc_.set_arg("--listen", &addr);
@@ -691,6 +702,30 @@ impl Cluster {
 
     pub fn cont_meta(&mut self, i: usize) {
         self.meta[i].proc_.signal(18);
+    }
+
+    /// Arms failpoint `point` (`coffer_meta::failpoint`) on metadata node
+    /// `i` (the cluster must run with `ClusterSpec::failpoints`): a hang
+    /// point fires once, a hold point holds until `disarm_failpoint`.
+    pub fn arm_failpoint(&self, i: usize, point: &str) -> Result<()> {
+        let data = &self.meta[i].proc_.data;
+        let _ = std::fs::remove_file(data.join("failpoint-hit"));
+        std::fs::write(data.join("failpoint"), point).context("arm the failpoint")
+    }
+
+    pub fn disarm_failpoint(&self, i: usize) -> Result<()> {
+        match std::fs::remove_file(self.meta[i].proc_.data.join("failpoint")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).context("disarm the failpoint"),
+            _ => Ok(()),
+        }
+    }
+
+    /// Waits until metadata node `i` reached its armed hang point (and hangs there).
+    pub fn wait_failpoint_hit(&self, i: usize, timeout: Duration) -> Result<()> {
+        let hit = self.meta[i].proc_.data.join("failpoint-hit");
+        wait_until(&format!("metadata node {} to reach its failpoint", self.meta[i].id), timeout, || {
+            hit.exists().then_some(())
+        })
     }
 
     /// Restarts metadata node `i` on its data dir, with its original flags

@@ -18,6 +18,13 @@
 //!   was down, so there is no "clean shutdown" marker to get wrong.
 //! - Bytes read back are verified per 64 KiB block before they are returned.
 //! - Files that do not decode are moved aside, never deleted.
+//! - A failed inventory does not stay failed. sled keeps the first write
+//!   error it meets (a full disk) and fails every later call until it is
+//!   reopened, so any inventory call that fails closes the inventory,
+//!   reopens it and reconciles it with the files (the truth) before it is
+//!   tried once more; while that cannot be done (the disk is still full)
+//!   the call fails, with RESOURCE_EXHAUSTED when the disk is why, and the
+//!   next call tries again. No restart is needed once space is back.
 //!
 //! The operations are synchronous; the async service calls them through
 //! `tokio::task::spawn_blocking`. This file is the store and its inventory
@@ -30,7 +37,7 @@ use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::SystemTime;
 
 use coffer_types::{Hash32, PackId, ShardIndex};
@@ -87,7 +94,14 @@ struct Inner {
     shards_dir: PathBuf,
     tmp_dir: PathBuf,
     quarantine_dir: PathBuf,
-    db: sled::Db,
+    inventory_dir: PathBuf,
+    /// The inventory; `None` while a reopen after a failure has not
+    /// succeeded. Calls hold the read lock while they use it, so that a
+    /// reopen (write lock) drops the last handle and sled its file lock.
+    db: RwLock<Option<sled::Db>>,
+    /// Bumped by every reopen, so that of several calls that failed on the
+    /// same handle only the first reopens it.
+    db_generation: AtomicU64,
     /// Held while a shard file is renamed into place or removed and the
     /// inventory and totals follow, so that concurrent puts and deletes of
     /// the same shard account for each other.
@@ -213,20 +227,23 @@ impl ShardStore {
             create_dir(d)?;
         }
         clean_tmp(&tmp_dir)?;
-        let db = open_inventory(&dir.join("inventory"), &quarantine_dir)?;
+        let inventory_dir = dir.join("inventory");
+        let db = open_inventory(&inventory_dir, &quarantine_dir)?;
         let store = ShardStore {
             inner: Arc::new(Inner {
                 shards_dir,
                 tmp_dir,
                 quarantine_dir,
-                db,
+                inventory_dir,
+                db: RwLock::new(Some(db)),
+                db_generation: AtomicU64::new(0),
                 totals: Mutex::new(Totals::default()),
                 reserve_bytes: AtomicU64::new(0),
                 pending_bytes: AtomicU64::new(0),
             }),
         };
         let files = store.scan_files()?;
-        store.reconcile(&files)?;
+        store.with_inventory(|db| reconcile(db, &files))?;
         let mut totals = store.lock_totals();
         totals.used_bytes = files.values().map(ShardHeader::file_len).sum();
         totals.shard_count = files.len() as u64;
@@ -301,37 +318,58 @@ impl ShardStore {
         Ok(())
     }
 
-    /// Makes the inventory say exactly what the files say.
-    fn reconcile(&self, files: &BTreeMap<(PackId, ShardIndex), ShardHeader>) -> Result<(), StorageError> {
-        let db = &self.inner.db;
-        let mut agreeing = BTreeSet::new();
-        let mut stale = Vec::new();
-        for item in db.iter() {
-            let (key, value) = item?;
-            let matches = decode_inventory_key(&key).filter(|k| {
-                files.get(k).is_some_and(|h| decode_inventory_value(&value) == Some((h.body_len, h.body_checksum)))
-            });
-            match matches {
-                Some(k) => {
-                    agreeing.insert(k);
-                }
-                None => stale.push(key),
+    fn read_inventory(&self) -> RwLockReadGuard<'_, Option<sled::Db>> {
+        // A panic while the lock was held cannot leave the handle half
+        // replaced: it is swapped in one assignment.
+        self.inner.db.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the inventory; if it fails (or the inventory is closed),
+    /// reopens and reconciles the inventory and runs `f` once more. `f`
+    /// must be safe to repeat: every inventory write is an idempotent put
+    /// or remove of one key.
+    fn with_inventory<T>(&self, f: impl Fn(&sled::Db) -> sled::Result<T>) -> Result<T, StorageError> {
+        let generation = self.inner.db_generation.load(Ordering::Acquire);
+        let failed = {
+            let guard = self.read_inventory();
+            match guard.as_ref() {
+                Some(db) => match f(db) {
+                    Ok(v) => return Ok(v),
+                    Err(e) => Some(e),
+                },
+                None => None,
             }
+        };
+        self.reopen_inventory(generation, failed)?;
+        let guard = self.read_inventory();
+        let db = guard.as_ref().ok_or(StorageError::InventoryClosed)?;
+        Ok(f(db)?)
+    }
+
+    /// Drops the inventory handle that failed (sled keeps its first write
+    /// error for ever), opens the inventory again and makes it agree with
+    /// the files. Does nothing if another call reopened it since
+    /// `generation`. On failure the inventory stays closed and the next
+    /// call tries again.
+    fn reopen_inventory(&self, generation: u64, failed: Option<sled::Error>) -> Result<(), StorageError> {
+        let mut slot = self.inner.db.write().unwrap_or_else(|p| p.into_inner());
+        if self.inner.db_generation.load(Ordering::Acquire) != generation {
+            return Ok(());
         }
-        for key in &stale {
-            db.remove(key)?;
+        if let Some(e) = &failed {
+            tracing::warn!(error = %e, "the shard inventory failed; reopening it and reconciling it with the shard files");
         }
-        let mut added = 0usize;
-        for ((pack, index), h) in files {
-            if !agreeing.contains(&(*pack, *index)) {
-                db.insert(inventory_key(pack, *index), &inventory_value(h.body_len, &h.body_checksum)[..])?;
-                added += 1;
-            }
-        }
-        db.flush()?;
-        if added > 0 || !stale.is_empty() {
-            tracing::info!(added, removed = stale.len(), "reconciled the inventory with the shard files");
-        }
+        // The last handle goes here (calls hold the read lock while they
+        // use theirs), so sled's flusher stops and its file lock is free.
+        *slot = None;
+        self.inner.db_generation.fetch_add(1, Ordering::AcqRel);
+        let db = open_inventory(&self.inner.inventory_dir, &self.inner.quarantine_dir)?;
+        let files = self.scan_files()?;
+        reconcile(&db, &files)?;
+        *slot = Some(db);
+        // The totals are left to the next walk of the files, which resets
+        // them: a caller may hold their lock here.
+        tracing::info!(shards = files.len(), "the shard inventory is open again");
         Ok(())
     }
 
@@ -422,10 +460,9 @@ impl ShardStore {
         };
         fs::rename(tmp, &dest).map_err(io_err(&dest))?;
         sync_dir(&fan_out)?;
-        self.inner.db.insert(
-            inventory_key(&header.pack, header.index),
-            &inventory_value(header.body_len, &header.body_checksum)[..],
-        )?;
+        let (key, value) =
+            (inventory_key(&header.pack, header.index), inventory_value(header.body_len, &header.body_checksum));
+        self.with_inventory(|db| db.insert(key, &value[..]))?;
         totals.used_bytes = totals.used_bytes.saturating_sub(old_len.unwrap_or(0)) + header.file_len();
         if old_len.is_none() {
             totals.shard_count += 1;
@@ -433,7 +470,7 @@ impl ShardStore {
         totals.generation += 1;
         drop(totals);
         // Flushing outside the lock lets concurrent puts share fsyncs.
-        self.inner.db.flush()?;
+        self.with_inventory(|db| db.flush())?;
         Ok(())
     }
 
@@ -483,28 +520,31 @@ impl ShardStore {
             totals.shard_count = totals.shard_count.saturating_sub(1);
             totals.generation += 1;
         }
-        self.inner.db.remove(inventory_key(pack, index))?;
+        let key = inventory_key(pack, index);
+        self.with_inventory(|db| db.remove(key))?;
         drop(totals);
-        self.inner.db.flush()?;
+        self.with_inventory(|db| db.flush())?;
         Ok(len.is_some())
     }
 
     /// Every shard the inventory holds, in (pack, index) order.
     pub fn list(&self) -> Result<Vec<ShardEntry>, StorageError> {
-        let mut out = Vec::new();
-        for item in self.inner.db.iter() {
-            let (key, value) = item?;
-            // `open` rewrote every entry it could not decode, and only this
-            // module writes entries, so a bad one here is a bug worth a log
-            // line but not a failure of the whole listing.
-            match (decode_inventory_key(&key), decode_inventory_value(&value)) {
-                (Some((pack, index)), Some((body_len, checksum))) => {
-                    out.push(ShardEntry { pack, index, body_len, checksum })
+        self.with_inventory(|db| {
+            let mut out = Vec::new();
+            for item in db.iter() {
+                let (key, value) = item?;
+                // `open` rewrote every entry it could not decode, and only this
+                // module writes entries, so a bad one here is a bug worth a log
+                // line but not a failure of the whole listing.
+                match (decode_inventory_key(&key), decode_inventory_value(&value)) {
+                    (Some((pack, index)), Some((body_len, checksum))) => {
+                        out.push(ShardEntry { pack, index, body_len, checksum })
+                    }
+                    _ => tracing::error!(key = ?key, "undecodable inventory entry skipped"),
                 }
-                _ => tracing::error!(key = ?key, "undecodable inventory entry skipped"),
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// At most `limit` shards after `after` (exclusive; `None`: from the
@@ -514,29 +554,31 @@ impl ShardStore {
         after: Option<(PackId, ShardIndex)>,
         limit: usize,
     ) -> Result<(Vec<ShardEntry>, bool), StorageError> {
-        let mut out = Vec::new();
-        let iter = match after {
-            None => self.inner.db.iter(),
-            Some((pack, index)) => {
-                // The key right after `after`'s: its key with a zero byte appended.
-                let mut start = inventory_key(&pack, index).to_vec();
-                start.push(0);
-                self.inner.db.range(start..)
-            }
-        };
-        for item in iter {
-            let (key, value) = item?;
-            match (decode_inventory_key(&key), decode_inventory_value(&value)) {
-                (Some((pack, index)), Some((body_len, checksum))) => {
-                    if out.len() == limit {
-                        return Ok((out, true));
-                    }
-                    out.push(ShardEntry { pack, index, body_len, checksum })
+        self.with_inventory(|db| {
+            let mut out = Vec::new();
+            let iter = match after {
+                None => db.iter(),
+                Some((pack, index)) => {
+                    // The key right after `after`'s: its key with a zero byte appended.
+                    let mut start = inventory_key(&pack, index).to_vec();
+                    start.push(0);
+                    db.range(start..)
                 }
-                _ => tracing::error!(key = ?key, "undecodable inventory entry skipped"),
+            };
+            for item in iter {
+                let (key, value) = item?;
+                match (decode_inventory_key(&key), decode_inventory_value(&value)) {
+                    (Some((pack, index)), Some((body_len, checksum))) => {
+                        if out.len() == limit {
+                            return Ok((out, true));
+                        }
+                        out.push(ShardEntry { pack, index, body_len, checksum })
+                    }
+                    _ => tracing::error!(key = ?key, "undecodable inventory entry skipped"),
+                }
             }
-        }
-        Ok((out, false))
+            Ok((out, false))
+        })
     }
 
     /// Every shard file with its length and modification time, from the
@@ -599,6 +641,39 @@ impl ShardStore {
     pub fn shard_count(&self) -> u64 {
         self.lock_totals().shard_count
     }
+}
+
+/// Makes the inventory say exactly what the files say.
+fn reconcile(db: &sled::Db, files: &BTreeMap<(PackId, ShardIndex), ShardHeader>) -> sled::Result<()> {
+    let mut agreeing = BTreeSet::new();
+    let mut stale = Vec::new();
+    for item in db.iter() {
+        let (key, value) = item?;
+        let matches = decode_inventory_key(&key).filter(|k| {
+            files.get(k).is_some_and(|h| decode_inventory_value(&value) == Some((h.body_len, h.body_checksum)))
+        });
+        match matches {
+            Some(k) => {
+                agreeing.insert(k);
+            }
+            None => stale.push(key),
+        }
+    }
+    for key in &stale {
+        db.remove(key)?;
+    }
+    let mut added = 0usize;
+    for ((pack, index), h) in files {
+        if !agreeing.contains(&(*pack, *index)) {
+            db.insert(inventory_key(pack, *index), &inventory_value(h.body_len, &h.body_checksum)[..])?;
+            added += 1;
+        }
+    }
+    db.flush()?;
+    if added > 0 || !stale.is_empty() {
+        tracing::info!(added, removed = stale.len(), "reconciled the inventory with the shard files");
+    }
+    Ok(())
 }
 
 /// Removes everything in `tmp`: puts that were in flight when the node
