@@ -3,26 +3,44 @@
 //! changes only the chunks it touches and everything else deduplicates.
 //!
 //! ```text
-//!   Read ──► RetryInterrupted ──► ChunkBuffer (reused) ──► FastCDC v2020 cut (min 256 KiB, avg 1 MiB, max 4 MiB)
+//!   Read ──► RetryInterrupted ──► ChunkBuffer (reused) ──► class of the next 4 KiB ──► FastCDC v2020 cut
+//!                                                              text:   min 16 KiB, avg 64 KiB, max 256 KiB
+//!                                                              binary: min 256 KiB, avg 1 MiB, max 4 MiB
 //!                                                                  └──► Vec<u8> per chunk (one copy)
 //! ```
 //!
-//! The invariant kept here: every chunk is at most `CHUNK_MAX` bytes, every
-//! chunk but the last is at least `CHUNK_MIN` bytes, and the chunks
-//! concatenate back to exactly the bytes read. The parameters, and the cut
-//! points FastCDC v2020 (normalisation level 1, no seed) finds with them, are
-//! part of the repository format in effect: changing either would cut new
-//! boundaries and defeat deduplication against existing snapshots.
+//! Two classes of content get two chunk sizes. Text (dumps, logs, CSV,
+//! source: at least 7/8 of the 4 KiB after the cut are printable ASCII or
+//! whitespace) is cut at a 64 KiB average, so that a row inserted into a
+//! database dump re-stores about 64 KiB around it instead of about 1 MiB;
+//! text compresses several times, so a small chunk is also a small blob.
+//! Everything else (images, archives, encrypted or compressed data, where a
+//! change rewrites everything after it anyway) keeps 1 MiB chunks, which
+//! keep the catalog small. The class is judged afresh at every cut, from the
+//! bytes after it alone, so the cuts after any position depend only on the
+//! content from there: two versions of a file that meet at a common cut cut
+//! alike from then on, and re-chunking a grown file from its last chunk's
+//! start (the walker's append shortcut) cuts exactly where a full read does.
 //!
-//! The cuts are exactly those of `fastcdc::v2020::StreamCDC` (a property test
-//! holds the two equal): each cut is searched in the next `CHUNK_MAX` bytes
-//! of the stream, or in what is left at its end. Only the buffering differs.
-//! StreamCDC allocates a zeroed `CHUNK_MAX` buffer per stream and, for every
-//! chunk, shifts the rest of it down, copies the chunk out and zeroes the
-//! freed tail. Here one `ChunkBuffer` (growing to four times `CHUNK_MAX`) can
-//! serve every stream a walker reads: a chunk is copied out once, and the
-//! unread tail moves to the front only when the next window would pass the
-//! end.
+//! The invariant kept here: every chunk is at most `CHUNK_MAX` bytes, every
+//! chunk but the last is at least `TEXT_CHUNK_MIN` bytes (at least
+//! `CHUNK_MIN` when its class is binary), and the chunks concatenate back to
+//! exactly the bytes read. The parameters, the class rule, and the cut points
+//! FastCDC v2020 (normalisation level 1, no seed) finds with them, are part
+//! of the repository format in effect: changing any of them would cut new
+//! boundaries and defeat deduplication against existing snapshots (once:
+//! the first backup after such a change stores the files it reads again).
+//!
+//! Each cut is exactly `fastcdc::v2020::StreamCDC`'s with the class's sizes
+//! (property tests hold the two equal on uniform content, and the chunker
+//! equal to a plain loop over the whole input on mixed content): each cut is
+//! searched in the next maximal chunk of the stream, or in what is left at
+//! its end. Only the buffering differs. StreamCDC allocates a zeroed
+//! `CHUNK_MAX` buffer per stream and, for every chunk, shifts the rest of it
+//! down, copies the chunk out and zeroes the freed tail. Here one
+//! `ChunkBuffer` (growing to four times `CHUNK_MAX`) can serve every stream
+//! a walker reads: a chunk is copied out once, and the unread tail moves to
+//! the front only when the next window would pass the end.
 
 use std::io::{self, Read};
 
@@ -30,12 +48,21 @@ use fastcdc::v2020::{cut, logarithm2, Normalization, MASKS};
 
 use crate::PackError;
 
-/// The smallest chunk, except for the last chunk of a stream.
+/// The smallest binary chunk, except for the last chunk of a stream.
 pub const CHUNK_MIN: usize = 256 * 1024;
-/// The size chunks cluster around.
+/// The size binary chunks cluster around.
 pub const CHUNK_AVG: usize = 1024 * 1024;
-/// The largest chunk: a cut is forced here when the content offers none.
+/// The largest chunk of any class: a cut is forced here when binary content
+/// offers none.
 pub const CHUNK_MAX: usize = 4 * 1024 * 1024;
+/// The smallest text chunk, except for the last chunk of a stream.
+pub const TEXT_CHUNK_MIN: usize = 16 * 1024;
+/// The size text chunks cluster around.
+pub const TEXT_CHUNK_AVG: usize = 64 * 1024;
+/// The largest text chunk.
+pub const TEXT_CHUNK_MAX: usize = 256 * 1024;
+/// How many bytes after a cut decide the class of the next chunk.
+pub const CLASS_SAMPLE_LEN: usize = 4 * 1024;
 /// The longest chunk plaintext any reader must expect.
 pub const MAX_CHUNK_LEN: usize = CHUNK_MAX;
 
@@ -108,20 +135,66 @@ pub fn chunker<R: Read>(reader: R) -> Chunker<R> {
     Chunker::with_buffer(reader, ChunkBuffer::new())
 }
 
-/// FastCDC v2020's judgement masks for the chunk sizes above, computed the
-/// way its `FastCDC` and `StreamCDC` constructors compute them.
+/// One class's chunk sizes and FastCDC v2020's judgement masks for them,
+/// computed the way its `FastCDC` and `StreamCDC` constructors compute them.
 #[derive(Clone, Copy)]
-struct Masks {
+struct Class {
+    min: usize,
+    avg: usize,
+    max: usize,
     small: u64,
     large: u64,
 }
 
+impl Class {
+    fn new(min: usize, avg: usize, max: usize) -> Self {
+        let bits = logarithm2(avg as u32);
+        let level = NORMALIZATION.bits();
+        Class { min, avg, max, small: MASKS[(bits + level) as usize], large: MASKS[(bits - level) as usize] }
+    }
+
+    /// Where FastCDC cuts a non-empty window: after at least one byte and
+    /// at most the whole window.
+    fn cut(&self, window: &[u8]) -> usize {
+        let (small, large) = (self.small, self.large);
+        cut(window, self.min, self.avg, self.max, small, large, small << 1, large << 1).1
+    }
+}
+
+/// Both classes, built once per chunker.
+#[derive(Clone, Copy)]
+struct Masks {
+    text: Class,
+    binary: Class,
+}
+
 impl Masks {
     fn new() -> Self {
-        let bits = logarithm2(CHUNK_AVG as u32);
-        let level = NORMALIZATION.bits();
-        Masks { small: MASKS[(bits + level) as usize], large: MASKS[(bits - level) as usize] }
+        Masks {
+            text: Class::new(TEXT_CHUNK_MIN, TEXT_CHUNK_AVG, TEXT_CHUNK_MAX),
+            binary: Class::new(CHUNK_MIN, CHUNK_AVG, CHUNK_MAX),
+        }
     }
+
+    /// The class of the chunk that starts `rest`.
+    fn class_of(&self, rest: &[u8]) -> &Class {
+        if looks_like_text(rest) {
+            &self.text
+        } else {
+            &self.binary
+        }
+    }
+}
+
+/// Whether the chunk starting `rest` is text: at least 7/8 of its first
+/// `CLASS_SAMPLE_LEN` bytes are printable ASCII or whitespace. Random bytes
+/// pass about 38% of the time, so compressed or encrypted data is never
+/// taken for text; UTF-8 outside ASCII counts as binary, which only keeps the
+/// larger chunks.
+pub fn looks_like_text(rest: &[u8]) -> bool {
+    let sample = &rest[..rest.len().min(CLASS_SAMPLE_LEN)];
+    let text = sample.iter().filter(|&&b| matches!(b, b'\t' | b'\n' | b'\r' | 0x20..=0x7e)).count();
+    text * 8 >= sample.len() * 7
 }
 
 impl<R: Read> Chunker<R> {
@@ -190,10 +263,9 @@ impl<R: Read> Iterator for Chunker<R> {
             return None;
         }
         let window = &self.buf.bytes[self.start..self.start + window_len];
-        let Masks { small, large } = self.masks;
-        // FastCDC cuts a non-empty window after at least one byte and at
-        // most the whole window.
-        let (_, len) = cut(window, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX, small, large, small << 1, large << 1);
+        let class = self.masks.class_of(window);
+        let window = &window[..window.len().min(class.max)];
+        let len = class.cut(window);
         let chunk = window[..len].to_vec();
         self.start += len;
         Some(Ok(chunk))
@@ -239,12 +311,72 @@ mod tests {
     fn check_sizes_and_concatenation(data: &[u8], chunks: &[Vec<u8>]) {
         assert_eq!(chunks.concat(), data);
         for (i, chunk) in chunks.iter().enumerate() {
-            assert!(chunk.len() <= CHUNK_MAX, "chunk {i} has {} bytes", chunk.len());
+            let (min, max) =
+                if looks_like_text(chunk) { (TEXT_CHUNK_MIN, TEXT_CHUNK_MAX) } else { (CHUNK_MIN, CHUNK_MAX) };
+            assert!(chunk.len() <= max, "chunk {i} has {} bytes", chunk.len());
             assert!(!chunk.is_empty());
             if i + 1 < chunks.len() {
-                assert!(chunk.len() >= CHUNK_MIN, "chunk {i} has {} bytes", chunk.len());
+                assert!(chunk.len() >= min, "chunk {i} has {} bytes", chunk.len());
             }
         }
+    }
+
+    /// The cuts the chunker must find, from a plain loop over the whole
+    /// input: each chunk's class from the bytes after its start, its cut
+    /// by FastCDC with that class's sizes.
+    fn reference_lengths(data: &[u8]) -> Vec<usize> {
+        let masks = Masks::new();
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while pos < data.len() {
+            let class = masks.class_of(&data[pos..]);
+            let len = class.cut(&data[pos..(pos + class.max).min(data.len())]);
+            out.push(len);
+            pos += len;
+        }
+        out
+    }
+
+    /// Text over a small alphabet: every window of it is text.
+    fn text(len: usize, seed: u64) -> Vec<u8> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        (0..len).map(|_| b"abcde \n"[(rng.next_u32() % 7) as usize]).collect()
+    }
+
+    #[test]
+    fn text_is_told_from_binary() {
+        assert!(looks_like_text(b"INSERT INTO orders VALUES (1, 2, 'paid');\n"));
+        assert!(looks_like_text(&text(100_000, 1)));
+        assert!(!looks_like_text(&random_bytes(100_000, 1)));
+        assert!(!looks_like_text(&[0u8; 5000]));
+        // Only the sample after the cut counts.
+        let mut tail_binary = text(CLASS_SAMPLE_LEN, 2);
+        tail_binary.extend(random_bytes(10 * CLASS_SAMPLE_LEN, 2));
+        assert!(looks_like_text(&tail_binary));
+    }
+
+    #[test]
+    fn text_is_cut_small_and_binary_large() {
+        let data = text(8 * 1024 * 1024, 5);
+        let got = chunks(&data);
+        check_sizes_and_concatenation(&data, &got);
+        let avg = data.len() / got.len();
+        assert!((TEXT_CHUNK_MIN..4 * TEXT_CHUNK_AVG).contains(&avg), "text chunks average {avg} bytes");
+        let data = random_bytes(32 * 1024 * 1024, 6);
+        let got = chunks(&data);
+        let avg = data.len() / got.len();
+        assert!((CHUNK_MIN..4 * CHUNK_AVG).contains(&avg), "binary chunks average {avg} bytes");
+    }
+
+    #[test]
+    fn an_insertion_into_text_re_stores_little() {
+        let original = text(16 * 1024 * 1024, 8);
+        let mut edited = original[..5 * 1024 * 1024].to_vec();
+        edited.extend_from_slice(b"INSERT INTO orders VALUES (99, 1, 'paid');\n");
+        edited.extend_from_slice(&original[5 * 1024 * 1024..]);
+        let before: HashSet<Vec<u8>> = chunks(&original).into_iter().collect();
+        let new_bytes: usize = chunks(&edited).into_iter().filter(|c| !before.contains(c)).map(|c| c.len()).sum();
+        assert!(new_bytes <= 2 * TEXT_CHUNK_MAX, "an insertion of one row re-stores {new_bytes} bytes");
     }
 
     #[test]
@@ -327,10 +459,13 @@ mod tests {
         }
     }
 
-    /// The chunk lengths fastcdc's own streaming chunker finds: the reference
-    /// every cut must match, since the cut points are a repository format.
-    fn stream_cdc_lengths(data: &[u8]) -> Vec<usize> {
-        StreamCDC::new(data, CHUNK_MIN as u32, CHUNK_AVG as u32, CHUNK_MAX as u32).map(|c| c.unwrap().length).collect()
+    /// The chunk lengths fastcdc's own streaming chunker finds with the
+    /// sizes of one class: the reference every cut of uniform content must
+    /// match, since the cut points are a repository format.
+    fn stream_cdc_lengths(data: &[u8], text: bool) -> Vec<usize> {
+        let (min, avg, max) =
+            if text { (TEXT_CHUNK_MIN, TEXT_CHUNK_AVG, TEXT_CHUNK_MAX) } else { (CHUNK_MIN, CHUNK_AVG, CHUNK_MAX) };
+        StreamCDC::new(data, min as u32, avg as u32, max as u32).map(|c| c.unwrap().length).collect()
     }
 
     /// Hands out a random number of bytes (1 to `max_step`) per read.
@@ -351,14 +486,26 @@ mod tests {
     }
 
     /// Inputs of one kind: random bytes (cut by content), zeros (cut at the
-    /// maximum), text over a small alphabet, and random stretches between
-    /// runs of zeros (both kinds of cut, and windows that straddle them).
+    /// maximum), text over a small alphabet, random stretches between runs
+    /// of zeros (both kinds of cut, and windows that straddle them), and
+    /// text between random stretches (both classes).
     fn input(kind: u8, len: usize, seed: u64) -> Vec<u8> {
         let mut rng = StdRng::seed_from_u64(seed);
-        match kind % 4 {
+        match kind % 5 {
             0 => random_bytes(len, seed),
             1 => vec![0u8; len],
-            2 => (0..len).map(|_| b"abcde \n"[(rng.next_u32() % 7) as usize]).collect(),
+            2 => text(len, seed),
+            4 => {
+                let mut out = Vec::with_capacity(len);
+                let mut is_text = true;
+                while out.len() < len {
+                    let run = (1 + rng.next_u64() as usize % (3 * CHUNK_MAX)).min(len - out.len());
+                    let seed = rng.next_u64();
+                    out.extend(if is_text { text(run, seed) } else { random_bytes(run, seed) });
+                    is_text = !is_text;
+                }
+                out
+            }
             _ => {
                 let mut out = Vec::with_capacity(len);
                 let mut zeros = false;
@@ -405,18 +552,24 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
 
-        /// The chunker cuts exactly where StreamCDC cuts, whatever the input,
-        /// the read sizes, and whatever a reused buffer held before.
+        /// The chunker cuts exactly where StreamCDC cuts with the sizes of
+        /// the content's class (on mixed content, where the plain reference
+        /// loop cuts), whatever the read sizes, and whatever a reused buffer
+        /// held before.
         #[test]
         fn cuts_match_stream_cdc(
-            kind in 0u8..4,
+            kind in 0u8..5,
             len in interesting_len(),
             seed in any::<u64>(),
             max_step in prop_oneof![Just(usize::MAX), 1usize..(3 * CHUNK_MAX)],
             previous in 0usize..(2 * BUFFER_LEN),
         ) {
             let data = input(kind, len, seed);
-            let expected = stream_cdc_lengths(&data);
+            let expected = match kind {
+                2 => stream_cdc_lengths(&data, true),
+                4 => reference_lengths(&data),
+                _ => stream_cdc_lengths(&data, false),
+            };
 
             // A buffer that already served another stream, and may still
             // hold part of it.

@@ -28,7 +28,10 @@ mod wire;
 mod prop_tests;
 
 pub use blob::{blob_epoch, Compression, SealedBlob, BLOB_OVERHEAD, MAX_DECOMPRESSED_LEN};
-pub use chunking::{chunker, ChunkBuffer, Chunker, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, MAX_CHUNK_LEN};
+pub use chunking::{
+    chunker, looks_like_text, ChunkBuffer, Chunker, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN, CLASS_SAMPLE_LEN, MAX_CHUNK_LEN,
+    TEXT_CHUNK_AVG, TEXT_CHUNK_MAX, TEXT_CHUNK_MIN,
+};
 pub use error::PackError;
 pub use key::{KdfParams, RepoKey, MAX_EPOCHS, MAX_KDF_M_COST_KIB, MAX_KDF_P_COST, MAX_KDF_T_COST, MAX_KDF_WORK_KIB};
 pub use refs::{decode_refs, encode_refs};

@@ -18,8 +18,11 @@ use crate::tree::Node;
 use crate::ClientError;
 
 /// Chunks at least this large start their writeback as soon as they are
-/// written.
-pub(super) const WRITEBACK_MIN: usize = 256 << 10;
+/// written: the smallest chunk a text file is cut into but its last, so a
+/// dump or a log, cut into 64 KiB chunks, is written back as it lands like
+/// any large file (small files, one short chunk each, are left to the
+/// final sync).
+pub(super) const WRITEBACK_MIN: usize = coffer_pack::TEXT_CHUNK_MIN;
 /// Restored files held open between writes; past this a file is closed
 /// after each write and reopened for its next chunk.
 pub(super) const MAX_OPEN_FILES: usize = 256;

@@ -614,3 +614,83 @@ fn excluded_entries_are_left_out_of_the_walk() {
     assert_eq!(counters.files.get(), 2);
     assert_eq!(counters.bytes_read.get(), 2);
 }
+
+/// `rows` lines of an SQL dump, numbered from `first`, with varied fields.
+fn dump_rows(first: u64, rows: u64) -> Vec<u8> {
+    let mut state = first.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut out = String::new();
+    for id in first..first + rows {
+        let (customer, cents, city) =
+            (next() % 100_000, next() % 90_000, ["Paris", "Oslo", "Cork"][next() as usize % 3]);
+        out.push_str(&format!("INSERT INTO orders VALUES ({id}, {customer}, 'shipped', {cents}, '{city}');\n"));
+    }
+    out.into_bytes()
+}
+
+/// The bytes of the data chunks `after` references and `before` does not.
+fn new_data_bytes(store: &MemStore, before: &WalkOutput, after: &WalkOutput) -> usize {
+    let old: std::collections::HashSet<_> = before.refs.iter().collect();
+    after
+        .refs
+        .iter()
+        .filter(|id| !old.contains(id))
+        .filter_map(|id| store.get(id))
+        .filter(|(kind, _)| *kind == BlobKind::Data)
+        .map(|(_, data)| data.len())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_row_inserted_into_a_dump_re_stores_only_the_text_chunks_around_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let dump = src.join("shop.sql");
+    let rows = dump_rows(0, 100_000);
+    assert!(rows.len() > 6 << 20);
+    fs::write(&dump, &rows).unwrap();
+    let key = RepoKey::generate();
+    let store = Arc::new(MemStore::default());
+    let (first, _) = walk(&key, &store, std::slice::from_ref(&src), None);
+    assert!(first.refs.len() > 50, "text is cut into small chunks: {} refs", first.refs.len());
+
+    let middle = rows[rows.len() / 2..].iter().position(|&b| b == b'\n').unwrap() + rows.len() / 2 + 1;
+    let mut edited = rows[..middle].to_vec();
+    edited.extend(dump_rows(1_000_000, 3));
+    edited.extend_from_slice(&rows[middle..]);
+    fs::write(&dump, &edited).unwrap();
+    let (second, _) = walk(&key, &store, std::slice::from_ref(&src), Some(first.root));
+    let new = new_data_bytes(&store, &first, &second);
+    assert!(new > 0 && new <= 2 * coffer_pack::TEXT_CHUNK_MAX, "three rows re-stored {new} bytes");
+
+    let target = dir.path().join("restored");
+    restore_to_dir(store.clone(), SnapshotId::default(), second.root, &target, None).await.unwrap();
+    assert_eq!(describe(&target), describe(&src));
+}
+
+#[test]
+fn a_grown_text_log_cuts_like_a_whole_read() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let log = src.join("access.log");
+    fs::write(&log, dump_rows(0, 40_000)).unwrap();
+    let key = RepoKey::generate();
+    let store = Arc::new(MemStore::default());
+    let (first, _) = walk(&key, &store, std::slice::from_ref(&src), None);
+
+    let more = dump_rows(40_000, 2_000);
+    fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(&more).unwrap();
+    let (second, counters) = walk(&key, &store, std::slice::from_ref(&src), Some(first.root));
+    assert_eq!(counters.files_appended.get(), 1);
+    assert!(counters.bytes_read.get() <= (more.len() + coffer_pack::TEXT_CHUNK_MAX) as u64);
+    let (whole, _) = walk(&key, &store, std::slice::from_ref(&src), None);
+    assert_eq!(second.refs, whole.refs, "appending cut other chunks than a whole read");
+}
