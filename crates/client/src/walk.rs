@@ -597,8 +597,10 @@ impl<'a, S: BlobSink> Walker<'a, S> {
                 same = false;
                 break;
             }
+            // Timed as reading, but not counted in `bytes_read`, which counts
+            // the bytes cut into chunks (a summary's "read" of a changed file
+            // stays its size, whichever way it was taken).
             self.counters.read.add(start.elapsed(), len as u64);
-            self.counters.bytes_read.add(len as u64);
             if self.counters.hash.time(len as u64, || self.key.chunk_id(&buf[..len])) != *id {
                 same = false;
                 break;
