@@ -48,6 +48,8 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from run_bench import proc_cpu_s, start_dev  # noqa: E402  (one way to start a dev cluster)
 MIB = 1 << 20
 PASSWORD = "growth-password-not-secret"
 PARTS = {
@@ -55,7 +57,6 @@ PARTS = {
     "image": ["media"],
     "all": None,
 }
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def log(msg):
@@ -177,15 +178,6 @@ def du_bytes(path):
     return total
 
 
-def proc_cpu_s(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
 def timed(cmd, env, server_pid=None, stdout=None):
     """Runs cmd; returns (wall s, client CPU s, server CPU s, stdout text)."""
     before = os.times()
@@ -220,34 +212,10 @@ class Coffer:
         self.proc = None
 
     def setup(self):
-        data = os.path.join(self.home, "cluster")
         self.log = open(os.path.join(self.home, "dev.log"), "w")
-        self.proc = subprocess.Popen([self.bin, "dev", "--data", data, "--listen", "127.0.0.1:0", "--insecure"],
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
-        envfile = os.path.join(data, "env")
-        deadline = time.monotonic() + 120
-        while not os.path.exists(envfile):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("coffer dev did not start; see %s" % self.log.name)
-            time.sleep(0.1)
-        time.sleep(0.3)
-        with open(envfile) as f:
-            for line in f:
-                line = line.strip()
-                if line.startswith("export ") and "=" in line:
-                    k, v = line[len("export "):].split("=", 1)
-                    self.env[k] = v
+        self.proc = start_dev(self.bin, os.path.join(self.home, "cluster"), self.log, self.env, ["--insecure"], 6,
+                              timeout=120)
         self.env.update(COFFER_REPO="growth", COFFER_PASSWORD=PASSWORD)
-        deadline = time.monotonic() + 120
-        while True:
-            out = subprocess.run([self.bin, "status", "--json"], env=self.env, capture_output=True, text=True)
-            if out.returncode == 0:
-                status = last_json(out.stdout)
-                if sum(1 for n in status.get("nodes", []) if n.get("state") == "up") >= 6:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("coffer cluster did not report 6 storage nodes up")
-            time.sleep(0.2)
         subprocess.run([self.bin, "repo", "create", "growth"], env=self.env, check=True, capture_output=True)
 
     def backup(self, src):

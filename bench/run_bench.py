@@ -316,6 +316,41 @@ def measure(script, env, cwd, tmp, stdout_path=None, cluster_pid=None):
     return m
 
 
+def start_dev(binary, data, log, env, args, nodes_up, timeout=60):
+    """Starts `coffer dev --data DATA` (plus `args`) with its output in
+    `log`, loads the variables it writes to DATA/env into `env`, and waits
+    until its status reports `nodes_up` storage nodes up. Returns the
+    process; raises StepFailed if it exits or the wait runs out."""
+    proc = subprocess.Popen([binary, "dev", "--data", data, "--listen", "127.0.0.1:0"] + args,
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    envfile = os.path.join(data, "env")
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(envfile):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise StepFailed("coffer dev did not start; see %s" % log.name)
+        time.sleep(0.1)
+    time.sleep(0.2)  # the file is written in one call; let it land
+    with open(envfile) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("export ") and "=" in line:
+                k, v = line[len("export "):].split("=", 1)
+                env[k] = v
+    deadline = time.monotonic() + timeout
+    while True:
+        out = subprocess.run([binary, "status", "--json"], env=env, capture_output=True, text=True)
+        if out.returncode == 0:
+            try:
+                status = json.loads(out.stdout.strip().splitlines()[-1])
+                if sum(1 for n in status.get("nodes", []) if n.get("state") == "up") >= nodes_up:
+                    return proc
+            except (ValueError, IndexError):
+                pass
+        if time.monotonic() > deadline:
+            raise StepFailed("coffer cluster did not report %d storage nodes up" % nodes_up)
+        time.sleep(0.2)
+
+
 def proc_cpu_s(pid):
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -399,36 +434,9 @@ class Coffer(Tool):
         self.log = open(os.path.join(self.home, "dev.log"), "w")
         # Mutual TLS on every hop unless --insecure (then plain text).
         transport = ["--insecure"] if self.insecure else []
-        self.proc = subprocess.Popen([self.bin, "dev", "--data", self.data, "--listen", "127.0.0.1:0",
-                                      "--nodes-per-site", str(self.nodes_per_site)] + transport,
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
-        envfile = os.path.join(self.data, "env")
-        deadline = time.monotonic() + 60
-        while not os.path.exists(envfile):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise StepFailed("coffer dev did not start; see %s" % self.log.name)
-            time.sleep(0.1)
-        time.sleep(0.2)  # the file is written in one call; let it land
-        with open(envfile) as f:
-            for line in f:
-                line = line.strip()
-                if line.startswith("export ") and "=" in line:
-                    k, v = line[len("export "):].split("=", 1)
-                    self.env[k] = v
+        self.proc = start_dev(self.bin, self.data, self.log, self.env,
+                              ["--nodes-per-site", str(self.nodes_per_site)] + transport, 3 * self.nodes_per_site)
         self.env.update(COFFER_REPO="bench", COFFER_PASSWORD=PASSWORD)
-        deadline = time.monotonic() + 60
-        while True:
-            out = subprocess.run([self.bin, "status", "--json"], env=self.env, capture_output=True, text=True)
-            if out.returncode == 0:
-                try:
-                    status = json.loads(out.stdout.strip().splitlines()[-1])
-                    if sum(1 for n in status.get("nodes", []) if n.get("state") == "up") >= 3 * self.nodes_per_site:
-                        break
-                except (ValueError, IndexError):
-                    pass
-            if time.monotonic() > deadline:
-                raise StepFailed("coffer cluster did not report %d storage nodes up" % (3 * self.nodes_per_site))
-            time.sleep(0.2)
         subprocess.run([self.bin, "repo", "create", "bench"], env=self.env, check=True, capture_output=True)
 
     def cluster_pid(self):
