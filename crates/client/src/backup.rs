@@ -102,8 +102,12 @@ pub struct BackupSummary {
     pub symlinks: u64,
     /// Plaintext bytes of every file in the snapshot, read or reused.
     pub bytes_scanned: u64,
-    /// Plaintext bytes read from the source.
+    /// Plaintext bytes read from the source, each once.
     pub bytes_read: u64,
+    /// Of those, bytes of changed files that were compared with the
+    /// parent's chunks, matched, and kept without being cut again (a grown
+    /// log's old content, a dump's start before its first edit).
+    pub bytes_verified: u64,
     /// Plaintext bytes of chunks new to the repository.
     pub bytes_new: u64,
     /// Sealed bytes of new blobs (chunks and trees), before erasure coding.
@@ -131,8 +135,8 @@ pub struct BackupSummary {
     pub files_deleted: u64,
     /// Source entries that could not be read and are missing from the snapshot.
     pub errors: u64,
-    /// Of the changed files, those that only grew (same inode, longer): read
-    /// from their last chunk on, not from the start.
+    /// Of the changed files, those that only grew (every old chunk found
+    /// again at its place): cut from their old last chunk on.
     pub files_appended: u64,
     /// The first of those errors, one line each.
     pub error_messages: Vec<String>,
@@ -329,6 +333,7 @@ impl Repository {
             symlinks: counters.symlinks.get(),
             bytes_scanned: counters.bytes_scanned.get(),
             bytes_read: counters.bytes_read.get(),
+            bytes_verified: counters.bytes_verified.get(),
             bytes_new: counters.bytes_new.get(),
             bytes_stored: counters.bytes_stored.get(),
             bytes_stored_raw: counters.bytes_stored_raw.get(),

@@ -63,6 +63,7 @@ pub(crate) struct Counters {
     pub symlinks: Count,
     pub bytes_scanned: Count,
     pub bytes_read: Count,
+    pub bytes_verified: Count,
     pub bytes_new: Count,
     pub bytes_stored: Count,
     pub bytes_stored_raw: Count,

@@ -146,8 +146,8 @@ pub(crate) struct Walker<'a, S: BlobSink> {
     /// The chunker's read buffer, passed from file to file; `None` only
     /// while a file is being read.
     buffer: Option<ChunkBuffer>,
-    /// Where a grown file's kept chunks are read back to be checked, reused
-    /// from file to file.
+    /// Where a changed file's chunks are read to be compared with the
+    /// parent's, reused from file to file.
     verify_buffer: Vec<u8>,
     /// Hints the kernel to fetch the next files while this one is chunked.
     read_ahead: Option<ReadAhead>,
@@ -502,8 +502,8 @@ impl<'a, S: BlobSink> Walker<'a, S> {
                 return Ok(None);
             }
         };
-        if let Some(grown) = self.appended(path, &mut file, meta, previous)? {
-            return Ok(Some(grown));
+        if let Some(resumed) = self.resume_after_kept_prefix(path, &mut file, previous)? {
+            return Ok(Some(resumed));
         }
         match self.read_content(file)? {
             Ok((content, lens, size)) => {
@@ -520,94 +520,109 @@ impl<'a, S: BlobSink> Walker<'a, S> {
         }
     }
 
-    /// An incremental of a file that only grew (an append-only log, a WAL
-    /// segment being written): same inode, at least the parent's size. Its
-    /// parent's chunks but the last are kept, and the file is chunked again
-    /// from the last chunk's start, a chunk boundary, so content-defined
-    /// chunking cuts exactly where a full read would.
+    /// A changed file with a parent version of at least two chunks is read
+    /// from its start and compared, chunk by chunk, with the parent's chunk
+    /// list; the chunks that hash to the parent's ids are kept as they are,
+    /// and the file is cut again from the end of the last kept chunk, which
+    /// is a cut of the parent's content-defined chunking. Cuts after a cut
+    /// depend only on the bytes from it on, so this cuts exactly where a
+    /// whole read does: a log that grew is cut from its old last chunk on, a
+    /// dump edited in the middle from the chunk of its first edit on, and a
+    /// file edited near its start (or one of new content) is cut whole.
     ///
-    /// Every kept chunk is read and must hash to the parent's id first: a
-    /// changed mtime says nothing about where a file changed, and a file
-    /// edited in place (same size, same last chunk, new bytes in the middle)
-    /// would otherwise keep its old middle, so the backup would silently
-    /// lose the edit. The check costs a read and a hash of the prefix; what
-    /// the shortcut saves is cutting, looking up and queueing its chunks.
-    /// A file whose prefix differs is read whole instead. `None` when the
-    /// shortcut does not apply (the file is then read whole).
-    fn appended(
+    /// Every byte is read once: the chunk that differs is already in the
+    /// buffer, and the cutting goes on from there (`bytes_read` counts every
+    /// byte, `bytes_verified` the kept ones). The parent's last chunk ends
+    /// where the old file ended, not at a cut, so it is checked (an
+    /// unchanged one makes the file `appended`) but never kept. A changed
+    /// mtime says nothing about where a file changed, which is why every
+    /// kept chunk is read and hashed: a file edited in place keeps its edit.
+    /// `None` when this does not apply, or when a read fails (the file is
+    /// then read whole from its start, where a failure is recorded as for
+    /// any file).
+    fn resume_after_kept_prefix(
         &mut self,
         path: &Path,
         file: &mut File,
-        meta: &Metadata,
         previous: Option<&Node>,
     ) -> Result<Option<FileContent>, WalkError> {
         use std::io::{Seek, SeekFrom};
         if self.parent.is_none() || !self.reuse {
             return Ok(None);
         }
-        let Some(Node { kind: NodeKind::File { content, lens }, size, inode, .. }) = previous else { return Ok(None) };
-        if *inode != meta.ino() || meta.len() < *size || content.len() < 2 || lens.len() != content.len() {
+        let Some(Node { kind: NodeKind::File { content, lens }, .. }) = previous else { return Ok(None) };
+        if content.len() < 2 || lens.len() != content.len() {
             return Ok(None);
-        }
-        let keep = content.len() - 1;
-        let offset: u64 = lens[..keep].iter().map(|l| u64::from(*l)).sum();
-        let same_prefix = self.prefix_matches(file, &content[..=keep], &lens[..=keep]);
-        if file.seek(SeekFrom::Start(if same_prefix { offset } else { 0 })).is_err() {
-            return Ok(None);
-        }
-        if !same_prefix {
-            tracing::debug!(path = %path.display(), "a grown file's old content changed; reading it whole");
-            return Ok(None);
-        }
-        match self.read_content(&mut *file)? {
-            Ok((more, more_lens, more_size)) => {
-                let mut all = content[..keep].to_vec();
-                all.extend(more);
-                let mut all_lens = lens[..keep].to_vec();
-                all_lens.extend(more_lens);
-                let total = offset + more_size;
-                self.counters.files.add(1);
-                self.counters.bytes_scanned.add(total);
-                self.counters.chunks_reused.add(keep as u64);
-                self.counters.files_appended.add(1);
-                self.refs.extend(all.iter().copied());
-                self.classify(previous, &all);
-                Ok(Some((all, all_lens, total)))
-            }
-            // Read again whole, where a failure is recorded as for any file.
-            Err(_) => Ok(file.seek(SeekFrom::Start(0)).ok().and(None)),
-        }
-    }
-
-    /// Whether `file`, read from its start, holds exactly the chunks `ids`
-    /// of lengths `lens`, one after the other. A read error or a short file
-    /// counts as a difference, so the caller reads the file whole.
-    fn prefix_matches(&mut self, file: &mut File, ids: &[ChunkId], lens: &[u32]) -> bool {
-        use std::io::{Seek, SeekFrom};
-        if file.seek(SeekFrom::Start(0)).is_err() {
-            return false;
         }
         let mut buf = std::mem::take(&mut self.verify_buffer);
-        let mut same = true;
-        for (id, len) in ids.iter().zip(lens) {
+        let compared = self.compare_with_parent(file, content, lens, &mut buf);
+        let outcome = match compared {
+            Ok((matched, pending)) => {
+                // The old last chunk is checked, never kept.
+                let kept = matched.min(content.len() - 1);
+                let appended = matched == content.len();
+                let offset: u64 = lens[..kept].iter().map(|l| u64::from(*l)).sum();
+                // What was read past the kept chunks: the old last chunk when
+                // every chunk matched, else the start of the one that did not.
+                let pending = if appended { &buf[..lens[kept] as usize] } else { &buf[..pending] };
+                match self.read_content(pending.chain(&mut *file))? {
+                    Ok((more, more_lens, more_size)) => {
+                        let mut all = content[..kept].to_vec();
+                        all.extend(more);
+                        let mut all_lens = lens[..kept].to_vec();
+                        all_lens.extend(more_lens);
+                        let total = offset + more_size;
+                        self.counters.files.add(1);
+                        self.counters.bytes_scanned.add(total);
+                        // The kept chunks' bytes; `read_content` counted the rest.
+                        self.counters.bytes_read.add(offset);
+                        self.counters.bytes_verified.add(offset);
+                        self.counters.chunks_reused.add(kept as u64);
+                        if appended {
+                            self.counters.files_appended.add(1);
+                        }
+                        self.refs.extend(all.iter().copied());
+                        self.classify(previous, &all);
+                        Some((all, all_lens, total))
+                    }
+                    Err(_) => None,
+                }
+            }
+            Err(_) => None,
+        };
+        self.verify_buffer = buf;
+        if outcome.is_none() {
+            tracing::debug!(path = %path.display(), "reading a changed file again from its start");
+            if file.seek(SeekFrom::Start(0)).is_err() {
+                return Ok(None);
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Reads `file` from its current position chunk by chunk against the
+    /// parent's `ids` of lengths `lens`, until a chunk differs or the file
+    /// ends. Returns how many chunks matched and how many bytes of the next
+    /// one were read into `buf` (every byte of the file read once: the
+    /// caller cuts those first).
+    fn compare_with_parent(
+        &mut self,
+        file: &mut File,
+        ids: &[ChunkId],
+        lens: &[u32],
+        buf: &mut Vec<u8>,
+    ) -> io::Result<(usize, usize)> {
+        for (i, (id, len)) in ids.iter().zip(lens).enumerate() {
             let len = *len as usize;
             buf.resize(len, 0);
             let start = Instant::now();
-            if file.read_exact(&mut buf[..len]).is_err() {
-                same = false;
-                break;
-            }
-            // Timed as reading, but not counted in `bytes_read`, which counts
-            // the bytes cut into chunks (a summary's "read" of a changed file
-            // stays its size, whichever way it was taken).
-            self.counters.read.add(start.elapsed(), len as u64);
-            if self.counters.hash.time(len as u64, || self.key.chunk_id(&buf[..len])) != *id {
-                same = false;
-                break;
+            let got = read_full(file, &mut buf[..len])?;
+            self.counters.read.add(start.elapsed(), got as u64);
+            if got < len || self.counters.hash.time(len as u64, || self.key.chunk_id(&buf[..len])) != *id {
+                return Ok((i, got));
             }
         }
-        self.verify_buffer = buf;
-        same
+        Ok((ids.len(), 0))
     }
 
     /// Chunks, hashes and hands on everything `reader` yields. The inner
@@ -662,6 +677,20 @@ fn top_level_name(path: &Path) -> Result<Vec<u8>, ClientError> {
 
 /// Opens a file for reading without updating its access time when the
 /// kernel allows it (only the owner may ask), so a backup leaves no trace.
+/// Reads until `buf` is full or the reader ends; how many bytes it holds.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match reader.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
 fn open_for_backup(path: &Path) -> io::Result<File> {
     match OpenOptions::new().read(true).custom_flags(libc::O_NOATIME).open(path) {
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => File::open(path),

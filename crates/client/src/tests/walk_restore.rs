@@ -531,29 +531,35 @@ async fn a_file_that_only_grew_is_read_from_its_last_chunk() {
     let (first, _) = walk(&key, &store, std::slice::from_ref(&src), None);
 
     // Appended to: the old chunks are read back and checked, only the old
-    // last chunk and the new bytes are cut again (`bytes_read` counts the
-    // bytes cut), and the chunks are the ones a whole read cuts.
+    // last chunk and the new bytes are cut again (every byte is read once;
+    // `bytes_verified` counts the kept ones), and the chunks are the ones a
+    // whole read cuts.
     let more = noise(300 << 10, 22);
     fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(&more).unwrap();
     let (second, counters) = walk(&key, &store, std::slice::from_ref(&src), Some(first.root));
     let total = (head.len() + more.len()) as u64;
     assert_eq!(counters.files_appended.get(), 1);
     assert_eq!(counters.bytes_scanned.get(), total);
-    assert!(counters.bytes_read.get() < total, "cut {} of {total}", counters.bytes_read.get());
-    assert!(counters.bytes_read.get() >= more.len() as u64);
+    assert_eq!(counters.bytes_read.get(), total, "every byte is read once");
+    let cut = counters.bytes_read.get() - counters.bytes_verified.get();
+    assert!(cut < total, "cut {cut} of {total}");
+    assert!(cut >= more.len() as u64);
     let (whole, _) = walk(&key, &store, std::slice::from_ref(&src), None);
     assert_eq!(second.refs, whole.refs, "appending cut other chunks than a whole read");
 
-    // Rewritten in place near its end and grown: the tail check fails and
-    // the file is read whole.
+    // Rewritten in place near its end and grown: the check of the old last
+    // chunk fails, so the file is not an appended one; it is cut again from
+    // the chunk that differs, and every byte is still read once.
     let mut f = fs::OpenOptions::new().write(true).open(&log).unwrap();
     f.seek(SeekFrom::Start(total - 10)).unwrap();
     f.write_all(b"overwrite!and grow").unwrap();
     drop(f);
-    let (_, counters) = walk(&key, &store, std::slice::from_ref(&src), Some(second.root));
+    let (third, counters) = walk(&key, &store, std::slice::from_ref(&src), Some(second.root));
     assert_eq!(counters.files_appended.get(), 0);
-    // Cut whole, after the check of its old chunks failed.
     assert_eq!(counters.bytes_read.get(), counters.bytes_scanned.get());
+    assert!(counters.bytes_verified.get() > 0 && counters.bytes_verified.get() < total);
+    let (whole, _) = walk(&key, &store, std::slice::from_ref(&src), None);
+    assert_eq!(third.refs, whole.refs, "the rewritten tail cut other chunks than a whole read");
 
     let target = dir.path().join("restored");
     let (third, _) = walk(&key, &store, std::slice::from_ref(&src), None);
@@ -691,7 +697,56 @@ fn a_grown_text_log_cuts_like_a_whole_read() {
     fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(&more).unwrap();
     let (second, counters) = walk(&key, &store, std::slice::from_ref(&src), Some(first.root));
     assert_eq!(counters.files_appended.get(), 1);
-    assert!(counters.bytes_read.get() <= (more.len() + coffer_pack::TEXT_CHUNK_MAX) as u64);
+    let cut = counters.bytes_read.get() - counters.bytes_verified.get();
+    assert!(cut <= (more.len() + coffer_pack::TEXT_CHUNK_MAX) as u64, "cut {cut}");
     let (whole, _) = walk(&key, &store, std::slice::from_ref(&src), None);
     assert_eq!(second.refs, whole.refs, "appending cut other chunks than a whole read");
+}
+
+/// A dump edited in the middle (and written anew, under a new inode) is
+/// compared with its parent chunk by chunk and cut again only from the
+/// chunk of its first edit; a shrunk file and a file of new content fall
+/// back as far as they must. Every byte is read once, and the chunks are
+/// always the ones a whole read cuts.
+#[tokio::test]
+async fn a_changed_file_is_cut_again_only_from_the_chunk_of_its_first_edit() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let dump = src.join("shop.sql");
+    let rows = dump_rows(0, 100_000);
+    fs::write(&dump, &rows).unwrap();
+    let key = RepoKey::generate();
+    let store = Arc::new(MemStore::default());
+    let (mut parent, _) = walk(&key, &store, std::slice::from_ref(&src), None);
+    let max = coffer_pack::TEXT_CHUNK_MAX as u64;
+
+    let at = rows[rows.len() * 3 / 4..].iter().position(|&b| b == b'\n').unwrap() + rows.len() * 3 / 4 + 1;
+    let mut edited = rows[..at].to_vec();
+    edited.extend(dump_rows(1_000_000, 3));
+    edited.extend_from_slice(&rows[at..]);
+    let shrunk = edited[..edited.len() / 3].to_vec();
+    let other = noise(edited.len() / 3, 41);
+    // (content, bytes the parent's chunks can keep at most, at least)
+    let cases: [(&[u8], u64, u64); 3] = [
+        (&edited, at as u64, (at as u64).saturating_sub(max)),
+        (&shrunk, shrunk.len() as u64, (shrunk.len() as u64).saturating_sub(2 * max)),
+        (&other, 0, 0),
+    ];
+    for (i, (content, most, least)) in cases.into_iter().enumerate() {
+        let tmp = src.join(".shop.sql.new");
+        fs::write(&tmp, content).unwrap();
+        fs::rename(&tmp, &dump).unwrap();
+        let (next, c) = walk(&key, &store, std::slice::from_ref(&src), Some(parent.root));
+        let len = content.len() as u64;
+        assert_eq!(c.bytes_read.get(), len, "case {i}: every byte is read once");
+        let kept = c.bytes_verified.get();
+        assert!(kept <= most && kept >= least, "case {i}: kept {kept} bytes, expected {least}..={most}");
+        let (whole, _) = walk(&key, &store, std::slice::from_ref(&src), None);
+        assert_eq!(next.refs, whole.refs, "case {i}: cut other chunks than a whole read");
+        let target = dir.path().join(format!("restored-{i}"));
+        restore_to_dir(store.clone(), SnapshotId::default(), next.root, &target, None).await.unwrap();
+        assert_eq!(describe(&target), describe(&src), "case {i}");
+        parent = next;
+    }
 }
