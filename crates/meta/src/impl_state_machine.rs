@@ -184,11 +184,11 @@ impl StateMachineStore {
                 tree.insert(KEY_SCHEMA, kv::encode(&SCHEMA_VERSION)?)?;
             }
             Some(SCHEMA_VERSION) => {}
-            Some(1) => {
-                // Schema 1 had no secondary indexes: build them once, then
-                // mark the store as schema 2 (a crash in between builds
-                // them again from scratch).
-                tracing::info!("upgrading the state machine from schema 1: building its indexes");
+            Some(found @ (1 | 2)) => {
+                // Schema 1 had no secondary indexes, schema 2 not the one of
+                // snapshots by source: build them all once, then mark the
+                // store (a crash in between builds them again from scratch).
+                tracing::info!("upgrading the state machine from schema {found}: building its indexes");
                 index::rebuild(tree)?;
                 tree.insert(KEY_SCHEMA, kv::encode(&SCHEMA_VERSION)?)?;
                 db.flush()?;
@@ -465,8 +465,8 @@ impl Inner {
         batch.insert(KEY_MEMBERSHIP, codec::encode(&stored.meta.last_membership)?);
         self.tree.apply_batch(batch).map_err(|e| e.to_string())?;
         if reader.schema < SCHEMA_VERSION {
-            // A snapshot of schema 1 (from a leader of the previous
-            // version) has no indexes: build them as an upgrade would.
+            // A snapshot of an older schema (from a leader of a previous
+            // version) lacks indexes: build them as an upgrade would.
             index::rebuild(&self.tree).map_err(|e| e.to_string())?;
             self.tree.insert(KEY_SCHEMA, codec::encode(&SCHEMA_VERSION)?).map_err(|e| e.to_string())?;
         }

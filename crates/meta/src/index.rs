@@ -9,6 +9,8 @@
 //!   ix/u/<pack id>                             u64  chunk entries and snapshots (as refs pack)
 //!                                                   that point at the pack
 //!   ix/s/<repo name> 0x00 <snapshot id>        ()   snapshots by repository
+//!   ix/t/<repo name> 0x00 <source len: u32 BE><source> <end_ms: u64 BE><snapshot id>
+//!                                              ()   snapshots by source, oldest end first
 //!   ix/o/<node u64 BE>                         u64  the open incident of a node
 //!   ix/count/packs                             u64  pack records
 //! ```
@@ -19,9 +21,10 @@
 //! (`on_write` runs on every `put` and `remove` of a record under `p/`,
 //! `n/`, `c/`, `s/` or `i/`), so they land in the same sled batch as the
 //! records, travel in snapshots like any key, and a command added later
-//! keeps them without knowing of them. A store of schema 1 has none:
-//! `rebuild` builds them once when it is opened (and when a snapshot of
-//! schema 1 is installed), in bounded batches.
+//! keeps them without knowing of them. A store of schema 1 has none, one of
+//! schema 2 not `ix/t/`: `rebuild` builds them all once when it is opened
+//! (and when a snapshot of an older schema is installed), in bounded
+//! batches.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -41,6 +44,7 @@ const SITE_PREFIX: &[u8] = b"ix/z/";
 const REFS_PREFIX: &[u8] = b"ix/u/";
 const SNAPSHOT_PREFIX: &[u8] = b"ix/s/";
 const OPEN_PREFIX: &[u8] = b"ix/o/";
+const SOURCE_PREFIX: &[u8] = b"ix/t/";
 const PACK_COUNT: &[u8] = b"ix/count/packs";
 const CHUNK_PREFIX: &[u8] = b"c/";
 
@@ -62,6 +66,18 @@ fn snapshot_key(repo: &RepoName, id: &SnapshotId) -> Vec<u8> {
 
 fn snapshot_repo_prefix(repo: &RepoName) -> Vec<u8> {
     [SNAPSHOT_PREFIX, repo.as_str().as_bytes(), &[0]].concat()
+}
+
+/// The key prefix of one source's snapshots (`source_key` of a snapshot).
+/// The source is length-prefixed: a name may hold any byte.
+fn source_prefix(repo: &RepoName, source: &str) -> Vec<u8> {
+    let len = u32::try_from(source.len()).unwrap_or(u32::MAX).to_be_bytes();
+    [SOURCE_PREFIX, repo.as_str().as_bytes(), &[0], &len, source.as_bytes()].concat()
+}
+
+fn source_snapshot_key(s: &SnapshotRecord) -> Vec<u8> {
+    let prefix = source_prefix(&s.repo, &coffer_types::dr::source_key(s));
+    [prefix.as_slice(), &s.end_ms.to_be_bytes(), s.id.as_bytes()].concat()
 }
 
 fn be_u64(bytes: &[u8]) -> Option<u64> {
@@ -140,10 +156,12 @@ pub(crate) fn on_write(txn: &mut Txn<'_>, key: &[u8], old: Option<&[u8]>, new: O
         let new: Option<SnapshotRecord> = new.map(|b| kv::decode("snapshot", b)).transpose()?;
         if let Some(o) = old {
             txn.put_index(snapshot_key(&o.repo, &o.id), None);
+            txn.put_index(source_snapshot_key(&o), None);
             add(txn, pack_bytes(REFS_PREFIX, &o.refs_pack), -1)?;
         }
         if let Some(n) = new {
             txn.put_index(snapshot_key(&n.repo, &n.id), Some(Vec::new()));
+            txn.put_index(source_snapshot_key(&n), Some(Vec::new()));
             add(txn, pack_bytes(REFS_PREFIX, &n.refs_pack), 1)?;
         }
         Ok(())
@@ -249,6 +267,7 @@ pub(crate) fn expected(
         let s: SnapshotRecord = kv::decode("snapshot", &v)?;
         *refs.entry(s.refs_pack).or_default() += 1;
         sink(snapshot_key(&s.repo, &s.id), Vec::new())?;
+        sink(source_snapshot_key(&s), Vec::new())?;
     }
     for (p, n) in refs {
         sink(pack_bytes(REFS_PREFIX, &p), kv::encode(&n)?)?;
@@ -271,7 +290,7 @@ pub(crate) fn expected(
 }
 
 /// Replaces every index key with what a full scan computes, in batches:
-/// the upgrade from schema 1, and the repair of a snapshot of schema 1.
+/// the upgrade from an older schema, and the repair of a snapshot of one.
 pub(crate) fn rebuild(tree: &sled::Tree) -> Result<(), MetaError> {
     let mut batch = sled::Batch::default();
     let mut n = 0usize;
@@ -380,6 +399,20 @@ pub(crate) fn snapshot_ids_after(
         }
     }
     Ok(out)
+}
+
+/// The id of the snapshot of `source` (as `coffer_types::dr::source_key`
+/// names it) in `repo` that ended last (the greater id on a tie), from the
+/// index: one key read, however many snapshots the source has.
+pub(crate) fn newest_of_source(
+    tree: &sled::Tree,
+    repo: &RepoName,
+    source: &str,
+) -> Result<Option<SnapshotId>, MetaError> {
+    let prefix = source_prefix(repo, source);
+    let Some(item) = tree.scan_prefix(&prefix).next_back() else { return Ok(None) };
+    let (k, _) = item?;
+    Ok(k.get(prefix.len() + 8..).and_then(|b| SnapshotId::from_slice(b).ok()))
 }
 
 /// The open incident of each node that has one.
@@ -621,5 +654,72 @@ mod tests {
             kept.keys().any(|k| k.starts_with(SITE_PREFIX)),
             "the pack breaks the site rule once node 3 moved site"
         );
+    }
+
+    #[test]
+    fn the_newest_snapshot_of_a_source_is_one_key_of_its_index() {
+        let t = tree();
+        let repo = RepoName::new("r").unwrap();
+        let put = |s: &SnapshotRecord| crate::test_util::put(&t, kv::snapshot_key(&s.id), s);
+        let mut newest = None;
+        // (id, end, tag): a later snapshot of another source, an older one
+        // with a greater id, and two ending at once (the greater id wins,
+        // as `max_by_key((end_ms, id))` over every snapshot would say).
+        for (id, end, tag) in [
+            (1u8, 30_000, "source:db"),
+            (9, 10_000, "source:db"),
+            (3, 50_000, "source:other"),
+            (4, 30_000, "source:db"),
+        ] {
+            let mut s = snapshot(id, repo.clone());
+            s.end_ms = end;
+            s.tags = vec![tag.into()];
+            put(&s);
+            if id == 4 {
+                newest = Some(s);
+            }
+        }
+        assert_eq!(newest_of_source(&t, &repo, "db").unwrap(), Some(SnapshotId([4; 16])));
+        assert_eq!(newest_of_source(&t, &repo, "other").unwrap(), Some(SnapshotId([3; 16])));
+        assert_eq!(newest_of_source(&t, &repo, "d").unwrap(), None, "a prefix of a name is another source");
+        // A manual backup's source is host:path.
+        let mut manual = snapshot(5, repo.clone());
+        manual.end_ms = 70_000;
+        put(&manual);
+        assert_eq!(newest_of_source(&t, &repo, "h:/p").unwrap(), Some(SnapshotId([5; 16])));
+
+        // Forgotten: the one before it takes its place.
+        let mut txn = Txn::new(&t);
+        txn.remove(kv::snapshot_key(&newest.unwrap().id));
+        txn.commit().unwrap();
+        assert_eq!(newest_of_source(&t, &repo, "db").unwrap(), Some(SnapshotId([1; 16])));
+        let (kept, scanned) = compare(&t);
+        assert_eq!(kept, scanned);
+    }
+
+    #[test]
+    fn a_store_of_schema_2_gets_the_snapshots_by_source_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = RepoName::new("r").unwrap();
+        {
+            let (_log, sm) = crate::node::open_stores(dir.path()).unwrap();
+            let t = sm.tree();
+            let mut s = snapshot(1, repo.clone());
+            s.tags = vec!["source:db".into()];
+            crate::test_util::put(t, kv::snapshot_key(&s.id), &s);
+            // What a node of the previous version left: no `ix/t/`, schema 2.
+            for k in t.scan_prefix(SOURCE_PREFIX).keys() {
+                t.remove(k.unwrap()).unwrap();
+            }
+            t.insert(kv::KEY_SCHEMA, kv::encode(&2u32).unwrap()).unwrap();
+            t.flush().unwrap();
+            assert_eq!(newest_of_source(t, &repo, "db").unwrap(), None);
+        }
+        let (_log, sm) = crate::node::open_stores(dir.path()).unwrap();
+        let t = sm.tree();
+        assert_eq!(newest_of_source(t, &repo, "db").unwrap(), Some(SnapshotId([1; 16])));
+        assert_eq!(kv::get::<u32>(t, "schema", kv::KEY_SCHEMA).unwrap(), Some(kv::SCHEMA_VERSION));
+        let (kept, scanned) = compare(t);
+        assert_eq!(kept, scanned);
     }
 }

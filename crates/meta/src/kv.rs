@@ -45,9 +45,10 @@ use serde::Serialize;
 use crate::codec;
 use crate::error::MetaError;
 
-/// 2: the secondary indexes under `ix/` (see `index`); a store of schema 1
-/// gets them built once when it is opened.
-pub const SCHEMA_VERSION: u32 = 2;
+/// 2: the secondary indexes under `ix/` (see `index`); 3: the index of
+/// snapshots by source (`ix/t/`). A store of an older schema gets its
+/// indexes rebuilt once when it is opened (or installed from a snapshot).
+pub const SCHEMA_VERSION: u32 = 3;
 
 pub const KEY_APPLIED: &[u8] = b"m/applied";
 pub const KEY_MEMBERSHIP: &[u8] = b"m/membership";

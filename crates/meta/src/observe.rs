@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use coffer_admin::{AdminServer, Reply, Sample};
 use coffer_proto::pb;
-use coffer_types::dr::{self as figures, source_key};
+use coffer_types::dr as figures;
 use coffer_types::{DrKind, RepoName, SnapshotRecord};
 
 use crate::catalog::CatalogService;
@@ -83,22 +83,21 @@ fn secs(ms: u64) -> f64 {
 pub fn dr_figures(tree: &sled::Tree, now_ms: u64) -> Result<Vec<SourceFigures>, MetaError> {
     let registered = crate::sources::list(tree, None)?;
     let mut out = Vec::with_capacity(registered.len());
-    let mut repo_cache: Option<(RepoName, Vec<SnapshotRecord>, Vec<coffer_types::DrRecord>)> = None;
+    let mut repo_cache: Option<(RepoName, Vec<coffer_types::DrRecord>)> = None;
     for src in registered {
         // The registry is in key order, so one repository's sources are
         // adjacent and its records are read once.
-        if repo_cache.as_ref().is_none_or(|(r, _, _)| *r != src.repo) {
-            let mut snaps = Vec::new();
-            for id in crate::index::snapshot_ids_after(tree, &src.repo, None, usize::MAX)? {
-                if let Some(s) = kv::get::<SnapshotRecord>(tree, "snapshot", &kv::snapshot_key(&id))? {
-                    snaps.push(s);
-                }
-            }
+        if repo_cache.as_ref().is_none_or(|(r, _)| *r != src.repo) {
             let records = crate::dr::newest(tree, &src.repo, DR_RECORDS_READ)?;
-            repo_cache = Some((src.repo.clone(), snaps, records));
+            repo_cache = Some((src.repo.clone(), records));
         }
-        let Some((_, snaps, records)) = repo_cache.as_ref() else { continue };
-        let newest = snaps.iter().filter(|s| source_key(s) == src.name).max_by_key(|s| (s.end_ms, s.id));
+        let Some((_, records)) = repo_cache.as_ref() else { continue };
+        // The source's newest snapshot from the index: a scrape reads one
+        // snapshot per source, however many a real-time source has made.
+        let newest = match crate::index::newest_of_source(tree, &src.repo, &src.name)? {
+            Some(id) => kv::get::<SnapshotRecord>(tree, "snapshot", &kv::snapshot_key(&id))?,
+            None => None,
+        };
         let drills = || records.iter().filter(|r| r.kind == DrKind::Drill && r.source == src.name);
         let last = drills().max_by_key(|d| (d.started_ms, d.id));
         let last_ok = drills().filter(|d| d.ok).max_by_key(|d| (d.started_ms, d.id));
