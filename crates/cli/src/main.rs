@@ -9,6 +9,7 @@
 
 mod admin;
 mod agent;
+mod alloc_tuning;
 mod args;
 mod commands;
 mod config;
@@ -107,6 +108,7 @@ fn refused(e: &anyhow::Error) -> bool {
 }
 
 fn main() {
+    alloc_tuning::tune();
     let cli = Cli::parse();
     let server = matches!(cli.command, Command::Dev(_) | Command::Meta(_) | Command::Storage(_))
         || matches!(&cli.command, Command::Agent(a) if a.command.is_none());

@@ -41,8 +41,9 @@ pub(crate) const KDF_SALT_LEN: usize = 16;
 pub const MAX_KDF_M_COST_KIB: u32 = 256 * 1024;
 /// The largest argon2 pass count a slot may ask for.
 pub const MAX_KDF_T_COST: u32 = 16;
-/// The largest argon2 lane count a slot may ask for. The argon2 crate runs
-/// the lanes one after another, so more lanes cost time, not memory.
+/// The largest argon2 lane count a slot may ask for. Lanes share the
+/// memory cost and are computed on rayon's threads, as many at once as
+/// there are cores, so more lanes cost time on a small host, not memory.
 pub const MAX_KDF_P_COST: u32 = 16;
 /// The most memory passes (memory cost times pass count, in KiB) a slot may
 /// ask for: 1 GiB of block passes, about five times the default, which
@@ -286,5 +287,25 @@ mod tests {
         assert!(KdfParams::default().to_argon2().is_ok());
         // The parameters of the first slots ever written stay within bounds.
         assert!(KdfParams { m_cost_kib: 19456, t_cost: 2, p_cost: 1 }.to_argon2().is_ok());
+    }
+
+    /// The wrapping keys of existing slots must not change with the argon2
+    /// implementation (a version upgrade, lanes computed in parallel): these
+    /// bytes were derived with argon2 0.5.3, lanes one after another, for
+    /// the default parameters and for those of the first slots.
+    #[test]
+    fn derivation_matches_known_answers() {
+        let (password, salt) = (b"correct horse battery staple", b"coffer-kat-salt!");
+        let hex = |k: [u8; KEY_LEN]| k.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let cases = [
+            (KdfParams::default(), "d41ad22452775f8c60324c508e8cc919e147231282705b204cb07aca8396d723"),
+            (
+                KdfParams { m_cost_kib: 19456, t_cost: 2, p_cost: 1 },
+                "e33e84d67cce0af6c1d325f40070f7e1533b7417037fc478aa0de5e793fac880",
+            ),
+        ];
+        for (params, want) in cases {
+            assert_eq!(hex(params.derive(password, salt).unwrap()), want, "{params:?}");
+        }
     }
 }
