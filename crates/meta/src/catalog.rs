@@ -376,31 +376,44 @@ impl Catalog for CatalogService {
             .map_err(Status::from)?;
         let nodes = self.nodes()?;
         let draining = kv::draining(self.tree()).map_err(Status::from)?;
-        let eligible = |n: &&NodeRecord, state: NodeState| {
-            !r.exclude.contains(&n.id.0) && !draining.contains_key(&n.id) && self.node.liveness.state(n.id) == state
-        };
-        let mut candidates: Vec<Candidate> =
-            nodes.iter().filter(|n| eligible(n, NodeState::Up)).map(|n| self.node.placement_candidate(n)).collect();
-        // Too few nodes up to place even a short pack: take the suspect ones
-        // too (not heard from lately, not yet given up on). That is what a
-        // leader cut off from the storage nodes but not from the voters
-        // sees of every node, while the agents may well reach them; the
-        // puts are the real test, and a failed one is re-placed by the
-        // agent without that node. Down nodes stay out.
-        if candidates.len() < min_shards {
-            let suspect: Vec<Candidate> = nodes
+        // Candidates in tiers, each taken only while the ones before leave
+        // fewer than `min_shards` nodes to place on: nodes up and not
+        // draining; then draining ones that are up (a drain asks that
+        // shards move away, it does not stop the node serving, so a shard
+        // there beats a refused backup; found by the chaos suite: a node
+        // draining and m others dead left three, and backups failed);
+        // then suspect ones (not heard from lately, not yet given up on).
+        // That last tier is what a leader cut off from the storage nodes
+        // but not from the voters sees of every node, while the agents may
+        // well reach them; the puts are the real test, and a failed one is
+        // re-placed by the agent without that node. Down nodes stay out.
+        let tier = |state: NodeState, drain: bool| -> Vec<Candidate> {
+            nodes
                 .iter()
-                .filter(|n| eligible(n, NodeState::Suspect))
+                .filter(|n| {
+                    !r.exclude.contains(&n.id.0)
+                        && draining.contains_key(&n.id) == drain
+                        && self.node.liveness.state(n.id) == state
+                })
                 .map(|n| self.node.placement_candidate(n))
-                .collect();
-            if !suspect.is_empty() {
+                .collect()
+        };
+        let mut candidates = tier(NodeState::Up, false);
+        for (state, drain) in [(NodeState::Up, true), (NodeState::Suspect, false), (NodeState::Suspect, true)] {
+            if candidates.len() >= min_shards {
+                break;
+            }
+            let more = tier(state, drain);
+            if !more.is_empty() {
                 tracing::warn!(
-                    up = candidates.len(),
-                    suspect = suspect.len(),
+                    placeable = candidates.len(),
+                    more = more.len(),
                     min_shards,
-                    "too few storage nodes heard from lately; placing on suspect ones too"
+                    ?state,
+                    draining = drain,
+                    "too few storage nodes to place a pack on; taking less preferred ones too"
                 );
-                candidates.extend(suspect);
+                candidates.extend(more);
             }
         }
         let pack_id = PackId::random();
