@@ -34,9 +34,9 @@ use crate::workload::Shared;
 /// tag `source:rt`).
 const SOURCE: &str = "rt";
 /// How long a change may wait before the agent snapshots it.
-const MAX_LAG: &str = "5s";
+const MAX_LAG: &str = "10s";
 /// The appender's pace.
-const APPEND_EVERY: Duration = Duration::from_millis(250);
+const APPEND_EVERY: Duration = Duration::from_millis(500);
 
 /// The agent process and the file it watches.
 pub struct Realtime {
