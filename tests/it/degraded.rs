@@ -180,3 +180,21 @@ fn backups_go_on_with_a_node_draining_and_m_others_dead() -> Result<()> {
         Ok(())
     })
 }
+
+/// A node draining among exactly k + m nodes: it still serves, so new
+/// packs are placed whole, one shard on it, rather than short on the
+/// others (which the repair planner could never fill, having no free
+/// node; found by the chaos suite, whose agents drain nodes).
+#[test]
+fn a_draining_node_among_exactly_k_plus_m_still_takes_new_shards() -> Result<()> {
+    Cluster::run(spec(), |c| {
+        let id = c.storage[0].node_id().context("node id")?;
+        c.cli(&["drain", &id])?.ok()?;
+        let dir = source(c, 301)?;
+        let s = backup(c, &dir, &[])?;
+        ensure!(num(&s, "packs")? > 0 && num(&s, "packs_short")? == 0, "packs went short beside a drain: {s}");
+        let snap = s["snapshot_id"].as_str().unwrap_or_default().to_string();
+        restore_and_compare(c, &snap, &dir)?;
+        Ok(())
+    })
+}

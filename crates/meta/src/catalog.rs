@@ -376,15 +376,16 @@ impl Catalog for CatalogService {
             .map_err(Status::from)?;
         let nodes = self.nodes()?;
         let draining = kv::draining(self.tree()).map_err(Status::from)?;
-        // Candidates in tiers, each taken only while the ones before leave
-        // fewer than `min_shards` nodes to place on: nodes up and not
-        // draining; then draining ones that are up (a drain asks that
-        // shards move away, it does not stop the node serving, so a shard
-        // there beats a refused backup; found by the chaos suite: a node
-        // draining and m others dead left three, and backups failed);
-        // then suspect ones (not heard from lately, not yet given up on).
-        // That last tier is what a leader cut off from the storage nodes
-        // but not from the voters sees of every node, while the agents may
+        // Candidates in tiers. First the nodes up and not draining. Then,
+        // while those cannot hold a full pack, the draining ones that are
+        // up: a drain asks that shards move away, it does not stop the node
+        // serving, and a shard there beats a short pack or a refused backup
+        // (found by the chaos suite: a node draining and m others dead left
+        // three, and backups failed; and with a node draining among exactly
+        // k + m, every new pack went short). Then, while fewer than
+        // `min_shards` remain, suspect ones (not heard from lately, not yet
+        // given up on): what a leader cut off from the storage nodes but
+        // not from the voters sees of every node, while the agents may
         // well reach them; the puts are the real test, and a failed one is
         // re-placed by the agent without that node. Down nodes stay out.
         let tier = |state: NodeState, drain: bool| -> Vec<Candidate> {
@@ -399,16 +400,21 @@ impl Catalog for CatalogService {
                 .collect()
         };
         let mut candidates = tier(NodeState::Up, false);
-        for (state, drain) in [(NodeState::Up, true), (NodeState::Suspect, false), (NodeState::Suspect, true)] {
-            if candidates.len() >= min_shards {
-                break;
+        let tiers = [
+            (NodeState::Up, true, params.total()),
+            (NodeState::Suspect, false, min_shards),
+            (NodeState::Suspect, true, min_shards),
+        ];
+        for (state, drain, wanted) in tiers {
+            if candidates.len() >= wanted {
+                continue;
             }
             let more = tier(state, drain);
             if !more.is_empty() {
                 tracing::warn!(
                     placeable = candidates.len(),
                     more = more.len(),
-                    min_shards,
+                    wanted,
                     ?state,
                     draining = drain,
                     "too few storage nodes to place a pack on; taking less preferred ones too"
