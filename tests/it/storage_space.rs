@@ -226,3 +226,78 @@ fn a_full_node_is_routed_around_by_backups_and_rebuilds() -> Result<()> {
         Ok(())
     })
 }
+
+/// Writes zeros into `path` until its filesystem refuses more, to the
+/// last byte (what the chaos suite's disk-fill fault does).
+fn fill_to_the_last_byte(path: &Path) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    let block = vec![0u8; 1 << 20];
+    let mut n = block.len();
+    while n > 0 {
+        if f.write_all(&block[..n]).is_err() {
+            n /= 2;
+        }
+    }
+    Ok(())
+}
+
+/// A storage node restarted while its filesystem is still full to the last
+/// byte starts (found by the chaos suite: sled could not open the
+/// inventory, and then the address file could not be written, so the
+/// node exited), serves the shards it holds, and takes shards again once
+/// space is back.
+#[test]
+fn a_node_restarted_on_a_full_disk_serves_its_shards_and_recovers() -> Result<()> {
+    if !is_root() {
+        bail!("this test mounts a size-limited tmpfs and needs root");
+    }
+    let spec = ClusterSpec {
+        suspect_after: Duration::from_millis(1500),
+        down_after: Duration::from_secs(60),
+        ..ClusterSpec::default()
+    };
+    Cluster::run(spec, |c| {
+        let full = 0;
+        let _fs = move_onto_small_fs(c, full, 64)?;
+        c.wait_nodes_up(6, Duration::from_secs(30))?;
+        let src = c.dir().join("src");
+        write_sample_tree(&src, 77, 4)?;
+        let snap = backup(c, &src, &[])?["snapshot_id"].as_str().context("snapshot id")?.to_string();
+        let held = c.storage[full].shard_files().len();
+        ensure!(held > 0, "the node got no shard");
+
+        // Killed, and its inventory gone (it is rebuilt from the shard
+        // files), so that opening it must write, as sled's recovery after a
+        // SIGKILL may; then the filesystem fills to the last byte.
+        c.kill_storage(full);
+        std::fs::remove_dir_all(c.storage[full].data.join("inventory"))?;
+        let fill = c.storage[full].data.join("fill");
+        fill_to_the_last_byte(&fill)?;
+        c.start_storage(full)?;
+        c.wait_nodes_up(6, Duration::from_secs(30))?;
+        // Its shards are needed: with two nodes of other sites stopped, only
+        // k = 4 nodes hold each pack's shards, the full one among them.
+        let others: Vec<usize> =
+            (0..c.storage.len()).filter(|&i| c.storage[i].site != c.storage[full].site).take(2).collect();
+        for &i in &others {
+            c.kill_storage(i);
+        }
+        c.expect_error("No space left on device");
+        restore_and_compare(c, &snap, &src)?;
+        for &i in &others {
+            c.start_storage(i)?;
+        }
+        c.wait_nodes_up(6, Duration::from_secs(30))?;
+
+        // Space returns: the node takes shards again without a restart.
+        std::fs::remove_file(&fill)?;
+        let more = c.dir().join("more");
+        write_sample_tree(&more, 78, 4)?;
+        backup(c, &more, &[])?;
+        wait_until("the node that was full to take shards again", Duration::from_secs(60), || {
+            (c.storage[full].shard_files().len() > held).then_some(())
+        })?;
+        Ok(())
+    })
+}

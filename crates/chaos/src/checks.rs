@@ -149,7 +149,7 @@ pub fn replicas_agree(c: &ChaosCluster, out: &mut Vec<Finding>) {
         let members = d["members"].as_array()?;
         let applied: BTreeSet<String> = members.iter().map(|m| m["applied_index"].to_string()).collect();
         let digests: BTreeSet<String> = members.iter().map(|m| m["digest"].to_string()).collect();
-        let ok = members.len() == c.meta.len()
+        let ok = members.len() == c.voters()
             && applied.len() == 1
             && digests.len() == 1
             && members.iter().all(|m| m["digest"].is_string());

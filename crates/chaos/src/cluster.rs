@@ -54,6 +54,9 @@ pub struct Proc {
     env: Vec<(String, String)>,
     child: Option<Child>,
     paused: bool,
+    /// A voter removed from the membership: stopped for good, and no
+    /// longer counted, restarted or checked.
+    pub retired: bool,
 }
 
 impl Proc {
@@ -212,41 +215,8 @@ impl ChaosCluster {
         c.issue("admin", "admin", &c.client.ip.to_string())?;
         for s in 0..shape.sites {
             let host = c.net.add_host(&format!("m{}", s + 1), s, 10)?;
-            let id = s + 1;
-            let data = dir.join(format!("meta-{id}"));
-            let addr = format!("{}:{META_PORT}", host.ip);
-            let mut args: Vec<String> = [
-                "meta",
-                "--id",
-                &id.to_string(),
-                "--data",
-                &data.display().to_string(),
-                "--listen",
-                &addr,
-                "--site",
-                &site_name(s),
-                "--raft-heartbeat",
-                "200ms",
-                "--election-timeout",
-                "1500ms",
-                "--suspect-after",
-                "3s",
-                "--down-after",
-                "20s",
-                "--admin-token-file",
-                &dir.join("admin-token").display().to_string(),
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            if s == 0 {
-                args.push("--init".into());
-            } else {
-                args.extend(["--join".into(), c.meta_addr(0)]);
-            }
-            args.extend(c.tls_args("meta", &format!("meta-{id}"), &host.ip.to_string())?);
-            let log = dir.join(format!("meta-{id}.log"));
-            let mut p = Proc { host, data, log, args, env: Vec::new(), child: None, paused: false };
+            let join = (s > 0).then(|| c.meta_addr(0));
+            let mut p = c.meta_proc(host, s + 1, &site_name(s), join)?;
             p.start(bin)?;
             p.wait_addr(Duration::from_secs(60))?;
             c.meta.push(p);
@@ -299,7 +269,7 @@ impl ChaosCluster {
                     ]);
                 }
                 let log = dir.join(format!("{name}.log"));
-                let mut p = Proc { host, data, log, args, env, child: None, paused: false };
+                let mut p = Proc { host, data, log, args, env, child: None, paused: false, retired: false };
                 p.start(bin)?;
                 c.storage.push(p);
             }
@@ -311,6 +281,70 @@ impl ChaosCluster {
         c.wait_storage_up(Duration::from_secs(90))?;
         c.cli(&["repo", "create", "chaos", "--k", "4", "--m", "2"], Duration::from_secs(60))?.ok()?;
         Ok(c)
+    }
+
+    /// The process of metadata node `id` on `host`: it initialises the
+    /// cluster, or joins it through `join` (and so becomes a voter).
+    fn meta_proc(&self, host: Host, id: usize, site: &str, join: Option<String>) -> Result<Proc> {
+        let data = self.dir.join(format!("meta-{id}"));
+        let addr = format!("{}:{META_PORT}", host.ip);
+        let mut args: Vec<String> = [
+            "meta",
+            "--id",
+            &id.to_string(),
+            "--data",
+            &data.display().to_string(),
+            "--listen",
+            &addr,
+            "--site",
+            site,
+            "--raft-heartbeat",
+            "200ms",
+            "--election-timeout",
+            "1500ms",
+            "--suspect-after",
+            "3s",
+            "--down-after",
+            "20s",
+            "--admin-token-file",
+            &self.dir.join("admin-token").display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        match join {
+            None => args.push("--init".into()),
+            Some(via) => args.extend(["--join".into(), via]),
+        }
+        args.extend(self.tls_args("meta", &format!("meta-{id}"), &host.ip.to_string())?);
+        let log = self.dir.join(format!("meta-{id}.log"));
+        Ok(Proc { host, data, log, args, env: Vec::new(), child: None, paused: false, retired: false })
+    }
+
+    /// Starts one more metadata node, on the clients' network (so that no
+    /// site holds two voters and the faults' count of one impaired voter
+    /// stays a minority of four), joining through the first live voter:
+    /// it becomes a voter once it has caught up. Returns its index.
+    pub fn add_voter(&mut self) -> Result<usize> {
+        let i = self.meta.len();
+        let host = self.net.add_host(&format!("m{}", i + 1), CLIENT_SITE, 10 + i as u8 + 1)?;
+        let via = (0..i).find(|j| !self.meta[*j].retired).map(|j| self.meta_addr(j)).context("no voter to join")?;
+        let mut p = self.meta_proc(host, i + 1, "witness", Some(via))?;
+        p.start(&self.bin)?;
+        let listening = p.wait_addr(Duration::from_secs(60));
+        self.meta.push(p);
+        listening.map(|()| i)
+    }
+
+    /// Stops metadata node `i` for good, once it left the membership.
+    pub fn retire(&mut self, i: usize) {
+        self.meta[i].kill();
+        self.meta[i].retired = true;
+    }
+
+    /// Voters that have not been retired.
+    pub fn voters(&self) -> usize {
+        self.meta.iter().filter(|p| !p.retired).count()
     }
 
     fn run_bin(&self, args: &[&str]) -> Result<()> {
@@ -357,7 +391,7 @@ impl ChaosCluster {
     }
 
     pub fn endpoint(&self) -> String {
-        (0..self.meta.len()).map(|i| self.meta_addr(i)).collect::<Vec<_>>().join(",")
+        (0..self.meta.len()).filter(|i| !self.meta[*i].retired).map(|i| self.meta_addr(i)).collect::<Vec<_>>().join(",")
     }
 
     pub fn proc_mut(&mut self, n: NodeRef) -> &mut Proc {
@@ -378,6 +412,9 @@ impl ChaosCluster {
     pub fn restart(&mut self, n: NodeRef) -> Result<()> {
         let bin = self.bin.clone();
         let p = self.proc_mut(n);
+        if p.retired {
+            return Ok(());
+        }
         p.kill();
         p.start(&bin)?;
         let started = p.wait_addr(Duration::from_secs(60));
@@ -397,7 +434,7 @@ impl ChaosCluster {
             endpoint: self.endpoint(),
             dir: self.dir.clone(),
             token: self.admin_token.clone(),
-            voters: self.meta.len(),
+            voters: self.voters(),
             storage: self.storage.len(),
         }
     }

@@ -7,7 +7,8 @@
 //! ```text
 //!   seed ─▶ schedule ─▶ runner ──inject/heal──▶ faults ─▶ cluster (namespaces)
 //!                          │                                  ▲
-//!                          └── workload (agents, history) ────┘
+//!                          └── workload (agents, history, ────┘
+//!                               a real-time source, a voter added and removed)
 //!                          └── checks (restore, digests, leaders, linearizability, logs)
 //! ```
 //!
@@ -19,7 +20,9 @@ pub mod checks;
 pub mod cluster;
 pub mod faults;
 pub mod linear;
+pub mod membership;
 pub mod net;
+pub mod realtime;
 pub mod runner;
 pub mod schedule;
 pub mod workload;

@@ -21,6 +21,8 @@ use crate::checks::{self, Finding, LeaderViews, Severity};
 use crate::cluster::{ChaosCluster, Cli, ClusterShape, NodeRef};
 use crate::faults::{self, Active};
 use crate::linear::Verdict;
+use crate::membership::{self, Membership};
+use crate::realtime::Realtime;
 use crate::schedule::{generate, GenOptions, Schedule};
 use crate::workload::{self, Agent, Shared};
 
@@ -58,6 +60,10 @@ pub struct ScheduleReport {
     pub history_ops: usize,
     pub linearizability: Option<Verdict>,
     pub leader_samples: u64,
+    /// The voter added and removed during the schedule.
+    pub membership: Membership,
+    /// Snapshots of the real-time source restored and compared after healing.
+    pub realtime_checked: u64,
     pub orphan_bytes: Option<u64>,
     pub findings: Vec<Finding>,
     /// Where the logs were kept, when they were.
@@ -117,18 +123,22 @@ impl Report {
         for (k, n) in &self.faults_by_kind {
             md.push_str(&format!("| {k} | {n} |\n"));
         }
-        md.push_str("\n## Schedules\n\n| # | nodes/site | faults | backups | refused | checked | bytes | linearizable | findings (S/A/L) |\n|---|---|---|---|---|---|---|---|---|\n");
+        md.push_str("\n## Schedules\n\n| # | nodes/site | faults | backups | refused | checked (real-time) | bytes | voter added / removed (ms) | linearizable | findings (S/A/L) |\n|---|---|---|---|---|---|---|---|---|---|\n");
         for r in &self.schedules {
             let count = |s| r.findings.iter().filter(|f| f.severity == s).count();
+            let at = |t: Option<u64>| t.map_or("-".to_string(), |t| t.to_string());
             md.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {:?} | {}/{}/{} |\n",
+                "| {} | {} | {} | {} | {} | {} ({}) | {} | {} / {} | {:?} | {}/{}/{} |\n",
                 r.schedule.index,
                 r.schedule.nodes_per_site,
                 r.injected.values().sum::<u64>(),
                 r.backups,
                 r.backups_refused,
                 r.snapshots_checked,
+                r.realtime_checked,
                 r.bytes_compared,
+                at(r.membership.voter_at_ms),
+                at(r.membership.removed_at_ms),
                 r.linearizability,
                 count(Severity::Safety),
                 count(Severity::Availability),
@@ -233,7 +243,9 @@ pub fn run_schedule(s: &Schedule, opts: &RunOptions, netem: &mut bool) -> Result
         ClusterShape { sites: s.sites, nodes_per_site: s.nodes_per_site, disk_mib: 384, skewable: s.skewable() };
     let c = ChaosCluster::start(dir.path(), &opts.bin, shape)?;
     *netem = faults::netem_available(&c);
+    let mut rt = Realtime::start(&c, s.seed ^ s.index as u64)?;
     let sh = Shared::new();
+    let member = Mutex::new(Membership::default());
     let views = Mutex::new(LeaderViews::default());
     let t0_unix = Mutex::new(0u64);
     let mut injected: BTreeMap<String, u64> = BTreeMap::new();
@@ -259,6 +271,23 @@ pub fn run_schedule(s: &Schedule, opts: &RunOptions, netem: &mut bool) -> Result
         {
             let (sh, reader, views) = (sh.clone(), &reader, &views);
             scope.spawn(move || watch_leaders(reader, &sh, views));
+        }
+        {
+            let (sh, reader, cluster, member) = (sh.clone(), &reader, &*cluster, &member);
+            scope.spawn(move || membership::run(cluster, reader, &sh, s.duration_ms, member));
+        }
+        {
+            let (sh, rt) = (sh.clone(), &rt);
+            scope.spawn(move || {
+                if let Err(e) = rt.append_until_stopped(&sh) {
+                    sh.record.lock().unwrap_or_else(|p| p.into_inner()).other_refused.push(workload::Refusal {
+                        what: "real-time appender".into(),
+                        at_ms: sh.start.elapsed().as_millis() as u64,
+                        faults: Vec::new(),
+                        error: format!("{e:#}"),
+                    });
+                }
+            });
         }
         // The schedule's clock: inject and heal at their times.
         let mut pending: Vec<_> = s.events.iter().enumerate().collect();
@@ -317,9 +346,11 @@ pub fn run_schedule(s: &Schedule, opts: &RunOptions, netem: &mut bool) -> Result
         .unwrap_or_else(|p| p.into_inner());
     // Whatever happened: no rule, no qdisc, every process running.
     faults::heal_network(&c);
-    for i in 0..c.meta.len() {
+    let voters: Vec<usize> = (0..c.meta.len()).filter(|i| !c.meta[*i].retired).collect();
+    for i in voters {
         ensure_running(&mut c, NodeRef::Meta(i), &mut findings);
     }
+    membership::finish(&mut c, &member, &mut findings);
     for i in 0..c.storage.len() {
         ensure_running(&mut c, NodeRef::Storage(i), &mut findings);
     }
@@ -329,6 +360,8 @@ pub fn run_schedule(s: &Schedule, opts: &RunOptions, netem: &mut bool) -> Result
     let listed = workload::list(&c.reader(), &sh, AGENTS)?.unwrap_or_default();
     let rec = sh.record.lock().unwrap_or_else(|p| p.into_inner());
     let (checked, bytes) = checks::restores(&c, &rec, &listed, &mut findings);
+    let (rt_checked, rt_bytes) = rt.check(&c, &mut findings);
+    rt.stop();
     let verdict = checks::linearizable(&rec, &mut findings);
     views.lock().unwrap_or_else(|p| p.into_inner()).check(&mut findings);
     drop(rec);
@@ -338,7 +371,12 @@ pub fn run_schedule(s: &Schedule, opts: &RunOptions, netem: &mut bool) -> Result
         .iter()
         .filter_map(|i| c.storage[*i].log.file_name().map(|n| n.to_string_lossy().into_owned()))
         .collect();
-    checks::logs(&mut c, &checks::expected_patterns(&damaged), &skewed, &mut findings);
+    let mut expected = checks::expected_patterns(&damaged);
+    if injected.contains_key("disk-fill") {
+        // sled logs its refused writes (ENOSPC) at ERROR on a filled disk.
+        expected.push("No space left on device".into());
+    }
+    checks::logs(&mut c, &expected, &skewed, &mut findings);
     let rec = sh.record.lock().unwrap_or_else(|p| p.into_inner());
     let keep = opts.keep || findings.iter().any(|f| f.severity == Severity::Safety);
     let report = ScheduleReport {
@@ -349,11 +387,13 @@ pub fn run_schedule(s: &Schedule, opts: &RunOptions, netem: &mut bool) -> Result
         backups_refused: rec.backups_refused.len() as u64,
         restores_during_run: rec.restores,
         restores_refused: rec.restores_refused.len() as u64,
-        snapshots_checked: checked,
-        bytes_compared: bytes + rec.bytes_compared,
+        snapshots_checked: checked + rt_checked,
+        bytes_compared: bytes + rt_bytes + rec.bytes_compared,
         history_ops: rec.history.len(),
         linearizability: Some(verdict),
         leader_samples: views.lock().unwrap_or_else(|p| p.into_inner()).samples,
+        membership: member.into_inner().unwrap_or_else(|p| p.into_inner()),
+        realtime_checked: rt_checked,
         orphan_bytes: status.as_ref().and_then(|s| s["orphan_bytes"].as_u64()),
         findings,
         kept: None,

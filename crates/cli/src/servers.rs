@@ -83,12 +83,34 @@ pub async fn run_storage(a: StorageArgs, g: &Global) -> Result<()> {
     let admin = bind_admin(s.admin_listen.as_deref()).await?;
     let config = s.to_config(&listener_addr(&listener, listen))?;
     let (advertise, site, data) = (config.advertise.clone(), config.site.clone(), config.data_dir.clone());
-    let node = StorageNode::open(config).context("open storage node")?;
+    // The address files go first: a node restarted on a full disk still
+    // starts (its store opens without the inventory), and the block its
+    // supervisor freed by removing the old `addr` would otherwise go to
+    // sled's attempt to open the inventory (found by the chaos suite). The
+    // listeners are bound already, so the addresses are true; if the node
+    // then cannot open, the files it replaced are put back.
+    let previous: Vec<(&str, Option<String>)> =
+        ["admin-addr", "addr"].iter().map(|n| (*n, std::fs::read_to_string(data.join(n)).ok())).collect();
     if let Some(l) = &admin {
         report(&data, "admin-addr", l)?;
-        tracing::info!(admin = %listener_addr(l, ""), "admin port serving");
     }
     report_addr(&data, &listener)?;
+    let node = match StorageNode::open(config) {
+        Ok(node) => node,
+        Err(e) => {
+            for (name, old) in previous {
+                let path = data.join(name);
+                let _ = match old {
+                    Some(text) => std::fs::write(&path, text),
+                    None => std::fs::remove_file(&path),
+                };
+            }
+            return Err(e).context("open storage node");
+        }
+    };
+    if let Some(l) = &admin {
+        tracing::info!(admin = %listener_addr(l, ""), "admin port serving");
+    }
     tracing::info!(node = %node.id(), %advertise, %site, "storage node serving");
     node.serve_with_admin(listener, admin, shutdown_signal()).await.context("serve storage node")
 }

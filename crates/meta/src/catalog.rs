@@ -376,31 +376,50 @@ impl Catalog for CatalogService {
             .map_err(Status::from)?;
         let nodes = self.nodes()?;
         let draining = kv::draining(self.tree()).map_err(Status::from)?;
-        let eligible = |n: &&NodeRecord, state: NodeState| {
-            !r.exclude.contains(&n.id.0) && !draining.contains_key(&n.id) && self.node.liveness.state(n.id) == state
-        };
-        let mut candidates: Vec<Candidate> =
-            nodes.iter().filter(|n| eligible(n, NodeState::Up)).map(|n| self.node.placement_candidate(n)).collect();
-        // Too few nodes up to place even a short pack: take the suspect ones
-        // too (not heard from lately, not yet given up on). That is what a
-        // leader cut off from the storage nodes but not from the voters
-        // sees of every node, while the agents may well reach them; the
-        // puts are the real test, and a failed one is re-placed by the
-        // agent without that node. Down nodes stay out.
-        if candidates.len() < min_shards {
-            let suspect: Vec<Candidate> = nodes
+        // Candidates in tiers. First the nodes up and not draining. Then,
+        // while those cannot hold a full pack, the draining ones that are
+        // up: a drain asks that shards move away, it does not stop the node
+        // serving, and a shard there beats a short pack or a refused backup
+        // (found by the chaos suite: a node draining and m others dead left
+        // three, and backups failed; and with a node draining among exactly
+        // k + m, every new pack went short). Then, while fewer than
+        // `min_shards` remain, suspect ones (not heard from lately, not yet
+        // given up on): what a leader cut off from the storage nodes but
+        // not from the voters sees of every node, while the agents may
+        // well reach them; the puts are the real test, and a failed one is
+        // re-placed by the agent without that node. Down nodes stay out.
+        let tier = |state: NodeState, drain: bool| -> Vec<Candidate> {
+            nodes
                 .iter()
-                .filter(|n| eligible(n, NodeState::Suspect))
+                .filter(|n| {
+                    !r.exclude.contains(&n.id.0)
+                        && draining.contains_key(&n.id) == drain
+                        && self.node.liveness.state(n.id) == state
+                })
                 .map(|n| self.node.placement_candidate(n))
-                .collect();
-            if !suspect.is_empty() {
+                .collect()
+        };
+        let mut candidates = tier(NodeState::Up, false);
+        let tiers = [
+            (NodeState::Up, true, params.total()),
+            (NodeState::Suspect, false, min_shards),
+            (NodeState::Suspect, true, min_shards),
+        ];
+        for (state, drain, wanted) in tiers {
+            if candidates.len() >= wanted {
+                continue;
+            }
+            let more = tier(state, drain);
+            if !more.is_empty() {
                 tracing::warn!(
-                    up = candidates.len(),
-                    suspect = suspect.len(),
-                    min_shards,
-                    "too few storage nodes heard from lately; placing on suspect ones too"
+                    placeable = candidates.len(),
+                    more = more.len(),
+                    wanted,
+                    ?state,
+                    draining = drain,
+                    "too few storage nodes to place a pack on; taking less preferred ones too"
                 );
-                candidates.extend(suspect);
+                candidates.extend(more);
             }
         }
         let pack_id = PackId::random();

@@ -14,7 +14,9 @@
 //! file. A *hang* point fires once (the file is renamed before the call
 //! hangs), so the leader elected next, armed by nobody, serves the retry. A
 //! *hold* point stays in force for as long as the file names it, and only
-//! makes the node skip something it would do by itself.
+//! makes the node skip something it would do by itself. A *mark* point
+//! changes nothing: it fires once, recording that the node got there, so a
+//! test can wait for a moment the node reaches by itself.
 
 use std::path::{Path, PathBuf};
 
@@ -32,6 +34,10 @@ pub const HOLD_FRESH_LEADER: &str = "leader.fresh.hold";
 /// (hold) The node takes no heartbeat, as a leader cut off from every
 /// storage node but not from the voters.
 pub const HOLD_NO_HEARTBEATS: &str = "catalog.Heartbeat.refuse";
+/// (mark) A pass of the superfluous-copy sweep ended, on a node that
+/// believed it led when the pass began (whether it deleted, found nothing,
+/// or stopped because a quorum did not confirm its leadership).
+pub const MARK_SWEEP_PASSED: &str = "repair.sweep.passed";
 
 #[derive(Clone, Debug, Default)]
 pub struct Failpoints {
@@ -66,6 +72,19 @@ impl Failpoints {
         std::future::pending::<()>().await
     }
 
+    /// A mark point: when armed with `point`, records the hit (once) and
+    /// returns at once.
+    pub fn mark(&self, point: &str) {
+        let Some((dir, name)) = self.armed() else { return };
+        if name != point {
+            return;
+        }
+        match std::fs::rename(dir.join("failpoint"), dir.join("failpoint-hit")) {
+            Ok(()) => tracing::warn!(point, "failpoint reached"),
+            Err(e) => tracing::warn!(point, error = %e, "could not record a failpoint hit"),
+        }
+    }
+
     /// A hold point: whether the file names `point` now.
     pub fn holding(&self, point: &str) -> bool {
         self.armed().is_some_and(|(_, name)| name == point)
@@ -91,6 +110,15 @@ mod tests {
         assert!(hung.is_err(), "an armed hang point hangs");
         assert!(dir.path().join("failpoint-hit").exists() && !dir.path().join("failpoint").exists());
         f.hang(COMMIT_PACK_APPLIED).await;
+        // A mark point records its hit once and never blocks.
+        std::fs::remove_file(dir.path().join("failpoint-hit"))?;
+        f.mark(MARK_SWEEP_PASSED);
+        assert!(!dir.path().join("failpoint-hit").exists(), "an unarmed mark point records nothing");
+        std::fs::write(dir.path().join("failpoint"), MARK_SWEEP_PASSED)?;
+        f.mark(COMMIT_PACK_APPLIED);
+        assert!(dir.path().join("failpoint").exists(), "another point's mark fires nothing");
+        f.mark(MARK_SWEEP_PASSED);
+        assert!(dir.path().join("failpoint-hit").exists() && !dir.path().join("failpoint").exists());
         Ok(())
     }
 }

@@ -383,7 +383,9 @@ pub(crate) async fn sweep_once(n: &MetaNode) -> Result<(), String> {
     let nodes: Vec<NodeRecord> = kv::scan(tree, "node", kv::NODE_PREFIX).map_err(|e| e.to_string())?;
     let packs: Vec<PackRecord> = kv::scan(tree, "pack", kv::PACK_PREFIX).map_err(|e| e.to_string())?;
     let state: HashMap<NodeId, NodeState> = nodes.iter().map(|r| (r.id, n.liveness.state(r.id))).collect();
-    sweep_superfluous(n, &nodes, &packs, &state).await
+    let swept = sweep_superfluous(n, &nodes, &packs, &state).await;
+    n.failpoints.mark(crate::failpoint::MARK_SWEEP_PASSED);
+    swept
 }
 
 /// A node that comes back after its shards were rebuilt elsewhere still

@@ -76,6 +76,11 @@ pub enum StorageError {
     /// call tries to reopen it again.
     #[error("inventory: closed after a failure; retry")]
     InventoryClosed,
+    /// The inventory could not be opened moments ago (at the node's start,
+    /// or on a reopen after a failure); calls that need it are refused
+    /// until a later try succeeds. `disk_full` says a full disk is why.
+    #[error("inventory: cannot be opened ({reason}); refused until it can")]
+    InventoryUnavailable { reason: String, disk_full: bool },
     /// The node's identity file exists but cannot be used. It is never
     /// replaced silently: a new id would orphan every shard the catalog
     /// places on this node.
@@ -123,7 +128,7 @@ impl StorageError {
     /// or a write of a file or of the inventory that the disk refused).
     pub fn is_disk_full(&self) -> bool {
         match self {
-            StorageError::DiskFull { .. } => true,
+            StorageError::DiskFull { .. } | StorageError::InventoryUnavailable { disk_full: true, .. } => true,
             StorageError::Io { source, .. } | StorageError::Inventory(sled::Error::Io(source)) => {
                 source.kind() == std::io::ErrorKind::StorageFull
             }

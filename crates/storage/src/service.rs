@@ -203,7 +203,7 @@ pub fn status_code(e: &StorageError) -> Code {
         StorageError::RangeOutOfBounds { .. } => Code::OutOfRange,
         e if e.is_disk_full() => Code::ResourceExhausted,
         StorageError::DiskFull { .. } => Code::ResourceExhausted,
-        StorageError::InventoryClosed => Code::Unavailable,
+        StorageError::InventoryClosed | StorageError::InventoryUnavailable { .. } => Code::Unavailable,
         StorageError::Meta(_) => Code::Unavailable,
         // Not a fault of this node, nor a transient one of the call: the
         // leader tries again with the sources it finds on a later tick.

@@ -23,8 +23,17 @@
 //!   reopened, so any inventory call that fails closes the inventory,
 //!   reopens it and reconciles it with the files (the truth) before it is
 //!   tried once more; while that cannot be done (the disk is still full)
-//!   the call fails, with RESOURCE_EXHAUSTED when the disk is why, and the
-//!   next call tries again. No restart is needed once space is back.
+//!   the call fails, with RESOURCE_EXHAUSTED when the disk is why, and a
+//!   call after `REOPEN_BACKOFF` tries again. No restart is needed once
+//!   space is back.
+//! - A full disk does not keep the node from starting. If the inventory
+//!   cannot be opened or reconciled at start because the disk is full, the
+//!   store opens without it: reads, stats and heartbeats need only the
+//!   files (and the totals their walk gives), while puts are refused
+//!   before they write anything, and listings and deletes fail, all with
+//!   RESOURCE_EXHAUSTED, until a reopen succeeds. Any other failure to
+//!   open the inventory (another process holding its lock, say) still
+//!   stops the start: two nodes on one directory must never both serve.
 //!
 //! The operations are synchronous; the async service calls them through
 //! `tokio::task::spawn_blocking`. This file is the store and its inventory
@@ -57,6 +66,9 @@ const INVENTORY_VALUE_LEN: usize = 1 + 8 + 32;
 /// The inventory holds a few dozen bytes per shard; sled's default cache is
 /// sized for far larger databases.
 const INVENTORY_CACHE_BYTES: u64 = 16 << 20;
+/// After a failed reopen of the inventory, calls fail at once for this
+/// long instead of trying again: a reopen walks every shard file.
+const REOPEN_BACKOFF: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One shard as the inventory lists it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -102,6 +114,9 @@ struct Inner {
     /// Bumped by every reopen, so that of several calls that failed on the
     /// same handle only the first reopens it.
     db_generation: AtomicU64,
+    /// When the last open or reopen of the inventory failed, and why
+    /// (whether the disk was full); cleared by one that succeeds.
+    open_failed: Mutex<Option<(std::time::Instant, String, bool)>>,
     /// Held while a shard file is renamed into place or removed and the
     /// inventory and totals follow, so that concurrent puts and deletes of
     /// the same shard account for each other.
@@ -228,22 +243,37 @@ impl ShardStore {
         }
         clean_tmp(&tmp_dir)?;
         let inventory_dir = dir.join("inventory");
-        let db = open_inventory(&inventory_dir, &quarantine_dir)?;
+        // A full disk must not keep the node from starting (see the module
+        // doc); any other failure must.
+        let opened = match open_inventory(&inventory_dir, &quarantine_dir) {
+            Ok(db) => Ok(db),
+            Err(e) if e.is_disk_full() => Err(e),
+            Err(e) => return Err(e),
+        };
         let store = ShardStore {
             inner: Arc::new(Inner {
                 shards_dir,
                 tmp_dir,
                 quarantine_dir,
                 inventory_dir,
-                db: RwLock::new(Some(db)),
+                db: RwLock::new(None),
                 db_generation: AtomicU64::new(0),
+                open_failed: Mutex::new(None),
                 totals: Mutex::new(Totals::default()),
                 reserve_bytes: AtomicU64::new(0),
                 pending_bytes: AtomicU64::new(0),
             }),
         };
         let files = store.scan_files()?;
-        store.with_inventory(|db| reconcile(db, &files))?;
+        let reconciled = opened.and_then(|db| reconcile(&db, &files).map(|()| db).map_err(StorageError::from));
+        match reconciled {
+            Ok(db) => *store.inner.db.write().unwrap_or_else(|p| p.into_inner()) = Some(db),
+            Err(e) if e.is_disk_full() => {
+                tracing::warn!(error = %e, "the disk is full: starting without the shard inventory; reads are served from the shard files, puts are refused until it can be opened");
+                store.note_open_failure(&e);
+            }
+            Err(e) => return Err(e),
+        }
         let mut totals = store.lock_totals();
         totals.used_bytes = files.values().map(ShardHeader::file_len).sum();
         totals.shard_count = files.len() as u64;
@@ -324,6 +354,26 @@ impl ShardStore {
         self.inner.db.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn note_open_failure(&self, e: &StorageError) {
+        let mut slot = self.inner.open_failed.lock().unwrap_or_else(|p| p.into_inner());
+        *slot = Some((std::time::Instant::now(), e.to_string(), e.is_disk_full()));
+    }
+
+    /// The refusal for a call that needs the inventory while it is closed
+    /// and the last try to open it failed less than `REOPEN_BACKOFF` ago.
+    fn recent_open_failure(&self) -> Option<StorageError> {
+        let slot = self.inner.open_failed.lock().unwrap_or_else(|p| p.into_inner());
+        let (at, reason, disk_full) = slot.as_ref()?;
+        (at.elapsed() < REOPEN_BACKOFF)
+            .then(|| StorageError::InventoryUnavailable { reason: reason.clone(), disk_full: *disk_full })
+    }
+
+    /// Whether the inventory is open, or can be opened now: what a put
+    /// needs before it writes anything.
+    fn ensure_inventory(&self) -> Result<(), StorageError> {
+        self.with_inventory(|_| Ok(()))
+    }
+
     /// Runs `f` on the inventory; if it fails (or the inventory is closed),
     /// reopens and reconciles the inventory and runs `f` once more. `f`
     /// must be safe to repeat: every inventory write is an idempotent put
@@ -337,7 +387,12 @@ impl ShardStore {
                     Ok(v) => return Ok(v),
                     Err(e) => Some(e),
                 },
-                None => None,
+                None => {
+                    if let Some(refused) = self.recent_open_failure() {
+                        return Err(refused);
+                    }
+                    None
+                }
             }
         };
         self.reopen_inventory(generation, failed)?;
@@ -363,9 +418,19 @@ impl ShardStore {
         // use theirs), so sled's flusher stops and its file lock is free.
         *slot = None;
         self.inner.db_generation.fetch_add(1, Ordering::AcqRel);
-        let db = open_inventory(&self.inner.inventory_dir, &self.inner.quarantine_dir)?;
-        let files = self.scan_files()?;
-        reconcile(&db, &files)?;
+        let reopened = open_inventory(&self.inner.inventory_dir, &self.inner.quarantine_dir).and_then(|db| {
+            let files = self.scan_files()?;
+            reconcile(&db, &files)?;
+            Ok((db, files))
+        });
+        let (db, files) = match reopened {
+            Ok(v) => v,
+            Err(e) => {
+                self.note_open_failure(&e);
+                return Err(e);
+            }
+        };
+        *self.inner.open_failed.lock().unwrap_or_else(|p| p.into_inner()) = None;
         *slot = Some(db);
         // The totals are left to the next walk of the files, which resets
         // them: a caller may hold their lock here.
@@ -416,6 +481,8 @@ impl ShardStore {
     /// `DiskFull` when the file would leave less than the reserve free.
     pub fn begin_put(&self, header: ShardHeader) -> Result<PutWriter, StorageError> {
         header.validate()?;
+        // A shard that could not be recorded must not be written at all.
+        self.ensure_inventory()?;
         let need = header.file_len();
         self.claim_space(&header, need)?;
         let claim = SpaceClaim { store: self.clone(), bytes: need };
@@ -1127,6 +1194,61 @@ mod tests {
         let store = ShardStore::open(dir.path())?;
         assert_eq!(tmp_files(dir.path()), 0);
         assert_eq!(store.list()?, vec![]);
+        Ok(())
+    }
+
+    /// A node restarted while its disk is still full: its inventory cannot
+    /// be written, which failed the start. The store now opens without
+    /// it, serves reads from the files, refuses puts (a full disk, so
+    /// RESOURCE_EXHAUSTED) before writing anything, and once space is back
+    /// reopens the inventory, reconciled with the files, by itself. The
+    /// full disk is the inventory's database file pointing at `/dev/full`,
+    /// which refuses every write with ENOSPC as a full filesystem does.
+    #[test]
+    fn a_store_whose_disk_is_full_at_start_serves_reads_and_recovers_by_itself() -> anyhow::Result<()> {
+        if !Path::new("/dev/full").exists() {
+            anyhow::bail!("this test needs /dev/full");
+        }
+        let dir = tempfile::tempdir()?;
+        let (a, b) = (PackId::random(), PackId::random());
+        let (da, db_) = (body(70_000, 30), body(9_000, 31));
+        {
+            let store = ShardStore::open(dir.path())?;
+            store.put(header_for(a, 0, &da), &da)?;
+        }
+        let inventory = dir.path().join("inventory");
+        fs::remove_dir_all(&inventory)?;
+        fs::create_dir(&inventory)?;
+        std::os::unix::fs::symlink("/dev/full", inventory.join("db"))?;
+
+        let store = ShardStore::open(dir.path())?;
+        assert_eq!(store.read_range(&a, ShardIndex(0), 0, 0)?, da, "reads need only the files");
+        assert_eq!(store.stat(&a, ShardIndex(0))?, header_for(a, 0, &da));
+        assert_eq!(store.shard_count(), 1, "the totals come from the walk of the files");
+        let refused = store.put(header_for(b, 1, &db_), &db_).expect_err("a put without an inventory");
+        assert!(refused.is_disk_full(), "{refused:?}");
+        assert!(!store.shard_path(&b, ShardIndex(1)).exists(), "a refused put wrote its file");
+        assert_eq!(tmp_files(dir.path()), 0);
+        assert!(store.list().expect_err("a listing without an inventory").is_disk_full());
+
+        // Space returns: the next try after the backoff opens the inventory.
+        fs::remove_file(inventory.join("db"))?;
+        let deadline = std::time::Instant::now() + REOPEN_BACKOFF * 10;
+        loop {
+            match store.put(header_for(b, 1, &db_), &db_) {
+                Ok(_) => break,
+                Err(e) if e.is_disk_full() && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut listed: Vec<(PackId, ShardIndex)> = store.list()?.iter().map(|e| (e.pack, e.index)).collect();
+        listed.sort();
+        let mut want = vec![(a, ShardIndex(0)), (b, ShardIndex(1))];
+        want.sort();
+        assert_eq!(listed, want);
+        assert_eq!(store.read_range(&b, ShardIndex(1), 0, 0)?, db_);
         Ok(())
     }
 }
