@@ -131,6 +131,7 @@ impl Shared {
                 "duration_s": r.duration_s,
                 "bytes": r.bytes,
                 "bytes_read": r.bytes_read,
+                "bytes_verified": r.bytes_verified,
                 "reason": r.reason,
             })
         });
@@ -274,6 +275,7 @@ impl SourceWorker {
                         duration_s: end_ms.saturating_sub(p.started_ms) as f64 / 1000.0,
                         bytes,
                         bytes_read: 0,
+                        bytes_verified: 0,
                         reason: p.reason.clone(),
                     });
                 }

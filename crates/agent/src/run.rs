@@ -149,6 +149,7 @@ impl Runner {
                 record.snapshot_id = Some(summary.snapshot_id.clone());
                 record.bytes = summary.bytes_scanned;
                 record.bytes_read = summary.bytes_read;
+                record.bytes_verified = summary.bytes_verified;
                 record.kind = summary.kind.as_str().to_string();
                 end = Some(summary.snapshot.end_ms);
                 let post =

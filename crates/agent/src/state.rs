@@ -36,6 +36,11 @@ pub struct RunRecord {
     pub bytes: u64,
     /// Plaintext bytes read from the source in this run.
     pub bytes_read: u64,
+    /// Of those, bytes of changed files matched against the previous
+    /// snapshot's chunks and kept without being cut again (a grown log's
+    /// old content); absent from the state files of older agents.
+    #[serde(default)]
+    pub bytes_verified: u64,
     /// What started it: `schedule`, `trigger`, `change`, `realtime`,
     /// `catch-up`.
     pub reason: String,
