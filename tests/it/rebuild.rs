@@ -310,6 +310,21 @@ fn a_lost_site_regains_node_redundancy_then_the_site_rule() -> Result<()> {
             "{} packs on disk, {catalog_packs} in the catalog",
             census.width.len()
         );
+        // The copies were found from the moves the catalog recorded (only
+        // the routine passes count `copies_deleted`), not by listing every
+        // node: the leader listed the nodes in the first pass of its term.
+        let status = c.status()?;
+        let sweep = list(&status, "workers")?
+            .iter()
+            .find(|w| w["name"] == "superfluous-sweep")
+            .with_context(|| format!("no superfluous-sweep worker in {status}"))?;
+        let counter = |k: &str| num(&sweep["progress"], k);
+        ensure!(
+            counter("copies_deleted")? >= stale.copies() as u64,
+            "the routine passes deleted fewer copies than site-c brought back ({}): {sweep}",
+            stale.copies()
+        );
+        ensure!(counter("full_passes")? <= 2, "the sweep listed every node on most passes: {sweep}");
         // And each sits where the catalog places it.
         let check = c.cli(&["check", "--json"])?;
         ensure!(check.code == 0, "the catalog's placement does not match the nodes: {check:?}");

@@ -130,6 +130,12 @@ pub fn apply(txn: &mut Txn<'_>, cmd: Command) -> Result<CommandResult, MetaError
         Command::MoveShard { pack, index, from, to, checksum, work } => {
             move_shard(txn, pack, index, from, to, checksum, work)
         }
+        Command::ForgetCopies { copies } => {
+            for (pack, index, node) in copies {
+                txn.remove(kv::former_copy_key(&pack, index, node));
+            }
+            Ok(CommandResult::Ok)
+        }
         Command::SetDrain { node, drain, decommission, time_ms } => {
             if !txn.contains(&kv::node_key(node))? {
                 return Ok(CommandResult::Rejected(Rejection::UnknownNode(node)));
@@ -462,6 +468,12 @@ fn move_shard(
         }
         record.shards[index.0 as usize].node = to;
         txn.put(key, &record)?;
+        // The file on `from` is now a copy for the sweep to delete (node 0
+        // holds no file); a shard moved back to a node is its copy again.
+        if from != coffer_types::NodeId::UNPLACED {
+            txn.put(kv::former_copy_key(&pack, index, from), &to)?;
+        }
+        txn.remove(kv::former_copy_key(&pack, index, to));
     }
     txn.remove(bad_key);
     if let Some(id) = work.incident {

@@ -268,6 +268,11 @@ pub enum Command {
         snapshot: SnapshotRecord,
         coverage: coffer_types::CoverageRecord,
     },
+    /// Former copies (`kv::former_copy_key`) the sweep deleted from their
+    /// nodes, or that need no deleting any more: their entries go.
+    ForgetCopies {
+        copies: Vec<(PackId, ShardIndex, NodeId)>,
+    },
 }
 
 impl Command {
@@ -308,6 +313,7 @@ impl Command {
             Command::GcRunDone { .. } => "gc_run_done",
             Command::GcCondemnAt { .. } => "gc_condemn_at",
             Command::GcRewrite { .. } => "gc_rewrite",
+            Command::ForgetCopies { .. } => "forget_copies",
         }
     }
 }

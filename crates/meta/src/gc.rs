@@ -288,6 +288,10 @@ pub(crate) fn drop_packs(txn: &mut Txn<'_>, repo: &RepoName, packs: &[PackId]) -
         }
         txn.remove(kv::pack_session_key(p));
         txn.remove(key);
+        // Copies of a dropped pack are the storage nodes' orphans to collect.
+        for former in txn.scan_prefix(&kv::former_copies_prefix(p))?.into_keys() {
+            txn.remove(former);
+        }
         dropped += 1;
     }
     txn.add_count("packs", -dropped)?;

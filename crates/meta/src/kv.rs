@@ -145,6 +145,33 @@ pub fn pack_session_key(pack: &PackId) -> Vec<u8> {
 
 pub const KEY_GC: &[u8] = b"m/gc";
 
+/// Copies a move left behind: `f/<pack><index><node>`, written when
+/// `MoveShard` takes shard `index` of `pack` off `node`, whose file may
+/// still be there (a node that was down, or a drained one). The sweep deletes
+/// the file and forgets the entry, so its routine work is proportional to
+/// moves, not to the catalog. The value is the node the shard moved to.
+pub const FORMER_COPY_PREFIX: &[u8] = b"f/";
+
+pub fn former_copy_key(pack: &PackId, index: ShardIndex, node: NodeId) -> Vec<u8> {
+    [FORMER_COPY_PREFIX, pack.as_bytes().as_slice(), &[index.0], &node.0.to_be_bytes()].concat()
+}
+
+/// The former copies of `pack`, every index and node.
+pub fn former_copies_prefix(pack: &PackId) -> Vec<u8> {
+    [FORMER_COPY_PREFIX, pack.as_bytes().as_slice()].concat()
+}
+
+/// Parses a `former_copy_key`.
+pub fn parse_former_copy_key(key: &[u8]) -> Option<(PackId, ShardIndex, NodeId)> {
+    let rest = key.strip_prefix(FORMER_COPY_PREFIX)?;
+    if rest.len() != 16 + 1 + 8 {
+        return None;
+    }
+    let pack = PackId::from_slice(&rest[..16]).ok()?;
+    let node = u64::from_be_bytes(rest[17..25].try_into().ok()?);
+    Some((pack, ShardIndex(rest[16]), NodeId(node)))
+}
+
 pub const BAD_SHARD_PREFIX: &[u8] = b"b/";
 pub const DRAIN_PREFIX: &[u8] = b"d/";
 
@@ -166,7 +193,7 @@ pub const SNAPSHOT_PREFIX: &[u8] = b"s/";
 /// The source registry (`sources`): `o/<repo> 0x00 <source name>`.
 ///
 /// Prefixes in use: `a/` tokens, `b/` bad shards, `c/` chunks, `d/` drains,
-/// `e/` sessions, `h/` holds, `i/` incidents, `k/` key-slot versions, `m/`
+/// `e/` sessions, `f/` former copies, `h/` holds, `i/` incidents, `k/` key-slot versions, `m/`
 /// metadata, `n/` nodes, `o/` sources, `p/` packs, `r/` repositories, `s/`
 /// snapshots, `v/` snapshot coverage, `w/` minimum shards, `x/` condemned
 /// chunks and retired nodes, `y/` disaster-recovery records.

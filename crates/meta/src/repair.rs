@@ -73,6 +73,9 @@ pub struct RepairState {
     pub sweeps: std::sync::atomic::AtomicU64,
     pub sweep_nodes_listed: std::sync::atomic::AtomicU64,
     pub sweep_list_failures: std::sync::atomic::AtomicU64,
+    /// Full passes (every node listed), and copies the routine passes deleted.
+    pub sweep_full_passes: std::sync::atomic::AtomicU64,
+    pub sweep_copies_deleted: std::sync::atomic::AtomicU64,
     /// Clients to storage nodes, shared by every rebuild, sweep and delete.
     shards: Arc<ShardPool>,
 }
@@ -290,31 +293,37 @@ pub(crate) async fn tick_once(
     }
     tasks.sort_by_key(|t| (t.surviving, t.pack.id, t.index));
 
-    // Dispatch within the limits.
-    let mut in_flight = n.repair.in_flight.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    // Dispatch within the limits. Each task is checked against and entered
+    // into `in_flight` under one lock, so that a shard the sweep claimed
+    // (while deleting a copy of it) is not rebuilt meanwhile.
     let mut per_target: BTreeMap<NodeId, usize> = BTreeMap::new();
-    let queued = tasks.iter().filter(|t| !in_flight.contains(&(t.pack.id, t.index.0))).count();
+    let queued = {
+        let held = n.repair.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.iter().filter(|t| !held.contains(&(t.pack.id, t.index.0))).count()
+    };
     {
         let mut s = n.repair.status.lock().unwrap_or_else(|p| p.into_inner());
         s.queued = queued as u64;
         s.site_degraded = site_degraded;
     }
     for t in tasks {
-        if in_flight.len() >= n.config.repair.parallelism {
-            break;
-        }
         let key = (t.pack.id, t.index.0);
-        if in_flight.contains(&key) || in_flight.iter().any(|(p, _)| *p == t.pack.id) {
-            // One shard of a pack at a time: each move changes the survivors.
-            continue;
+        {
+            let mut held = n.repair.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            if held.len() >= n.config.repair.parallelism {
+                break;
+            }
+            if held.contains(&key) || held.iter().any(|(p, _)| *p == t.pack.id) {
+                // One shard of a pack at a time: each move changes the survivors.
+                continue;
+            }
+            let count = per_target.entry(t.to).or_default();
+            if *count >= n.config.repair.per_node {
+                continue;
+            }
+            *count += 1;
+            held.insert(key);
         }
-        let count = per_target.entry(t.to).or_default();
-        if *count >= n.config.repair.per_node {
-            continue;
-        }
-        *count += 1;
-        in_flight.insert(key);
-        n.repair.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
         let sources: Vec<(u32, String, Vec<u8>, Option<SiteId>)> = t
             .pack
             .shards
@@ -376,16 +385,113 @@ pub(crate) fn packs_with_work(
     Ok(packs)
 }
 
-/// The superfluous-copy sweep, on its own schedule: the catalog's nodes
-/// and packs, and the leader's view of which nodes are up.
-pub(crate) async fn sweep_once(n: &MetaNode) -> Result<(), String> {
+/// The superfluous-copy sweep, on its own schedule. The routine pass
+/// (`full` false) reads only the former copies that moves recorded
+/// (`kv::FORMER_COPY_PREFIX`): its cost follows the moves, not the catalog.
+/// The full pass lists every up node's shards against the catalog's packs;
+/// it finds what no move recorded (a rebuild whose move was never
+/// committed, copies left before the record existed) and runs rarely.
+pub(crate) async fn sweep_once(n: &MetaNode, full: bool) -> Result<(), String> {
     let tree = n.sm.tree();
     let nodes: Vec<NodeRecord> = kv::scan(tree, "node", kv::NODE_PREFIX).map_err(|e| e.to_string())?;
-    let packs: Vec<PackRecord> = kv::scan(tree, "pack", kv::PACK_PREFIX).map_err(|e| e.to_string())?;
     let state: HashMap<NodeId, NodeState> = nodes.iter().map(|r| (r.id, n.liveness.state(r.id))).collect();
-    let swept = sweep_superfluous(n, &nodes, &packs, &state).await;
+    let swept = if full {
+        let packs: Vec<PackRecord> = kv::scan(tree, "pack", kv::PACK_PREFIX).map_err(|e| e.to_string())?;
+        n.repair.sweep_full_passes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        sweep_superfluous(n, &nodes, &packs, &state).await
+    } else {
+        sweep_former_copies(n, &nodes, &state).await
+    };
     n.failpoints.mark(crate::failpoint::MARK_SWEEP_PASSED);
     swept
+}
+
+/// Former copies one routine pass handles at most; the rest wait for the
+/// next pass.
+const FORMER_COPIES_PER_PASS: usize = 4096;
+
+/// The routine pass: each recorded former copy on an up node is deleted
+/// when the record, read now, places its shard elsewhere, and its entry is
+/// then forgotten through Raft. Entries of packs that are gone, or of nodes
+/// that left the map, are forgotten without a call. A node that is not up
+/// keeps its entries for a later pass.
+async fn sweep_former_copies(
+    n: &MetaNode,
+    nodes: &[NodeRecord],
+    state: &HashMap<NodeId, NodeState>,
+) -> Result<(), String> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let tree = n.sm.tree();
+    let mut entries = Vec::new();
+    for item in tree.scan_prefix(kv::FORMER_COPY_PREFIX).keys().take(FORMER_COPIES_PER_PASS) {
+        let key = item.map_err(|e| e.to_string())?;
+        match kv::parse_former_copy_key(&key) {
+            Some(entry) => entries.push(entry),
+            None => tracing::error!(key = ?key, "a former-copy key that does not parse; left alone"),
+        }
+    }
+    n.repair.sweeps.fetch_add(1, Relaxed);
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let by_id: HashMap<NodeId, &NodeRecord> = nodes.iter().map(|r| (r.id, r)).collect();
+    let confirm_every = n.config.election_timeout.0 / 4;
+    let mut confirmed: Option<Instant> = None;
+    let mut forget = Vec::new();
+    let mut failed = 0usize;
+    for (pack, index, node) in entries {
+        let Some(rec) = by_id.get(&node) else {
+            forget.push((pack, index, node));
+            continue;
+        };
+        if state.get(&node) != Some(&NodeState::Up) {
+            continue;
+        }
+        // Decided on a state machine known to be current, as in the full pass.
+        if confirmed.is_none_or(|t| t.elapsed() > confirm_every) {
+            if let Err(e) = n.read_barrier().await {
+                tracing::info!(error = %e, "the sweep stops: leadership not confirmed");
+                return Ok(());
+            }
+            confirmed = Some(Instant::now());
+        }
+        let owner = match kv::get::<PackRecord>(tree, "pack", &kv::pack_key(&pack)) {
+            Ok(Some(record)) => record.shards.get(index.0 as usize).map(|s| s.node),
+            Ok(None) => None,
+            Err(e) => return Err(e.to_string()),
+        };
+        let Some(owner) = owner else {
+            // The pack was dropped: its files are the node's orphans.
+            forget.push((pack, index, node));
+            continue;
+        };
+        if owner == node {
+            // Placed here again: the file is the shard, not a copy.
+            forget.push((pack, index, node));
+            continue;
+        }
+        let Some(_claim) = claim_superfluous(tree, &n.repair.in_flight, node, pack, index.0, owner) else {
+            continue;
+        };
+        match n.repair.shards.delete(&rec.addr, pack, index).await {
+            Ok(()) => {
+                tracing::info!(%pack, %index, %node, "deleted a superfluous shard");
+                n.repair.sweep_copies_deleted.fetch_add(1, Relaxed);
+                forget.push((pack, index, node));
+            }
+            Err(e) => {
+                failed += 1;
+                tracing::debug!(%pack, %index, %node, error = %e, "could not delete a superfluous shard yet");
+            }
+        }
+    }
+    if !forget.is_empty() {
+        write(n, Command::ForgetCopies { copies: forget }).await.map_err(|e| e.to_string())?;
+    }
+    if failed > 0 {
+        return Err(format!("{failed} superfluous shard(s) could not be deleted yet"));
+    }
+    Ok(())
 }
 
 /// A node that comes back after its shards were rebuilt elsewhere still
@@ -448,7 +554,7 @@ async fn sweep_superfluous(
                 }
                 confirmed = Some(std::time::Instant::now());
             }
-            if is_superfluous(n.sm.tree(), &n.repair.in_flight, r.id, pack, index, owner) {
+            if let Some(_claim) = claim_superfluous(n.sm.tree(), &n.repair.in_flight, r.id, pack, index, owner) {
                 tracing::info!(%pack, index, node = %r.id, "deleting a superfluous shard");
                 delete_copy(n, r.id, pack, ShardIndex(index)).await;
             }
@@ -463,32 +569,56 @@ async fn sweep_superfluous(
     }
 }
 
-/// Whether `node`'s copy of shard `index` of `pack` may be deleted.
-/// `listed` is the owner in the pack list read at the start of the tick; it
-/// only pre-filters, because a move that commits after that read makes
-/// `node` the owner, and its copy is then the placed one. The decision is
-/// taken from the record as it is now, read after the in-flight check: a
-/// task leaves `in_flight` only after its `MoveShard` has been applied here
-/// (the leader applies before `client_write` returns), and no task starts
-/// during a sweep (the sweep runs inside the tick that dispatches them), so
-/// a record read after a task left shows its move.
-fn is_superfluous(
+/// A shard entered in `in_flight` while a copy of it is deleted, so that
+/// no rebuild of that shard is dispatched meanwhile (a rebuild onto the
+/// node holding the copy would find it whole and place it, and the delete
+/// would then remove the placed shard). Released when dropped.
+struct Claim<'a> {
+    in_flight: &'a Mutex<HashSet<(PackId, u8)>>,
+    key: (PackId, u8),
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+    }
+}
+
+/// Whether `node`'s copy of shard `index` of `pack` may be deleted, and if
+/// so the claim to hold while deleting it. `listed` is the owner the caller
+/// read earlier; it only pre-filters, because a move that commits after
+/// that read makes `node` the owner, and its copy is then the placed one.
+/// The decision is taken from the record as it is now, read under the lock
+/// of `in_flight`: a task leaves `in_flight` only after its `MoveShard` has
+/// been applied here (the leader applies before `client_write` returns), and
+/// no task enters it while the claim is held, so a record read with the
+/// shard not in flight shows every move of it until the claim is dropped.
+fn claim_superfluous<'a>(
     tree: &sled::Tree,
-    in_flight: &Mutex<HashSet<(PackId, u8)>>,
+    in_flight: &'a Mutex<HashSet<(PackId, u8)>>,
     node: NodeId,
     pack: PackId,
     index: u8,
     listed: NodeId,
-) -> bool {
-    if listed == node || in_flight.lock().unwrap_or_else(|p| p.into_inner()).contains(&(pack, index)) {
-        return false;
+) -> Option<Claim<'a>> {
+    if listed == node {
+        return None;
     }
-    match kv::get::<PackRecord>(tree, "pack", &kv::pack_key(&pack)) {
+    let mut held = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+    if held.contains(&(pack, index)) {
+        return None;
+    }
+    let superfluous = match kv::get::<PackRecord>(tree, "pack", &kv::pack_key(&pack)) {
         Ok(Some(record)) => record.shards.get(index as usize).is_some_and(|s| s.node != node),
         // A pack dropped since the list was read is garbage collection's to
         // delete; an unreadable record is no ground for deleting anything.
         _ => false,
+    };
+    if !superfluous {
+        return None;
     }
+    held.insert((pack, index));
+    Some(Claim { in_flight, key: (pack, index) })
 }
 
 /// A node for shard `i` of `p` other than any holding a shard of it, by the
@@ -737,14 +867,73 @@ mod tests {
             work,
         };
         assert_eq!(run(&t, mv), CommandResult::Ok);
-        assert!(!is_superfluous(&t, &in_flight, NodeId(4), pack.id, 0, listed), "the placed copy would be deleted");
+        assert!(
+            claim_superfluous(&t, &in_flight, NodeId(4), pack.id, 0, listed).is_none(),
+            "the placed copy would be deleted"
+        );
         // The old copy is the superfluous one.
-        assert!(is_superfluous(&t, &in_flight, NodeId(1), pack.id, 0, NodeId(4)));
+        let claim = claim_superfluous(&t, &in_flight, NodeId(1), pack.id, 0, NodeId(4));
+        assert!(claim.is_some());
+        // While it is deleted, the shard counts as in flight: no rebuild of
+        // it is dispatched, and no second claim is given.
+        assert!(in_flight.lock().unwrap().contains(&(pack.id, 0)));
+        assert!(claim_superfluous(&t, &in_flight, NodeId(1), pack.id, 0, NodeId(4)).is_none());
+        drop(claim);
+        assert!(in_flight.lock().unwrap().is_empty(), "the claim is released when dropped");
         // A copy on a node the record names is never deleted; one in flight waits.
-        assert!(!is_superfluous(&t, &in_flight, NodeId(2), pack.id, 1, NodeId(1)));
+        assert!(claim_superfluous(&t, &in_flight, NodeId(2), pack.id, 1, NodeId(1)).is_none());
         in_flight.lock().unwrap().insert((pack.id, 0));
-        assert!(!is_superfluous(&t, &in_flight, NodeId(1), pack.id, 0, NodeId(4)));
+        assert!(claim_superfluous(&t, &in_flight, NodeId(1), pack.id, 0, NodeId(4)).is_none());
         // A pack gone from the catalog since the list: left alone.
-        assert!(!is_superfluous(&t, &in_flight, NodeId(1), PackId([6; 16]), 0, NodeId(2)));
+        assert!(claim_superfluous(&t, &in_flight, NodeId(1), PackId([6; 16]), 0, NodeId(2)).is_none());
+    }
+
+    fn former_copies(t: &sled::Tree) -> Vec<(PackId, ShardIndex, NodeId)> {
+        t.scan_prefix(kv::FORMER_COPY_PREFIX).keys().map(|k| kv::parse_former_copy_key(&k.unwrap()).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_move_records_the_copy_it_leaves_and_the_record_goes_when_forgotten_moved_back_or_dropped() {
+        let t = tree();
+        let pack = committed(&t);
+        let mv = |index: u8, from: u64, to: u64| Command::MoveShard {
+            pack: pack.id,
+            index: ShardIndex(index),
+            from: NodeId(from),
+            to: NodeId(to),
+            checksum: pack.shards[index as usize].checksum,
+            work: RepairWork::default(),
+        };
+        let node = NodeRecord {
+            id: NodeId(5),
+            site: SiteId::new("a").unwrap(),
+            addr: "x".into(),
+            capacity_bytes: 1,
+            used_bytes: 0,
+            last_heartbeat_ms: 0,
+        };
+        assert_eq!(run(&t, Command::RegisterNode { node }), CommandResult::Ok);
+        assert!(former_copies(&t).is_empty());
+        assert_eq!(run(&t, mv(0, 1, 4)), CommandResult::Ok);
+        assert_eq!(run(&t, mv(1, 2, 5)), CommandResult::Ok);
+        assert_eq!(
+            former_copies(&t),
+            vec![(pack.id, ShardIndex(0), NodeId(1)), (pack.id, ShardIndex(1), NodeId(2))],
+            "each move leaves the copy on the node it left"
+        );
+        // Shard 0 moves back to node 1: that file is the shard again, and
+        // the copy is now on node 4.
+        assert_eq!(run(&t, mv(0, 4, 1)), CommandResult::Ok);
+        assert_eq!(former_copies(&t), vec![(pack.id, ShardIndex(0), NodeId(4)), (pack.id, ShardIndex(1), NodeId(2))]);
+        let forget = Command::ForgetCopies { copies: vec![(pack.id, ShardIndex(1), NodeId(2))] };
+        assert_eq!(run(&t, forget.clone()), CommandResult::Ok);
+        assert_eq!(run(&t, forget), CommandResult::Ok, "forgetting twice is harmless");
+        assert_eq!(former_copies(&t), vec![(pack.id, ShardIndex(0), NodeId(4))]);
+        // Dropping the pack drops its copies' records.
+        let drop = Command::DropPacks { repo: pack.repo.clone(), packs: vec![pack.id] };
+        // (`committed` began session [1; 16]; an open session keeps its packs.)
+        assert_eq!(run(&t, Command::EndSession { id: coffer_types::SessionId([1; 16]) }), CommandResult::Ok);
+        assert_eq!(run(&t, drop), CommandResult::Ok);
+        assert!(former_copies(&t).is_empty(), "a dropped pack's copies are the nodes' orphans");
     }
 }

@@ -7,6 +7,8 @@
 //!   planner ──every repair.tick, leader only──► repair::tick_once ──RebuildJob──► rebuild-executor
 //!   rebuild-executor ── one task per job in its JoinSet (dropped, so aborted, with the worker)
 //!   superfluous-sweep ──every SWEEP_EVERY ticks, leader only──► repair::sweep_once
+//!                        (recorded former copies; every node listed at a term's
+//!                        first pass and every FULL_SWEEP_EVERY passes)
 //!   gc ──every gc_interval, on request (`RunGc`) or with a round open, leader only──► collector::run
 //!   join ── asks the cluster to add this node, then done
 //! ```
@@ -157,15 +159,24 @@ impl Worker for RebuildExecutor {
     }
 }
 
-/// Deletes shards that up nodes hold but the catalog places elsewhere.
+/// Deletes shards that up nodes hold but the catalog places elsewhere:
+/// the copies moves recorded on every pass, and a full listing of every
+/// node at the first pass of each term this node leads (a rebuild the last
+/// leader wrote but never committed leaves a copy no move recorded) and
+/// then every `FULL_SWEEP_EVERY` passes.
 pub(crate) struct Sweep {
     pub node: Weak<MetaNode>,
     pub every: Duration,
+    /// The term of the last full pass, and the passes since.
+    full: Option<(u64, u32)>,
 }
+
+/// Routine passes between two full ones (10 minutes at the default tick).
+pub(crate) const FULL_SWEEP_EVERY: u32 = 120;
 
 impl Sweep {
     pub fn new(node: Weak<MetaNode>, tick: Duration) -> Self {
-        Self { node, every: tick * SWEEP_EVERY }
+        Self { node, every: tick * SWEEP_EVERY, full: None }
     }
 }
 
@@ -176,9 +187,20 @@ impl Worker for Sweep {
     }
     async fn work(&mut self, _stop: &StopSignal) -> Result<WorkerState, String> {
         let Some(n) = self.node.upgrade() else { return Ok(WorkerState::Done) };
-        if leading_term(&n).is_some() {
-            repair::sweep_once(&n).await?;
-        }
+        let Some(term) = leading_term(&n) else { return Ok(WorkerState::Idle) };
+        let full = match self.full {
+            Some((t, passes)) => t != term || passes >= FULL_SWEEP_EVERY,
+            None => true,
+        };
+        let swept = repair::sweep_once(&n, full).await;
+        // A full pass that could not list every node is tried again on the
+        // next one; a routine pass counts whatever its outcome.
+        self.full = match (self.full, full) {
+            (_, true) if swept.is_err() => self.full,
+            (Some((t, passes)), false) => Some((t, passes + 1)),
+            _ => Some((term, 0)),
+        };
+        swept?;
         Ok(WorkerState::Idle)
     }
     async fn wait_for_work(&mut self) {
@@ -191,6 +213,8 @@ impl Worker for Sweep {
             ("sweeps", n.repair.sweeps.load(Relaxed)),
             ("nodes_listed", n.repair.sweep_nodes_listed.load(Relaxed)),
             ("list_failures", n.repair.sweep_list_failures.load(Relaxed)),
+            ("full_passes", n.repair.sweep_full_passes.load(Relaxed)),
+            ("copies_deleted", n.repair.sweep_copies_deleted.load(Relaxed)),
         ]
     }
     fn backoff(&self) -> coffer_worker::Backoff {
