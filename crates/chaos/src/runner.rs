@@ -376,7 +376,7 @@ pub fn run_schedule(s: &Schedule, opts: &RunOptions, netem: &mut bool) -> Result
         let t0 = Instant::now();
         *t0_unix.lock().unwrap_or_else(|p| p.into_inner()) = unix_ms();
         loop {
-            let now = t0.elapsed().as_millis() as u64;
+            let mut now = t0.elapsed().as_millis() as u64;
             // With a storage fault due and healed ones still counted, ask
             // the cluster (at most once a second) whether the packs they
             // left short are complete again; an unanswered status keeps
@@ -387,8 +387,9 @@ pub fn run_schedule(s: &Schedule, opts: &RunOptions, netem: &mut bool) -> Result
                 .any(|(_, e)| e.fault.impact().touches_storage());
             if due_storage && !exposure.is_empty() && asked_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                 asked_at = Some(Instant::now());
+                // Short, so that heals due meanwhile are not held up long.
                 if let Ok(st) = reader
-                    .cli(&["status", "--json", "--retry-for", "2s"], Duration::from_secs(20))
+                    .cli(&["status", "--json", "--retry-for", "1s"], Duration::from_secs(5))
                     .and_then(|o| o.ok())
                     .and_then(|o| o.json())
                 {
@@ -397,6 +398,7 @@ pub fn run_schedule(s: &Schedule, opts: &RunOptions, netem: &mut bool) -> Result
                         exposure.settled();
                     }
                 }
+                now = t0.elapsed().as_millis() as u64;
             }
             let mut c = cluster.lock().unwrap_or_else(|p| p.into_inner());
             // Heal what is due first, so that a fault injected at the same
