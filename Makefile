@@ -34,7 +34,8 @@ chaos-tools:
 # drawn from CHAOS_SEED, each CHAOS_MINUTES long on a fresh cluster of
 # real processes in network namespaces, with faults between sites, on
 # processes, disks and clocks. Writes target/chaos/report-SEED.{md,json}
-# (and the logs of every schedule with a safety finding); exits 1 on a
+# (and the logs of every schedule with a safety or availability finding,
+# with a status timeline); exits 1 on a
 # safety or availability finding.
 CHAOS_SEED ?= 1
 CHAOS_SCHEDULES ?= 10

@@ -198,3 +198,43 @@ fn a_draining_node_among_exactly_k_plus_m_still_takes_new_shards() -> Result<()>
         Ok(())
     })
 }
+
+/// The repair planner refills a freed rebuild slot at once, and starts as
+/// soon as a storage node comes back, instead of waiting for its tick:
+/// `per_node` bounds the rebuilds in flight, not the rebuilds per tick.
+/// Seen in the chaos suite (seed 20261206): with one home per short pack,
+/// repair ran at exactly two shards per target per 500 ms tick while each
+/// rebuild took a fraction of it, and short packs were still short when
+/// the next storage faults came. Here the tick is an hour, so only the
+/// wake-ups can complete the packs.
+#[test]
+fn repair_fills_short_packs_without_waiting_for_its_tick() -> Result<()> {
+    let mut s = spec();
+    s.meta_flags = vec!["--repair-tick".into(), "1h".into()];
+    Cluster::run(s, |c| {
+        let victim = c.storage.iter().position(|s| s.site == "site-c").context("a node in site-c")?;
+        c.kill_storage(victim);
+        wait_up_exactly(c, 5)?;
+        let mut snaps = Vec::new();
+        for seed in [201, 202, 203] {
+            let dir = source(c, seed)?;
+            let (snap, _) = backup_short(c, &dir)?;
+            snaps.push((snap, dir));
+        }
+        let short = c.status()?["packs"]["short"].as_u64().unwrap_or(0);
+        // More short packs than one target's rebuild slots (per_node = 2).
+        ensure!(short > 2, "too few short packs to need more than one pass: {short}");
+        c.restart_site("site-c")?;
+        c.wait_nodes_up(6, Duration::from_secs(30))?;
+        wait_until("every short pack completed before the planner's next tick", Duration::from_secs(90), || {
+            let s = c.status().ok()?;
+            let p = &s["packs"];
+            (p["short"] == 0 && p["degraded"] == 0 && s["rebuild"]["in_flight"] == 0).then_some(())
+        })?;
+        for (snap, dir) in &snaps {
+            let restored = restore_and_compare(c, snap, dir)?;
+            ensure!(restored["degraded_packs"] == 0, "a completed pack was read in degraded mode: {restored}");
+        }
+        Ok(())
+    })
+}

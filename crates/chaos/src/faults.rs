@@ -204,6 +204,64 @@ pub fn tolerated(impacts: &[Impact], storage_sites: &[usize], m: usize) -> bool 
     node_sites.len() <= 1 || nodes.len() <= m
 }
 
+impl Impact {
+    /// Whether the fault takes shards away from anyone: storage nodes, a
+    /// site, the leader's view of storage, or shard files.
+    pub fn touches_storage(&self) -> bool {
+        !self.storage.is_empty() || !self.sites.is_empty() || self.all_storage || self.shards > 0
+    }
+}
+
+/// The exposure a storage fault leaves behind once healed. Packs written
+/// while storage nodes were away are *short* (or, after a site outage,
+/// site-degraded) until the repair planner completes them; while short, a
+/// pack survives the loss of only p-k more of its holders (ARCHITECTURE.md,
+/// invariant 1), exactly as if the healed nodes were still away. So a
+/// healed storage fault keeps counting against the tolerance until the
+/// cluster reports no short and no site-degraded pack ([`Exposure::settled`]).
+#[derive(Debug, Default)]
+pub struct Exposure {
+    lingering: Vec<(Fault, Impact)>,
+}
+
+impl Exposure {
+    /// `fault` was healed: if it took shards away, its impact lingers.
+    pub fn healed(&mut self, fault: &Fault) {
+        let i = fault.impact();
+        // Damaged shard files are counted until the schedule's end anyway.
+        if i.touches_storage() && !matches!(fault, Fault::Shards { .. }) {
+            self.lingering.push((fault.clone(), i));
+        }
+    }
+
+    /// The cluster reported no short and no site-degraded pack.
+    pub fn settled(&mut self) {
+        self.lingering.clear();
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lingering.is_empty()
+    }
+
+    /// Whether `new` may be injected beside the `active` impacts and the
+    /// lingering ones.
+    pub fn allows(&self, active: &[Impact], new: &Impact, storage_sites: &[usize], m: usize) -> bool {
+        if !new.touches_storage() || self.lingering.is_empty() {
+            return true;
+        }
+        let mut all: Vec<Impact> = active.to_vec();
+        all.extend(self.lingering.iter().map(|(_, i)| i.clone()));
+        all.push(new.clone());
+        tolerated(&all, storage_sites, m)
+    }
+
+    /// The healed faults still counted, for the report.
+    pub fn describe(&self) -> String {
+        let names: Vec<String> = self.lingering.iter().map(|(f, _)| format!("{f:?}")).collect();
+        names.join(", ")
+    }
+}
+
 /// A fault that is active, with what healing it needs.
 pub struct Active {
     pub fault: Fault,

@@ -51,6 +51,11 @@ pub struct ScheduleReport {
     pub injected: BTreeMap<String, u64>,
     /// Injections that could not be made (no leader known, say), with why.
     pub not_injected: Vec<String>,
+    /// Faults held back for their whole time, by kind: healed storage
+    /// faults still left packs short (`faults::Exposure`).
+    pub held: BTreeMap<String, u64>,
+    /// Faults injected late for the same reason (their end unchanged).
+    pub late: BTreeMap<String, u64>,
     pub backups: u64,
     pub backups_refused: u64,
     pub restores_during_run: u64,
@@ -87,6 +92,9 @@ pub struct Report {
     pub minutes: f64,
     pub schedules: Vec<ScheduleReport>,
     pub faults_by_kind: BTreeMap<String, u64>,
+    /// Faults held back for their whole time, and injected late, by kind.
+    pub faults_held: BTreeMap<String, u64>,
+    pub faults_late: BTreeMap<String, u64>,
     pub snapshots_checked: u64,
     pub bytes_compared: u64,
     pub backups: u64,
@@ -119,10 +127,21 @@ impl Report {
             self.findings(Severity::Availability),
             self.findings(Severity::Log),
         ));
-        md.push_str("## Faults injected, by kind\n\n| kind | count |\n|---|---|\n");
-        for (k, n) in &self.faults_by_kind {
-            md.push_str(&format!("| {k} | {n} |\n"));
+        md.push_str("## Faults injected, by kind\n\n| kind | count | late | held back |\n|---|---|---|---|\n");
+        let mut kinds: std::collections::BTreeSet<&String> = self.faults_by_kind.keys().collect();
+        kinds.extend(self.faults_held.keys());
+        for k in kinds {
+            let n = |m: &BTreeMap<String, u64>| m.get(k).copied().unwrap_or(0);
+            md.push_str(&format!(
+                "| {k} | {} | {} | {} |\n",
+                n(&self.faults_by_kind),
+                n(&self.faults_late),
+                n(&self.faults_held)
+            ));
         }
+        md.push_str(
+            "\nA storage fault is injected late, or held back, while healed storage faults still leave packs short (a short pack survives only p-k more losses).\n",
+        );
         md.push_str("\n## Schedules\n\n| # | nodes/site | faults | backups | refused | checked (real-time) | bytes | voter added / removed (ms) | linearizable | findings (S/A/L) |\n|---|---|---|---|---|---|---|---|---|---|\n");
         for r in &self.schedules {
             let count = |s| r.findings.iter().filter(|f| f.severity == s).count();
@@ -157,6 +176,9 @@ impl Report {
             for f in &r.findings {
                 md.push_str(&format!("- **{:?}**: {}\n", f.severity, f.what));
             }
+            if let Some(kept) = &r.kept {
+                md.push_str(&format!("\nLogs kept in `{}`.\n", kept.display()));
+            }
         }
         md
     }
@@ -175,6 +197,8 @@ pub fn run(opts: &RunOptions) -> Result<Report> {
         minutes: opts.duration.as_secs_f64() / 60.0,
         schedules: Vec::new(),
         faults_by_kind: BTreeMap::new(),
+        faults_held: BTreeMap::new(),
+        faults_late: BTreeMap::new(),
         snapshots_checked: 0,
         bytes_compared: 0,
         backups: 0,
@@ -194,6 +218,12 @@ pub fn run(opts: &RunOptions) -> Result<Report> {
         })?;
         for (k, n) in &r.injected {
             *report.faults_by_kind.entry(k.clone()).or_default() += n;
+        }
+        for (k, n) in &r.held {
+            *report.faults_held.entry(k.clone()).or_default() += n;
+        }
+        for (k, n) in &r.late {
+            *report.faults_late.entry(k.clone()).or_default() += n;
         }
         report.snapshots_checked += r.snapshots_checked;
         report.bytes_compared += r.bytes_compared;
@@ -232,6 +262,43 @@ fn watch_leaders(c: &Cli, sh: &Shared, views: &Mutex<LeaderViews>) {
     }
 }
 
+/// Samples the cluster's `status --json` about every two seconds until
+/// stopped: the pack counts (short, degraded, at risk), the storage nodes'
+/// states and the rebuild queue, on the schedule's clock. Kept beside the
+/// logs of a schedule with findings, to tell which packs were exposed when
+/// a call was refused.
+fn watch_status(c: &Cli, sh: &Shared, samples: &Mutex<Vec<serde_json::Value>>) {
+    while !sh.stop.load(Ordering::SeqCst) {
+        let at_ms = sh.start.elapsed().as_millis() as u64;
+        let got = c
+            .cli(&["status", "--json", "--retry-for", "2s"], Duration::from_secs(20))
+            .ok()
+            .and_then(|o| o.ok().ok())
+            .and_then(|o| o.json().ok());
+        if let Some(s) = got {
+            let nodes: Vec<String> = s["nodes"]
+                .as_array()
+                .map(|ns| {
+                    ns.iter()
+                        .map(|n| {
+                            format!("{}:{}", n["addr"].as_str().unwrap_or("?"), n["state"].as_str().unwrap_or("?"))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let sample = serde_json::json!({
+                "at_ms": at_ms,
+                "packs": s["packs"],
+                "site_degraded": s["site_degraded"],
+                "rebuild": s["rebuild"],
+                "nodes": nodes,
+            });
+            samples.lock().unwrap_or_else(|p| p.into_inner()).push(sample);
+        }
+        std::thread::sleep(Duration::from_millis(2_000));
+    }
+}
+
 /// Runs one schedule on a fresh cluster.
 pub fn run_schedule(s: &Schedule, opts: &RunOptions, netem: &mut bool) -> Result<ScheduleReport> {
     let started = Instant::now();
@@ -247,9 +314,12 @@ pub fn run_schedule(s: &Schedule, opts: &RunOptions, netem: &mut bool) -> Result
     let sh = Shared::new();
     let member = Mutex::new(Membership::default());
     let views = Mutex::new(LeaderViews::default());
+    let status_samples = Mutex::new(Vec::new());
     let t0_unix = Mutex::new(0u64);
     let mut injected: BTreeMap<String, u64> = BTreeMap::new();
     let mut not_injected = Vec::new();
+    let mut held: BTreeMap<String, u64> = BTreeMap::new();
+    let mut late: BTreeMap<String, u64> = BTreeMap::new();
     let mut damaged = Vec::new();
     let mut findings = Vec::new();
 
@@ -273,6 +343,10 @@ pub fn run_schedule(s: &Schedule, opts: &RunOptions, netem: &mut bool) -> Result
             scope.spawn(move || watch_leaders(reader, &sh, views));
         }
         {
+            let (sh, reader, samples) = (sh.clone(), &reader, &status_samples);
+            scope.spawn(move || watch_status(reader, &sh, samples));
+        }
+        {
             let (sh, reader, cluster, member) = (sh.clone(), &reader, &*cluster, &member);
             scope.spawn(move || membership::run(cluster, reader, &sh, s.duration_ms, member));
         }
@@ -293,10 +367,39 @@ pub fn run_schedule(s: &Schedule, opts: &RunOptions, netem: &mut bool) -> Result
         let mut pending: Vec<_> = s.events.iter().enumerate().collect();
         pending.reverse();
         let mut active: Vec<(u64, Active)> = Vec::new();
+        // Faults due but held back while healed storage faults still leave
+        // packs short (`faults::Exposure`), in the order they were due.
+        let mut waiting: Vec<(usize, &crate::schedule::Event)> = Vec::new();
+        let mut exposure = faults::Exposure::default();
+        let mut asked_at: Option<Instant> = None;
+        let storage_sites = s.storage_sites();
         let t0 = Instant::now();
         *t0_unix.lock().unwrap_or_else(|p| p.into_inner()) = unix_ms();
         loop {
-            let now = t0.elapsed().as_millis() as u64;
+            let mut now = t0.elapsed().as_millis() as u64;
+            // With a storage fault due and healed ones still counted, ask
+            // the cluster (at most once a second) whether the packs they
+            // left short are complete again; an unanswered status keeps
+            // them counted.
+            let due_storage = waiting
+                .iter()
+                .chain(pending.iter().rev().take_while(|(_, e)| e.at_ms <= now))
+                .any(|(_, e)| e.fault.impact().touches_storage());
+            if due_storage && !exposure.is_empty() && asked_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                asked_at = Some(Instant::now());
+                // Short, so that heals due meanwhile are not held up long.
+                if let Ok(st) = reader
+                    .cli(&["status", "--json", "--retry-for", "1s"], Duration::from_secs(5))
+                    .and_then(|o| o.ok())
+                    .and_then(|o| o.json())
+                {
+                    let zero = |v: &serde_json::Value| v.as_u64() == Some(0);
+                    if zero(&st["packs"]["short"]) && zero(&st["site_degraded"]) {
+                        exposure.settled();
+                    }
+                }
+                now = t0.elapsed().as_millis() as u64;
+            }
             let mut c = cluster.lock().unwrap_or_else(|p| p.into_inner());
             // Heal what is due first, so that a fault injected at the same
             // moment is judged against the faults that remain.
@@ -304,6 +407,7 @@ pub fn run_schedule(s: &Schedule, opts: &RunOptions, netem: &mut bool) -> Result
             while k < active.len() {
                 if active[k].0 <= now {
                     let (_, mut a) = active.remove(k);
+                    exposure.healed(&a.fault);
                     if let Err(e) = faults::heal(&mut c, &mut a) {
                         // A node that refuses to start (on a disk another
                         // fault still fills, say) says why and exits; it is
@@ -317,7 +421,36 @@ pub fn run_schedule(s: &Schedule, opts: &RunOptions, netem: &mut bool) -> Result
                 }
             }
             while pending.last().is_some_and(|(_, e)| e.at_ms <= now) {
-                let Some((id, e)) = pending.pop() else { break };
+                let Some(due) = pending.pop() else { break };
+                waiting.push(due);
+            }
+            let mut w = 0;
+            while w < waiting.len() {
+                let (id, e) = waiting[w];
+                let impacts: Vec<faults::Impact> = active.iter().map(|(_, a)| a.fault.impact()).collect();
+                if !exposure.allows(&impacts, &e.fault.impact(), &storage_sites, s.m) {
+                    if e.end_ms() <= now + 1_000 {
+                        waiting.remove(w);
+                        *held.entry(e.fault.kind().to_string()).or_default() += 1;
+                        not_injected.push(format!(
+                            "{:?}: held back for its whole time (due at {} ms), packs still short after healing {}",
+                            e.fault,
+                            e.at_ms,
+                            exposure.describe()
+                        ));
+                    } else {
+                        w += 1;
+                    }
+                    continue;
+                }
+                waiting.remove(w);
+                if now > e.at_ms + 500 {
+                    *late.entry(e.fault.kind().to_string()).or_default() += 1;
+                    eprintln!(
+                        "chaos: {:?} (due at {} ms) injected at {now} ms, once the packs left short were complete",
+                        e.fault, e.at_ms
+                    );
+                }
                 match faults::inject(&mut c, &e.fault, id, s.m) {
                     Ok(a) => {
                         *injected.entry(e.fault.kind().to_string()).or_default() += 1;
@@ -330,7 +463,7 @@ pub fn run_schedule(s: &Schedule, opts: &RunOptions, netem: &mut bool) -> Result
             let names: Vec<String> = active.iter().map(|(_, a)| format!("{:?} on {:?}", a.fault, a.node)).collect();
             *sh.active.lock().unwrap_or_else(|p| p.into_inner()) = names;
             drop(c);
-            if now >= s.duration_ms && active.is_empty() {
+            if now >= s.duration_ms && active.is_empty() && waiting.is_empty() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -378,11 +511,15 @@ pub fn run_schedule(s: &Schedule, opts: &RunOptions, netem: &mut bool) -> Result
     }
     checks::logs(&mut c, &expected, &skewed, &mut findings);
     let rec = sh.record.lock().unwrap_or_else(|p| p.into_inner());
-    let keep = opts.keep || findings.iter().any(|f| f.severity == Severity::Safety);
+    // The logs of a schedule with a safety or an availability finding are
+    // kept: a refused backup or restore is diagnosed from them afterwards.
+    let keep = opts.keep || findings.iter().any(|f| matches!(f.severity, Severity::Safety | Severity::Availability));
     let report = ScheduleReport {
         schedule: s.clone(),
         injected,
         not_injected,
+        held,
+        late,
         backups: rec.backups,
         backups_refused: rec.backups_refused.len() as u64,
         restores_during_run: rec.restores,
@@ -408,6 +545,11 @@ pub fn run_schedule(s: &Schedule, opts: &RunOptions, netem: &mut bool) -> Result
         let dest = opts.out.join(format!("seed-{}-schedule-{}", s.seed, s.index));
         let _ = std::fs::remove_dir_all(&dest);
         copy_logs(dir.path(), &dest)?;
+        let samples = status_samples.into_inner().unwrap_or_else(|p| p.into_inner());
+        let lines: String = samples.iter().map(|v| format!("{v}\n")).collect();
+        std::fs::write(dest.join("status.jsonl"), lines)?;
+        std::fs::write(dest.join("schedule.json"), serde_json::to_string_pretty(&report)?)?;
+        eprintln!("chaos: schedule {} of seed {}: logs kept in {}", s.index, s.seed, dest.display());
         report.kept = Some(dest);
     }
     Ok(report)

@@ -196,6 +196,33 @@ mod tests {
     }
 
     #[test]
+    fn a_healed_storage_fault_counts_until_the_cluster_reports_no_short_pack() {
+        // Seed 20261206, schedule 0: storage 4 killed and storage 2 paused,
+        // both healed; packs written meanwhile sat on the other four nodes.
+        // Killing 5 and then 3 before repair completed them took 2 of their
+        // 4 or 5 placed shards: restores refused ("3 of the 4 shards needed").
+        let sites = [0, 0, 1, 1, 2, 2];
+        let kill = |n| Fault::Kill { node: NodeRef::Storage(n) };
+        let mut x = crate::faults::Exposure::default();
+        assert!(x.allows(&[], &kill(5).impact(), &sites, 2), "nothing lingers yet");
+        x.healed(&kill(4));
+        x.healed(&Fault::Pause { node: NodeRef::Storage(2) });
+        // Voter and clock faults never touch shards and do not linger.
+        x.healed(&Fault::KillLeader);
+        x.healed(&Fault::ClockSkew { storage: 1, offset_s: 60 });
+        assert!(x.describe().contains("Storage(4)") && !x.describe().contains("Leader"), "{}", x.describe());
+        assert!(!x.allows(&[], &kill(5).impact(), &sites, 2), "two healed, one new: three nodes");
+        assert!(!x.allows(&[], &Fault::PartitionSite { site: 1 }.impact(), &sites, 2));
+        assert!(x.allows(&[], &Fault::KillLeader.impact(), &sites, 2), "a voter fault is not held");
+        x.settled();
+        assert!(x.allows(&[kill(3).impact()], &kill(5).impact(), &sites, 2));
+        // A partition healed lingers as the site it was.
+        x.healed(&Fault::PartitionSite { site: 0 });
+        assert!(!x.allows(&[], &kill(2).impact(), &sites, 2));
+        assert!(x.allows(&[], &kill(1).impact(), &sites, 2), "a node of the same site is the same site's loss");
+    }
+
+    #[test]
     fn the_tolerance_refuses_two_sites_two_voters_and_more_than_m_nodes() {
         let sites = [0, 0, 1, 1, 2, 2];
         let imp = |f: Fault| f.impact();

@@ -153,6 +153,11 @@ pub struct MetaSettings {
     #[arg(long, env = "COFFER_REBUILD_PARALLELISM")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rebuild_parallelism: Option<usize>,
+    /// Time between the leader's repair-planner passes (it also runs as soon
+    /// as a rebuild finishes or a storage node comes back).
+    #[arg(long, env = "COFFER_REPAIR_TICK", value_parser = parse_dur)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repair_tick: Option<Dur>,
     /// A file holding the cluster admin token (the same on every metadata node).
     #[arg(long, env = "COFFER_ADMIN_TOKEN_FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -312,6 +317,7 @@ pub fn meta_defaults() -> MetaSettings {
         down_after: Some(Dur(c.down_after)),
         rebuild_bandwidth: Some(c.repair.bandwidth),
         rebuild_parallelism: Some(c.repair.parallelism),
+        repair_tick: Some(Dur(c.repair.tick)),
         gc_interval: Some(Dur(c.gc_interval.unwrap_or_default())),
         gc_rewrite_bandwidth: Some(c.gc_rewrite_bandwidth),
         store_cache_mib: Some(c.store_cache_bytes >> 20),
@@ -443,6 +449,9 @@ impl MetaSettings {
         }
         if let Some(v) = self.rebuild_parallelism {
             c.repair.parallelism = v.max(1);
+        }
+        if let Some(Dur(v)) = self.repair_tick {
+            c.repair.tick = v.max(std::time::Duration::from_millis(10));
         }
         if let Some(Dur(v)) = self.gc_interval {
             c.gc_interval = (!v.is_zero()).then_some(v);

@@ -203,6 +203,8 @@ impl Catalog for CatalogService {
         tracing::info!(node = %node.id, site = %node.site, addr = %node.addr, "storage node registers");
         self.write(Command::RegisterNode { node }).await?;
         self.node.liveness.seen(NodeId(r.id), r.used_bytes, r.capacity_bytes);
+        // A node (re)started is a home for the shards short packs lack.
+        self.node.repair.wake.notify_one();
         Ok(Response::new(pb::RegisterNodeResponse {}))
     }
 
@@ -220,7 +222,7 @@ impl Catalog for CatalogService {
         let Some(rec) = kv::get::<NodeRecord>(self.tree(), "node", &kv::node_key(id)).map_err(Status::from)? else {
             return Ok(Response::new(pb::HeartbeatResponse { known: false }));
         };
-        self.node.liveness.seen_usage(
+        let returned = self.node.liveness.seen_usage(
             id,
             Usage {
                 used_bytes: r.used_bytes,
@@ -230,6 +232,11 @@ impl Catalog for CatalogService {
                 orphan_bytes: r.orphan_bytes,
             },
         );
+        if returned {
+            // A node back is a home for the shards short packs lack: the
+            // repair planner looks now rather than at its next tick.
+            self.node.repair.wake.notify_one();
+        }
         self.node.liveness.set_workers(id, reported_workers(id, r.workers));
         let now = now_ms();
         if now.saturating_sub(rec.last_heartbeat_ms) >= self.node.config.persist_seen_every.as_millis() as u64 {

@@ -117,11 +117,12 @@ impl Liveness {
     }
 
     pub fn seen(&self, node: NodeId, used_bytes: u64, capacity_bytes: u64) {
-        self.seen_usage(node, Usage { used_bytes, capacity_bytes, ..Usage::default() });
+        let _ = self.seen_usage(node, Usage { used_bytes, capacity_bytes, ..Usage::default() });
     }
 
-    /// Records a heartbeat and the space it reports.
-    pub fn seen_usage(&self, node: NodeId, u: Usage) {
+    /// Records a heartbeat and the space it reports; true when the node
+    /// was not up before it (it comes back, or is heard from first).
+    pub fn seen_usage(&self, node: NodeId, u: Usage) -> bool {
         let seen = Seen {
             at: Instant::now(),
             used_bytes: u.used_bytes,
@@ -130,7 +131,11 @@ impl Liveness {
             reserve_bytes: u.reserve_bytes,
             orphan_bytes: u.orphan_bytes,
         };
-        self.lock().seen.insert(node, seen);
+        let mut inner = self.lock();
+        let last = inner.seen.get(&node).map(|s| s.at).unwrap_or(inner.baseline);
+        let returned = last.elapsed() >= self.suspect_after;
+        inner.seen.insert(node, seen);
+        returned
     }
 
     pub fn get(&self, node: NodeId) -> Option<Seen> {

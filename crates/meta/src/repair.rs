@@ -78,6 +78,11 @@ pub struct RepairState {
     pub sweep_copies_deleted: std::sync::atomic::AtomicU64,
     /// Clients to storage nodes, shared by every rebuild, sweep and delete.
     shards: Arc<ShardPool>,
+    /// Wakes the planner before its tick: a rebuild finished (a slot of
+    /// `per_node` is free again) or a storage node came back (a home for
+    /// the shards of short packs). `per_node` limits rebuilds in flight,
+    /// not rebuilds per tick.
+    pub(crate) wake: Arc<tokio::sync::Notify>,
 }
 
 /// A rebuild target's recent failures: after each one it is skipped for a
@@ -742,6 +747,10 @@ pub(crate) async fn execute(node: Weak<MetaNode>, job: RebuildJob) {
                 }
                 Ok(_) => {
                     tracing::info!(pack = %t.pack.id, index = %t.index, from = %t.from, to = %t.to, "shard rebuilt and placed");
+                    // A slot is free: the planner fills it now, not at its
+                    // next tick. (Failures wait for the tick, so that a
+                    // target that keeps failing is not retried in a loop.)
+                    n.repair.wake.notify_one();
                     // The old copy of a moved shard is superfluous now.
                     if t.from != t.to {
                         delete_copy(&n, t.from, t.pack.id, t.index).await;

@@ -71,6 +71,8 @@ pub(crate) struct Planner {
     pub jobs: mpsc::UnboundedSender<RebuildJob>,
     pub tick: Duration,
     pub ticks: u64,
+    /// `RepairState::wake`: a pass before the tick.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 impl Worker for Planner {
@@ -87,7 +89,10 @@ impl Worker for Planner {
         Ok(WorkerState::Idle)
     }
     async fn wait_for_work(&mut self) {
-        tokio::time::sleep(self.tick).await
+        tokio::select! {
+            _ = tokio::time::sleep(self.tick) => {}
+            _ = self.wake.notified() => {}
+        }
     }
     fn progress(&self) -> Vec<(&'static str, u64)> {
         let Some(n) = self.node.upgrade() else { return Vec::new() };
@@ -253,7 +258,7 @@ pub(crate) fn spawn_all(node: &Arc<MetaNode>, join: Option<String>) {
     let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
     let r = &node.runner;
     r.spawn(Leadership { node: weak.clone(), metrics: node.raft.metrics() });
-    r.spawn(Planner { node: weak.clone(), jobs: jobs_tx, tick, ticks: 0 });
+    r.spawn(Planner { node: weak.clone(), jobs: jobs_tx, tick, ticks: 0, wake: node.repair.wake.clone() });
     r.spawn(RebuildExecutor { node: weak.clone(), jobs: jobs_rx, running: JoinSet::new(), next: None });
     r.spawn(Sweep::new(weak.clone(), tick));
     r.spawn(crate::collector::Collector {

@@ -71,10 +71,12 @@ fn main() -> ExitCode {
                 report.findings(Severity::Log),
             );
             eprintln!(
-                "coffer-chaos: seed {}: {} schedules, faults {:?}, {} snapshots checked, {} bytes compared, {} backups ({} refused); findings: {s} safety, {a} availability, {l} log; report in {}",
+                "coffer-chaos: seed {}: {} schedules, faults {:?} (late {:?}, held back {:?}), {} snapshots checked, {} bytes compared, {} backups ({} refused); findings: {s} safety, {a} availability, {l} log; report in {}",
                 report.seed,
                 report.schedules.len(),
                 report.faults_by_kind,
+                report.faults_late,
+                report.faults_held,
                 report.snapshots_checked,
                 report.bytes_compared,
                 report.backups,
