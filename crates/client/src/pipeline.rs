@@ -32,6 +32,11 @@ use crate::ClientError;
 
 /// A pack is cut once it holds this many bytes.
 pub const PACK_TARGET: usize = 16 << 20;
+/// What a data pack's buffer is allocated with: it overshoots the target by
+/// at most one blob, and erasure coding pads it in place by fewer than k
+/// bytes.
+const DATA_PACK_CAPACITY: usize =
+    PACK_TARGET + coffer_pack::MAX_CHUNK_LEN + coffer_pack::BLOB_OVERHEAD + coffer_types::MAX_SHARDS as usize;
 /// Or this many blobs, which keeps a CommitPack message (one location per
 /// blob) small even when the blobs are tiny files.
 const MAX_BLOBS_PER_PACK: usize = 65_536;
@@ -352,16 +357,9 @@ impl OpenPack {
             reason: format!("blob {id} of {} bytes is too large for a pack", blob.len()),
         })?;
         if self.bytes.capacity() == 0 && self.kind == PackKind::Data {
-            // One allocation for the whole data pack: it overshoots the
-            // target by at most one blob, and erasure coding pads it in place
-            // by fewer than k bytes. Tree packs are usually small and grow
-            // as needed.
-            self.bytes.reserve(
-                PACK_TARGET
-                    + coffer_pack::MAX_CHUNK_LEN
-                    + coffer_pack::BLOB_OVERHEAD
-                    + coffer_types::MAX_SHARDS as usize,
-            );
+            // One allocation for the whole data pack (a spare buffer already
+            // has it). Tree packs are usually small and grow as needed.
+            self.bytes.reserve(DATA_PACK_CAPACITY);
         }
         self.entries.push(PackEntry { id, offset: self.bytes.len() as u64, len });
         self.bytes.extend_from_slice(blob);
@@ -376,17 +374,48 @@ impl OpenPack {
         self.entries.is_empty()
     }
 
-    fn take(&mut self) -> (PackKind, Vec<u8>, Vec<PackEntry>) {
-        (self.kind, std::mem::take(&mut self.bytes), std::mem::take(&mut self.entries))
+    /// The filled pack; the next one is filled into `spare` if given (an
+    /// emptied buffer of an earlier pack).
+    fn take(&mut self, spare: Option<Vec<u8>>) -> (PackKind, Vec<u8>, Vec<PackEntry>) {
+        let next = spare.unwrap_or_default();
+        (self.kind, std::mem::replace(&mut self.bytes, next), std::mem::take(&mut self.entries))
+    }
+}
+
+/// What an upload task hands back: the ids it committed, and its pack's
+/// buffer when it can be filled again.
+type UploadDone = (Vec<ChunkId>, Option<Vec<u8>>);
+
+/// Emptied data-pack buffers waiting to be filled again. At most one per
+/// upload in flight is kept, so the packer's memory stays what it was:
+/// `MAX_UPLOADS` packs sending and one filling.
+#[derive(Default)]
+struct SpareBuffers(Vec<Vec<u8>>);
+
+impl SpareBuffers {
+    fn give(&mut self, buf: Vec<u8>) {
+        if buf.capacity() >= DATA_PACK_CAPACITY && self.0.len() < MAX_UPLOADS {
+            self.0.push(buf);
+        }
+    }
+
+    fn take_for(&mut self, kind: PackKind) -> Option<Vec<u8>> {
+        if kind == PackKind::Data {
+            self.0.pop()
+        } else {
+            None
+        }
     }
 }
 
 /// The packer: appends sealed blobs to the open data or tree pack and stores
 /// each pack once full; at the end flushes both and waits for every upload.
+/// A data pack's buffer comes back from its upload and holds a later pack.
 pub(crate) async fn packer_stage(ctx: Arc<StageCtx>, mut rx: mpsc::Receiver<SealedOut>) -> Result<(), ClientError> {
     let mut data = OpenPack::new(PackKind::Data);
     let mut trees = OpenPack::new(PackKind::Tree);
-    let mut uploads: JoinSet<Result<Vec<ChunkId>, ClientError>> = JoinSet::new();
+    let mut uploads: JoinSet<Result<UploadDone, ClientError>> = JoinSet::new();
+    let mut spares = SpareBuffers::default();
     while let Some(s) = rx.recv().await {
         let open = match s.kind {
             BlobKind::Data => &mut data,
@@ -395,47 +424,52 @@ pub(crate) async fn packer_stage(ctx: Arc<StageCtx>, mut rx: mpsc::Receiver<Seal
         open.push(s.id, &s.blob)?;
         drop(s);
         if open.is_full() {
-            let pack = open.take();
-            start_upload(&ctx, &mut uploads, pack).await?;
+            let pack = open.take(spares.take_for(open.kind));
+            start_upload(&ctx, &mut uploads, &mut spares, pack).await?;
         }
     }
     for open in [&mut data, &mut trees] {
         if !open.is_empty() {
-            let pack = open.take();
-            start_upload(&ctx, &mut uploads, pack).await?;
+            let pack = open.take(None);
+            start_upload(&ctx, &mut uploads, &mut spares, pack).await?;
         }
     }
     while let Some(done) = uploads.join_next().await {
-        finish_upload(&ctx, done)?;
+        finish_upload(&ctx, &mut spares, done)?;
     }
     Ok(())
 }
 
 async fn start_upload(
     ctx: &Arc<StageCtx>,
-    uploads: &mut JoinSet<Result<Vec<ChunkId>, ClientError>>,
+    uploads: &mut JoinSet<Result<UploadDone, ClientError>>,
+    spares: &mut SpareBuffers,
     (kind, bytes, entries): (PackKind, Vec<u8>, Vec<PackEntry>),
 ) -> Result<(), ClientError> {
     while uploads.len() >= MAX_UPLOADS {
         match uploads.join_next().await {
-            Some(done) => finish_upload(ctx, done)?,
+            Some(done) => finish_upload(ctx, spares, done)?,
             None => break,
         }
     }
     let ctx = ctx.clone();
     uploads.spawn(async move {
-        ctx.writer.store(kind, bytes, &entries).await?;
-        Ok(entries.into_iter().map(|e| e.id).collect())
+        let (_, spare) = ctx.writer.store_returning_buffer(kind, bytes, &entries).await?;
+        Ok((entries.into_iter().map(|e| e.id).collect(), spare))
     });
     Ok(())
 }
 
 fn finish_upload(
     ctx: &StageCtx,
-    done: Result<Result<Vec<ChunkId>, ClientError>, tokio::task::JoinError>,
+    spares: &mut SpareBuffers,
+    done: Result<Result<UploadDone, ClientError>, tokio::task::JoinError>,
 ) -> Result<(), ClientError> {
-    let ids = done.map_err(|e| ClientError::task("upload pack", e))??;
+    let (ids, spare) = done.map_err(|e| ClientError::task("upload pack", e))??;
     ctx.dedup().committed(ids);
+    if let Some(buf) = spare {
+        spares.give(buf);
+    }
     Ok(())
 }
 
@@ -482,12 +516,35 @@ mod tests {
         p.push(ChunkId([1; 32]), &[1, 2, 3]).unwrap();
         p.push(ChunkId([2; 32]), &[4, 5]).unwrap();
         assert!(!p.is_full());
-        let (kind, bytes, entries) = p.take();
+        let (kind, bytes, entries) = p.take(None);
         assert_eq!(kind, PackKind::Data);
         assert_eq!(bytes, vec![1, 2, 3, 4, 5]);
         assert_eq!((entries[1].offset, entries[1].len), (3, 2));
         assert!(p.is_empty());
         p.push(ChunkId([3; 32]), &vec![0u8; PACK_TARGET]).unwrap();
         assert!(p.is_full());
+    }
+
+    #[test]
+    fn a_spare_buffer_holds_the_next_data_pack() {
+        let mut spares = SpareBuffers::default();
+        // Too small to hold a data pack without growing: not kept.
+        spares.give(Vec::with_capacity(PACK_TARGET));
+        assert!(spares.take_for(PackKind::Data).is_none());
+        for _ in 0..MAX_UPLOADS + 1 {
+            spares.give(Vec::with_capacity(DATA_PACK_CAPACITY));
+        }
+        assert_eq!(spares.0.len(), MAX_UPLOADS, "one spare per upload in flight at most");
+        assert!(spares.take_for(PackKind::Tree).is_none(), "tree packs are small and not pooled");
+
+        let mut p = OpenPack::new(PackKind::Data);
+        p.push(ChunkId([1; 32]), &[1, 2, 3]).unwrap();
+        let spare = spares.take_for(PackKind::Data).unwrap();
+        let addr = spare.as_ptr();
+        let (_, bytes, _) = p.take(Some(spare));
+        assert_eq!(bytes, vec![1, 2, 3]);
+        p.push(ChunkId([2; 32]), &[4, 5]).unwrap();
+        let (_, bytes, entries) = p.take(None);
+        assert_eq!((bytes.as_ptr(), &bytes[..], entries[0].offset), (addr, &[4u8, 5][..], 0));
     }
 }

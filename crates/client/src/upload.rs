@@ -71,8 +71,22 @@ struct Allocation {
 /// The shards of a pack under one set of code parameters.
 struct Encoded {
     params: ErasureParams,
+    /// The padded pack buffer the data shards are slices of.
+    pack: Bytes,
     shards: Vec<Bytes>,
     checksums: Vec<Hash32>,
+}
+
+impl Encoded {
+    /// The pack buffer, emptied with its capacity kept, once no shard of it
+    /// is held anywhere else (a put's frames may still be in flight).
+    fn into_spare_buffer(self) -> Option<Vec<u8>> {
+        drop(self.shards);
+        let mut buf = self.pack.try_into_mut().ok()?;
+        // Emptied first, so that turning it into a `Vec` moves no byte.
+        buf.clear();
+        Some(Vec::from(buf))
+    }
 }
 
 impl PackWriter {
@@ -84,6 +98,19 @@ impl PackWriter {
         bytes: Vec<u8>,
         entries: &[PackEntry],
     ) -> Result<PackRecord, ClientError> {
+        Ok(self.store_returning_buffer(kind, bytes, entries).await?.0)
+    }
+
+    /// `store`, also handing back the pack's buffer (empty, its capacity
+    /// kept) when nothing else holds it any more, so that the packer fills
+    /// the next pack in memory already mapped: a fresh 16 MiB buffer per
+    /// pack costs a page fault every 4 KiB.
+    pub async fn store_returning_buffer(
+        &self,
+        kind: PackKind,
+        bytes: Vec<u8>,
+        entries: &[PackEntry],
+    ) -> Result<(PackRecord, Option<Vec<u8>>), ClientError> {
         let pack_len = bytes.len() as u64;
         let mut pending_bytes = Some(bytes);
         let mut encoded: Option<Arc<Encoded>> = None;
@@ -168,7 +195,9 @@ impl PackWriter {
                 self.counters.packs_short.add(1);
             }
             self.counters.bytes_stored_raw.add(record.shard_len.saturating_mul(record.placed() as u64));
-            return Ok(record);
+            drop(enc);
+            let spare = encoded.take().and_then(|e| Arc::try_unwrap(e).ok()).and_then(Encoded::into_spare_buffer);
+            return Ok((record, spare));
         }
         Err(ClientError::UploadFailed { pack: last.0, attempts: MAX_PLACEMENT_ATTEMPTS, reason: last.1 })
     }
@@ -194,11 +223,11 @@ impl PackWriter {
         tokio::task::spawn_blocking(move || {
             let start = Instant::now();
             let codec = Codec::new(params).map_err(|source| ClientError::Erasure { pack, source })?;
-            let shards = split_and_encode(&codec, bytes);
+            let (pack, shards) = split_and_encode(&codec, bytes);
             let checksums = shards.iter().map(|s| Hash32(*blake3::hash(s).as_bytes())).collect();
             let shard_bytes: u64 = shards.iter().map(|s| s.len() as u64).sum();
             counters.encode.add(start.elapsed(), shard_bytes);
-            Ok(Encoded { params, shards, checksums })
+            Ok(Encoded { params, pack, shards, checksums })
         })
         .await
         .map_err(|e| ClientError::task("encode pack", e))?
@@ -242,14 +271,18 @@ impl PackWriter {
     }
 }
 
-/// The `k + m` shards of `pack`, as `Codec::encode` would cut them: the data
-/// shards share the padded pack buffer, the parity shards are computed.
-fn split_and_encode(codec: &Codec, mut pack: Vec<u8>) -> Vec<Bytes> {
+/// The padded pack and its `k + m` shards, as `Codec::encode` would cut
+/// them: the data shards are slices of the padded pack buffer, the parity
+/// shards are computed.
+fn split_and_encode(codec: &Codec, mut pack: Vec<u8>) -> (Bytes, Vec<Bytes>) {
     let parity = codec.encode_parity(&mut pack);
     let k = codec.params().k();
     let shard_len = pack.len() / k;
     let data = Bytes::from(pack);
-    (0..k).map(|i| data.slice(i * shard_len..(i + 1) * shard_len)).chain(parity.into_iter().map(Bytes::from)).collect()
+    let shards =
+        (0..k).map(|i| data.slice(i * shard_len..(i + 1) * shard_len)).chain(parity.into_iter().map(Bytes::from));
+    let shards = shards.collect();
+    (data, shards)
 }
 
 /// The pack bytes back from its data shards, for re-encoding under new
@@ -355,11 +388,37 @@ mod tests {
             let codec = Codec::new(ErasureParams::new(k, m).unwrap()).unwrap();
             for len in [0usize, 1, 1001, 4096] {
                 let pack: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
-                let shards = split_and_encode(&codec, pack.clone());
+                let (_, shards) = split_and_encode(&codec, pack.clone());
                 let expected: Vec<Bytes> = codec.encode(&pack).into_iter().map(Bytes::from).collect();
                 assert_eq!(shards, expected, "{k}+{m}, {len} bytes");
             }
         }
+    }
+
+    #[test]
+    fn the_pack_buffer_comes_back_once_no_shard_holds_it() {
+        let params = ErasureParams::new(4, 2).unwrap();
+        let codec = Codec::new(params).unwrap();
+        let filled = || {
+            let mut pack = Vec::with_capacity(1 << 20);
+            pack.extend((0..100_001u32).map(|i| (i % 251) as u8));
+            pack
+        };
+        let encode = |pack| {
+            let (pack, shards) = split_and_encode(&codec, pack);
+            Encoded { params, pack, shards, checksums: Vec::new() }
+        };
+        // A shard still in flight somewhere: nothing comes back.
+        let enc = encode(filled());
+        let in_flight = enc.shards[1].clone();
+        assert!(enc.into_spare_buffer().is_none());
+        drop(in_flight);
+
+        let pack = filled();
+        let (addr, cap) = (pack.as_ptr(), pack.capacity());
+        let spare = encode(pack).into_spare_buffer().expect("no shard is held");
+        // The same allocation, emptied, its capacity kept.
+        assert_eq!((spare.as_ptr(), spare.capacity(), spare.len()), (addr, cap, 0));
     }
 
     #[test]
@@ -370,6 +429,7 @@ mod tests {
         let shards = codec.encode(&pack);
         let enc = Encoded {
             params,
+            pack: Bytes::new(),
             checksums: shards.iter().map(|s| Hash32(*blake3::hash(s).as_bytes())).collect(),
             shards: shards.into_iter().map(Bytes::from).collect(),
         };

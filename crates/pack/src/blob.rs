@@ -274,16 +274,20 @@ fn compress_after_header(plaintext: &[u8], blob: &mut Vec<u8>) -> bool {
     if budget == 0 {
         return false;
     }
-    // zstd writes straight into the blob and fails as soon as its output
-    // would pass the budget, so "compress, then compare" needs no second
-    // buffer and no copy.
-    blob.resize(HEADER_LEN + budget, 0);
-    match compress_bounded(plaintext, &mut blob[HEADER_LEN..]) {
-        Some(len) => {
-            blob.truncate(HEADER_LEN + len);
-            true
+    // zstd writes straight into the blob's spare room after the header (the
+    // cursor starts there), so "compress, then compare" needs no second
+    // buffer, no copy and no zero-fill first. The room is the blob's whole
+    // capacity, sized for the raw case; an output over the budget is
+    // refused after the fact.
+    blob.truncate(HEADER_LEN);
+    let mut out = std::io::Cursor::new(&mut *blob);
+    out.set_position(HEADER_LEN as u64);
+    match compress_bounded(plaintext, &mut out) {
+        Some(len) if len <= budget => true,
+        _ => {
+            blob.truncate(HEADER_LEN);
+            false
         }
-        None => false,
     }
 }
 
@@ -306,13 +310,15 @@ fn samples_compress(plaintext: &[u8]) -> bool {
         let start = i * stride;
         sample.extend_from_slice(&plaintext[start..start + SAMPLE_LEN]);
     }
-    let mut out = vec![0u8; max_compressed_len(sample.len())];
-    compress_bounded(&sample, &mut out).is_some()
+    // zstd writes into the vector's capacity: no zero-fill first.
+    let budget = max_compressed_len(sample.len());
+    let mut out = Vec::with_capacity(budget);
+    matches!(compress_bounded(&sample, &mut out), Some(len) if len <= budget)
 }
 
 /// Compresses `src` into `dst`, or `None` if it does not fit (or zstd fails,
 /// which the caller treats the same way: store raw).
-fn compress_bounded(src: &[u8], dst: &mut [u8]) -> Option<usize> {
+fn compress_bounded<C: zstd::zstd_safe::WriteBuf + ?Sized>(src: &[u8], dst: &mut C) -> Option<usize> {
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
@@ -424,6 +430,21 @@ mod tests {
             assert!(sealed.compressed, "len {len}");
             assert!(sealed.bytes.len() - BLOB_OVERHEAD < len / 2, "len {len} sealed to {}", sealed.bytes.len());
             assert_eq!(sealed.bytes[1], FLAG_ZSTD);
+        }
+    }
+
+    #[test]
+    fn a_compressed_payload_is_exactly_zstds_frame_after_the_header() {
+        // zstd writes into the blob's room after the header, bounded by the
+        // budget: the blob must hold the whole frame and nothing more.
+        let key = RepoKey::generate();
+        for len in [1000, SAMPLE_ABOVE + 1, MAX_CHUNK_LEN] {
+            let plaintext = compressible(len);
+            let mut frame = Vec::with_capacity(len);
+            let n = new_compressor().unwrap().compress_to_buffer(&plaintext[..], &mut frame).unwrap();
+            let sealed = round_trip(&key, &plaintext);
+            assert_eq!(sealed.bytes.len(), HEADER_LEN + n + TAG_LEN, "len {len}");
+            assert!(sealed.bytes.capacity() <= BLOB_OVERHEAD + len, "len {len}: the blob was reallocated");
         }
     }
 
