@@ -347,7 +347,7 @@ impl<S: BlobSource> DirRestore<S> {
                     (files.clone(), dests.clone(), self.counters.clone(), self.open_files.clone(), written.clone());
                 let work = self.work.clone();
                 let deliver: Deliver = Box::new(move |id, data| {
-                    let n = write_blob(&files, &dests, id, &data, &counters, &open, work.as_deref())?;
+                    let n = write_blob(&files, &dests, id, data, &counters, &open, work.as_deref())?;
                     written.fetch_add(n, Ordering::Relaxed);
                     Ok(())
                 });

@@ -92,7 +92,7 @@ impl BlobSource for Scrambled {
     ) -> Result<(), ClientError> {
         for id in batch.into_iter().rev() {
             let data = self.0.fetch(id).await?;
-            deliver(id, data)?;
+            deliver(id, &data)?;
         }
         Ok(())
     }
