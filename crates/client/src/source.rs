@@ -81,7 +81,7 @@ pub(crate) async fn fetch_all<S: BlobSource>(
         .map(|batch| {
             let got = got.clone();
             let deliver: Deliver = Box::new(move |id, data| {
-                lock(&got).insert(id, data);
+                lock(&got).insert(id, data.to_vec());
                 Ok(())
             });
             source.fetch_batch(batch, counters, deliver)
@@ -96,7 +96,7 @@ pub(crate) async fn fetch_all<S: BlobSource>(
 /// Takes the plaintext of one blob of a batch (and, on a blocking thread,
 /// writes it where it belongs). Blobs are handed over one at a time as they
 /// are opened, so a batch never holds all of its plaintext at once.
-pub type Deliver = Box<dyn FnMut(ChunkId, Vec<u8>) -> Result<(), ClientError> + Send>;
+pub type Deliver = Box<dyn FnMut(ChunkId, &[u8]) -> Result<(), ClientError> + Send>;
 
 /// Hands `blobs` to `deliver` on a blocking thread; gives `deliver` back.
 pub(crate) async fn deliver_all(mut deliver: Deliver, blobs: Vec<(ChunkId, Vec<u8>)>) -> Result<Deliver, ClientError> {
@@ -105,7 +105,7 @@ pub(crate) async fn deliver_all(mut deliver: Deliver, blobs: Vec<(ChunkId, Vec<u
     }
     blocking("deliver blobs", move || {
         for (id, data) in blobs {
-            deliver(id, data)?;
+            deliver(id, &data)?;
         }
         Ok(deliver)
     })

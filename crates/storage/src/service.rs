@@ -270,9 +270,9 @@ impl ShardStoreRpc for ShardService {
             while pos < end {
                 let n = (end - pos).min(MAX_FRAME_BYTES as u64);
                 let r = reader.clone();
-                let frame = blocking(move || r.read_range(pos, n)).await;
+                let frame = blocking(move || r.read_shared(pos, n)).await;
                 let failed = frame.is_err();
-                let item = frame.map(|data| ShardFrame { data: data.into() }).map_err(|e| status("GetShard", e));
+                let item = frame.map(|data| ShardFrame { data }).map_err(|e| status("GetShard", e));
                 // A closed channel means the client went away: stop reading.
                 if tx.send(item).await.is_err() || failed {
                     return;

@@ -73,16 +73,22 @@ impl ClusterSource {
         let ranges: Vec<(ChunkId, usize, usize)> =
             batch.iter().zip(&pieces).map(|(id, (_, r))| (*id, (r.offset - start) as usize, r.len as usize)).collect();
         let (deliver, failed, opening, opened) = tokio::task::spawn_blocking(move || {
-            let mut deliver = deliver;
+            let (mut deliver, mut span) = (deliver, span);
             let (mut failed, mut opening, mut opened) = (Vec::new(), std::time::Duration::ZERO, 0u64);
             for (id, at, len) in ranges {
                 let started = Instant::now();
-                let plain = key.open(&id, &span[at..at + len]);
+                // Opened inside the read buffer: a raw blob's plaintext is
+                // written from where it was read, never copied.
+                let blob = span.get_mut(at..at + len).ok_or_else(|| ClientError::DataLoss {
+                    pack,
+                    reason: format!("chunk {id} lies outside the range read"),
+                })?;
+                let plain = key.open_in_place(&id, blob);
                 opening += started.elapsed();
                 match plain {
                     Ok(plain) => {
                         opened += plain.len() as u64;
-                        deliver(id, plain)?;
+                        deliver(id, &plain)?;
                     }
                     Err(e) => failed.push((id, e)),
                 }

@@ -58,7 +58,7 @@ use crate::ClientError;
 mod fs;
 mod plan;
 
-use fs::{finish_file, make_dir, make_symlink, open_slot, set_metadata, write_blob};
+use fs::{finish_file, make_dir, make_symlink, mark_top_dir, open_slot, set_metadata, write_blob};
 use plan::{resolve, Start, Wave};
 
 /// Trees fetched per round of the breadth-first walk.
@@ -182,7 +182,15 @@ pub(crate) async fn restore_into_dir<S: BlobSource>(
             })
         }
         Ok(_) => {}
-        Err(_) => tokio::fs::create_dir_all(target).await.map_err(|e| ClientError::io(target, e))?,
+        Err(_) => {
+            tokio::fs::create_dir_all(target).await.map_err(|e| ClientError::io(target, e))?;
+            let dir = target.to_path_buf();
+            blocking("mark the target directory", move || {
+                mark_top_dir(&dir);
+                Ok(())
+            })
+            .await?;
+        }
     }
     let start = resolve(&*source, snapshot, root, include).await?;
     let mut run = DirRestore {
@@ -347,7 +355,7 @@ impl<S: BlobSource> DirRestore<S> {
                     (files.clone(), dests.clone(), self.counters.clone(), self.open_files.clone(), written.clone());
                 let work = self.work.clone();
                 let deliver: Deliver = Box::new(move |id, data| {
-                    let n = write_blob(&files, &dests, id, &data, &counters, &open, work.as_deref())?;
+                    let n = write_blob(&files, &dests, id, data, &counters, &open, work.as_deref())?;
                     written.fetch_add(n, Ordering::Relaxed);
                     Ok(())
                 });

@@ -92,7 +92,7 @@ impl BlobSource for Scrambled {
     ) -> Result<(), ClientError> {
         for id in batch.into_iter().rev() {
             let data = self.0.fetch(id).await?;
-            deliver(id, data)?;
+            deliver(id, &data)?;
         }
         Ok(())
     }
@@ -749,4 +749,29 @@ async fn a_changed_file_is_cut_again_only_from_the_chunk_of_its_first_edit() {
         assert_eq!(describe(&target), describe(&src), "case {i}");
         parent = next;
     }
+}
+
+#[tokio::test]
+async fn a_target_the_restore_creates_is_marked_top_of_hierarchy_and_an_existing_one_is_not_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    make_source(&src);
+    let key = RepoKey::generate();
+    let store = Arc::new(MemStore::default());
+    let (out, _) = walk(&key, &store, std::slice::from_ref(&src), None);
+    let flags = |p: &Path| rustix::fs::ioctl_getflags(fs::File::open(p).unwrap());
+    if flags(dir.path()).is_err() {
+        // A filesystem without inode flags (tmpfs): nothing to mark.
+        return;
+    }
+    let fresh = dir.path().join("fresh");
+    restore_to_dir(store.clone(), SnapshotId::default(), out.root, &fresh, None).await.unwrap();
+    assert!(flags(&fresh).unwrap().contains(rustix::fs::IFlags::TOPDIR));
+    assert_eq!(describe(&fresh), describe(&src));
+    let existing = dir.path().join("existing");
+    fs::create_dir(&existing).unwrap();
+    let before = flags(&existing).unwrap();
+    restore_to_dir(store, SnapshotId::default(), out.root, &existing, None).await.unwrap();
+    assert_eq!(flags(&existing).unwrap(), before);
+    assert!(!before.contains(rustix::fs::IFlags::TOPDIR));
 }
