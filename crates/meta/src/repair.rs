@@ -411,9 +411,9 @@ pub(crate) async fn sweep_once(n: &MetaNode, full: bool) -> Result<(), String> {
     swept
 }
 
-/// Former copies one routine pass handles at most; the rest wait for the
-/// next pass.
-const FORMER_COPIES_PER_PASS: usize = 4096;
+/// Former copies on up nodes (or on nodes gone from the map) one routine
+/// pass handles at most; the rest wait for the next pass.
+const FORMER_COPIES_PER_PASS: usize = 1024;
 
 /// The routine pass: each recorded former copy on an up node is deleted
 /// when the record, read now, places its shard elsewhere, and its entry is
@@ -427,31 +427,34 @@ async fn sweep_former_copies(
 ) -> Result<(), String> {
     use std::sync::atomic::Ordering::Relaxed;
     let tree = n.sm.tree();
+    let by_id: HashMap<NodeId, &NodeRecord> = nodes.iter().map(|r| (r.id, r)).collect();
+    // Copies on nodes that are not up are skipped without a read and do not
+    // count against the pass's share: a node down for long (every shard it
+    // held rebuilt elsewhere) must not starve the copies of the others.
+    let mut forget = Vec::new();
     let mut entries = Vec::new();
-    for item in tree.scan_prefix(kv::FORMER_COPY_PREFIX).keys().take(FORMER_COPIES_PER_PASS) {
+    for item in tree.scan_prefix(kv::FORMER_COPY_PREFIX).keys() {
+        if entries.len() + forget.len() >= FORMER_COPIES_PER_PASS {
+            break;
+        }
         let key = item.map_err(|e| e.to_string())?;
-        match kv::parse_former_copy_key(&key) {
-            Some(entry) => entries.push(entry),
-            None => tracing::error!(key = ?key, "a former-copy key that does not parse; left alone"),
+        let Some((pack, index, node)) = kv::parse_former_copy_key(&key) else {
+            tracing::error!(key = ?key, "a former-copy key that does not parse; left alone");
+            continue;
+        };
+        match by_id.get(&node) {
+            None => forget.push((pack, index, node)),
+            Some(rec) if state.get(&node) == Some(&NodeState::Up) => {
+                entries.push((pack, index, node, rec.addr.clone()))
+            }
+            Some(_) => {}
         }
     }
     n.repair.sweeps.fetch_add(1, Relaxed);
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let by_id: HashMap<NodeId, &NodeRecord> = nodes.iter().map(|r| (r.id, r)).collect();
     let confirm_every = n.config.election_timeout.0 / 4;
     let mut confirmed: Option<Instant> = None;
-    let mut forget = Vec::new();
     let mut failed = 0usize;
-    for (pack, index, node) in entries {
-        let Some(rec) = by_id.get(&node) else {
-            forget.push((pack, index, node));
-            continue;
-        };
-        if state.get(&node) != Some(&NodeState::Up) {
-            continue;
-        }
+    for (pack, index, node, addr) in entries {
         // Decided on a state machine known to be current, as in the full pass.
         if confirmed.is_none_or(|t| t.elapsed() > confirm_every) {
             if let Err(e) = n.read_barrier().await {
@@ -478,7 +481,7 @@ async fn sweep_former_copies(
         let Some(_claim) = claim_superfluous(tree, &n.repair.in_flight, node, pack, index.0, owner) else {
             continue;
         };
-        match n.repair.shards.delete(&rec.addr, pack, index).await {
+        match n.repair.shards.delete(&addr, pack, index).await {
             Ok(()) => {
                 tracing::info!(%pack, %index, %node, "deleted a superfluous shard");
                 n.repair.sweep_copies_deleted.fetch_add(1, Relaxed);
