@@ -35,7 +35,20 @@ fn the_inventory_recovers_from_a_failed_write_without_a_restart() -> anyhow::Res
     let during = put(&store, b, 1);
     eprintln!("the put that met the failure: {during:?}");
     // Whatever that put answered, the store works again: a put and a delete.
-    put(&store, c, 2)?;
+    // The inventory is reopened by the store itself; the failed instance may
+    // hold sled's file lock a moment longer, and the store then retries after
+    // its back-off (2 s), so the put is retried until a deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match put(&store, c, 2) {
+            Ok(_) => break,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("the store does not take puts yet: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     assert!(store.delete(&a, ShardIndex(0))?, "the shard existed");
     // The inventory says what the files say: b's file is in place (its put
     // renamed it before the inventory failed), a's is gone.
