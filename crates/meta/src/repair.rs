@@ -17,7 +17,7 @@
 //! Placement changes only through Raft, and only after the new shard is
 //! written and verified, so redundancy never drops below what it was.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -65,7 +65,9 @@ pub struct RepairStatus {
 #[derive(Default)]
 pub struct RepairState {
     pub status: Mutex<RepairStatus>,
-    in_flight: Mutex<HashSet<(PackId, u8)>>,
+    /// Shards being rebuilt or having a copy deleted, with the node the
+    /// work writes to (a rebuild's target, a deletion's node).
+    in_flight: Mutex<HashMap<(PackId, u8), NodeId>>,
     /// Rebuild targets that failed lately, skipped until their back-off ends.
     target_failures: Mutex<HashMap<NodeId, TargetFailures>>,
     /// Sweep passes, nodes listed, and listings that failed (the node is
@@ -300,11 +302,11 @@ pub(crate) async fn tick_once(
 
     // Dispatch within the limits. Each task is checked against and entered
     // into `in_flight` under one lock, so that a shard the sweep claimed
-    // (while deleting a copy of it) is not rebuilt meanwhile.
-    let mut per_target: BTreeMap<NodeId, usize> = BTreeMap::new();
+    // (while deleting a copy of it) is not rebuilt meanwhile, and `per_node`
+    // counts what is in flight to each target, whichever pass started it.
     let queued = {
         let held = n.repair.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        tasks.iter().filter(|t| !held.contains(&(t.pack.id, t.index.0))).count()
+        tasks.iter().filter(|t| !held.contains_key(&(t.pack.id, t.index.0))).count()
     };
     {
         let mut s = n.repair.status.lock().unwrap_or_else(|p| p.into_inner());
@@ -318,16 +320,14 @@ pub(crate) async fn tick_once(
             if held.len() >= n.config.repair.parallelism {
                 break;
             }
-            if held.contains(&key) || held.iter().any(|(p, _)| *p == t.pack.id) {
+            if held.contains_key(&key) || held.keys().any(|(p, _)| *p == t.pack.id) {
                 // One shard of a pack at a time: each move changes the survivors.
                 continue;
             }
-            let count = per_target.entry(t.to).or_default();
-            if *count >= n.config.repair.per_node {
+            if held.values().filter(|to| **to == t.to).count() >= n.config.repair.per_node {
                 continue;
             }
-            *count += 1;
-            held.insert(key);
+            held.insert(key, t.to);
         }
         let sources: Vec<(u32, String, Vec<u8>, Option<SiteId>)> = t
             .pack
@@ -582,7 +582,7 @@ async fn sweep_superfluous(
 /// node holding the copy would find it whole and place it, and the delete
 /// would then remove the placed shard). Released when dropped.
 struct Claim<'a> {
-    in_flight: &'a Mutex<HashSet<(PackId, u8)>>,
+    in_flight: &'a Mutex<HashMap<(PackId, u8), NodeId>>,
     key: (PackId, u8),
 }
 
@@ -603,7 +603,7 @@ impl Drop for Claim<'_> {
 /// shard not in flight shows every move of it until the claim is dropped.
 fn claim_superfluous<'a>(
     tree: &sled::Tree,
-    in_flight: &'a Mutex<HashSet<(PackId, u8)>>,
+    in_flight: &'a Mutex<HashMap<(PackId, u8), NodeId>>,
     node: NodeId,
     pack: PackId,
     index: u8,
@@ -613,7 +613,7 @@ fn claim_superfluous<'a>(
         return None;
     }
     let mut held = in_flight.lock().unwrap_or_else(|p| p.into_inner());
-    if held.contains(&(pack, index)) {
+    if held.contains_key(&(pack, index)) {
         return None;
     }
     let superfluous = match kv::get::<PackRecord>(tree, "pack", &kv::pack_key(&pack)) {
@@ -625,7 +625,7 @@ fn claim_superfluous<'a>(
     if !superfluous {
         return None;
     }
-    held.insert((pack, index));
+    held.insert((pack, index), node);
     Some(Claim { in_flight, key: (pack, index) })
 }
 
@@ -865,7 +865,7 @@ mod tests {
     fn a_move_committed_after_the_list_was_read_keeps_its_new_copy() {
         let t = tree();
         let pack = committed(&t);
-        let in_flight = Mutex::new(HashSet::new());
+        let in_flight = Mutex::new(HashMap::new());
         // The tick read the list while shard 0 was on node 1; then the
         // rebuild onto node 4 committed and left `in_flight`.
         let listed = NodeId(1);
@@ -888,13 +888,13 @@ mod tests {
         assert!(claim.is_some());
         // While it is deleted, the shard counts as in flight: no rebuild of
         // it is dispatched, and no second claim is given.
-        assert!(in_flight.lock().unwrap().contains(&(pack.id, 0)));
+        assert!(in_flight.lock().unwrap().contains_key(&(pack.id, 0)));
         assert!(claim_superfluous(&t, &in_flight, NodeId(1), pack.id, 0, NodeId(4)).is_none());
         drop(claim);
         assert!(in_flight.lock().unwrap().is_empty(), "the claim is released when dropped");
         // A copy on a node the record names is never deleted; one in flight waits.
         assert!(claim_superfluous(&t, &in_flight, NodeId(2), pack.id, 1, NodeId(1)).is_none());
-        in_flight.lock().unwrap().insert((pack.id, 0));
+        in_flight.lock().unwrap().insert((pack.id, 0), NodeId(4));
         assert!(claim_superfluous(&t, &in_flight, NodeId(1), pack.id, 0, NodeId(4)).is_none());
         // A pack gone from the catalog since the list: left alone.
         assert!(claim_superfluous(&t, &in_flight, NodeId(1), PackId([6; 16]), 0, NodeId(2)).is_none());
