@@ -5,6 +5,9 @@
 //! once it has caught up (by log or by snapshot), so a slow joiner never
 //! counts towards a quorum it cannot yet serve. Every operation is
 //! idempotent: joining twice, or removing a node that is gone, is a no-op.
+//! The leader makes one membership change at a time, each after the last
+//! one has committed, so nodes started together join one after another
+//! instead of having openraft refuse all but one.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Weak};
@@ -29,11 +32,34 @@ const JOIN_ROUND: Duration = Duration::from_secs(10);
 
 pub struct AdminService {
     node: Arc<MetaNode>,
+    /// Held for each membership change this node leads, from the wait for
+    /// the previous change to commit until its own has: openraft refuses a
+    /// change while another is uncommitted (and logs that refusal as an
+    /// error), and nodes that start together all ask to join at once.
+    changing: tokio::sync::Mutex<()>,
 }
 
 impl AdminService {
     pub fn new(node: Arc<MetaNode>) -> Self {
-        Self { node }
+        Self { node, changing: tokio::sync::Mutex::new(()) }
+    }
+
+    /// Takes the membership-change lock once the last membership change is
+    /// applied here, so the change that follows is never refused as "in
+    /// progress". A leader whose previous change cannot commit (no quorum)
+    /// answers UNAVAILABLE and the joiner tries again.
+    async fn begin_change(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, Status> {
+        let guard = self.changing.lock().await;
+        self.node
+            .raft
+            .wait(Some(timeouts::MEMBERSHIP_COMMIT))
+            .metrics(
+                |m| m.membership_config.log_id().as_ref() <= m.last_applied.as_ref(),
+                "the last membership change is applied",
+            )
+            .await
+            .map_err(|e| Status::unavailable(format!("the previous membership change has not committed: {e}")))?;
+        Ok(guard)
     }
 
     fn members(&self) -> Vec<pb::MetaMember> {
@@ -73,6 +99,8 @@ impl Admin for AdminService {
         coffer_proto::limits::check_bytes("addr", r.addr.len(), coffer_proto::limits::MAX_ADDR_BYTES)?;
         coffer_proto::limits::check_bytes("site", r.site.len(), coffer_proto::limits::MAX_SITE_BYTES)?;
         self.require_leader()?;
+        let _changing = self.begin_change().await?;
+        self.require_leader()?;
         let info = MetaNodeInfo { addr: r.addr.clone(), site: r.site.clone() };
         let membership = self.node.raft.metrics().borrow().membership_config.membership().clone();
         if membership.get_node(&r.id).is_none() {
@@ -98,6 +126,8 @@ impl Admin for AdminService {
     async fn remove_member(&self, req: Request<pb::RemoveMemberRequest>) -> Result<Response<pb::JoinResponse>, Status> {
         let who = self.node.authorize(&req, Rpc::RemoveMember, None)?;
         let id = req.into_inner().id;
+        self.require_leader()?;
+        let _changing = self.begin_change().await?;
         self.require_leader()?;
         let membership = self.node.raft.metrics().borrow().membership_config.membership().clone();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();

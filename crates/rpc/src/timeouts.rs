@@ -27,6 +27,9 @@ pub const HEARTBEAT_ROUND: Duration = Duration::from_secs(10);
 /// A join of a new metadata node: the leader answers only once the learner
 /// has caught up (by log or by snapshot) and has been promoted.
 pub const JOIN_CALL: Duration = Duration::from_secs(300);
+/// How long the metadata leader waits for the previous membership change
+/// to commit before it starts the next one.
+pub const MEMBERSHIP_COMMIT: Duration = Duration::from_secs(30);
 /// A membership or introspection call of the CLI to one metadata member.
 pub const ADMIN_CALL: Duration = Duration::from_secs(2);
 
