@@ -73,6 +73,24 @@ pub(crate) struct Planner {
     pub ticks: u64,
     /// `RepairState::wake`: a pass before the tick.
     pub wake: Arc<tokio::sync::Notify>,
+    /// How long the last pass took, and when it ended.
+    pub last_pass: Option<(Duration, tokio::time::Instant)>,
+}
+
+/// The shortest pause between two planner passes when the second is a
+/// wake-up rather than the tick.
+const MIN_WAKE_GAP: Duration = Duration::from_millis(20);
+
+impl Planner {
+    /// When a wake-up may start the next pass: a pause at least as long as
+    /// the last pass took (and `MIN_WAKE_GAP`) after it ended, so that
+    /// during a long rebuild, where every finished shard wakes the planner,
+    /// its passes take at most half the leader's time however many packs
+    /// have work; never later than the tick.
+    fn wake_not_before(&self) -> Option<tokio::time::Instant> {
+        let (took, ended) = self.last_pass?;
+        Some(ended + took.max(MIN_WAKE_GAP).min(self.tick))
+    }
 }
 
 impl Worker for Planner {
@@ -84,14 +102,24 @@ impl Worker for Planner {
         let Some(n) = self.node.upgrade() else { return Ok(WorkerState::Done) };
         if leading_term(&n).is_some() {
             self.ticks += 1;
-            repair::tick_once(&n, &self.jobs).await?;
+            let started = tokio::time::Instant::now();
+            let pass = repair::tick_once(&n, &self.jobs).await;
+            let ended = tokio::time::Instant::now();
+            self.last_pass = Some((ended - started, ended));
+            pass?;
         }
         Ok(WorkerState::Idle)
     }
     async fn wait_for_work(&mut self) {
+        let not_before = self.wake_not_before();
         tokio::select! {
             _ = tokio::time::sleep(self.tick) => {}
-            _ = self.wake.notified() => {}
+            _ = async {
+                self.wake.notified().await;
+                if let Some(t) = not_before {
+                    tokio::time::sleep_until(t).await;
+                }
+            } => {}
         }
     }
     fn progress(&self) -> Vec<(&'static str, u64)> {
@@ -258,7 +286,14 @@ pub(crate) fn spawn_all(node: &Arc<MetaNode>, join: Option<String>) {
     let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
     let r = &node.runner;
     r.spawn(Leadership { node: weak.clone(), metrics: node.raft.metrics() });
-    r.spawn(Planner { node: weak.clone(), jobs: jobs_tx, tick, ticks: 0, wake: node.repair.wake.clone() });
+    r.spawn(Planner {
+        node: weak.clone(),
+        jobs: jobs_tx,
+        tick,
+        ticks: 0,
+        wake: node.repair.wake.clone(),
+        last_pass: None,
+    });
     r.spawn(RebuildExecutor { node: weak.clone(), jobs: jobs_rx, running: JoinSet::new(), next: None });
     r.spawn(Sweep::new(weak.clone(), tick));
     r.spawn(crate::collector::Collector {
@@ -270,5 +305,28 @@ pub(crate) fn spawn_all(node: &Arc<MetaNode>, join: Option<String>) {
     });
     if let Some(via) = join {
         r.spawn(Join { node: weak, via });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planner(tick: Duration) -> Planner {
+        let (jobs, _) = mpsc::unbounded_channel();
+        Planner { node: Weak::new(), jobs, tick, ticks: 0, wake: Arc::default(), last_pass: None }
+    }
+
+    #[tokio::test]
+    async fn a_woken_pass_waits_as_long_as_the_last_pass_took_within_the_tick() {
+        let mut p = planner(Duration::from_millis(500));
+        assert_eq!(p.wake_not_before(), None, "before any pass a wake-up starts one at once");
+        let ended = tokio::time::Instant::now();
+        p.last_pass = Some((Duration::from_millis(120), ended));
+        assert_eq!(p.wake_not_before(), Some(ended + Duration::from_millis(120)));
+        p.last_pass = Some((Duration::from_millis(1), ended));
+        assert_eq!(p.wake_not_before(), Some(ended + MIN_WAKE_GAP), "never closer than the minimum gap");
+        p.last_pass = Some((Duration::from_secs(3), ended));
+        assert_eq!(p.wake_not_before(), Some(ended + Duration::from_millis(500)), "never later than the tick");
     }
 }
