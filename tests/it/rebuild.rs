@@ -298,6 +298,10 @@ fn a_lost_site_regains_node_redundancy_then_the_site_rule() -> Result<()> {
         // nothing places.
         let stale = Census::take(c)?;
         ensure!(stale.copies() > 0, "site-c's shards were not rebuilt elsewhere");
+        // The catalog counts them: every rebuild moved a shard off a node of
+        // site-c and recorded the copy it left there.
+        let waiting = num(&c.status()?, "rebuild.copies_waiting")?;
+        ensure!(waiting > 0, "status counts no copy left on site-c's nodes");
 
         // The leader's superfluous-copy sweep, whose full passes (every node
         // listed) are counted from here on.
@@ -341,6 +345,10 @@ fn a_lost_site_regains_node_redundancy_then_the_site_rule() -> Result<()> {
             num(&after, "progress.full_passes")? == full_before,
             "the copies needed a full pass of the sweep: {after}"
         );
+        // Every recorded copy is deleted and forgotten.
+        wait_until("status to count no copy waiting", Duration::from_secs(60), || {
+            (num(&c.status().ok()?, "rebuild.copies_waiting").ok()? == 0).then_some(())
+        })?;
         // And each sits where the catalog places it.
         let check = c.cli(&["check", "--json"])?;
         ensure!(check.code == 0, "the catalog's placement does not match the nodes: {check:?}");

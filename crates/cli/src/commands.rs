@@ -278,7 +278,7 @@ pub async fn status(g: &Global) -> Result<()> {
             "site_degraded": s.site_degraded,
             "rebuild": s.rebuild.as_ref().map(|r| json!({
                 "queued": r.queued, "in_flight": r.in_flight, "done": r.done, "failed": r.failed,
-                "bytes_written": r.bytes_written, "eta_s": r.eta_s,
+                "bytes_written": r.bytes_written, "eta_s": r.eta_s, "copies_waiting": r.copies_waiting,
             })),
             "gc": s.gc.as_ref().map(|g| json!({
                 "requested": g.requested, "running": g.running, "rounds_open": g.rounds_open,
@@ -357,6 +357,9 @@ pub async fn status(g: &Global) -> Result<()> {
             r.failed,
             if r.eta_s > 0.0 { format!(", ETA {:.0}s", r.eta_s) } else { String::new() }
         );
+        if r.copies_waiting > 0 {
+            println!("superfluous copies: {} left behind by moves, waiting for the sweep", r.copies_waiting);
+        }
     }
     println!("catalog: {} repositories, {} snapshots, {} chunks", s.repos, s.snapshots, s.chunks);
     if let Some(g) = &s.gc {

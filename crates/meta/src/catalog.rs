@@ -127,6 +127,7 @@ impl CatalogService {
                     failed: r.failed,
                     bytes_written: r.bytes_written,
                     eta_s: (r.queued + r.in_flight) as f64 * r.secs_per_task / workers,
+                    copies_waiting: crate::index::former_copy_count(self.tree()).map_err(Status::from)?,
                 }
             }),
             site_degraded: self.node.repair.snapshot().site_degraded,

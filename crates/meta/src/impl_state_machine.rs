@@ -184,9 +184,10 @@ impl StateMachineStore {
                 tree.insert(KEY_SCHEMA, kv::encode(&SCHEMA_VERSION)?)?;
             }
             Some(SCHEMA_VERSION) => {}
-            Some(found @ (1 | 2)) => {
+            Some(found @ (1..=3)) => {
                 // Schema 1 had no secondary indexes, schema 2 not the one of
-                // snapshots by source: build them all once, then mark the
+                // snapshots by source, schema 3 not the count of former
+                // copies: build them all once, then mark the
                 // store (a crash in between builds them again from scratch).
                 tracing::info!("upgrading the state machine from schema {found}: building its indexes");
                 index::rebuild(tree)?;

@@ -13,16 +13,19 @@
 //!                                              ()   snapshots by source, oldest end first
 //!   ix/o/<node u64 BE>                         u64  the open incident of a node
 //!   ix/count/packs                             u64  pack records
+//!   ix/count/copies                            u64  copies a move left behind (`f/` records),
+//!                                                   waiting for the sweep
 //! ```
 //!
 //! The invariant: after every write, the `ix/` keys are exactly what
 //! `expected` computes from a full scan of the records (a property test
 //! applies random commands and compares). They are kept in `Txn` itself
 //! (`on_write` runs on every `put` and `remove` of a record under `p/`,
-//! `n/`, `c/`, `s/` or `i/`), so they land in the same sled batch as the
+//! `n/`, `c/`, `s/`, `i/` or `f/`), so they land in the same sled batch as the
 //! records, travel in snapshots like any key, and a command added later
 //! keeps them without knowing of them. A store of schema 1 has none, one of
-//! schema 2 not `ix/t/`: `rebuild` builds them all once when it is opened
+//! schema 2 not `ix/t/`, one of schema 3 not `ix/count/copies`: `rebuild`
+//! builds them all once when it is opened
 //! (and when a snapshot of an older schema is installed), in bounded
 //! batches.
 
@@ -46,6 +49,7 @@ const SNAPSHOT_PREFIX: &[u8] = b"ix/s/";
 const OPEN_PREFIX: &[u8] = b"ix/o/";
 const SOURCE_PREFIX: &[u8] = b"ix/t/";
 const PACK_COUNT: &[u8] = b"ix/count/packs";
+const COPY_COUNT: &[u8] = b"ix/count/copies";
 const CHUNK_PREFIX: &[u8] = b"c/";
 
 fn node_bytes(prefix: &[u8], node: NodeId) -> Vec<u8> {
@@ -165,6 +169,12 @@ pub(crate) fn on_write(txn: &mut Txn<'_>, key: &[u8], old: Option<&[u8]>, new: O
             add(txn, pack_bytes(REFS_PREFIX, &n.refs_pack), 1)?;
         }
         Ok(())
+    } else if key.starts_with(kv::FORMER_COPY_PREFIX) {
+        match (old, new) {
+            (None, Some(_)) => add(txn, COPY_COUNT.to_vec(), 1),
+            (Some(_), None) => add(txn, COPY_COUNT.to_vec(), -1),
+            _ => Ok(()),
+        }
     } else if key.starts_with(kv::INCIDENT_PREFIX) {
         let old: Option<IncidentRecord> = old.map(|b| kv::decode("incident", b)).transpose()?;
         let new: Option<IncidentRecord> = new.map(|b| kv::decode("incident", b)).transpose()?;
@@ -285,6 +295,10 @@ pub(crate) fn expected(
     }
     if packs > 0 {
         sink(PACK_COUNT.to_vec(), kv::encode(&packs)?)?;
+    }
+    let copies = tree.scan_prefix(kv::FORMER_COPY_PREFIX).try_fold(0u64, |n, item| item.map(|_| n + 1))?;
+    if copies > 0 {
+        sink(COPY_COUNT.to_vec(), kv::encode(&copies)?)?;
     }
     Ok(())
 }
@@ -437,6 +451,11 @@ pub(crate) fn pack_count(tree: &sled::Tree) -> Result<u64, MetaError> {
     Ok(kv::get(tree, "pack count", PACK_COUNT)?.unwrap_or(0))
 }
 
+/// Copies moves left behind that the sweep has not deleted yet (`f/`).
+pub(crate) fn former_copy_count(tree: &sled::Tree) -> Result<u64, MetaError> {
+    Ok(kv::get(tree, "former copy count", COPY_COUNT)?.unwrap_or(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -474,6 +493,7 @@ mod tests {
         Condemn { chunk: u8 },
         Sweep { chunk: u8 },
         Drain { node: u8, on: bool },
+        ForgetCopies { copies: Vec<(u8, u8, u8)> },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -492,6 +512,7 @@ mod tests {
             (0u8..24).prop_map(|chunk| Op::Condemn { chunk }),
             (0u8..24).prop_map(|chunk| Op::Sweep { chunk }),
             (1u8..6, any::<bool>()).prop_map(|(node, on)| Op::Drain { node, on }),
+            proptest::collection::vec((0u8..8, 0u8..3, 0u8..6), 1..4).prop_map(|copies| Op::ForgetCopies { copies }),
         ]
     }
 
@@ -580,6 +601,12 @@ mod tests {
             Op::Drain { node, on } => {
                 Command::SetDrain { node: NodeId(node as u64), drain: on, decommission: false, time_ms: clock }
             }
+            Op::ForgetCopies { copies } => Command::ForgetCopies {
+                copies: copies
+                    .into_iter()
+                    .map(|(pack, index, node)| (pack_id(pack), ShardIndex(index), NodeId(node as u64)))
+                    .collect(),
+            },
         }
     }
 
@@ -697,6 +724,23 @@ mod tests {
         assert_eq!(kept, scanned);
     }
 
+    /// Opens the stores in `dir` again. sled's flusher thread may hold the
+    /// file lock for a moment after the last handle of the previous opening
+    /// is dropped, so a refusal is retried until a deadline.
+    fn reopen(dir: &std::path::Path) -> (crate::LogStore, crate::StateMachineStore) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            match crate::node::open_stores(dir) {
+                Ok(stores) => return stores,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("reopening the stores: {e}; retrying");
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("reopen the stores: {e}"),
+            }
+        }
+    }
+
     #[test]
     fn a_store_of_schema_2_gets_the_snapshots_by_source_when_opened() {
         let dir = tempfile::tempdir().unwrap();
@@ -715,9 +759,33 @@ mod tests {
             t.flush().unwrap();
             assert_eq!(newest_of_source(t, &repo, "db").unwrap(), None);
         }
-        let (_log, sm) = crate::node::open_stores(dir.path()).unwrap();
+        let (_log, sm) = reopen(dir.path());
         let t = sm.tree();
         assert_eq!(newest_of_source(t, &repo, "db").unwrap(), Some(SnapshotId([1; 16])));
+        assert_eq!(kv::get::<u32>(t, "schema", kv::KEY_SCHEMA).unwrap(), Some(kv::SCHEMA_VERSION));
+        let (kept, scanned) = compare(t);
+        assert_eq!(kept, scanned);
+    }
+
+    #[test]
+    fn a_store_of_schema_3_gets_the_count_of_former_copies_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (_log, sm) = crate::node::open_stores(dir.path()).unwrap();
+            let t = sm.tree();
+            // Two copies recorded by a node of the previous version, which
+            // kept no count of them.
+            for node in [3, 4] {
+                let key = kv::former_copy_key(&pack_id(1), ShardIndex(0), NodeId(node));
+                t.insert(key, kv::encode(&NodeId(5)).unwrap()).unwrap();
+            }
+            t.insert(kv::KEY_SCHEMA, kv::encode(&3u32).unwrap()).unwrap();
+            t.flush().unwrap();
+            assert_eq!(former_copy_count(t).unwrap(), 0);
+        }
+        let (_log, sm) = reopen(dir.path());
+        let t = sm.tree();
+        assert_eq!(former_copy_count(t).unwrap(), 2);
         assert_eq!(kv::get::<u32>(t, "schema", kv::KEY_SCHEMA).unwrap(), Some(kv::SCHEMA_VERSION));
         let (kept, scanned) = compare(t);
         assert_eq!(kept, scanned);

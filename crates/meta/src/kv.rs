@@ -46,9 +46,10 @@ use crate::codec;
 use crate::error::MetaError;
 
 /// 2: the secondary indexes under `ix/` (see `index`); 3: the index of
-/// snapshots by source (`ix/t/`). A store of an older schema gets its
+/// snapshots by source (`ix/t/`); 4: the count of former copies
+/// (`ix/count/copies`). A store of an older schema gets its
 /// indexes rebuilt once when it is opened (or installed from a snapshot).
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 pub const KEY_APPLIED: &[u8] = b"m/applied";
 pub const KEY_MEMBERSHIP: &[u8] = b"m/membership";
