@@ -36,6 +36,13 @@ out), in the same order for every run:
               incident's rebuild time, beside this disk's sequential write
               speed (1 GiB written and fsynced by Python) in the same run.
 
+Every run also measures this disk's sequential write speed (1 GiB written
+and fsynced by Python; the rebuild row's measurement when it runs). No tool
+can restore the next-day tree faster than its bytes over that speed, so the
+report gives this floor (`restore_floor` in report.json) and the largest
+restore speedup it allows against the faster peer: on a slow disk the
+restore targets may be out of any tool's reach.
+
 Output: a table on stdout, and target/bench/report.md and report.json with
 every measurement, the medians over runs with their min-max spread, the
 ratios and the target verdicts (issue 6's and issue 17's). With `--seeds`,
@@ -1073,7 +1080,8 @@ def summarise(runs, tools):
 
 def summarise_extras(extra_runs):
     """Medians and spreads of the extra rows over the runs that made them."""
-    x = {"growth": {}, "parallel": {}, "rebuild": None}
+    x = {"growth": {}, "parallel": {}, "rebuild": None,
+         "disk_mb_s": stat3([e["disk"]["mb_s"] for e in extra_runs if e.get("disk")])}
     tools = sorted({t for e in extra_runs for t in e.get("growth", {})})
     for t in tools:
         rs = [e["growth"][t] for e in extra_runs if t in e.get("growth", {}) and "error" not in e["growth"][t]]
@@ -1440,6 +1448,23 @@ def cpu_total(e, step):
     return s["cpu_s"] + (s.get("cluster_cpu_s") or 0)
 
 
+def restore_floor(report):
+    """The least time any tool can take to restore the next-day tree on
+    this disk (its bytes over the disk's median sequential write speed, the
+    restore being timed to the end of its `sync`), and the largest restore
+    ratio against the faster peer that this allows: their median restore
+    over the floor. None without a disk measurement."""
+    disk = ((report.get("extras") or {}).get("disk_mb_s") or {}).get("median")
+    restored = (report["config"].get("source_bytes") or {}).get("mutated")
+    if not disk or not restored:
+        return None
+    floor_s = restored / 1e6 / disk
+    peers = [e["restore"]["wall_s"] for t, e in report["medians"].items()
+             if t in ("restic", "borg") and e.get("runs_ok") and (e.get("restore") or {}).get("wall_s")]
+    return {"disk_mb_s": disk, "restored_bytes": restored, "floor_s": floor_s,
+            "max_restore_speedup": min(peers) / floor_s if peers else None}
+
+
 def render(report):
     cfg, med, ratios, targets = report["config"], report["medians"], report["ratios"], report["targets"]
     lines = []
@@ -1546,6 +1571,15 @@ def render(report):
     lines.append(table(["against", "first backup", "second backup", "restore", "stored", "CPU b1", "CPU b2",
                         "CPU restore"], rows))
     lines.append("")
+    floor = restore_floor(report)
+    if floor:
+        lines.append("Restore floor: this disk writes %.0f MB/s (median of the runs; %s written and fsynced by Python), "
+                     "so no tool restores the next-day tree (%.0f MB) in less than %.2f s here; the faster peer's "
+                     "median restore over that floor, %s, is the largest restore speedup this disk allows." % (
+                         floor["disk_mb_s"], fmt((cfg.get("disk_probe_bytes") or 0) / 1e6, "%.0f MB"),
+                         floor["restored_bytes"] / 1e6, floor["floor_s"],
+                         fmt(floor["max_restore_speedup"], "%.2fx")))
+        lines.append("")
     lines.append("## Targets")
     lines.append("")
     lines.append("Value from the medians; spread = min-max of the same figure run by run (each run's coffer against "
@@ -1722,6 +1756,10 @@ def bench_dataset(args, tools, coffer_bin, seed, edge, out_dir, cache_dir, versi
                 extra["rebuild"] = rb = run_rebuild(work, base, tmp, coffer_bin, args.insecure, disk_bytes,
                                                     args.rebuild_timeout)
                 log("  rebuild %s MB/s, disk %.1f MB/s" % (fmt(rb.get("mb_s"), "%.1f"), rb["disk"]["mb_s"]))
+            # The disk's own write speed in every run: it bounds every
+            # tool's restore (restore_floor).
+            extra["disk"] = extra["rebuild"]["disk"] if "rebuild" in extra else disk_write_speed(work, disk_bytes)
+            log("run %d/%d: disk sequential write %.1f MB/s" % (i + 1, args.runs, extra["disk"]["mb_s"]))
             extra_runs.append(extra)
     finally:
         if not args.keep:
@@ -1761,6 +1799,7 @@ def bench_dataset(args, tools, coffer_bin, seed, edge, out_dir, cache_dir, versi
         "extras": xmed,
         "ideal_growth": ideal,
     }
+    report["restore_floor"] = restore_floor(report)
     md = render(report)
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(report, f, indent=2, sort_keys=False)
@@ -1834,6 +1873,7 @@ def main():
         report["ratios"], report["targets"] = ratios_and_targets(
             report["medians"], report["runs"], report["extras"], report.get("extra_runs", []),
             report.get("ideal_growth"), cfg["source_bytes"])
+        report["restore_floor"] = restore_floor(report)
         with open(args.render, "w") as f:
             json.dump(report, f, indent=2, sort_keys=False)
         with open(os.path.join(os.path.dirname(os.path.abspath(args.render)), "report.md"), "w") as f:

@@ -223,6 +223,19 @@ class Targets(unittest.TestCase):
                          ["met"])
         self.assertFalse(any(row["met"] for row in t.values()))
 
+    def test_the_restore_floor_is_the_restored_bytes_over_the_disk_speed(self):
+        report = {"medians": rb.summarise(self.runs, ["coffer", "restic", "borg"]),
+                  "extras": rb.summarise_extras(self.extra),
+                  "config": {"source_bytes": {"base": 1 << 30, "mutated": 500_000_000}}}
+        self.assertIsNone(rb.restore_floor(report), "no disk measured, no floor")
+        for e in self.extra:
+            e["disk"] = {"mb_s": 50}
+        report["extras"] = rb.summarise_extras(self.extra)
+        floor = rb.restore_floor(report)
+        self.assertAlmostEqual(floor["floor_s"], 10.0)
+        # restic, the faster peer, restores in 20 s.
+        self.assertAlmostEqual(floor["max_restore_speedup"], 2.0)
+
     def test_a_failed_peer_leaves_the_other(self):
         for r in self.runs:
             r["restic"] = {"error": "boom", "steps": {}, "extra": {}}
