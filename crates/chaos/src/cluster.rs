@@ -65,7 +65,7 @@ impl Proc {
         let log = File::options().create(true).append(true).open(&self.log)?;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.host.ns]).arg(bin).args(&self.args);
-        cmd.env("COFFER_LOG", "info,openraft=warn")
+        cmd.env("COFFER_LOG", "info,openraft=warn,fjall=warn,lsm_tree=warn")
             .env("COFFER_LOG_FORMAT", "text")
             .env("NO_COLOR", "1")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))

@@ -187,7 +187,7 @@ pub struct MetaSettings {
     #[arg(long, env = "COFFER_GC_REWRITE_BANDWIDTH")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gc_rewrite_bandwidth: Option<u64>,
-    /// MiB of sled page cache of the catalog store (resident memory is a multiple of it; see `make scale`).
+    /// MiB of block cache of the catalog store (memtables, filters and indexes come on top; see `make scale`).
     #[arg(long, env = "COFFER_STORE_CACHE_MIB")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store_cache_mib: Option<u64>,

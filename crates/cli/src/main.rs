@@ -66,7 +66,9 @@ fn init_tracing(server: bool, format: Option<args::LogFormat>) -> Option<otel::O
     use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;
     // Servers log at info; other commands keep stderr quiet unless asked.
-    let default = if server { "info" } else { "warn" };
+    // The metadata store's engine (fjall, lsm-tree) logs its routine work
+    // (flushes, compactions) at info: only its warnings and errors by default.
+    let default = if server { "info,fjall=warn,lsm_tree=warn" } else { "warn" };
     let filter = EnvFilter::try_from_env("COFFER_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let json = match format {
         Some(f) => f == args::LogFormat::Json,

@@ -1,12 +1,12 @@
 //! `make scale`: builds a catalog of `--chunks` chunks (default 10,000,000)
-//! through the real state machine (`StateMachineStore::apply` on sled, the
+//! through the real state machine (`StateMachineStore::apply` on fjall, the
 //! path every Raft entry takes) at four sizes (1/1000, 1/100, 1/10, all),
 //! and measures at each what grows with the catalog and what must not:
 //! apply throughput, the leader's idle repair tick and `ClusterStatus`
 //! (through `coffer_meta::probe`, the functions the duties call), a Raft
 //! snapshot built, sent in 3 MiB chunks and installed by a follower in a
 //! second process, as on a second machine (time and each side's peak RSS),
-//! a metadata node reopening its store, and sled's bytes per chunk.
+//! a metadata node reopening its store, and the store's bytes per chunk.
 //! Writes `OUT/report.json` (`sizes`: one object per size) and
 //! `OUT/report.md`.
 //!
@@ -36,7 +36,7 @@ const PROBE_RUNS: usize = 25;
 struct Args {
     chunks: u64,
     out: PathBuf,
-    /// sled's page cache, as a metadata node configures it.
+    /// The store's block cache, as a metadata node configures it.
     cache_bytes: u64,
 }
 
@@ -328,7 +328,7 @@ async fn one_size(chunks: u64, work: &Path, check_digest: bool, cache_bytes: u64
     drop(current);
     drop(sm);
     drop(_log);
-    row.disk_bytes_per_chunk = du(&src.join("raft.sled")) as f64 / made as f64;
+    row.disk_bytes_per_chunk = du(&src.join(coffer_meta::store::DIR)) as f64 / made as f64;
     let _ = std::fs::remove_dir_all(work);
     row
 }
@@ -472,7 +472,7 @@ fn write_reports(a: &Args, rows: &[Row], total_s: f64, load_before: &str, load_a
     }
     let _ = writeln!(
         md,
-        "Built through `StateMachineStore::apply` on sled ({profile} build, {} MiB page cache), 4+2 packs of ~16 MiB over 3 sites x 2 nodes. Run took {total_s:.0} s; load average {load_before} before, {load_after} after.\n",
+        "Built through `StateMachineStore::apply` on fjall ({profile} build, {} MiB block cache), 4+2 packs of ~16 MiB over 3 sites x 2 nodes. Run took {total_s:.0} s; load average {load_before} before, {load_after} after.\n",
         a.cache_bytes >> 20
     );
     let _ = writeln!(md, "| chunks | packs | apply_chunks_per_s | idle_tick_ms | status_ms | snapshot_build_s | snapshot_install_s | snapshot_peak_rss_mib | restart_s | disk_bytes_per_chunk | snapshot MiB | digests match |");

@@ -313,7 +313,7 @@ fn set_key_slots(
 }
 
 /// The version of a repository's key slot set, as `SetKeySlots` compares it.
-pub(crate) fn key_slots_version(tree: &sled::Tree, repo: &RepoName) -> Result<u64, MetaError> {
+pub(crate) fn key_slots_version(tree: &crate::store::Tree, repo: &RepoName) -> Result<u64, MetaError> {
     Ok(kv::get::<u64>(tree, "key slots version", &kv::key_slots_version_key(repo))?.unwrap_or(0))
 }
 
@@ -646,7 +646,7 @@ mod tests {
         assert!(matches!(r, CommandResult::Rejected(Rejection::ChunkOutOfRange { .. })));
     }
 
-    fn register(t: &sled::Tree, nodes: &[NodeId]) {
+    fn register(t: &crate::store::Tree, nodes: &[NodeId]) {
         for n in nodes {
             let node = NodeRecord {
                 id: *n,
@@ -739,7 +739,7 @@ mod tests {
     /// A repository with nodes 1..=3, its refs pack `[4; 16]` and a data
     /// pack `[7; 16]` holding the root `[9; 32]` committed by session 1
     /// (leased until 100), ready for `snapshot(3, ..)`.
-    fn ready_to_snapshot(t: &sled::Tree) -> SessionId {
+    fn ready_to_snapshot(t: &crate::store::Tree) -> SessionId {
         run(t, Command::CreateRepo { repo: repo() });
         let nodes: Vec<NodeId> = (1..=3).map(NodeId).collect();
         register(t, &nodes);

@@ -52,7 +52,7 @@ impl CatalogService {
         Self { node }
     }
 
-    fn tree(&self) -> &sled::Tree {
+    fn tree(&self) -> &crate::store::Tree {
         self.node.sm.tree()
     }
 
@@ -797,7 +797,7 @@ impl Catalog for CatalogService {
 /// order, and the cursor of the next page if more follow. Reads only the
 /// repository's index keys from the cursor on, and the page's records.
 fn snapshot_page(
-    tree: &sled::Tree,
+    tree: &crate::store::Tree,
     repo: &RepoName,
     after: Option<&SnapshotId>,
     limit: usize,
@@ -821,7 +821,10 @@ fn snapshot_page(
 /// that is not up (down, unknown, or 0 for unplaced shards) can be short
 /// of an available shard, so those are read and the rest are healthy. The
 /// cost is the packs touched by what is down, not the catalog.
-pub(crate) fn pack_health(tree: &sled::Tree, up: &std::collections::HashSet<u64>) -> Result<pb::PackHealth, MetaError> {
+pub(crate) fn pack_health(
+    tree: &crate::store::Tree,
+    up: &std::collections::HashSet<u64>,
+) -> Result<pb::PackHealth, MetaError> {
     let mut health = pb::PackHealth::default();
     let mut affected = std::collections::BTreeSet::new();
     for (node, count) in crate::index::held(tree)? {
@@ -856,7 +859,7 @@ pub(crate) fn pack_health(tree: &sled::Tree, up: &std::collections::HashSet<u64>
 /// lost until those nodes return. Like `pack_health`, only packs with a
 /// shard on a node that is not up are read.
 pub(crate) fn lost_packs(
-    tree: &sled::Tree,
+    tree: &crate::store::Tree,
     up: &std::collections::HashSet<u64>,
     repo: &RepoName,
 ) -> Result<Vec<PackId>, MetaError> {

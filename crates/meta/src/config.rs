@@ -56,10 +56,10 @@ pub struct MetaConfig {
     /// answered with the disaster-recovery records (`ListDr`) so that every
     /// reader computes costs with the cluster's prices, not its own.
     pub prices: PriceConfig,
-    /// Bytes of sled's page cache (`--store-cache-mib`, `store_cache_mib`).
-    /// sled's resident memory is a multiple of it (its page table and the
-    /// allocator's slack come on top), so it bounds a node's memory only
-    /// roughly; `make scale` measures the whole.
+    /// Bytes of the store's block cache (`--store-cache-mib`,
+    /// `store_cache_mib`). Memtables (up to the write buffer) and the
+    /// tables' filters and indexes come on top; `make scale` measures the
+    /// whole.
     pub store_cache_bytes: u64,
     /// Test failpoints armed through `DATA/failpoint` (`crate::failpoint`);
     /// off in production, set only by `COFFER_FAILPOINTS=1`.
@@ -112,12 +112,11 @@ pub const DEFAULT_GC_REWRITE_BANDWIDTH: u64 = 64 << 20;
 /// Garbage collection runs hourly unless configured otherwise: often enough
 /// that forgotten snapshots free their space the same day, rarely enough
 /// that reading every reference list stays a small share of the leader's work.
-/// sled's page cache of a metadata node: small next to sled's own default
-/// (1 GiB), because sled's resident memory is several times its cache
-/// (`make scale`); reads past it are served from the kernel's page cache.
+/// The block cache of a metadata node's store: a bounded share of a node's
+/// memory; reads past it are served from the kernel's page cache.
 pub const DEFAULT_STORE_CACHE_BYTES: u64 = 128 << 20;
 
-/// Below this sled would evict the tree's upper levels on every walk.
+/// Below this the store would read its index blocks from disk on most reads.
 pub const MIN_STORE_CACHE_BYTES: u64 = 8 << 20;
 
 pub const DEFAULT_GC_INTERVAL: Duration = Duration::from_secs(3600);

@@ -54,7 +54,7 @@ pub(crate) fn record(txn: &mut Txn<'_>, record: DrRecord) -> Result<CommandResul
 /// first, after the record `after` names (a cursor, see `CURSOR_LEN`), and
 /// the cursor of the next page if more follow.
 pub(crate) fn page(
-    tree: &sled::Tree,
+    tree: &crate::store::Tree,
     repo: &RepoName,
     since_ms: u64,
     after: Option<&[u8; CURSOR_LEN]>,
@@ -94,7 +94,7 @@ pub(crate) fn page(
 /// The newest `limit` records of `repo`, oldest first: what the leader's
 /// gauges read on every scrape (a source's last drill is among its newest
 /// records), so a scrape costs the same however long the history grows.
-pub(crate) fn newest(tree: &sled::Tree, repo: &RepoName, limit: usize) -> Result<Vec<DrRecord>, MetaError> {
+pub(crate) fn newest(tree: &crate::store::Tree, repo: &RepoName, limit: usize) -> Result<Vec<DrRecord>, MetaError> {
     let p = prefix(repo);
     let mut end = p.clone();
     if let Some(last) = end.last_mut() {
@@ -139,8 +139,7 @@ mod tests {
 
     #[test]
     fn records_are_write_once_and_listed_in_time_order() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let tree = db.open_tree("t").unwrap();
+        let tree = crate::test_util::tree();
         let r = RepoName::new("r").unwrap();
         let other = RepoName::new("r2").unwrap();
         let mut txn = Txn::new(&tree);
@@ -174,8 +173,7 @@ mod tests {
 
     #[test]
     fn pages_follow_the_cursor_to_the_end() {
-        let db = sled::Config::new().temporary(true).open().unwrap();
-        let tree = db.open_tree("t").unwrap();
+        let tree = crate::test_util::tree();
         let r = RepoName::new("r").unwrap();
         let mut txn = Txn::new(&tree);
         let repo =

@@ -15,7 +15,10 @@ use crate::command::Rejection;
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
     #[error("metadata store: {0}")]
-    Store(#[from] sled::Error),
+    Store(#[from] crate::store::StoreError),
+    /// A store an earlier version kept in sled could not be copied.
+    #[error("migrate the metadata store at {path} from sled: {reason}")]
+    Migration { path: String, reason: String },
     #[error("decode {what}: {reason}")]
     Codec { what: &'static str, reason: String },
     #[error("state machine schema version {found} is not supported (this build knows {known})")]
@@ -98,6 +101,7 @@ impl MetaError {
             MetaError::Codec { .. } => Code::DataLoss,
             MetaError::Config(_) => Code::InvalidArgument,
             MetaError::Store(_)
+            | MetaError::Migration { .. }
             | MetaError::UnsupportedSchema { .. }
             | MetaError::Io { .. }
             | MetaError::Raft(_)

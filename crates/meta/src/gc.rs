@@ -73,7 +73,7 @@ fn condemn_key(repo: &RepoName, chunk: &ChunkId) -> Vec<u8> {
 }
 
 /// Whether `chunk` is condemned (so absent for deduplication).
-pub(crate) fn is_condemned(tree: &sled::Tree, repo: &RepoName, chunk: &ChunkId) -> Result<bool, MetaError> {
+pub(crate) fn is_condemned(tree: &crate::store::Tree, repo: &RepoName, chunk: &ChunkId) -> Result<bool, MetaError> {
     Ok(tree.contains_key(condemn_key(repo, chunk))?)
 }
 
@@ -357,7 +357,7 @@ pub struct GcState {
     pub last: Option<GcRunRecord>,
 }
 
-pub fn gc_state(tree: &sled::Tree) -> Result<GcState, MetaError> {
+pub fn gc_state(tree: &crate::store::Tree) -> Result<GcState, MetaError> {
     Ok(kv::get::<GcState>(tree, "gc state", kv::KEY_GC)?.unwrap_or_default())
 }
 
@@ -388,12 +388,12 @@ pub(crate) fn run_done(txn: &mut Txn<'_>, run: GcRunRecord) -> Result<CommandRes
 
 /// The repository's snapshot commit sequence: how many snapshots it has
 /// committed since sequences were kept.
-pub fn commit_seq(tree: &sled::Tree, repo: &RepoName) -> Result<u64, MetaError> {
+pub fn commit_seq(tree: &crate::store::Tree, repo: &RepoName) -> Result<u64, MetaError> {
     Ok(kv::get::<u64>(tree, "commit sequence", &kv::commit_seq_key(repo))?.unwrap_or(0))
 }
 
 /// The repository's open round, if any.
-pub fn round_of(tree: &sled::Tree, repo: &RepoName) -> Result<Option<GcRound>, MetaError> {
+pub fn round_of(tree: &crate::store::Tree, repo: &RepoName) -> Result<Option<GcRound>, MetaError> {
     kv::get(tree, "gc round", &kv::gc_round_key(repo))
 }
 
@@ -413,12 +413,16 @@ pub(crate) fn commit_log(txn: &Txn<'_>, repo: &RepoName, after: u64) -> Result<V
 }
 
 /// The same, read from the store (for the collector).
-pub fn logged_commits(tree: &sled::Tree, repo: &RepoName, after: u64) -> Result<Vec<(u64, CommitLogEntry)>, MetaError> {
+pub fn logged_commits(
+    tree: &crate::store::Tree,
+    repo: &RepoName,
+    after: u64,
+) -> Result<Vec<(u64, CommitLogEntry)>, MetaError> {
     commit_log(&Txn::new(tree), repo, after)
 }
 
 /// Every chunk of `repo` that is condemned now.
-pub fn condemned_chunks(tree: &sled::Tree, repo: &RepoName) -> Result<Vec<ChunkId>, MetaError> {
+pub fn condemned_chunks(tree: &crate::store::Tree, repo: &RepoName) -> Result<Vec<ChunkId>, MetaError> {
     let prefix = condemn_prefix(repo);
     let mut out = Vec::new();
     for item in tree.scan_prefix(&prefix) {
@@ -716,7 +720,7 @@ mod tests {
         let got: ChunkLocation = kv::get(&t, "chunk", &kv::chunk_key(&repo, &chunk)).unwrap().unwrap();
         assert_eq!(got, fresh);
         // With the pack recorded, the first location stays.
-        t.insert(kv::pack_key(&fresh.pack), b"x".to_vec()).unwrap();
+        t.insert(kv::pack_key(&fresh.pack), b"x").unwrap();
         let mut txn = Txn::new(&t);
         assert!(!replace_unplaced(&mut txn, &repo, &chunk, &gone).unwrap());
     }
@@ -724,7 +728,7 @@ mod tests {
     /// A repository "r" (2+1) on nodes 1..=3, with its world built by
     /// commands as a cluster would build it.
     struct World {
-        t: sled::Tree,
+        t: crate::store::Tree,
         repo: RepoName,
         nodes: Vec<NodeId>,
         clock: u64,

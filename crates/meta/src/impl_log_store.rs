@@ -1,9 +1,11 @@
-//! openraft's `RaftLogStorage` on sled.
+//! openraft's `RaftLogStorage` on the node's store.
 //!
-//! The log is a tree keyed by big-endian index, so sled's ordered iteration
-//! is log order. The vote, the committed id and the last purged id live in a
-//! small `raft` tree. Every write that openraft must be able to rely on after
-//! a crash (appends, the vote) is flushed to disk before it is acknowledged.
+//! The log is a keyspace keyed by big-endian index, so the store's ordered
+//! iteration is log order. The vote, the committed id and the last purged id
+//! live in a small `raft` keyspace. Every write that openraft must be able
+//! to rely on after a crash (appends, the vote) is flushed to disk before it
+//! is acknowledged; the store has one journal, so that flush also makes the
+//! state machine's earlier batches durable.
 
 // openraft's storage traits return its own `StorageError`, which is large;
 // the helpers here return it too rather than convert twice.
@@ -16,7 +18,9 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageIOError};
 
 use crate::codec;
+use crate::store::{Batch, Db, StoreError, Tree};
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
+use crate::MetaError;
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
@@ -24,9 +28,8 @@ const KEY_PURGED: &[u8] = b"last_purged";
 
 #[derive(Clone)]
 pub struct LogStore {
-    db: sled::Db,
-    log: sled::Tree,
-    raft: sled::Tree,
+    log: Tree,
+    raft: Tree,
 }
 
 impl std::fmt::Debug for LogStore {
@@ -48,8 +51,8 @@ fn write_logs_err(e: impl std::fmt::Display) -> StorageError {
 }
 
 impl LogStore {
-    pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
-        Ok(Self { db: db.clone(), log: db.open_tree("log")?, raft: db.open_tree("raft")? })
+    pub fn open(db: &Db) -> Result<Self, MetaError> {
+        Ok(Self { log: db.tree("log")?, raft: db.tree("raft")? })
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -65,9 +68,13 @@ impl LogStore {
         Ok(())
     }
 
-    async fn flush(&self) -> Result<(), StorageError> {
-        self.db.flush_async().await.map_err(write_logs_err)?;
-        Ok(())
+    /// Fsyncs the journal on a blocking thread.
+    async fn flush(&self) -> Result<(), StoreError> {
+        let log = self.log.clone();
+        match tokio::task::spawn_blocking(move || log.flush()).await {
+            Ok(r) => r,
+            Err(e) => Err(StoreError::Io(std::io::Error::other(e.to_string()))),
+        }
     }
 }
 
@@ -118,7 +125,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let bytes = codec::encode(vote).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
         self.raft.insert(KEY_VOTE, bytes).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
-        self.db.flush_async().await.map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        self.flush().await.map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
         Ok(())
     }
 
@@ -141,13 +148,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         for entry in entries {
             let bytes = codec::encode(&entry).map_err(write_logs_err)?;
-            batch.insert(&entry.log_id.index.to_be_bytes(), bytes);
+            batch.insert(entry.log_id.index.to_be_bytes(), bytes);
         }
         self.log.apply_batch(batch).map_err(write_logs_err)?;
-        let res = self.db.flush_async().await.map(|_| ()).map_err(std::io::Error::other);
+        let res = self.flush().await.map_err(std::io::Error::other);
         let failed = res.as_ref().err().map(|e| e.to_string());
         callback.log_io_completed(res);
         match failed {
@@ -157,25 +164,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for kv in self.log.range(log_id.index.to_be_bytes()..) {
-            let (k, _) = kv.map_err(write_logs_err)?;
-            batch.remove(k);
+        let mut batch = Batch::default();
+        for k in self.log.range(log_id.index.to_be_bytes()..).keys() {
+            batch.remove(k.map_err(write_logs_err)?);
         }
         self.log.apply_batch(batch).map_err(write_logs_err)?;
-        self.flush().await
+        self.flush().await.map_err(write_logs_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Record the purge point first: a crash between the two steps leaves
         // extra entries behind it, which is harmless.
         self.put_meta(KEY_PURGED, &Some(log_id))?;
-        let mut batch = sled::Batch::default();
-        for kv in self.log.range(..=log_id.index.to_be_bytes()) {
-            let (k, _) = kv.map_err(write_logs_err)?;
-            batch.remove(k);
+        let mut batch = Batch::default();
+        for k in self.log.range(..=log_id.index.to_be_bytes()).keys() {
+            batch.remove(k.map_err(write_logs_err)?);
         }
         self.log.apply_batch(batch).map_err(write_logs_err)?;
-        self.flush().await
+        self.flush().await.map_err(write_logs_err)
     }
 }

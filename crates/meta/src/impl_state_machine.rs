@@ -1,17 +1,17 @@
-//! openraft's `RaftStateMachine` on sled, and its snapshots.
+//! openraft's `RaftStateMachine` on the node's store, and its snapshots.
 //!
-//! The state lives in one sled tree (layout in `kv`). One `apply` call
+//! The state lives in the store's state tree (layout in `kv`; two
+//! keyspaces, see `store`). One `apply` call
 //! writes all its entries and the new `last_applied` in one atomic batch, so
 //! a crash never leaves the state between two entries. The batch is not
 //! flushed: the log is flushed before anything is applied, and openraft
 //! re-applies committed entries past `last_applied` after a restart.
 //!
 //! A snapshot is every key of the tree as it was at one `last_applied`,
-//! taken without stopping writes: the builder opens a *cut* (briefly
-//! excluding apply), then iterates the live tree while apply goes on; apply
-//! records the pre-image of every key it changes while a cut is open, and
-//! the builder lays those pre-images over what it reads, key by key, as it
-//! goes. One cut is open at a time (builds and digests queue for it).
+//! taken without stopping writes: the builder opens a *cut* (a read view of
+//! the store taken while apply is briefly excluded, so it falls between two
+//! apply batches) and reads it while apply goes on. Cuts are independent:
+//! builds and catalog digests may read several at once.
 //!
 //! Snapshots are files (`snapshot_file` is the format) in the snapshot
 //! directory beside the database, and openraft's `SnapshotData` is the open
@@ -19,9 +19,8 @@
 //! the file in chunks, an install verifies the received file and then lays
 //! it over the tree in batches, and openraft's reading of the current
 //! snapshot at start opens the file without reading it. Memory stays
-//! bounded by one sled batch and the undo map (the keys written during a
-//! build), whatever the size of the catalog. An install is not one atomic
-//! batch (it could not be, in bounded memory): a marker in the `snapshots`
+//! bounded by one batch, whatever the size of the catalog. An install is
+//! not one atomic batch (it could not be, in bounded memory): a marker in the `snapshots`
 //! tree names the snapshot being laid over the tree, and `open` finishes an
 //! install that a crash interrupted before anything reads the state.
 
@@ -29,9 +28,7 @@
 // the helpers here return it too rather than convert twice.
 #![allow(clippy::result_large_err)]
 
-use std::collections::BTreeMap;
 use std::io::{BufReader, BufWriter};
-use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,6 +44,7 @@ use crate::command::CommandResult;
 use crate::index;
 use crate::kv::{self, Txn, KEY_APPLIED, KEY_MEMBERSHIP, KEY_SCHEMA, SCHEMA_VERSION};
 use crate::snapshot_file;
+use crate::store::{self, Batch, Db, Tree};
 use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::MetaError;
 
@@ -56,10 +54,9 @@ const KEY_CURRENT_SNAPSHOT: &[u8] = b"current-file";
 const KEY_LEGACY_SNAPSHOT: &[u8] = b"current";
 /// Present while a snapshot is being laid over the tree (see the top).
 const KEY_INSTALLING: &[u8] = b"installing";
-/// Records per sled batch when a snapshot is laid over the tree: larger
-/// batches made sled hold several times the memory (measured by `make
-/// scale`: 342 MiB against 131 MiB at 50,000 chunks) and run slower.
-const INSTALL_BATCH: usize = 1_000;
+/// Records per batch when a snapshot is laid over the tree: a batch is
+/// held whole in memory until it commits.
+const INSTALL_BATCH: usize = 10_000;
 
 /// Format 1 of a snapshot body, read only to convert an old store.
 #[derive(Serialize, Deserialize)]
@@ -84,35 +81,21 @@ struct StoredSnapshot {
 }
 
 struct Inner {
-    db: sled::Db,
-    tree: sled::Tree,
-    snapshots: sled::Tree,
+    db: Db,
+    tree: Tree,
+    snapshots: Tree,
     /// Where snapshot files live (built, received, current).
     dir: PathBuf,
     /// Apply holds it while it writes; a snapshot builder takes it to open a cut.
     cut: RwLock<()>,
-    /// While a snapshot is being built: the value each key had at the cut,
-    /// for every key written since (None: the key did not exist).
-    undo: Mutex<Option<Undo>>,
-    /// One cut at a time: there is one undo map, and a second cut opened
-    /// while a first is being read would replace it (the first then misses
-    /// pre-images, or finds none and fails). Snapshot builds and catalog
-    /// digests queue here for the whole read.
-    one_cut: tokio::sync::Mutex<()>,
+    /// Snapshots installed since the node started: a build whose cut an
+    /// install overtook must not become the current snapshot (it would
+    /// replace the installed, newer one).
+    installs: AtomicU64,
     /// The file openraft is writing a received snapshot into, by inode, so
     /// that the install keeps that file instead of copying it.
     receiving: Mutex<Option<(u64, PathBuf)>>,
     file_seq: AtomicU64,
-}
-
-/// Keys changed since a cut, with the value each had at the cut.
-type PreImages = Vec<(Vec<u8>, Option<Vec<u8>>)>;
-
-#[derive(Default)]
-struct Undo {
-    /// Bumped by `install_snapshot`, which invalidates an open cut.
-    generation: u64,
-    pre_images: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 /// The state machine; cheap to clone, shared with the catalog for reads.
@@ -153,19 +136,18 @@ impl StateMachineStore {
     /// Opens the state machine in `db`, with its snapshot files in
     /// `snapshot_dir`; finishes an interrupted install and converts a
     /// snapshot of format 1 first.
-    pub fn open(db: &sled::Db, snapshot_dir: &Path) -> Result<Self, MetaError> {
+    pub fn open(db: &Db, snapshot_dir: &Path) -> Result<Self, MetaError> {
         let io = |source| MetaError::Io { path: snapshot_dir.display().to_string(), source };
         std::fs::create_dir_all(snapshot_dir).map_err(io)?;
-        let tree = db.open_tree("sm")?;
+        let tree = db.state_tree()?;
         let store = Self {
             inner: Arc::new(Inner {
                 db: db.clone(),
                 tree,
-                snapshots: db.open_tree("snapshots")?,
+                snapshots: db.tree("snapshots")?,
                 dir: snapshot_dir.to_path_buf(),
                 cut: RwLock::new(()),
-                undo: Mutex::new(None),
-                one_cut: tokio::sync::Mutex::new(()),
+                installs: AtomicU64::new(0),
                 receiving: Mutex::new(None),
                 file_seq: AtomicU64::new(0),
             }),
@@ -184,11 +166,12 @@ impl StateMachineStore {
                 tree.insert(KEY_SCHEMA, kv::encode(&SCHEMA_VERSION)?)?;
             }
             Some(SCHEMA_VERSION) => {}
-            Some(found @ (1..=3)) => {
+            Some(found @ (1..=4)) => {
                 // Schema 1 had no secondary indexes, schema 2 not the one of
                 // snapshots by source, schema 3 not the count of former
-                // copies: build them all once, then mark the
-                // store (a crash in between builds them again from scratch).
+                // copies, schema 4 not the holders: build them all once,
+                // then mark the store (a crash in between builds them again
+                // from scratch).
                 tracing::info!("upgrading the state machine from schema {found}: building its indexes");
                 index::rebuild(tree)?;
                 tree.insert(KEY_SCHEMA, kv::encode(&SCHEMA_VERSION)?)?;
@@ -200,7 +183,7 @@ impl StateMachineStore {
     }
 
     /// The state tree, for reads. Readers see whole apply batches only.
-    pub fn tree(&self) -> &sled::Tree {
+    pub fn tree(&self) -> &Tree {
         &self.inner.tree
     }
 
@@ -212,45 +195,38 @@ impl StateMachineStore {
         Ok((applied, membership))
     }
 
-    fn undo(&self) -> std::sync::MutexGuard<'_, Option<Undo>> {
-        self.inner.undo()
-    }
-
     /// Reads the state as of one applied index, record by record, without
     /// holding apply back for longer than it takes to open the cut; `each`
-    /// sees every key in order with its value at the cut. Runs the read on
-    /// a blocking thread.
+    /// gets the cut, a read view of the store. Runs the read on a blocking
+    /// thread. Also returns the count of installs at the cut.
     async fn with_cut<T: Send + 'static>(
         &self,
-        each: impl FnOnce(&Inner, u64) -> Result<T, String> + Send + 'static,
-    ) -> Result<(Option<LogId>, StoredMembership, T), StorageError> {
-        let _one = self.inner.one_cut.lock().await;
-        let (applied, membership, generation) = {
+        each: impl FnOnce(&Inner, &store::Snapshot) -> Result<T, String> + Send + 'static,
+    ) -> Result<(Option<LogId>, StoredMembership, u64, T), StorageError> {
+        let (applied, membership, installs, cut) = {
             let _cut = self.inner.cut.write().await;
             let (applied, membership) = self.read_applied()?;
-            let mut undo = self.undo();
-            let generation = undo.as_ref().map(|u| u.generation).unwrap_or(0);
-            *undo = Some(Undo { generation, pre_images: BTreeMap::new() });
-            (applied, membership, generation)
+            (applied, membership, self.inner.installs.load(Ordering::SeqCst), self.inner.db.snapshot())
         };
         let inner = self.inner.clone();
-        let read = tokio::task::spawn_blocking(move || each(&inner, generation)).await;
-        let undo = self.undo().take();
-        let out = read.map_err(|e| snap_err(ErrorVerb::Read, e))?.map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        match undo {
-            Some(u) if u.generation == generation => Ok((applied, membership, out)),
-            _ => Err(snap_err(ErrorVerb::Read, "a snapshot was installed while one was being built")),
+        let out = tokio::task::spawn_blocking(move || each(&inner, &cut))
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        if self.inner.installs.load(Ordering::SeqCst) != installs {
+            return Err(snap_err(ErrorVerb::Read, "a snapshot was installed while one was being built"));
         }
+        Ok((applied, membership, installs, out))
     }
 
     /// `(applied index, records, BLAKE3 of the records)`: equal on replicas
     /// that applied the same log. Raft bookkeeping keys are left out.
     pub async fn digest(&self) -> Result<(u64, u64, [u8; 32]), StorageError> {
-        let (applied, _, (n, hash)) = self
-            .with_cut(|inner, generation| {
+        let (applied, _, _, (n, hash)) = self
+            .with_cut(|inner, cut| {
                 let mut h = blake3::Hasher::new();
                 let mut n = 0u64;
-                inner.read_cut(generation, |k, v| {
+                inner.read_cut(cut, |k, v| {
                     if k != KEY_APPLIED && k != KEY_MEMBERSHIP {
                         h.update(&(k.len() as u64).to_le_bytes());
                         h.update(k);
@@ -270,15 +246,15 @@ impl StateMachineStore {
         let name = self.inner.file_name("snapshot", "snap");
         let part = self.inner.dir.join(format!("{name}.part"));
         let path = self.inner.dir.join(&name);
-        let (applied, membership, ()) = {
+        let (applied, membership, installs, ()) = {
             let (part_in, path_in) = (part.clone(), path.clone());
             let built = self
-                .with_cut(move |inner, generation| {
+                .with_cut(move |inner, cut| {
                     let (part, path) = (part_in, path_in);
                     let file = std::fs::File::create(&part).map_err(io_at(&part))?;
                     let mut w = snapshot_file::Writer::new(BufWriter::with_capacity(1 << 20, file), SCHEMA_VERSION)
                         .map_err(io_at(&part))?;
-                    inner.read_cut(generation, |k, v| w.push(k, v).map_err(io_at(&part)))?;
+                    inner.read_cut(cut, |k, v| w.push(k, v).map_err(io_at(&part)))?;
                     let (out, _) = w.finish().map_err(io_at(&part))?;
                     let file = out.into_inner().map_err(|e| io_at(&part)(e.into_error()))?;
                     file.sync_all().map_err(io_at(&part))?;
@@ -299,75 +275,47 @@ impl StateMachineStore {
         };
         let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };
         let stored = StoredSnapshot { meta: meta.clone(), file: name };
-        self.inner.save_current(&stored).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        // Opened first: a build that finishes next replaces this one as the
+        // current snapshot and removes its file.
         let file = tokio::fs::File::open(&path).await.map_err(|e| snap_err(ErrorVerb::Read, io_at(&path)(e)))?;
+        {
+            // An install that overtook the cut made a newer snapshot current.
+            let _cut = self.inner.cut.write().await;
+            if self.inner.installs.load(Ordering::SeqCst) != installs {
+                let _ = std::fs::remove_file(&path);
+                return Err(snap_err(ErrorVerb::Write, "a snapshot was installed while one was being built"));
+            }
+            // Builds may overlap (openraft starts one at a time, but nothing
+            // here relies on it): the newest cut stays current, whichever
+            // build finishes last.
+            let current = self.inner.current().map_err(|e| snap_err(ErrorVerb::Read, e))?;
+            if current.is_some_and(|c| c.meta.last_log_id > stored.meta.last_log_id) {
+                let _ = std::fs::remove_file(&path);
+            } else {
+                self.inner.save_current(&stored).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            }
+        }
         Ok(Snapshot { meta, snapshot: Box::new(file) })
     }
 }
 
 impl Inner {
-    fn undo(&self) -> std::sync::MutexGuard<'_, Option<Undo>> {
-        self.undo.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn file_name(&self, kind: &str, ext: &str) -> String {
         let nanos =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         format!("{kind}-{nanos}-{}.{ext}", self.file_seq.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Calls `emit` on every key of the tree in order with its value at the
-    /// cut of `generation`: the live value, unless the undo map holds the
-    /// key's pre-image (then that, and nothing for a key that did not exist
-    /// at the cut); keys the undo map holds that the iteration did not
-    /// meet (removed since the cut) come in their place in the order.
-    ///
-    /// Why a key looked up in the undo map after it was read is right:
-    /// apply records a key's pre-image *before* it commits the batch that
-    /// changes it, so a key absent from the map when it is looked up had not
-    /// changed when it was read; and a key that changed before the iterator
-    /// passed its place is in the map by the time the next key is looked up.
+    /// Calls `emit` on every key of the tree in order with its value at
+    /// `cut`.
     fn read_cut(
         &self,
-        generation: u64,
+        cut: &store::Snapshot,
         mut emit: impl FnMut(&[u8], &[u8]) -> Result<(), String>,
     ) -> Result<(), String> {
-        let changed = |lo: Bound<&[u8]>, hi: Bound<&[u8]>| -> Result<PreImages, String> {
-            let undo = self.undo();
-            match undo.as_ref() {
-                Some(u) if u.generation == generation => {
-                    if u.pre_images.is_empty() {
-                        return Ok(Vec::new());
-                    }
-                    Ok(u.pre_images.range::<[u8], _>((lo, hi)).map(|(k, v)| (k.clone(), v.clone())).collect())
-                }
-                _ => Err("a snapshot was installed while one was being built".to_string()),
-            }
-        };
-        let mut last: Option<sled::IVec> = None;
-        for item in self.tree.iter() {
+        for item in self.tree.at(cut).iter() {
             let (k, v) = item.map_err(|e| e.to_string())?;
-            let lo = last.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-            let mut own = None;
-            for (ck, before) in changed(lo, Bound::Included(&k))? {
-                if ck.as_slice() == &*k {
-                    own = Some(before);
-                } else if let Some(before) = before {
-                    emit(&ck, &before)?;
-                }
-            }
-            match own {
-                Some(Some(before)) => emit(&k, &before)?,
-                Some(None) => {}
-                None => emit(&k, &v)?,
-            }
-            last = Some(k);
-        }
-        let lo = last.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-        for (ck, before) in changed(lo, Bound::Unbounded)? {
-            if let Some(before) = before {
-                emit(&ck, &before)?;
-            }
+            emit(&k, &v)?;
         }
         Ok(())
     }
@@ -450,7 +398,7 @@ impl Inner {
         let file = std::fs::File::open(&path).map_err(io_at(&path))?;
         let mut reader = snapshot_file::Reader::new(BufReader::with_capacity(1 << 20, file)).map_err(io_at(&path))?;
         self.tree.clear().map_err(|e| e.to_string())?;
-        let mut batch = sled::Batch::default();
+        let mut batch = Batch::default();
         let mut n = 0;
         while let Some((k, v)) = reader.next_record().map_err(io_at(&path))? {
             batch.insert(k, v);
@@ -564,18 +512,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if let Some(last) = last {
             txn.put(KEY_APPLIED.to_vec(), &Some(last)).map_err(write)?;
         }
-        {
-            // A snapshot is being built: keep what these keys held at its cut.
-            let mut undo = self.undo();
-            if let Some(undo) = undo.as_mut() {
-                for k in txn.keys() {
-                    if !undo.pre_images.contains_key(k) {
-                        let before = self.inner.tree.get(k).map_err(|e| sm_err(ErrorVerb::Read, e))?;
-                        undo.pre_images.insert(k.clone(), before.map(|v| v.to_vec()));
-                    }
-                }
-            }
-        }
         txn.commit().map_err(write)?;
         Ok(results)
     }
@@ -608,10 +544,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> Result<(), StorageError> {
         let file = snapshot.into_std().await;
         let _cut = self.inner.cut.write().await;
-        if let Some(undo) = self.undo().as_mut() {
-            undo.generation += 1;
-            undo.pre_images.clear();
-        }
+        self.inner.installs.fetch_add(1, Ordering::SeqCst);
         let inner = self.inner.clone();
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || inner.install(&meta, file))
@@ -654,7 +587,7 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, StateMachineStore) {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let db = Db::open_path(&dir.path().join("db"), 16 << 20).unwrap();
         let sm = StateMachineStore::open(&db, &dir.path().join("snapshots")).unwrap();
         (dir, sm)
     }
@@ -814,10 +747,56 @@ mod tests {
         assert!(bytes.len() > 10 * (16 << 10), "the snapshot spans many chunks ({} bytes)", bytes.len());
         drop(current);
         drop(follower);
-        let db = sled::Config::new().path(d2.path()).open().unwrap();
+        let db = Db::open_path(&d2.path().join("db"), 16 << 20).unwrap();
         let mut reopened = StateMachineStore::open(&db, &d2.path().join("snapshots")).unwrap();
         assert_eq!(reopened.digest().await.unwrap(), want);
         assert_eq!(reopened.get_current_snapshot().await.unwrap().unwrap().meta, snap.meta);
+    }
+
+    /// A node whose store an earlier version kept in sled starts with the
+    /// same catalog, current snapshot and vote: the store written here is
+    /// copied key for key into a sled directory laid out as that version
+    /// did, and `open_stores` migrates it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_kept_in_sled_is_migrated_with_its_catalog_snapshot_and_vote() {
+        use openraft::storage::RaftLogStorage;
+        let d1 = tempfile::tempdir().unwrap();
+        let (mut log, mut sm) = crate::node::open_stores(d1.path()).unwrap();
+        for chunk in (1..=3000u64).collect::<Vec<_>>().chunks(500) {
+            sm.apply(chunk.iter().map(|&i| distinct(i, i))).await.unwrap();
+        }
+        let snap = sm.build().await.unwrap();
+        sm.apply([distinct(3001, 7)]).await.unwrap();
+        let vote = openraft::Vote::new_committed(3, 2);
+        log.save_vote(&vote).await.unwrap();
+        let want = sm.digest().await.unwrap();
+        drop((log, sm, snap.snapshot));
+
+        let d2 = tempfile::tempdir().unwrap();
+        {
+            let db = Db::open_path(&d1.path().join(store::DIR), 16 << 20).unwrap();
+            let old = sled::Config::new().path(d2.path().join(store::SLED_DIR)).open().unwrap();
+            for name in store::KEYSPACES {
+                let (from, to) = (db.tree(name).unwrap(), old.open_tree(name).unwrap());
+                for kv in from.iter() {
+                    let (k, v) = kv.unwrap();
+                    to.insert(&k[..], &v[..]).unwrap();
+                }
+            }
+            old.flush().unwrap();
+        }
+        std::fs::create_dir_all(d2.path().join("snapshots")).unwrap();
+        for f in std::fs::read_dir(d1.path().join("snapshots")).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), d2.path().join("snapshots").join(f.file_name())).unwrap();
+        }
+
+        let (mut log, mut sm) = crate::node::open_stores(d2.path()).unwrap();
+        assert!(d2.path().join(store::SLED_MIGRATED_DIR).exists());
+        assert_eq!(sm.digest().await.unwrap(), want);
+        assert_eq!(sm.get_current_snapshot().await.unwrap().expect("the current snapshot").meta, snap.meta);
+        assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+        assert_eq!(sm.applied_state().await.unwrap().0.map(|l| l.index), Some(3001));
     }
 
     /// A transfer cut short is refused at install (the trailer does not

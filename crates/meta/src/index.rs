@@ -5,6 +5,7 @@
 //!   ix/n/<node u64 BE><pack id><shard index>   ()   the shards a pack record puts on a node
 //!                                                   (node 0: unplaced shards of short packs)
 //!   ix/h/<node u64 BE>                         u64  how many shard entries name the node
+//!   ix/g/<node u64 BE>                         ()   nodes whose `ix/h/` count is above zero
 //!   ix/z/<pack id>                             ()   packs whose placement breaks the site rule
 //!   ix/u/<pack id>                             u64  chunk entries and snapshots (as refs pack)
 //!                                                   that point at the pack
@@ -21,11 +22,11 @@
 //! `expected` computes from a full scan of the records (a property test
 //! applies random commands and compares). They are kept in `Txn` itself
 //! (`on_write` runs on every `put` and `remove` of a record under `p/`,
-//! `n/`, `c/`, `s/`, `i/` or `f/`), so they land in the same sled batch as the
+//! `n/`, `c/`, `s/`, `i/` or `f/`), so they land in the same store batch as the
 //! records, travel in snapshots like any key, and a command added later
 //! keeps them without knowing of them. A store of schema 1 has none, one of
-//! schema 2 not `ix/t/`, one of schema 3 not `ix/count/copies`: `rebuild`
-//! builds them all once when it is opened
+//! schema 2 not `ix/t/`, one of schema 3 not `ix/count/copies`, one of
+//! schema 4 not `ix/g/`: `rebuild` builds them all once when it is opened
 //! (and when a snapshot of an older schema is installed), in bounded
 //! batches.
 
@@ -43,6 +44,8 @@ use crate::MetaError;
 pub const INDEX_PREFIX: &[u8] = b"ix/";
 const SHARD_PREFIX: &[u8] = b"ix/n/";
 const HELD_PREFIX: &[u8] = b"ix/h/";
+/// The nodes whose count under `HELD_PREFIX` is above zero (schema 5).
+const HOLDER_PREFIX: &[u8] = b"ix/g/";
 const SITE_PREFIX: &[u8] = b"ix/z/";
 const REFS_PREFIX: &[u8] = b"ix/u/";
 const SNAPSHOT_PREFIX: &[u8] = b"ix/s/";
@@ -171,8 +174,8 @@ pub(crate) fn on_write(txn: &mut Txn<'_>, key: &[u8], old: Option<&[u8]>, new: O
         Ok(())
     } else if key.starts_with(kv::FORMER_COPY_PREFIX) {
         match (old, new) {
-            (None, Some(_)) => add(txn, COPY_COUNT.to_vec(), 1),
-            (Some(_), None) => add(txn, COPY_COUNT.to_vec(), -1),
+            (None, Some(_)) => add(txn, COPY_COUNT.to_vec(), 1).map(drop),
+            (Some(_), None) => add(txn, COPY_COUNT.to_vec(), -1).map(drop),
             _ => Ok(()),
         }
     } else if key.starts_with(kv::INCIDENT_PREFIX) {
@@ -193,7 +196,8 @@ pub(crate) fn on_write(txn: &mut Txn<'_>, key: &[u8], old: Option<&[u8]>, new: O
     }
 }
 
-fn add(txn: &mut Txn<'_>, key: Vec<u8>, delta: i64) -> Result<(), MetaError> {
+/// Adds `delta` to the counter at `key`; returns its value before and after.
+fn add(txn: &mut Txn<'_>, key: Vec<u8>, delta: i64) -> Result<(u64, u64), MetaError> {
     let cur: u64 = txn.get("index counter", &key)?.unwrap_or(0);
     let next = cur.checked_add_signed(delta).unwrap_or_else(|| {
         // Every replica computes the same here, so saturating keeps them
@@ -203,6 +207,21 @@ fn add(txn: &mut Txn<'_>, key: Vec<u8>, delta: i64) -> Result<(), MetaError> {
     });
     // A counter at zero is no key at all, as a scan would compute it.
     txn.put_index(key, (next > 0).then(|| kv::encode(&next)).transpose()?);
+    Ok((cur, next))
+}
+
+/// Adds `delta` to the count of shard entries on `node`, and keeps the
+/// node among the holders while its count is above zero. The count changes
+/// with every pack; the holders only when a node gets its first shard or
+/// loses its last. So `held` lists the nodes from keys that are rarely
+/// rewritten and reads each count with a point read. A scan of the counts
+/// themselves would step over every version of them that the store's
+/// memtable still holds, a cost that grows with recent writes.
+fn add_held(txn: &mut Txn<'_>, node: NodeId, delta: i64) -> Result<(), MetaError> {
+    let (before, after) = add(txn, node_bytes(HELD_PREFIX, node), delta)?;
+    if (before == 0) != (after == 0) {
+        txn.put_index(node_bytes(HOLDER_PREFIX, node), (after > 0).then(Vec::new));
+    }
     Ok(())
 }
 
@@ -214,15 +233,19 @@ fn pack_changed(txn: &mut Txn<'_>, old: Option<&PackRecord>, new: Option<&PackRe
     let id = old.or(new).map(|p| p.id).expect("one of the two records exists");
     for &(node, i) in before.iter().filter(|e| !after.contains(e)) {
         txn.put_index(shard_key(node, &id, i), None);
-        add(txn, node_bytes(HELD_PREFIX, node), -1)?;
+        add_held(txn, node, -1)?;
     }
     for &(node, i) in after.iter().filter(|e| !before.contains(e)) {
         txn.put_index(shard_key(node, &id, i), Some(Vec::new()));
-        add(txn, node_bytes(HELD_PREFIX, node), 1)?;
+        add_held(txn, node, 1)?;
     }
     match (old.is_some(), new.is_some()) {
-        (false, true) => add(txn, PACK_COUNT.to_vec(), 1)?,
-        (true, false) => add(txn, PACK_COUNT.to_vec(), -1)?,
+        (false, true) => {
+            add(txn, PACK_COUNT.to_vec(), 1)?;
+        }
+        (true, false) => {
+            add(txn, PACK_COUNT.to_vec(), -1)?;
+        }
         _ => {}
     }
     let broken = match new {
@@ -238,7 +261,7 @@ fn pack_changed(txn: &mut Txn<'_>, old: Option<&PackRecord>, new: Option<&PackRe
 /// and per node and the ids of packs breaking the site rule, not a key per
 /// record.
 pub(crate) fn expected(
-    tree: &sled::Tree,
+    tree: &crate::store::Tree,
     mut sink: impl FnMut(Vec<u8>, Vec<u8>) -> Result<(), MetaError>,
 ) -> Result<(), MetaError> {
     let mut sites: HashMap<NodeId, SiteId> = HashMap::new();
@@ -262,6 +285,7 @@ pub(crate) fn expected(
     }
     for (node, n) in held {
         sink(node_bytes(HELD_PREFIX, node), kv::encode(&n)?)?;
+        sink(node_bytes(HOLDER_PREFIX, node), Vec::new())?;
     }
     for p in broken {
         sink(pack_bytes(SITE_PREFIX, &p), Vec::new())?;
@@ -305,8 +329,8 @@ pub(crate) fn expected(
 
 /// Replaces every index key with what a full scan computes, in batches:
 /// the upgrade from an older schema, and the repair of a snapshot of one.
-pub(crate) fn rebuild(tree: &sled::Tree) -> Result<(), MetaError> {
-    let mut batch = sled::Batch::default();
+pub(crate) fn rebuild(tree: &crate::store::Tree) -> Result<(), MetaError> {
+    let mut batch = crate::store::Batch::default();
     let mut n = 0usize;
     for item in tree.scan_prefix(INDEX_PREFIX) {
         let (k, _) = item?;
@@ -335,12 +359,12 @@ pub(crate) fn rebuild(tree: &sled::Tree) -> Result<(), MetaError> {
 // Reads for the leader's duties and the catalog: each costs what it returns.
 
 /// Shard entries per node id (node 0: unplaced), one key per node.
-pub(crate) fn held(tree: &sled::Tree) -> Result<HashMap<NodeId, u64>, MetaError> {
+pub(crate) fn held(tree: &crate::store::Tree) -> Result<HashMap<NodeId, u64>, MetaError> {
     let mut out = HashMap::new();
-    for item in tree.scan_prefix(HELD_PREFIX) {
-        let (k, v) = item?;
-        if let Some(node) = be_u64(&k[HELD_PREFIX.len()..]) {
-            out.insert(NodeId(node), kv::decode("held count", &v)?);
+    for k in tree.scan_prefix(HOLDER_PREFIX).keys() {
+        if let Some(node) = be_u64(&k?[HOLDER_PREFIX.len()..]) {
+            let n: u64 = kv::get(tree, "held count", &node_bytes(HELD_PREFIX, NodeId(node)))?.unwrap_or(0);
+            out.insert(NodeId(node), n);
         }
     }
     Ok(out)
@@ -352,7 +376,7 @@ pub(crate) fn held_by(txn: &Txn<'_>, node: NodeId) -> Result<u64, MetaError> {
 }
 
 /// The packs with a shard entry on `node`, each once, in id order.
-pub(crate) fn packs_on(tree: &sled::Tree, node: NodeId) -> Result<Vec<PackId>, MetaError> {
+pub(crate) fn packs_on(tree: &crate::store::Tree, node: NodeId) -> Result<Vec<PackId>, MetaError> {
     let prefix = node_bytes(SHARD_PREFIX, node);
     let mut out: Vec<PackId> = Vec::new();
     for item in tree.scan_prefix(&prefix) {
@@ -367,7 +391,7 @@ pub(crate) fn packs_on(tree: &sled::Tree, node: NodeId) -> Result<Vec<PackId>, M
 }
 
 /// Packs whose placement breaks the site rule.
-pub(crate) fn site_broken(tree: &sled::Tree) -> Result<Vec<PackId>, MetaError> {
+pub(crate) fn site_broken(tree: &crate::store::Tree) -> Result<Vec<PackId>, MetaError> {
     let mut out = Vec::new();
     for item in tree.scan_prefix(SITE_PREFIX) {
         let (k, _) = item?;
@@ -392,7 +416,7 @@ pub(crate) fn snapshots_of(txn: &Txn<'_>, repo: &RepoName) -> Result<Vec<Snapsho
 /// Snapshot ids of `repo` after `after` (exclusive), at most `limit`, from
 /// the index: a page costs its size.
 pub(crate) fn snapshot_ids_after(
-    tree: &sled::Tree,
+    tree: &crate::store::Tree,
     repo: &RepoName,
     after: Option<&SnapshotId>,
     limit: usize,
@@ -419,7 +443,7 @@ pub(crate) fn snapshot_ids_after(
 /// names it) in `repo` that ended last (the greater id on a tie), from the
 /// index: one key read, however many snapshots the source has.
 pub(crate) fn newest_of_source(
-    tree: &sled::Tree,
+    tree: &crate::store::Tree,
     repo: &RepoName,
     source: &str,
 ) -> Result<Option<SnapshotId>, MetaError> {
@@ -430,7 +454,7 @@ pub(crate) fn newest_of_source(
 }
 
 /// The open incident of each node that has one.
-pub(crate) fn open_incidents(tree: &sled::Tree) -> Result<HashMap<NodeId, u64>, MetaError> {
+pub(crate) fn open_incidents(tree: &crate::store::Tree) -> Result<HashMap<NodeId, u64>, MetaError> {
     let mut out = HashMap::new();
     for item in tree.scan_prefix(OPEN_PREFIX) {
         let (k, v) = item?;
@@ -447,12 +471,12 @@ pub(crate) fn open_incident(txn: &Txn<'_>, node: NodeId) -> Result<Option<u64>, 
 }
 
 /// How many pack records there are.
-pub(crate) fn pack_count(tree: &sled::Tree) -> Result<u64, MetaError> {
+pub(crate) fn pack_count(tree: &crate::store::Tree) -> Result<u64, MetaError> {
     Ok(kv::get(tree, "pack count", PACK_COUNT)?.unwrap_or(0))
 }
 
 /// Copies moves left behind that the sweep has not deleted yet (`f/`).
-pub(crate) fn former_copy_count(tree: &sled::Tree) -> Result<u64, MetaError> {
+pub(crate) fn former_copy_count(tree: &crate::store::Tree) -> Result<u64, MetaError> {
     Ok(kv::get(tree, "former copy count", COPY_COUNT)?.unwrap_or(0))
 }
 
@@ -467,7 +491,7 @@ mod tests {
     /// What the `ix/` keys hold, and what a full scan computes.
     type Keys = BTreeMap<Vec<u8>, Vec<u8>>;
 
-    fn compare(t: &sled::Tree) -> (Keys, Keys) {
+    fn compare(t: &crate::store::Tree) -> (Keys, Keys) {
         let kept = t.scan_prefix(INDEX_PREFIX).map(|kv| kv.unwrap()).map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
         let mut scanned = BTreeMap::new();
         expected(t, |k, v| {
@@ -724,9 +748,9 @@ mod tests {
         assert_eq!(kept, scanned);
     }
 
-    /// Opens the stores in `dir` again. sled's flusher thread may hold the
-    /// file lock for a moment after the last handle of the previous opening
-    /// is dropped, so a refusal is retried until a deadline.
+    /// Opens the stores in `dir` again. The store's background threads may
+    /// hold its lock for a moment after the last handle of the previous
+    /// opening is dropped, so a refusal is retried until a deadline.
     fn reopen(dir: &std::path::Path) -> (crate::LogStore, crate::StateMachineStore) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
@@ -786,6 +810,44 @@ mod tests {
         let (_log, sm) = reopen(dir.path());
         let t = sm.tree();
         assert_eq!(former_copy_count(t).unwrap(), 2);
+        assert_eq!(kv::get::<u32>(t, "schema", kv::KEY_SCHEMA).unwrap(), Some(kv::SCHEMA_VERSION));
+        let (kept, scanned) = compare(t);
+        assert_eq!(kept, scanned);
+    }
+
+    #[test]
+    fn a_store_of_schema_4_gets_the_nodes_holding_shards_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (_log, sm) = crate::node::open_stores(dir.path()).unwrap();
+            let t = sm.tree();
+            let params = ErasureParams::new(2, 1).unwrap();
+            let shards = [3u64, 4, 4]
+                .iter()
+                .enumerate()
+                .map(|(i, n)| ShardRecord { index: ShardIndex(i as u8), node: NodeId(*n), checksum: Hash32([0; 32]) })
+                .collect();
+            let pack = PackRecord {
+                id: pack_id(1),
+                repo: RepoName::new("r").unwrap(),
+                kind: PackKind::Data,
+                params,
+                pack_len: 1000,
+                shard_len: 500,
+                shards,
+            };
+            crate::test_util::put(t, kv::pack_key(&pack.id), &pack);
+            // What a node of the previous version left: counts, no holders.
+            for k in t.scan_prefix(HOLDER_PREFIX).keys() {
+                t.remove(k.unwrap()).unwrap();
+            }
+            t.insert(kv::KEY_SCHEMA, kv::encode(&4u32).unwrap()).unwrap();
+            t.flush().unwrap();
+            assert!(held(t).unwrap().is_empty());
+        }
+        let (_log, sm) = reopen(dir.path());
+        let t = sm.tree();
+        assert_eq!(held(t).unwrap(), HashMap::from([(NodeId(3), 1), (NodeId(4), 2)]));
         assert_eq!(kv::get::<u32>(t, "schema", kv::KEY_SCHEMA).unwrap(), Some(kv::SCHEMA_VERSION));
         let (kept, scanned) = compare(t);
         assert_eq!(kept, scanned);

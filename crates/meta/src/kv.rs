@@ -1,4 +1,4 @@
-//! The key layout of the state machine in one sled tree, and a write
+//! The key layout of the state machine in one keyspace of the store, and a write
 //! overlay so that one `apply` call commits as a single atomic batch.
 //!
 //! Everything lives in one tree so that a batch (the entries of one apply
@@ -44,12 +44,14 @@ use serde::Serialize;
 
 use crate::codec;
 use crate::error::MetaError;
+use crate::store::{Batch, Bytes, Tree};
 
 /// 2: the secondary indexes under `ix/` (see `index`); 3: the index of
 /// snapshots by source (`ix/t/`); 4: the count of former copies
-/// (`ix/count/copies`). A store of an older schema gets its
-/// indexes rebuilt once when it is opened (or installed from a snapshot).
-pub const SCHEMA_VERSION: u32 = 4;
+/// (`ix/count/copies`); 5: the nodes holding shards (`ix/g/`). A store of
+/// an older schema gets its indexes rebuilt once when it is opened (or
+/// installed from a snapshot).
+pub const SCHEMA_VERSION: u32 = 5;
 
 pub const KEY_APPLIED: &[u8] = b"m/applied";
 pub const KEY_MEMBERSHIP: &[u8] = b"m/membership";
@@ -178,7 +180,7 @@ pub const DRAIN_PREFIX: &[u8] = b"d/";
 
 /// Nodes being drained, by id.
 pub fn draining(
-    tree: &sled::Tree,
+    tree: &crate::store::Tree,
 ) -> Result<std::collections::HashMap<NodeId, crate::command::DrainRecord>, MetaError> {
     let mut out = std::collections::HashMap::new();
     for item in tree.scan_prefix(DRAIN_PREFIX) {
@@ -201,6 +203,37 @@ pub const SNAPSHOT_PREFIX: &[u8] = b"s/";
 pub const SOURCE_PREFIX: &[u8] = b"o/";
 pub const PACK_PREFIX: &[u8] = b"p/";
 
+/// The control records: few keys, often rewritten, read by the leader's
+/// every tick (nodes, incidents, drains, sessions, bad shards, sources,
+/// repositories and their settings, tokens, the garbage-collection rounds,
+/// bookkeeping, and the indexes' counters and work lists). The store keeps
+/// them apart from the catalog (`store`: a keyspace of their own), so that
+/// reading them costs the same whatever the catalog's size. Every other
+/// prefix (chunk entries, packs, snapshots and their coverage, holds,
+/// condemned chunks and retired nodes, former copies, disaster-recovery
+/// records, the commit log, the indexes by pack, node and snapshot) grows
+/// with the catalog.
+pub const CONTROL_PREFIXES: &[&[u8]] = &[
+    b"a/",
+    b"b/",
+    b"d/",
+    b"e/",
+    b"gq/",
+    b"gr/",
+    b"i/",
+    b"ix/count/",
+    b"ix/g/",
+    b"ix/h/",
+    b"ix/o/",
+    b"ix/z/",
+    b"k/",
+    b"m/",
+    b"n/",
+    b"o/",
+    b"r/",
+    b"w/",
+];
+
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, MetaError> {
     codec::encode(v).map_err(|reason| MetaError::Codec { what: "state machine value", reason })
 }
@@ -209,8 +242,8 @@ pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T
     codec::decode(what, bytes).map_err(|reason| MetaError::Codec { what, reason })
 }
 
-/// Reads from a sled tree.
-pub fn get<T: DeserializeOwned>(tree: &sled::Tree, what: &'static str, key: &[u8]) -> Result<Option<T>, MetaError> {
+/// Reads from the store.
+pub fn get<T: DeserializeOwned>(tree: &Tree, what: &'static str, key: &[u8]) -> Result<Option<T>, MetaError> {
     match tree.get(key)? {
         Some(v) => Ok(Some(decode(what, &v)?)),
         None => Ok(None),
@@ -218,7 +251,7 @@ pub fn get<T: DeserializeOwned>(tree: &sled::Tree, what: &'static str, key: &[u8
 }
 
 /// Decoded values of every key under `prefix`.
-pub fn scan<T: DeserializeOwned>(tree: &sled::Tree, what: &'static str, prefix: &[u8]) -> Result<Vec<T>, MetaError> {
+pub fn scan<T: DeserializeOwned>(tree: &Tree, what: &'static str, prefix: &[u8]) -> Result<Vec<T>, MetaError> {
     let mut out = Vec::new();
     for kv in tree.scan_prefix(prefix) {
         let (_, v) = kv?;
@@ -233,22 +266,21 @@ pub fn scan<T: DeserializeOwned>(tree: &sled::Tree, what: &'static str, prefix: 
 /// in the same transaction. `remove` cannot fail, so an error of that
 /// upkeep is kept and returned by `commit`, which then writes nothing.
 pub struct Txn<'a> {
-    tree: &'a sled::Tree,
+    tree: &'a Tree,
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// What the tree held at each key this transaction has read: a command
     /// reads a key several times (a new chunk's entry is looked up by the
     /// condemned-copy check, the deduplication check and the index upkeep
-    /// of its write), and on a catalog larger than sled's cache each read of
-    /// the tree is a walk to a leaf that is rarely cached (chunk ids are
-    /// uniformly spread). The tree does not change under a transaction
+    /// of its write), and each read of the store looks through its
+    /// memtables and tables. The tree does not change under a transaction
     /// (apply holds the state machine's write lock), so the first answer
     /// stays true; bounded by the keys one apply call touches.
-    read: RefCell<HashMap<Vec<u8>, Option<sled::IVec>>>,
+    read: RefCell<HashMap<Vec<u8>, Option<Bytes>>>,
     failed: Option<MetaError>,
 }
 
 impl<'a> Txn<'a> {
-    pub fn new(tree: &'a sled::Tree) -> Self {
+    pub fn new(tree: &'a Tree) -> Self {
         Self { tree, pending: BTreeMap::new(), read: RefCell::new(HashMap::new()), failed: None }
     }
 
@@ -272,7 +304,7 @@ impl<'a> Txn<'a> {
     }
 
     /// The tree's value at `key`, read once per transaction.
-    fn stored(&self, key: &[u8]) -> Result<Option<sled::IVec>, MetaError> {
+    fn stored(&self, key: &[u8]) -> Result<Option<Bytes>, MetaError> {
         if let Some(v) = self.read.borrow().get(key) {
             return Ok(v.clone());
         }
@@ -355,22 +387,22 @@ impl<'a> Txn<'a> {
         Ok(false)
     }
 
-    /// The keys this transaction will write or remove.
-    pub fn keys(&self) -> impl Iterator<Item = &Vec<u8>> {
-        self.pending.keys()
-    }
-
-    /// Applies every buffered write in one atomic sled batch.
-    pub fn commit(self) -> Result<(), MetaError> {
-        if let Some(e) = self.failed {
+    /// Applies every buffered write in one atomic batch.
+    pub fn commit(mut self) -> Result<(), MetaError> {
+        if let Some(e) = self.failed.take() {
             return Err(e);
         }
-        let mut batch = sled::Batch::default();
-        for (k, v) in self.pending {
-            match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
+        let mut batch = Batch::default();
+        for (k, v) in std::mem::take(&mut self.pending) {
+            // Removing a key the store does not hold writes nothing: in an
+            // LSM tree a removal is a tombstone that every scan of its
+            // prefix steps over until compaction drops it, and the index
+            // upkeep removes absent keys routinely (every pack that keeps the
+            // site rule removes its `ix/z/` key).
+            if v.is_none() && self.stored(&k)?.is_none() {
+                continue;
             }
+            batch.push(k, v);
         }
         self.tree.apply_batch(batch)?;
         Ok(())

@@ -1,15 +1,17 @@
 //! The metadata plane: an openraft node whose log and state machine live in
-//! sled, serving the catalog API and the internal Raft RPCs on one port.
+//! one fjall database (`store`), serving the catalog API and the internal
+//! Raft RPCs on one port.
 //!
 //! ```text
-//!   agents, storage nodes ──gRPC──▶ CatalogService ──client_write──▶ openraft ──▶ log store (sled)
+//!   agents, storage nodes ──gRPC──▶ CatalogService ──client_write──▶ openraft ──▶ log store (fjall)
 //!                                        │                              │
 //!                                        └──── reads ◀── StateMachine ◀─┘ apply (pure, deterministic)
 //!   other meta nodes ◀──gRPC── RaftNetwork / RaftService
 //! ```
 //!
 //! The split: `command` and `apply` are pure (no clocks, no I/O but the
-//! store); `impl_log_store` and `impl_state_machine` adapt sled to openraft;
+//! store); `store` is the storage engine (fjall, and the migration from sled);
+//! `impl_log_store` and `impl_state_machine` adapt it to openraft;
 //! `network` and `raft_service` carry Raft over gRPC; `catalog` is the public
 //! API; `node` wires it all together and owns leader-only volatile state.
 
@@ -43,6 +45,7 @@ mod rewrite;
 mod snapshot_file;
 mod sources;
 mod status_page;
+pub mod store;
 #[cfg(test)]
 mod test_util;
 mod tokens;

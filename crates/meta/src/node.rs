@@ -2,7 +2,7 @@
 //! asked, serves the catalog and Raft services on one listener, and owns
 //! the runner of its background workers (`workers`): `serve` stops
 //! accepting, joins every worker within `SHUTDOWN_DEADLINE`, shuts Raft
-//! down and flushes sled before it returns.
+//! down and flushes the store before it returns.
 //!
 //! What every service needs of Raft lives here, so that the services depend
 //! on the node and not on each other: `raft_write` (propose and wait for
@@ -34,20 +34,18 @@ use crate::raft_service::RaftService;
 use crate::types::Raft;
 use crate::{LogStore, MetaConfig, MetaError, StateMachineStore};
 
-/// Opens (or creates) the sled database of a metadata node and its stores,
-/// with the default page cache (`open_stores_with_cache`).
+/// Opens (or creates) the database of a metadata node and its stores,
+/// with the default block cache (`open_stores_with_cache`).
 pub fn open_stores(dir: &Path) -> Result<(LogStore, StateMachineStore), MetaError> {
     open_stores_with_cache(dir, crate::config::DEFAULT_STORE_CACHE_BYTES)
 }
 
-/// Opens (or creates) the sled database of a metadata node and its stores,
-/// with `cache_bytes` of sled page cache.
+/// Opens (or creates) the database of a metadata node and its stores,
+/// with `cache_bytes` of block cache; a store an earlier version kept in
+/// sled is migrated first (`store::Db::open`).
 pub fn open_stores_with_cache(dir: &Path, cache_bytes: u64) -> Result<(LogStore, StateMachineStore), MetaError> {
     std::fs::create_dir_all(dir).map_err(|source| MetaError::Io { path: dir.display().to_string(), source })?;
-    // sled's page cache defaults to 1 GiB; a bounded cache keeps a node's
-    // memory flatter as the catalog grows (reads past it go to the page
-    // cache of the kernel).
-    let db = sled::Config::new().path(dir.join("raft.sled")).cache_capacity(cache_bytes).open()?;
+    let db = crate::store::Db::open(dir, cache_bytes)?;
     Ok((LogStore::open(&db)?, StateMachineStore::open(&db, &dir.join("snapshots"))?))
 }
 
@@ -296,7 +294,7 @@ impl MetaNode {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not shut down cleanly");
         }
-        if let Err(e) = self.sm.tree().flush_async().await {
+        if let Err(e) = self.sm.tree().flush() {
             tracing::warn!(error = %e, "could not flush the metadata store");
         }
         tracing::info!(id = %self.config.id, "metadata node stopped");

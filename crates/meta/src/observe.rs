@@ -80,7 +80,7 @@ fn secs(ms: u64) -> f64 {
 /// source's newest snapshot; the last drill is the newest drill record of
 /// the source. Costs the snapshots and disaster-recovery records of the
 /// repositories that have registered sources.
-pub fn dr_figures(tree: &sled::Tree, now_ms: u64) -> Result<Vec<SourceFigures>, MetaError> {
+pub fn dr_figures(tree: &crate::store::Tree, now_ms: u64) -> Result<Vec<SourceFigures>, MetaError> {
     let registered = crate::sources::list(tree, None)?;
     let mut out = Vec::with_capacity(registered.len());
     let mut repo_cache: Option<(RepoName, Vec<coffer_types::DrRecord>)> = None;

@@ -14,7 +14,7 @@ use crate::MetaError;
 /// nothing is wrong: the node map, bad shards, shard counts, open
 /// incidents, drains, and the packs that can have work. Returns how many
 /// packs the tick would examine (0 when there is nothing to do).
-pub fn idle_tick(tree: &sled::Tree) -> Result<usize, MetaError> {
+pub fn idle_tick(tree: &crate::store::Tree) -> Result<usize, MetaError> {
     let nodes: Vec<NodeRecord> = kv::scan(tree, "node", kv::NODE_PREFIX)?;
     let bad = crate::repair::bad_shards(tree)?;
     let held = crate::index::held(tree)?;
@@ -27,7 +27,7 @@ pub fn idle_tick(tree: &sled::Tree) -> Result<usize, MetaError> {
 
 /// What `ClusterStatus` reads of the catalog with every node up: the node
 /// map, pack health and the counters. Returns (healthy packs, chunks).
-pub fn cluster_status(tree: &sled::Tree) -> Result<(u64, u64), MetaError> {
+pub fn cluster_status(tree: &crate::store::Tree) -> Result<(u64, u64), MetaError> {
     let nodes: Vec<NodeRecord> = kv::scan(tree, "node", kv::NODE_PREFIX)?;
     let up: HashSet<u64> = nodes.iter().map(|r| r.id.0).collect();
     let health = crate::catalog::pack_health(tree, &up)?;

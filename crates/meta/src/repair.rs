@@ -350,7 +350,7 @@ pub(crate) async fn tick_once(
 }
 
 /// Shards reported bad, by pack and index.
-pub(crate) fn bad_shards(tree: &sled::Tree) -> Result<HashMap<(PackId, u8), BadShardRecord>, MetaError> {
+pub(crate) fn bad_shards(tree: &crate::store::Tree) -> Result<HashMap<(PackId, u8), BadShardRecord>, MetaError> {
     let mut bad = HashMap::new();
     for item in tree.scan_prefix(kv::BAD_SHARD_PREFIX) {
         let (k, v) = item?;
@@ -368,7 +368,7 @@ pub(crate) fn bad_shards(tree: &sled::Tree) -> Result<HashMap<(PackId, u8), BadS
 /// draining, not in the map, or 0 for unplaced shards), a shard in `bad`,
 /// or a placement breaking the site rule, read through the indexes.
 pub(crate) fn packs_with_work(
-    tree: &sled::Tree,
+    tree: &crate::store::Tree,
     held: &HashMap<NodeId, u64>,
     suspect: impl Fn(&NodeId) -> bool,
     bad: &HashMap<(PackId, u8), BadShardRecord>,
@@ -602,7 +602,7 @@ impl Drop for Claim<'_> {
 /// no task enters it while the claim is held, so a record read with the
 /// shard not in flight shows every move of it until the claim is dropped.
 fn claim_superfluous<'a>(
-    tree: &sled::Tree,
+    tree: &crate::store::Tree,
     in_flight: &'a Mutex<HashMap<(PackId, u8), NodeId>>,
     node: NodeId,
     pack: PackId,
@@ -825,7 +825,7 @@ mod tests {
     use coffer_types::{ErasureParams, Hash32, PackKind, RepoName, RepoRecord, ShardRecord};
 
     /// A 2+1 pack on nodes 1, 2, 3, committed through `apply`.
-    fn committed(t: &sled::Tree) -> PackRecord {
+    fn committed(t: &crate::store::Tree) -> PackRecord {
         let repo = RepoRecord {
             name: RepoName::new("r").unwrap(),
             params: ErasureParams::new(2, 1).unwrap(),
@@ -900,7 +900,7 @@ mod tests {
         assert!(claim_superfluous(&t, &in_flight, NodeId(1), PackId([6; 16]), 0, NodeId(2)).is_none());
     }
 
-    fn former_copies(t: &sled::Tree) -> Vec<(PackId, ShardIndex, NodeId)> {
+    fn former_copies(t: &crate::store::Tree) -> Vec<(PackId, ShardIndex, NodeId)> {
         t.scan_prefix(kv::FORMER_COPY_PREFIX).keys().map(|k| kv::parse_former_copy_key(&k.unwrap()).unwrap()).collect()
     }
 

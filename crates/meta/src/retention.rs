@@ -107,7 +107,7 @@ pub(crate) fn set_hold(
 
 /// Every hold of `repo`'s snapshots, as (snapshot, until_ms), read from the
 /// state machine (the caller makes the read linearizable).
-pub(crate) fn holds_of(tree: &sled::Tree, repo: &RepoName) -> Result<Vec<(SnapshotId, u64)>, MetaError> {
+pub(crate) fn holds_of(tree: &crate::store::Tree, repo: &RepoName) -> Result<Vec<(SnapshotId, u64)>, MetaError> {
     let mut out = Vec::new();
     for kv_pair in tree.scan_prefix(HOLD_PREFIX) {
         let (k, v) = kv_pair?;
@@ -130,7 +130,7 @@ mod tests {
     use crate::command::Command;
     use crate::test_util::{run, snapshot, tree};
 
-    fn snap(t: &sled::Tree, id: u8) -> SnapshotId {
+    fn snap(t: &crate::store::Tree, id: u8) -> SnapshotId {
         let rec = snapshot(id, RepoName::new("r").unwrap());
         // Written directly: commit_snapshot's checks are tested in apply.
         crate::test_util::put(t, kv::snapshot_key(&rec.id), &rec);

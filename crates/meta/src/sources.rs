@@ -68,7 +68,7 @@ pub(crate) fn snapshot_committed(txn: &mut Txn<'_>, snapshot: &SnapshotRecord) -
 }
 
 /// Every source of `repo`, or of every repository.
-pub(crate) fn list(tree: &sled::Tree, repo: Option<&RepoName>) -> Result<Vec<SourceRecord>, MetaError> {
+pub(crate) fn list(tree: &crate::store::Tree, repo: Option<&RepoName>) -> Result<Vec<SourceRecord>, MetaError> {
     let prefix = repo.map(repo_prefix).unwrap_or_else(|| kv::SOURCE_PREFIX.to_vec());
     kv::scan(tree, "source", &prefix)
 }

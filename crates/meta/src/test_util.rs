@@ -11,13 +11,12 @@ use crate::command::{Command, CommandResult};
 use crate::kv::Txn;
 
 /// An empty state-machine tree in a temporary database.
-pub(crate) fn tree() -> sled::Tree {
-    let db = sled::Config::new().temporary(true).open().unwrap();
-    db.open_tree("sm").unwrap()
+pub(crate) fn tree() -> crate::store::Tree {
+    crate::store::Db::temporary().state_tree().unwrap()
 }
 
 /// Applies `cmd` and commits it, as one Raft entry would be.
-pub(crate) fn run(t: &sled::Tree, cmd: Command) -> CommandResult {
+pub(crate) fn run(t: &crate::store::Tree, cmd: Command) -> CommandResult {
     let mut txn = Txn::new(t);
     let r = apply(&mut txn, cmd).unwrap();
     txn.commit().unwrap();
@@ -26,7 +25,7 @@ pub(crate) fn run(t: &sled::Tree, cmd: Command) -> CommandResult {
 
 /// Begins session `[id; 16]` of `repo` at time 1, leased until
 /// `lease_until_ms`; commits stamped before then may use it.
-pub(crate) fn begin(t: &sled::Tree, repo: &RepoName, id: u8, lease_until_ms: u64) -> SessionId {
+pub(crate) fn begin(t: &crate::store::Tree, repo: &RepoName, id: u8, lease_until_ms: u64) -> SessionId {
     let session = SessionRecord { id: SessionId([id; 16]), repo: repo.clone(), started_ms: 1, lease_until_ms };
     assert_eq!(run(t, Command::BeginSession { session }), CommandResult::Ok);
     SessionId([id; 16])
@@ -53,7 +52,7 @@ pub(crate) fn snapshot(id: u8, repo: RepoName) -> SnapshotRecord {
 
 /// Writes a record straight into the tree (no command), through `Txn` so
 /// that the secondary indexes are kept as any write keeps them.
-pub(crate) fn put<T: serde::Serialize>(t: &sled::Tree, key: Vec<u8>, value: &T) {
+pub(crate) fn put<T: serde::Serialize>(t: &crate::store::Tree, key: Vec<u8>, value: &T) {
     let mut txn = Txn::new(t);
     txn.put(key, value).unwrap();
     txn.commit().unwrap();

@@ -1,4 +1,4 @@
-//! openraft's own storage test suite, run on coffer's sled log store and
+//! openraft's own storage test suite, run on coffer's log store and
 //! state machine: the contract openraft relies on for safety.
 
 use coffer_meta::{open_stores, LogStore, StateMachineStore};
@@ -16,7 +16,7 @@ impl StoreBuilder<coffer_meta::types::TypeConfig, LogStore, StateMachineStore, t
 }
 
 #[test]
-fn openraft_storage_suite_passes_on_sled_stores() {
+fn openraft_storage_suite_passes_on_the_stores() {
     if let Err(e) = Suite::test_all(Builder) {
         panic!("openraft storage suite: {e}");
     }
