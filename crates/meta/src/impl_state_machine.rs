@@ -166,10 +166,11 @@ impl StateMachineStore {
                 tree.insert(KEY_SCHEMA, kv::encode(&SCHEMA_VERSION)?)?;
             }
             Some(SCHEMA_VERSION) => {}
-            Some(found @ (1..=4)) => {
+            Some(found @ (1..=5)) => {
                 // Schema 1 had no secondary indexes, schema 2 not the one of
                 // snapshots by source, schema 3 not the count of former
-                // copies, schema 4 not the holders: build them all once,
+                // copies, schema 4 not the holders, schema 5 not the counts
+                // of the work lists: build them all once,
                 // then mark the store (a crash in between builds them again
                 // from scratch).
                 tracing::info!("upgrading the state machine from schema {found}: building its indexes");

@@ -16,6 +16,8 @@
 //!   ix/count/packs                             u64  pack records
 //!   ix/count/copies                            u64  copies a move left behind (`f/` records),
 //!                                                   waiting for the sweep
+//!   ix/count/broken, ix/count/open             u64  keys under `ix/z/` and `ix/o/`
+//!   ix/count/bad, ix/count/drains              u64  records under `b/` and `d/`
 //! ```
 //!
 //! The invariant: after every write, the `ix/` keys are exactly what
@@ -26,7 +28,8 @@
 //! records, travel in snapshots like any key, and a command added later
 //! keeps them without knowing of them. A store of schema 1 has none, one of
 //! schema 2 not `ix/t/`, one of schema 3 not `ix/count/copies`, one of
-//! schema 4 not `ix/g/`: `rebuild` builds them all once when it is opened
+//! schema 4 not `ix/g/`, one of schema 5 not the counts of `ix/z/`,
+//! `ix/o/`, `b/` and `d/`: `rebuild` builds them all once when it is opened
 //! (and when a snapshot of an older schema is installed), in bounded
 //! batches.
 
@@ -53,6 +56,13 @@ const OPEN_PREFIX: &[u8] = b"ix/o/";
 const SOURCE_PREFIX: &[u8] = b"ix/t/";
 const PACK_COUNT: &[u8] = b"ix/count/packs";
 const COPY_COUNT: &[u8] = b"ix/count/copies";
+/// How many keys are under `ix/z/`, `ix/o/`, `b/` and `d/` (schema 6): the
+/// prefixes the repair planner reads on every tick and that are nearly
+/// always empty, so that a tick reads a counter instead of scanning them.
+const BROKEN_COUNT: &[u8] = b"ix/count/broken";
+const OPEN_COUNT: &[u8] = b"ix/count/open";
+const BAD_COUNT: &[u8] = b"ix/count/bad";
+const DRAIN_COUNT: &[u8] = b"ix/count/drains";
 const CHUNK_PREFIX: &[u8] = b"c/";
 
 fn node_bytes(prefix: &[u8], node: NodeId) -> Vec<u8> {
@@ -143,7 +153,7 @@ pub(crate) fn on_write(txn: &mut Txn<'_>, key: &[u8], old: Option<&[u8]>, new: O
             for p in packs {
                 if let Some(pack) = txn.get::<PackRecord>("pack", &kv::pack_key(&p))? {
                     let broken = breaks_site_rule(&pack, |n| txn_site(txn, n))?;
-                    txn.put_index(pack_bytes(SITE_PREFIX, &p), broken.then(Vec::new));
+                    mark(txn, pack_bytes(SITE_PREFIX, &p), broken.then(Vec::new), BROKEN_COUNT)?;
                 }
             }
         }
@@ -184,13 +194,20 @@ pub(crate) fn on_write(txn: &mut Txn<'_>, key: &[u8], old: Option<&[u8]>, new: O
         if let Some(o) = old.filter(|o| o.open) {
             let k = node_bytes(OPEN_PREFIX, o.node);
             if txn.get::<u64>("open incident", &k)? == Some(o.id) {
-                txn.put_index(k, None);
+                mark(txn, k, None, OPEN_COUNT)?;
             }
         }
         if let Some(n) = new.filter(|n| n.open) {
-            txn.put_index(node_bytes(OPEN_PREFIX, n.node), Some(kv::encode(&n.id)?));
+            mark(txn, node_bytes(OPEN_PREFIX, n.node), Some(kv::encode(&n.id)?), OPEN_COUNT)?;
         }
         Ok(())
+    } else if key.starts_with(kv::BAD_SHARD_PREFIX) || key.starts_with(kv::DRAIN_PREFIX) {
+        let counter = if key.starts_with(kv::BAD_SHARD_PREFIX) { BAD_COUNT } else { DRAIN_COUNT };
+        match (old, new) {
+            (None, Some(_)) => add(txn, counter.to_vec(), 1).map(drop),
+            (Some(_), None) => add(txn, counter.to_vec(), -1).map(drop),
+            _ => Ok(()),
+        }
     } else {
         Ok(())
     }
@@ -252,7 +269,19 @@ fn pack_changed(txn: &mut Txn<'_>, old: Option<&PackRecord>, new: Option<&PackRe
         Some(p) => breaks_site_rule(p, |n| txn_site(txn, n))?,
         None => false,
     };
-    txn.put_index(pack_bytes(SITE_PREFIX, &id), broken.then(Vec::new));
+    mark(txn, pack_bytes(SITE_PREFIX, &id), broken.then(Vec::new), BROKEN_COUNT)
+}
+
+/// Writes `value` under the index key `key` (None: removes it) and keeps
+/// `counter`, the number of keys under its prefix.
+fn mark(txn: &mut Txn<'_>, key: Vec<u8>, value: Option<Vec<u8>>, counter: &[u8]) -> Result<(), MetaError> {
+    let (was, is) = (txn.contains(&key)?, value.is_some());
+    if was || is {
+        txn.put_index(key, value);
+    }
+    if was != is {
+        add(txn, counter.to_vec(), if is { 1 } else { -1 })?;
+    }
     Ok(())
 }
 
@@ -287,6 +316,9 @@ pub(crate) fn expected(
         sink(node_bytes(HELD_PREFIX, node), kv::encode(&n)?)?;
         sink(node_bytes(HOLDER_PREFIX, node), Vec::new())?;
     }
+    if !broken.is_empty() {
+        sink(BROKEN_COUNT.to_vec(), kv::encode(&(broken.len() as u64))?)?;
+    }
     for p in broken {
         sink(pack_bytes(SITE_PREFIX, &p), Vec::new())?;
     }
@@ -314,8 +346,17 @@ pub(crate) fn expected(
             open.insert(i.node, i.id);
         }
     }
+    if !open.is_empty() {
+        sink(OPEN_COUNT.to_vec(), kv::encode(&(open.len() as u64))?)?;
+    }
     for (node, id) in open {
         sink(node_bytes(OPEN_PREFIX, node), kv::encode(&id)?)?;
+    }
+    for (prefix, counter) in [(kv::BAD_SHARD_PREFIX, BAD_COUNT), (kv::DRAIN_PREFIX, DRAIN_COUNT)] {
+        let n = tree.scan_prefix(prefix).try_fold(0u64, |n, item| item.map(|_| n + 1))?;
+        if n > 0 {
+            sink(counter.to_vec(), kv::encode(&n)?)?;
+        }
     }
     if packs > 0 {
         sink(PACK_COUNT.to_vec(), kv::encode(&packs)?)?;
@@ -393,6 +434,9 @@ pub(crate) fn packs_on(tree: &crate::store::Tree, node: NodeId) -> Result<Vec<Pa
 /// Packs whose placement breaks the site rule.
 pub(crate) fn site_broken(tree: &crate::store::Tree) -> Result<Vec<PackId>, MetaError> {
     let mut out = Vec::new();
+    if count(tree, BROKEN_COUNT)? == 0 {
+        return Ok(out);
+    }
     for item in tree.scan_prefix(SITE_PREFIX) {
         let (k, _) = item?;
         if let Ok(p) = PackId::from_slice(&k[SITE_PREFIX.len()..]) {
@@ -456,6 +500,9 @@ pub(crate) fn newest_of_source(
 /// The open incident of each node that has one.
 pub(crate) fn open_incidents(tree: &crate::store::Tree) -> Result<HashMap<NodeId, u64>, MetaError> {
     let mut out = HashMap::new();
+    if count(tree, OPEN_COUNT)? == 0 {
+        return Ok(out);
+    }
     for item in tree.scan_prefix(OPEN_PREFIX) {
         let (k, v) = item?;
         if let Some(node) = be_u64(&k[OPEN_PREFIX.len()..]) {
@@ -472,7 +519,21 @@ pub(crate) fn open_incident(txn: &Txn<'_>, node: NodeId) -> Result<Option<u64>, 
 
 /// How many pack records there are.
 pub(crate) fn pack_count(tree: &crate::store::Tree) -> Result<u64, MetaError> {
-    Ok(kv::get(tree, "pack count", PACK_COUNT)?.unwrap_or(0))
+    count(tree, PACK_COUNT)
+}
+
+fn count(tree: &crate::store::Tree, counter: &[u8]) -> Result<u64, MetaError> {
+    Ok(kv::get(tree, "index counter", counter)?.unwrap_or(0))
+}
+
+/// Whether any bad-shard record (`b/`) exists, read from its counter.
+pub(crate) fn any_bad_shard(tree: &crate::store::Tree) -> Result<bool, MetaError> {
+    Ok(count(tree, BAD_COUNT)? > 0)
+}
+
+/// Whether any drain record (`d/`) exists, read from its counter.
+pub(crate) fn any_drain(tree: &crate::store::Tree) -> Result<bool, MetaError> {
+    Ok(count(tree, DRAIN_COUNT)? > 0)
 }
 
 /// Copies moves left behind that the sweep has not deleted yet (`f/`).

@@ -48,10 +48,11 @@ use crate::store::{Batch, Bytes, Tree};
 
 /// 2: the secondary indexes under `ix/` (see `index`); 3: the index of
 /// snapshots by source (`ix/t/`); 4: the count of former copies
-/// (`ix/count/copies`); 5: the nodes holding shards (`ix/g/`). A store of
-/// an older schema gets its indexes rebuilt once when it is opened (or
-/// installed from a snapshot).
-pub const SCHEMA_VERSION: u32 = 5;
+/// (`ix/count/copies`); 5: the nodes holding shards (`ix/g/`); 6: the
+/// counts of site-rule breakers, open incidents, bad shards and drains
+/// (`ix/count/`). A store of an older schema gets its indexes rebuilt once
+/// when it is opened (or installed from a snapshot).
+pub const SCHEMA_VERSION: u32 = 6;
 
 pub const KEY_APPLIED: &[u8] = b"m/applied";
 pub const KEY_MEMBERSHIP: &[u8] = b"m/membership";
@@ -183,6 +184,9 @@ pub fn draining(
     tree: &crate::store::Tree,
 ) -> Result<std::collections::HashMap<NodeId, crate::command::DrainRecord>, MetaError> {
     let mut out = std::collections::HashMap::new();
+    if !crate::index::any_drain(tree)? {
+        return Ok(out);
+    }
     for item in tree.scan_prefix(DRAIN_PREFIX) {
         let (k, v) = item?;
         let Some(id) = k.get(2..10).and_then(|b| <[u8; 8]>::try_from(b).ok()) else { continue };

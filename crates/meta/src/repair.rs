@@ -352,6 +352,9 @@ pub(crate) async fn tick_once(
 /// Shards reported bad, by pack and index.
 pub(crate) fn bad_shards(tree: &crate::store::Tree) -> Result<HashMap<(PackId, u8), BadShardRecord>, MetaError> {
     let mut bad = HashMap::new();
+    if !crate::index::any_bad_shard(tree)? {
+        return Ok(bad);
+    }
     for item in tree.scan_prefix(kv::BAD_SHARD_PREFIX) {
         let (k, v) = item?;
         let (Some(pack), Some(&index)) = (k.get(2..18).and_then(|b| PackId::from_slice(b).ok()), k.get(18)) else {
