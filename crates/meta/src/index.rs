@@ -24,8 +24,8 @@
 //! `expected` computes from a full scan of the records (a property test
 //! applies random commands and compares). They are kept in `Txn` itself
 //! (`on_write` runs on every `put` and `remove` of a record under `p/`,
-//! `n/`, `c/`, `s/`, `i/` or `f/`), so they land in the same store batch as the
-//! records, travel in snapshots like any key, and a command added later
+//! `n/`, `c/`, `s/`, `i/`, `f/`, `b/` or `d/`), so they land in the same
+//! store batch as the records, travel in snapshots like any key, and a command added later
 //! keeps them without knowing of them. A store of schema 1 has none, one of
 //! schema 2 not `ix/t/`, one of schema 3 not `ix/count/copies`, one of
 //! schema 4 not `ix/g/`, one of schema 5 not the counts of `ix/z/`,

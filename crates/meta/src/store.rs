@@ -244,6 +244,22 @@ fn key_of(item: &Item) -> Option<&[u8]> {
     item.as_ref().ok().map(|(k, _)| &**k)
 }
 
+/// Whether the pair peeked on the first side goes out before the one on
+/// the second (None: both sides are spent): an error first, then the key
+/// that `before` orders first.
+fn first(x: Option<&Item>, y: Option<&Item>, before: fn(&[u8], &[u8]) -> bool) -> Option<bool> {
+    Some(match (x, y) {
+        (None, None) => return None,
+        (Some(_), None) => true,
+        (None, Some(_)) => false,
+        (Some(x), Some(y)) => match (key_of(x), key_of(y)) {
+            (None, _) => true,
+            (_, None) => false,
+            (Some(x), Some(y)) => before(x, y),
+        },
+    })
+}
+
 impl Iter {
     fn one(iter: fjall::Iter) -> Self {
         Self { a: Side::new(iter), b: None }
@@ -267,16 +283,7 @@ impl Iterator for Iter {
             self.a.peek_front();
             return self.a.front.take();
         };
-        let take_a = match (self.a.peek_front(), b.peek_front()) {
-            (None, None) => return None,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-            (Some(x), Some(y)) => match (key_of(x), key_of(y)) {
-                (None, _) => true,
-                (_, None) => false,
-                (Some(x), Some(y)) => x < y,
-            },
-        };
+        let take_a = first(self.a.peek_front(), b.peek_front(), |x, y| x < y)?;
         if take_a {
             self.a.front.take()
         } else {
@@ -291,16 +298,7 @@ impl DoubleEndedIterator for Iter {
             self.a.peek_back();
             return self.a.back.take();
         };
-        let take_a = match (self.a.peek_back(), b.peek_back()) {
-            (None, None) => return None,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-            (Some(x), Some(y)) => match (key_of(x), key_of(y)) {
-                (None, _) => true,
-                (_, None) => false,
-                (Some(x), Some(y)) => x > y,
-            },
-        };
+        let take_a = first(self.a.peek_back(), b.peek_back(), |x, y| x > y)?;
         if take_a {
             self.a.back.take()
         } else {
