@@ -229,12 +229,27 @@ class Targets(unittest.TestCase):
                   "config": {"source_bytes": {"base": 1 << 30, "mutated": 500_000_000}}}
         self.assertIsNone(rb.restore_floor(report), "no disk measured, no floor")
         for e in self.extra:
-            e["disk"] = {"mb_s": 50}
+            e["disk"] = {"mb_s": 125}
         report["extras"] = rb.summarise_extras(self.extra)
         floor = rb.restore_floor(report)
-        self.assertAlmostEqual(floor["floor_s"], 10.0)
+        self.assertAlmostEqual(floor["floor_s"], 4.0)
+        # coffer restores in 5 s, the others slower: the floor bounds them.
+        self.assertTrue(floor["binding"])
         # restic, the faster peer, restores in 20 s.
-        self.assertAlmostEqual(floor["max_restore_speedup"], 2.0)
+        self.assertAlmostEqual(floor["max_restore_speedup"], 5.0)
+
+    def test_a_restore_faster_than_the_floor_means_the_disk_does_not_bound_the_run(self):
+        report = {"medians": rb.summarise(self.runs, ["coffer", "restic", "borg"]),
+                  "config": {"source_bytes": {"base": 1 << 30, "mutated": 500_000_000}}}
+        for e in self.extra:
+            e["disk"] = {"mb_s": 5}
+        report["extras"] = rb.summarise_extras(self.extra)
+        floor = rb.restore_floor(report)
+        # 100 s by the probe, but every tool restores faster than that.
+        self.assertAlmostEqual(floor["floor_s"], 100.0)
+        self.assertFalse(floor["binding"])
+        self.assertIsNone(floor["max_restore_speedup"])
+        self.assertLess(floor["fastest_restore_s"], 100.0)
 
     def test_a_failed_peer_leaves_the_other(self):
         for r in self.runs:
