@@ -1,5 +1,5 @@
-//! The key layout of the state machine in one keyspace of the store, and a write
-//! overlay so that one `apply` call commits as a single atomic batch.
+//! The key layout of the state machine in the store's state tree, and a
+//! write overlay so that one `apply` call commits as a single atomic batch.
 //!
 //! Everything lives in one tree so that a batch (the entries of one apply
 //! call plus `last_applied`) is atomic across record kinds. Keys are a

@@ -413,7 +413,7 @@ pub struct Snapshot {
     snap: fjall::Snapshot,
 }
 
-/// One keyspace as a [`Snapshot`] saw it.
+/// One tree as a [`Snapshot`] saw it.
 pub struct TreeAt<'a> {
     tree: &'a Tree,
     snapshot: &'a Snapshot,
