@@ -143,11 +143,6 @@ impl Db {
     pub fn snapshot(&self) -> Snapshot {
         Snapshot { snap: self.db.snapshot() }
     }
-
-    /// Bytes the database takes on disk (tables and journal).
-    pub fn disk_bytes(&self) -> u64 {
-        self.db.disk_space().unwrap_or(0)
-    }
 }
 
 /// An ordered map of byte keys to byte values: one keyspace, or for the
@@ -378,16 +373,6 @@ impl Tree {
         b.commit()
     }
 
-    /// Tables of the tree on disk: (in level 0, in all), which is what a
-    /// read consults besides the memtables (`make scale` reports it).
-    pub fn tables(&self) -> (usize, usize) {
-        let mut t = (self.ks.l0_table_count(), self.ks.table_count());
-        if let Some(c) = &self.control {
-            t = (t.0 + c.l0_table_count(), t.1 + c.table_count());
-        }
-        t
-    }
-
     /// Removes every key.
     pub fn clear(&self) -> Result<(), StoreError> {
         self.ks.clear()?;
@@ -420,11 +405,6 @@ pub struct TreeAt<'a> {
 }
 
 impl TreeAt<'_> {
-    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>, StoreError> {
-        use fjall::Readable;
-        self.snapshot.snap.get(self.tree.part(key.as_ref()), key)
-    }
-
     pub fn iter(&self) -> Iter {
         use fjall::Readable;
         let snap = &self.snapshot.snap;
