@@ -27,6 +27,7 @@ pub mod backup;
 pub mod browse;
 pub mod check;
 mod command;
+mod direct;
 pub mod drill;
 mod error;
 pub mod exclude;

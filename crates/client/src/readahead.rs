@@ -7,16 +7,16 @@
 //!                 │ one queue per directory the walker is in, innermost last
 //!                 ▼
 //!   helper:  next unhinted file, innermost directory first
-//!              ──► open (O_NOFOLLOW | O_NONBLOCK) ──► fstat: regular? ──► posix_fadvise(WILLNEED, first ≤ 8 MiB)
+//!              ──► open (O_NOFOLLOW | O_NONBLOCK) ──► fstat: regular, under DIRECT_MIN? ──► posix_fadvise(WILLNEED)
 //! ```
 //!
 //! It is only a hint. The helper reads no data into the process, changes
 //! nothing the walker reads or records, leaves access times alone (opening and
 //! advising do not touch them) and ignores every failure: the walker meets the
 //! same error when it gets there and records it. Memory stays bounded: at most
-//! `WINDOW` bytes are hinted ahead of the walker, and a hint covers at most
-//! the first `PER_FILE` bytes of a file; the kernel's sequential read-ahead
-//! takes over from there once the walker reads it.
+//! `WINDOW` bytes are hinted ahead of the walker. Only files smaller than
+//! `direct::DIRECT_MIN` are hinted, whole: the walker reads larger ones
+//! around the page cache, where a hint would only read their start twice.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
@@ -31,8 +31,6 @@ use rustix::fs::{fadvise, Advice};
 
 /// Bytes hinted for files the walker has not reached yet.
 const WINDOW: u64 = 64 << 20;
-/// The most bytes hinted per file.
-const PER_FILE: u64 = 8 << 20;
 
 /// The helper thread and the queue it shares with the walker. Dropping it
 /// stops the thread.
@@ -202,10 +200,12 @@ fn hint(path: &Path) -> u64 {
 
 fn advise(file: &File) -> Option<u64> {
     let meta = file.metadata().ok()?;
-    if !meta.is_file() {
+    // The walker reads large files around the page cache (`direct`):
+    // hinting them would read their start twice.
+    if !meta.is_file() || meta.len() >= crate::direct::DIRECT_MIN {
         return None;
     }
-    let len = NonZeroU64::new(meta.len().min(PER_FILE))?;
+    let len = NonZeroU64::new(meta.len())?;
     fadvise(file, 0, Some(len), Advice::WillNeed).ok()?;
     Some(len.get())
 }
@@ -231,22 +231,28 @@ mod tests {
     #[test]
     fn hints_stay_within_the_window_and_are_released_as_the_walker_passes() {
         let dir = tempfile::tempdir().unwrap();
-        // Twenty files of PER_FILE bytes: more than the window holds.
-        let names: Vec<OsString> = (0..20).map(|i| OsString::from(format!("f{i:02}"))).collect();
+        // Files of half the size read directly, ten more than the window
+        // holds, and one too large to be hinted at all.
+        let len = crate::direct::DIRECT_MIN / 2;
+        let window_files = WINDOW / len;
+        let mut names: Vec<OsString> = (0..window_files + 10).map(|i| OsString::from(format!("f{i:03}"))).collect();
         for n in &names {
             let f = File::create(dir.path().join(n)).unwrap();
-            f.set_len(PER_FILE).unwrap();
+            f.set_len(len).unwrap();
         }
+        let large = OsString::from("a-large");
+        File::create(dir.path().join(&large)).unwrap().set_len(crate::direct::DIRECT_MIN).unwrap();
+        names.insert(0, large);
         let ra = ReadAhead::start().unwrap();
         ra.enter(dir.path(), names.clone());
-        let window_files = WINDOW / PER_FILE;
-        wait_for("the window to fill", || ahead(&ra) == window_files * PER_FILE);
+        wait_for("the window to fill", || ahead(&ra) == window_files * len);
         std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(ahead(&ra), window_files * PER_FILE, "the helper went past its window");
+        assert_eq!(ahead(&ra), window_files * len, "the helper went past its window");
+        assert_eq!(ra.shared.lock().dirs[0].hinted[0], 0, "a file read directly was hinted");
 
         // Passing the third file releases the first three.
         ra.passed(&names[2]);
-        wait_for("the window to fill again", || ahead(&ra) == window_files * PER_FILE);
+        wait_for("the window to fill again", || ahead(&ra) == window_files * len);
         assert_eq!(ra.shared.lock().dirs[0].walked, 3);
 
         // Names that are not queued (a subdirectory) change nothing.

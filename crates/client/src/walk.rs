@@ -23,16 +23,17 @@
 //! skipped; only a failure of the sink (the pipeline stopped) or of the
 //! source root aborts the walk.
 
-use std::fs::{self, File, Metadata, OpenOptions};
+use std::fs::{self, Metadata};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use coffer_pack::{ChunkBuffer, Chunker, RepoKey};
 use coffer_types::{ChunkId, SkipReason, SkippedEntry, MAX_SKIPPED_EXAMPLES, MAX_SKIPPED_PATH};
 
+use crate::direct::{SourceFile, DIRECT_MIN};
 use crate::exclude::Excludes;
 use crate::readahead::ReadAhead;
 use crate::stats::Counters;
@@ -495,7 +496,7 @@ impl<'a, S: BlobSink> Walker<'a, S> {
                 }
             }
         }
-        let mut file = match open_for_backup(path) {
+        let mut file = match SourceFile::open(path, meta.len() >= DIRECT_MIN) {
             Ok(f) => f,
             Err(e) => {
                 self.record(path, io_reason(&e), meta.len(), e);
@@ -543,7 +544,7 @@ impl<'a, S: BlobSink> Walker<'a, S> {
     fn resume_after_kept_prefix(
         &mut self,
         path: &Path,
-        file: &mut File,
+        file: &mut SourceFile,
         previous: Option<&Node>,
     ) -> Result<Option<FileContent>, WalkError> {
         use std::io::{Seek, SeekFrom};
@@ -607,7 +608,7 @@ impl<'a, S: BlobSink> Walker<'a, S> {
     /// caller cuts those first).
     fn compare_with_parent(
         &mut self,
-        file: &mut File,
+        file: &mut SourceFile,
         ids: &[ChunkId],
         lens: &[u32],
         buf: &mut Vec<u8>,
@@ -675,8 +676,6 @@ fn top_level_name(path: &Path) -> Result<Vec<u8>, ClientError> {
     })
 }
 
-/// Opens a file for reading without updating its access time when the
-/// kernel allows it (only the owner may ask), so a backup leaves no trace.
 /// Reads until `buf` is full or the reader ends; how many bytes it holds.
 fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut got = 0;
@@ -689,13 +688,6 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(got)
-}
-
-fn open_for_backup(path: &Path) -> io::Result<File> {
-    match OpenOptions::new().read(true).custom_flags(libc::O_NOATIME).open(path) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => File::open(path),
-        other => other,
-    }
 }
 
 fn node_from(name: Vec<u8>, kind: NodeKind, meta: &Metadata) -> Node {
