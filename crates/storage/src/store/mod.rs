@@ -550,7 +550,8 @@ impl ShardStore {
             Err(e) => return Err(StorageError::io(&path, e)),
         };
         let (header, hashes, body_offset) = read_header_from(&file, &path, pack, index)?;
-        Ok(ShardReader { path, file, header, hashes, body_offset })
+        let direct = read::DirectFd::open(&path);
+        Ok(ShardReader { path, file, direct, header, hashes, body_offset })
     }
 
     /// Reads `len` bytes of the body from `offset` (`len` 0: to the end),
@@ -829,7 +830,7 @@ pub(crate) fn open_reader_at(path: &Path) -> Result<ShardReader, StorageError> {
     read_exact_at(&file, path, &mut fixed, 0)?.ok_or_else(|| StorageError::BadHeader { reason: "short".into() })?;
     let (claimed, _) = shard_file::decode_fixed(&fixed)?;
     let (header, hashes, body_offset) = read_header_from(&file, path, &claimed.pack, claimed.index)?;
-    Ok(ShardReader { path: path.to_path_buf(), file, header, hashes, body_offset })
+    Ok(ShardReader { path: path.to_path_buf(), file, direct: None, header, hashes, body_offset })
 }
 
 /// `read_exact_at` that reports a short file as `Ok(None)` instead of an
@@ -870,6 +871,38 @@ mod tests {
 
     fn tmp_files(dir: &Path) -> usize {
         fs::read_dir(dir.join("tmp")).unwrap().count()
+    }
+
+    #[test]
+    fn ranged_reads_are_the_same_around_the_page_cache_and_through_it() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = ShardStore::open(dir.path())?;
+        let data = body(7 * BLOCK_SIZE as usize + 4_321, 3);
+        let pack = PackId::random();
+        store.put(header_for(pack, 1, &data), &data)?;
+        let direct = store.open_reader(&pack, ShardIndex(1))?;
+        assert!(direct.direct.is_some(), "the test directory's filesystem refuses O_DIRECT");
+        let mut cached = store.open_reader(&pack, ShardIndex(1))?;
+        cached.direct = None;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for _ in 0..300 {
+            let offset = rng.gen_range(0..=data.len());
+            let len = rng.gen_range(0..=data.len() - offset);
+            let want = if len == 0 { &data[offset..] } else { &data[offset..offset + len] };
+            assert_eq!(direct.read_shared(offset as u64, len as u64)?, want, "direct, offset {offset} len {len}");
+            assert_eq!(cached.read_shared(offset as u64, len as u64)?, want, "cached, offset {offset} len {len}");
+        }
+        assert!(direct.direct.as_ref().is_some_and(|d| d.usable()), "a direct read fell back to the cache");
+
+        // A file cut short under an open reader: the direct read sees the
+        // end of the file and says so, as the cached read does.
+        let path = store.shard_path(&pack, ShardIndex(1));
+        std::fs::OpenOptions::new().write(true).open(&path)?.set_len(direct.body_offset + 3 * BLOCK_SIZE as u64)?;
+        for reader in [&direct, &cached] {
+            let cut = reader.read_shared(2 * BLOCK_SIZE as u64, 2 * BLOCK_SIZE as u64);
+            assert!(matches!(cut, Err(StorageError::Truncated { .. })), "{cut:?}");
+        }
+        Ok(())
     }
 
     #[test]
