@@ -211,7 +211,7 @@ impl DirectFd {
                     got += n;
                     // Only the end of the file makes a direct read short
                     // (and the next offset would not be aligned).
-                    if n == 0 || got % ALIGN as usize != 0 {
+                    if n == 0 || !got.is_multiple_of(ALIGN as usize) {
                         break;
                     }
                 }
