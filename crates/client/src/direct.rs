@@ -177,6 +177,13 @@ impl ReadAhead {
         let thread = std::thread::Builder::new()
             .name("coffer-direct".into())
             .spawn(move || {
+                // Reads go on until one returns nothing, not only until one
+                // comes back short: a short read is the end of the file on
+                // a local filesystem, but a network or FUSE one may return
+                // short reads mid-file, and stopping there would lose the
+                // rest. The read after a short one is at an unaligned
+                // offset, past the end: ext4 answers 0, a filesystem that
+                // answers EINVAL turns direct I/O off and answers 0 then.
                 while let Ok(mut block) = empty_rx.recv() {
                     let read = block.fill(&file, &direct, pos);
                     let last = !matches!(read, Ok(()) if block.len > 0);
