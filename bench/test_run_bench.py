@@ -285,5 +285,51 @@ class Verdict(unittest.TestCase):
             rb.parse_seeds("7,7", "42")
 
 
+
+
+class Trash(unittest.TestCase):
+    def test_a_retired_tree_is_out_of_the_way_truncated_and_deleted_at_the_end(self):
+        with tempfile.TemporaryDirectory() as d:
+            outside = os.path.join(d, "outside")
+            with open(outside, "wb") as f:
+                f.write(b"x" * 5000)
+            tree = os.path.join(d, "restore")
+            os.makedirs(os.path.join(tree, "sub"))
+            for name, data in [("a", b"a" * 10000), ("sub/b", b"b" * 3), ("sub/empty", b"")]:
+                with open(os.path.join(tree, name), "wb") as f:
+                    f.write(data)
+            os.chmod(os.path.join(tree, "sub/b"), 0o444)
+            os.symlink(outside, os.path.join(tree, "link"))
+            trash = rb.Trash()
+            trash.retire(tree)
+            trash.retire(os.path.join(d, "absent"))
+            self.assertFalse(os.path.lexists(tree))
+            [retired] = trash.paths
+            self.assertTrue(retired.startswith(tree + ".retired-"))
+            self.assertEqual(os.path.getsize(os.path.join(retired, "a")), 0)
+            self.assertEqual(os.path.getsize(os.path.join(retired, "sub/b")), 0)
+            # A symlink is never followed: what it points to is untouched.
+            self.assertEqual(os.path.getsize(outside), 5000)
+            # The same path retired again gets a name of its own.
+            os.makedirs(tree)
+            trash.retire(tree)
+            self.assertEqual(len(trash.paths), 2)
+            self.assertEqual(len(set(trash.paths)), 2)
+            trash.empty()
+            self.assertEqual(sorted(os.listdir(d)), ["outside"])
+            self.assertEqual(trash.paths, [])
+
+    def test_a_tree_retired_inside_a_retired_one_is_deleted_once(self):
+        with tempfile.TemporaryDirectory() as d:
+            work = os.path.join(d, "work")
+            os.makedirs(os.path.join(work, "src"))
+            trash = rb.Trash()
+            trash.retire(os.path.join(work, "src"))
+            trash.retire(work)
+            self.assertEqual(len(trash.paths), 1)
+            self.assertTrue(trash.paths[0].startswith(work + ".retired-"))
+            trash.empty()
+            self.assertEqual(os.listdir(d), [])
+
 if __name__ == "__main__":
     unittest.main()
