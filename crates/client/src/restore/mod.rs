@@ -8,6 +8,7 @@
 //!   trees, a breadth-first round at a time ──► mkdir, symlink; each file becomes a slot
 //!        │                                      and each of its chunks a (slot, offset) destination
 //!        ▼  (a wave: up to WAVE_CHUNKS chunks or WAVE_FILES files)
+//!   a slice at a time (FIRST_SLICE chunks, then doubling), two ahead:
 //!   prepare (locations in bulk) ──► plan: batches of neighbouring blobs ──► fetch_batch ×BATCHES_IN_FLIGHT
 //!                                                                            └─► write each blob at its offsets
 //!   a file is closed, chmod-ed and stamped as its last chunk lands;
@@ -48,6 +49,7 @@ use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::fetch::ClusterSource;
+use crate::pipeline::LOOKUP_BATCH;
 use crate::repo::Repository;
 use crate::source::{blocking, decode_tree, fetch_all, load_tree, lock, BATCHES_IN_FLIGHT, READ_AHEAD};
 pub use crate::source::{BadShard, BlobSource, Deliver};
@@ -63,6 +65,22 @@ use plan::{resolve, Start, Wave};
 
 /// Trees fetched per round of the breadth-first walk.
 const TREE_ROUND: usize = 1_000;
+/// Chunks of a wave located before its first reads; each later slice is
+/// twice the one before, up to a lookup call's worth.
+const FIRST_SLICE: usize = 1_024;
+
+/// A wave's chunks, in order, cut into the slices located one after the
+/// other (`FIRST_SLICE`, then doubling up to `LOOKUP_BATCH`).
+fn slices(order: Vec<ChunkId>) -> Vec<Vec<ChunkId>> {
+    let (mut out, mut rest, mut size) = (Vec::new(), order.as_slice(), FIRST_SLICE);
+    while !rest.is_empty() {
+        let n = size.min(rest.len());
+        out.push(rest[..n].to_vec());
+        rest = &rest[n..];
+        size = (size * 2).min(LOOKUP_BATCH.max(FIRST_SLICE));
+    }
+    out
+}
 
 /// Where a restore writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -346,22 +364,30 @@ impl<S: BlobSource> DirRestore<S> {
             })
             .await?;
         }
-        self.prepare(wave.order.clone()).await?;
-        let batches = self.source.plan(wave.order);
         let written = Arc::new(AtomicU64::new(0));
-        futures::stream::iter(batches)
-            .map(|batch| {
+        // Located a slice at a time, two lookups ahead, so the first reads
+        // start after one short lookup instead of after all of them.
+        let this = &*self;
+        let batches = futures::stream::iter(slices(wave.order))
+            .map(|slice| async move {
+                this.prepare(slice.clone()).await?;
+                Ok::<_, ClientError>(futures::stream::iter(this.source.plan(slice).into_iter().map(Ok)))
+            })
+            .buffered(2)
+            .try_flatten();
+        batches
+            .map_ok(|batch| {
                 let (files, dests, counters, open, written) =
-                    (files.clone(), dests.clone(), self.counters.clone(), self.open_files.clone(), written.clone());
-                let work = self.work.clone();
+                    (files.clone(), dests.clone(), this.counters.clone(), this.open_files.clone(), written.clone());
+                let work = this.work.clone();
                 let deliver: Deliver = Box::new(move |id, data| {
                     let n = write_blob(&files, &dests, id, data, &counters, &open, work.as_deref())?;
                     written.fetch_add(n, Ordering::Relaxed);
                     Ok(())
                 });
-                self.source.fetch_batch(batch, &self.counters, deliver)
+                this.source.fetch_batch(batch, &this.counters, deliver)
             })
-            .buffer_unordered(BATCHES_IN_FLIGHT)
+            .try_buffer_unordered(BATCHES_IN_FLIGHT)
             .try_collect::<()>()
             .await?;
         self.tally.bytes += written.load(Ordering::Relaxed);
@@ -472,4 +498,26 @@ pub async fn restore_to_writer<S: BlobSource, W: AsyncWrite + Unpin + Send>(
         duration_s: started.elapsed().as_secs_f64(),
         ..RestoreSummary::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wave_is_located_in_growing_slices_that_keep_its_order() {
+        assert!(slices(Vec::new()).is_empty());
+        let order: Vec<ChunkId> = (0..30_000u32)
+            .map(|i| {
+                let mut id = [0u8; 32];
+                id[..4].copy_from_slice(&i.to_le_bytes());
+                ChunkId(id)
+            })
+            .collect();
+        let cut = slices(order.clone());
+        let sizes: Vec<usize> = cut.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [1_024, 2_048, 4_096, 8_192, 10_000, 4_640]);
+        assert_eq!(cut.concat(), order);
+        assert_eq!(slices(order[..5].to_vec()), [order[..5].to_vec()]);
+    }
 }
