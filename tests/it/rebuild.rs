@@ -214,6 +214,20 @@ fn scrub_finds_corrupt_and_deleted_shards_and_rebuild_repairs_them() -> Result<(
         }
         let scrub = c.cli(&["scrub", "--json"])?.ok()?.json()?;
         assert_eq!(scrub_bad(&scrub)?, corrupt.len() + deleted.len(), "scrub: {scrub}");
+        // A node answers a scrub only once the catalog has its findings, so
+        // whoever asked finds the damage there when the scrub returns (the
+        // chaos checks wait on the catalog's view right after one).
+        let mut reported = 0;
+        for entry in std::fs::read_dir(c.dir())? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with("meta-") {
+                reported += std::fs::read_to_string(entry.path())?.matches("bad shard reported").count();
+            }
+        }
+        assert!(
+            reported >= corrupt.len() + deleted.len(),
+            "the catalog had heard of {reported} bad shards when the scrub returned"
+        );
 
         // Rebuild repairs them in place; a second scrub finds nothing.
         wait_until("the bad shards to be repaired", Duration::from_secs(60), || {

@@ -254,13 +254,16 @@ impl StorageNode {
         // the loop tries again on its next tick anyway. The client's lazy
         // channels need the runtime, which is why it is built here.
         let retry_for = self.config.heartbeat_interval.clamp(MIN_META_RETRY, MAX_META_RETRY);
-        let meta = MetaClient::new(&self.config.meta_endpoints, retry_for)
-            .map_err(|e| StorageError::Config { reason: e.to_string() })?
-            .with_security(self.config.security.clone());
+        let meta = Arc::new(
+            MetaClient::new(&self.config.meta_endpoints, retry_for)
+                .map_err(|e| StorageError::Config { reason: e.to_string() })?
+                .with_security(self.config.security.clone()),
+        );
         let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         let repair = Arc::new(Repair {
             scrub_rate: self.config.scrub_rate,
             peers: coffer_rpc::ShardPool::with_security(self.config.security.clone()),
+            catalog: Some(meta.clone()),
             ..Repair::default()
         });
         let service = ShardService::new(self.store.clone(), self.id, self.config.site.clone(), self.capacity_bytes)

@@ -68,6 +68,9 @@ pub struct Repair {
     /// Clients to the other storage nodes, for rebuild reads, with the
     /// node's transport security.
     pub peers: coffer_rpc::ShardPool,
+    /// The catalog the node reports to (the heartbeat's client), so that a
+    /// `Scrub` call reports what it found before it answers.
+    pub catalog: Option<Arc<coffer_rpc::MetaClient>>,
 }
 
 impl ShardService {
@@ -334,6 +337,14 @@ impl ShardStoreRpc for ShardService {
             .await
             .map_err(|e| status("Scrub", e))?;
         self.repair.reports.lock().await.extend(r.bad.iter().cloned());
+        // Reported before the answer, so that whoever asked for the scrub
+        // (`coffer scrub`, an operator, the chaos checks) finds the damage
+        // in the catalog once it returns. If the catalog cannot be reached,
+        // the reports stay queued for the heartbeat; the scrub itself did
+        // its work either way.
+        if let Some(catalog) = &self.repair.catalog {
+            crate::workers::report_bad_shards(&self.repair, catalog, self.node).await;
+        }
         Ok(Response::new(r))
     }
 

@@ -50,6 +50,49 @@ async fn with_timeout<T>(what: &str, call: impl Future<Output = Result<T, Storag
         .unwrap_or_else(|_| Err(StorageError::Meta(format!("{what}: no answer within {META_CALL_TIMEOUT:?}"))))
 }
 
+/// Sends the bad shards queued in `repair` (found by scrubs of node `node`)
+/// to the catalog, whose leader plans their repair; keeps them queued if the
+/// call fails, for the next heartbeat to try again. Returns whether nothing
+/// is left to send. Both the heartbeat and the `Scrub` RPC call it: the
+/// queue is taken whole under its lock, so a report is sent once.
+pub(crate) async fn report_bad_shards(repair: &Repair, meta: &MetaClient, node: NodeId) -> bool {
+    let pending: Vec<coffer_proto::pb::BadShard> = std::mem::take(&mut *repair.reports.lock().await);
+    if pending.is_empty() {
+        return true;
+    }
+    let req = coffer_proto::pb::ReportBadShardsRequest {
+        node: node.0,
+        shards: pending
+            .iter()
+            .map(|b| coffer_proto::pb::BadShardReport {
+                pack_id: b.pack_id.clone(),
+                index: b.index,
+                reason: b.reason.clone(),
+            })
+            .collect(),
+    };
+    let sent = with_timeout("report bad shards", async {
+        meta.call("report bad shards", |mut c| {
+            let req = req.clone();
+            async move { c.report_bad_shards(req).await }
+        })
+        .await
+        .map_err(|e| StorageError::Meta(e.to_string()))
+    })
+    .await;
+    match sent {
+        Ok(_) => {
+            tracing::info!(shards = pending.len(), "reported bad shards");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not report bad shards; will retry");
+            repair.reports.lock().await.extend(pending);
+            false
+        }
+    }
+}
+
 /// Registration and heartbeats.
 pub(crate) struct Heartbeat {
     pub id: NodeId,
@@ -58,7 +101,7 @@ pub(crate) struct Heartbeat {
     pub capacity_bytes: u64,
     pub interval: Duration,
     pub store: ShardStore,
-    pub meta: MetaClient,
+    pub meta: Arc<MetaClient>,
     pub repair: Arc<Repair>,
     /// This node's workers, reported with every heartbeat.
     pub board: StatusBoard,
@@ -114,38 +157,7 @@ impl Worker for Heartbeat {
 impl Heartbeat {
     /// Sends queued bad-shard reports; keeps them if the call fails.
     async fn report_bad_shards(&self) {
-        let pending: Vec<coffer_proto::pb::BadShard> = std::mem::take(&mut *self.repair.reports.lock().await);
-        if pending.is_empty() {
-            return;
-        }
-        let req = coffer_proto::pb::ReportBadShardsRequest {
-            node: self.id.0,
-            shards: pending
-                .iter()
-                .map(|b| coffer_proto::pb::BadShardReport {
-                    pack_id: b.pack_id.clone(),
-                    index: b.index,
-                    reason: b.reason.clone(),
-                })
-                .collect(),
-        };
-        let sent = with_timeout("report bad shards", async {
-            self.meta
-                .call("report bad shards", |mut c| {
-                    let req = req.clone();
-                    async move { c.report_bad_shards(req).await }
-                })
-                .await
-                .map_err(|e| StorageError::Meta(e.to_string()))
-        })
-        .await;
-        match sent {
-            Ok(_) => tracing::info!(shards = pending.len(), "reported bad shards"),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not report bad shards; will retry");
-                self.repair.reports.lock().await.extend(pending);
-            }
-        }
+        report_bad_shards(&self.repair, &self.meta, self.id).await;
     }
 
     async fn register(&self) -> Result<(), StorageError> {
