@@ -220,7 +220,8 @@ fn scrub_finds_corrupt_and_deleted_shards_and_rebuild_repairs_them() -> Result<(
         let mut reported = 0;
         for entry in std::fs::read_dir(c.dir())? {
             let entry = entry?;
-            if entry.file_name().to_string_lossy().starts_with("meta-") {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("meta-") && name.ends_with(".log") {
                 reported += std::fs::read_to_string(entry.path())?.matches("bad shard reported").count();
             }
         }
