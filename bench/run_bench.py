@@ -115,13 +115,13 @@ class Trash:
     (`recently_deleted` in `find_inode_bit`). A restore that creates 12,000
     files soon after a tree of the same size was deleted spends 0.8-1.2
     CPU-seconds in that scan, whatever the tool: measured there, coffer's
-    restore took 2.09-2.73 s after the previous restore was deleted and
-    1.58-1.62 s after it was put aside, restic's 3.35-3.57 s against
-    2.78-3.42 s. The bench's own clean-up is not the tools' work, and a
-    fixed cost weighs most on the tool that is fastest. A retired tree is
-    renamed beside itself and its files truncated (their blocks are freed,
-    their inodes kept, so the disk does not fill up); everything retired is
-    deleted once, by `empty`, when the bench ends."""
+    restore took 2.09-2.73 s right after the previous restore was deleted
+    and 1.58-1.77 s with nothing deleted in the last minutes, restic's
+    3.35-3.57 s against 2.78-3.15 s. The bench's own clean-up is not the
+    tools' work, and a fixed cost weighs most on the tool that is fastest.
+    A retired tree is renamed beside itself and its files truncated (their
+    blocks are freed, their inodes kept, so the disk does not fill up);
+    everything retired is deleted once, by `empty`, when the bench ends."""
 
     def __init__(self):
         self.paths = []
