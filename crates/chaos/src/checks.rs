@@ -93,8 +93,22 @@ pub fn recovered(c: &ChaosCluster, out: &mut Vec<Finding>) -> Option<Value> {
         return None;
     }
     // Damaged shards are found by a scrub; ask for one now rather than
-    // wait for the schedule's.
-    let _ = c.cli(&["scrub"], Duration::from_secs(120));
+    // wait for the schedule's, and again until one finds nothing. A node
+    // reports what it found before it answers, but `status` counts a
+    // reported shard as damaged only once the leader has planned its
+    // repair, so the wait below alone could pass between the report and
+    // the repair (and `check --read-data` then find the shard absent).
+    let mut last_scrub = Value::Null;
+    let scrubbed = wait("a scrub that finds no bad shard", Duration::from_secs(180), || {
+        let v = c.cli(&["scrub", "--json"], Duration::from_secs(120)).ok()?.json().ok()?;
+        last_scrub = v.clone();
+        let bad: usize = v["nodes"].as_array()?.iter().map(|n| n["bad"].as_array().map_or(0, Vec::len)).sum();
+        (bad == 0).then_some(())
+    });
+    if let Err(e) = scrubbed {
+        safety(out, format!("after healing, every scrub still found bad shards: {e:#}; last: {last_scrub}"));
+        return None;
+    }
     let mut last = Value::Null;
     let settled = wait("every pack healthy and the rebuild settled", Duration::from_secs(420), || {
         let s = c.status().ok()?;
