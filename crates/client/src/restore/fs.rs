@@ -7,25 +7,40 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use coffer_types::ChunkId;
 
 use super::plan::{Dest, FileSlot, SlotState};
+use super::writeback::Writeback;
 use crate::source::{blocking, lock};
 use crate::stats::RestoreCounters;
 use crate::tree::Node;
 use crate::ClientError;
 
-/// Chunks at least this large start their writeback as soon as they are
-/// written: the smallest chunk a text file is cut into but its last, so a
-/// dump or a log, cut into 64 KiB chunks, is written back as it lands like
-/// any large file (small files, one short chunk each, are left to the
-/// final sync).
-pub(super) const WRITEBACK_MIN: usize = coffer_pack::TEXT_CHUNK_MIN;
+/// Files at least this large are written back as they land (see
+/// `writeback`): the smallest chunk a text file is cut into but its last,
+/// so a dump or a log is written back like any large file; small files
+/// are left to the final sync.
+pub(super) const WRITEBACK_MIN: u64 = coffer_pack::TEXT_CHUNK_MIN as u64;
 /// Restored files held open between writes; past this a file is closed
 /// after each write and reopened for its next chunk.
 pub(super) const MAX_OPEN_FILES: usize = 256;
+
+/// What the writers of one restore share.
+pub(super) struct Writers {
+    /// Restored files currently open (a hint waiting for the writeback
+    /// thread keeps its file open a little longer).
+    pub(super) open: AtomicUsize,
+    pub(super) writeback: Writeback,
+}
+
+impl Writers {
+    pub(super) fn start() -> Self {
+        Writers { open: AtomicUsize::new(0), writeback: Writeback::start() }
+    }
+}
 
 /// Writes a blob at every place the wave has for it; closes and stamps the
 /// files it completes, counting them and the bytes into `work`. Returns the
@@ -36,9 +51,10 @@ pub(super) fn write_blob(
     id: ChunkId,
     data: &[u8],
     counters: &RestoreCounters,
-    open: &AtomicUsize,
+    writers: &Writers,
     work: Option<&crate::work::Work>,
 ) -> Result<u64, ClientError> {
+    let open = &writers.open;
     let Some(places) = dests.get(&id) else {
         return Err(ClientError::task("restore", format!("the source delivered chunk {id}, which was not asked")));
     };
@@ -59,16 +75,19 @@ pub(super) fn write_blob(
             None => {
                 let f = counters.metadata.time(0, || open_slot(slot, &mut st))?;
                 open.fetch_add(1, Ordering::Relaxed);
-                f
+                Arc::new(f)
             }
         };
         let started = Instant::now();
         file.write_all_at(data, d.offset).map_err(|e| ClientError::io(&slot.path, e))?;
-        if data.len() >= WRITEBACK_MIN {
-            start_writeback(&file, d.offset, data.len() as u64);
-        }
         counters.write.add(started.elapsed(), data.len() as u64);
         st.remaining = st.remaining.saturating_sub(1);
+        if slot.size >= WRITEBACK_MIN {
+            let complete = st.remaining == 0;
+            if let Some(range) = st.unhinted.add(d.offset, data.len() as u64, complete) {
+                writers.writeback.hint(&file, range);
+            }
+        }
         st.written += data.len() as u64;
         written += data.len() as u64;
         crate::work::add_bytes(work, data.len() as u64);
@@ -83,18 +102,6 @@ pub(super) fn write_blob(
         }
     }
     Ok(written)
-}
-
-/// Starts writing `[offset, offset + len)` of `file` back to disk without
-/// waiting: the restore is done when its bytes are on disk, and disk writes
-/// that start as chunks land overlap with the reads still to come instead
-/// of queueing up at the end. (Linux starts asynchronous writeback of the
-/// dirty range on `POSIX_FADV_DONTNEED`; pages still dirty stay cached.)
-/// Only a hint: a failure changes nothing.
-pub(super) fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
-    if let Some(len) = std::num::NonZeroU64::new(len) {
-        let _ = rustix::fs::fadvise(file, offset, Some(len), rustix::fs::Advice::DontNeed);
-    }
 }
 
 /// Opens a slot's file for writing: created fresh the first time (whatever
@@ -123,7 +130,7 @@ pub(super) fn open_slot(slot: &FileSlot, st: &mut SlotState) -> Result<std::fs::
 }
 
 /// Sets a complete file's mode and times, then closes it.
-pub(super) fn finish_file(slot: &FileSlot, file: std::fs::File, open: &AtomicUsize) -> Result<(), ClientError> {
+pub(super) fn finish_file(slot: &FileSlot, file: Arc<std::fs::File>, open: &AtomicUsize) -> Result<(), ClientError> {
     let result = file
         .set_permissions(std::fs::Permissions::from_mode(slot.mode))
         .and_then(|()| filetime::set_file_handle_times(&file, Some(slot.mtime), Some(slot.mtime)));

@@ -39,7 +39,7 @@ use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -59,8 +59,9 @@ use crate::ClientError;
 
 mod fs;
 mod plan;
+mod writeback;
 
-use fs::{finish_file, make_dir, make_symlink, mark_top_dir, open_slot, set_metadata, write_blob};
+use fs::{finish_file, make_dir, make_symlink, mark_top_dir, open_slot, set_metadata, write_blob, Writers};
 use plan::{resolve, Start, Wave};
 
 /// Trees fetched per round of the breadth-first walk.
@@ -217,7 +218,7 @@ pub(crate) async fn restore_into_dir<S: BlobSource>(
         tally: Tally::default(),
         dir_meta: Vec::new(),
         wave: Wave::default(),
-        open_files: Arc::default(),
+        writers: Arc::new(Writers::start()),
         work,
     };
     match start {
@@ -250,8 +251,9 @@ struct DirRestore<S: BlobSource> {
     /// Directories created, parents before children, for their metadata.
     dir_meta: Vec<(PathBuf, Node)>,
     wave: Wave,
-    /// Restored files currently open, across the tasks of a wave.
-    open_files: Arc<AtomicUsize>,
+    /// Restored files currently open, across the tasks of a wave, and the
+    /// thread that starts their writeback.
+    writers: Arc<Writers>,
     /// Where files and bytes are counted as they complete.
     work: Option<Arc<crate::work::Work>>,
 }
@@ -349,15 +351,15 @@ impl<S: BlobSource> DirRestore<S> {
         // Empty files have no chunk to wait for.
         let empty: Vec<usize> = (0..files.len()).filter(|&i| lock(&files[i].state).remaining == 0).collect();
         if !empty.is_empty() {
-            let (files, counters, open) = (files.clone(), self.counters.clone(), self.open_files.clone());
+            let (files, counters, writers) = (files.clone(), self.counters.clone(), self.writers.clone());
             let work = self.work.clone();
             blocking("create empty files", move || {
                 for i in empty {
                     let slot = &files[i];
                     let mut st = lock(&slot.state);
                     let file = counters.metadata.time(0, || open_slot(slot, &mut st))?;
-                    open.fetch_add(1, Ordering::Relaxed);
-                    counters.metadata.time(0, || finish_file(slot, file, &open))?;
+                    writers.open.fetch_add(1, Ordering::Relaxed);
+                    counters.metadata.time(0, || finish_file(slot, Arc::new(file), &writers.open))?;
                     crate::work::add_item(work.as_deref());
                 }
                 Ok(())
@@ -377,11 +379,11 @@ impl<S: BlobSource> DirRestore<S> {
             .try_flatten();
         batches
             .map_ok(|batch| {
-                let (files, dests, counters, open, written) =
-                    (files.clone(), dests.clone(), this.counters.clone(), this.open_files.clone(), written.clone());
+                let (files, dests, counters, writers, written) =
+                    (files.clone(), dests.clone(), this.counters.clone(), this.writers.clone(), written.clone());
                 let work = this.work.clone();
                 let deliver: Deliver = Box::new(move |id, data| {
-                    let n = write_blob(&files, &dests, id, data, &counters, &open, work.as_deref())?;
+                    let n = write_blob(&files, &dests, id, data, &counters, &writers, work.as_deref())?;
                     written.fetch_add(n, Ordering::Relaxed);
                     Ok(())
                 });

@@ -94,12 +94,15 @@ pub(super) struct FileSlot {
 
 #[derive(Default)]
 pub(super) struct SlotState {
-    /// Open between writes (unless too many files are).
-    pub(super) file: Option<std::fs::File>,
+    /// Open between writes (unless too many files are); shared with the
+    /// writeback thread while a hint for it waits there.
+    pub(super) file: Option<std::sync::Arc<std::fs::File>>,
     pub(super) created: bool,
     /// Chunk writes still to come.
     pub(super) remaining: usize,
     pub(super) written: u64,
+    /// Written since its last writeback hint.
+    pub(super) unhinted: super::writeback::Pending,
 }
 
 /// Files whose content is restored together, and where each chunk goes.
