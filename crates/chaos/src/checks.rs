@@ -94,10 +94,10 @@ pub fn recovered(c: &ChaosCluster, out: &mut Vec<Finding>) -> Option<Value> {
     }
     // Damaged shards are found by a scrub; ask for one now rather than
     // wait for the schedule's, and again until one finds nothing. A node
-    // reports what it found before it answers, but `status` counts a
-    // reported shard as damaged only once the leader has planned its
-    // repair, so the wait below alone could pass between the report and
-    // the repair (and `check --read-data` then find the shard absent).
+    // reports what it found before it answers and `status` counts a
+    // reported shard as damaged until its repair, so one scrub and the
+    // wait below would do; scrubbing until clean also states it: after
+    // the repairs, no node holds a bad shard.
     let mut last_scrub = Value::Null;
     let scrubbed = wait("a scrub that finds no bad shard", Duration::from_secs(180), || {
         let v = c.cli(&["scrub", "--json"], Duration::from_secs(120)).ok()?.json().ok()?;

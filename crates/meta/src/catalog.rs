@@ -817,26 +817,61 @@ fn snapshot_page(
     Ok((page, next))
 }
 
-/// Pack health from the indexes: only packs with a shard entry on a node
-/// that is not up (down, unknown, or 0 for unplaced shards) can be short
-/// of an available shard, so those are read and the rest are healthy. The
-/// cost is the packs touched by what is down, not the catalog.
+/// Which shards of the catalog can be read now: a shard is usable when its
+/// node is up and it has not been reported bad there (a reported shard
+/// stays unusable until its repair moves it, which removes the report).
+struct Usable<'a> {
+    up: &'a std::collections::HashSet<u64>,
+    bad: std::collections::HashMap<(PackId, u8), crate::command::BadShardRecord>,
+}
+
+impl<'a> Usable<'a> {
+    fn new(tree: &crate::store::Tree, up: &'a std::collections::HashSet<u64>) -> Result<Self, MetaError> {
+        Ok(Usable { up, bad: crate::repair::bad_shards(tree)? })
+    }
+
+    /// The only packs that can be short of a usable shard: those with a
+    /// shard entry on a node that is not up (down, unknown, or 0 for
+    /// unplaced shards), and those with a reported shard. Read through the
+    /// indexes, so the cost is the packs touched, not the catalog.
+    fn affected(&self, tree: &crate::store::Tree) -> Result<std::collections::BTreeSet<PackId>, MetaError> {
+        let mut affected: std::collections::BTreeSet<PackId> = self.bad.keys().map(|(pack, _)| *pack).collect();
+        for (node, count) in crate::index::held(tree)? {
+            if count > 0 && !self.up.contains(&node.0) {
+                affected.extend(crate::index::packs_on(tree, node)?);
+            }
+        }
+        Ok(affected)
+    }
+
+    fn count(&self, pack: &PackRecord) -> usize {
+        pack.shards
+            .iter()
+            .filter(|s| self.up.contains(&s.node.0))
+            .filter(|s| self.bad.get(&(pack.id, s.index.0)).is_none_or(|b| b.node != s.node))
+            .count()
+    }
+}
+
+/// Pack health from the indexes: only the packs `Usable::affected` names
+/// are read, and the rest are healthy. A shard reported bad counts as
+/// missing from the report on, not only once the leader has planned its
+/// repair: whoever waits for a healthy status after a scrub found damage
+/// waits for the repair.
 pub(crate) fn pack_health(
     tree: &crate::store::Tree,
     up: &std::collections::HashSet<u64>,
 ) -> Result<pb::PackHealth, MetaError> {
     let mut health = pb::PackHealth::default();
-    let mut affected = std::collections::BTreeSet::new();
-    for (node, count) in crate::index::held(tree)? {
-        if count > 0 && !up.contains(&node.0) {
-            affected.extend(crate::index::packs_on(tree, node)?);
-        }
-    }
+    let usable = Usable::new(tree, up)?;
+    let affected = usable.affected(tree)?;
+    let mut counted = 0u64;
     for id in &affected {
         let Some(pack) = kv::get::<PackRecord>(tree, "pack", &kv::pack_key(id))? else { continue };
+        counted += 1;
         // An unplaced shard (node 0) is never up, so a short pack counts
         // as degraded (or worse) like one whose nodes are down.
-        let available = pack.shards.iter().filter(|s| up.contains(&s.node.0)).count();
+        let available = usable.count(&pack);
         if pack.placed() < pack.params.total() {
             health.short += 1;
         }
@@ -851,29 +886,23 @@ pub(crate) fn pack_health(
             health.degraded += 1;
         }
     }
-    health.healthy += crate::index::pack_count(tree)?.saturating_sub(affected.len() as u64);
+    health.healthy += crate::index::pack_count(tree)?.saturating_sub(counted);
     Ok(health)
 }
 
-/// The packs of `repo` with fewer than k shards on nodes that are `up`:
-/// lost until those nodes return. Like `pack_health`, only packs with a
-/// shard on a node that is not up are read.
+/// The packs of `repo` with fewer than k usable shards: lost until those
+/// nodes return or the reported shards are repaired. Like `pack_health`,
+/// only the packs `Usable::affected` names are read.
 pub(crate) fn lost_packs(
     tree: &crate::store::Tree,
     up: &std::collections::HashSet<u64>,
     repo: &RepoName,
 ) -> Result<Vec<PackId>, MetaError> {
-    let mut affected = std::collections::BTreeSet::new();
-    for (node, count) in crate::index::held(tree)? {
-        if count > 0 && !up.contains(&node.0) {
-            affected.extend(crate::index::packs_on(tree, node)?);
-        }
-    }
+    let usable = Usable::new(tree, up)?;
     let mut lost = Vec::new();
-    for id in affected {
+    for id in usable.affected(tree)? {
         let Some(pack) = kv::get::<PackRecord>(tree, "pack", &kv::pack_key(&id))? else { continue };
-        let available = pack.shards.iter().filter(|s| up.contains(&s.node.0)).count();
-        if pack.repo == *repo && available < pack.params.k() {
+        if pack.repo == *repo && usable.count(&pack) < pack.params.k() {
             lost.push(id);
         }
     }
@@ -981,22 +1010,54 @@ mod tests {
             crate::test_util::put(&t, kv::pack_key(&pack.id), &pack);
             packs.push(pack);
         }
-        for down in [vec![], vec![2u64], vec![2, 3], vec![1, 2, 3], vec![1, 2, 3, 4, 5]] {
-            let up: std::collections::HashSet<u64> = (1..=5u64).filter(|n| !down.contains(n)).collect();
-            let mut want = pb::PackHealth::default();
-            for p in &packs {
-                let available = p.shards.iter().filter(|s| up.contains(&s.node.0)).count();
-                if p.placed() < 4 {
-                    want.short += 1;
+        let check = |bad: &[(usize, u8, u64)]| {
+            for down in [vec![], vec![2u64], vec![2, 3], vec![1, 2, 3], vec![1, 2, 3, 4, 5]] {
+                let up: std::collections::HashSet<u64> = (1..=5u64).filter(|n| !down.contains(n)).collect();
+                let mut want = pb::PackHealth::default();
+                for (n, p) in packs.iter().enumerate() {
+                    let reported =
+                        |s: &ShardRecord| bad.iter().any(|&(bp, bi, bn)| bp == n && bi == s.index.0 && bn == s.node.0);
+                    let available = p.shards.iter().filter(|s| up.contains(&s.node.0) && !reported(s)).count();
+                    if p.placed() < 4 {
+                        want.short += 1;
+                    }
+                    match available {
+                        4 => want.healthy += 1,
+                        0 | 1 => want.lost += 1,
+                        2 => want.at_risk += 1,
+                        _ => want.degraded += 1,
+                    }
                 }
-                match available {
-                    4 => want.healthy += 1,
-                    0 | 1 => want.lost += 1,
-                    2 => want.at_risk += 1,
-                    _ => want.degraded += 1,
-                }
+                assert_eq!(pack_health(&t, &up).unwrap(), want, "down {down:?}, reported {bad:?}");
+                let lost: Vec<PackId> = packs
+                    .iter()
+                    .enumerate()
+                    .filter(|(n, p)| {
+                        let reported = |s: &ShardRecord| {
+                            bad.iter().any(|&(bp, bi, bn)| bp == *n && bi == s.index.0 && bn == s.node.0)
+                        };
+                        p.shards.iter().filter(|s| up.contains(&s.node.0) && !reported(s)).count() < 2
+                    })
+                    .map(|(_, p)| p.id)
+                    .collect();
+                let r = RepoName::new("r").unwrap();
+                assert_eq!(lost_packs(&t, &up, &r).unwrap(), lost, "down {down:?}, reported {bad:?}");
             }
-            assert_eq!(pack_health(&t, &up).unwrap(), want, "down {down:?}");
+        };
+        check(&[]);
+        // Reports go through the state machine, as a node's would: one
+        // shard of pack 0, two of pack 4 (so it is at risk with all nodes
+        // up), and one naming a node that no longer holds the shard (the
+        // command is refused and changes nothing).
+        let mut bad = Vec::new();
+        for (p, i) in [(0usize, 1u8), (4, 0), (4, 2)] {
+            let node = packs[p].shards[i as usize].node;
+            let cmd = Command::MarkBadShard { pack: packs[p].id, index: ShardIndex(i), node, time_ms: 1 };
+            assert_eq!(crate::test_util::run(&t, cmd), CommandResult::Ok);
+            bad.push((p, i, node.0));
         }
+        let stale = Command::MarkBadShard { pack: packs[7].id, index: ShardIndex(0), node: NodeId(99), time_ms: 1 };
+        assert_ne!(crate::test_util::run(&t, stale), CommandResult::Ok);
+        check(&bad);
     }
 }
