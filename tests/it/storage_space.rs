@@ -66,9 +66,25 @@ fn orphan_shards_are_counted_in_status_then_collected_and_real_ones_kept() -> Re
         ensure!(files_of(c, &orphan).len() == 3, "the planted shards are on disk");
 
         // Counted first (per node and in total) once older than the age...
+        // A node's count comes from its last pass, and a pass during the
+        // backup counts that backup's shards not yet committed: wait until
+        // the passes after it, on every node, so that exactly the planted
+        // nodes count (a total alone could be one node's stale count).
         let status = wait_until("status to count the orphans", Duration::from_secs(60), || {
             let s = c.status().ok()?;
-            (s["orphan_bytes"].as_u64()? >= 3 * body_len as u64).then_some(s)
+            let nodes = s["nodes"].as_array()?;
+            let settled = nodes.iter().all(|n| {
+                let bytes = n["orphan_bytes"].as_u64().unwrap_or(u64::MAX);
+                let bare = |a: &str| a.trim_start_matches("https://").trim_start_matches("http://").to_string();
+                let planted = addrs.iter().any(|a| n["addr"].as_str().map(bare) == Some(bare(a)));
+                if planted {
+                    bytes >= body_len as u64 && bytes != u64::MAX
+                } else {
+                    bytes == 0
+                }
+            });
+            (settled && nodes.len() == c.storage.len() && s["orphan_bytes"].as_u64()? >= 3 * body_len as u64)
+                .then_some(s)
         })?;
         let counting = list(&status, "nodes")?.iter().filter(|n| n["orphan_bytes"].as_u64() > Some(0)).count();
         ensure!(counting == 3, "three nodes should report orphans: {status}");
