@@ -19,10 +19,10 @@ use crate::stats::RestoreCounters;
 use crate::tree::Node;
 use crate::ClientError;
 
-/// Files at least this large are written back as they land (see
-/// `writeback`): the smallest chunk a text file is cut into but its last,
-/// so a dump or a log is written back like any large file; small files
-/// are left to the final sync.
+/// Files at least this large (the smallest chunk a text file is cut into)
+/// are written back as they land, see `writeback`; smaller ones are left
+/// to the final sync. Hints waiting in the writeback queue keep their
+/// files open beyond `MAX_OPEN_FILES`, by at most the queue's length.
 pub(super) const WRITEBACK_MIN: u64 = coffer_pack::TEXT_CHUNK_MIN as u64;
 /// Restored files held open between writes; past this a file is closed
 /// after each write and reopened for its next chunk.
