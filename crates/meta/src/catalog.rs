@@ -1013,15 +1013,18 @@ mod tests {
         let check = |bad: &[(usize, u8, u64)]| {
             for down in [vec![], vec![2u64], vec![2, 3], vec![1, 2, 3], vec![1, 2, 3, 4, 5]] {
                 let up: std::collections::HashSet<u64> = (1..=5u64).filter(|n| !down.contains(n)).collect();
-                let mut want = pb::PackHealth::default();
-                for (n, p) in packs.iter().enumerate() {
+                // The full scan: shards on nodes up, not reported there.
+                let available = |n: usize, p: &PackRecord| {
                     let reported =
                         |s: &ShardRecord| bad.iter().any(|&(bp, bi, bn)| bp == n && bi == s.index.0 && bn == s.node.0);
-                    let available = p.shards.iter().filter(|s| up.contains(&s.node.0) && !reported(s)).count();
+                    p.shards.iter().filter(|s| up.contains(&s.node.0) && !reported(s)).count()
+                };
+                let mut want = pb::PackHealth::default();
+                for (n, p) in packs.iter().enumerate() {
                     if p.placed() < 4 {
                         want.short += 1;
                     }
-                    match available {
+                    match available(n, p) {
                         4 => want.healthy += 1,
                         0 | 1 => want.lost += 1,
                         2 => want.at_risk += 1,
@@ -1029,17 +1032,8 @@ mod tests {
                     }
                 }
                 assert_eq!(pack_health(&t, &up).unwrap(), want, "down {down:?}, reported {bad:?}");
-                let lost: Vec<PackId> = packs
-                    .iter()
-                    .enumerate()
-                    .filter(|(n, p)| {
-                        let reported = |s: &ShardRecord| {
-                            bad.iter().any(|&(bp, bi, bn)| bp == *n && bi == s.index.0 && bn == s.node.0)
-                        };
-                        p.shards.iter().filter(|s| up.contains(&s.node.0) && !reported(s)).count() < 2
-                    })
-                    .map(|(_, p)| p.id)
-                    .collect();
+                let lost: Vec<PackId> =
+                    packs.iter().enumerate().filter(|&(n, p)| available(n, p) < 2).map(|(_, p)| p.id).collect();
                 let r = RepoName::new("r").unwrap();
                 assert_eq!(lost_packs(&t, &up, &r).unwrap(), lost, "down {down:?}, reported {bad:?}");
             }
