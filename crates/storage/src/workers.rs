@@ -52,13 +52,13 @@ async fn with_timeout<T>(what: &str, call: impl Future<Output = Result<T, Storag
 
 /// Sends the bad shards queued in `repair` (found by scrubs of node `node`)
 /// to the catalog, whose leader plans their repair; keeps them queued if the
-/// call fails, for the next heartbeat to try again. Returns whether nothing
-/// is left to send. Both the heartbeat and the `Scrub` RPC call it: the
-/// queue is taken whole under its lock, so a report is sent once.
-pub(crate) async fn report_bad_shards(repair: &Repair, meta: &MetaClient, node: NodeId) -> bool {
+/// call fails, for the next heartbeat to try again. Both the heartbeat and
+/// the `Scrub` RPC call it: the queue is taken whole under its lock, so a
+/// report is sent once.
+pub(crate) async fn report_bad_shards(repair: &Repair, meta: &MetaClient, node: NodeId) {
     let pending: Vec<coffer_proto::pb::BadShard> = std::mem::take(&mut *repair.reports.lock().await);
     if pending.is_empty() {
-        return true;
+        return;
     }
     let req = coffer_proto::pb::ReportBadShardsRequest {
         node: node.0,
@@ -81,14 +81,10 @@ pub(crate) async fn report_bad_shards(repair: &Repair, meta: &MetaClient, node: 
     })
     .await;
     match sent {
-        Ok(_) => {
-            tracing::info!(shards = pending.len(), "reported bad shards");
-            true
-        }
+        Ok(_) => tracing::info!(shards = pending.len(), "reported bad shards"),
         Err(e) => {
             tracing::warn!(error = %e, "could not report bad shards; will retry");
             repair.reports.lock().await.extend(pending);
-            false
         }
     }
 }
@@ -125,7 +121,7 @@ impl Worker for Heartbeat {
             }
             if with_timeout("heartbeat", self.beat()).await? {
                 self.beats += 1;
-                self.report_bad_shards().await;
+                report_bad_shards(&self.repair, &self.meta, self.id).await;
                 Ok(WorkerState::Idle)
             } else {
                 tracing::info!(node = %self.id, "the cluster map does not know this node; registering again");
@@ -155,11 +151,6 @@ impl Worker for Heartbeat {
 }
 
 impl Heartbeat {
-    /// Sends queued bad-shard reports; keeps them if the call fails.
-    async fn report_bad_shards(&self) {
-        report_bad_shards(&self.repair, &self.meta, self.id).await;
-    }
-
     async fn register(&self) -> Result<(), StorageError> {
         let req = RegisterNodeRequest {
             id: self.id.0,
