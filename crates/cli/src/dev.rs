@@ -43,12 +43,24 @@ struct MetaSlot {
 }
 
 struct SiteNodes {
-    /// (data dir, bound address) per node; addresses are kept across restarts.
-    nodes: Vec<(PathBuf, String)>,
+    nodes: Vec<DevNode>,
     running: Vec<RunningNode>,
     meta: Option<MetaSlot>,
     /// The storage nodes' transport security.
     security: coffer_rpc::Security,
+}
+
+/// One storage node of a dev cluster.
+struct DevNode {
+    dir: PathBuf,
+    /// Kept across restarts of the site.
+    addr: String,
+    /// The listener bound when the cluster started, held until the node
+    /// first serves on it. Dropping it and binding the address again later
+    /// would leave a window in which the kernel may hand the port to an
+    /// outgoing connection (the other nodes registering), and the node would
+    /// then fail to start with "address in use".
+    first: Option<tokio::net::TcpListener>,
 }
 
 /// The identities of a dev cluster.
@@ -192,8 +204,7 @@ pub async fn run(a: DevArgs, g: &Global) -> Result<()> {
             let bound = listener_addr(&l, "127.0.0.1:0");
             std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
             std::fs::write(&port_file, &bound).context("record node address")?;
-            drop(l);
-            nodes.push((dir, bound));
+            nodes.push(DevNode { dir, addr: bound, first: Some(l) });
         }
         let meta = if (s as usize) < meta_slots.len() { Some(meta_slots.remove(0)) } else { None };
         sites.insert(site, SiteNodes { nodes, running: Vec::new(), meta, security: tls.storage.clone() });
@@ -316,7 +327,7 @@ async fn start_site(site: &str, s: &mut SiteNodes, meta_addr: &str) -> Result<()
             m.running = Some(start_meta(&m.config, None).await?);
         }
     }
-    for (dir, addr) in &s.nodes {
+    for DevNode { dir, addr, first } in &mut s.nodes {
         let settings = StorageSettings {
             data: Some(dir.clone()),
             listen: Some(addr.clone()),
@@ -328,7 +339,10 @@ async fn start_site(site: &str, s: &mut SiteNodes, meta_addr: &str) -> Result<()
         let mut c = merge(&[&storage_defaults(), &settings])?.to_config(addr)?;
         c.security = s.security.clone();
         let node = StorageNode::open(c).with_context(|| format!("open storage node in {}", dir.display()))?;
-        let l = bind(addr).await?;
+        let l = match first.take() {
+            Some(l) => l,
+            None => bind(addr).await?,
+        };
         let (stop, rx) = oneshot::channel::<()>();
         let id = node.id();
         let task = tokio::spawn(async move {
