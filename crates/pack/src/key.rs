@@ -27,6 +27,7 @@ use rand::rngs::OsRng;
 use rand::RngCore;
 use ring::aead::{LessSafeKey, UnboundKey, AES_256_GCM};
 
+use crate::kdf_memory::KdfMemory;
 use crate::PackError;
 
 pub(crate) const KEY_LEN: usize = 32;
@@ -103,9 +104,13 @@ impl KdfParams {
     pub(crate) fn derive(self, password: &[u8], salt: &[u8; KDF_SALT_LEN]) -> Result<[u8; KEY_LEN], String> {
         let params = self.to_argon2()?;
         let mut out = [0u8; KEY_LEN];
-        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-            .hash_password_into(password, salt, &mut out)
-            .map_err(|e| format!("argon2id: {e}"))?;
+        let blocks = params.block_count();
+        let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let done = match KdfMemory::new(blocks) {
+            Some(mut memory) => argon.hash_password_into_with_memory(password, salt, &mut out, &mut memory),
+            None => argon.hash_password_into(password, salt, &mut out),
+        };
+        done.map_err(|e| format!("argon2id: {e}"))?;
         Ok(out)
     }
 }
