@@ -275,7 +275,8 @@ impl StorageNode {
         if let Some(interval) = self.config.orphan_interval {
             // A client of its own: a slow KnownPacks must not delay heartbeats.
             let orphan_meta = MetaClient::new(&self.config.meta_endpoints, retry_for)
-                .map_err(|e| StorageError::Config { reason: e.to_string() })?;
+                .map_err(|e| StorageError::Config { reason: e.to_string() })?
+                .with_security(self.config.security.clone());
             runner.spawn(Orphans::new(
                 self.store.clone(),
                 orphan_meta,
