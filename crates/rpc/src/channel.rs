@@ -2,8 +2,9 @@
 //! that service's message limits (`coffer_proto::limits`).
 //!
 //! `ChannelConfig` is the one place a `tonic` endpoint is configured: the
-//! connect deadline, keep-alive, `TCP_NODELAY` and an optional deadline for
-//! every call on the channel, and its transport security: plain text, or
+//! connect deadline, keep-alive, `TCP_NODELAY`, the HTTP/2 windows and
+//! frame size of shard reads (`http2`), an optional deadline for every
+//! call on the channel, and its transport security: plain text, or
 //! mutual TLS expecting the peer's certificate to have the role the caller
 //! names (`meta` for a metadata endpoint, the default; `storage` for a
 //! storage node).
@@ -18,6 +19,7 @@ use coffer_proto::pb::raft_client::RaftClient;
 use coffer_proto::pb::shard_store_client::ShardStoreClient;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::http2;
 use crate::identity::CertRole;
 use crate::timeouts;
 use crate::tls::{self, Security, TlsConnector};
@@ -85,6 +87,9 @@ impl ChannelConfig {
             .endpoint
             .clone()
             .tcp_nodelay(true)
+            .initial_stream_window_size(http2::STREAM_WINDOW)
+            .initial_connection_window_size(http2::CONNECTION_WINDOW)
+            .max_frame_size(http2::MAX_FRAME)
             .http2_keep_alive_interval(timeouts::KEEP_ALIVE_INTERVAL)
             .keep_alive_timeout(timeouts::KEEP_ALIVE_TIMEOUT);
         if let Some(t) = self.call_timeout {

@@ -15,6 +15,7 @@
 //!   identity  ── Peer { role, name } from the SAN URI coffer://ROLE/NAME; peer(), cert_role(), require_role()
 //!   policy    ── which certificate roles may call which method (one table, applied by every server)
 //!   observe   ── per-call metrics (a tower layer), grpc.health.v1 and reflection on every server
+//!   http2     ── the windows and frame size of shard streams, for channels and `bulk` servers
 //! ```
 //!
 //! The crate depends only on `coffer-types`, `coffer-proto`, the gRPC
@@ -23,6 +24,7 @@
 
 mod channel;
 mod error;
+mod http2;
 pub mod identity;
 mod meta_client;
 pub mod observe;

@@ -21,21 +21,10 @@ use coffer_proto::pb::shard_store_server::{ShardStore, ShardStoreServer};
 use tokio::net::TcpListener;
 use tonic::service::RoutesBuilder;
 
+use crate::http2;
 use crate::policy::AuthorizeLayer;
 use crate::tls::{self, Security};
 use crate::{timeouts, RpcError};
-
-/// HTTP/2 receive windows for servers that take bulk streams (shard puts).
-/// hyper's defaults (1 MiB per stream and per connection) are smaller than
-/// one 1 MiB shard frame plus its framing, so every frame of a put stalled
-/// on a window update; 4 MiB lets a whole shard of a 16 MiB 4+2 pack be in
-/// flight. A node buffers at most the connection window of unread data per
-/// client connection.
-const BULK_STREAM_WINDOW: u32 = 4 << 20;
-const BULK_CONNECTION_WINDOW: u32 = 8 << 20;
-/// The largest HTTP/2 frame a bulk server accepts (hyper's default is
-/// 16 KiB): a 1 MiB shard frame arrives in 4 HTTP/2 frames instead of 64.
-const BULK_MAX_FRAME: u32 = 256 << 10;
 
 /// HTTP/2 streams one client connection may have open at once, and calls
 /// of one connection that a server works on at once (the rest wait): a
@@ -154,9 +143,9 @@ impl Server {
             .layer(AuthorizeLayer);
         if self.bulk {
             server = server
-                .initial_stream_window_size(BULK_STREAM_WINDOW)
-                .initial_connection_window_size(BULK_CONNECTION_WINDOW)
-                .max_frame_size(BULK_MAX_FRAME);
+                .initial_stream_window_size(http2::STREAM_WINDOW)
+                .initial_connection_window_size(http2::CONNECTION_WINDOW)
+                .max_frame_size(http2::MAX_FRAME);
         }
         // Every port also answers `grpc.health.v1` (SERVING while it
         // serves) and server reflection, for grpcurl and health probes.
