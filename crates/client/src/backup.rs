@@ -436,7 +436,9 @@ impl Repository {
     ) -> Result<WalkOutput, ClientError> {
         let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let budget = ByteBudget::new(PLAINTEXT_BUDGET);
-        let (walk_tx, walk_rx) = mpsc::channel(4096);
+        // Channels of batches (`pipeline::BATCH_BYTES` each); the budget
+        // bounds the bytes in flight, these only the number of batches.
+        let (walk_tx, walk_rx) = mpsc::channel(64);
         let (seal_tx, seal_rx) = mpsc::channel(workers * 2);
         let (out_tx, out_rx) = mpsc::channel(workers * 2);
 
@@ -454,7 +456,7 @@ impl Repository {
         let (done_tx, done_rx) = oneshot::channel();
         let key = self.key.clone();
         let walk_counters = counters.clone();
-        let sink = ChannelSink { tx: walk_tx, budget: budget.clone() };
+        let sink = ChannelSink::new(walk_tx, budget.clone());
         let parent_trees = parent_root.map(|root| {
             let source = Arc::new(ClusterSource::new(self.meta.clone(), self.record.name.clone(), self.key.clone()));
             ParentTrees::start(source, tokio::runtime::Handle::current(), root)

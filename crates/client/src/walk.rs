@@ -67,6 +67,12 @@ pub(crate) struct Stopped;
 /// Where the walker hands the plaintext of each chunk and tree.
 pub(crate) trait BlobSink {
     fn put(&mut self, id: ChunkId, kind: BlobKind, data: Vec<u8>) -> Result<(), Stopped>;
+
+    /// Hands on whatever `put` is still holding; called once, at the end of
+    /// the walk.
+    fn flush(&mut self) -> Result<(), Stopped> {
+        Ok(())
+    }
 }
 
 /// Reads the parent snapshot's trees, for change detection.
@@ -231,8 +237,9 @@ impl<'a, S: BlobSink> Walker<'a, S> {
         }
     }
 
-    fn finish(self, root: ChunkId) -> WalkOutput {
-        WalkOutput { root, refs: self.refs.finish(), errors: self.errors, skipped: self.skipped }
+    fn finish(mut self, root: ChunkId) -> Result<WalkOutput, WalkError> {
+        self.sink.flush()?;
+        Ok(WalkOutput { root, refs: self.refs.finish(), errors: self.errors, skipped: self.skipped })
     }
 
     /// Records an entry that could not be read: an error of the backup, and
@@ -278,7 +285,7 @@ impl<'a, S: BlobSink> Walker<'a, S> {
             if meta.is_dir() {
                 self.counters.dirs.add(1);
                 let root = self.dir_tree(only, parent_root)?.map_err(|e| WalkError::Fatal(ClientError::io(only, e)))?;
-                return Ok(self.finish(root));
+                return self.finish(root);
             }
         }
         let parent_tree = parent_root.and_then(|id| self.load_parent(&id));
@@ -300,7 +307,7 @@ impl<'a, S: BlobSink> Walker<'a, S> {
         let tree = Tree::new(nodes).map_err(WalkError::Fatal)?;
         self.count_deleted(parent_tree.as_ref(), tree.nodes());
         let root = self.store_tree(&tree)?;
-        Ok(self.finish(root))
+        self.finish(root)
     }
 
     /// Walks one stream into a root holding a single file named `name`.
@@ -339,7 +346,7 @@ impl<'a, S: BlobSink> Walker<'a, S> {
         let tree = Tree::new(vec![node]).map_err(WalkError::Fatal)?;
         self.count_deleted(parent_tree.as_ref(), tree.nodes());
         let root = self.store_tree(&tree)?;
-        Ok(self.finish(root))
+        self.finish(root)
     }
 
     /// Loads a tree of the parent snapshot. A parent tree that cannot be read
