@@ -44,7 +44,7 @@
 
 use std::io::{self, Read};
 
-use fastcdc::v2020::{cut, logarithm2, Normalization, MASKS};
+use fastcdc::v2020::{logarithm2, Normalization, MASKS};
 
 use crate::PackError;
 
@@ -156,8 +156,7 @@ impl Class {
     /// Where FastCDC cuts a non-empty window: after at least one byte and
     /// at most the whole window.
     fn cut(&self, window: &[u8]) -> usize {
-        let (small, large) = (self.small, self.large);
-        cut(window, self.min, self.avg, self.max, small, large, small << 1, large << 1).1
+        crate::gear::cut(window, self.min, self.avg, self.max, self.small, self.large)
     }
 }
 

@@ -19,6 +19,7 @@ mod blob;
 mod chunking;
 mod error;
 pub mod fuzzing;
+mod gear;
 mod kdf_memory;
 mod key;
 mod refs;
