@@ -112,15 +112,35 @@ pub(crate) struct DirectFile {
 
 /// `DIRECT_BUF + ALIGN` bytes, used from the aligned offset `at`; `len`
 /// bytes were read. The vector never grows, so the address stays put.
+/// Dropped, its buffer goes back to `SPARE_BLOCKS` for the next file.
 struct Block {
     raw: Vec<u8>,
     at: usize,
     len: usize,
 }
 
+/// Buffers of blocks no longer in use. A walk reads one large file after
+/// another, each with `AHEAD + 1` blocks; without this every file allocated
+/// and zeroed its blocks afresh (a megabyte `memset` and its page faults
+/// each, about 1.5% of a first backup's agent CPU). Stale bytes in a reused
+/// buffer are never read: a block hands out only what its last read filled.
+static SPARE_BLOCKS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+/// Buffers kept: the blocks of two files in flight.
+const SPARE_BLOCKS_MAX: usize = 2 * (AHEAD + 1);
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        let mut spare = SPARE_BLOCKS.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.len() < SPARE_BLOCKS_MAX {
+            spare.push(std::mem::take(&mut self.raw));
+        }
+    }
+}
+
 impl Block {
     fn new() -> Self {
-        let raw = vec![0u8; DIRECT_BUF + ALIGN];
+        let spare = SPARE_BLOCKS.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let raw = spare.unwrap_or_else(|| vec![0u8; DIRECT_BUF + ALIGN]);
         // `align_offset` may in principle answer "cannot": the buffer is
         // then used unaligned, the first read fails with EINVAL and the file
         // falls back to the page cache.
