@@ -156,6 +156,8 @@ fn steps(src: &[u8], from: usize, to: usize, mut hash: u64, mask: u64) -> Result
 mod tests {
     use fastcdc::v2020::{logarithm2, MASKS};
     use proptest::prelude::*;
+    use rand::rngs::StdRng;
+    use rand::{RngCore, SeedableRng};
 
     use super::*;
 
@@ -180,15 +182,9 @@ mod tests {
     }
 
     fn random(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        let mut out = vec![0u8; len];
+        StdRng::seed_from_u64(seed).fill_bytes(&mut out);
+        out
     }
 
     /// Cuts a whole input window by window, both ways, and compares every cut.
