@@ -18,9 +18,10 @@
 //! scanned on its own once its hash is rebuilt from the 64 bytes before it,
 //! and four stretches scanned in one loop keep four chains in flight. A
 //! round scans four adjacent stretches; when any of them holds a match, the
-//! round is scanned again lane by lane, in order, and the first match wins:
-//! the cut is the very position `fastcdc::v2020::cut` returns, which is part
-//! of the repository format (property tests hold the two equal). Rebuilding
+//! round is scanned again from its start one step at a time, so the first
+//! match wins and the cut is the very position `fastcdc::v2020::cut`
+//! returns, which is part of the repository format (property tests hold the
+//! two equal). Rebuilding
 //! costs 64 steps per lane per round, and a round past the cut is wasted;
 //! both are small against `LANE_SPAN`.
 
@@ -77,21 +78,16 @@ pub(crate) fn cut(source: &[u8], min: usize, avg: usize, max: usize, mask_s: u64
 fn scan(src: &[u8], from: usize, to: usize, mut hash: u64, mask: u64) -> Result<usize, u64> {
     let mut at = from;
     while to.saturating_sub(at) >= LANES * LANE_SPAN {
-        match round_hits(&src[at..at + LANES * LANE_SPAN], hash, mask) {
-            Some(last) => hash = last,
-            None => {
-                // Some lane matched: the first lane with a match, scanned
-                // alone from its own start, gives the first cut.
-                for lane in 0..LANES {
-                    let lane_at = at + lane * LANE_SPAN;
-                    let lane_hash = if lane == 0 { hash } else { rebuild(&src[lane_at - HASH_WINDOW..lane_at]) };
-                    if let Ok(cut) = steps(src, lane_at, lane_at + LANE_SPAN, lane_hash, mask) {
-                        return Ok(cut);
-                    }
-                }
-                unreachable!("a lane matched in the round and again alone");
-            }
-        }
+        hash = match round_hits(&src[at..at + LANES * LANE_SPAN], hash, mask) {
+            Some(last) => last,
+            // Some lane matched: the round scanned on its own from its start
+            // gives the first cut (lanes before the matching one are scanned
+            // in full either way).
+            None => match steps(src, at, at + LANES * LANE_SPAN, hash, mask) {
+                Ok(cut) => return Ok(cut),
+                Err(last) => last,
+            },
+        };
         at += LANES * LANE_SPAN;
     }
     steps(src, at, to, hash, mask)
